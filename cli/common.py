@@ -1,0 +1,63 @@
+"""Shared CLI helpers: list parsing and the training progress bar. No featviz logic lives here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    """'16,32,64' -> (16, 32, 64); a bad list is a usage error naming the option."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+
+
+def bool_list(text: str | None, option: str) -> tuple[bool, ...] | None:
+    """'1,1,0' or 'y,y,n' -> (True, True, False)."""
+    if text is None:
+        return None
+    table = {"1": True, "y": True, "yes": True, "true": True, "0": False, "n": False, "no": False, "false": False}
+    try:
+        return tuple(table[x.strip().lower()] for x in text.split(",") if x.strip())
+    except KeyError:
+        raise typer.BadParameter(f"expected comma-separated 1/0 values, got {text!r}", param_hint=option) from None
+
+
+class TrainBar:
+    """A rich progress bar per epoch with loss and accuracy; a line per finished epoch."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=console, transient=True, disable=not sys.stderr.isatty(),
+        )
+        self.task = None
+        self.epochs = 0
+
+    def start(self, run, first_epoch: int, epochs: int, batches: int) -> None:
+        self.epochs = epochs
+        console.print(f"run {run.path}: training epochs {first_epoch}..{epochs}, {batches} batches each")
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=batches, epoch=first_epoch, epochs=epochs, loss=0.0, acc=0.0)
+
+    def step(self, info) -> None:
+        self.progress.update(self.task, completed=info.batch, epoch=info.epoch, loss=info.loss, acc=info.acc)
+
+    def epoch(self, rec: dict) -> None:
+        self.progress.console.print(
+            f"epoch {rec['epoch']:>3}/{self.epochs}  train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f}  "
+            f"val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f}  {rec['wall_s']:.1f}s")
+        self.progress.reset(self.task)
+
+    def stop(self) -> None:
+        self.progress.stop()

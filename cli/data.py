@@ -1,0 +1,30 @@
+"""featviz data preview: a PNG grid of samples per class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.common import console
+from featviz.config import DataConfig
+from featviz.data import load_data
+from featviz.data.preview import write_preview
+
+app = typer.Typer(help="Look at data sets.", no_args_is_help=True)
+
+
+@app.command()
+def preview(
+    data: str = typer.Option("shapes", help="shapes | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH"),
+    data_dir: Path = typer.Option(Path("data"), help="Folder holding torchvision data sets."),
+    size: int = typer.Option(None, min=8, max=512, help="Image side in px."),
+    per_class: int = typer.Option(8, min=1, max=64, help="Samples per class."),
+    out: Path = typer.Option(None, help="PNG to write (default outputs/preview-DATA.png)."),
+) -> None:
+    """Write a PNG grid of training samples, one row per class."""
+    cfg = DataConfig(name=data, data_dir=str(data_dir), size=size, n_train=max(100, per_class * 40), n_val=10)
+    images = load_data(cfg)
+    safe = "".join(c if c.isalnum() else "-" for c in data.split("/")[-1])
+    path = write_preview(images, out or Path("outputs") / f"preview-{safe}.png", per_class)
+    console.print(f"wrote {path}")

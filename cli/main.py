@@ -1,0 +1,56 @@
+"""The featviz command line: builds the Typer app and turns user errors into one-line messages."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cli import data, runs, summary, train
+from featviz.errors import FeatvizError
+
+app = typer.Typer(
+    name="featviz", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="See what a small CNN learns: filters at every epoch, activation maximization per depth, an HTML gallery.",
+)
+app.command()(train.train)
+app.command()(summary.summary)
+app.command()(runs.runs)
+app.add_typer(data.app, name="data")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point. A user mistake prints ``featviz: error: ...`` on one line and returns non-zero."""
+    try:
+        rv = app(args=argv, prog_name="featviz", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except typer.TyperException as e:  # usage errors: bad option values, unknown options, missing args
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            return 0
+        cmd = ctx.command_path if ctx is not None else "featviz"
+        typer.echo(f"featviz: error: {_one_line(e.format_message())} (see '{cmd} --help')", err=True)
+        return getattr(e, "exit_code", 2)
+    except FeatvizError as e:
+        typer.echo(f"featviz: error: {_one_line(str(e))}", err=True)
+        return 1
+    except typer.Abort:
+        typer.echo("featviz: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        typer.echo("featviz: interrupted; completed epochs are kept (resume with --resume RUN)", err=True)
+        return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script wrapper: exit with main()'s code."""
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""featviz runs: the runs under an output folder, one line each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from featviz.store import list_runs
+
+
+def runs(out: Path = typer.Option(Path("outputs"), help="Folder that holds runs.")) -> None:
+    """List runs: name, data set, epochs done, final validation accuracy, complete or interrupted."""
+    found = list_runs(out)
+    if not found:
+        typer.echo(f"no runs under {out}")
+        return
+    typer.echo(f"{'name':<32} {'data':<14} {'epochs':>7} {'val_acc':>8}  status")
+    for run in found:
+        recs = run.metrics(strict=False)
+        acc = f"{recs[-1]['val_acc']:.4f}" if recs else "-"
+        status = "complete" if run.complete else "interrupted"
+        done = f"{max(run.epochs_done, 0)}/{run.epochs_planned}"
+        typer.echo(f"{run.name:<32} {run.meta['configs']['data']['name'][:14]:<14} {done:>7} {acc:>8}  {status}")

@@ -1,0 +1,67 @@
+"""featviz train: options -> configs -> featviz.pipeline.train_run (or resume_run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import TrainBar, bool_list, console, int_list
+from featviz.config import DataConfig, ModelConfig, TrainConfig
+from featviz.pipeline import resume_run, train_run
+
+_D, _M, _T = DataConfig(), ModelConfig(), TrainConfig()
+
+
+def train(
+    data: str = typer.Option(_D.name, help="shapes | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH"),
+    data_dir: Path = typer.Option(Path(_D.data_dir), help="Folder holding torchvision data sets."),
+    download: bool = typer.Option(False, help="Let torchvision download a missing data set into --data-dir."),
+    size: Optional[int] = typer.Option(None, min=8, max=512, help="Image side in px (shapes: 32; 64 also works)."),
+    epochs: int = typer.Option(_T.epochs, min=1, help="Training epochs (snapshots: epoch 0 = init .. N)."),
+    batch_size: int = typer.Option(_T.batch_size, min=1, help="Images per optimizer step."),
+    lr: float = typer.Option(_T.lr, help="Peak learning rate (warm-up, then cosine)."),
+    optimizer: str = typer.Option(_T.optimizer, help="sgd | adam | adamw"),
+    weight_decay: float = typer.Option(_T.weight_decay, min=0, help="Weight decay."),
+    seed: int = typer.Option(_T.seed, help="Seed for weight init and batch order."),
+    device: str = typer.Option(_T.device, help="auto | cpu | cuda | mps"),
+    out: Path = typer.Option(Path("outputs"), help="Folder that holds runs."),
+    name: Optional[str] = typer.Option(None, help="Run name (default: DATA-DATE-TIME)."),
+    force: bool = typer.Option(False, help="Replace an existing run of the same name."),
+    resume: Optional[Path] = typer.Option(None, help="Continue this run folder from its last complete epoch."),
+    snapshot_every_steps: int = typer.Option(0, min=0, help="Also snapshot every K optimizer steps (0 = per epoch only)."),
+    widths: Optional[str] = typer.Option(None, help="Conv widths per depth, e.g. 16,32,64,128."),
+    kernels: Optional[str] = typer.Option(None, help="Kernel side per depth, e.g. 5,3,3,3."),
+    strides: Optional[str] = typer.Option(None, help="Conv stride per depth, e.g. 1,1,1,1."),
+    pools: Optional[str] = typer.Option(None, help="2x2 max-pool after each depth, e.g. 1,1,1,0."),
+    batchnorm: bool = typer.Option(_M.batchnorm, help="BatchNorm after each conv."),
+    channels_last: bool = typer.Option(_T.channels_last, help="NHWC memory format (faster on CPU)."),
+) -> None:
+    """Train a small CNN and snapshot every conv filter at every epoch (epoch 0 = the random init)."""
+    bar = TrainBar()
+    try:
+        if resume is not None:
+            run = resume_run(resume, device=None if device == "auto" else device, progress=bar)
+        else:
+            data_cfg = DataConfig(name=data, data_dir=str(data_dir), download=download, size=size)
+            w = int_list(widths, "--widths") or _M.widths
+            n = len(w)
+            model_cfg = ModelConfig(
+                widths=w, kernels=int_list(kernels, "--kernels") or _fit(_M.kernels, n),
+                strides=int_list(strides, "--strides") or (1,) * n,
+                pools=bool_list(pools, "--pools") or _fit(_M.pools, n), batchnorm=batchnorm)
+            train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                                    weight_decay=weight_decay, seed=seed, device=device,
+                                    snapshot_every_steps=snapshot_every_steps, channels_last=channels_last)
+            run = train_run(data_cfg, model_cfg, train_cfg, out_dir=out, name=name, force=force, progress=bar)
+    finally:
+        bar.stop()
+    last = run.metrics()[-1]
+    console.print(f"done: {run.path}  epochs {run.epochs_done}/{run.epochs_planned}  "
+                  f"val acc {last['val_acc']:.4f}  (next: featviz summary {run.path})")
+
+
+def _fit(default: tuple, n: int) -> tuple:
+    """Stretch a per-depth default to ``n`` depths (repeat the last entry, or cut)."""
+    return tuple(default[:n]) + (default[-1],) * max(0, n - len(default))

@@ -1,0 +1,59 @@
+"""featviz: see what a small CNN learns, epoch by epoch and depth by depth.
+
+Public API::
+
+    import featviz
+    run = featviz.train(epochs=3)                 # a Run under outputs/
+    run = featviz.load_run("outputs/shapes-...")  # open an existing run
+    weights = run.load_snapshot(0)                # dict of tensors at the random init
+"""
+
+__version__ = "0.1.0"
+
+from featviz.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from featviz.data import ImageData, load_data, make_shapes  # noqa: E402
+from featviz.errors import FeatvizError  # noqa: E402
+from featviz.model import SmallCNN, build_model, conv_layers  # noqa: E402
+from featviz.pipeline import resume_run, train_run  # noqa: E402
+from featviz.store import Run, list_runs  # noqa: E402
+
+__all__ = [
+    "DataConfig", "ModelConfig", "TrainConfig", "ImageData", "load_data", "make_shapes", "FeatvizError",
+    "SmallCNN", "build_model", "conv_layers", "train_run", "resume_run", "Run", "list_runs", "train", "load_run",
+    "load_model",
+]
+
+
+def train(data: str = "shapes", epochs: int | None = None, out_dir: str = "outputs", name: str | None = None,
+          force: bool = False, **options) -> Run:
+    """Train with defaults plus any DataConfig/ModelConfig/TrainConfig field given by name.
+
+    Example: ``featviz.train(epochs=2, lr=1e-3, widths=(8, 16, 32, 64))``.
+    """
+    import dataclasses
+
+    buckets: dict[type, dict] = {DataConfig: {"name": data}, ModelConfig: {}, TrainConfig: {}}
+    if epochs is not None:
+        buckets[TrainConfig]["epochs"] = epochs
+    for key, val in options.items():
+        owner = next((c for c in buckets if key in {f.name for f in dataclasses.fields(c)}), None)
+        if owner is None:
+            raise FeatvizError(f"unknown option {key!r}")
+        buckets[owner][key] = val
+    return train_run(DataConfig(**buckets[DataConfig]), ModelConfig(**buckets[ModelConfig]),
+                     TrainConfig(**buckets[TrainConfig]), out_dir=out_dir, name=name, force=force)
+
+
+def load_run(path: str) -> Run:
+    """Open a run directory written by ``featviz train``."""
+    from pathlib import Path
+
+    return Run.open(Path(path))
+
+
+def load_model(run: Run, epoch: int | None = None) -> SmallCNN:
+    """The run's CNN with the weights of ``epoch`` (default: the last committed), in eval mode."""
+    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run.meta["configs"]["model"].items()})
+    model = build_model(cfg)
+    model.load_state_dict(run.load_snapshot(run.epochs_done if epoch is None else epoch))
+    return model.eval()

@@ -1,0 +1,98 @@
+"""Typed, frozen configuration: one dataclass per concern, written verbatim into run.json.
+
+Every field maps one-to-one onto a CLI option. Values are validated in ``__post_init__`` so
+that a bad value fails before any work starts, with a one-line ConfigError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from featviz.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "shapes"  # shapes | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH
+    data_dir: str = "data"  # where torchvision data sets live (ignored by shapes)
+    download: bool = False  # let torchvision download a missing data set (never by default)
+    size: int | None = None  # image side in px; None = the data set's own (shapes: 32)
+    n_train: int = 20_000  # shapes only: training images generated
+    n_val: int = 2_000  # shapes only: validation images generated
+    val_fraction: float = 0.1  # folder only: fraction held out for validation (stratified, seeded)
+    seed: int = 0  # shapes generation and folder split; independent of the training seed
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "data set name is empty")
+        _check(self.size is None or 8 <= self.size <= 512, f"image size must be 8..512 px, got {self.size}")
+        _check(self.n_train >= 10 and self.n_val >= 10, "n_train and n_val must be at least 10")
+        _check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    in_channels: int = 3  # 1 for grayscale data; set from the data set by the pipeline
+    num_classes: int = 10  # set from the data set by the pipeline
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # output channels of each conv depth
+    kernels: tuple[int, ...] = (5, 3, 3, 3)  # square kernel side per depth (5x5 first: filters worth looking at)
+    strides: tuple[int, ...] = (1, 1, 1, 1)  # conv stride per depth
+    pools: tuple[bool, ...] = (True, True, True, False)  # 2x2 max-pool after the depth's ReLU
+    batchnorm: bool = True  # BatchNorm2d after each conv (the conv then has no bias)
+    dropout: float = 0.0  # dropout before the linear head
+
+    def __post_init__(self) -> None:
+        n = len(self.widths)
+        _check(n >= 1, "the model needs at least one conv depth")
+        for name in ("kernels", "strides", "pools"):
+            _check(len(getattr(self, name)) == n, f"{name} has {len(getattr(self, name))} entries, widths has {n}")
+        _check(all(w >= 1 for w in self.widths), f"widths must be positive, got {self.widths}")
+        _check(all(k >= 1 and k % 2 == 1 for k in self.kernels), f"kernels must be odd and positive, got {self.kernels}")
+        _check(all(s >= 1 for s in self.strides), f"strides must be positive, got {self.strides}")
+        _check(self.in_channels >= 1 and self.num_classes >= 2, "in_channels >= 1 and num_classes >= 2 required")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8  # full passes over the training set
+    batch_size: int = 128  # images per optimizer step
+    lr: float = 0.003  # peak learning rate (linear warm-up for 1/10 of the steps, then cosine to 0)
+    optimizer: str = "adamw"  # sgd (momentum 0.9, nesterov) | adam | adamw
+    weight_decay: float = 5e-4  # decoupled for adamw, L2 for sgd/adam
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    seed: int = 0  # weight init and batch order
+    device: str = "auto"  # auto | cpu | cuda | mps
+    snapshot_every_steps: int = 0  # 0 = one snapshot per epoch; K = also every K optimizer steps
+    channels_last: bool = True  # NHWC memory format (several times faster for small CNNs on CPU)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
+        _check(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        _check(0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)")
+        _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        _check(self.snapshot_every_steps >= 0, "snapshot_every_steps must be >= 0")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain JSON-able data (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config from run.json data; unknown keys are ignored, lists become tuples."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+    return cls(**kwargs)

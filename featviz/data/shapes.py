@@ -1,0 +1,109 @@
+"""``shapes``: the embedded default data set, generated here, never downloaded.
+
+Ten classes whose label depends only on *shape or texture*: six objects (disc, ring, square,
+triangle, cross, star) and four patterns (stripes, checker, dots, bars). Everything else is random
+per image: foreground and background colour (with a minimum contrast, so colour alone carries no
+class information), position, scale, rotation, a background brightness gradient and pixel noise.
+Telling a ring from a disc, or stripes from bars, needs edges combined into curves, corners and
+repeats: a hierarchy of features, which is what featviz sets out to show.
+
+Generation is vectorized: every image is a signed "inside" field evaluated on a coordinate grid,
+turned into a soft (anti-aliased) mask with a sigmoid whose width is one pixel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from featviz.data.base import ImageData, channel_stats
+
+SHAPE_CLASSES = ("disc", "ring", "square", "triangle", "cross", "star", "stripes", "checker", "dots", "bars")
+_OBJECTS = 6  # the first six classes are objects placed on a background; the rest are patterns
+
+
+def _field(c: int, u: torch.Tensor, v: torch.Tensor, freq: torch.Tensor) -> torch.Tensor:
+    """Signed 'insideness' (> 0 inside, in object units) of class ``c``; u, v [N, H, W], freq [N]."""
+    au, av = u.abs(), v.abs()
+    f = freq[:, None, None] * math.pi
+    if c == 0:  # disc
+        return 0.9 - torch.sqrt(u * u + v * v)
+    if c == 1:  # ring
+        return 0.22 - (torch.sqrt(u * u + v * v) - 0.68).abs()
+    if c == 2:  # square
+        return 0.72 - torch.maximum(au, av)
+    if c == 3:  # equilateral triangle: distance to the farthest of three edges
+        edges = [u * math.cos(a) + v * math.sin(a) for a in (math.pi / 2, 7 * math.pi / 6, 11 * math.pi / 6)]
+        return 0.48 - torch.stack(edges).amax(0)
+    if c == 4:  # cross (plus sign)
+        return torch.maximum(torch.minimum(0.95 - au, 0.28 - av), torch.minimum(0.28 - au, 0.95 - av))
+    if c == 5:  # five-pointed star
+        return 0.58 + 0.36 * torch.cos(5 * torch.atan2(v, u)) - torch.sqrt(u * u + v * v)
+    if c == 6:  # stripes: thin, many, across the image
+        return torch.sin(f * u) * 0.25
+    if c == 7:  # checker
+        return torch.sin(f * u) * torch.sin(f * v) * 0.25
+    if c == 8:  # dots on a grid
+        return (torch.cos(f * u) + torch.cos(f * v) - 1.1) * 0.15
+    return torch.minimum(0.95 - au, 0.17 - (av - 0.45).abs())  # bars: two thick parallel bars ("=")
+
+
+def _inside(label: torch.Tensor, u: torch.Tensor, v: torch.Tensor, freq: torch.Tensor) -> torch.Tensor:
+    """The field of each image's own class, computed only where that class occurs."""
+    out = torch.empty_like(u)
+    for c in range(len(SHAPE_CLASSES)):
+        sel = (label == c).nonzero()[:, 0]
+        if len(sel):
+            out[sel] = _field(c, u[sel], v[sel], freq[sel])
+    return out
+
+
+def _render(label: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """uint8 images [N, 3, size, size] for the given labels, all randomness drawn from ``g``."""
+    n = label.shape[0]
+    rnd = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+    lin = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
+    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
+    obj = label < _OBJECTS
+    # objects: scale 0.45-0.8 of the half-image, centred anywhere they fit; patterns fill the image
+    scale = torch.where(obj, 0.45 + 0.35 * rnd(n), torch.ones(n))
+    cx = (rnd(n) * 2 - 1) * (1 - scale) * obj
+    cy = (rnd(n) * 2 - 1) * (1 - scale) * obj
+    ang = rnd(n) * 2 * math.pi
+    cos, sin = torch.cos(ang)[:, None, None], torch.sin(ang)[:, None, None]
+    dx, dy = xx[None] - cx[:, None, None], yy[None] - cy[:, None, None]
+    u = (cos * dx + sin * dy) / scale[:, None, None]
+    v = (-sin * dx + cos * dy) / scale[:, None, None]
+    freq = 3.0 + 3.0 * rnd(n)  # pattern periods of ~2.5-5 px at 32 px
+    field = _inside(label, u, v, freq)
+    px = 2.0 / size / scale  # one pixel in object units: the anti-aliasing width
+    mask = torch.sigmoid(field / (0.5 * px[:, None, None]))[:, None]  # [N, 1, H, W]
+    # colours: random RGB pairs whose luminance differs by at least 0.3, so shape is always visible
+    fg, bg = rnd(n, 3), rnd(n, 3)
+    lum = torch.tensor([0.299, 0.587, 0.114])
+    gap = (fg @ lum) - (bg @ lum)
+    push = torch.sign(gap + (gap == 0).float()) * (0.3 - gap.abs()).clamp_min(0) / 2
+    fg = (fg + push[:, None]).clamp(0, 1)
+    bg = (bg - push[:, None]).clamp(0, 1)
+    gx, gy = (rnd(n) - 0.5) * 0.3, (rnd(n) - 0.5) * 0.3  # background brightness gradient
+    shade = (gx[:, None, None] * xx[None] + gy[:, None, None] * yy[None])[:, None]
+    img = mask * fg[:, :, None, None] + (1 - mask) * (bg[:, :, None, None] + shade)
+    img = img + torch.randn(img.shape, generator=g) * (0.02 + 0.06 * rnd(n))[:, None, None, None]
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def make_shapes(n_train: int = 20_000, n_val: int = 2_000, size: int = 32, seed: int = 0) -> ImageData:
+    """Generate the balanced ``shapes`` set; a pure function of its arguments (same seed, same bytes).
+
+    Returns uint8 images [N, 3, size, size]; train and validation come from disjoint generator
+    streams, so the validation set does not change when n_train does.
+    """
+    parts = []
+    for split, n in ((0, n_train), (1, n_val)):
+        g = torch.Generator().manual_seed(seed * 1000 + split)
+        label = (torch.arange(n) % len(SHAPE_CLASSES))[torch.randperm(n, generator=g)]
+        imgs = torch.cat([_render(lab, size, g) for lab in label.split(2048)])
+        parts += [imgs, label]
+    mean, std = channel_stats(parts[0])
+    return ImageData("shapes", parts[0], parts[1], parts[2], parts[3], SHAPE_CLASSES, mean, std)

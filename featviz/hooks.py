@@ -1,0 +1,52 @@
+"""Scoped forward hooks: ``with capture(model, names) as acts`` records outputs and always cleans up.
+
+Names are PyTorch's own dotted ``named_modules()`` names. Hooks are removed in ``finally``, so an
+exception in the forward pass (or in the caller's body) never leaves a hook behind.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from featviz.errors import ConfigError
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """Map dotted names to modules; an unknown name is a ConfigError listing the valid ones."""
+    modules = dict(model.named_modules())
+    out = {}
+    for name in names:
+        if name not in modules or name == "":
+            valid = ", ".join(n for n in modules if n)
+            raise ConfigError(f"unknown layer {name!r}; valid layers: {valid}")
+        out[name] = modules[name]
+    return out
+
+
+@contextmanager
+def capture(model: nn.Module, names: Sequence[str], detach: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield a dict that fills with each named layer's output during forward passes in the block.
+
+    With ``detach`` the stored outputs are detached (for recording); otherwise they keep their
+    graph so objectives can backpropagate through them.
+    """
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name, module in resolve_layers(model, names).items():
+            def hook(_m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
+                acts[name] = out.detach() if detach else out
+            handles.append(module.register_forward_hook(hook))
+        yield acts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def hook_count(model: nn.Module) -> int:
+    """Forward hooks currently registered anywhere in ``model`` (0 after every featviz call)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

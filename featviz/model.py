@@ -1,0 +1,85 @@
+"""The small CNN built from ModelConfig, and the list of its conv layers by depth.
+
+Layout (depth d = 1..D): ``features.conv{d}`` -> ``features.bn{d}`` (optional) -> ``features.relu{d}``
+-> ``features.pool{d}`` (optional), then ``head.gap`` (global average pool, so the model accepts any
+input size), ``head.flatten``, ``head.dropout`` (optional), ``head.fc``. Dotted names are PyTorch's
+own ``named_modules()`` names and match the state-dict keys in every snapshot.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from featviz.config import ModelConfig
+
+
+class SmallCNN(nn.Sequential):
+    """``features`` (conv blocks) then ``head`` (classifier); input [B, C, H, W] normalized images."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        blocks: OrderedDict[str, nn.Module] = OrderedDict()
+        in_ch = cfg.in_channels
+        for d, (w, k, s, pool) in enumerate(zip(cfg.widths, cfg.kernels, cfg.strides, cfg.pools), start=1):
+            blocks[f"conv{d}"] = nn.Conv2d(in_ch, w, k, stride=s, padding=k // 2, bias=not cfg.batchnorm)
+            if cfg.batchnorm:
+                blocks[f"bn{d}"] = nn.BatchNorm2d(w)
+            blocks[f"relu{d}"] = nn.ReLU(inplace=False)
+            if pool:
+                blocks[f"pool{d}"] = nn.MaxPool2d(2)
+            in_ch = w
+        head: OrderedDict[str, nn.Module] = OrderedDict(gap=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten())
+        if cfg.dropout > 0:
+            head["dropout"] = nn.Dropout(cfg.dropout)
+        head["fc"] = nn.Linear(in_ch, cfg.num_classes)
+        super().__init__(OrderedDict(features=nn.Sequential(blocks), head=nn.Sequential(head)))
+
+
+def build_model(cfg: ModelConfig, seed: int | None = None) -> SmallCNN:
+    """Build the CNN; with ``seed`` the initial weights are a pure function of (cfg, seed)."""
+    if seed is None:
+        return SmallCNN(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SmallCNN(cfg)
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    name: str  # dotted module name, e.g. "features.conv2"
+    depth: int  # 1-based conv depth
+    in_ch: int
+    out_ch: int
+    kernel: tuple[int, int]
+    stride: int
+    groups: int
+    weights: int  # out_ch * in_ch/groups * kh * kw
+    biases: int
+
+    @property
+    def params(self) -> int:
+        return self.weights + self.biases
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "depth": self.depth, "in_ch": self.in_ch, "out_ch": self.out_ch,
+            "kernel": list(self.kernel), "stride": self.stride, "groups": self.groups,
+            "weights": self.weights, "biases": self.biases, "params": self.params,
+        }
+
+
+def conv_layers(model: nn.Module) -> list[ConvLayer]:
+    """Every Conv2d of ``model`` in forward-definition order, numbered by depth from 1."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            out.append(ConvLayer(
+                name=name, depth=len(out) + 1, in_ch=m.in_channels, out_ch=m.out_channels,
+                kernel=(kh, kw), stride=int(m.stride[0]), groups=m.groups,
+                weights=m.weight.numel(), biases=0 if m.bias is None else m.bias.numel(),
+            ))
+    return out

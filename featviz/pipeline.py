@@ -1,0 +1,146 @@
+"""Where storage meets compute: train_run / resume_run write a run through the store."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import time
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from featviz.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from featviz.data import ImageData, load_data
+from featviz.errors import RunError
+from featviz.model import build_model, conv_layers
+from featviz.provenance import provenance
+from featviz.store import Run, check_name, check_out_dir
+from featviz.train import (
+    Normalizer, StepInfo, evaluate, load_optimizer_state, make_optimizer, optimizer_state,
+    resolve_device, steps_per_epoch, train_one_epoch,
+)
+
+
+class TrainProgress(Protocol):
+    """What the caller (the CLI's progress bar, a notebook) hears while training runs."""
+
+    def start(self, run: Run, first_epoch: int, epochs: int, batches: int) -> None: ...
+    def step(self, info: StepInfo) -> None: ...
+    def epoch(self, record: dict) -> None: ...
+
+
+class _Silent:
+    def start(self, run: Run, first_epoch: int, epochs: int, batches: int) -> None: ...
+    def step(self, info: StepInfo) -> None: ...
+    def epoch(self, record: dict) -> None: ...
+
+
+def default_run_name(data_name: str) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in data_name.split("/")[-1].replace("folder:", ""))
+    return f"{stem.strip('-') or 'run'}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_run(
+    data_cfg: DataConfig = DataConfig(), model_cfg: ModelConfig = ModelConfig(), train_cfg: TrainConfig = TrainConfig(),
+    out_dir: str | Path = "outputs", name: str | None = None, force: bool = False,
+    progress: TrainProgress | None = None,
+) -> Run:
+    """Train a new run and write every epoch's snapshot (epoch 0 = init). Returns the finished Run.
+
+    ``model_cfg.in_channels`` and ``num_classes`` are taken from the data set.
+    """
+    name = check_name(name) if name else default_run_name(data_cfg.name)
+    device = resolve_device(train_cfg.device)
+    out = check_out_dir(Path(out_dir))
+    if (out / name).exists() and not force:  # fail before spending seconds on data
+        raise RunError(f"run {out / name} already exists; use --resume to continue it or --force to replace it")
+    data = load_data(data_cfg)
+    model_cfg = dataclasses.replace(model_cfg, in_channels=data.channels, num_classes=len(data.classes))
+    model = build_model(model_cfg, seed=train_cfg.seed)
+    layers = [layer.as_dict() for layer in conv_layers(model)]
+    meta = {
+        "name": name, "seed": train_cfg.seed, **provenance(device),
+        "configs": {"data": to_dict(data_cfg), "model": to_dict(model_cfg), "train": to_dict(train_cfg)},
+        "data": data.describe(), "layers": layers,
+        "params_total": sum(p.numel() for p in model.parameters()),
+    }
+    run = Run.create(out, name, meta, force=force)
+    return _fit(run, data, model, train_cfg, device, first_epoch=1, progress=progress or _Silent())
+
+
+def resume_run(path: str | Path, device: str | None = None, progress: TrainProgress | None = None) -> Run:
+    """Continue ``path`` from its last committed epoch with the run's own configuration."""
+    run = Run.open(Path(path))
+    run.discard_uncommitted()
+    done = run.epochs_done
+    if done < 0:
+        raise RunError(f"run {run.path} has no complete epoch to resume from; start it again with --force")
+    if run.complete:
+        raise RunError(f"run {run.path} is already complete ({done} epochs)")
+    cfgs = run.meta["configs"]
+    data_cfg, model_cfg = from_dict(DataConfig, cfgs["data"]), from_dict(ModelConfig, cfgs["model"])
+    train_cfg = from_dict(TrainConfig, cfgs["train"])
+    if device is not None:
+        train_cfg = dataclasses.replace(train_cfg, device=device)
+    dev = resolve_device(train_cfg.device)
+    data = load_data(data_cfg)
+    model = build_model(model_cfg)
+    model.load_state_dict(run.load_snapshot(done))
+    return _fit(run, data, model, train_cfg, dev, first_epoch=done + 1, progress=progress or _Silent())
+
+
+def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
+         first_epoch: int, progress: TrainProgress) -> Run:
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=fmt)
+    norm = Normalizer(data.mean, data.std, device, cfg.channels_last)
+    opt = make_optimizer(model, cfg)
+    batches = steps_per_epoch(len(data.train_x), cfg.batch_size)
+    total = batches * cfg.epochs
+    records = run.metrics()
+    torch.manual_seed(cfg.seed)  # dropout, if any, draws from the global generator
+    if first_epoch == 1:
+        val_loss, val_acc = evaluate(model, data.val_x, data.val_y, norm)
+        init = {"epoch": 0, "step": 0, "train_loss": None, "train_acc": None, "val_loss": val_loss,
+                "val_acc": val_acc, "lr": 0.0, "wall_s": 0.0}
+        _commit(run, 0, model, opt, records, init)
+    else:
+        tensors, info = run.load_train_state(first_epoch - 1)
+        load_optimizer_state(opt, {k: v.to(device) for k, v in tensors.items() if k.startswith("state.")}, info)
+        torch.set_rng_state(tensors["rng.cpu"])
+    step = (first_epoch - 1) * batches
+    progress.start(run, first_epoch, cfg.epochs, batches)
+    every = cfg.snapshot_every_steps
+
+    def on_step(info: StepInfo) -> None:
+        progress.step(info)
+        if every and info.step % every == 0 and info.batch != info.batches:
+            run.save_snapshot(run.step_snapshot_file(info.step), model.state_dict())
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        train_loss, train_acc, step = train_one_epoch(model, opt, data, cfg, norm, epoch, step, total, on_step)
+        val_loss, val_acc = evaluate(model, data.val_x, data.val_y, norm)
+        rec = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+               "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "wall_s": round(time.perf_counter() - t0, 3)}
+        _commit(run, epoch, model, opt, records, rec)
+        progress.epoch(rec)
+    return run
+
+
+def _commit(run: Run, epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
+            records: list[dict], rec: dict) -> None:
+    """Snapshot, resume state, metrics line, then the manifest: the epoch counts only after the last."""
+    t0 = time.perf_counter()
+    run.save_snapshot(run.snapshot_file(epoch), model.state_dict())
+    tensors, info = optimizer_state(opt)
+    tensors["rng.cpu"] = torch.get_rng_state()
+    run.save_train_state(epoch, tensors, {**info, "epoch": epoch, "step": rec["step"]})
+    rec["snapshot_s"] = round(time.perf_counter() - t0, 4)
+    records.append(rec)
+    run.write_metrics(records)
+    run.write_manifest(epoch)
+    run.prune_train_state(epoch)

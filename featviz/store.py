@@ -1,0 +1,369 @@
+"""The run directory: the ONLY module that reads or writes it.
+
+Layout (schema 1)::
+
+    RUN/run.json                      configs, seed, versions, git sha, device, layers
+    RUN/metrics.jsonl                 one JSON line per finished epoch (epoch 0 = the init)
+    RUN/snapshots/epoch_003.safetensors   model tensors after epoch 3; step_0000150.* with --snapshot-every-steps
+    RUN/state/epoch_003.safetensors   optimizer state + RNG state for resuming (structure in .json beside it)
+    RUN/manifest.json                 written LAST after each epoch: epochs done + sha256 of every file
+
+Guarantees: every file is written atomically (temp file in the same folder, fsync, os.replace), so
+a reader sees the old or the new file, never half of one. An epoch counts as done only once the
+manifest says so. Loading never unpickles: tensors come from safetensors, everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from featviz.errors import RunError
+
+SCHEMA_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: mkstemp creates 0600 files, runs should get the usual 0644
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+# ----------------------------------------------------------------------------- atomic primitives
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _os_error(path, e) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise _os_error(path, e) from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:  # makes the rename itself durable; not supported on every platform
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _os_error(path: Path, e: OSError) -> RunError:
+    if e.errno == errno.ENOSPC:
+        return RunError(f"disk full while writing {path}; the previous version of the file is unchanged")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RunError(f"cannot write {path}: folder is not writable")
+    return RunError(f"cannot write {path}: {e.strerror or e}")
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; any problem is a RunError naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: file is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({_one_line(e)})") from None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200]
+
+
+def check_name(name: str, what: str = "run name") -> str:
+    """Names used in file names: letters, digits, . _ - only, so they never escape the run folder."""
+    if not _NAME_RE.match(name) or name in (".", ".."):
+        raise RunError(f"invalid {what} {name!r}: use letters, digits, '.', '_' or '-' (at most 100)")
+    return name
+
+
+# ----------------------------------------------------------------------------- tensors
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Save plain tensors (CPU, contiguous) as safetensors, atomically; refuse non-finite values."""
+    clean = {}
+    for k, t in tensors.items():
+        t = t.detach().to("cpu").contiguous()
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise RunError(f"refusing to save {path.name}: tensor {k!r} has non-finite values")
+        clean[k] = t
+    atomic_write_bytes(path, st_save(clean))
+
+
+def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a safetensors file without pickle; any damage is a RunError that names the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RunError(f"{path}: snapshot file is missing") from None
+    except OSError as e:
+        raise RunError(f"{path}: cannot read ({_one_line(e)})") from None
+    if not data:
+        raise RunError(f"{path}: file is empty (zero bytes)")
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise RunError(f"{path}: checksum does not match the manifest (file is damaged or was edited)")
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # safetensors raises several types for truncated/garbled headers
+        raise RunError(f"{path}: not a valid safetensors file ({_one_line(e)})") from None
+    for k, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise RunError(f"{path}: tensor {k!r} has non-finite values")
+    return tensors
+
+
+# ----------------------------------------------------------------------------- the run
+def check_out_dir(out_dir: Path) -> Path:
+    """Create ``out_dir`` if needed and make sure runs can be written there (fails before any work)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"output folder {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise RunError(f"output folder {out_dir} is not writable")
+    return out_dir
+
+
+class Run:
+    """A run directory. ``Run.create`` starts one, ``Run.open`` validates and opens one."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.meta = meta
+
+    # -- creation / opening
+    @classmethod
+    def create(cls, out_dir: Path, name: str, meta: dict[str, Any], force: bool = False) -> "Run":
+        """Make ``out_dir/name`` and write run.json. An existing run is an error unless ``force``."""
+        check_name(name)
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise RunError(f"output folder {out_dir} is a file, not a folder")
+        path = out_dir / name
+        if path.exists():
+            if not force:
+                raise RunError(f"run {path} already exists; use --resume to continue it or --force to replace it")
+            if not (path / "run.json").is_file() and any(path.iterdir()):
+                raise RunError(f"{path} exists and is not a featviz run; refusing to replace it")
+            _remove_tree(path)
+        try:
+            path.mkdir(parents=True)
+        except OSError as e:
+            raise RunError(f"cannot create {path}: {e.strerror or e}") from None
+        if not os.access(path, os.W_OK):
+            raise RunError(f"cannot write {path}: folder is not writable")
+        run = cls(path, {"schema_version": SCHEMA_VERSION, **meta})
+        atomic_write_json(path / "run.json", run.meta)
+        run.write_manifest(-1)
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> "Run":
+        """Open an existing run; a folder without a valid run.json is a RunError."""
+        path = Path(path)
+        if not path.exists():
+            raise RunError(f"run {path} does not exist")
+        if not path.is_dir():
+            raise RunError(f"{path} is a file, not a run folder")
+        if not (path / "run.json").is_file():
+            raise RunError(f"{path} is not a featviz run (no run.json)")
+        meta = read_json(path / "run.json")
+        if not isinstance(meta, dict) or "configs" not in meta or "schema_version" not in meta:
+            raise RunError(f"{path / 'run.json'}: not a featviz run description (missing configs/schema_version)")
+        if meta["schema_version"] > SCHEMA_VERSION:
+            raise RunError(f"{path / 'run.json'}: schema {meta['schema_version']} is newer than this featviz")
+        return cls(path, meta)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def epochs_planned(self) -> int:
+        return int(self.meta["configs"]["train"]["epochs"])
+
+    # -- manifest: the commit point of every epoch
+    def manifest(self) -> dict[str, Any]:
+        p = self.path / "manifest.json"
+        if not p.exists():
+            return {"epochs_done": -1, "files": {}}
+        m = read_json(p)
+        if not isinstance(m, dict) or "epochs_done" not in m or "files" not in m:
+            raise RunError(f"{p}: malformed manifest")
+        return m
+
+    def write_manifest(self, epochs_done: int, extra_files: Iterable[str] = ()) -> None:
+        """Record ``epochs_done`` and the hash of every tracked file; written last, atomically."""
+        old = self.manifest()["files"] if (self.path / "manifest.json").exists() else {}
+        files = {}
+        for rel in ["run.json", "metrics.jsonl", *self._snapshot_rels(epochs_done), *extra_files]:
+            p = self.path / rel
+            if p.exists():
+                files[rel] = old.get(rel) if rel.startswith("snapshots/") and rel in old else sha256_file(p)
+        atomic_write_json(self.path / "manifest.json", {"epochs_done": epochs_done, "files": files})
+
+    def _snapshot_rels(self, epochs_done: int) -> list[str]:
+        snaps = self.path / "snapshots"
+        if not snaps.is_dir():
+            return []
+        rels = [f"snapshots/{self.snapshot_file(e).name}" for e in range(epochs_done + 1)]
+        done_steps = {r["step"] for r in self.metrics(strict=False) if r["epoch"] <= epochs_done}
+        last = max(done_steps) if done_steps else 0
+        rels += [f"snapshots/{p.name}" for p in sorted(snaps.glob("step_*.safetensors"))
+                 if int(p.stem.split("_")[1]) <= last]
+        return rels
+
+    @property
+    def epochs_done(self) -> int:
+        """The last epoch whose snapshot, metrics and state are all committed (-1 = none)."""
+        return int(self.manifest()["epochs_done"])
+
+    @property
+    def complete(self) -> bool:
+        return self.epochs_done >= self.epochs_planned
+
+    # -- metrics
+    def metrics(self, strict: bool = True) -> list[dict[str, Any]]:
+        """Metric records in epoch order. ``strict=False`` skips a damaged line instead of failing."""
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        out = []
+        for i, line in enumerate(p.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or "epoch" not in rec:
+                    raise ValueError("no epoch field")
+            except ValueError as e:
+                if strict:
+                    raise RunError(f"{p}: line {i} is damaged ({_one_line(e)})") from None
+                continue
+            out.append(rec)
+        return out
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.jsonl whole (it is small) so a crash never leaves half a line."""
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        atomic_write_bytes(self.path / "metrics.jsonl", text.encode())
+
+    # -- snapshots
+    def snapshot_file(self, epoch: int) -> Path:
+        return self.path / "snapshots" / f"epoch_{epoch:03d}.safetensors"
+
+    def step_snapshot_file(self, step: int) -> Path:
+        return self.path / "snapshots" / f"step_{step:07d}.safetensors"
+
+    def save_snapshot(self, path: Path, state: dict[str, torch.Tensor]) -> None:
+        save_tensors(path, state)
+
+    def snapshot_epochs(self) -> list[int]:
+        """Epochs whose snapshot is committed by the manifest (0 = the random init)."""
+        return list(range(self.epochs_done + 1))
+
+    def load_snapshot(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The model tensors after ``epoch``, verified against the manifest's checksum."""
+        done = self.epochs_done
+        if not 0 <= epoch <= done:
+            raise RunError(f"epoch {epoch} is not in run {self.name} (epochs 0..{done} are available)")
+        rel = f"snapshots/{self.snapshot_file(epoch).name}"
+        return load_tensors(self.path / rel, self.manifest()["files"].get(rel))
+
+    # -- resume state (optimizer tensors in safetensors, their structure in JSON)
+    def save_train_state(self, epoch: int, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        base = self.path / "state" / f"epoch_{epoch:03d}"
+        save_tensors(base.with_suffix(".safetensors"), tensors)
+        atomic_write_json(base.with_suffix(".json"), info)
+
+    def load_train_state(self, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        base = self.path / "state" / f"epoch_{epoch:03d}"
+        return load_tensors(base.with_suffix(".safetensors")), read_json(base.with_suffix(".json"))
+
+    def prune_train_state(self, keep_epoch: int) -> None:
+        """Remove resume state of other epochs once ``keep_epoch`` is committed."""
+        for p in (self.path / "state").glob("epoch_*"):
+            if not p.name.startswith(f"epoch_{keep_epoch:03d}."):
+                p.unlink(missing_ok=True)
+
+    def discard_uncommitted(self) -> None:
+        """Before resuming: drop temp files and anything written after the last committed epoch."""
+        done = self.epochs_done
+        for p in self.path.rglob(".*.tmp"):
+            p.unlink(missing_ok=True)
+        for p in (self.path / "snapshots").glob("epoch_*.safetensors"):
+            if int(p.stem.split("_")[1]) > done:
+                p.unlink()
+        keep = [r for r in self.metrics(strict=False) if r["epoch"] <= done]
+        last_step = max((r["step"] for r in keep), default=0)
+        for p in (self.path / "snapshots").glob("step_*.safetensors"):
+            if int(p.stem.split("_")[1]) > last_step:
+                p.unlink()
+        self.write_metrics(keep)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    try:
+        shutil.rmtree(path)
+    except OSError as e:
+        raise RunError(f"cannot remove {path}: {e.strerror or e}") from None
+
+
+def list_runs(out_dir: Path) -> list[Run]:
+    """Every run directly under ``out_dir`` (folders with a run.json), sorted by name."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    runs = []
+    for p in sorted(out_dir.iterdir()):
+        if (p / "run.json").is_file():
+            try:
+                runs.append(Run.open(p))
+            except RunError:
+                continue
+    return runs

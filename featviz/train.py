@@ -1,0 +1,174 @@
+"""Training: fit / train_one_epoch / evaluate. No file I/O: the caller saves through callbacks.
+
+Determinism: the initial weights come from ``build_model(cfg, seed)``; the batch order of epoch e
+is a permutation drawn from a generator seeded with (seed, e); the learning rate is a pure
+function of the global step. Resuming from epoch k therefore needs only the weights, the optimizer
+state and k, and reproduces the uninterrupted run exactly on the same machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featviz.config import TrainConfig
+from featviz.data.base import ImageData
+from featviz.errors import ConfigError, TrainingDiverged
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    epoch: int  # 1-based epoch being trained
+    batch: int  # 1-based batch index within the epoch
+    batches: int  # batches per epoch
+    step: int  # global optimizer step after this batch
+    loss: float  # this batch's loss
+    acc: float  # running training accuracy of the epoch so far
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda, then mps, then cpu; an explicit device that is not there is a ConfigError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but CUDA is not available on this machine")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps requested but MPS is not available on this machine")
+    return torch.device(name)
+
+
+class Normalizer:
+    """uint8 [B, C, H, W] -> normalized float on ``device`` in the model's memory format."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, channels_last: bool):
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0)
+        self.device = device
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True).float()
+        return ((x - self.mean) * self.inv_std).contiguous(memory_format=self.fmt)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_at(step: int, total: int, peak: float) -> float:
+    """Linear warm-up over the first 10% of steps, then cosine decay to 1% of ``peak``."""
+    warm = max(1, total // 10)
+    if step < warm:
+        return peak * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Index batches for ``epoch``: a seeded permutation; a last batch of one image is dropped (BatchNorm)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    batches = list(torch.randperm(n, generator=g).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return len(batch_order(n, batch_size, 0, 0))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer, batch_size: int = 512) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) on uint8 images ``x`` [N, C, H, W]."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = model(norm(x[i:i + batch_size]))
+        yb = y[i:i + batch_size].to(logits.device)
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
+    return loss_sum / max(1, len(x)), correct / max(1, len(x))
+
+
+def train_one_epoch(
+    model: nn.Module, opt: torch.optim.Optimizer, data: ImageData, cfg: TrainConfig, norm: Normalizer,
+    epoch: int, step: int, total_steps: int, on_step: Callable[[StepInfo], None] | None = None,
+) -> tuple[float, float, int]:
+    """One pass over the training set. Returns (mean loss, accuracy, global step after the epoch).
+
+    Raises TrainingDiverged at the first non-finite loss, before the optimizer applies it.
+    """
+    model.train()
+    batches = batch_order(len(data.train_x), cfg.batch_size, cfg.seed, epoch)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=norm.device)
+    correct = torch.zeros((), dtype=torch.int64, device=norm.device)
+    seen = 0
+    for i, idx in enumerate(batches, start=1):
+        lr = lr_at(step, total_steps, cfg.lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = norm(data.train_x[idx]), data.train_y[idx].to(norm.device, non_blocking=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        loss_val = loss.detach().item()  # one sync per step: needed for the finite check and the progress bar
+        if not math.isfinite(loss_val):
+            raise TrainingDiverged(
+                f"loss became {loss_val} at epoch {epoch}, batch {i} (lr {lr:.3g}); training stopped, "
+                f"the last good snapshot is epoch {epoch - 1}; try a smaller --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(idx)
+        if on_step is not None:
+            on_step(StepInfo(epoch, i, len(batches), step, loss_val, int(correct) / seen))
+    return float(loss_sum) / seen, int(correct) / seen, step
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``opt.state_dict()`` into tensors (for safetensors) and JSON structure; no pickle."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"state.{pid}.{key}"] = val
+            else:
+                scalars[f"{pid}.{key}"] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    """Inverse of :func:`optimizer_state`."""
+    state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        if name.startswith("state."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = t
+    for name, val in info.get("scalars", {}).items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
