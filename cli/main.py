@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import data, runs, summary, train
+from cli import data, gallery, render, runs, summary, train
 from featviz.errors import FeatvizError
 
 app = typer.Typer(
@@ -16,6 +16,8 @@ app = typer.Typer(
 app.command()(train.train)
 app.command()(summary.summary)
 app.command()(runs.runs)
+app.command()(render.render)
+app.command()(gallery.gallery)
 app.add_typer(data.app, name="data")
 
 

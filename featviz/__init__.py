@@ -32,7 +32,8 @@ def train(data: str = "shapes", epochs: int | None = None, out_dir: str = "outpu
     """
     import dataclasses
 
-    buckets: dict[type, dict] = {DataConfig: {"name": data}, ModelConfig: {}, TrainConfig: {}}
+    # TrainConfig first: ``seed`` means the training seed (the data seed is DataConfig's default)
+    buckets: dict[type, dict] = {TrainConfig: {}, ModelConfig: {}, DataConfig: {"name": data}}
     if epochs is not None:
         buckets[TrainConfig]["epochs"] = epochs
     for key, val in options.items():

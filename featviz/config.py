@@ -66,9 +66,9 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 8  # full passes over the training set
     batch_size: int = 128  # images per optimizer step
-    lr: float = 0.003  # peak learning rate (linear warm-up for 1/10 of the steps, then cosine to 0)
+    lr: float = 0.005  # peak learning rate (linear warm-up for 1/10 of the steps, then cosine to 0)
     optimizer: str = "adamw"  # sgd (momentum 0.9, nesterov) | adam | adamw
-    weight_decay: float = 5e-4  # decoupled for adamw, L2 for sgd/adam
+    weight_decay: float = 0.05  # decoupled for adamw, L2 for sgd/adam
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     seed: int = 0  # weight init and batch order
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -96,3 +96,63 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
     return cls(**kwargs)
+
+
+PARAMS = ("fourier", "pixel")
+TRANSFORMS = ("standard", "none")
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    epochs: str = "auto"  # activation-maximization epochs: auto (init, middle, final) | all | last | 0,5,10 | every:K
+    layers: tuple[str, ...] = ()  # conv layers by dotted name; empty = every conv depth
+    channels: tuple[int, ...] = ()  # channel indices; empty = every channel of each layer
+    steps: int = 256  # optimization steps per image
+    size: int | None = None  # image side in px; None = the run's training image size
+    param: str = "fourier"  # fourier (decorrelated colour, 1/f spectrum) | pixel
+    transforms: str = "standard"  # standard (pad, jitter, scale, rotate scaled to the size) | none
+    lr: float = 0.05  # Adam learning rate on the parametrization
+    seed: int = 0  # seeds the parametrization and the random transforms
+    device: str = "auto"  # auto | cpu | cuda | mps
+    chunk: int = 64  # channels optimized together in one batch (bounds memory)
+    filters: bool = True  # also draw the filter grids, strips and GIFs (every epoch; milliseconds)
+    force: bool = False  # redo renders whose settings match existing ones
+
+    def __post_init__(self) -> None:
+        _check(bool(self.epochs.strip()), "--epochs is empty")
+        _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        _check(self.size is None or 8 <= self.size <= 512, f"size must be 8..512 px, got {self.size}")
+        _check(self.param in PARAMS, f"unknown parametrization {self.param!r}; choose one of {', '.join(PARAMS)}")
+        _check(self.transforms in TRANSFORMS, f"unknown transforms {self.transforms!r}; choose one of {', '.join(TRANSFORMS)}")
+        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        _check(self.chunk >= 1, f"chunk must be at least 1, got {self.chunk}")
+        _check(all(c >= 0 for c in self.channels), "channels must be >= 0")
+
+
+def parse_epochs(spec: str, available: list[int]) -> list[int]:
+    """'auto' | 'all' | 'last' | '0,5,10' | 'every:K' -> sorted epochs, each checked against ``available``."""
+    spec = spec.strip().lower()
+    if not available:
+        raise ConfigError("the run has no complete epoch yet")
+    last = available[-1]
+    if spec == "auto":
+        return sorted({0, last // 2, last})
+    if spec == "all":
+        return list(available)
+    if spec == "last":
+        return [last]
+    if spec.startswith("every:"):
+        try:
+            k = int(spec[6:])
+        except ValueError:
+            raise ConfigError(f"bad --epochs {spec!r}: expected every:K with an integer K") from None
+        _check(k >= 1, f"bad --epochs {spec!r}: K must be at least 1")
+        return sorted({*range(0, last + 1, k), last})
+    try:
+        wanted = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"bad --epochs {spec!r}: use auto, all, last, every:K or a list like 0,5,10") from None
+    missing = [e for e in wanted if e not in available]
+    _check(not missing, f"epoch(s) {', '.join(map(str, missing))} not in the run (available: 0..{last})")
+    return wanted

@@ -12,12 +12,13 @@ import torch
 
 from featviz.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from featviz.data import ImageData, load_data
-from featviz.errors import RunError
+from featviz.errors import FeatvizError, RunError
 from featviz.model import build_model, conv_layers
+from featviz.optvis.param import color_matrix
 from featviz.provenance import provenance
 from featviz.store import Run, check_name, check_out_dir
 from featviz.train import (
-    Normalizer, StepInfo, evaluate, load_optimizer_state, make_optimizer, optimizer_state,
+    Normalizer, StepInfo, check_finite, evaluate, load_optimizer_state, make_optimizer, optimizer_state,
     resolve_device, steps_per_epoch, train_one_epoch,
 )
 
@@ -59,10 +60,14 @@ def train_run(
     model_cfg = dataclasses.replace(model_cfg, in_channels=data.channels, num_classes=len(data.classes))
     model = build_model(model_cfg, seed=train_cfg.seed)
     layers = [layer.as_dict() for layer in conv_layers(model)]
+    try:  # the render step's decorrelated-colour matrix comes from the training images
+        color = color_matrix(data.train_x[:5000]).tolist()
+    except FeatvizError:  # images without colour variance (e.g. a constant folder)
+        color = None
     meta = {
         "name": name, "seed": train_cfg.seed, **provenance(device),
         "configs": {"data": to_dict(data_cfg), "model": to_dict(model_cfg), "train": to_dict(train_cfg)},
-        "data": data.describe(), "layers": layers,
+        "data": {**data.describe(), "color_matrix": color}, "layers": layers,
         "params_total": sum(p.numel() for p in model.parameters()),
     }
     run = Run.create(out, name, meta, force=force)
@@ -118,6 +123,7 @@ def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, de
     def on_step(info: StepInfo) -> None:
         progress.step(info)
         if every and info.step % every == 0 and info.batch != info.batches:
+            check_finite(model, info.epoch)
             run.save_snapshot(run.step_snapshot_file(info.step), model.state_dict())
 
     for epoch in range(first_epoch, cfg.epochs + 1):

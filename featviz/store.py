@@ -112,7 +112,7 @@ def _one_line(e: BaseException) -> str:
 
 def check_name(name: str, what: str = "run name") -> str:
     """Names used in file names: letters, digits, . _ - only, so they never escape the run folder."""
-    if not _NAME_RE.match(name) or name in (".", ".."):
+    if not _NAME_RE.fullmatch(name) or name in (".", ".."):
         raise RunError(f"invalid {what} {name!r}: use letters, digits, '.', '_' or '-' (at most 100)")
     return name
 
@@ -183,6 +183,8 @@ class Run:
         if out_dir.exists() and not out_dir.is_dir():
             raise RunError(f"output folder {out_dir} is a file, not a folder")
         path = out_dir / name
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path} exists and is a file, not a run; refusing to replace it")
         if path.exists():
             if not force:
                 raise RunError(f"run {path} already exists; use --resume to continue it or --force to replace it")
@@ -213,6 +215,8 @@ class Run:
         meta = read_json(path / "run.json")
         if not isinstance(meta, dict) or "configs" not in meta or "schema_version" not in meta:
             raise RunError(f"{path / 'run.json'}: not a featviz run description (missing configs/schema_version)")
+        if not isinstance(meta["schema_version"], int):
+            raise RunError(f"{path / 'run.json'}: schema_version is not an integer")
         if meta["schema_version"] > SCHEMA_VERSION:
             raise RunError(f"{path / 'run.json'}: schema {meta['schema_version']} is newer than this featviz")
         return cls(path, meta)
@@ -343,6 +347,50 @@ class Run:
             if int(p.stem.split("_")[1]) > last_step:
                 p.unlink()
         self.write_metrics(keep)
+
+    # -- renders (PNGs/GIFs under renders/, one JSON line per image in renders.jsonl)
+    def write_artifact(self, area: str, rel: str, data: bytes) -> Path:
+        """Write ``<area>/<rel>`` (area: renders | gallery | analysis) atomically.
+
+        Every part of ``rel`` must be a safe name, so layer or run names never escape the run folder.
+        """
+        if area not in ("renders", "gallery", "analysis"):
+            raise RunError(f"unknown run area {area!r}")
+        parts = rel.split("/")
+        for part in parts:
+            check_name(part, "file name part")
+        path = self.path / area / Path(*parts)
+        atomic_write_bytes(path, data)
+        return path
+
+    def render_index(self) -> list[dict[str, Any]]:
+        """Records of renders.jsonl whose file still exists; damaged lines are skipped."""
+        p = self.path / "renders.jsonl"
+        if not p.exists():
+            return []
+        out = []
+        for line in p.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "file" in rec and (self.path / rec["file"]).is_file():
+                out.append(rec)
+        return out
+
+    def add_renders(self, records: list[dict[str, Any]]) -> None:
+        """Add or replace (by file) records in renders.jsonl, atomically."""
+        new = {r["file"]: r for r in records}
+        keep = [r for r in self.render_index() if r["file"] not in new]
+        text = "".join(json.dumps(r) + "\n" for r in [*keep, *new.values()])
+        atomic_write_bytes(self.path / "renders.jsonl", text.encode())
+
+    def read_file_bytes(self, rel: str) -> bytes:
+        """Bytes of a file inside the run (for the gallery); the path may not leave the run folder."""
+        p = (self.path / rel).resolve()
+        if self.path.resolve() not in p.parents:
+            raise RunError(f"{rel!r} is outside the run folder")
+        return p.read_bytes()
 
 
 def _remove_tree(path: Path) -> None:

@@ -141,7 +141,17 @@ def train_one_epoch(
         seen += len(idx)
         if on_step is not None:
             on_step(StepInfo(epoch, i, len(batches), step, loss_val, int(correct) / seen))
+    check_finite(model, epoch)
     return float(loss_sum) / seen, int(correct) / seen, step
+
+
+def check_finite(model: nn.Module, epoch: int) -> None:
+    """Raise TrainingDiverged if any parameter or buffer became NaN or infinite (the last step can do it)."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise TrainingDiverged(
+                f"{name} became non-finite during epoch {epoch}; training stopped, "
+                f"the last good snapshot is epoch {epoch - 1}; try a smaller --lr")
 
 
 def now() -> float:

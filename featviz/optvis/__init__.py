@@ -1,0 +1,22 @@
+"""Activation maximization for any ``nn.Module`` (layers named by PyTorch dotted names).
+
+``objectives`` (what to maximize) · ``param`` (how images are parametrized) · ``transforms`` (random
+robustness transforms) · ``actmax`` (``render``, ``render_channels``) · ``quality`` (standardized
+activation, specificity). Nothing here reads or writes files.
+"""
+
+from featviz.optvis.actmax import RenderResult, layer_channels, render, render_channels
+from featviz.optvis.objectives import (
+    Objective, channel, direction, diversity, layer_objective, neuron, parse,
+)
+from featviz.optvis.param import color_matrix, fourier, pixel
+from featviz.optvis.quality import noise_images, specificity, standardized_activation
+from featviz.optvis.transforms import compose, jitter, pad, random_rotate, random_scale, standard
+
+__all__ = [
+    "RenderResult", "render", "render_channels", "layer_channels",
+    "Objective", "channel", "neuron", "layer_objective", "direction", "diversity", "parse",
+    "pixel", "fourier", "color_matrix",
+    "pad", "jitter", "random_scale", "random_rotate", "compose", "standard",
+    "standardized_activation", "specificity", "noise_images",
+]

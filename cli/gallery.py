@@ -1,0 +1,30 @@
+"""featviz gallery: (re)build RUN/gallery/index.html; optionally serve it on 127.0.0.1 or open it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.common import console
+from featviz.gallery.build import build_gallery
+from featviz.gallery.serve import serve as serve_run
+from featviz.store import Run
+
+
+def gallery(
+    run: Path = typer.Argument(..., help="A run folder."),
+    serve: bool = typer.Option(False, help="Serve the run folder on http://127.0.0.1:PORT until Ctrl-C."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port for --serve (0 = any free port)."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the gallery in the default browser."),
+) -> None:
+    """Rebuild the static HTML gallery from the run's files (no model is loaded)."""
+    r = Run.open(run)
+    index = Path(build_gallery(r))
+    console.print(f"gallery: {index}")
+    if serve:
+        serve_run(r, port, open_browser, on_ready=lambda url: console.print(f"serving {url}  (Ctrl-C stops)"))
+    elif open_browser:
+        import webbrowser
+
+        webbrowser.open(index.resolve().as_uri())

@@ -1,0 +1,53 @@
+"""featviz render: options -> RenderConfig -> featviz.render.render_run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cli.common import console, int_list
+from featviz.config import RenderConfig
+from featviz.render import render_run
+from featviz.store import Run
+
+_R = RenderConfig()
+
+
+def render(
+    run: Path = typer.Argument(..., help="A run folder written by featviz train."),
+    epochs: str = typer.Option(_R.epochs, help="Activation-maximization epochs: auto (init, middle, final) | all | last | 0,5,10 | every:K."),
+    layers: Optional[str] = typer.Option(None, help="Conv layers by dotted name, comma-separated (default: every depth)."),
+    channels: Optional[str] = typer.Option(None, help="Channel indices, e.g. 0,1,2 (default: every channel)."),
+    steps: int = typer.Option(_R.steps, min=1, help="Optimization steps per image."),
+    size: Optional[int] = typer.Option(None, min=8, max=512, help="Image side in px (default: the run's)."),
+    param: str = typer.Option(_R.param, help="fourier (decorrelated colour) | pixel"),
+    transforms: str = typer.Option(_R.transforms, help="standard (pad, jitter, scale, rotate) | none"),
+    lr: float = typer.Option(_R.lr, help="Adam learning rate."),
+    seed: int = typer.Option(_R.seed, help="Seed of the parametrization and transforms."),
+    chunk: int = typer.Option(_R.chunk, min=1, help="Channels optimized together per batch."),
+    device: str = typer.Option(_R.device, help="auto | cpu | cuda | mps"),
+    filters: bool = typer.Option(True, help="Also draw the filters at every epoch."),
+    force: bool = typer.Option(False, help="Redo renders whose settings match existing ones."),
+) -> None:
+    """Draw the learned filters and activation-maximization images, then build the gallery."""
+    r = Run.open(run)
+    cfg = RenderConfig(epochs=epochs, layers=tuple(x.strip() for x in layers.split(",") if x.strip()) if layers else (),
+                       channels=int_list(channels, "--channels") or (), steps=steps, size=size, param=param,
+                       transforms=transforms, lr=lr, seed=seed, chunk=chunk, device=device, filters=filters, force=force)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, transient=True)
+    tasks: dict[str, int] = {}
+
+    def progress(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done)
+
+    with bar:
+        out = render_run(r, cfg, progress)
+    console.print(f"rendered epochs {out['epochs']} of {len(out['layers'])} layers on {out['device']}: "
+                  f"{out['am_images']} activation-maximization images, {out['filter_files']} filter files")
+    console.print(f"gallery: {out['gallery']}  (featviz gallery {r.path} --open)")

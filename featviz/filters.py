@@ -1,0 +1,96 @@
+"""Conv weights -> image tiles, with one colour scale per layer shared by every epoch.
+
+Contract: functions take weight tensors [O, I, kh, kw] (any float dtype, never modified) and
+return uint8 images [3, H, W] (or tiles [O, 3, h, w]).
+
+* First layer (I = 3): each filter is an RGB tile, pixel = 0.5 + 0.5 * w / scale, so grey is 0.
+  With I = 1 the tile is grey. This shows directly which colour and orientation a filter prefers.
+* Deeper layers (I > 3): a filter is I separate kh x kw kernels, one per input channel. Each filter
+  becomes a mosaic of its I kernels (rows of ceil(sqrt(I)) kernels) drawn with a diverging map
+  (blue < 0 < red, white at 0). Nothing is averaged away: every weight is one pixel.
+* Scale: ``layer_scale`` is max |w| over all epochs of that layer, symmetric around 0, so a filter
+  that grows over training visibly gains contrast instead of being rescaled to look the same.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+_NEG = torch.tensor([0.16, 0.35, 0.75])  # blue for negative weights
+_POS = torch.tensor([0.75, 0.16, 0.16])  # red for positive weights
+
+
+def layer_scale(weights: Sequence[torch.Tensor]) -> float:
+    """One symmetric scale for a layer: max |w| over every epoch's weight (1.0 if all zero)."""
+    m = max(float(w.detach().abs().max()) for w in weights)
+    return m if m > 0 else 1.0
+
+
+def _diverging(v: torch.Tensor) -> torch.Tensor:
+    """Values in [-1, 1], shape [...], -> RGB in [0, 1], shape [..., 3]: white at 0."""
+    a = v.clamp(-1, 1).unsqueeze(-1)
+    white = torch.ones(3)
+    return torch.where(a < 0, white + (-a) * (_NEG - white), white + a * (_POS - white))
+
+
+def filter_tiles(weight: torch.Tensor, scale: float, pad: int = 1) -> torch.Tensor:
+    """Float tiles [O, 3, h, w] in [0, 1], one per filter (see the module docstring)."""
+    w = weight.detach().to("cpu", torch.float32) / scale
+    o, i, kh, kw = w.shape
+    if i in (1, 3):
+        tiles = (0.5 + 0.5 * w).clamp(0, 1)
+        return tiles.expand(o, 3, kh, kw).clone() if i == 1 else tiles
+    cols = math.ceil(math.sqrt(i))
+    rows = math.ceil(i / cols)
+    rgb = _diverging(w)  # [O, I, kh, kw, 3]
+    out = torch.full((o, 3, rows * (kh + pad) - pad, cols * (kw + pad) - pad), 0.85)
+    for c in range(i):
+        r, q = divmod(c, cols)
+        y, x = r * (kh + pad), q * (kw + pad)
+        out[:, :, y:y + kh, x:x + kw] = rgb[:, c].permute(0, 3, 1, 2)
+    return out
+
+
+def upscale(img: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour enlargement of [..., H, W] so 3x3 kernels stay crisp in a browser."""
+    return img.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+
+
+def filter_grid(weight: torch.Tensor, scale: float, nrow: int | None = None, zoom: int | None = None) -> torch.Tensor:
+    """uint8 [3, H, W]: every filter of a layer as a grid of tiles (``nrow`` tiles per row)."""
+    tiles = filter_tiles(weight, scale)
+    zoom = zoom or max(1, 48 // max(tiles.shape[-2:]))
+    nrow = nrow or math.ceil(math.sqrt(len(tiles)))
+    grid = make_grid(upscale(tiles, zoom), nrow=nrow, padding=2, pad_value=1.0)
+    return (grid * 255).round().to(torch.uint8)
+
+
+def evolution_strip(weights: Sequence[torch.Tensor], scale: float, max_filters: int = 16) -> torch.Tensor:
+    """uint8 [3, H, W]: rows = the first ``max_filters`` filters, columns = epochs in order."""
+    per_epoch = [filter_tiles(w[:max_filters], scale) for w in weights]  # E x [F, 3, h, w]
+    stacked = torch.stack(per_epoch, dim=1).flatten(0, 1)  # filter-major: [F*E, 3, h, w]
+    zoom = max(1, 32 // max(stacked.shape[-2:]))
+    grid = make_grid(upscale(stacked, zoom), nrow=len(weights), padding=2, pad_value=1.0)
+    return (grid * 255).round().to(torch.uint8)
+
+
+def png_bytes(img: torch.Tensor) -> bytes:
+    """uint8 [C, H, W] -> PNG bytes (lossless)."""
+    arr = img.permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def gif_bytes(frames: Sequence[torch.Tensor], ms_per_frame: int = 400) -> bytes:
+    """uint8 [3, H, W] frames -> a looping animated GIF (the evolution of a layer over epochs)."""
+    imgs = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in frames]
+    buf = io.BytesIO()
+    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=ms_per_frame, loop=0)
+    return buf.getvalue()

@@ -1,0 +1,103 @@
+"""Build RUN/gallery/index.html from the run's files alone (run.json, metrics, renders.jsonl).
+
+No model is loaded. Every link is relative (``../renders/...``), so the page works from file://
+and from ``featviz gallery RUN --serve``. Every string from the run goes through Jinja's
+autoescaping (HTML) or ``tojson`` (data for the scripts), so a run or layer name cannot inject markup.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from featviz.metrics import theoretical_receptive_fields
+from featviz.store import Run
+
+
+def _env() -> Environment:
+    return Environment(loader=PackageLoader("featviz.gallery", "templates"),
+                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+
+
+def curves_png(metrics: list[dict[str, Any]]) -> bytes:
+    """Training curves (loss and accuracy, train and validation, per epoch) as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in metrics]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+    for key, style in (("train_loss", "-o"), ("val_loss", "-s")):
+        pts = [(e, r[key]) for e, r in zip(ep, metrics) if r.get(key) is not None]
+        if pts:
+            a.plot(*zip(*pts), style, ms=3, label=key.replace("_", " "))
+    for key, style in (("train_acc", "-o"), ("val_acc", "-s")):
+        pts = [(e, r[key]) for e, r in zip(ep, metrics) if r.get(key) is not None]
+        if pts:
+            b.plot(*zip(*pts), style, ms=3, label=key.replace("_", " "))
+    a.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _weights_text(layer: dict[str, Any], batchnorm: bool) -> str:
+    kh, kw = layer["kernel"]
+    cin = layer["in_ch"] // layer.get("groups", 1)
+    bias = f"{layer['biases']:,} biases" if layer["biases"] else "no biases (the BatchNorm after it shifts instead)"
+    return (f"{layer['out_ch']} filters x {cin} input channels x {kh} x {kw} = {layer['weights']:,} weights, "
+            f"{bias}. Each filter has {cin * kh * kw:,} weights of its own: one {kh}x{kw} kernel per input channel. "
+            "The count does not depend on the input size or the stride."
+            + (" BatchNorm adds 2 trained numbers per channel." if batchnorm else ""))
+
+
+def _depths(run: Run, index: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    model = run.meta["configs"]["model"]
+    rfs = theoretical_receptive_fields(model["kernels"], model["strides"], model["pools"])
+    size = run.meta["data"]["size"]
+    out = []
+    for layer in run.meta["layers"]:
+        name, d = layer["name"], layer["depth"]
+        recs = [r for r in index if r.get("layer") == name]
+        filters = sorted((r for r in recs if r["kind"] == "filters"), key=lambda r: r["epoch"])
+        am = [r for r in recs if r["kind"] == "am"]
+        am_epochs = sorted({r["epoch"] for r in am})
+        channels = sorted({r["channel"] for r in am})
+        by = {(r["channel"], r["epoch"]): r for r in am}
+        tiles = [{"channel": c,
+                  "srcs": ["../" + by[(c, e)]["file"] if (c, e) in by else "" for e in am_epochs],
+                  "acts": [round(by[(c, e)].get("activation", 0.0), 4) if (c, e) in by else None for e in am_epochs]}
+                 for c in channels]
+        extra = {r["kind"]: "../" + r["file"] for r in recs if r["kind"] in ("filters_strip", "filters_gif")}
+        rf = rfs[d - 1] if d - 1 < len(rfs) else None
+        out.append({
+            "name": name, "depth": d, "filters": layer["out_ch"], "explain": _weights_text(layer, model["batchnorm"]),
+            "rf": rf, "rf_note": (f"larger than the {size} px image" if rf and rf > size else f"of {size} px"),
+            "filter_srcs": ["../" + r["file"] for r in filters], "filter_epochs": [r["epoch"] for r in filters],
+            "am_epochs": am_epochs, "tiles": tiles, "strip": extra.get("filters_strip"), "gif": extra.get("filters_gif"),
+        })
+    return out
+
+
+def build_gallery(run: Run) -> str:
+    """Write RUN/gallery/index.html (+ curves.png) and return the index path."""
+    metrics = run.metrics(strict=False)
+    index = run.render_index()
+    if metrics:
+        run.write_artifact("gallery", "curves.png", curves_png(metrics))
+    last = metrics[-1] if metrics else {}
+    am_settings = next((r.get("settings") for r in index if r["kind"] == "am"), None)
+    html = _env().get_template("index.html.j2").render(
+        run=run.meta, name=run.name, last=last, metrics=metrics, depths=_depths(run, index),
+        has_curves=bool(metrics), am_settings=am_settings, epochs_done=run.epochs_done, complete=run.complete,
+    )
+    return str(run.write_artifact("gallery", "index.html", html.encode()))

@@ -1,0 +1,99 @@
+"""How good is a set of activation-maximization images? Numbers to pick defaults by and to report.
+
+Contract: functions take a model, a layer (dotted name), images [N, C, H, W] in [0, 1] and the
+training normalization; they run in eval mode without gradients (``actmax.frozen``), stop the forward
+pass at the layer, and return CPU tensors / floats. The model is left as found.
+
+* ``standardized_activation``: for each rendered image i (made for channel ``channels[i]``), that
+  channel's mean activation on it, minus the channel's mean over reference ``noise_images``, divided
+  by the channel's std over them. A z-score: comparable across channels, layers and models.
+* ``specificity``: the fraction of channels whose own image gives their highest standardized
+  activation among the layer's rendered images (1.0 = every image is the best one for its channel).
+  With ``by="image"``: the fraction of images whose own channel has their highest z-score instead.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from featviz.errors import ConfigError
+from featviz.optvis.actmax import _model_device, _model_dtype, _normalizer, forward_until, frozen
+from featviz.optvis.param import spectrum_scale
+from featviz.optvis.rng import generator
+
+__all__ = ["channel_activations", "standardized_matrix", "standardized_activation", "specificity", "noise_images"]
+
+
+def channel_activations(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None = None,
+                        std: Sequence[float] | None = None, batch_size: int = 128) -> Tensor:
+    """Channel-mean activation of ``layer`` on each image: images [N, C, H, W] in [0, 1] -> [N, K] float32."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        raise ConfigError("images must be a non-empty tensor [N, C, H, W]")
+    dev = _model_device(model, None)
+    norm = _normalizer(mean, std, images.shape[1], dev)
+    out = []
+    with frozen(model), forward_until(model, [layer]) as run, torch.no_grad():
+        for chunk in images.split(batch_size):
+            act = run(norm(chunk.to(dev, torch.float32)).to(_model_dtype(model)))[layer]
+            out.append((act.flatten(2).mean(2) if act.dim() > 2 else act).float().cpu())
+    return torch.cat(out)
+
+
+def standardized_matrix(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None,
+                        std: Sequence[float] | None, noise_images: Tensor) -> Tensor:
+    """z-scores [N, K]: channel k's activation on image n, standardized by its noise-image statistics."""
+    ref = channel_activations(model, layer, noise_images, mean, std)
+    if ref.shape[0] < 2:
+        raise ConfigError("need at least 2 noise images to estimate a spread")
+    acts = channel_activations(model, layer, images, mean, std)
+    return (acts - ref.mean(0)) / ref.std(0).clamp_min(1e-8)
+
+
+def _own(z: Tensor, channels: Sequence[int] | None) -> Tensor:
+    idx = torch.arange(z.shape[0]) if channels is None else torch.as_tensor(list(channels), dtype=torch.long)
+    if idx.numel() != z.shape[0]:
+        raise ConfigError(f"{idx.numel()} channels for {z.shape[0]} images")
+    if idx.numel() and (idx.min() < 0 or idx.max() >= z.shape[1]):
+        raise ConfigError(f"channel index out of range for a layer with {z.shape[1]} channels")
+    return idx
+
+
+def standardized_activation(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None,
+                            std: Sequence[float] | None, noise_images: Tensor,
+                            channels: Sequence[int] | None = None) -> Tensor:
+    """[N]: z-score of channel ``channels[i]`` (default i) on its own image i, against ``noise_images``."""
+    z = standardized_matrix(model, layer, images, mean, std, noise_images)
+    idx = _own(z, channels)
+    return z[torch.arange(z.shape[0]), idx]
+
+
+def specificity(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None,
+                std: Sequence[float] | None, noise_images: Tensor, channels: Sequence[int] | None = None,
+                by: str = "channel") -> float:
+    """Fraction in [0, 1] of channels whose own image is their top image among ``images`` (``by="channel"``),
+    or of images whose own channel is their top standardized channel in the layer (``by="image"``)."""
+    z = standardized_matrix(model, layer, images, mean, std, noise_images)
+    idx = _own(z, channels)
+    if by == "channel":
+        hits = z[:, idx].argmax(0) == torch.arange(z.shape[0])  # column i: channel idx[i] over all images
+    elif by == "image":
+        hits = z.argmax(1) == idx
+    else:
+        raise ConfigError(f"unknown specificity mode {by!r}; use 'channel' or 'image'")
+    return float(hits.float().mean())
+
+
+def noise_images(n: int, channels: int, size: int | Sequence[int], seed: int = 0, kind: str = "pink") -> Tensor:
+    """Reference images [n, C, H, W] in (0, 1): ``pink`` (1/f spectrum, like natural images) or ``uniform``."""
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    g = generator(seed)
+    if kind == "uniform":
+        return torch.rand(n, channels, h, w, generator=g)
+    if kind != "pink":
+        raise ConfigError(f"unknown noise kind {kind!r}; use 'pink' or 'uniform'")
+    spec = torch.randn(n, channels, h, w // 2 + 1, 2, generator=g)
+    x = torch.fft.irfft2(torch.view_as_complex(spec) * spectrum_scale(h, w), s=(h, w), norm="ortho")
+    return torch.sigmoid(x)

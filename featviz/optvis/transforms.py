@@ -1,0 +1,158 @@
+"""Random image transforms that make activation-maximization images robust (fewer adversarial patterns).
+
+Contract: a transform factory takes its configuration and returns a transform,
+``(config) -> (images[B, C, H, W] -> images[B, C, H', W'])``. Inputs are images in [0, 1]; outputs
+stay in [0, 1]; inputs are never modified in place and every step is differentiable. Each batch
+element gets its OWN random draw.
+
+Randomness comes from ``rng``: an int seed or a ``torch.Generator`` (one stream shared by the batch),
+or a :class:`featviz.optvis.rng.ElementRandom` (one stream per element, which the renderer uses so
+that batched and one-at-a-time renders see identical transforms). Every random transform draws the
+same count of numbers per call, whatever its settings, so streams stay aligned.
+
+Scale, rotation and translation (and reflect/edge/constant padding) are one per-sample affine map
+applied with a single ``F.affine_grid`` + ``F.grid_sample`` pass (:class:`RandomAffine`); translation
+is therefore sub-pixel (bilinear), unlike an integer roll. ``standard(size)`` is the default recipe
+for 28-64 px images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from featviz.errors import ConfigError
+from featviz.optvis.rng import RandomSource, SharedRandom
+
+Transform = Callable[[Tensor], Tensor]
+_MODES = {"reflect": "reflection", "edge": "border", "replicate": "border", "constant": "zeros"}
+
+__all__ = ["Transform", "RandomAffine", "pad", "jitter", "random_scale", "random_rotate", "compose",
+           "identity", "standard", "standard_settings"]
+
+
+def _source(rng: RandomSource | torch.Generator | int | None) -> RandomSource:
+    if rng is None or isinstance(rng, (int, torch.Generator)):
+        return SharedRandom(0 if rng is None else rng)
+    return rng
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in _MODES:
+        raise ConfigError(f"unknown pad mode {mode!r}; choose one of {', '.join(_MODES)}")
+
+
+def identity(images: Tensor) -> Tensor:
+    """The no-op transform."""
+    return images
+
+
+class RandomAffine:
+    """Per-element random scale, rotation and translation plus padding, in ONE grid_sample.
+
+    images [B, C, H, W] -> [B, C, H + 2*pad, W + 2*pad]; element b is scaled by s ~ U(lo, hi),
+    rotated by U(-degrees, degrees) about the centre and shifted by U(-translate, translate) px
+    on each axis. Pixels that come from outside the image follow ``mode`` (reflect | edge |
+    constant with ``value``). With all settings at their neutral values the output equals the input.
+    """
+
+    def __init__(self, scale: tuple[float, float] = (1.0, 1.0), degrees: float = 0.0, translate: float = 0.0,
+                 pad: int = 0, mode: str = "reflect", value: float = 0.5,
+                 rng: RandomSource | torch.Generator | int | None = None) -> None:
+        _check_mode(mode)
+        lo, hi = scale
+        if not 0 < lo <= hi:
+            raise ConfigError(f"scale range must satisfy 0 < lo <= hi, got ({lo}, {hi})")
+        if degrees < 0 or translate < 0 or pad < 0:
+            raise ConfigError("degrees, translate and pad must be >= 0")
+        self.lo, self.hi, self.degrees, self.translate, self.pad = float(lo), float(hi), float(degrees), float(translate), int(pad)
+        self.mode, self.value, self.rng = mode, float(value), _source(rng)
+
+    def theta(self, batch: int, h: int, w: int, device: torch.device) -> Tensor:
+        """Affine matrices [B, 2, 3] mapping output to input normalized coordinates (align_corners=False)."""
+        u = self.rng.uniform(batch, 4, device)
+        s = self.lo + (self.hi - self.lo) * u[:, 0]
+        ang = math.radians(self.degrees) * (2 * u[:, 1] - 1)
+        cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+        ho, wo = h + 2 * self.pad, w + 2 * self.pad
+        # normalized -> pixel (x D_out), rotate/scale in pixels, pixel -> normalized (/ D_in)
+        row0 = torch.stack([cos * wo / w, -sin * ho / w, self.translate * (2 * u[:, 2] - 1) * 2 / w], 1)
+        row1 = torch.stack([sin * wo / h, cos * ho / h, self.translate * (2 * u[:, 3] - 1) * 2 / h], 1)
+        return torch.stack([row0, row1], 1)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        b, c, h, w = images.shape
+        theta = self.theta(b, h, w, images.device).to(images.dtype)
+        grid = F.affine_grid(theta, [b, c, h + 2 * self.pad, w + 2 * self.pad], align_corners=False)
+        shift = self.value if self.mode == "constant" else 0.0  # grid_sample pads with 0: pad (x - v) + v
+        out = F.grid_sample(images - shift if shift else images, grid, mode="bilinear",
+                            padding_mode=_MODES[self.mode], align_corners=False)
+        return out + shift if shift else out
+
+
+def pad(px: int, mode: str = "reflect", value: float = 0.5) -> Transform:
+    """Pad every side by ``px``: [B, C, H, W] -> [B, C, H + 2px, W + 2px] (reflect | edge | constant)."""
+    _check_mode(mode)
+    if px < 0:
+        raise ConfigError(f"pad must be >= 0, got {px}")
+    torch_mode = {"reflect": "reflect", "edge": "replicate", "replicate": "replicate", "constant": "constant"}[mode]
+
+    def t(images: Tensor) -> Tensor:
+        if px == 0:
+            return images
+        if mode == "reflect" and px >= min(images.shape[-2:]):
+            raise ConfigError(f"reflect pad {px} needs images larger than {px} px")
+        kw = {"value": value} if mode == "constant" else {}
+        return F.pad(images, (px, px, px, px), mode=torch_mode, **kw)
+
+    return t
+
+
+def jitter(px: float, rng: RandomSource | torch.Generator | int | None = None) -> Transform:
+    """Shift each element by U(-px, px) pixels on each axis (sub-pixel, reflected borders); same size."""
+    return RandomAffine(translate=px, rng=rng)
+
+
+def random_scale(lo: float, hi: float, rng: RandomSource | torch.Generator | int | None = None) -> Transform:
+    """Scale each element about its centre by U(lo, hi); same size, reflected borders."""
+    return RandomAffine(scale=(lo, hi), rng=rng)
+
+
+def random_rotate(degrees: float, rng: RandomSource | torch.Generator | int | None = None) -> Transform:
+    """Rotate each element about its centre by U(-degrees, degrees); same size, reflected borders."""
+    return RandomAffine(degrees=degrees, rng=rng)
+
+
+def compose(*transforms: Transform) -> Transform:
+    """Apply ``transforms`` left to right."""
+    ts = tuple(transforms)
+
+    def t(images: Tensor) -> Tensor:
+        for f in ts:
+            images = f(images)
+        return images
+
+    return t
+
+
+def standard_settings(size: int | Sequence[int]) -> dict[str, float | int | list[float] | str]:
+    """The default recipe's numbers for images of side ``size`` (pixel amounts scale with size/32).
+
+    pad 2 px, jitter 2 px, scale 0.95-1.05, rotation +-5 degrees at 32 px (Lucid's recipe scaled
+    down from 224 px); see featviz.optvis.actmax for the measurements behind the choice.
+    """
+    side = max(size) if isinstance(size, Sequence) else int(size)
+    k = side / 32
+    return {"pad": int(round(2 * k)), "jitter": round(2 * k, 3), "scale": [0.95, 1.05], "degrees": 5.0,
+            "mode": "reflect"}
+
+
+def standard(size: int | Sequence[int], rng: RandomSource | torch.Generator | int | None = None) -> Transform:
+    """The default transform for ``size`` px images: one fused RandomAffine (see ``standard_settings``)."""
+    s = standard_settings(size)
+    return RandomAffine(scale=tuple(s["scale"]), degrees=s["degrees"], translate=s["jitter"], pad=s["pad"],
+                        mode=s["mode"], rng=rng)

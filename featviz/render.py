@@ -1,0 +1,157 @@
+"""The render half of the pipeline: a run's snapshots -> filter pictures and activation maximization,
+written through the store (``renders/...`` + ``renders.jsonl``), then the gallery.
+
+Re-running reuses every render whose settings match the index, unless ``force``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from featviz.config import ModelConfig, RenderConfig, from_dict, parse_epochs, to_dict
+from featviz.errors import ConfigError
+from featviz.filters import evolution_strip, filter_grid, gif_bytes, layer_scale, png_bytes
+from featviz.model import build_model
+from featviz.store import Run
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+def _noop(what: str, done: int, total: int) -> None:
+    pass
+
+
+def select_layers(run: Run, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The run's conv layers named in ``names`` (all when empty); unknown names list the valid ones."""
+    layers = run.meta["layers"]
+    if not names:
+        return layers
+    valid = [layer["name"] for layer in layers]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ConfigError(f"unknown layer {unknown[0]!r}; valid conv layers: {', '.join(valid)}")
+    return [layer for layer in layers if layer["name"] in names]
+
+
+def render_filters(run: Run, layers: list[dict[str, Any]], force: bool = False, progress: Progress = _noop) -> int:
+    """Filter grid per epoch, an evolution strip and a GIF per layer. Returns how many files were written."""
+    epochs = run.snapshot_epochs()
+    done = {r["file"]: r for r in run.render_index()}
+    snaps: dict[int, dict[str, torch.Tensor]] = {}
+    written = 0
+    for i, layer in enumerate(layers):
+        name, key = layer["name"], f"{layer['name']}.weight"
+        base = f"filters/{name}"
+        settings = {"epochs": epochs}
+        if not force and all(done.get(f"renders/{base}/epoch_{e:03d}.png", {}).get("settings") == settings for e in epochs):
+            progress("filters", i + 1, len(layers))
+            continue
+        for e in epochs:
+            if e not in snaps:
+                snaps[e] = run.load_snapshot(e)
+        weights = [snaps[e][key] for e in epochs]
+        scale = layer_scale(weights)
+        meta = {"layer": name, "depth": layer["depth"], "scale": scale, "settings": settings}
+        recs, frames = [], []
+        for e, w in zip(epochs, weights):
+            grid = filter_grid(w, scale)
+            frames.append(grid)
+            path = run.write_artifact("renders", f"{base}/epoch_{e:03d}.png", png_bytes(grid))
+            recs.append({"kind": "filters", "epoch": e, "file": _rel(run, path), **meta})
+        path = run.write_artifact("renders", f"{base}/strip.png", png_bytes(evolution_strip(weights, scale)))
+        recs.append({"kind": "filters_strip", "file": _rel(run, path), **meta})
+        path = run.write_artifact("renders", f"{base}/evolution.gif", gif_bytes(frames))
+        recs.append({"kind": "filters_gif", "file": _rel(run, path), **meta})
+        run.add_renders(recs)
+        written += len(recs)
+        progress("filters", i + 1, len(layers))
+    return written
+
+
+def _rel(run: Run, path) -> str:
+    return path.relative_to(run.path).as_posix()
+
+
+def load_model_at(run: Run, epoch: int, device: torch.device) -> torch.nn.Module:
+    """The run's CNN with the weights of ``epoch``, eval mode, on ``device``."""
+    model = build_model(from_dict(ModelConfig, run.meta["configs"]["model"]))
+    model.load_state_dict(run.load_snapshot(epoch))
+    return model.to(device).eval()
+
+
+def _am_settings(cfg: RenderConfig, size: int) -> dict[str, Any]:
+    """What makes two activation-maximization renders the same (the reuse key)."""
+    keep = ("steps", "param", "transforms", "lr", "seed")
+    return {**{k: v for k, v in to_dict(cfg).items() if k in keep}, "size": size}
+
+
+def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg: RenderConfig,
+                  device: torch.device, progress: Progress = _noop) -> int:
+    """Activation maximization of the chosen channels of every layer at every epoch, batched per layer.
+
+    Writes one PNG per channel and one grid per (layer, epoch); returns how many images were rendered.
+    """
+    from featviz.optvis import render_channels
+    from torchvision.utils import make_grid
+
+    data = run.meta["data"]
+    size = cfg.size or int(data["size"])
+    settings = _am_settings(cfg, size)
+    color = torch.tensor(data["color_matrix"]) if data.get("color_matrix") else None
+    done = {r["file"]: r for r in run.render_index()}
+    total, count, rendered = len(layers) * len(epochs), 0, 0
+    for epoch in epochs:
+        model = None
+        for layer in layers:
+            name = layer["name"]
+            chans = list(cfg.channels) or list(range(layer["out_ch"]))
+            if max(chans) >= layer["out_ch"]:
+                raise ConfigError(f"channel {max(chans)} out of range for {name} (it has {layer['out_ch']} channels: "
+                                  f"0..{layer['out_ch'] - 1})")
+            base = f"am/{name}/epoch_{epoch:03d}"
+            files = [f"renders/{base}/ch_{c:04d}.png" for c in chans]
+            if not cfg.force and all(done.get(f, {}).get("settings") == settings for f in files):
+                count += 1
+                progress("activation maximization", count, total)
+                continue
+            model = model or load_model_at(run, epoch, device)
+            res = render_channels(model, name, chans, chunk=cfg.chunk, param=cfg.param, size=size,
+                                  channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
+                                  transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],
+                                  color=color, device=device)
+            imgs = (res.images.clamp(0, 1) * 255).round().to(torch.uint8)
+            recs = []
+            for c, img, val in zip(chans, imgs, res.values.tolist()):
+                path = run.write_artifact("renders", f"{base}/ch_{c:04d}.png", png_bytes(img))
+                recs.append({"kind": "am", "layer": name, "depth": layer["depth"], "epoch": epoch, "channel": c,
+                             "file": _rel(run, path), "activation": val, "settings": settings})
+            grid = make_grid(imgs, nrow=max(1, int(len(chans) ** 0.5)), padding=1, pad_value=255)
+            path = run.write_artifact("renders", f"{base}/grid.png", png_bytes(grid))
+            recs.append({"kind": "am_grid", "layer": name, "depth": layer["depth"], "epoch": epoch,
+                         "file": _rel(run, path), "settings": settings,
+                         "elapsed_s": res.settings.get("elapsed_s")})
+            run.add_renders(recs)
+            rendered += len(chans)
+            count += 1
+            progress("activation maximization", count, total)
+    return rendered
+
+
+def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: Progress = _noop) -> dict[str, Any]:
+    """Filters at every epoch, activation maximization at ``cfg.epochs``, then the gallery.
+
+    Returns a summary: epochs and layers rendered, images written, the gallery path.
+    """
+    from featviz.gallery.build import build_gallery
+    from featviz.train import resolve_device
+
+    layers = select_layers(run, cfg.layers)
+    epochs = parse_epochs(cfg.epochs, run.snapshot_epochs())
+    device = resolve_device(cfg.device)
+    written = render_filters(run, layers, cfg.force, progress) if cfg.filters else 0
+    rendered = render_actmax(run, layers, epochs, cfg, device, progress)
+    gallery = build_gallery(run)
+    return {"epochs": epochs, "layers": [layer["name"] for layer in layers], "filter_files": written,
+            "am_images": rendered, "gallery": gallery, "device": str(device)}
