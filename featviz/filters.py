@@ -8,8 +8,10 @@ return uint8 images [3, H, W] (or tiles [O, 3, h, w]).
 * Deeper layers (I > 3): a filter is I separate kh x kw kernels, one per input channel. Each filter
   becomes a mosaic of its I kernels (rows of ceil(sqrt(I)) kernels) drawn with a diverging map
   (blue < 0 < red, white at 0). Nothing is averaged away: every weight is one pixel.
-* Scale: ``layer_scale`` is max |w| over all epochs of that layer, symmetric around 0, so a filter
-  that grows over training visibly gains contrast instead of being rescaled to look the same.
+* Scale: ``layer_scale`` is the 99.5th percentile of |w| over all epochs of that layer, symmetric
+  around 0 (the few weights beyond it saturate), so a filter that grows over training visibly gains
+  contrast instead of being rescaled to look the same; a percentile rather than the maximum keeps
+  one outlier weight from washing every other filter out to grey.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ _NEG = torch.tensor([0.16, 0.35, 0.75])  # blue for negative weights
 _POS = torch.tensor([0.75, 0.16, 0.16])  # red for positive weights
 
 
-def layer_scale(weights: Sequence[torch.Tensor]) -> float:
-    """One symmetric scale for a layer: max |w| over every epoch's weight (1.0 if all zero)."""
-    m = max(float(w.detach().abs().max()) for w in weights)
+def layer_scale(weights: Sequence[torch.Tensor], q: float = 0.995) -> float:
+    """One symmetric scale for a layer: the ``q`` quantile of |w| over every epoch (1.0 if all zero)."""
+    flat = torch.cat([w.detach().abs().flatten().float() for w in weights])
+    if flat.numel() > 4_000_000:  # torch.quantile's input limit; an even subsample is plenty
+        flat = flat[:: flat.numel() // 4_000_000 + 1]
+    m = float(torch.quantile(flat, q))
     return m if m > 0 else 1.0
 
 

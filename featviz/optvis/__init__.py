@@ -11,12 +11,14 @@ from featviz.optvis.objectives import (
 )
 from featviz.optvis.param import color_matrix, fourier, pixel
 from featviz.optvis.quality import noise_images, specificity, standardized_activation
-from featviz.optvis.transforms import compose, jitter, pad, random_rotate, random_scale, standard
+from featviz.optvis.rng import ElementRandom, element_seed
+from featviz.optvis.transforms import RandomAffine, compose, jitter, pad, random_rotate, random_scale, standard
 
 __all__ = [
     "RenderResult", "render", "render_channels", "layer_channels",
     "Objective", "channel", "neuron", "layer_objective", "direction", "diversity", "parse",
     "pixel", "fourier", "color_matrix",
-    "pad", "jitter", "random_scale", "random_rotate", "compose", "standard",
+    "pad", "jitter", "random_scale", "random_rotate", "compose", "standard", "RandomAffine",
+    "ElementRandom", "element_seed",
     "standardized_activation", "specificity", "noise_images",
 ]

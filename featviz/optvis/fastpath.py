@@ -11,8 +11,9 @@ only inside ``nn.Sequential`` containers (where data flow is explicit, so they a
 * ``ReLU -> MaxPool2d``: becomes ``Identity -> Sequential(MaxPool2d, ReLU)``, since max and ReLU
   commute; ReLU then runs on a 4x smaller tensor; skipped when the ReLU's output is kept.
 
-Layers keep their dotted names (a rewritten pool gets children ``.0``/``.1`` but the pool's own
-name still gives the pool's output), so hooks placed by name see the original values. If the model
+Modules that carry hooks of their own are never rewritten. Layers keep their dotted names (a
+rewritten pool gets children ``.0``/``.1`` but the pool's own name still gives the pool's output),
+so hooks placed by name see the original values. If the model
 cannot be deep-copied the original is returned unchanged (the caller still freezes it).
 """
 
@@ -48,6 +49,12 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
             and bn.running_var is not None and bn.num_features == conv.out_channels)
 
 
+def _hooked(m: nn.Module) -> bool:
+    """Modules with hooks of their own are left alone: replacing them would silently drop the hooks."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
 def _rewrite(seq: nn.Sequential, prefix: str, keep: set[str]) -> int:
     """Apply both rewrites to the direct children of ``seq``; returns how many were applied."""
     names = list(seq._modules)
@@ -55,7 +62,7 @@ def _rewrite(seq: nn.Sequential, prefix: str, keep: set[str]) -> int:
     for a, b in zip(names, names[1:]):
         first, second = seq._modules[a], seq._modules[b]
         full_a = f"{prefix}{a}"
-        if full_a in keep:
+        if full_a in keep or _hooked(first) or _hooked(second):
             continue
         if _foldable(first, second):
             _fold(first, second)

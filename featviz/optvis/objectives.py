@@ -207,7 +207,7 @@ def diversity(layer: str) -> Objective:
 
 
 # ---------------------------------------------------------------------- parser
-_TOKEN = re.compile(r"\s*(?:(?P<word>[A-Za-z0-9_][A-Za-z0-9_.]*)|(?P<op>[-+*/:@,()]))")
+_TOKEN = re.compile(r"\s*(?:(?P<word>(?:[A-Za-z0-9_]|\.\d)[A-Za-z0-9_.]*)|(?P<op>[-+*/:@,()]))")
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)$")
 
 

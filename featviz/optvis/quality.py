@@ -10,6 +10,8 @@ pass at the layer, and return CPU tensors / floats. The model is left as found.
 * ``specificity``: the fraction of channels whose own image gives their highest standardized
   activation among the layer's rendered images (1.0 = every image is the best one for its channel).
   With ``by="image"``: the fraction of images whose own channel has their highest z-score instead.
+* Both accept ``transform``/``repeats``: score randomly transformed copies of the images (robustness;
+  an image that only works pixel-exactly, i.e. an adversarial pattern, scores low there).
 """
 
 from __future__ import annotations
@@ -23,32 +25,46 @@ from featviz.errors import ConfigError
 from featviz.optvis.actmax import _model_device, _model_dtype, _normalizer, forward_until, frozen
 from featviz.optvis.param import spectrum_scale
 from featviz.optvis.rng import generator
+from featviz.optvis.transforms import Transform, identity
 
 __all__ = ["channel_activations", "standardized_matrix", "standardized_activation", "specificity", "noise_images"]
 
 
 def channel_activations(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None = None,
-                        std: Sequence[float] | None = None, batch_size: int = 128) -> Tensor:
-    """Channel-mean activation of ``layer`` on each image: images [N, C, H, W] in [0, 1] -> [N, K] float32."""
+                        std: Sequence[float] | None = None, batch_size: int = 128,
+                        transform: Transform | None = None, repeats: int = 1) -> Tensor:
+    """Channel-mean activation of ``layer`` on each image: images [N, C, H, W] in [0, 1] -> [N, K] float32.
+
+    With ``transform`` (e.g. ``transforms.standard(size, rng=seed)``) each image is randomly
+    transformed first and the activation averaged over ``repeats`` draws: a robustness measure.
+    """
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
         raise ConfigError("images must be a non-empty tensor [N, C, H, W]")
     dev = _model_device(model, None)
     norm = _normalizer(mean, std, images.shape[1], dev)
+    tf = transform or identity
     out = []
     with frozen(model), forward_until(model, [layer]) as run, torch.no_grad():
         for chunk in images.split(batch_size):
-            act = run(norm(chunk.to(dev, torch.float32)).to(_model_dtype(model)))[layer]
-            out.append((act.flatten(2).mean(2) if act.dim() > 2 else act).float().cpu())
+            acc = 0.0
+            for _ in range(repeats if transform is not None else 1):
+                act = run(norm(tf(chunk.to(dev, torch.float32))).to(_model_dtype(model)))[layer]
+                acc = acc + (act.flatten(2).mean(2) if act.dim() > 2 else act).float()
+            out.append((acc / (repeats if transform is not None else 1)).cpu())
     return torch.cat(out)
 
 
 def standardized_matrix(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None,
-                        std: Sequence[float] | None, noise_images: Tensor) -> Tensor:
-    """z-scores [N, K]: channel k's activation on image n, standardized by its noise-image statistics."""
+                        std: Sequence[float] | None, noise_images: Tensor, transform: Transform | None = None,
+                        repeats: int = 1) -> Tensor:
+    """z-scores [N, K]: channel k's activation on image n, standardized by its noise-image statistics.
+
+    ``transform``/``repeats`` apply to the rendered images only (see ``channel_activations``).
+    """
     ref = channel_activations(model, layer, noise_images, mean, std)
     if ref.shape[0] < 2:
         raise ConfigError("need at least 2 noise images to estimate a spread")
-    acts = channel_activations(model, layer, images, mean, std)
+    acts = channel_activations(model, layer, images, mean, std, transform=transform, repeats=repeats)
     return (acts - ref.mean(0)) / ref.std(0).clamp_min(1e-8)
 
 
@@ -63,19 +79,20 @@ def _own(z: Tensor, channels: Sequence[int] | None) -> Tensor:
 
 def standardized_activation(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None,
                             std: Sequence[float] | None, noise_images: Tensor,
-                            channels: Sequence[int] | None = None) -> Tensor:
+                            channels: Sequence[int] | None = None, transform: Transform | None = None,
+                            repeats: int = 1) -> Tensor:
     """[N]: z-score of channel ``channels[i]`` (default i) on its own image i, against ``noise_images``."""
-    z = standardized_matrix(model, layer, images, mean, std, noise_images)
+    z = standardized_matrix(model, layer, images, mean, std, noise_images, transform, repeats)
     idx = _own(z, channels)
     return z[torch.arange(z.shape[0]), idx]
 
 
 def specificity(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None,
                 std: Sequence[float] | None, noise_images: Tensor, channels: Sequence[int] | None = None,
-                by: str = "channel") -> float:
+                by: str = "channel", transform: Transform | None = None, repeats: int = 1) -> float:
     """Fraction in [0, 1] of channels whose own image is their top image among ``images`` (``by="channel"``),
     or of images whose own channel is their top standardized channel in the layer (``by="image"``)."""
-    z = standardized_matrix(model, layer, images, mean, std, noise_images)
+    z = standardized_matrix(model, layer, images, mean, std, noise_images, transform, repeats)
     idx = _own(z, channels)
     if by == "channel":
         hits = z[:, idx].argmax(0) == torch.arange(z.shape[0])  # column i: channel idx[i] over all images

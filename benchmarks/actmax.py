@@ -1,0 +1,255 @@
+"""Activation maximization: featviz's batched render vs the compute floor and a one-at-a-time loop.
+
+Usage::
+
+    .venv/bin/python benchmarks/actmax.py [RUN_DIR] [--steps N] [--quick]
+
+For two CNNs, renders all 64 channels of a 64-channel conv layer at 64x64 px for 256 steps:
+
+* ``3-conv``: conv 3->32, 32->64, 64->128 (3x3, ReLU, 2x2 max-pool), random weights; target ``conv2``.
+* ``SmallCNN``: the default featviz model, trained weights from RUN_DIR if given (its last epoch,
+  its normalization and the colour matrix of its data), else random; target ``features.conv3``.
+
+Columns: (a) the compute floor = 4 x (multiply-adds of the convs up to the target, one 64x64
+image) x steps x channels / conv FLOP/s, with FLOP/s = 2 x multiply-adds / time of a batched
+(64 images) forward pass of each of those convs measured in this run (4 = 2 FLOPs per multiply-add
+x forward + input-gradient backward; weight gradients are not needed); (b) featviz's default
+``render_channels`` time and its ratio to the floor; (c) a Python loop of ``render`` one channel at
+a time with the same settings; (d) quality: the mean standardized activation (z-score against 256
+pink-noise images) and the specificity (fraction of channels whose own image is their top image).
+Times are given as wall-clock and as process CPU time (both threads), each against a floor measured
+the same way: on a shared machine other processes stretch wall time, CPU time much less.
+Peak memory is ``resource.getrusage`` max RSS of this process so far. Timings on a shared CPU are
+noisy: the load average is printed next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from featviz.config import DataConfig, ModelConfig  # noqa: E402
+from featviz.model import build_model  # noqa: E402
+from featviz.optvis import channel, color_matrix, noise_images, render, render_channels  # noqa: E402
+from featviz.optvis.actmax import forward_until, frozen  # noqa: E402
+from featviz.optvis.quality import standardized_matrix  # noqa: E402
+
+SIZE, BATCH = 64, 64
+
+
+def three_conv(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    cin = 3
+    for i, w in enumerate((32, 64, 128), start=1):
+        layers[f"conv{i}"] = nn.Conv2d(cin, w, 3, padding=1)
+        layers[f"relu{i}"] = nn.ReLU()
+        layers[f"pool{i}"] = nn.MaxPool2d(2)
+        cin = w
+    return nn.Sequential(layers).eval()
+
+
+def small_cnn(run_dir: str | None) -> tuple[nn.Module, dict, str]:
+    """The SmallCNN (trained if ``run_dir``) and render kwargs (mean, std, color) from its run."""
+    if run_dir is None:
+        return build_model(ModelConfig(), seed=0).eval(), {}, "random"
+    import featviz
+    from featviz.config import from_dict
+    from featviz.data import load_data
+
+    run = featviz.load_run(run_dir)
+    model = featviz.load_model(run)
+    kw: dict = {"mean": run.meta["data"]["mean"], "std": run.meta["data"]["std"]}
+    try:
+        data = load_data(from_dict(DataConfig, run.meta["configs"]["data"]))
+        kw["color"] = color_matrix(data.train_x)
+        del data
+    except Exception as e:  # noqa: BLE001 - a benchmark can live without the colour matrix
+        print(f"  (no colour matrix: {e})")
+    release_memory()
+    return model, kw, f"trained, epoch {run.epochs_done}"
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS (glibc), so the renders' peak RSS is not the data loading's."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def convs_until(model: nn.Module, layer: str) -> list[tuple[nn.Conv2d, tuple[int, ...]]]:
+    """Each Conv2d that runs up to and including ``layer``, with its input shape for one image."""
+    found: list[tuple[nn.Conv2d, tuple[int, ...]]] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: found.append((m, tuple(i[0].shape))))
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with frozen(model), forward_until(model, [layer]) as run, torch.no_grad():
+            run(torch.zeros(1, 3, SIZE, SIZE))
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def macs(conv: nn.Conv2d, shape: tuple[int, ...]) -> int:
+    out = conv(torch.zeros(shape)).shape
+    kh, kw = conv.kernel_size
+    return out[1] * out[2] * out[3] * (conv.in_channels // conv.groups) * kh * kw
+
+
+class Clock:
+    """Wall-clock and process CPU time (all threads) of a block; CPU time is what a shared machine
+    distorts least: other processes stretch our wall time but not the work our threads do."""
+
+    def __enter__(self) -> "Clock":
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.w0, time.process_time() - self.c0
+
+
+def median_s(fn, n: int = 15) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of ``fn()`` over ``n`` calls after 3 warm-up calls."""
+    for _ in range(3):
+        fn()
+    walls, cpus = [], []
+    for _ in range(n):
+        with Clock() as c:
+            fn()
+        walls.append(c.wall)
+        cpus.append(c.cpu)
+    return sorted(walls)[n // 2], sorted(cpus)[n // 2]
+
+
+def conv_flops(convs: list[tuple[nn.Conv2d, tuple[int, ...]]]) -> tuple[int, float, float]:
+    """(multiply-adds per image, conv FLOP/s by wall time, by CPU time) of a batched forward pass of
+    each conv (the faster of NCHW and channels-last)."""
+    total_macs, wall, cpu = 0, 0.0, 0.0
+    with torch.no_grad():
+        for conv, shape in convs:
+            x = torch.randn(BATCH, *shape[1:])
+            x_cl = x.contiguous(memory_format=torch.channels_last)  # converted outside the timed call
+            times = [median_s(lambda: conv(x)), median_s(lambda: conv(x_cl))]
+            best = min(times)
+            total_macs += macs(conv, shape)
+            wall, cpu = wall + best[0], cpu + best[1]
+    return total_macs, 2 * total_macs * BATCH / wall, 2 * total_macs * BATCH / cpu
+
+
+def quality(model: nn.Module, layer: str, images: torch.Tensor, kw: dict,
+            noise: torch.Tensor) -> tuple[float, float, float]:
+    """(mean z of each channel on its own image, specificity by channel, by image)."""
+    z = standardized_matrix(model, layer, images, kw.get("mean"), kw.get("std"), noise)
+    n = z.shape[0]
+    own = z[torch.arange(n), torch.arange(n)]
+    by_channel = (z[:, :n].argmax(0) == torch.arange(n)).float().mean().item()
+    by_image = (z.argmax(1) == torch.arange(n)).float().mean().item()
+    return own.mean().item(), by_channel, by_image
+
+
+def peak_mb() -> float:
+    """Peak resident memory of this process so far (MB), from resource.getrusage."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mb(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_phase_peak() -> float:
+    """Restart Linux's RSS high-water mark (VmHWM) so a phase's own peak can be read; returns RSS now (MB)."""
+    release_memory()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _status_mb("VmRSS") or 0.0
+
+
+def phase_peak_mb() -> float:
+    """VmHWM since the last ``reset_phase_peak`` (MB); the getrusage peak where /proc is unavailable."""
+    return _status_mb("VmHWM") or peak_mb()
+
+
+def row(label: str, what: str, wall: float, cpu: float, floor: tuple[float, float],
+        q: tuple[float, float, float] | None, note: str) -> str:
+    qs = f"{q[0]:6.1f} {q[1]:5.2f} {q[2]:6.2f}" if q else f"{'':6s} {'':5s} {'':6s}"
+    return (f"{label:26s} {what:8s} {wall:7.1f} {wall / floor[0]:6.2f} {cpu:7.1f} {cpu / floor[1]:6.2f} "
+            f"{qs}  {note}")
+
+
+def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: bool) -> list[str]:
+    mac, flops_w, flops_c = conv_flops(convs_until(model, layer))
+    floor = (4 * mac * steps * BATCH / flops_w, 4 * mac * steps * BATCH / flops_c)
+    noise = noise_images(256, 3, SIZE, seed=123)
+    common = dict(size=SIZE, steps=steps, **kw)
+    rows = [row(name, "floor", *floor, floor, None, f"{mac / 1e6:.1f} M mult-adds/image; conv "
+                f"{flops_w / 1e9:.0f} GFLOP/s wall, {flops_c / 1e9:.0f} per CPU-s")]
+    base = reset_phase_peak()
+    with Clock() as tb:
+        batched = render_channels(model, layer, chunk=BATCH, **common)
+    mem = phase_peak_mb()
+    rows.append(row("", "featviz", tb.wall, tb.cpu, floor, quality(model, layer, batched.images, kw, noise),
+                    f"peak RSS {mem:.0f} MB (+{mem - base:.0f} during the render)"))
+    if loop:
+        base = reset_phase_peak()
+        with Clock() as tl:
+            singles = [render(model, channel(layer, c), keys=[c], **common) for c in range(BATCH)]
+        mem = phase_peak_mb()
+        images = torch.cat([s.images for s in singles])
+        diff = (images - batched.images).abs()
+        rows.append(row("", "loop", tl.wall, tl.cpu, floor, quality(model, layer, images, kw, noise),
+                        f"peak RSS {mem:.0f} MB (+{mem - base:.0f}); |loop - batched| px mean "
+                        f"{diff.mean():.1e}, max {diff.max():.1e}"))
+    return rows
+
+
+def main() -> None:  # noqa: D103
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", nargs="?", help="a featviz run directory (trained SmallCNN weights)")
+    ap.add_argument("--steps", type=int, default=256)
+    ap.add_argument("--no-loop", action="store_true", help="skip the one-channel-at-a-time loop")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}; {BATCH} channels, {SIZE}x{SIZE} px, {args.steps} steps")
+    small, kw, how = small_cnn(args.run)
+    header = (f"{'model / layer':26s} {'what':8s} {'wall s':>7s} {'xfloor':>6s} {'CPU s':>7s} {'xfloor':>6s} "
+              f"{'z':>6s} {'spec':>5s} {'spec/i':>6s}  notes")
+    rows = bench("3-conv random / conv2", three_conv(), "conv2", {}, args.steps, not args.no_loop)
+    rows += bench(f"SmallCNN {how.split(',')[0]} / conv3", small, "features.conv3", kw, args.steps, not args.no_loop)
+    print(header)
+    print("-" * len(header))
+    print("\n".join(rows))
+    print(f"load average at the end {os.getloadavg()[0]:.2f}; process peak RSS (getrusage, includes generating "
+          f"the run's data for its colour matrix) {peak_mb():.0f} MB. z: mean standardized "
+          "activation of each channel on its own image vs 256 pink-noise images; spec: fraction of channels whose "
+          "own image is their top image; spec/i: fraction of images whose own channel is their top channel.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The gallery as a person sees it: real headless Chromium (Debian's), driven by Playwright.
+
+Skipped when /usr/bin/chromium or the playwright package is missing (.ci/run installs chromium).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from featviz.config import RenderConfig
+from featviz.gallery.build import build_gallery
+from featviz.render import render_run
+from featviz.store import Run
+
+CHROMIUM = Path("/usr/bin/chromium")
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def gallery_run(tiny_run, tmp_path_factory) -> Run:
+    dst = tmp_path_factory.mktemp("browser") / "tiny"
+    shutil.copytree(tiny_run.path, dst)
+    run = Run.open(dst)
+    render_run(run, RenderConfig(epochs="all", steps=5))
+    return run
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_load_state("load")
+    return page, errors
+
+
+def test_gallery_in_chromium(browser, gallery_run: Run, tmp_path: Path) -> None:
+    page, errors = _open(browser, (gallery_run.path / "gallery/index.html").as_uri())
+    # every image loads
+    images = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete && e.naturalWidth])")
+    assert len(images) > 10
+    assert all(w and w > 0 for _, w in images), [s for s, w in images if not w]
+    # one section per depth
+    assert page.locator("section.depth").count() == len(gallery_run.meta["layers"])
+    # the filter slider changes the shown epoch
+    section = page.locator("#depth-1")
+    img = section.locator(".filter-img")
+    last_src = img.get_attribute("src")
+    section.locator(".filter-slider").fill("0")
+    assert img.get_attribute("src").endswith("epoch_000.png") and img.get_attribute("src") != last_src
+    assert section.locator(".filters .epoch-label").inner_text() == "epoch 0"
+    # the activation-maximization slider changes every tile
+    section.locator(".am-slider").fill("0")
+    assert section.locator(".am .epoch-label").inner_text() == "epoch 0"
+    assert "/epoch_000/" in section.locator(".tile img").first.get_attribute("src")
+    page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    # a click on a channel opens its evolution across epochs
+    section.locator(".tile").nth(1).click()
+    dialog = page.locator("#evo")
+    assert dialog.is_visible()
+    assert dialog.locator("figure").count() == len(gallery_run.snapshot_epochs())
+    assert "channel 1" in page.locator("#evo-title").inner_text()
+    page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
+    assert (tmp_path / "gallery.png").stat().st_size > 10_000
+    assert errors == []
+
+
+def test_hostile_name_is_text_not_script(browser, gallery_run: Run, tmp_path: Path) -> None:
+    dst = tmp_path / "hostile"
+    shutil.copytree(gallery_run.path, dst)
+    meta = json.loads((dst / "run.json").read_text())
+    meta["data"]["name"] = "<script>alert(1)</script>"
+    meta["layers"][0]["name"] = "<img src=x onerror=alert(2)>"
+    (dst / "run.json").write_text(json.dumps(meta))
+    build_gallery(Run.open(dst))
+    page, errors = _open(browser, (dst / "gallery/index.html").as_uri())
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.reload()
+    assert dialogs == []
+    assert "<script>alert(1)</script>" in page.locator(".meta").inner_text()
+    assert "<img src=x onerror=alert(2)>" in page.locator("#depth-1 h2").inner_text()

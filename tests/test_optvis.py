@@ -1,0 +1,314 @@
+"""featviz.optvis on tiny models: objectives, parser, parametrizations, transforms, render, quality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from featviz.config import ModelConfig
+from featviz.errors import ConfigError
+from featviz.hooks import hook_count
+from featviz.model import build_model
+from featviz.optvis import (
+    Objective, channel, color_matrix, compose, direction, diversity, fourier, jitter, layer_objective, neuron,
+    noise_images, pad, parse, pixel, random_rotate, random_scale, render, render_channels, specificity, standard,
+    standardized_activation,
+)
+from featviz.optvis.fastpath import render_copy
+from featviz.optvis.rng import ElementRandom, element_seed
+from featviz.optvis.transforms import RandomAffine
+
+TINY_CFG = ModelConfig(widths=(4, 8), kernels=(5, 3), strides=(1, 1), pools=(True, False))
+
+
+def seq_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+
+
+def tiny_cnn(in_channels: int = 3) -> nn.Module:
+    from dataclasses import replace
+
+    model = build_model(replace(TINY_CFG, in_channels=in_channels), seed=0)
+    with torch.no_grad():  # non-trivial BN statistics, so folding BN is actually tested
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------- objectives
+def _acts() -> dict[str, torch.Tensor]:
+    a = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)  # [B=2, C=3, 2, 2]
+    return {"l": a, "fc": torch.tensor([[1.0, -2.0], [3.0, 4.0]])}
+
+
+def test_objective_arithmetic_on_fixed_activations() -> None:
+    acts = _acts()
+    a, b = channel("l", 1), channel("l", 2)
+    assert torch.allclose(a(acts), torch.tensor([5.5, 17.5]))  # mean of 4..7 and 16..19
+    assert torch.allclose(b(acts), torch.tensor([9.5, 21.5]))
+    assert torch.allclose((a + b)(acts), torch.tensor([15.0, 39.0]))
+    assert torch.allclose((a - b)(acts), torch.tensor([-4.0, -4.0]))
+    assert torch.allclose((0.8 * a)(acts), 0.8 * a(acts))
+    assert torch.allclose((a * 0.5)(acts), 0.5 * a(acts))
+    assert torch.allclose((-a)(acts), -a(acts))
+    assert torch.allclose((a / 2)(acts), a(acts) / 2)
+    assert torch.allclose((a * b)(acts), a(acts) * b(acts))
+    assert torch.allclose(sum([a, b])(acts), (a + b)(acts))
+    assert (0.8 * a - 0.2 * b).layers == {"l"}
+    assert (a + channel("fc", 0)).layers == {"l", "fc"}
+    assert torch.allclose(channel("fc", 1)(acts), torch.tensor([-2.0, 4.0]))  # [B, C] layers work too
+
+
+def test_objective_constructors() -> None:
+    acts = _acts()
+    per = channel("l", torch.tensor([2, 0]))  # batched: element 0 -> channel 2, element 1 -> channel 0
+    assert torch.allclose(per(acts), torch.tensor([9.5, 13.5]))
+    assert torch.allclose(neuron("l", 1)(acts), torch.tensor([7.0, 19.0]))  # centre of 2x2 = (1, 1)
+    assert torch.allclose(neuron("l", 1, x=0, y=1)(acts), torch.tensor([6.0, 18.0]))
+    assert torch.allclose(layer_objective("l")(acts), acts["l"].pow(2).mean((1, 2, 3)))
+    vec = torch.tensor([1.0, 0.0, -1.0])
+    expect = (acts["l"][:, 0] - acts["l"][:, 2]).mean((1, 2))
+    assert torch.allclose(direction("l", vec)(acts), expect)
+    cos = direction("l", vec, cosine=True)(acts)
+    assert cos.shape == (2,) and (cos.abs() <= 1).all()
+    div = diversity("l")(acts)
+    assert div.shape == (2,) and (div <= 0).all() and (div >= -1).all()
+    assert torch.equal(diversity("l")({"l": acts["l"][:1]}), torch.zeros(1))
+
+
+def test_objective_errors() -> None:
+    acts = _acts()
+    with pytest.raises(ConfigError, match="out of range"):
+        channel("l", 3)(acts)
+    with pytest.raises(ConfigError, match="out of range"):
+        channel("l", torch.tensor([0, 5]))(acts)
+    with pytest.raises(ConfigError):
+        channel("l", -1)
+    with pytest.raises(ConfigError, match="outside"):
+        neuron("l", 0, x=2)(acts)
+    with pytest.raises(ConfigError):
+        direction("l", torch.ones(4))(acts)
+    with pytest.raises(ConfigError):
+        channel("l", 0) / 0
+
+
+def test_parse_forms() -> None:
+    acts = _acts()
+    assert torch.allclose(parse("l:1")(acts), channel("l", 1)(acts))
+    assert torch.allclose(parse(" l:1@0,1 ")(acts), neuron("l", 1, 0, 1)(acts))
+    assert torch.allclose(parse("l")(acts), layer_objective("l")(acts))
+    assert torch.allclose(parse("l:1 - 0.5*l:2")(acts), (channel("l", 1) - 0.5 * channel("l", 2))(acts))
+    assert torch.allclose(parse("0.8*l:1+l:2*.2")(acts), (0.8 * channel("l", 1) + 0.2 * channel("l", 2))(acts))
+    assert torch.allclose(parse("-(l:1 + l:2) / 2")(acts), (-(channel("l", 1) + channel("l", 2)) / 2)(acts))
+    assert parse("features.conv3:7").layers == {"features.conv3"}
+    assert parse("2:5").layers == {"2"}  # nn.Sequential child names are digits
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "l:", "l:x", "l:1@2", "l:1@2,", ":3", "l:1 +", "3", "l:1 * * 2",
+                                 "__import__('os')", "l:1; l:2", "l..a:1", "l:1 / l:2", "l:-1", "(l:1"])
+def test_parse_rejects_garbage(bad: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(bad)
+    assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------- parametrizations
+@pytest.mark.parametrize("make", [pixel, fourier])
+def test_param_shapes_range_and_seeding(make) -> None:
+    params, image_fn = make(3, 3, (12, 10), seed=5)
+    img = image_fn()
+    assert img.shape == (3, 3, 12, 10) and (img > 0).all() and (img < 1).all()
+    assert all(p.requires_grad and p.is_leaf for p in params)
+    again = make(3, 3, (12, 10), seed=5)[1]()
+    assert torch.equal(img, again)
+    one = make(1, 3, (12, 10), seed=[element_seed(5, 2)])[1]()  # element 2 alone: same numbers
+    assert torch.allclose(one[0], img[2], atol=1e-6)
+    img.sum().backward()
+    assert params[0].grad is not None and params[0].grad.abs().sum() > 0
+
+
+def test_color_matrix() -> None:
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(50, 1, 8, 8, generator=g)
+    mixed = 0.5 * base + 0.1 * torch.rand(50, 1, 8, 8, generator=g)
+    imgs = torch.cat([base, mixed, torch.rand(50, 1, 8, 8, generator=g)], 1)
+    m = color_matrix(imgs)
+    assert m.shape == (3, 3) and torch.allclose(m, m.T, atol=1e-6)
+    assert torch.isclose(m.norm(dim=0).max(), torch.tensor(1.0))
+    px = imgs.transpose(0, 1).reshape(3, -1).double()
+    cov = torch.cov(px)
+    k = cov.diagonal().max()  # max column norm^2 of the root
+    assert torch.allclose((m.double() @ m.double()), cov / k, atol=1e-4)
+    assert torch.allclose(color_matrix((imgs * 255).to(torch.uint8)), m, atol=2e-2)
+    assert torch.equal(color_matrix(torch.rand(4, 1, 5, 5)), torch.ones(1, 1))
+    with pytest.raises(ConfigError):
+        fourier(1, 3, 8, color=torch.eye(2))
+
+
+# ------------------------------------------------------------------------------- transforms
+def test_transforms_shapes_and_identity() -> None:
+    x = torch.rand(4, 3, 16, 16)
+    keep = x.clone()
+    assert torch.allclose(RandomAffine()(x), x, atol=1e-6)
+    assert pad(2)(x).shape == (4, 3, 20, 20)
+    assert pad(2, mode="constant")(x)[0, 0, 0, 0] == 0.5
+    for t in (jitter(2, rng=0), random_scale(0.9, 1.1, rng=0), random_rotate(10, rng=0), standard(16, rng=0),
+              RandomAffine(pad=2, rng=0), RandomAffine(pad=2, mode="constant", translate=3, rng=0)):
+        y = t(x)
+        assert y.shape[:2] == (4, 3) and y.min() >= -1e-6 and y.max() <= 1 + 1e-6
+    assert compose(pad(1), jitter(1, rng=1))(x).shape == (4, 3, 18, 18)
+    assert torch.equal(x, keep)  # inputs are never modified
+    with pytest.raises(ConfigError):
+        pad(1, mode="wrap")
+
+
+def test_element_random_is_independent_of_batch() -> None:
+    seeds = [element_seed(0, k, 1) for k in range(5)]
+    x = torch.rand(5, 3, 12, 12)
+    full = standard(12, ElementRandom(seeds))
+    alone = standard(12, ElementRandom(seeds[3:4]))
+    for _ in range(3):  # several calls: the streams stay aligned
+        a, b = full(x), alone(x[3:4])
+        assert torch.allclose(a[3:4], b, atol=1e-6)
+    assert not torch.allclose(a[0], a[1])  # each element gets its own draw
+
+
+# ----------------------------------------------------------------------------------- render
+def _initial_and_final(model: nn.Module, obj: Objective, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    r0 = render(model, obj, **{**kw, "steps": 1, "lr": 1e-12})  # the initial image's value
+    r = render(model, obj, **kw)
+    return r0.values, r.values
+
+
+@pytest.mark.parametrize("param", ["pixel", "fourier"])
+@pytest.mark.parametrize("transforms", ["none", "standard"])
+def test_target_activation_rises(param: str, transforms: str) -> None:
+    for model, layer in ((seq_model(), "2"), (tiny_cnn(), "features.conv2")):
+        v0, v1 = _initial_and_final(model, channel(layer, 1), param=param, transforms=transforms, size=16,
+                                    steps=40, batch=2)
+        assert (v1 > v0 + 0.05).all(), (param, transforms, layer, v0, v1)
+
+
+def test_render_result_contents() -> None:
+    seen = []
+    r = render(seq_model(), "2:3", size=12, steps=20, trace_every=8, progress=lambda s, n, v: seen.append(s))
+    assert r.images.shape == (1, 3, 12, 12) and r.images.device.type == "cpu"
+    assert r.trace.shape == (4, 1) and r.trace_steps == [0, 8, 16, 19] and seen == [0, 8, 16, 19]
+    assert r.settings["objective"] == "2:3" and r.settings["steps"] == 20 and r.settings["lr"] == 0.05
+    assert r.records()[0]["key"] == 0
+
+
+@pytest.mark.parametrize("make, layer", [(seq_model, "2"), (tiny_cnn, "features.conv2")])
+def test_batched_channels_match_one_at_a_time(make, layer: str) -> None:
+    model = make()
+    kw = dict(size=16, steps=12, seed=3)
+    batched = render_channels(model, layer, chunk=3, **kw)  # chunking does not matter either
+    assert batched.images.shape[0] == 8 and batched.keys == list(range(8))
+    for c in (0, 4, 7):
+        single = render(model, channel(layer, c), keys=[c], **kw)
+        assert torch.allclose(single.images, batched.images[c:c + 1], atol=1e-4)
+        assert torch.allclose(single.values, batched.values[c:c + 1], atol=1e-4)
+    recs = batched.records()
+    assert recs[4]["channel"] == 4 and recs[4]["layer"] == layer and recs[4]["settings"]["steps"] == 12
+    assert recs[4]["activation"] == pytest.approx(float(batched.values[4]))
+    # the recorded value is the channel-mean activation on the final, untransformed image
+    with torch.no_grad():
+        act = model[:3](batched.images) if isinstance(model, nn.Sequential) and layer == "2" else None
+    if act is not None:
+        assert torch.allclose(act.mean((2, 3)).diagonal(), batched.values, atol=1e-5)
+
+
+def test_unknown_layer_and_bad_channel() -> None:
+    model = tiny_cnn()
+    with pytest.raises(ConfigError, match="valid layers: .*features.conv1"):
+        render(model, channel("features.nope", 0), steps=2, size=8)
+    with pytest.raises(ConfigError, match="out of range"):
+        render(model, channel("features.conv2", 8), steps=2, size=8)
+    with pytest.raises(ConfigError, match="out of range"):
+        render_channels(model, "features.conv1", [0, 4], steps=2, size=8)
+    with pytest.raises(ConfigError, match="valid layers"):
+        render_channels(model, "conv9", steps=2, size=8)
+    assert hook_count(model) == 0
+
+
+def test_model_state_restored_and_hooks_removed_after_errors() -> None:
+    model = tiny_cnn()
+    model.train()
+    model.features.bn1.eval()  # mixed modes are restored module by module
+    model.features.conv1.weight.requires_grad_(False)
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+
+    def check() -> None:
+        assert hook_count(model) == 0
+        assert model.training and not model.features.bn1.training and model.features.bn2.training
+        assert not model.features.conv1.weight.requires_grad and model.features.conv2.weight.requires_grad
+
+    for optimize in (True, False):
+        render(model, "features.conv2:1", steps=3, size=8, optimize=optimize)
+        check()
+
+        def boom(acts):
+            raise RuntimeError("objective failed")
+
+        with pytest.raises(RuntimeError, match="objective failed"):
+            render(model, Objective(boom, ["features.conv2"]), steps=3, size=8, optimize=optimize)
+        check()
+
+        def bad_hook(*_):
+            raise RuntimeError("hook failed")
+
+        h = model.features.relu1.register_forward_hook(bad_hook)
+        with pytest.raises(RuntimeError, match="hook failed"):
+            render(model, "features.conv2:1", steps=3, size=8, optimize=optimize)
+        h.remove()
+        check()
+    after = model.state_dict()
+    assert all(torch.equal(before[n], after[n]) for n in before)  # weights and BN statistics untouched
+
+
+def test_one_channel_model() -> None:
+    model = tiny_cnn(in_channels=1)
+    color = color_matrix(torch.randint(0, 255, (4, 1, 8, 8), dtype=torch.uint8))
+    v0, v1 = _initial_and_final(model, channel("features.conv2", 0), channels=1, size=16, steps=30,
+                                color=color, mean=[0.5], std=[0.25])
+    assert (v1 > v0).all()
+    r = render_channels(model, "features.conv1", [0, 2], channels=1, size=12, steps=3)
+    assert r.images.shape == (2, 1, 12, 12) and r.keys == [0, 2]
+    with pytest.raises(ConfigError, match="1, 3, 12, 12"):  # 3 colour channels into a 1-channel model
+        render_channels(model, "features.conv1", size=12, steps=2)
+    assert render_channels(seq_model(), "0", channels=[1], size=12, steps=2).keys == [1]  # list = channel ids
+
+
+def test_render_copy_keeps_named_outputs() -> None:
+    model = tiny_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    keep = ["features.bn1", "features.pool1", "features.conv2", "features.relu2"]
+    fast = render_copy(model, keep)
+    assert isinstance(fast.features.bn1, nn.Identity) and isinstance(model.features.bn1, nn.BatchNorm2d)
+    from featviz.hooks import capture
+
+    with capture(model, keep) as a, capture(fast, keep) as b, torch.no_grad():
+        model(x), fast(x)
+    for name in keep:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+
+
+# ---------------------------------------------------------------------------------- quality
+def test_quality_measures() -> None:
+    model = seq_model()
+    r = render_channels(model, "2", size=16, steps=30)
+    noise = noise_images(16, 3, 16, seed=1)
+    z = standardized_activation(model, "2", r.images, None, None, noise)
+    assert z.shape == (8,) and (z > 0).all()
+    s = specificity(model, "2", r.images, None, None, noise)
+    assert 0.5 <= s <= 1.0
+    assert 0.0 <= specificity(model, "2", r.images, None, None, noise, by="image") <= 1.0
+    with pytest.raises(ConfigError):
+        specificity(model, "2", r.images, None, None, noise, by="nope")
+    assert noise_images(2, 1, 8, kind="uniform").shape == (2, 1, 8, 8)

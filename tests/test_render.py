@@ -1,0 +1,154 @@
+"""featviz render: files, index, reuse, bad inputs, and the gallery built from the files alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from featviz.config import RenderConfig, parse_epochs
+from featviz.errors import ConfigError, RunError
+from featviz.gallery.build import build_gallery
+from featviz.gallery.serve import make_server
+from featviz.render import render_run
+from featviz.store import Run
+
+FAST = dict(steps=6, chunk=64)
+
+
+@pytest.fixture(scope="module")
+def rendered(tiny_run, tmp_path_factory) -> Run:
+    """A copy of the tiny run, rendered once with few steps (every epoch, every channel)."""
+    dst = tmp_path_factory.mktemp("rendered") / "tiny"
+    shutil.copytree(tiny_run.path, dst)
+    run = Run.open(dst)
+    render_run(run, RenderConfig(epochs="all", **FAST))
+    return run
+
+
+def test_render_writes_filters_and_actmax_for_every_depth_and_epoch(rendered: Run) -> None:
+    index = rendered.render_index()
+    layers = rendered.meta["layers"]
+    epochs = rendered.snapshot_epochs()
+    assert epochs == [0, 1, 2]
+    for layer in layers:
+        name, n = layer["name"], layer["out_ch"]
+        for e in epochs:
+            grid = rendered.path / f"renders/filters/{name}/epoch_{e:03d}.png"
+            assert Image.open(grid).size[0] > 0
+            am = [r for r in index if r["kind"] == "am" and r["layer"] == name and r["epoch"] == e]
+            assert sorted(r["channel"] for r in am) == list(range(n))
+            for r in am:
+                img = Image.open(rendered.path / r["file"])
+                assert img.size == (16, 16)  # the run's image size
+                assert r["settings"]["steps"] == 6 and r["settings"]["param"] == "fourier"
+                assert isinstance(r["activation"], float)
+        assert (rendered.path / f"renders/filters/{name}/evolution.gif").is_file()
+        assert Image.open(rendered.path / f"renders/filters/{name}/evolution.gif").n_frames == len(epochs)
+        assert (rendered.path / f"renders/filters/{name}/strip.png").is_file()
+
+
+def test_rerender_reuses_matching_settings_and_force_redoes(rendered: Run) -> None:
+    again = render_run(rendered, RenderConfig(epochs="all", **FAST))
+    assert again["am_images"] == 0 and again["filter_files"] == 0
+    changed = render_run(rendered, RenderConfig(epochs="last", layers=("features.conv1",), **{**FAST, "steps": 7}))
+    assert changed["am_images"] == rendered.meta["layers"][0]["out_ch"]
+    forced = render_run(rendered, RenderConfig(epochs="0", layers=("features.conv2",), force=True, **FAST))
+    assert forced["am_images"] == 8 and forced["filter_files"] > 0
+
+
+def test_parse_epochs_forms() -> None:
+    avail = list(range(11))
+    assert parse_epochs("auto", avail) == [0, 5, 10]
+    assert parse_epochs("all", avail) == avail
+    assert parse_epochs("last", avail) == [10]
+    assert parse_epochs("0,5,10", avail) == [0, 5, 10]
+    assert parse_epochs("every:4", avail) == [0, 4, 8, 10]
+    for bad in ("11", "every:x", "every:0", "a,b"):
+        with pytest.raises(ConfigError):
+            parse_epochs(bad, avail)
+
+
+def test_bad_render_inputs_name_the_problem(rendered: Run, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="valid conv layers: features.conv1, features.conv2"):
+        render_run(rendered, RenderConfig(layers=("features.conv9",), **FAST))
+    with pytest.raises(ConfigError, match="not in the run"):
+        render_run(rendered, RenderConfig(epochs="7", **FAST))
+    with pytest.raises(ConfigError, match="out of range"):
+        render_run(rendered, RenderConfig(channels=(99,), filters=False, **FAST))
+
+
+def test_corrupt_snapshot_is_named_and_other_renders_survive(rendered: Run, tmp_path: Path) -> None:
+    dst = tmp_path / "damaged"
+    shutil.copytree(rendered.path, dst)
+    run = Run.open(dst)
+    before = (dst / "renders.jsonl").read_bytes()
+    snap = dst / "snapshots/epoch_001.safetensors"
+    snap.write_bytes(snap.read_bytes()[:100])
+    with pytest.raises(RunError, match="epoch_001.safetensors"):
+        render_run(run, RenderConfig(epochs="1", force=True, **FAST))
+    assert (dst / "renders.jsonl").read_bytes() == before
+    assert render_run(run, RenderConfig(epochs="0", filters=False, force=True, **FAST))["am_images"] == 12
+
+
+def test_gallery_is_static_relative_and_escaped(rendered: Run, tmp_path: Path) -> None:
+    dst = tmp_path / "esc"
+    shutil.copytree(rendered.path, dst)
+    meta = json.loads((dst / "run.json").read_text())
+    meta["data"]["name"] = "<script>alert(1)</script>"
+    (dst / "run.json").write_text(json.dumps(meta))
+    html = Path(build_gallery(Run.open(dst))).read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert str(dst) not in html and "file://" not in html  # relative links only
+    assert 'src="../renders/filters/features.conv1/epoch_002.png"' in html
+    for d in ("Depth 1 · features.conv1", "Depth 2 · features.conv2"):
+        assert d in html
+    assert "4 filters x 3 input channels x 5 x 5 = 300 weights" in html
+
+
+def test_serve_answers_on_loopback(rendered: Run) -> None:
+    import threading
+
+    server = make_server(rendered, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host, port = server.server_address[:2]
+        assert host == "127.0.0.1"
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/gallery/index.html", timeout=10).read()
+        assert b"featviz" in body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cli_render_and_gallery(rendered: Run, cli, tmp_path: Path) -> None:
+    dst = tmp_path / "clirun"
+    shutil.copytree(rendered.path, dst)
+    code, out, err = cli(["render", dst, "--epochs", "last", "--steps", "5", "--layers", "features.conv2"])
+    assert code == 0, err
+    assert "gallery:" in err
+    code, out, err = cli(["gallery", dst])
+    assert code == 0 and (dst / "gallery/index.html").is_file()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["render", "{run}", "--layers", "nope"], "valid conv layers"),
+    (["render", "{run}", "--epochs", "99"], "not in the run"),
+    (["render", "{run}", "--channels", "50"], "out of range"),
+    (["render", "{run}", "--param", "cppn"], "unknown parametrization"),
+    (["render", "{run}", "--steps", "0"], "--steps"),
+    (["render", "{tmp}"], "not a featviz run"),
+    (["render", "{tmp}/missing"], "does not exist"),
+    (["gallery", "{tmp}/missing"], "does not exist"),
+])
+def test_cli_render_bad_inputs(rendered: Run, cli, tmp_path: Path, argv: list[str], needle: str) -> None:
+    args = [a.format(run=rendered.path, tmp=tmp_path) for a in argv]
+    code, out, err = cli(args)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("featviz: error:") and needle in lines[0]
+    assert "Traceback" not in out + err
