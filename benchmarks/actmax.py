@@ -77,6 +77,9 @@ def small_cnn(run_dir: str | None) -> tuple[nn.Module, dict, str]:
     run = featviz.load_run(run_dir)
     model = featviz.load_model(run)
     kw: dict = {"mean": run.meta["data"]["mean"], "std": run.meta["data"]["std"]}
+    if run.meta["data"].get("color_matrix"):  # recorded at training time
+        kw["color"] = torch.tensor(run.meta["data"]["color_matrix"])
+        return model, kw, f"trained, epoch {run.epochs_done}"
     try:
         data = load_data(from_dict(DataConfig, run.meta["configs"]["data"]))
         kw["color"] = color_matrix(data.train_x)
@@ -209,7 +212,38 @@ def row(label: str, what: str, wall: float, cpu: float, floor: tuple[float, floa
             f"{qs}  {note}")
 
 
-def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: bool) -> list[str]:
+def save_side_by_side(path: Path, batched: torch.Tensor, loop: torch.Tensor) -> None:
+    """One PNG: the batched images (left) next to the one-at-a-time images (right), same channels."""
+    from torchvision.utils import make_grid, save_image
+
+    left, right = make_grid(batched, nrow=8, padding=1), make_grid(loop, nrow=8, padding=1)
+    gap = torch.ones(left.shape[0], left.shape[1], 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(torch.cat([left, gap, right], 2), str(path))
+
+
+def gpu_compare(model: nn.Module, layer: str, kw: dict, steps: int) -> str:
+    """On CUDA: wall time of the batched render vs the one-channel-at-a-time loop (synchronized)."""
+    dev = torch.device("cuda")
+    model = model.to(dev)
+    common = dict(size=SIZE, steps=steps, **kw)
+    render_channels(model, layer, range(4), chunk=BATCH, **{**common, "steps": 4})  # warm-up (cuDNN, allocator)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    render_channels(model, layer, chunk=BATCH, **common)
+    torch.cuda.synchronize()
+    tb = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for c in range(BATCH):
+        render(model, channel(layer, c), keys=[c], **common)
+    torch.cuda.synchronize()
+    tl = time.perf_counter() - t0
+    return (f"{torch.cuda.get_device_name(dev)}: {layer}, {BATCH} channels, {SIZE}x{SIZE}, {steps} steps: "
+            f"batched {tb:.2f} s, one at a time {tl:.2f} s, speed-up {tl / tb:.1f}x")
+
+
+def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: bool,
+          save: Path | None = None) -> list[str]:
     mac, flops_w, flops_c = conv_flops(convs_until(model, layer))
     floor = (4 * mac * steps * BATCH / flops_w, 4 * mac * steps * BATCH / flops_c)
     noise = noise_images(256, 3, SIZE, seed=123)
@@ -229,6 +263,8 @@ def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: b
         mem = phase_peak_mb()
         images = torch.cat([s.images for s in singles])
         diff = (images - batched.images).abs()
+        if save is not None:
+            save_side_by_side(save / f"{layer}_batched_vs_loop.png", batched.images, images)
         rows.append(row("", "loop", tl.wall, tl.cpu, floor, quality(model, layer, images, kw, noise),
                         f"peak RSS {mem:.0f} MB (+{mem - base:.0f}); |loop - batched| px mean "
                         f"{diff.mean():.1e}, max {diff.max():.1e}"))
@@ -242,7 +278,14 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--no-loop", action="store_true", help="skip the one-channel-at-a-time loop")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc thresholds")
+    ap.add_argument("--save", type=Path, default=None, help="write batched-vs-loop images side by side here")
+    ap.add_argument("--gpu", action="store_true", help="only compare batched vs one-at-a-time on CUDA")
     args = ap.parse_args()
+    if args.gpu:
+        small, kw, how = small_cnn(args.run)
+        print(gpu_compare(three_conv(), "conv2", {}, args.steps))
+        print(gpu_compare(small, "features.conv3", kw, args.steps))
+        return
     if not args.default_malloc and MALLOC_ENV[0] not in os.environ and sys.platform.startswith("linux"):
         # Re-run this script with the thresholds set: glibc reads them only at process start.
         os.execve(sys.executable, [sys.executable, *sys.argv],
@@ -257,8 +300,9 @@ def main() -> None:  # noqa: D103
     small, kw, how = small_cnn(args.run)
     header = (f"{'model / layer':26s} {'what':8s} {'wall s':>7s} {'xfloor':>6s} {'CPU s':>7s} {'xfloor':>6s} "
               f"{'z':>6s} {'spec':>5s} {'spec/i':>6s}  notes")
-    rows = bench("3-conv random / conv2", three_conv(), "conv2", {}, args.steps, not args.no_loop)
-    rows += bench(f"SmallCNN {how.split(',')[0]} / conv3", small, "features.conv3", kw, args.steps, not args.no_loop)
+    rows = bench("3-conv random / conv2", three_conv(), "conv2", {}, args.steps, not args.no_loop, args.save)
+    rows += bench(f"SmallCNN {how.split(',')[0]} / conv3", small, "features.conv3", kw, args.steps, not args.no_loop,
+                  args.save)
     print(header)
     print("-" * len(header))
     print("\n".join(rows))

@@ -51,3 +51,13 @@ def render(
     console.print(f"rendered epochs {out['epochs']} of {len(out['layers'])} layers on {out['device']}: "
                   f"{out['am_images']} activation-maximization images, {out['filter_files']} filter files")
     console.print(f"gallery: {out['gallery']}  (featviz gallery {r.path} --open)")
+    console.print(f"peak memory {_peak_mb():.0f} MB")
+
+
+def _peak_mb() -> float:
+    """Peak resident memory of this process (MB; ru_maxrss is KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024

@@ -1,0 +1,46 @@
+"""CUDA check: train and render with no device flag (auto picks the GPU), then batched vs one-at-a-time.
+
+Usage: python benchmarks/gpu_check.py [--epochs N] [--out DIR]
+Prints the device each step used, wall times, and the batched speed-up on the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig
+from featviz.pipeline import train_run
+from featviz.render import render_run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/featviz-gpu"))
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, cuda available: {torch.cuda.is_available()}")
+    if torch.cuda.is_available():
+        print(f"device: {torch.cuda.get_device_name(0)}")
+    t0 = time.perf_counter()
+    run = train_run(DataConfig(), ModelConfig(), TrainConfig(epochs=args.epochs), out_dir=args.out, name="gpu", force=True)
+    last = run.metrics()[-1]
+    print(f"train: {time.perf_counter() - t0:.1f} s on {run.meta['device']}, val acc {last['val_acc']:.4f}, "
+          f"epoch wall {[r['wall_s'] for r in run.metrics()[1:]]}")
+    t0 = time.perf_counter()
+    out = render_run(run, RenderConfig())
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+    print(f"render: {time.perf_counter() - t0:.1f} s on {out['device']}, {out['am_images']} images at epochs "
+          f"{out['epochs']}, GPU peak {peak:.0f} MiB")
+    if torch.cuda.is_available():
+        bench = Path(__file__).with_name("actmax.py")
+        subprocess.run([sys.executable, str(bench), str(run.path), "--gpu"], check=True)
+
+
+if __name__ == "__main__":
+    main()
