@@ -52,9 +52,10 @@ def load_run(path: str) -> Run:
     return Run.open(Path(path))
 
 
-def load_model(run: Run, epoch: int | None = None) -> SmallCNN:
+def load_model(run: Run, epoch: int | None = None, device: str = "cpu") -> SmallCNN:
     """The run's CNN with the weights of ``epoch`` (default: the last committed), in eval mode."""
-    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run.meta["configs"]["model"].items()})
-    model = build_model(cfg)
-    model.load_state_dict(run.load_snapshot(run.epochs_done if epoch is None else epoch))
-    return model.eval()
+    import torch
+
+    from featviz.render import load_model_at
+
+    return load_model_at(run, run.epochs_done if epoch is None else epoch, torch.device(device))

@@ -129,8 +129,9 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
                              "file": _rel(run, path), "activation": val, "settings": settings})
             grid = make_grid(imgs, nrow=max(1, int(len(chans) ** 0.5)), padding=1, pad_value=255)
             path = run.write_artifact("renders", f"{base}/grid.png", png_bytes(grid))
+            full = {k: v for k, v in res.settings.items() if k != "elapsed_s"}  # every knob, once per batch
             recs.append({"kind": "am_grid", "layer": name, "depth": layer["depth"], "epoch": epoch,
-                         "file": _rel(run, path), "settings": settings,
+                         "file": _rel(run, path), "settings": settings, "render_settings": full,
                          "elapsed_s": res.settings.get("elapsed_s")})
             run.add_renders(recs)
             rendered += len(chans)
