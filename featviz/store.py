@@ -385,6 +385,15 @@ class Run:
         text = "".join(json.dumps(r) + "\n" for r in [*keep, *new.values()])
         atomic_write_bytes(self.path / "renders.jsonl", text.encode())
 
+    def write_analysis(self, result: dict[str, Any]) -> None:
+        """RUN/analysis.json, atomically (featviz analyze)."""
+        atomic_write_json(self.path / "analysis.json", result)
+
+    def read_analysis(self) -> dict[str, Any] | None:
+        """The last analysis, or None if the run was never analyzed."""
+        p = self.path / "analysis.json"
+        return read_json(p) if p.exists() else None
+
     def read_file_bytes(self, rel: str) -> bytes:
         """Bytes of a file inside the run (for the gallery); the path may not leave the run folder."""
         p = (self.path / rel).resolve()

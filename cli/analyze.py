@@ -1,0 +1,42 @@
+"""featviz analyze: featviz.analyze.analyze_run, then a compact table of what changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.common import console
+from featviz.analyze import analyze_run
+from featviz.store import Run
+
+
+def analyze(
+    run: Path = typer.Argument(..., help="A run folder (rendered, for the complexity numbers)."),
+    probe: int = typer.Option(1000, min=10, help="Validation images in the fixed probe set (CKA, receptive field)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+) -> None:
+    """Filter updates, CKA to the final epoch, image complexity and receptive fields -> RUN/analysis.json."""
+    r = Run.open(run)
+    res = analyze_run(r, probe_size=probe, device=device)
+    conv = res.get("convergence", {})
+    comp = res.get("complexity", {})
+    typer.echo(f"{'layer':<16} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} "
+               f"{'bpp init':>8} {'bpp last':>8}")
+    for name in res["layers"]:
+        upd = res["filter_updates"][name]
+        cka = conv.get(name, {}).get("cka_to_final", [])
+        rf = res.get("receptive_field", {}).get(name, {})
+        c = comp.get(name, {}) if isinstance(comp, dict) else {}
+        keys = sorted(c, key=int) if c and "skipped" not in comp else []
+        bpp0 = f"{c[keys[0]]['bpp']['mean']:.2f}" if keys else "-"
+        bpp1 = f"{c[keys[-1]]['bpp']['mean']:.2f}" if keys else "-"
+        eff = rf.get(f"effective_px_epoch_{res['epochs'][-1]}", "-")
+        typer.echo(f"{name:<16} {upd['rotation_from_init'][-1]:8.3f} "
+                   f"{(cka[1] if len(cka) > 1 else float('nan')):6.2f} {(cka[len(cka) // 2] if cka else float('nan')):7.2f} "
+                   f"{len(conv.get(name, {}).get('dead_channels', [])):5d} {str(rf.get('theoretical_px', '-')) + '/' + str(eff):>10} "
+                   f"{bpp0:>8} {bpp1:>8}")
+    for key in ("convergence", "complexity"):
+        if isinstance(res.get(key), dict) and "skipped" in res[key]:
+            console.print(f"note: {key} skipped: {res[key]['skipped']}")
+    console.print(f"wrote {r.path / 'analysis.json'}")
