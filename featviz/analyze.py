@@ -28,6 +28,7 @@ from featviz.metrics import (
     linear_cka, per_filter_change, relative_change, rotation, spectrum_slope, theoretical_receptive_fields,
     zlib_bits_per_pixel,
 )
+from featviz.model import response_layer
 from featviz.render import load_model_at
 from featviz.store import Run
 
@@ -84,13 +85,14 @@ def _activations(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[st
     return {**{n: torch.cat(v) for n, v in pooled.items()}, **{f"{n}/max": peak[n] for n in names}}
 
 
-def _probe(run: Run, n: int) -> torch.Tensor:
-    """The first ``n`` validation images, normalized like training, as float [n, C, H, W]."""
+def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` (None = all) validation images: normalized like training (float [n, C, H, W])
+    and raw (uint8)."""
     data = load_data(from_dict(DataConfig, run.meta["configs"]["data"]))
-    x = data.val_x[:n].float() / 255.0
+    raw = data.val_x if n is None else data.val_x[:n]
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)
-    return (x - mean) / std
+    return (raw.float() / 255.0 - mean) / std, raw
 
 
 def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: Progress = _noop) -> dict[str, Any]:
@@ -155,6 +157,84 @@ def _std(v: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in v) / max(1, len(v) - 1))
 
 
+@torch.no_grad()
+def _channel_stats(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer: channel-mean activation [N, C] and the flat argmax position [N, C] of each channel map."""
+    means: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    where: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    with capture(model, names, detach=True) as acts:
+        for chunk in x.split(250):
+            model(chunk)
+            for n in names:
+                a = acts[n].float()
+                means[n].append(a.mean((2, 3)).cpu())
+                where[n].append(a.flatten(2).argmax(2).cpu())
+    return {n: (torch.cat(means[n]), torch.cat(where[n])) for n in names}
+
+
+def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torch.device, k: int = 9) -> dict[str, Any]:
+    """For every rendered channel at the last rendered epoch: r = a(AM image) / max over the data set of a,
+    with a = the channel's mean activation (the render objective); and the top-``k`` data-set images,
+    cropped to the receptive field around the channel's strongest position, saved as one strip PNG.
+    """
+    from torchvision.utils import make_grid
+
+    from featviz.filters import png_bytes
+
+    am = [r for r in run.render_index() if r.get("kind") == "am"]
+    if not am:
+        return {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
+    epoch = max(r["epoch"] for r in am)
+    model = load_model_at(run, epoch, device)
+    cfg = run.meta["configs"]["model"]
+    rfs = dict(zip([layer["name"] for layer in run.meta["layers"]],
+                   theoretical_receptive_fields(cfg["kernels"], cfg["strides"], cfg["pools"])))
+    names = sorted({r["layer"] for r in am})
+    targets = {n: response_layer(model, n) for n in names}  # what the renders maximized
+    stats = _channel_stats(model, list(targets.values()), images.to(device))
+    size = raw.shape[-1]
+    out: dict[str, Any] = {"epoch": epoch}
+    for name in names:
+        means, where = stats[targets[name]]
+        top = means.topk(min(k, len(means)), dim=0).indices  # [k, C]
+        data_max = means.max(0).values
+        side = min(rfs.get(name, size), size)
+        feat = int(round(math.sqrt(model_out_hw(model, targets[name], images[:1].to(device)))))
+        recs = sorted((r for r in am if r["layer"] == name and r["epoch"] == epoch), key=lambda r: r["channel"])
+        rows = []
+        for rec in recs:
+            c = rec["channel"]
+            crops = [_crop(raw[i], int(where[i, c]), feat, side) for i in top[:, c].tolist()]
+            strip = make_grid(torch.stack(crops), nrow=len(crops), padding=1, pad_value=255)
+            path = run.write_artifact("renders", f"top9/{name}/ch_{c:04d}.png", png_bytes(strip))
+            peak = float(data_max[c])
+            rows.append({"channel": c, "r": rec["activation"] / peak if peak > 0 else None,
+                         "data_max": peak, "top": top[:, c].tolist(),
+                         "file": path.relative_to(run.path).as_posix()})
+        out[name] = {"receptive_field_px": side, "channels": rows}
+    return out
+
+
+def model_out_hw(model: nn.Module, name: str, x: torch.Tensor) -> int:
+    """Number of spatial positions of layer ``name``'s output for input ``x``."""
+    with torch.no_grad(), capture(model, [name], detach=True) as acts:
+        model(x)
+    return int(acts[name].shape[-1] * acts[name].shape[-2])
+
+
+def _crop(img: torch.Tensor, flat: int, feat: int, side: int) -> torch.Tensor:
+    """A ``side`` x ``side`` crop of uint8 ``img`` [C, H, W] centred on feature-map position ``flat``."""
+    size = img.shape[-1]
+    y, x = divmod(flat, feat)
+    cy, cx = int((y + 0.5) * size / feat), int((x + 0.5) * size / feat)
+    top = min(max(cy - side // 2, 0), size - side)
+    left = min(max(cx - side // 2, 0), size - side)
+    crop = img[:, top:top + side, left:left + side]
+    if crop.shape[0] == 1:
+        crop = crop.expand(3, -1, -1)
+    return crop
+
+
 def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress: Progress = _noop) -> dict[str, Any]:
     """Compute every metric above and write RUN/analysis.json; returns the same dict.
 
@@ -173,10 +253,11 @@ def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress
     result["filter_updates"] = filter_updates(run, snaps)
     progress("filter updates", 1, 1)
     try:
-        probe = _probe(run, probe_size)
+        val, raw = _probe(run, None)
+        probe = val[:probe_size]
     except FeatvizError as e:
         probe = None
-        result["convergence"] = {"skipped": f"probe images unavailable: {e}"}
+        result["convergence"] = result["faithfulness"] = {"skipped": f"validation images unavailable: {e}"}
     if probe is not None:
         result["probe_images"] = int(probe.shape[0])
         result["convergence"] = convergence(run, probe, dev, progress)
@@ -191,6 +272,8 @@ def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress
                 rf[layer["name"]][f"effective_px_epoch_{e}"] = eff["effective_px"]
         result["receptive_field"] = rf
         progress("receptive fields", 1, 1)
+        result["faithfulness"] = faithfulness(run, val, raw, dev)
+        progress("faithfulness", 1, 1)
     comp = complexity(run)
     result["complexity"] = comp or {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     run.write_analysis(result)

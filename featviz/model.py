@@ -83,3 +83,19 @@ def conv_layers(model: nn.Module) -> list[ConvLayer]:
                 weights=m.weight.numel(), biases=0 if m.bias is None else m.bias.numel(),
             ))
     return out
+
+
+def response_layer(model: nn.Module, conv_name: str) -> str:
+    """The module whose output activation maximization targets for a conv: the BatchNorm right after it
+    if there is one (the conv's normalized response, which ReLU then thresholds), else the conv itself.
+
+    The raw conv output of a conv followed by BatchNorm has an arbitrary offset and scale per channel,
+    so its values cannot be compared with the data set's (faithfulness r); the BatchNorm output can,
+    and unlike a ReLU output it has a gradient everywhere (no grey images from dead units).
+    """
+    names = [n for n, _ in model.named_modules()]
+    mods = dict(model.named_modules())
+    i = names.index(conv_name)
+    if i + 1 < len(names) and isinstance(mods[names[i + 1]], nn.BatchNorm2d):
+        return names[i + 1]
+    return conv_name

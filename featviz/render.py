@@ -13,7 +13,7 @@ import torch
 from featviz.config import ModelConfig, RenderConfig, from_dict, parse_epochs, to_dict
 from featviz.errors import ConfigError
 from featviz.filters import evolution_strip, filter_grid, gif_bytes, layer_scale, png_bytes
-from featviz.model import build_model
+from featviz.model import build_model, response_layer
 from featviz.store import Run
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -84,12 +84,15 @@ def load_model_at(run: Run, epoch: int, device: torch.device) -> torch.nn.Module
 def _am_settings(cfg: RenderConfig, size: int) -> dict[str, Any]:
     """What makes two activation-maximization renders the same (the reuse key)."""
     keep = ("steps", "param", "transforms", "lr", "seed")
-    return {**{k: v for k, v in to_dict(cfg).items() if k in keep}, "size": size}
+    return {**{k: v for k, v in to_dict(cfg).items() if k in keep}, "size": size, "target": "response"}
 
 
 def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg: RenderConfig,
                   device: torch.device, progress: Progress = _noop) -> int:
     """Activation maximization of the chosen channels of every layer at every epoch, batched per layer.
+
+    The objective is each channel's mean response: the output of the BatchNorm after the conv when
+    there is one (see ``model.response_layer``), else the conv's output.
 
     Writes one PNG per channel and one grid per (layer, epoch); returns how many images were rendered.
     """
@@ -117,7 +120,7 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
                 progress("activation maximization", count, total)
                 continue
             model = model or load_model_at(run, epoch, device)
-            res = render_channels(model, name, chans, chunk=cfg.chunk, param=cfg.param, size=size,
+            res = render_channels(model, response_layer(model, name), chans, chunk=cfg.chunk, param=cfg.param, size=size,
                                   channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
                                   transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],
                                   color=color, device=device)
