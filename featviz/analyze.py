@@ -5,8 +5,8 @@ rotation from the init, per-filter change, dead filters), convergence (linear CK
 spatially averaged post-ReLU activations at each epoch against the final epoch, on a fixed probe set
 of validation images), complexity of the activation-maximization images (zlib bits per pixel and
 power-spectrum slope, per rendered epoch; the init is the baseline) and receptive fields
-(theoretical, and effective: where |d centre unit / d input| averaged over probe images is at least
-5% of its peak). Written through the store; reads no file itself.
+(theoretical, and effective: the square around the centre unit holding 90% of its mean
+|d unit / d input| over probe images). Written through the store; reads no file itself.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from featviz.metrics import (
     zlib_bits_per_pixel,
 )
 from featviz.model import response_layer
+from featviz.plots import PLOTS, available
+from featviz.reading import reading
 from featviz.render import load_model_at
 from featviz.store import Run
 
@@ -116,19 +118,27 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: P
     return out
 
 
-def effective_receptive_field(model: nn.Module, layer: str, probe: torch.Tensor, threshold: float = 0.05) -> dict[str, Any]:
-    """Side (px) of the square holding every input pixel whose mean |gradient| of the centre unit
-    (summed over channels) is >= ``threshold`` x the peak, averaged over the probe images."""
+def effective_receptive_field(model: nn.Module, layer: str, probe: torch.Tensor, mass: float = 0.9) -> dict[str, Any]:
+    """Effective receptive field (Luo et al. 2016): the side (px) of the smallest square around the
+    centre unit's position that holds ``mass`` of the mean |d centre unit / d input| over the probe
+    images (channels of the unit summed). Never larger than the theoretical field or the image."""
     x = probe.clone().requires_grad_(True)
     with capture(model, [layer]) as acts:
         model(x)
         a = acts[layer]
         h, w = a.shape[-2:]
         a[:, :, h // 2, w // 2].sum().backward()
-    g = x.grad.abs().mean((0, 1))
-    ys, xs = (g >= threshold * g.max()).nonzero(as_tuple=True)
-    side = int(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1) if len(ys) else 0
-    return {"effective_px": side, "threshold": threshold}
+    g = x.grad.abs().mean((0, 1)).double()
+    total = float(g.sum())
+    if total <= 0:
+        return {"effective_px": 0, "mass": mass}
+    size = g.shape[-1]
+    cy, cx = int((h // 2 + 0.5) * g.shape[-2] / h), int((w // 2 + 0.5) * size / w)
+    for r in range(size):
+        box = g[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1]
+        if float(box.sum()) >= mass * total:
+            return {"effective_px": min(2 * r + 1, size), "mass": mass}
+    return {"effective_px": size, "mass": mass}
 
 
 def complexity(run: Run) -> dict[str, Any]:
@@ -269,12 +279,16 @@ def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress
             for layer, theo in zip(run.meta["layers"], rfs):
                 eff = effective_receptive_field(model, layer["name"], probe[:64].to(dev))
                 rf.setdefault(layer["name"], {"theoretical_px": theo, "image_px": run.meta["data"]["size"]})
-                rf[layer["name"]][f"effective_px_epoch_{e}"] = eff["effective_px"]
+                rf[layer["name"]][f"effective_px_epoch_{e}"] = min(eff["effective_px"], theo)
         result["receptive_field"] = rf
         progress("receptive fields", 1, 1)
         result["faithfulness"] = faithfulness(run, val, raw, dev)
         progress("faithfulness", 1, 1)
     comp = complexity(run)
     result["complexity"] = comp or {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
+    result["reading"] = reading(result, run.meta["data"]["size"])
     run.write_analysis(result)
+    for key in available(result):
+        for fmt, data in PLOTS[key](result).items():
+            run.write_artifact("analysis", f"{key}.{fmt}", data)
     return result

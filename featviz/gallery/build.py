@@ -13,6 +13,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from featviz.metrics import theoretical_receptive_fields
+from featviz.plots import available
 from featviz.store import Run
 
 
@@ -60,7 +61,18 @@ def _weights_text(layer: dict[str, Any], batchnorm: bool) -> str:
             + (" BatchNorm adds 2 trained numbers per channel." if batchnorm else ""))
 
 
-def _depths(run: Run, index: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _faith(analysis: dict[str, Any] | None, name: str) -> tuple[dict[int, dict[str, Any]], set[int]]:
+    """Per channel of ``name``: r and the top-9 strip (by channel), and the dead channels."""
+    if not analysis:
+        return {}, set()
+    faith = analysis.get("faithfulness", {}).get(name, {})
+    rows = {c["channel"]: c for c in faith.get("channels", [])} if isinstance(faith, dict) else {}
+    dead = set(analysis.get("convergence", {}).get(name, {}).get("dead_channels", []))
+    dead |= {c for c, row in rows.items() if row.get("r") is None}
+    return rows, dead
+
+
+def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     model = run.meta["configs"]["model"]
     rfs = theoretical_receptive_fields(model["kernels"], model["strides"], model["pools"])
     size = run.meta["data"]["size"]
@@ -73,14 +85,20 @@ def _depths(run: Run, index: list[dict[str, Any]]) -> list[dict[str, Any]]:
         am_epochs = sorted({r["epoch"] for r in am})
         channels = sorted({r["channel"] for r in am})
         by = {(r["channel"], r["epoch"]): r for r in am}
-        tiles = [{"channel": c,
+        faith, dead = _faith(analysis, name)
+        tiles = [{"channel": c, "dead": c in dead,
+                  "r": None if faith.get(c, {}).get("r") is None else round(faith[c]["r"], 2),
+                  "top": "../" + faith[c]["file"] if c in faith else "",
                   "srcs": ["../" + by[(c, e)]["file"] if (c, e) in by else "" for e in am_epochs],
                   "acts": [round(by[(c, e)].get("activation", 0.0), 4) if (c, e) in by else None for e in am_epochs]}
                  for c in channels]
         extra = {r["kind"]: "../" + r["file"] for r in recs if r["kind"] in ("filters_strip", "filters_gif")}
         rf = rfs[d - 1] if d - 1 < len(rfs) else None
         out.append({
-            "name": name, "depth": d, "filters": layer["out_ch"], "explain": _weights_text(layer, model["batchnorm"]),
+            "name": name, "depth": d, "filters": layer["out_ch"],
+            "explain": _weights_text(layer, model["batchnorm"]) + (" The 2x2 max-pool after it has no weights: it only "
+                                                                  "keeps the largest of each 4 values." if
+                                                                  model["pools"][d - 1] else ""),
             "rf": rf, "rf_note": (f"larger than the {size} px image" if rf and rf > size else f"of {size} px"),
             "filter_srcs": ["../" + r["file"] for r in filters], "filter_epochs": [r["epoch"] for r in filters],
             "am_epochs": am_epochs, "tiles": tiles, "strip": extra.get("filters_strip"), "gif": extra.get("filters_gif"),
@@ -96,8 +114,11 @@ def build_gallery(run: Run) -> str:
         run.write_artifact("gallery", "curves.png", curves_png(metrics))
     last = metrics[-1] if metrics else {}
     am_settings = next((r.get("settings") for r in index if r["kind"] == "am"), None)
+    analysis = run.read_analysis()
+    plots = [f"../analysis/{k}.png" for k in available(analysis)] if analysis else []
     html = _env().get_template("index.html.j2").render(
-        run=run.meta, name=run.name, last=last, metrics=metrics, depths=_depths(run, index),
+        run=run.meta, name=run.name, last=last, metrics=metrics, depths=_depths(run, index, analysis),
+        reading=analysis.get("reading") if analysis else None, plots=plots,
         has_curves=bool(metrics), am_settings=am_settings, epochs_done=run.epochs_done, complete=run.complete,
     )
     return str(run.write_artifact("gallery", "index.html", html.encode()))

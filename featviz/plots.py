@@ -1,0 +1,93 @@
+"""Plots of analysis.json (matplotlib): dict in, PNG and SVG bytes out. No files, no model."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Callable
+
+DEPTH_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _figure(draw: Callable[[Any], None], width: float = 5.2, height: float = 3.4) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
+    draw(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = {}
+    for fmt in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt)
+        out[fmt] = buf.getvalue()
+    plt.close(fig)
+    return out
+
+
+def weight_change(a: dict[str, Any]) -> dict[str, bytes]:
+    """Rotation from init (solid) and relative change to the previous epoch (dashed) per layer vs epoch."""
+    def draw(ax: Any) -> None:
+        for i, name in enumerate(a["layers"]):
+            u = a["filter_updates"][name]
+            c = DEPTH_COLORS[i % len(DEPTH_COLORS)]
+            ax.plot(a["epochs"], u["rotation_from_init"], "-o", ms=3, color=c, label=f"{name}: 1 - cos(W_t, W_0)")
+            ax.plot(a["epochs"][1:], u["relative_change"][1:], "--", color=c, alpha=0.6)
+        ax.set(xlabel="epoch", ylabel="change", title="Filter updates (dashed: ||W_t - W_t-1|| / ||W_t-1||)")
+        ax.legend(fontsize=7, frameon=False)
+    return _figure(draw)
+
+
+def cka(a: dict[str, Any]) -> dict[str, bytes]:
+    """Linear CKA of each layer's activations at epoch t against the final epoch."""
+    def draw(ax: Any) -> None:
+        for i, name in enumerate(a["layers"]):
+            ax.plot(a["epochs"], a["convergence"][name]["cka_to_final"], "-o", ms=3,
+                    color=DEPTH_COLORS[i % len(DEPTH_COLORS)], label=name)
+        ax.axhline(0.9, color="grey", lw=0.8, ls=":")
+        ax.set(xlabel="epoch", ylabel="CKA to final epoch", ylim=(0, 1.02), title="Convergence of representations")
+        ax.legend(fontsize=7, frameon=False)
+    return _figure(draw)
+
+
+def complexity(a: dict[str, Any]) -> dict[str, bytes]:
+    """zlib bits per pixel of the activation-maximization images vs depth: init vs last rendered epoch."""
+    def draw(ax: Any) -> None:
+        comp = a["complexity"]
+        depths = list(range(1, len(a["layers"]) + 1))
+        epochs = sorted({int(e) for name in a["layers"] for e in comp.get(name, {})})
+        for e, style in ((epochs[0], "s--"), (epochs[-1], "o-")):
+            ys = [comp[n][str(e)]["bpp"]["mean"] for n in a["layers"]]
+            es = [comp[n][str(e)]["bpp"]["std"] for n in a["layers"]]
+            ax.errorbar(depths, ys, yerr=es, fmt=style, capsize=3,
+                        label=f"epoch {e}" + (" (random init)" if e == 0 else ""))
+        ax.set(xlabel="depth", ylabel="zlib bits per pixel", xticks=depths,
+               title="Complexity of activation-maximization images")
+        ax.legend(fontsize=8, frameon=False)
+    return _figure(draw)
+
+
+def receptive_field(a: dict[str, Any]) -> dict[str, bytes]:
+    """Theoretical and effective receptive field (px) vs depth, with the image size."""
+    def draw(ax: Any) -> None:
+        rf = a["receptive_field"]
+        depths = list(range(1, len(a["layers"]) + 1))
+        ax.plot(depths, [rf[n]["theoretical_px"] for n in a["layers"]], "o-", label="theoretical")
+        for e in (a["epochs"][0], a["epochs"][-1]):
+            ax.plot(depths, [rf[n][f"effective_px_epoch_{e}"] for n in a["layers"]], "s--", label=f"effective, epoch {e}")
+        ax.axhline(rf[a["layers"][0]]["image_px"], color="grey", lw=0.8, ls=":", label="image size")
+        ax.set(xlabel="depth", ylabel="px", xticks=depths, title="Receptive field")
+        ax.legend(fontsize=8, frameon=False)
+    return _figure(draw)
+
+
+PLOTS = {"weight_change": weight_change, "cka": cka, "complexity": complexity, "receptive_field": receptive_field}
+NEEDS = {"weight_change": "filter_updates", "cka": "convergence", "complexity": "complexity",
+         "receptive_field": "receptive_field"}
+
+
+def available(a: dict[str, Any]) -> list[str]:
+    """Plots whose section of the analysis holds numbers (not a 'skipped' note)."""
+    return [k for k, need in NEEDS.items() if isinstance(a.get(need), dict) and a[need] and "skipped" not in a[need]]

@@ -1,0 +1,80 @@
+"""A plain-language reading of analysis.json, generated from its numbers (never a fixed text)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def first_epoch_above(values: list[float], threshold: float, epochs: list[int]) -> int | None:
+    """The first epoch from which every later value stays >= ``threshold`` (None if never)."""
+    for i in range(len(values)):
+        if all(v >= threshold for v in values[i:]):
+            return epochs[i]
+    return None
+
+
+def _updates(a: dict[str, Any]) -> str:
+    rot = {n: a["filter_updates"][n]["rotation_from_init"][-1] for n in a["layers"]}
+    rel = {n: a["filter_updates"][n]["relative_change"] for n in a["layers"]}
+    lo, hi = min(rot, key=rot.get), max(rot, key=rot.get)
+    first = [r[1] for r in rel.values() if len(r) > 1 and r[1] is not None]
+    last = [r[-1] for r in rel.values() if len(r) > 1 and r[-1] is not None]
+    unchanged = sum(len(a["filter_updates"][n]["unchanged_filters"]) for n in a["layers"])
+    text = (f"Backpropagation changed every layer's filters: by the last epoch their direction had turned by "
+            f"1 - cos = {rot[lo]:.2f} ({lo}) to {rot[hi]:.2f} ({hi}) from the random init")
+    if first and last:
+        text += (f", and the change per epoch fell from {max(first):.2f} at most in epoch {a['epochs'][1]} "
+                 f"to {max(last):.3f} at most in the last epoch")
+    text += "." if not unchanged else f"; {unchanged} filters did not change at all (dead)."
+    return text
+
+
+def _convergence(a: dict[str, Any]) -> str:
+    conv = a.get("convergence", {})
+    if "skipped" in conv:
+        return ""
+    at = {n: first_epoch_above(conv[n]["cka_to_final"], 0.9, a["epochs"]) for n in a["layers"]}
+    parts = ", ".join(f"{n} at epoch {e}" for n, e in at.items())
+    order = [at[n] for n in a["layers"]]
+    shallow_first = all(x <= y for x, y in zip(order, order[1:]))
+    verdict = ("so shallow layers settled first, as bottom-up convergence predicts" if shallow_first else
+               "so the layers did not settle strictly from shallow to deep in this run")
+    dead = sum(len(conv[n]["dead_channels"]) for n in a["layers"])
+    tail = f" {dead} channels never responded on the probe images (marked dead below)." if dead else ""
+    return f"Each layer's activations reached CKA >= 0.9 with their final form {parts}, {verdict}.{tail}"
+
+
+def _complexity(a: dict[str, Any]) -> str:
+    comp = a.get("complexity", {})
+    if not comp or "skipped" in comp:
+        return ""
+    epochs = sorted({int(e) for n in a["layers"] for e in comp.get(n, {})})
+    if not all(str(epochs[-1]) in comp.get(n, {}) for n in a["layers"]):
+        return ""
+    last = [comp[n][str(epochs[-1])]["bpp"]["mean"] for n in a["layers"]]
+    init = [comp[n][str(epochs[0])]["bpp"]["mean"] for n in a["layers"] if str(epochs[0]) in comp[n]]
+    rising = all(x < y for x, y in zip(last, last[1:]))
+    text = (f"Activation-maximization images grow more complex with depth: {last[0]:.1f} to {last[-1]:.1f} zlib bits "
+            f"per pixel from depth 1 to {len(last)} at epoch {epochs[-1]}" if rising else
+            f"Activation-maximization complexity does not rise strictly with depth at epoch {epochs[-1]} "
+            f"({', '.join(f'{x:.1f}' for x in last)} zlib bits per pixel by depth)")
+    if epochs[0] == 0 and len(init) == len(last):
+        text += f", against {', '.join(f'{x:.1f}' for x in init)} for the random init (the baseline)"
+    return text + "."
+
+
+def _receptive(a: dict[str, Any], image: int) -> str:
+    rf = a.get("receptive_field")
+    if not rf or "skipped" in rf:
+        return ""
+    theo = [rf[n]["theoretical_px"] for n in a["layers"]]
+    over = [n for n in a["layers"] if rf[n]["theoretical_px"] > image]
+    text = f"Receptive fields grow from {theo[0]} to {theo[-1]} px with depth"
+    verb = "sees" if len(over) == 1 else "see"
+    return text + (f"; {', '.join(over)} {verb} more than the whole {image} px image." if over else ".")
+
+
+def reading(a: dict[str, Any], image_size: int) -> str:
+    """One paragraph from the numbers of an analysis (sections that were skipped are left out)."""
+    parts = [_updates(a), _convergence(a), _complexity(a), _receptive(a, image_size)]
+    return " ".join(p for p in parts if p)
