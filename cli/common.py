@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from featviz.config import ModelConfig
+
 console = Console(stderr=True)
 
 
@@ -30,6 +32,21 @@ def bool_list(text: str | None, option: str) -> tuple[bool, ...] | None:
         return tuple(table[x.strip().lower()] for x in text.split(",") if x.strip())
     except KeyError:
         raise typer.BadParameter(f"expected comma-separated 1/0 values, got {text!r}", param_hint=option) from None
+
+
+def model_config(widths: str | None, kernels: str | None, strides: str | None, pools: str | None,
+                 batchnorm: bool, **fixed: int) -> ModelConfig:
+    """ModelConfig from the comma-list options; per-depth defaults stretch to the number of widths."""
+    d = ModelConfig()
+    w = int_list(widths, "--widths") or d.widths
+    n = len(w)
+
+    def stretch(default: tuple) -> tuple:  # repeat the last entry, or cut
+        return tuple(default[:n]) + (default[-1],) * max(0, n - len(default))
+
+    return ModelConfig(widths=w, kernels=int_list(kernels, "--kernels") or stretch(d.kernels),
+                       strides=int_list(strides, "--strides") or (1,) * n,
+                       pools=bool_list(pools, "--pools") or stretch(d.pools), batchnorm=batchnorm, **fixed)
 
 
 class TrainBar:

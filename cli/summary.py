@@ -8,13 +8,12 @@ from typing import Optional
 
 import typer
 
-from cli.common import bool_list, int_list
+from cli.common import model_config
 from featviz.config import ModelConfig, from_dict
 from featviz.model import build_model
 from featviz.store import Run
 from featviz.summary import format_table, layer_table
 
-_M = ModelConfig()
 
 
 def summary(
@@ -35,12 +34,7 @@ def summary(
         cfg = from_dict(ModelConfig, r.meta["configs"]["model"])
         size = int(r.meta["data"]["size"])
     else:
-        w = int_list(widths, "--widths") or _M.widths
-        n = len(w)
-        cfg = ModelConfig(in_channels=in_channels, num_classes=classes, widths=w,
-                          kernels=int_list(kernels, "--kernels") or (_M.kernels + (3,) * n)[:n],
-                          strides=int_list(strides, "--strides") or (1,) * n,
-                          pools=bool_list(pools, "--pools") or ((True,) * (n - 1) + (False,)), batchnorm=batchnorm)
+        cfg = model_config(widths, kernels, strides, pools, batchnorm, in_channels=in_channels, num_classes=classes)
     rows = layer_table(build_model(cfg), (cfg.in_channels, size, size))
     if as_json:
         total = sum(r.trainable for r in rows)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import TrainBar, bool_list, console, int_list
+from cli.common import TrainBar, console, model_config
 from featviz.config import DataConfig, ModelConfig, TrainConfig
 from featviz.pipeline import resume_run, train_run
 
@@ -45,12 +45,7 @@ def train(
             run = resume_run(resume, device=None if device == "auto" else device, progress=bar)
         else:
             data_cfg = DataConfig(name=data, data_dir=str(data_dir), download=download, size=size)
-            w = int_list(widths, "--widths") or _M.widths
-            n = len(w)
-            model_cfg = ModelConfig(
-                widths=w, kernels=int_list(kernels, "--kernels") or _fit(_M.kernels, n),
-                strides=int_list(strides, "--strides") or (1,) * n,
-                pools=bool_list(pools, "--pools") or _fit(_M.pools, n), batchnorm=batchnorm)
+            model_cfg = model_config(widths, kernels, strides, pools, batchnorm)
             train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                     weight_decay=weight_decay, seed=seed, device=device,
                                     snapshot_every_steps=snapshot_every_steps, channels_last=channels_last)
@@ -61,7 +56,3 @@ def train(
     console.print(f"done: {run.path}  epochs {run.epochs_done}/{run.epochs_planned}  "
                   f"val acc {last['val_acc']:.4f}  (next: featviz summary {run.path})")
 
-
-def _fit(default: tuple, n: int) -> tuple:
-    """Stretch a per-depth default to ``n`` depths (repeat the last entry, or cut)."""
-    return tuple(default[:n]) + (default[-1],) * max(0, n - len(default))

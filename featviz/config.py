@@ -7,7 +7,7 @@ that a bad value fails before any work starts, with a one-line ConfigError.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from featviz.errors import ConfigError
