@@ -72,19 +72,22 @@ def filter_updates(run: Run, snaps: list[dict[str, torch.Tensor]]) -> dict[str, 
 
 
 @torch.no_grad()
-def _activations(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Spatially averaged activations [N, C] and per-channel max [C] of each named layer."""
-    pooled: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    peak: dict[str, torch.Tensor] = {}
+def layer_stats(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """One pass over ``x`` (in chunks): per named layer, the channel means [N, C] (spatial average),
+    the flat position of each channel's strongest response [N, C], each channel's peak [C], and the
+    feature map's width (to turn flat positions into coordinates)."""
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {"mean": [], "argmax": [], "peak": []} for n in names}
     with capture(model, names, detach=True) as acts:
         for chunk in x.split(250):
             model(chunk)
             for n in names:
-                a = acts[n].float()
-                pooled[n].append(a.mean((2, 3)).cpu())
-                m = a.amax((0, 2, 3)).cpu()
-                peak[n] = torch.maximum(peak[n], m) if n in peak else m
-    return {**{n: torch.cat(v) for n, v in pooled.items()}, **{f"{n}/max": peak[n] for n in names}}
+                a = acts[n].float().flatten(2)
+                parts[n]["mean"].append(a.mean(2).cpu())
+                parts[n]["argmax"].append(a.argmax(2).cpu())
+                parts[n]["peak"].append(a.amax((0, 2)).cpu()[None])
+            widths = {n: int(acts[n].shape[-1]) for n in names}
+    return {n: {"mean": torch.cat(p["mean"]), "argmax": torch.cat(p["argmax"]), "peak": torch.cat(p["peak"]).amax(0),
+                "width": widths[n]} for n, p in parts.items()}
 
 
 def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,15 +108,15 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: P
     for i, e in enumerate(epochs):
         model = load_model_at(run, e, device)
         names = [_post_relu(model, layer["name"]) for layer in run.meta["layers"]]
-        acts.append(_activations(model, names, probe.to(device)))
+        acts.append(layer_stats(model, names, probe.to(device)))
         progress("activations", i + 1, len(epochs))
     final = acts[-1]
     out = {}
     for layer, n in zip(run.meta["layers"], names):
         out[layer["name"]] = {
             "activation_layer": n,
-            "cka_to_final": [linear_cka(a[n], final[n]) for a in acts],
-            "dead_channels": [int(c) for c in (final[f"{n}/max"] <= 0).nonzero().flatten()],
+            "cka_to_final": [linear_cka(a[n]["mean"], final[n]["mean"]) for a in acts],
+            "dead_channels": [int(c) for c in (final[n]["peak"] <= 0).nonzero().flatten()],
         }
     return out
 
@@ -167,21 +170,6 @@ def _std(v: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in v) / max(1, len(v) - 1))
 
 
-@torch.no_grad()
-def _channel_stats(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer: channel-mean activation [N, C] and the flat argmax position [N, C] of each channel map."""
-    means: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    where: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    with capture(model, names, detach=True) as acts:
-        for chunk in x.split(250):
-            model(chunk)
-            for n in names:
-                a = acts[n].float()
-                means[n].append(a.mean((2, 3)).cpu())
-                where[n].append(a.flatten(2).argmax(2).cpu())
-    return {n: (torch.cat(means[n]), torch.cat(where[n])) for n in names}
-
-
 def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torch.device, k: int = 9) -> dict[str, Any]:
     """For every rendered channel at the last rendered epoch: r = a(AM image) / max over the data set of a,
     with a = the channel's mean activation (the render objective); and the top-``k`` data-set images,
@@ -201,15 +189,15 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
                    theoretical_receptive_fields(cfg["kernels"], cfg["strides"], cfg["pools"])))
     names = sorted({r["layer"] for r in am})
     targets = {n: response_layer(model, n) for n in names}  # what the renders maximized
-    stats = _channel_stats(model, list(targets.values()), images.to(device))
+    stats = layer_stats(model, list(targets.values()), images.to(device))
     size = raw.shape[-1]
     out: dict[str, Any] = {"epoch": epoch}
     for name in names:
-        means, where = stats[targets[name]]
+        means, where = stats[targets[name]]["mean"], stats[targets[name]]["argmax"]
         top = means.topk(min(k, len(means)), dim=0).indices  # [k, C]
         data_max = means.max(0).values
         side = min(rfs.get(name, size), size)
-        feat = int(round(math.sqrt(model_out_hw(model, targets[name], images[:1].to(device)))))
+        feat = stats[targets[name]]["width"]
         recs = sorted((r for r in am if r["layer"] == name and r["epoch"] == epoch), key=lambda r: r["channel"])
         rows = []
         for rec in recs:
@@ -223,13 +211,6 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
                          "file": path.relative_to(run.path).as_posix()})
         out[name] = {"receptive_field_px": side, "channels": rows}
     return out
-
-
-def model_out_hw(model: nn.Module, name: str, x: torch.Tensor) -> int:
-    """Number of spatial positions of layer ``name``'s output for input ``x``."""
-    with torch.no_grad(), capture(model, [name], detach=True) as acts:
-        model(x)
-    return int(acts[name].shape[-1] * acts[name].shape[-2])
 
 
 def _crop(img: torch.Tensor, flat: int, feat: int, side: int) -> torch.Tensor:
