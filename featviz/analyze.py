@@ -4,7 +4,7 @@ Per conv layer and epoch (SCIENCE.md): filter updates (relative change to the pr
 rotation from the init, per-filter change, dead filters), convergence (linear CKA of the layer's
 spatially averaged post-ReLU activations at each epoch against the final epoch, on a fixed probe set
 of validation images), complexity of the activation-maximization images (zlib bits per pixel and
-power-spectrum slope, per rendered epoch; the init is the baseline) and receptive fields
+power-spectrum slope, per rendered epoch; the init is the baseline; and zlib bits per weight of the raw filters) and receptive fields
 (theoretical, and effective: the square around the centre unit holding 90% of its mean
 |d unit / d input| over probe images). Written through the store; reads no file itself.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import zlib
 from typing import Any, Callable
 
 import numpy as np
@@ -67,11 +68,25 @@ def filter_updates(run: Run, snaps: list[dict[str, torch.Tensor]]) -> dict[str, 
             "filter_relative_change": per_filter_change(ws[0], ws[-1]).tolist(),
             "filter_rotation": per_filter,
             "unchanged_filters": [i for i, r in enumerate(per_filter) if r < DEAD_CHANGE],
+            "filter_bits_per_weight": _filter_bits(ws),
         }
     return out
 
 
-@torch.no_grad()
+def _filter_bits(ws: list[torch.Tensor]) -> list[float]:
+    """Per epoch: zlib bits per weight of the whole layer's weights, quantized to 8 bits with the
+    layer's one scale across epochs (all filters together: a single 3x3 kernel is too small for zlib).
+    The filter-weight counterpart of the image complexity: 8 = incompressible noise, lower = structure."""
+    from featviz.filters import layer_scale
+
+    scale = layer_scale(ws)
+    out = []
+    for w in ws:
+        q = ((0.5 + 0.5 * w.detach().float() / scale).clamp(0, 1) * 255).round().to(torch.uint8)
+        out.append(len(zlib.compress(q.numpy().tobytes(), 9)) * 8 / q.numel())
+    return out
+
+
 def layer_stats(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     """One pass over ``x`` (in chunks): per named layer, the channel means [N, C] (spatial average),
     the flat position of each channel's strongest response [N, C], each channel's peak [C], and the

@@ -77,6 +77,20 @@ def test_missing_renders_say_which_command(tiny_run, tmp_path: Path) -> None:
     assert "nan" not in json.dumps(a).lower()
 
 
+def test_one_epoch_run_is_analyzed(tiny_cfgs, tmp_path: Path) -> None:
+    import dataclasses
+
+    from featviz.pipeline import train_run
+
+    data, model, train = tiny_cfgs
+    run = train_run(data, model, dataclasses.replace(train, epochs=1), out_dir=tmp_path, name="one")
+    a = analyze_run(run, probe_size=20)
+    assert a["epochs"] == [0, 1]
+    assert a["convergence"]["features.conv1"]["cka_to_final"][-1] == pytest.approx(1.0)
+    bits = a["filter_updates"]["features.conv1"]["filter_bits_per_weight"]
+    assert len(bits) == 2 and all(0 < b < 9 for b in bits)  # at most ~8 bits per 8-bit weight plus zlib overhead
+
+
 def test_run_without_trained_epoch_is_a_clear_error(tiny_run, tmp_path: Path) -> None:
     dst = tmp_path / "init-only"
     shutil.copytree(tiny_run.path, dst)
