@@ -44,9 +44,10 @@ def _weights(m: nn.Module) -> tuple[int, str, str]:
     if isinstance(m, nn.Linear):
         n = m.in_features * m.out_features
         return n, f"{m.in_features} x {m.out_features} = {n:,}", ""
-    if isinstance(m, nn.BatchNorm2d):
-        n = m.num_features * 2 if m.affine else 0
-        return n, f"2 x {m.num_features} = {n:,}" if m.affine else "0", "scale and shift per channel; running stats are not trained"
+    if isinstance(m, nn.BatchNorm2d):  # its shifts are counted as biases by the caller
+        n = m.num_features if m.affine else 0
+        formula = f"{n} scales + {n} shifts" if m.affine else "0"
+        return n, formula, "scale and shift per channel; running stats are not trained"
     note = {"MaxPool2d": "pooling has no weights", "AvgPool2d": "pooling has no weights",
             "AdaptiveAvgPool2d": "pooling has no weights", "ReLU": "activation has no weights"}.get(type(m).__name__, "")
     return sum(p.numel() for n, p in m.named_parameters() if n != "bias"), "0", note
@@ -69,10 +70,7 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> list[Lay
         m = modules[name]
         weights, formula, note = _weights(m)
         bias = getattr(m, "bias", None)
-        biases = bias.numel() if isinstance(bias, torch.Tensor) and not isinstance(m, nn.BatchNorm2d) else 0
-        if isinstance(m, nn.BatchNorm2d):
-            weights, biases = (m.num_features, m.num_features) if m.affine else (0, 0)
-            formula = f"{m.num_features} scales + {m.num_features} shifts"
+        biases = bias.numel() if isinstance(bias, torch.Tensor) else 0
         trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
         shape = list(acts[name].shape[1:]) if name in acts else []
         rows.append(LayerRow(name, type(m).__name__, shape, weights, formula, biases, trainable, note))
