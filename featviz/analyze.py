@@ -116,23 +116,31 @@ def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: Progress = _noop) -> dict[str, Any]:
-    """CKA to the final epoch per layer and epoch; channels never active on the probe set (final epoch)."""
-    epochs = run.snapshot_epochs()
-    acts = []
-    names: list[str] = []
-    for i, e in enumerate(epochs):
-        model = load_model_at(run, e, device)
-        names = [_post_relu(model, layer["name"]) for layer in run.meta["layers"]]
-        acts.append(layer_stats(model, names, probe.to(device)))
-        progress("activations", i + 1, len(epochs))
-    final = acts[-1]
+    """CKA to the final epoch per layer and epoch (and per step snapshot, when the run has them);
+    channels never active on the probe set at the final epoch."""
+    recs = run.metrics(strict=False)
+    epoch_step = {r["epoch"]: r["step"] for r in recs}
+    points = [(epoch_step.get(e, 0), "epoch", e) for e in run.snapshot_epochs()]
+    points += [(s, "step", s) for s in run.snapshot_steps()]
+    points.sort()
+    model = load_model_at(run, 0, device)
+    names = [_post_relu(model, layer["name"]) for layer in run.meta["layers"]]
+    acts: list[tuple[int, str, int, dict]] = []
+    for i, (step, kind, key) in enumerate(points):
+        model.load_state_dict(run.load_snapshot(key) if kind == "epoch" else run.load_step_snapshot(key))
+        acts.append((step, kind, key, layer_stats(model.eval(), names, probe.to(device))))
+        progress("activations", i + 1, len(points))
+    final = acts[-1][3]
     out = {}
     for layer, n in zip(run.meta["layers"], names):
+        cka = [(step, kind, linear_cka(a[n]["mean"], final[n]["mean"])) for step, kind, _, a in acts]
         out[layer["name"]] = {
             "activation_layer": n,
-            "cka_to_final": [linear_cka(a[n]["mean"], final[n]["mean"]) for a in acts],
+            "cka_to_final": [c for _, kind, c in cka if kind == "epoch"],
             "dead_channels": [int(c) for c in (final[n]["peak"] <= 0).nonzero().flatten()],
         }
+        if run.snapshot_steps():
+            out[layer["name"]]["by_step"] = {"steps": [s for s, _, _ in cka], "cka_to_final": [c for _, _, c in cka]}
     return out
 
 
@@ -256,6 +264,9 @@ def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress
     dev = resolve_device(device)
     snaps = [run.load_snapshot(e) for e in epochs]
     result: dict[str, Any] = {"epochs": epochs, "layers": [layer["name"] for layer in run.meta["layers"]]}
+    recs = run.metrics(strict=False)
+    if len(recs) > 1 and recs[1].get("step"):
+        result["steps_per_epoch"] = recs[1]["step"]
     result["filter_updates"] = filter_updates(run, snaps)
     progress("filter updates", 1, 1)
     try:

@@ -43,9 +43,14 @@ def weight_change(a: dict[str, Any]) -> dict[str, bytes]:
 def cka(a: dict[str, Any]) -> dict[str, bytes]:
     """Linear CKA of each layer's activations at epoch t against the final epoch."""
     def draw(ax: Any) -> None:
+        steps_per_epoch = a.get("steps_per_epoch") or 1
         for i, name in enumerate(a["layers"]):
-            ax.plot(a["epochs"], a["convergence"][name]["cka_to_final"], "-o", ms=3,
-                    color=DEPTH_COLORS[i % len(DEPTH_COLORS)], label=name)
+            conv = a["convergence"][name]
+            color = DEPTH_COLORS[i % len(DEPTH_COLORS)]
+            if "by_step" in conv:  # within-epoch snapshots: a finer curve, x still in epochs
+                xs = [s / steps_per_epoch for s in conv["by_step"]["steps"]]
+                ax.plot(xs, conv["by_step"]["cka_to_final"], "-", lw=1, color=color, alpha=0.7)
+            ax.plot(a["epochs"], conv["cka_to_final"], "o" if "by_step" in conv else "-o", ms=3, color=color, label=name)
         ax.axhline(0.9, color="grey", lw=0.8, ls=":")
         ax.set(xlabel="epoch", ylabel="CKA to final epoch", ylim=(0, 1.02), title="Convergence of representations")
         ax.legend(fontsize=7, frameon=False)

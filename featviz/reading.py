@@ -29,19 +29,29 @@ def _updates(a: dict[str, Any]) -> str:
     return text
 
 
+def _verdict(order: list[int | None]) -> str:
+    settled = [x if x is not None else 10**9 for x in order]
+    if all(x <= y for x, y in zip(settled, settled[1:])):
+        return "so shallow layers settled first, as bottom-up convergence predicts"
+    return "so the layers did not settle strictly from shallow to deep in this run"
+
+
 def _convergence(a: dict[str, Any]) -> str:
     conv = a.get("convergence", {})
     if "skipped" in conv:
         return ""
     at = {n: first_epoch_above(conv[n]["cka_to_final"], 0.9, a["epochs"]) for n in a["layers"]}
-    parts = ", ".join(f"{n} at epoch {e}" for n, e in at.items())
+    text = "Each layer's activations reached CKA >= 0.9 with their final form " + ", ".join(
+        f"{n} at epoch {e}" for n, e in at.items())
     order = [at[n] for n in a["layers"]]
-    shallow_first = all(x <= y for x, y in zip(order, order[1:]))
-    verdict = ("so shallow layers settled first, as bottom-up convergence predicts" if shallow_first else
-               "so the layers did not settle strictly from shallow to deep in this run")
+    if all("by_step" in conv[n] for n in a["layers"]):  # finer: within-epoch snapshots
+        steps = {n: first_epoch_above(conv[n]["by_step"]["cka_to_final"], 0.9, conv[n]["by_step"]["steps"])
+                 for n in a["layers"]}
+        text += "; in optimizer steps: " + ", ".join(f"{n} at step {s}" for n, s in steps.items())
+        order = [steps[n] for n in a["layers"]]
     dead = sum(len(conv[n]["dead_channels"]) for n in a["layers"])
     tail = f" {dead} channels never responded on the probe images (marked dead below)." if dead else ""
-    return f"Each layer's activations reached CKA >= 0.9 with their final form {parts}, {verdict}.{tail}"
+    return f"{text}, {_verdict(order)}.{tail}"
 
 
 def _complexity(a: dict[str, Any]) -> str:

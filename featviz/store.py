@@ -309,6 +309,19 @@ class Run:
         """Epochs whose snapshot is committed by the manifest (0 = the random init)."""
         return list(range(self.epochs_done + 1))
 
+    def snapshot_steps(self) -> list[int]:
+        """Optimizer steps of the committed within-epoch snapshots (--snapshot-every-steps), sorted."""
+        files = self.manifest()["files"]
+        return sorted(int(rel.rsplit("_", 1)[1].split(".")[0]) for rel in files if rel.startswith("snapshots/step_"))
+
+    def load_step_snapshot(self, step: int) -> dict[str, torch.Tensor]:
+        """The model tensors after optimizer step ``step``, verified against the manifest."""
+        rel = f"snapshots/{self.step_snapshot_file(step).name}"
+        files = self.manifest()["files"]
+        if rel not in files:
+            raise RunError(f"step {step} has no committed snapshot in run {self.name}")
+        return load_tensors(self.path / rel, files[rel])
+
     def load_snapshot(self, epoch: int) -> dict[str, torch.Tensor]:
         """The model tensors after ``epoch``, verified against the manifest's checksum."""
         done = self.epochs_done

@@ -91,6 +91,21 @@ def test_one_epoch_run_is_analyzed(tiny_cfgs, tmp_path: Path) -> None:
     assert len(bits) == 2 and all(0 < b < 9 for b in bits)  # at most ~8 bits per 8-bit weight plus zlib overhead
 
 
+def test_step_snapshots_give_step_level_cka(tiny_cfgs, tmp_path: Path) -> None:
+    import dataclasses
+
+    from featviz.pipeline import train_run
+
+    data, model, train = tiny_cfgs
+    run = train_run(data, model, dataclasses.replace(train, snapshot_every_steps=3), out_dir=tmp_path, name="steps")
+    assert run.snapshot_steps() == [3, 6, 9, 12]  # 7 batches per epoch; epoch ends (7, 14) are epoch snapshots
+    a = analyze_run(run, probe_size=20)
+    by = a["convergence"]["features.conv2"]["by_step"]
+    assert by["steps"] == [0, 3, 6, 7, 9, 12, 14] and by["cka_to_final"][-1] == pytest.approx(1.0)
+    assert a["steps_per_epoch"] == 7 and "in optimizer steps" in a["reading"]
+    assert (run.path / "analysis/cka.png").is_file()
+
+
 def test_run_without_trained_epoch_is_a_clear_error(tiny_run, tmp_path: Path) -> None:
     dst = tmp_path / "init-only"
     shutil.copytree(tiny_run.path, dst)
