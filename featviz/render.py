@@ -110,9 +110,6 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
         for layer in layers:
             name = layer["name"]
             chans = list(cfg.channels) or list(range(layer["out_ch"]))
-            if max(chans) >= layer["out_ch"]:
-                raise ConfigError(f"channel {max(chans)} out of range for {name} (it has {layer['out_ch']} channels: "
-                                  f"0..{layer['out_ch'] - 1})")
             base = f"am/{name}/epoch_{epoch:03d}"
             files = [f"renders/{base}/ch_{c:04d}.png" for c in chans]
             if not cfg.force and all(done.get(f, {}).get("settings") == settings for f in files):
@@ -153,6 +150,10 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: Progress 
 
     layers = select_layers(run, cfg.layers)
     epochs = parse_epochs(cfg.epochs, run.snapshot_epochs())
+    for layer in layers:  # every check before any work, so a bad option leaves the run as it was
+        if cfg.channels and max(cfg.channels) >= layer["out_ch"]:
+            raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer['name']} (it has "
+                              f"{layer['out_ch']} channels: 0..{layer['out_ch'] - 1})")
     device = resolve_device(cfg.device)
     written = render_filters(run, layers, cfg.force, progress) if cfg.filters else 0
     rendered = render_actmax(run, layers, epochs, cfg, device, progress)
