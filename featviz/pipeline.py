@@ -61,7 +61,7 @@ def train_run(
     model = build_model(model_cfg, seed=train_cfg.seed)
     layers = [layer.as_dict() for layer in conv_layers(model)]
     try:  # the render step's decorrelated-colour matrix comes from the training images
-        color = color_matrix(data.train_x[:5000]).tolist()
+        color = color_matrix(data.train_x[:: max(1, len(data.train_x) // 5000)]).tolist()  # even subsample: folders come class by class
     except FeatvizError:  # images without colour variance (e.g. a constant folder)
         color = None
     meta = {
