@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from featviz.config import DataConfig, from_dict
+from featviz.config import DataConfig, ModelConfig, from_dict
 from featviz.data import load_data
 from featviz.errors import FeatvizError, RunError
 from featviz.hooks import capture
@@ -29,7 +29,7 @@ from featviz.metrics import (
     linear_cka, per_filter_change, relative_change, rotation, spectrum_slope, theoretical_receptive_fields,
     zlib_bits_per_pixel,
 )
-from featviz.model import response_layer
+from featviz.model import build_model, response_layer
 from featviz.plots import PLOTS, available
 from featviz.reading import reading
 from featviz.render import load_model_at
@@ -115,20 +115,27 @@ def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     return (raw.float() / 255.0 - mean) / std, raw
 
 
-def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: Progress = _noop) -> dict[str, Any]:
+def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: Progress = _noop,
+                snaps: list[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """CKA to the final epoch per layer and epoch (and per step snapshot, when the run has them);
-    channels never active on the probe set at the final epoch."""
+    channels never active on the probe set at the final epoch. ``snaps``: the epoch snapshots,
+    if the caller has them loaded already."""
     recs = run.metrics(strict=False)
     epoch_step = {r["epoch"]: r["step"] for r in recs}
     points = [(epoch_step.get(e, 0), "epoch", e) for e in run.snapshot_epochs()]
     points += [(s, "step", s) for s in run.snapshot_steps()]
     points.sort()
-    model = load_model_at(run, 0, device)
+    model = build_model(from_dict(ModelConfig, run.meta["configs"]["model"])).to(device).eval()
     names = [_post_relu(model, layer["name"]) for layer in run.meta["layers"]]
+    probe = probe.to(device)
     acts: list[tuple[int, str, int, dict]] = []
     for i, (step, kind, key) in enumerate(points):
-        model.load_state_dict(run.load_snapshot(key) if kind == "epoch" else run.load_step_snapshot(key))
-        acts.append((step, kind, key, layer_stats(model.eval(), names, probe.to(device))))
+        if kind == "epoch":
+            state = snaps[key] if snaps is not None else run.load_snapshot(key)
+        else:
+            state = run.load_step_snapshot(key)
+        model.load_state_dict(state)
+        acts.append((step, kind, key, layer_stats(model, names, probe)))
         progress("activations", i + 1, len(points))
     final = acts[-1][3]
     out = {}
@@ -231,7 +238,7 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
             peak = float(data_max[c])
             rows.append({"channel": c, "r": rec["activation"] / peak if peak > 0 else None,
                          "data_max": peak, "top": top[:, c].tolist(),
-                         "file": path.relative_to(run.path).as_posix()})
+                         "file": run.rel(path)})
         out[name] = {"receptive_field_px": side, "channels": rows}
     return out
 
@@ -277,7 +284,7 @@ def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress
         result["convergence"] = result["faithfulness"] = {"skipped": f"validation images unavailable: {e}"}
     if probe is not None:
         result["probe_images"] = int(probe.shape[0])
-        result["convergence"] = convergence(run, probe, dev, progress)
+        result["convergence"] = convergence(run, probe, dev, progress, snaps)
         cfg = run.meta["configs"]["model"]
         rfs = theoretical_receptive_fields(cfg["kernels"], cfg["strides"], cfg["pools"])
         rf: dict[str, Any] = {}

@@ -59,19 +59,16 @@ def render_filters(run: Run, layers: list[dict[str, Any]], force: bool = False, 
             grid = filter_grid(w, scale)
             frames.append(grid)
             path = run.write_artifact("renders", f"{base}/epoch_{e:03d}.png", png_bytes(grid))
-            recs.append({"kind": "filters", "epoch": e, "file": _rel(run, path), **meta})
+            recs.append({"kind": "filters", "epoch": e, "file": run.rel(path), **meta})
         path = run.write_artifact("renders", f"{base}/strip.png", png_bytes(evolution_strip(weights, scale)))
-        recs.append({"kind": "filters_strip", "file": _rel(run, path), **meta})
+        recs.append({"kind": "filters_strip", "file": run.rel(path), **meta})
         path = run.write_artifact("renders", f"{base}/evolution.gif", gif_bytes(frames))
-        recs.append({"kind": "filters_gif", "file": _rel(run, path), **meta})
+        recs.append({"kind": "filters_gif", "file": run.rel(path), **meta})
         run.add_renders(recs)
         written += len(recs)
         progress("filters", i + 1, len(layers))
     return written
 
-
-def _rel(run: Run, path) -> str:
-    return path.relative_to(run.path).as_posix()
 
 
 def load_model_at(run: Run, epoch: int, device: torch.device) -> torch.nn.Module:
@@ -126,12 +123,12 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
             for c, img, val in zip(chans, imgs, res.values.tolist()):
                 path = run.write_artifact("renders", f"{base}/ch_{c:04d}.png", png_bytes(img))
                 recs.append({"kind": "am", "layer": name, "depth": layer["depth"], "epoch": epoch, "channel": c,
-                             "file": _rel(run, path), "activation": val, "settings": settings})
+                             "file": run.rel(path), "activation": val, "settings": settings})
             grid = make_grid(imgs, nrow=max(1, int(len(chans) ** 0.5)), padding=1, pad_value=255)
             path = run.write_artifact("renders", f"{base}/grid.png", png_bytes(grid))
             full = {k: v for k, v in res.settings.items() if k != "elapsed_s"}  # every knob, once per batch
             recs.append({"kind": "am_grid", "layer": name, "depth": layer["depth"], "epoch": epoch,
-                         "file": _rel(run, path), "settings": settings, "render_settings": full,
+                         "file": run.rel(path), "settings": settings, "render_settings": full,
                          "elapsed_s": res.settings.get("elapsed_s")})
             run.add_renders(recs)
             rendered += len(chans)

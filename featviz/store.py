@@ -376,6 +376,10 @@ class Run:
         atomic_write_bytes(path, data)
         return path
 
+    def rel(self, path: Path) -> str:
+        """``path`` inside the run as the POSIX relative path that indexes and the gallery use."""
+        return Path(path).relative_to(self.path).as_posix()
+
     def render_index(self) -> list[dict[str, Any]]:
         """Records of renders.jsonl whose file still exists; damaged lines are skipped."""
         p = self.path / "renders.jsonl"
