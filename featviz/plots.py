@@ -1,4 +1,5 @@
-"""Plots of analysis.json (matplotlib): dict in, PNG and SVG bytes out. No files, no model."""
+"""Plots of analysis.json and of the training metrics (matplotlib): data in, PNG and SVG bytes out.
+No files, no model."""
 
 from __future__ import annotations
 
@@ -8,23 +9,41 @@ from typing import Any, Callable
 DEPTH_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
-def _figure(draw: Callable[[Any], None], width: float = 5.2, height: float = 3.4) -> dict[str, bytes]:
+def _figure(draw: Callable[[Any], None], width: float = 5.2, height: float = 3.4, ncols: int = 1,
+            formats: tuple[str, ...] = ("png", "svg")) -> dict[str, bytes]:
+    """Draw on one axis (or a list of ``ncols`` axes) and return the figure encoded in ``formats``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
-    draw(ax)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, ncols, figsize=(width, height), dpi=100)
+    draw(axes)
+    for ax in axes if ncols > 1 else [axes]:
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     out = {}
-    for fmt in ("png", "svg"):
+    for fmt in formats:
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt)
         out[fmt] = buf.getvalue()
     plt.close(fig)
     return out
+
+
+def training_curves(metrics: list[dict[str, Any]]) -> bytes:
+    """Loss and accuracy, train and validation, per epoch, as PNG bytes (epoch 0 has no training numbers)."""
+    def draw(axes: Any) -> None:
+        ep = [r["epoch"] for r in metrics]
+        for ax, kind, ylabel in ((axes[0], "loss", "cross-entropy"), (axes[1], "acc", "accuracy")):
+            for key, style in ((f"train_{kind}", "-o"), (f"val_{kind}", "-s")):
+                pts = [(e, r[key]) for e, r in zip(ep, metrics) if r.get(key) is not None]
+                if pts:
+                    ax.plot(*zip(*pts), style, ms=3, label=key.replace("_", " "))
+            ax.set(xlabel="epoch", ylabel=ylabel, title="loss" if kind == "loss" else "accuracy")
+            ax.legend(frameon=False)
+        axes[1].set_ylim(0, 1.02)
+    return _figure(draw, width=9, height=3.2, ncols=2, formats=("png",))["png"]
 
 
 def weight_change(a: dict[str, Any]) -> dict[str, bytes]:

@@ -7,48 +7,18 @@ autoescaping (HTML) or ``tojson`` (data for the scripts), so a run or layer name
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from featviz.metrics import theoretical_receptive_fields
-from featviz.plots import available
+from featviz.plots import available, training_curves
 from featviz.store import Run
 
 
 def _env() -> Environment:
     return Environment(loader=PackageLoader("featviz.gallery", "templates"),
                        autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
-
-
-def curves_png(metrics: list[dict[str, Any]]) -> bytes:
-    """Training curves (loss and accuracy, train and validation, per epoch) as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in metrics]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
-    for key, style in (("train_loss", "-o"), ("val_loss", "-s")):
-        pts = [(e, r[key]) for e, r in zip(ep, metrics) if r.get(key) is not None]
-        if pts:
-            a.plot(*zip(*pts), style, ms=3, label=key.replace("_", " "))
-    for key, style in (("train_acc", "-o"), ("val_acc", "-s")):
-        pts = [(e, r[key]) for e, r in zip(ep, metrics) if r.get(key) is not None]
-        if pts:
-            b.plot(*zip(*pts), style, ms=3, label=key.replace("_", " "))
-    a.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _weights_text(layer: dict[str, Any], batchnorm: bool) -> str:
@@ -111,7 +81,7 @@ def build_gallery(run: Run) -> str:
     metrics = run.metrics(strict=False)
     index = run.render_index()
     if metrics:
-        run.write_artifact("gallery", "curves.png", curves_png(metrics))
+        run.write_artifact("gallery", "curves.png", training_curves(metrics))
     last = metrics[-1] if metrics else {}
     am_settings = next((r.get("settings") for r in index if r["kind"] == "am"), None)
     analysis = run.read_analysis()
