@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from featviz.errors import ConfigError
 from featviz.hooks import capture, resolve_layers
 from featviz.optvis import param as P
-from featviz.optvis.fastpath import render_copy
+from featviz.optvis.fastpath import render_copy, select_channels
 from featviz.optvis.objectives import Objective, channel, parse
 from featviz.optvis.rng import PARAM_STREAM, TRANSFORM_STREAM, ElementRandom, element_seed
 from featviz.optvis.transforms import Transform, identity, standard, standard_settings
@@ -254,14 +254,20 @@ def render(model: nn.Module, objective: Objective | str, *, param: str | P.Param
 
     t0 = time.perf_counter()
     net = render_copy(model, obj.layers) if optimize else model
+    work = obj
+    if net is not model and obj.selects is not None:  # a channel objective: compute only that channel
+        layer, c = obj.selects
+        idx = c if isinstance(c, Tensor) else torch.full((batch,), c, dtype=torch.long)
+        if idx.numel() == batch and select_channels(net, layer, idx.to(dev)):
+            work = channel(layer, torch.zeros(batch, dtype=torch.long))
     if cl and net is not model:
         net = net.to(memory_format=torch.channels_last)
     with frozen(net), forward_until(net, sorted(obj.layers)) as run:
-        trace, trace_steps = _optimize(obj, run, params, lambda: prep(tf(image_fn())), batch, steps, lr,
+        trace, trace_steps = _optimize(work, run, params, lambda: prep(tf(image_fn())), batch, steps, lr,
                                        trace_every, progress)
         with torch.no_grad():
             images = image_fn()
-            values = obj(run(prep(images))).float()
+            values = work(run(prep(images))).float()
     settings = _settings(obj, param, transforms, size=size, image_channels=channels, batch=batch, steps=steps,
                          lr=lr, seed=seed, decay_power=decay_power, color=color,
                          mean=None if mean is None else torch.as_tensor(mean).flatten().tolist(),

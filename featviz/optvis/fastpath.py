@@ -11,6 +11,12 @@ only inside ``nn.Sequential`` containers (where data flow is explicit, so they a
 * ``ReLU -> MaxPool2d``: becomes ``Identity -> Sequential(MaxPool2d, ReLU)``, since max and ReLU
   commute; ReLU then runs on a 4x smaller tensor; skipped when the ReLU's output is kept.
 
+``select_channels(copy, layer, idx)`` goes further for a channel objective: the conv that computes
+``layer`` (the layer itself, or the conv right before it when the layer is an ``Identity`` left by a
+folded BatchNorm) is replaced by :class:`SelectedConv`, which computes for element b only its own
+channel ``idx[b]``: the layer's output becomes [B, 1, H', W'] (channel 0 = the selected one). For
+the 64 channels of a layer that is 64x less work in that conv, forward and backward.
+
 Modules that carry hooks of their own are never rewritten. Layers keep their dotted names (a
 rewritten pool gets children ``.0``/``.1`` but the pool's own name still gives the pool's output),
 so hooks placed by name see the original values. If the model
@@ -23,9 +29,10 @@ import copy
 from typing import Iterable
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-__all__ = ["render_copy"]
+__all__ = ["render_copy", "select_channels", "SelectedConv"]
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -89,3 +96,67 @@ def render_copy(model: nn.Module, keep: Iterable[str]) -> nn.Module:
     for name, seq in seqs:
         _rewrite(seq, f"{name}." if name else "", keep)
     return clone
+
+
+class SelectedConv(nn.Module):
+    """Output channel ``idx[b]`` of a stride/padding/dilation Conv2d (groups 1, zero padding) for element b.
+
+    [B, Cin, H, W] -> [B, 1, H', W'], equal to ``conv(x)[arange(B), idx].unsqueeze(1)`` up to float
+    rounding. How: one batched matmul gives, per element and pixel, each kernel tap's dot product
+    over input channels (``z`` [B, kh*kw, H, W], using element b's own filter), and a fixed one-hot
+    conv adds each tap at its offset. Both steps are a few percent of the full conv's work.
+    """
+
+    def __init__(self, conv: nn.Conv2d, idx: Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach()[idx].flatten(2), requires_grad=False)  # [B, Cin, T]
+        bias = None if conv.bias is None else conv.bias.detach()[idx]
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        kh, kw = conv.kernel_size
+        taps = torch.eye(kh * kw, dtype=conv.weight.dtype, device=conv.weight.device)
+        self.register_buffer("taps", taps.view(1, kh * kw, kh, kw))  # one-hot: tap t at its (ky, kx)
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        b, cin, h, w = x.shape
+        if b != self.weight.shape[0]:
+            raise ValueError(f"SelectedConv built for a batch of {self.weight.shape[0]}, got {b}")
+        xs = x.permute(0, 2, 3, 1).reshape(b, h * w, cin)  # a free view for channels-last input
+        z = torch.bmm(xs, self.weight).view(b, h, w, -1).permute(0, 3, 1, 2)  # [B, T, H, W]
+        y = F.conv2d(z, self.taps, stride=self.stride, padding=self.padding, dilation=self.dilation)
+        return y if self.bias is None else y + self.bias.view(b, 1, 1, 1)
+
+
+def _selectable(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros" and not _hooked(m)
+            and isinstance(m.padding, tuple))
+
+
+def select_channels(copy_: nn.Module, layer: str, idx: Tensor) -> bool:
+    """In a ``render_copy``, make ``layer`` output only channel ``idx[b]`` for element b ([B, 1, H', W']).
+
+    Applies when ``layer`` is a plain Conv2d, or an ``nn.Identity`` (e.g. a folded BatchNorm) right
+    after one in an ``nn.Sequential``, and every index is in range; returns whether it applied.
+    Only for copies: the layer's channel count changes.
+    """
+    mods = dict(copy_.named_modules())
+    target = mods.get(layer)
+    parent_name, _, child = layer.rpartition(".")
+    parent = mods.get(parent_name)
+    if target is None or parent is None or _hooked(target):
+        return False
+    if type(target) is nn.Identity:
+        if type(parent) is not nn.Sequential:
+            return False
+        names = list(parent._modules)
+        i = names.index(child)
+        if i == 0:
+            return False
+        child = names[i - 1]
+        target = parent._modules[child]
+    if not _selectable(target) or idx.dim() != 1 or idx.numel() == 0:
+        return False
+    if int(idx.min()) < 0 or int(idx.max()) >= target.out_channels:
+        return False
+    parent._modules[child] = SelectedConv(target, idx.to(target.weight.device))
+    return True

@@ -36,10 +36,14 @@ __all__ = ["Objective", "channel", "neuron", "layer_objective", "direction", "di
 class Objective:
     """``fn(acts) -> Tensor[B]`` (larger is better) plus the set of layer names ``fn`` reads."""
 
-    def __init__(self, fn: Callable[[Acts], Tensor], layers: Iterable[str], name: str = "objective") -> None:
+    def __init__(self, fn: Callable[[Acts], Tensor], layers: Iterable[str], name: str = "objective",
+                 selects: tuple[str, int | Tensor] | None = None) -> None:
         self.fn = fn
         self.layers: frozenset[str] = frozenset(layers)
         self.name = name
+        # (layer, channel or channels [B]) when the objective is exactly a channel mean: the renderer may
+        # then compute only that channel of the layer (``fastpath.select_channels``). Arithmetic drops it.
+        self.selects = selects
 
     def __call__(self, acts: Acts) -> Tensor:
         """Values [B] (float) for the batch whose activations are ``acts``."""
@@ -116,6 +120,33 @@ def _channel_index(c: int | Tensor) -> tuple[int | Tensor, int]:
     return c, c
 
 
+class _ChannelMean(torch.autograd.Function):
+    """Mean over space of channel ``idx[b]`` of element b: [B, C, *S] -> [B].
+
+    Autograd's own path (advanced indexing) builds the gradient with ``index_put`` into a zeroed
+    contiguous (NCHW) tensor, which a channels-last conv backward must then transpose-copy: on CPU
+    that cost the 3-conv benchmark ~9% of each step. Here the gradient (``g[b] / |S|`` at channel
+    ``idx[b]``, 0 elsewhere) is written once, in the activation's own memory format.
+    """
+
+    @staticmethod
+    def forward(ctx, act: Tensor, idx: Tensor) -> Tensor:  # noqa: D102
+        ctx.shape, ctx.strides = act.shape, act.stride()
+        ctx.save_for_backward(idx)
+        return act[torch.arange(act.shape[0], device=act.device), idx].flatten(1).mean(1)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        (idx,) = ctx.saved_tensors
+        b, c = ctx.shape[:2]
+        spatial = ctx.shape[2:].numel()
+        w = torch.zeros(b, c, dtype=g.dtype, device=g.device)
+        w[torch.arange(b, device=g.device), idx] = g / spatial
+        grad = torch.empty_strided(ctx.shape, ctx.strides, dtype=g.dtype, device=g.device)
+        grad.copy_(w.view(b, c, *([1] * (len(ctx.shape) - 2))).expand(ctx.shape))
+        return grad, None
+
+
 def channel(layer: str, c: int | Tensor) -> Objective:
     """Mean activation of channel ``c`` over space.
 
@@ -133,10 +164,12 @@ def channel(layer: str, c: int | Tensor) -> Objective:
         else:
             if idx.numel() != act.shape[0]:
                 raise ConfigError(f"{idx.numel()} channel indices for a batch of {act.shape[0]}")
-            sel = act[torch.arange(act.shape[0], device=act.device), idx.to(act.device)]
+            if act.dim() == 2:
+                return act[torch.arange(act.shape[0], device=act.device), idx.to(act.device)]
+            return _ChannelMean.apply(act, idx.to(act.device))
         return sel.flatten(1).mean(1) if sel.dim() > 1 else sel
 
-    return Objective(fn, [layer], f"{layer}:{c if not batched else 'batch'}")
+    return Objective(fn, [layer], f"{layer}:{c if not batched else 'batch'}", selects=(layer, idx))
 
 
 def neuron(layer: str, c: int, x: int | None = None, y: int | None = None) -> Objective:
