@@ -36,13 +36,14 @@ fourier + standard, decay_power 1.5          47.6   40.8   0.73
 * ``lr=0.05`` (Adam), ``steps=256``: still rising slowly (512 steps: +9% z at twice the cost; lr 0.1:
   +7% z, slightly lower specificity); kept at the recipe's values.
 * ``channels_last=None``: NHWC on CPU, 1.45x faster per render than NCHW here (oneDNN); off on GPU.
-* ``optimize=True`` (``fastpath.render_copy``: BN folded into convs, ReLU after max-pool): 1.4x
-  faster for the SmallCNN, the same layer outputs.
+* ``optimize=True`` (``fastpath.render_copy``: BN folded into convs, ReLU after max-pool; and
+  ``select_channels`` for channel objectives): 1.4x faster for the SmallCNN, the same layer outputs.
 
-Speed (benchmarks/actmax.py, 2-core CPU, 64 channels at 64 px, 256 steps): 2.1x (3-conv CNN) and
-2.5x (SmallCNN) the compute floor in CPU time, 16 s and 13 s; one channel at a time takes 4-8x the
-floor. Where the rest goes, per SmallCNN step: the first conv's input gradient (3 output channels)
-costs oneDNN ~4x its forward pass, max-pool backward zero-fills its full-size gradient, and
+Speed (benchmarks/actmax.py, 2-core CPU, 64 channels at 64 px, 256 steps): 1.2-1.4x (3-conv CNN)
+and 2.1x (SmallCNN) the compute floor in CPU time; one channel at a time takes 4-8x the floor. For a
+channel objective the target conv computes only each image's own channel
+(``fastpath.select_channels``), 64x less work in that layer. What is left in a SmallCNN step: the
+first conv's input gradient (3 output channels) costs oneDNN ~4x its forward pass, and
 grid_sample's backward takes ~4 ms. glibc returns big buffers (> up to 32 MiB) to the OS after each
 use; ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` set to 1 GiB in the environment made the
 3-conv render 20% faster (the SmallCNN's buffers are small enough not to be affected).
