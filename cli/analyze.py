@@ -36,6 +36,8 @@ def analyze(
                    f"{(cka[1] if len(cka) > 1 else float('nan')):6.2f} {(cka[len(cka) // 2] if cka else float('nan')):7.2f} "
                    f"{len(conv.get(name, {}).get('dead_channels', [])):5d} {str(rf.get('theoretical_px', '-')) + '/' + str(eff):>10} "
                    f"{bpp0:>8} {bpp1:>8}")
+    for e, msg in res.get("skipped_epochs", {}).items():
+        typer.echo(f"featviz: warning: epoch {e} left out: {msg}", err=True)
     for key in ("convergence", "complexity"):
         if isinstance(res.get(key), dict) and "skipped" in res[key]:
             console.print(f"note: {key} skipped: {res[key]['skipped']}")

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import analyze, data, gallery, render, runs, summary, train
+from cli import analyze, check, data, gallery, render, runs, summary, train
 from featviz.errors import FeatvizError
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app.command()(runs.runs)
 app.command()(render.render)
 app.command()(gallery.gallery)
 app.command()(analyze.analyze)
+app.command()(check.check)
 app.add_typer(data.app, name="data")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -38,7 +39,7 @@ def render(
                        channels=int_list(channels, "--channels") or (), steps=steps, size=size, param=param,
                        transforms=transforms, lr=lr, seed=seed, chunk=chunk, device=device, filters=filters, force=force)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=console, transient=True)
+                   console=console, transient=True, disable=not sys.stderr.isatty())
     tasks: dict[str, int] = {}
 
     def progress(what: str, done: int, total: int) -> None:
@@ -50,6 +51,8 @@ def render(
         out = render_run(r, cfg, progress)
     console.print(f"rendered epochs {out['epochs']} of {len(out['layers'])} layers on {out['device']}: "
                   f"{out['am_images']} activation-maximization images, {out['filter_files']} filter files")
+    for msg in out["skipped"]:
+        typer.echo(f"featviz: warning: {msg}", err=True)
     console.print(f"gallery: {out['gallery']}  (featviz gallery {r.path} --open)")
     console.print(f"peak memory {_peak_mb():.0f} MB")
 

@@ -116,14 +116,16 @@ def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: Progress = _noop,
-                snaps: list[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+                snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """CKA to the final epoch per layer and epoch (and per step snapshot, when the run has them);
-    channels never active on the probe set at the final epoch. ``snaps``: the epoch snapshots,
-    if the caller has them loaded already."""
+    channels never active on the probe set at the final epoch. ``snaps``: epoch -> snapshot, if the
+    caller has them loaded already (then only those epochs are used: the readable ones)."""
     recs = run.metrics(strict=False)
     epoch_step = {r["epoch"]: r["step"] for r in recs}
-    points = [(epoch_step.get(e, 0), "epoch", e) for e in run.snapshot_epochs()]
-    points += [(s, "step", s) for s in run.snapshot_steps()]
+    epochs = sorted(snaps) if snaps is not None else run.snapshot_epochs()
+    points = [(epoch_step.get(e, 0), "epoch", e) for e in epochs]
+    last_step = epoch_step.get(epochs[-1], 0)
+    points += [(s, "step", s) for s in run.snapshot_steps() if s <= last_step]
     points.sort()
     model = build_model(from_dict(ModelConfig, run.meta["configs"]["model"])).to(device).eval()
     names = [_post_relu(model, layer["name"]) for layer in run.meta["layers"]]
@@ -200,8 +202,9 @@ def _std(v: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in v) / max(1, len(v) - 1))
 
 
-def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torch.device, k: int = 9) -> dict[str, Any]:
-    """For every rendered channel at the last rendered epoch: r = a(AM image) / max over the data set of a,
+def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torch.device, k: int = 9,
+                 epochs: list[int] | None = None) -> dict[str, Any]:
+    """For every rendered channel at the last rendered epoch (of ``epochs``, the readable ones): r = a(AM image) / max over the data set of a,
     with a = the channel's mean activation (the render objective); and the top-``k`` data-set images,
     cropped to the receptive field around the channel's strongest position, saved as one strip PNG.
     """
@@ -209,10 +212,11 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
 
     from featviz.filters import png_bytes
 
-    am = [r for r in run.render_index() if r.get("kind") == "am"]
+    am = [r for r in run.render_index() if r.get("kind") == "am" and (epochs is None or r.get("epoch") in epochs)]
     if not am:
         return {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     epoch = max(r["epoch"] for r in am)
+    am = [r for r in am if r["epoch"] == epoch]
     model = load_model_at(run, epoch, device)
     cfg = run.meta["configs"]["model"]
     rfs = dict(zip([layer["name"] for layer in run.meta["layers"]],
@@ -269,8 +273,14 @@ def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress
         raise RunError(f"run {run.name} has {max(len(epochs) - 1, 0)} trained epochs; analysis compares epochs, "
                        "train at least one (featviz train --resume RUN)")
     dev = resolve_device(device)
-    snaps = [run.load_snapshot(e) for e in epochs]
+    loaded, bad = run.load_snapshots(epochs)  # a damaged snapshot leaves its epoch out, named in the result
+    if len(loaded) < 2:
+        raise RunError(f"run {run.name} has fewer than two readable snapshots: {'; '.join(bad.values())}")
+    epochs = sorted(loaded)
+    snaps = [loaded[e] for e in epochs]
     result: dict[str, Any] = {"epochs": epochs, "layers": [layer["name"] for layer in run.meta["layers"]]}
+    if bad:
+        result["skipped_epochs"] = {str(e): msg for e, msg in sorted(bad.items())}
     recs = run.metrics(strict=False)
     if len(recs) > 1 and recs[1].get("step"):
         result["steps_per_epoch"] = recs[1]["step"]
@@ -284,7 +294,7 @@ def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress
         result["convergence"] = result["faithfulness"] = {"skipped": f"validation images unavailable: {e}"}
     if probe is not None:
         result["probe_images"] = int(probe.shape[0])
-        result["convergence"] = convergence(run, probe, dev, progress, snaps)
+        result["convergence"] = convergence(run, probe, dev, progress, loaded)
         cfg = run.meta["configs"]["model"]
         rfs = theoretical_receptive_fields(cfg["kernels"], cfg["strides"], cfg["pools"])
         rf: dict[str, Any] = {}
@@ -296,7 +306,7 @@ def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress
                 rf[layer["name"]][f"effective_px_epoch_{e}"] = min(eff["effective_px"], theo)
         result["receptive_field"] = rf
         progress("receptive fields", 1, 1)
-        result["faithfulness"] = faithfulness(run, val, raw, dev)
+        result["faithfulness"] = faithfulness(run, val, raw, dev, epochs=epochs)
         progress("faithfulness", 1, 1)
     comp = complexity(run)
     result["complexity"] = comp or {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}

@@ -13,6 +13,7 @@ import torch
 from featviz.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from featviz.data import ImageData, load_data
 from featviz.errors import FeatvizError, RunError
+from featviz.faults import pause_point
 from featviz.model import build_model, conv_layers
 from featviz.optvis.param import color_matrix
 from featviz.provenance import provenance
@@ -122,6 +123,7 @@ def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, de
 
     def on_step(info: StepInfo) -> None:
         progress.step(info)
+        pause_point(f"step:{info.step}")  # fault-injection tests kill the process here
         if every and info.step % every == 0 and info.batch != info.batches:
             check_finite(model, info.epoch)
             run.save_snapshot(run.step_snapshot_file(info.step), model.state_dict())

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 
 from featviz.config import ModelConfig, RenderConfig, from_dict, parse_epochs, to_dict
-from featviz.errors import ConfigError
+from featviz.errors import ConfigError, RunError
 from featviz.filters import evolution_strip, filter_grid, gif_bytes, layer_scale, png_bytes
 from featviz.model import build_model, response_layer
 from featviz.store import Run
@@ -35,27 +35,37 @@ def select_layers(run: Run, names: tuple[str, ...]) -> list[dict[str, Any]]:
     return [layer for layer in layers if layer["name"] in names]
 
 
-def render_filters(run: Run, layers: list[dict[str, Any]], force: bool = False, progress: Progress = _noop) -> int:
-    """Filter grid per epoch, an evolution strip and a GIF per layer. Returns how many files were written."""
+def render_filters(run: Run, layers: list[dict[str, Any]], force: bool = False, progress: Progress = _noop,
+                   skipped: dict[int, str] | None = None) -> int:
+    """Filter grid per epoch, an evolution strip and a GIF per layer. Returns how many files were written.
+
+    A damaged or missing snapshot leaves its epoch out (the strip and GIF show the others); the
+    reason, which names the file, goes into ``skipped`` (epoch -> message).
+    """
     epochs = run.snapshot_epochs()
     done = {r["file"]: r for r in run.render_index()}
-    snaps: dict[int, dict[str, torch.Tensor]] = {}
+    snaps: dict[int, dict[str, torch.Tensor]] | None = None
     written = 0
     for i, layer in enumerate(layers):
         name, key = layer["name"], f"{layer['name']}.weight"
         base = f"filters/{name}"
-        settings = {"epochs": epochs}
-        if not force and all(done.get(f"renders/{base}/epoch_{e:03d}.png", {}).get("settings") == settings for e in epochs):
+        if not force and all(done.get(f"renders/{base}/epoch_{e:03d}.png", {}).get("settings") == {"epochs": epochs}
+                             for e in epochs):
             progress("filters", i + 1, len(layers))
             continue
-        for e in epochs:
-            if e not in snaps:
-                snaps[e] = run.load_snapshot(e)
-        weights = [snaps[e][key] for e in epochs]
+        if snaps is None:
+            snaps, bad = run.load_snapshots(epochs)
+            if skipped is not None:
+                skipped.update(bad)
+            if not snaps:
+                raise RunError(f"no readable snapshot in run {run.name}: {next(iter(bad.values()))}")
+        usable = sorted(snaps)
+        settings = {"epochs": usable}
+        weights = [snaps[e][key] for e in usable]
         scale = layer_scale(weights)
         meta = {"layer": name, "depth": layer["depth"], "scale": scale, "settings": settings}
         recs, frames = [], []
-        for e, w in zip(epochs, weights):
+        for e, w in zip(usable, weights):
             grid = filter_grid(w, scale)
             frames.append(grid)
             path = run.write_artifact("renders", f"{base}/epoch_{e:03d}.png", png_bytes(grid))
@@ -152,8 +162,10 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: Progress 
             raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer['name']} (it has "
                               f"{layer['out_ch']} channels: 0..{layer['out_ch'] - 1})")
     device = resolve_device(cfg.device)
-    written = render_filters(run, layers, cfg.force, progress) if cfg.filters else 0
+    skipped: dict[int, str] = {}
+    written = render_filters(run, layers, cfg.force, progress, skipped) if cfg.filters else 0
     rendered = render_actmax(run, layers, epochs, cfg, device, progress)
     gallery = build_gallery(run)
     return {"epochs": epochs, "layers": [layer["name"] for layer in layers], "filter_files": written,
-            "am_images": rendered, "gallery": gallery, "device": str(device)}
+            "am_images": rendered, "gallery": gallery, "device": str(device),
+            "skipped": [f"epoch {e} left out of the filter images: {msg}" for e, msg in sorted(skipped.items())]}

@@ -29,6 +29,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from featviz.errors import RunError
+from featviz.faults import pause_point
 
 SCHEMA_VERSION = 1
 _UMASK = os.umask(0)
@@ -48,7 +49,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            f.write(data)
+            view = memoryview(data)
+            f.write(view[: len(view) // 2])
+            f.flush()
+            pause_point(f"write:{path.name}")  # fault-injection tests kill the process here
+            f.write(view[len(view) // 2:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -321,6 +326,18 @@ class Run:
         if rel not in files:
             raise RunError(f"step {step} has no committed snapshot in run {self.name}")
         return load_tensors(self.path / rel, files[rel])
+
+    def load_snapshots(self, epochs: Iterable[int]) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str]]:
+        """Load each epoch's snapshot; a damaged or missing one goes into the second dict (epoch ->
+        the error, which names the file) instead of stopping the others."""
+        good: dict[int, dict[str, torch.Tensor]] = {}
+        bad: dict[int, str] = {}
+        for e in epochs:
+            try:
+                good[e] = self.load_snapshot(e)
+            except RunError as err:
+                bad[e] = str(err)
+        return good, bad
 
     def load_snapshot(self, epoch: int) -> dict[str, torch.Tensor]:
         """The model tensors after ``epoch``, verified against the manifest's checksum."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -34,8 +33,9 @@ FOLDER_PREFIX = "folder:"
 DEFAULT_FOLDER_SIZE = 32
 
 # Errors that torchvision's readers raise on truncated or malformed files: the IDX reader uses bare
-# asserts, CIFAR unpickles, SVHN needs scipy (an optional torchvision dependency).
-_READ_ERRORS = (OSError, ValueError, TypeError, AssertionError, EOFError, KeyError, pickle.UnpicklingError, URLError)
+# asserts, CIFAR's own format is unpickled by torchvision (its UnpicklingError is matched by name in
+# _is_read_error, so featviz itself never imports the pickle module), SVHN needs scipy.
+_READ_ERRORS = (OSError, ValueError, TypeError, AssertionError, EOFError, KeyError, URLError)
 # PIL reports damaged files through several unrelated types (SyntaxError for some broken PNG chunks).
 _IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -115,7 +115,9 @@ def _load_named(key: str, cfg: DataConfig) -> ImageData:
             if cfg.download and "download" in msg.lower():
                 raise DataError(f"could not download {key} into {root}: {msg}") from None
             raise DataError(f"could not read {key} from {root} (damaged file?): {msg}") from None
-        except _READ_ERRORS as err:
+        except Exception as err:  # noqa: BLE001 - narrowed to reading errors right here
+            if not isinstance(err, _READ_ERRORS) and type(err).__name__ != "UnpicklingError":
+                raise
             raise DataError(f"could not read {key} from {_expected_folder(key, root)}: {_one_line(err)}") from None
         splits.append(_as_tensors(key, ds))
     (train_x, train_y), (val_x, val_y) = splits

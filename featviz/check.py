@@ -1,0 +1,153 @@
+"""``featviz check RUN``: verify a run folder against its manifest and report every problem found.
+
+What is checked, in order (each problem names the file and what is wrong):
+
+* ``run.json`` parses and describes a featviz run (if not, nothing else can be read: stop there);
+* ``manifest.json`` parses (written last after each epoch: it says which epochs are complete);
+* every file the manifest lists exists and has the recorded sha256; snapshots also load as
+  safetensors with finite values;
+* every committed epoch has its snapshot and a line in ``metrics.jsonl``, and every line there parses;
+* ``renders.jsonl`` lines parse and the files they name exist.
+
+Notes (not problems): temp files left by an interrupted write, and files of an epoch that was never
+committed (``featviz train --resume`` discards both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from featviz.errors import RunError
+from featviz.store import Run, load_tensors, sha256_file
+
+
+@dataclass
+class CheckReport:
+    path: Path
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    files_checked: int = 0
+    epochs_done: int = -1
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_run(path: str | Path) -> CheckReport:
+    """Verify the run at ``path``: damage is reported, not raised. A path that is not a run folder at
+    all (missing, a file, no run.json) is a RunError, as for every other command."""
+    rep = CheckReport(Path(path))
+    if not rep.path.is_dir() or not (rep.path / "run.json").is_file():
+        Run.open(rep.path)  # raises the usual one-line error for each of these cases
+    try:
+        run = Run.open(rep.path)
+    except RunError as e:
+        rep.problems.append(str(e))
+        return rep
+    rep.files_checked += 1
+    try:
+        manifest = run.manifest()
+        rep.epochs_done = int(manifest["epochs_done"])
+        files = dict(manifest["files"])
+    except (RunError, TypeError, ValueError) as e:
+        rep.problems.append(str(e) if isinstance(e, RunError) else f"{run.path / 'manifest.json'}: malformed ({e})")
+        return rep
+    rep.files_checked += 1
+    _check_manifest_files(run, files, rep)
+    _check_epochs(run, files, rep)
+    _check_renders(run, rep)
+    _notes(run, files, rep)
+    return rep
+
+
+def _check_manifest_files(run: Run, files: dict[str, str], rep: CheckReport) -> None:
+    for rel, digest in sorted(files.items()):
+        p = run.path / rel
+        rep.files_checked += 1
+        if not p.is_file():
+            rep.problems.append(f"{p}: file is missing (the manifest lists it)")
+        elif rel.endswith(".safetensors"):
+            try:
+                load_tensors(p, digest)
+            except RunError as e:
+                rep.problems.append(str(e))
+        elif rel == "metrics.jsonl":
+            _check_metrics_hash(p, digest, rep)
+        elif sha256_file(p) != digest:
+            rep.problems.append(f"{p}: checksum does not match the manifest (file is damaged or was edited)")
+
+
+def _check_metrics_hash(p: Path, digest: str, rep: CheckReport) -> None:
+    """metrics.jsonl is rewritten just before the manifest: a process killed between the two leaves
+    the committed lines intact plus lines of the uncommitted epoch. That is a note, not damage."""
+    data = p.read_bytes()
+    if hashlib.sha256(data).hexdigest() == digest:
+        return
+    lines = data.splitlines(keepends=True)
+    for n in range(len(lines), 0, -1):
+        if hashlib.sha256(b"".join(lines[:n])).hexdigest() == digest:
+            try:
+                later = [int(json.loads(line)["epoch"]) for line in lines[n:]]
+            except (ValueError, TypeError, KeyError):
+                break
+            if all(e > rep.epochs_done for e in later):
+                rep.notes.append(f"{p}: has records of epoch(s) {', '.join(map(str, later))} after the last committed "
+                                 f"epoch {rep.epochs_done} (an interrupted epoch; --resume discards them)")
+                return
+            break
+    rep.problems.append(f"{p}: checksum does not match the manifest (file is damaged or was edited)")
+
+
+def _check_epochs(run: Run, files: dict[str, str], rep: CheckReport) -> None:
+    for e in range(rep.epochs_done + 1):
+        rel = f"snapshots/{run.snapshot_file(e).name}"
+        if rel not in files:
+            rep.problems.append(f"{run.path / rel}: snapshot of committed epoch {e} is not in the manifest")
+    p = run.path / "metrics.jsonl"
+    if not p.exists():
+        if rep.epochs_done >= 0:
+            rep.problems.append(f"{p}: file is missing")
+        return
+    seen = set()
+    for i, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            seen.add(int(rec["epoch"]))
+        except (ValueError, TypeError, KeyError) as e:
+            rep.problems.append(f"{p}: line {i} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:80]})")
+    missing = [e for e in range(rep.epochs_done + 1) if e not in seen]
+    if missing:
+        rep.problems.append(f"{p}: no record for committed epoch(s) {', '.join(map(str, missing))}")
+
+
+def _check_renders(run: Run, rep: CheckReport) -> None:
+    p = run.path / "renders.jsonl"
+    if not p.exists():
+        return
+    for i, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+        try:
+            rec = json.loads(line)
+            rel = rec["file"]
+        except (ValueError, TypeError, KeyError):
+            rep.problems.append(f"{p}: line {i} is damaged")
+            continue
+        if not (run.path / rel).is_file():
+            rep.problems.append(f"{run.path / rel}: render file is missing (listed in renders.jsonl line {i})")
+
+
+def _notes(run: Run, files: dict[str, str], rep: CheckReport) -> None:
+    for p in sorted(run.path.rglob(".*.tmp")):
+        rep.notes.append(f"{p}: temp file of an interrupted write (never read; --resume removes it)")
+    snaps = run.path / "snapshots"
+    if snaps.is_dir():
+        for p in sorted(snaps.glob("*.safetensors")):
+            rel = f"snapshots/{p.name}"
+            if rel not in files:
+                rep.notes.append(f"{p}: written after the last committed epoch {rep.epochs_done} (ignored; "
+                                 "--resume discards it)")
