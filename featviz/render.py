@@ -162,6 +162,8 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: Progress 
             raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer['name']} (it has "
                               f"{layer['out_ch']} channels: 0..{layer['out_ch'] - 1})")
     device = resolve_device(cfg.device)
+    for e in epochs:  # a damaged snapshot of a requested epoch fails here, before anything is written
+        run.load_snapshot(e)
     skipped: dict[int, str] = {}
     written = render_filters(run, layers, cfg.force, progress, skipped) if cfg.filters else 0
     rendered = render_actmax(run, layers, epochs, cfg, device, progress)

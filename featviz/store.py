@@ -446,8 +446,11 @@ def _remove_tree(path: Path) -> None:
 
 
 def list_runs(out_dir: Path) -> list[Run]:
-    """Every run directly under ``out_dir`` (folders with a run.json), sorted by name."""
+    """Every run directly under ``out_dir`` (folders with a run.json), sorted by name; none if the
+    folder does not exist yet. A file where the folder should be is a RunError."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"output folder {out_dir} is a file, not a folder")
     if not out_dir.is_dir():
         return []
     runs = []

@@ -248,6 +248,20 @@ def _summary_of(make: Callable[[Path], Path]) -> Setup:
     return lambda tmp, cli: (["summary", str(make(tmp))], None)
 
 
+def _on_trained_run(*argv: str) -> Setup:
+    """``argv`` with ``{run}`` = a freshly trained 1-epoch run, which must come out unchanged."""
+    def setup(tmp: Path, cli) -> tuple[list[str], Callable[[], None]]:
+        out = tmp / "out"
+        assert cli(_train_argv(out))[0] == 0
+        before = _files(out / "r")
+        return [a.format(run=out / "r") for a in argv], lambda: _same_run_files(out / "r", before)
+    return setup
+
+
+def _same_run_files(run: Path, before: dict[str, bytes]) -> None:
+    assert _files(run) == before
+
+
 _CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available, so --device cuda is valid")
 
 BAD_INPUTS = [
@@ -289,6 +303,22 @@ BAD_INPUTS = [
     pytest.param(_train_with("--no-such-option"), id="unknown-option"),
     pytest.param(lambda tmp, cli: (["fly"], None), id="unknown-command"),
     pytest.param(lambda tmp, cli: (["data", "preview", "--data", "nope"], None), id="preview-unknown-data"),
+    pytest.param(_on_trained_run("render", "{run}", "--layers", "features.conv9"), id="render-unknown-layer"),
+    pytest.param(_on_trained_run("render", "{run}", "--channels", "99"), id="render-channel-out-of-range"),
+    pytest.param(_on_trained_run("render", "{run}", "--epochs", "5"), id="render-epoch-not-in-run"),
+    pytest.param(_on_trained_run("render", "{run}", "--epochs", "every:0"), id="render-bad-epochs-form"),
+    pytest.param(_on_trained_run("render", "{run}", "--size", "1"), id="render-size-too-small"),
+    pytest.param(_on_trained_run("render", "{run}", "--param", "cppn"), id="render-unknown-param"),
+    pytest.param(_on_trained_run("render", "{run}", "--device", "tpu"), id="render-unknown-device"),
+    pytest.param(lambda tmp, cli: (["render", str(_a_file(tmp))], None), id="render-run-is-a-file"),
+    pytest.param(_on_trained_run("analyze", "{run}", "--probe", "3"), id="analyze-probe-too-small"),
+    pytest.param(lambda tmp, cli: (["analyze", str(tmp / "missing")], None), id="analyze-missing"),
+    pytest.param(lambda tmp, cli: (["analyze", str(_empty_folder(tmp))], None), id="analyze-not-a-run"),
+    pytest.param(lambda tmp, cli: (["gallery", str(_a_file(tmp))], None), id="gallery-run-is-a-file"),
+    pytest.param(lambda tmp, cli: (["check", str(tmp / "missing")], None), id="check-missing"),
+    pytest.param(lambda tmp, cli: (["check", str(_empty_folder(tmp))], None), id="check-not-a-run"),
+    pytest.param(lambda tmp, cli: (["runs", "--out", str(_a_file(tmp))], None), id="runs-out-is-a-file"),
+    pytest.param(lambda tmp, cli: (["data", "preview", "--size", "2"], None), id="preview-size-too-small"),
 ]
 
 
@@ -300,7 +330,7 @@ def test_bad_input_is_one_line_error(setup: Setup, cli, tmp_path: Path) -> None:
     if check is not None:
         check()
     # nothing half-made: no run folder unless the setup made one, and no temp files anywhere
-    if setup not in (_existing_run, _complete_run, _force_over_a_file):
+    if setup not in (_existing_run, _complete_run, _force_over_a_file) and not argv[0] in ("render", "analyze"):
         assert not (tmp_path / "out" / "r").exists()
     assert not [p for p in tmp_path.rglob("*.tmp")]
 

@@ -37,7 +37,29 @@ def test_atomic_write_replaces_content_and_leaves_no_temp(tmp_path: Path) -> Non
     assert mode == 0o666 & ~store._UMASK  # not mkstemp's 0600
 
 
-@pytest.mark.parametrize("fail_in", ["fsync", "replace"])
+class _FullDiskFile:
+    """A file object whose second write fails with ENOSPC (the first half of the data lands)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.writes = f, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+    def write(self, data) -> int:
+        self.writes += 1
+        if self.writes > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.f, name)
+
+
+@pytest.mark.parametrize("fail_in", ["write", "fsync", "replace"])
 def test_disk_full_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_in: str) -> None:
     p = tmp_path / "f.bin"
     atomic_write_bytes(p, b"old content")
@@ -45,7 +67,11 @@ def test_disk_full_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.Monke
     def boom(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store.os, fail_in, boom)
+    if fail_in == "write":
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(store.os, "fdopen", lambda *a, **k: _FullDiskFile(real_fdopen(*a, **k)))
+    else:
+        monkeypatch.setattr(store.os, fail_in, boom)
     with pytest.raises(RunError, match="disk full") as info:
         atomic_write_bytes(p, b"new content that never lands")
     monkeypatch.undo()
