@@ -218,7 +218,9 @@ def test_truncated_last_metrics_line(damaged_copy: Run, cli) -> None:
 
 def test_edited_metrics_and_manifest_are_reported(damaged_copy: Run, cli) -> None:
     p = damaged_copy.path / "metrics.jsonl"
-    p.write_text(p.read_text().replace('"epoch": 1', '"epoch": 1, "edited": true'))
+    p.write_text(p.read_text().replace('"epoch": 1,', '"epoch": 1, "edited": true,'))
+    code, out, err = cli(["check", damaged_copy.path])
+    assert code == 1 and "metrics.jsonl: checksum does not match" in err
     (damaged_copy.path / "manifest.json").write_text("[]")
     code, out, err = cli(["check", damaged_copy.path])
     assert code == 1 and "manifest.json" in err and "malformed" in err
