@@ -203,21 +203,22 @@ def _std(v: list[float]) -> float:
 
 
 def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torch.device, k: int = 9,
-                 epochs: list[int] | None = None) -> dict[str, Any]:
-    """For every rendered channel at the last rendered epoch (of ``epochs``, the readable ones): r = a(AM image) / max over the data set of a,
-    with a = the channel's mean activation (the render objective); and the top-``k`` data-set images,
-    cropped to the receptive field around the channel's strongest position, saved as one strip PNG.
+                 snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+    """For every rendered channel at the last rendered epoch: r = a(AM image) / max over the data set
+    of a, with a = the channel's mean activation (the render objective); and the top-``k`` data-set
+    images, cropped to the receptive field around the channel's strongest position, saved as one
+    strip PNG. ``snaps``: epoch -> snapshot of the readable epochs (then only those are considered).
     """
     from torchvision.utils import make_grid
 
     from featviz.filters import png_bytes
 
-    am = [r for r in run.render_index() if r.get("kind") == "am" and (epochs is None or r.get("epoch") in epochs)]
+    am = [r for r in run.render_index() if r.get("kind") == "am" and (snaps is None or r.get("epoch") in snaps)]
     if not am:
         return {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     epoch = max(r["epoch"] for r in am)
     am = [r for r in am if r["epoch"] == epoch]
-    model = load_model_at(run, epoch, device)
+    model = load_model_at(run, epoch, device, (snaps or {}).get(epoch))
     cfg = run.meta["configs"]["model"]
     rfs = dict(zip([layer["name"] for layer in run.meta["layers"]],
                    theoretical_receptive_fields(cfg["kernels"], cfg["strides"], cfg["pools"])))
@@ -299,14 +300,14 @@ def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress
         rfs = theoretical_receptive_fields(cfg["kernels"], cfg["strides"], cfg["pools"])
         rf: dict[str, Any] = {}
         for e in (epochs[0], epochs[-1]):
-            model = load_model_at(run, e, dev)
+            model = load_model_at(run, e, dev, loaded[e])
             for layer, theo in zip(run.meta["layers"], rfs):
                 eff = effective_receptive_field(model, layer["name"], probe[:64].to(dev))
                 rf.setdefault(layer["name"], {"theoretical_px": theo, "image_px": run.meta["data"]["size"]})
                 rf[layer["name"]][f"effective_px_epoch_{e}"] = min(eff["effective_px"], theo)
         result["receptive_field"] = rf
         progress("receptive fields", 1, 1)
-        result["faithfulness"] = faithfulness(run, val, raw, dev, epochs=epochs)
+        result["faithfulness"] = faithfulness(run, val, raw, dev, snaps=loaded)
         progress("faithfulness", 1, 1)
     comp = complexity(run)
     result["complexity"] = comp or {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}

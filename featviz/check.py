@@ -83,22 +83,16 @@ def _check_manifest_files(run: Run, files: dict[str, str], rep: CheckReport) -> 
 
 def _check_metrics_hash(p: Path, digest: str, rep: CheckReport) -> None:
     """metrics.jsonl is rewritten just before the manifest: a process killed between the two leaves
-    the committed lines intact plus lines of the uncommitted epoch. That is a note, not damage."""
-    data = p.read_bytes()
-    if hashlib.sha256(data).hexdigest() == digest:
+    the committed lines (one per epoch 0..epochs_done) intact, followed by the uncommitted epoch's
+    line. That is a note, not damage."""
+    lines = p.read_bytes().splitlines(keepends=True)
+    committed = rep.epochs_done + 1
+    if hashlib.sha256(b"".join(lines)).hexdigest() == digest:
         return
-    lines = data.splitlines(keepends=True)
-    for n in range(len(lines), 0, -1):
-        if hashlib.sha256(b"".join(lines[:n])).hexdigest() == digest:
-            try:
-                later = [int(json.loads(line)["epoch"]) for line in lines[n:]]
-            except (ValueError, TypeError, KeyError):
-                break
-            if all(e > rep.epochs_done for e in later):
-                rep.notes.append(f"{p}: has records of epoch(s) {', '.join(map(str, later))} after the last committed "
-                                 f"epoch {rep.epochs_done} (an interrupted epoch; --resume discards them)")
-                return
-            break
+    if len(lines) > committed and hashlib.sha256(b"".join(lines[:committed])).hexdigest() == digest:
+        rep.notes.append(f"{p}: has {len(lines) - committed} record(s) after the last committed epoch "
+                         f"{rep.epochs_done} (an interrupted epoch; --resume discards them)")
+        return
     rep.problems.append(f"{p}: checksum does not match the manifest (file is damaged or was edited)")
 
 
@@ -112,15 +106,9 @@ def _check_epochs(run: Run, files: dict[str, str], rep: CheckReport) -> None:
         if rep.epochs_done >= 0:
             rep.problems.append(f"{p}: file is missing")
         return
-    seen = set()
-    for i, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            seen.add(int(rec["epoch"]))
-        except (ValueError, TypeError, KeyError) as e:
-            rep.problems.append(f"{p}: line {i} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:80]})")
+    records, damaged = run.read_metrics()
+    rep.problems.extend(damaged)
+    seen = {r["epoch"] for r in records}
     missing = [e for e in range(rep.epochs_done + 1) if e not in seen]
     if missing:
         rep.problems.append(f"{p}: no record for committed epoch(s) {', '.join(map(str, missing))}")

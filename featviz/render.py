@@ -35,16 +35,13 @@ def select_layers(run: Run, names: tuple[str, ...]) -> list[dict[str, Any]]:
     return [layer for layer in layers if layer["name"] in names]
 
 
-def render_filters(run: Run, layers: list[dict[str, Any]], force: bool = False, progress: Progress = _noop,
-                   skipped: dict[int, str] | None = None) -> int:
-    """Filter grid per epoch, an evolution strip and a GIF per layer. Returns how many files were written.
-
-    A damaged or missing snapshot leaves its epoch out (the strip and GIF show the others); the
-    reason, which names the file, goes into ``skipped`` (epoch -> message).
-    """
+def render_filters(run: Run, layers: list[dict[str, Any]], snaps: dict[int, dict[str, torch.Tensor]],
+                   force: bool = False, progress: Progress = _noop) -> int:
+    """Filter grid per epoch, an evolution strip and a GIF per layer, from ``snaps`` (epoch -> snapshot:
+    the run's readable epochs; a damaged one is left out of the strip and GIF). Returns how many
+    files were written."""
     epochs = run.snapshot_epochs()
     done = {r["file"]: r for r in run.render_index()}
-    snaps: dict[int, dict[str, torch.Tensor]] | None = None
     written = 0
     for i, layer in enumerate(layers):
         name, key = layer["name"], f"{layer['name']}.weight"
@@ -53,12 +50,6 @@ def render_filters(run: Run, layers: list[dict[str, Any]], force: bool = False, 
                              for e in epochs):
             progress("filters", i + 1, len(layers))
             continue
-        if snaps is None:
-            snaps, bad = run.load_snapshots(epochs)
-            if skipped is not None:
-                skipped.update(bad)
-            if not snaps:
-                raise RunError(f"no readable snapshot in run {run.name}: {next(iter(bad.values()))}")
         usable = sorted(snaps)
         settings = {"epochs": usable}
         weights = [snaps[e][key] for e in usable]
@@ -81,10 +72,11 @@ def render_filters(run: Run, layers: list[dict[str, Any]], force: bool = False, 
 
 
 
-def load_model_at(run: Run, epoch: int, device: torch.device) -> torch.nn.Module:
-    """The run's CNN with the weights of ``epoch``, eval mode, on ``device``."""
+def load_model_at(run: Run, epoch: int, device: torch.device,
+                  state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """The run's CNN with the weights of ``epoch`` (``state``, if the caller has loaded them), eval mode."""
     model = build_model(from_dict(ModelConfig, run.meta["configs"]["model"]))
-    model.load_state_dict(run.load_snapshot(epoch))
+    model.load_state_dict(run.load_snapshot(epoch) if state is None else state)
     return model.to(device).eval()
 
 
@@ -95,13 +87,15 @@ def _am_settings(cfg: RenderConfig, size: int) -> dict[str, Any]:
 
 
 def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg: RenderConfig,
-                  device: torch.device, progress: Progress = _noop) -> int:
+                  device: torch.device, progress: Progress = _noop,
+                  snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> int:
     """Activation maximization of the chosen channels of every layer at every epoch, batched per layer.
 
     The objective is each channel's mean response: the output of the BatchNorm after the conv when
     there is one (see ``model.response_layer``), else the conv's output.
 
     Writes one PNG per channel and one grid per (layer, epoch); returns how many images were rendered.
+    ``snaps``: epoch -> snapshot, where the caller has them loaded already.
     """
     from featviz.optvis import render_channels
     from torchvision.utils import make_grid
@@ -123,7 +117,7 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
                 count += 1
                 progress("activation maximization", count, total)
                 continue
-            model = model or load_model_at(run, epoch, device)
+            model = model or load_model_at(run, epoch, device, (snaps or {}).get(epoch))
             res = render_channels(model, response_layer(model, name), chans, chunk=cfg.chunk, param=cfg.param, size=size,
                                   channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
                                   transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],
@@ -162,12 +156,14 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: Progress 
             raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer['name']} (it has "
                               f"{layer['out_ch']} channels: 0..{layer['out_ch'] - 1})")
     device = resolve_device(cfg.device)
+    snaps, bad = run.load_snapshots(run.snapshot_epochs())  # each verified once, used by both halves
     for e in epochs:  # a damaged snapshot of a requested epoch fails here, before anything is written
-        run.load_snapshot(e)
-    skipped: dict[int, str] = {}
-    written = render_filters(run, layers, cfg.force, progress, skipped) if cfg.filters else 0
-    rendered = render_actmax(run, layers, epochs, cfg, device, progress)
+        if e in bad:
+            raise RunError(bad[e])
+    written = render_filters(run, layers, snaps, cfg.force, progress) if cfg.filters else 0
+    rendered = render_actmax(run, layers, epochs, cfg, device, progress, snaps)
     gallery = build_gallery(run)
+    skipped = sorted(bad.items()) if cfg.filters else []
     return {"epochs": epochs, "layers": [layer["name"] for layer in layers], "filter_files": written,
             "am_images": rendered, "gallery": gallery, "device": str(device),
-            "skipped": [f"epoch {e} left out of the filter images: {msg}" for e, msg in sorted(skipped.items())]}
+            "skipped": [f"epoch {e} left out of the filter images: {msg}" for e, msg in skipped]}

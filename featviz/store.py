@@ -275,13 +275,13 @@ class Run:
         return self.epochs_done >= self.epochs_planned
 
     # -- metrics
-    def metrics(self, strict: bool = True) -> list[dict[str, Any]]:
-        """Metric records in epoch order. ``strict=False`` skips a damaged line instead of failing."""
+    def read_metrics(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Metric records in file order, and one message per damaged line (naming the file and line)."""
         p = self.path / "metrics.jsonl"
         if not p.exists():
-            return []
-        out = []
-        for i, line in enumerate(p.read_text().splitlines(), start=1):
+            return [], []
+        out, damaged = [], []
+        for i, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -289,11 +289,17 @@ class Run:
                 if not isinstance(rec, dict) or "epoch" not in rec:
                     raise ValueError("no epoch field")
             except ValueError as e:
-                if strict:
-                    raise RunError(f"{p}: line {i} is damaged ({_one_line(e)})") from None
+                damaged.append(f"{p}: line {i} is damaged ({_one_line(e)})")
                 continue
             out.append(rec)
-        return out
+        return out, damaged
+
+    def metrics(self, strict: bool = True) -> list[dict[str, Any]]:
+        """Metric records in epoch order. ``strict=False`` skips a damaged line instead of failing."""
+        records, damaged = self.read_metrics()
+        if strict and damaged:
+            raise RunError(damaged[0])
+        return records
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Rewrite metrics.jsonl whole (it is small) so a crash never leaves half a line."""
@@ -341,11 +347,12 @@ class Run:
 
     def load_snapshot(self, epoch: int) -> dict[str, torch.Tensor]:
         """The model tensors after ``epoch``, verified against the manifest's checksum."""
-        done = self.epochs_done
+        manifest = self.manifest()
+        done = int(manifest["epochs_done"])
         if not 0 <= epoch <= done:
             raise RunError(f"epoch {epoch} is not in run {self.name} (epochs 0..{done} are available)")
         rel = f"snapshots/{self.snapshot_file(epoch).name}"
-        return load_tensors(self.path / rel, self.manifest()["files"].get(rel))
+        return load_tensors(self.path / rel, manifest["files"].get(rel))
 
     # -- resume state (optimizer tensors in safetensors, their structure in JSON)
     def save_train_state(self, epoch: int, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:

@@ -33,11 +33,16 @@ FOLDER_PREFIX = "folder:"
 DEFAULT_FOLDER_SIZE = 32
 
 # Errors that torchvision's readers raise on truncated or malformed files: the IDX reader uses bare
-# asserts, CIFAR's own format is unpickled by torchvision (its UnpicklingError is matched by name in
-# _is_read_error, so featviz itself never imports the pickle module), SVHN needs scipy.
+# asserts, CIFAR's own format is unpickled by torchvision, SVHN needs scipy.
 _READ_ERRORS = (OSError, ValueError, TypeError, AssertionError, EOFError, KeyError, URLError)
 # PIL reports damaged files through several unrelated types (SyntaxError for some broken PNG chunks).
 _IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _is_read_error(err: BaseException) -> bool:
+    """A reader's error on a damaged file; the UnpicklingError of torchvision's CIFAR reader is matched by
+    name, so featviz itself never imports the pickle module."""
+    return isinstance(err, _READ_ERRORS) or type(err).__name__ == "UnpicklingError"
 
 
 def _one_line(err: BaseException) -> str:
@@ -116,7 +121,7 @@ def _load_named(key: str, cfg: DataConfig) -> ImageData:
                 raise DataError(f"could not download {key} into {root}: {msg}") from None
             raise DataError(f"could not read {key} from {root} (damaged file?): {msg}") from None
         except Exception as err:  # noqa: BLE001 - narrowed to reading errors right here
-            if not isinstance(err, _READ_ERRORS) and type(err).__name__ != "UnpicklingError":
+            if not _is_read_error(err):
                 raise
             raise DataError(f"could not read {key} from {_expected_folder(key, root)}: {_one_line(err)}") from None
         splits.append(_as_tensors(key, ds))
