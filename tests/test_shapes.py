@@ -96,3 +96,26 @@ def test_stats_recorded(shapes_small) -> None:
     assert desc["classes"] == list(SHAPE_CLASSES)
     assert (desc["channels"], desc["size"], desc["n_train"], desc["n_val"]) == (3, 16, 200, 50)
     assert desc["mean"] == pytest.approx(d.mean, abs=1e-6) and desc["std"] == pytest.approx(d.std, abs=1e-6)
+
+
+def test_paint_one_polarity_and_mean_independent_of_cover() -> None:
+    from featviz.data.shapes import _MEAN_COVER, _paint
+
+    fg, bg = torch.tensor([[0.9, 0.6, 0.7]] * 3), torch.tensor([[0.1, 0.3, 0.0]] * 3)
+    mask = torch.zeros(3, 1, 8, 8)
+    mask[0, :, :2] = 1  # covers 1/4
+    mask[1, :, :4] = 1  # 1/2
+    mask[2, :, :6] = 1  # 3/4
+    img = _paint(mask, fg, bg, torch.zeros(3, 1, 8, 8))
+    inside, outside = img[:, :, 0, 0], img[:, :, 7, 7]
+    assert torch.allclose(inside - outside, fg - bg)  # the foreground is lighter by fg - bg everywhere
+    expected_mean = bg + _MEAN_COVER * (fg - bg)  # the same whatever the cover
+    assert torch.allclose(img.mean((2, 3)), expected_mean, atol=1e-6)
+
+
+def test_objects_are_lighter_than_their_background() -> None:
+    d = make_shapes(n_train=600, n_val=10, size=32, seed=1)
+    lum = (d.train_x.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1).flatten(1)
+    objects = d.train_y < 6  # a minority of the pixels: brighter ones pull the mean above the median
+    lighter = (lum.mean(1) > lum.median(1).values)[objects].float().mean().item()
+    assert lighter > 0.9

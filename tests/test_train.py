@@ -291,6 +291,11 @@ def test_snapshot_every_steps(tiny_cfgs, tmp_path: Path) -> None:
     w = "features.conv1.weight"
     assert not torch.equal(s3[w], e0[w]) and not torch.equal(s3[w], s6[w]) and not torch.equal(s6[w], e1[w])
     assert int(s3["features.bn1.num_batches_tracked"]) == 2
+    # step snapshots only observe: the epoch snapshots are bit-identical to a run without them
+    plain = train_run(data_cfg, model_cfg, train_cfg, out_dir=tmp_path, name="plain")
+    for e in (0, 1):
+        a, b = run.load_snapshot(e), plain.load_snapshot(e)
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ----------------------------------------------------------------------------- (f) image folder

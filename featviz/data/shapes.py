@@ -2,8 +2,9 @@
 
 Ten classes whose label depends only on *shape or texture*: six objects (disc, ring, square,
 triangle, cross, star) and four patterns (stripes, checker, dots, bars). Everything else is random
-per image: foreground and background colour (with a minimum contrast, so colour alone carries no
-class information), position, scale, rotation, a background brightness gradient and pixel noise.
+per image: the colours (a lighter foreground on a darker background, brightness-matched so that
+colour alone carries no class information), position, scale, rotation, a background brightness
+gradient and pixel noise.
 Telling a ring from a disc, or stripes from bars, needs edges combined into curves, corners and
 repeats: a hierarchy of features, which is what featviz sets out to show.
 
@@ -21,6 +22,7 @@ from featviz.data.base import ImageData, channel_stats
 
 SHAPE_CLASSES = ("disc", "ring", "square", "triangle", "cross", "star", "stripes", "checker", "dots", "bars")
 _OBJECTS = 6  # the first six classes are objects placed on a background; the rest are patterns
+_MEAN_COVER = 0.3  # the foreground fraction every image is brightness-matched to
 
 
 def _field(c: int, u: torch.Tensor, v: torch.Tensor, freq: torch.Tensor) -> torch.Tensor:
@@ -59,6 +61,20 @@ def _inside(label: torch.Tensor, u: torch.Tensor, v: torch.Tensor, freq: torch.T
     return out
 
 
+def _paint(mask: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, shade: torch.Tensor) -> torch.Tensor:
+    """Float images [N, 3, H, W] from masks [N, 1, H, W], colours fg, bg [N, 3] (fg > bg in every
+    channel) and a background shade [N, 1, H, W].
+
+    One polarity, light shapes on a darker ground (as in MNIST): with random polarity, the first layer
+    has to cover both signs of every colour edge with its few filters and kept re-tuning them for the
+    whole run (README, "What the default run shows"). The image is then shifted by
+    ``(fg - bg) * (cover - _MEAN_COVER)`` so that its mean colour does not depend on how much of it the
+    foreground covers: otherwise brightness alone would tell a disc from a cross.
+    """
+    img = mask * fg[:, :, None, None] + (1 - mask) * (bg[:, :, None, None] + shade)
+    return img - (fg - bg)[:, :, None, None] * (mask.mean((2, 3), keepdim=True) - _MEAN_COVER)
+
+
 def _render(label: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     """uint8 images [N, 3, size, size] for the given labels, all randomness drawn from ``g``."""
     n = label.shape[0]
@@ -79,16 +95,16 @@ def _render(label: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     field = _inside(label, u, v, freq)
     px = 2.0 / size / scale  # one pixel in object units: the anti-aliasing width
     mask = torch.sigmoid(field / (0.5 * px[:, None, None]))[:, None]  # [N, 1, H, W]
-    # colours: random RGB pairs whose luminance differs by at least 0.3, so shape is always visible
-    fg, bg = rnd(n, 3), rnd(n, 3)
+    # colours: one polarity (the foreground lighter in every channel), hue random, and a luminance
+    # contrast of at least 0.3 so that the shape is always visible
+    fg, bg = 0.55 + 0.45 * rnd(n, 3), 0.45 * rnd(n, 3)
     lum = torch.tensor([0.299, 0.587, 0.114])
-    gap = (fg @ lum) - (bg @ lum)
-    push = torch.sign(gap + (gap == 0).float()) * (0.3 - gap.abs()).clamp_min(0) / 2
+    push = (0.3 - ((fg - bg) @ lum)).clamp_min(0) / 2
     fg = (fg + push[:, None]).clamp(0, 1)
     bg = (bg - push[:, None]).clamp(0, 1)
     gx, gy = (rnd(n) - 0.5) * 0.3, (rnd(n) - 0.5) * 0.3  # background brightness gradient
     shade = (gx[:, None, None] * xx[None] + gy[:, None, None] * yy[None])[:, None]
-    img = mask * fg[:, :, None, None] + (1 - mask) * (bg[:, :, None, None] + shade)
+    img = _paint(mask, fg, bg, shade)
     img = img + torch.randn(img.shape, generator=g) * (0.02 + 0.06 * rnd(n))[:, None, None, None]
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
