@@ -108,6 +108,7 @@ def test_gallery_is_static_relative_and_escaped(rendered: Run, tmp_path: Path) -
     for d in ("Depth 1 · features.conv1", "Depth 2 · features.conv2"):
         assert d in html
     assert "4 filters x 3 input channels x 5 x 5 = 300 weights" in html
+    assert f"featviz analyze …/{dst.name}</code> (this run's folder)" in html  # not analyzed yet: the hint
 
 
 def test_serve_answers_on_loopback(rendered: Run) -> None:
