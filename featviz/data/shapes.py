@@ -69,7 +69,8 @@ def _paint(mask: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, shade: torch.
     has to cover both signs of every colour edge with its few filters and kept re-tuning them for the
     whole run (README, "What the default run shows"). The image is then shifted by
     ``(fg - bg) * (cover - _MEAN_COVER)`` so that its mean colour does not depend on how much of it the
-    foreground covers: otherwise brightness alone would tell a disc from a cross.
+    foreground covers (up to clipping at 0 and 1): otherwise brightness alone would tell a disc from
+    a cross.
     """
     img = mask * fg[:, :, None, None] + (1 - mask) * (bg[:, :, None, None] + shade)
     return img - (fg - bg)[:, :, None, None] * (mask.mean((2, 3), keepdim=True) - _MEAN_COVER)
