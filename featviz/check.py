@@ -41,12 +41,12 @@ def check_run(path: str | Path) -> CheckReport:
     """Verify the run at ``path``: damage is reported, not raised. A path that is not a run folder at
     all (missing, a file, no run.json) is a RunError, as for every other command."""
     rep = CheckReport(Path(path))
-    if not rep.path.is_dir() or not (rep.path / "run.json").is_file():
-        Run.open(rep.path)  # raises the usual one-line error for each of these cases
     try:
         run = Run.open(rep.path)
     except RunError as e:
-        rep.problems.append(str(e))
+        if not (rep.path / "run.json").is_file():
+            raise  # not a run folder at all: the usual one-line error
+        rep.problems.append(str(e))  # a run whose run.json is damaged: reported
         return rep
     rep.files_checked += 1
     try:

@@ -7,6 +7,7 @@ import torch
 
 from featviz.config import DataConfig
 from featviz.data import SHAPE_CLASSES, channel_stats, load_data, make_shapes
+from featviz.data.shapes import _MEAN_COVER, _paint
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +100,6 @@ def test_stats_recorded(shapes_small) -> None:
 
 
 def test_paint_one_polarity_and_mean_independent_of_cover() -> None:
-    from featviz.data.shapes import _MEAN_COVER, _paint
-
     fg, bg = torch.tensor([[0.9, 0.6, 0.7]] * 3), torch.tensor([[0.1, 0.3, 0.0]] * 3)
     mask = torch.zeros(3, 1, 8, 8)
     mask[0, :, :2] = 1  # covers 1/4
