@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -15,10 +16,12 @@ def analyze(
     run: Path = typer.Argument(..., help="A run folder (rendered, for the complexity numbers)."),
     probe: int = typer.Option(1000, min=10, help="Validation images in the fixed probe set (CKA, receptive field)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+    renders: Optional[str] = typer.Option(None, help="Render settings set to measure (a folder name under RUN/renders/am/; "
+                                "default: the default settings' set, else the only one)."),
 ) -> None:
     """Filter updates, CKA to the final epoch, image complexity and receptive fields -> RUN/analysis.json."""
     r = Run.open(run)
-    res = analyze_run(r, probe_size=probe, device=device)
+    res = analyze_run(r, probe_size=probe, device=device, renders=renders)
     conv = res.get("convergence", {})
     comp = res.get("complexity", {})
     typer.echo(f"{'layer':<16} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} "
@@ -41,4 +44,6 @@ def analyze(
     for key in ("convergence", "complexity"):
         if isinstance(res.get(key), dict) and "skipped" in res[key]:
             console.print(f"note: {key} skipped: {res[key]['skipped']}")
+    if res.get("renders"):
+        console.print(f"renders measured: {res['renders']}")
     console.print(f"wrote {r.path / 'analysis.json'}")

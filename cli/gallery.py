@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -17,10 +18,12 @@ def gallery(
     serve: bool = typer.Option(False, help="Serve the run folder on http://127.0.0.1:PORT until Ctrl-C."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port for --serve (0 = any free port)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the gallery in the default browser."),
+    renders: Optional[str] = typer.Option(None, help="Render settings set to show (a folder name under RUN/renders/am/; "
+                                "default: the one featviz analyze measured, else the default settings' set)."),
 ) -> None:
     """Rebuild the static HTML gallery from the run's files (no model is loaded)."""
     r = Run.open(run)
-    index = Path(build_gallery(r))
+    index = Path(build_gallery(r, renders))
     console.print(f"gallery: {index}")
     if serve:
         serve_run(r, port, open_browser, on_ready=lambda url: console.print(f"serving {url}  (Ctrl-C stops)"))

@@ -50,7 +50,8 @@ def render(
     with bar:
         out = render_run(r, cfg, progress)
     console.print(f"rendered epochs {out['epochs']} of {len(out['layers'])} layers on {out['device']}: "
-                  f"{out['am_images']} activation-maximization images, {out['filter_files']} filter files")
+                  f"{out['am_images']} activation-maximization images (settings set {out['renders']}), "
+                  f"{out['filter_files']} filter files")
     for msg in out["skipped"]:
         typer.echo(f"featviz: warning: {msg}", err=True)
     console.print(f"gallery: {out['gallery']}  (featviz gallery {r.path} --open)")

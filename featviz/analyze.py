@@ -1,12 +1,11 @@
-"""The analysis half of the pipeline: a run's snapshots, probe images and renders -> analysis.json.
+"""The analyze stage: a run's snapshots, probe images and one render settings set -> analysis.json.
 
-Per conv layer and epoch (SCIENCE.md): filter updates (relative change to the previous epoch,
-rotation from the init, per-filter change, dead filters), convergence (linear CKA of the layer's
-spatially averaged post-ReLU activations at each epoch against the final epoch, on a fixed probe set
-of validation images), complexity of the activation-maximization images (zlib bits per pixel and
-power-spectrum slope, per rendered epoch; the init is the baseline; and zlib bits per weight of the raw filters) and receptive fields
-(theoretical, and effective: the square around the centre unit holding 90% of its mean
-|d unit / d input| over probe images). Written through the store; reads no file itself.
+In: a run with at least one trained epoch (renders optional). Out: ``RUN/analysis.json`` (filter
+updates, convergence, receptive fields, complexity, faithfulness, a generated reading) and plots in
+``RUN/analysis/``. Every metric's definition, biases and tests are in docs/metrics.md; the pure
+computations live in ``featviz.metrics``. Invariants: representations are measured with BatchNorm
+statistics recomputed on the probe images; complexity and faithfulness use one settings set, named
+in the result (``renders``). Written through the store; reads no file itself.
 """
 
 from __future__ import annotations
@@ -26,10 +25,11 @@ from featviz.data import load_data
 from featviz.errors import FeatvizError, RunError
 from featviz.hooks import capture
 from featviz.metrics import (
-    linear_cka, per_filter_change, relative_change, rotation, spectrum_slope, theoretical_receptive_fields,
-    zlib_bits_per_pixel,
+    effective_receptive_field, linear_cka, per_filter_change, relative_change, rotation, spectrum_slope,
+    theoretical_receptive_fields, zlib_bits_per_pixel,
 )
-from featviz.model import build_model, response_layer
+from featviz.model import build_model, recalibrate_batchnorm, response_layer
+from featviz.renderset import choose_set, record_set, records_of
 from featviz.plots import PLOTS, available
 from featviz.reading import reading
 from featviz.render import load_model_at
@@ -117,8 +117,9 @@ def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
 
 def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: Progress = _noop,
                 snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
-    """CKA to the final epoch per layer and epoch (and per step snapshot, when the run has them);
-    channels never active on the probe set at the final epoch. ``snaps``: epoch -> snapshot, if the
+    """Debiased linear CKA to the final snapshot per layer and epoch (and per step snapshot, when the
+    run has them), with every snapshot's BatchNorm statistics recomputed on ``probe``; channels never
+    active on the probe set at the final snapshot. ``snaps``: epoch -> snapshot, if the
     caller has them loaded already (then only those epochs are used: the readable ones)."""
     recs = run.metrics(strict=False)
     epoch_step = {r["epoch"]: r["step"] for r in recs}
@@ -137,6 +138,7 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: P
         else:
             state = run.load_step_snapshot(key)
         model.load_state_dict(state)
+        recalibrate_batchnorm(model, probe)  # the snapshot's own running statistics lag behind its weights
         acts.append((step, kind, key, layer_stats(model, names, probe)))
         progress("activations", i + 1, len(points))
     final = acts[-1][3]
@@ -146,6 +148,7 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: P
         out[layer["name"]] = {
             "activation_layer": n,
             "cka_to_final": [c for _, kind, c in cka if kind == "epoch"],
+            "cka_at_init": cka[0][2],  # the baseline: how much of the final form the random init already has
             "dead_channels": [int(c) for c in (final[n]["peak"] <= 0).nonzero().flatten()],
         }
         if run.snapshot_steps():
@@ -153,43 +156,28 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: P
     return out
 
 
-def effective_receptive_field(model: nn.Module, layer: str, probe: torch.Tensor, mass: float = 0.9) -> dict[str, Any]:
-    """Effective receptive field (Luo et al. 2016): the side (px) of the smallest square around the
-    centre unit's position that holds ``mass`` of the mean |d centre unit / d input| over the probe
-    images (channels of the unit summed). Never larger than the theoretical field or the image."""
-    x = probe.clone().requires_grad_(True)
-    with capture(model, [layer]) as acts:
-        model(x)
-        a = acts[layer]
-        h, w = a.shape[-2:]
-        a[:, :, h // 2, w // 2].sum().backward()
-    g = x.grad.abs().mean((0, 1)).double()
-    total = float(g.sum())
-    if total <= 0:
-        return {"effective_px": 0, "mass": mass}
-    size = g.shape[-1]
-    cy, cx = int((h // 2 + 0.5) * g.shape[-2] / h), int((w // 2 + 0.5) * size / w)
-    for r in range(size):
-        box = g[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1]
-        if float(box.sum()) >= mass * total:
-            return {"effective_px": min(2 * r + 1, size), "mass": mass}
-    return {"effective_px": size, "mass": mass}
-
-
-def complexity(run: Run) -> dict[str, Any]:
-    """zlib bits per pixel and spectrum slope of every activation-maximization image, per layer and epoch."""
+def complexity(run: Run, sid: str | None) -> dict[str, Any]:
+    """zlib bits per pixel and spectrum slope of every activation-maximization image of settings set
+    ``sid``, per layer and epoch: mean, std and n (slope: over the images that are not flat; ``flat``
+    counts the others, see ``metrics.spectrum_slope``)."""
     out: dict[str, Any] = {}
-    for rec in run.render_index():
-        if rec.get("kind") != "am":
+    for rec in records_of(run.render_index(), sid):
+        if rec["kind"] != "am":
             continue
         img = torch.from_numpy(np.array(Image.open(io.BytesIO(run.read_file_bytes(rec["file"])))))
         img = img.permute(2, 0, 1) if img.dim() == 3 else img[None]
-        per = out.setdefault(rec["layer"], {}).setdefault(str(rec["epoch"]), {"bpp": [], "slope": []})
+        per = out.setdefault(rec["layer"], {}).setdefault(str(rec["epoch"]), {"bpp": [], "slope": [], "flat": 0})
         per["bpp"].append(zlib_bits_per_pixel(img))
-        per["slope"].append(spectrum_slope(img))
+        slope = spectrum_slope(img)
+        if slope is None:
+            per["flat"] += 1
+        else:
+            per["slope"].append(slope)
     for layer in out.values():
         for e, per in layer.items():
-            layer[e] = {k: {"mean": _mean(v), "std": _std(v), "n": len(v)} for k, v in per.items()}
+            layer[e] = {k: {"mean": _mean(v), "std": _std(v), "n": len(v)} if v else None
+                        for k, v in per.items() if k != "flat"}
+            layer[e]["flat"] = per["flat"]
     return out
 
 
@@ -202,18 +190,22 @@ def _std(v: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in v) / max(1, len(v) - 1))
 
 
-def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torch.device, k: int = 9,
-                 snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
-    """For every rendered channel at the last rendered epoch: r = a(AM image) / max over the data set
-    of a, with a = the channel's mean activation (the render objective); and the top-``k`` data-set
-    images, cropped to the receptive field around the channel's strongest position, saved as one
-    strip PNG. ``snaps``: epoch -> snapshot of the readable epochs (then only those are considered).
+def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torch.device, sid: str | None,
+                 k: int = 9, snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+    """For every rendered channel of settings set ``sid`` at its last rendered epoch:
+    r = a(AM image) / max over the data set of a, with a = the channel's spatially averaged response
+    (the render objective, see ``model.response_layer``), both measured the same way: the stored image
+    (resized to the data's size when it was rendered at another one), normalized like the data, one
+    forward pass in eval mode; and the top-``k`` data-set images, cropped to the receptive field around
+    the channel's strongest position, saved as one strip PNG. ``snaps``: epoch -> snapshot of the
+    readable epochs (then only those are considered).
     """
     from torchvision.utils import make_grid
 
     from featviz.filters import png_bytes
 
-    am = [r for r in run.render_index() if r.get("kind") == "am" and (snaps is None or r.get("epoch") in snaps)]
+    am = [r for r in records_of(run.render_index(), sid)
+          if r["kind"] == "am" and (snaps is None or r.get("epoch") in snaps)]
     if not am:
         return {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     epoch = max(r["epoch"] for r in am)
@@ -226,14 +218,20 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
     targets = {n: response_layer(model, n) for n in names}  # what the renders maximized
     stats = layer_stats(model, list(targets.values()), images.to(device))
     size = raw.shape[-1]
-    out: dict[str, Any] = {"epoch": epoch}
+    data = run.meta["data"]
+    am_imgs = torch.stack([_load_png(run, r["file"]) for r in am])
+    am_size = int(am_imgs.shape[-1])
+    am_x = _normalize(am_imgs, data["mean"], data["std"], size)
+    am_stats = layer_stats(model, list(targets.values()), am_x.to(device))
+    am_index = {(r["layer"], r["channel"]): i for i, r in enumerate(am)}
+    out: dict[str, Any] = {"epoch": epoch, "renders": sid, "am_size_px": am_size, "measured_at_px": size}
     for name in names:
         means, where = stats[targets[name]]["mean"], stats[targets[name]]["argmax"]
         top = means.topk(min(k, len(means)), dim=0).indices  # [k, C]
         data_max = means.max(0).values
         side = min(rfs.get(name, size), size)
         feat = stats[targets[name]]["width"]
-        recs = sorted((r for r in am if r["layer"] == name and r["epoch"] == epoch), key=lambda r: r["channel"])
+        recs = sorted((r for r in am if r["layer"] == name), key=lambda r: r["channel"])
         rows = []
         for rec in recs:
             c = rec["channel"]
@@ -241,11 +239,28 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
             strip = make_grid(torch.stack(crops), nrow=len(crops), padding=1, pad_value=255)
             path = run.write_artifact("renders", f"top9/{name}/ch_{c:04d}.png", png_bytes(strip))
             peak = float(data_max[c])
-            rows.append({"channel": c, "r": rec["activation"] / peak if peak > 0 else None,
-                         "data_max": peak, "top": top[:, c].tolist(),
-                         "file": run.rel(path)})
+            act = float(am_stats[targets[name]]["mean"][am_index[(name, c)], c])
+            rows.append({"channel": c, "r": act / peak if peak > 0 else None, "am_activation": act,
+                         "data_max": peak, "top": top[:, c].tolist(), "file": run.rel(path)})
         out[name] = {"receptive_field_px": side, "channels": rows}
     return out
+
+
+def _load_png(run: Run, rel: str) -> torch.Tensor:
+    """A stored image as uint8 [C, H, W]."""
+    img = torch.from_numpy(np.array(Image.open(io.BytesIO(run.read_file_bytes(rel)))))
+    return img.permute(2, 0, 1) if img.dim() == 3 else img[None]
+
+
+def _normalize(imgs: torch.Tensor, mean: list[float], std: list[float], size: int) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> the model's input at ``size`` px: resized (antialiased) when needed,
+    channels matched to the data (an RGB render of a grayscale model is averaged), normalized."""
+    x = imgs.float() / 255.0
+    if x.shape[1] != len(mean):
+        x = x.mean(1, keepdim=True).expand(-1, len(mean), -1, -1)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
 def _crop(img: torch.Tensor, flat: int, feat: int, side: int) -> torch.Tensor:
@@ -261,14 +276,17 @@ def _crop(img: torch.Tensor, flat: int, feat: int, side: int) -> torch.Tensor:
     return crop
 
 
-def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress: Progress = _noop) -> dict[str, Any]:
+def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress: Progress = _noop,
+                renders: str | None = None) -> dict[str, Any]:
     """Compute every metric above and write RUN/analysis.json; returns the same dict.
 
-    Needs at least one trained epoch. Complexity needs renders (``featviz render``); without them the
-    section says which command to run instead of holding empty numbers.
+    Needs at least one trained epoch. Complexity and faithfulness use one render settings set:
+    ``renders`` (an id from ``featviz.renderset``), else the default settings' set, else the only one;
+    without renders those sections say which command to run instead of holding empty numbers.
     """
     from featviz.train import resolve_device
 
+    sid = choose_set(run.render_index(), int(run.meta["data"]["size"]), renders)  # a bad choice fails first
     epochs = run.snapshot_epochs()
     if len(epochs) < 2:
         raise RunError(f"run {run.name} has {max(len(epochs) - 1, 0)} trained epochs; analysis compares epochs, "
@@ -279,7 +297,8 @@ def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress
         raise RunError(f"run {run.name} has fewer than two readable snapshots: {'; '.join(bad.values())}")
     epochs = sorted(loaded)
     snaps = [loaded[e] for e in epochs]
-    result: dict[str, Any] = {"epochs": epochs, "layers": [layer["name"] for layer in run.meta["layers"]]}
+    result: dict[str, Any] = {"epochs": epochs, "layers": [layer["name"] for layer in run.meta["layers"]],
+                              "renders": sid}
     if bad:
         result["skipped_epochs"] = {str(e): msg for e, msg in sorted(bad.items())}
     recs = run.metrics(strict=False)
@@ -301,15 +320,18 @@ def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress
         rf: dict[str, Any] = {}
         for e in (epochs[0], epochs[-1]):
             model = load_model_at(run, e, dev, loaded[e])
+            recalibrate_batchnorm(model, probe.to(dev))  # as for CKA: the statistics of the probe images
             for layer, theo in zip(run.meta["layers"], rfs):
                 eff = effective_receptive_field(model, layer["name"], probe[:64].to(dev))
                 rf.setdefault(layer["name"], {"theoretical_px": theo, "image_px": run.meta["data"]["size"]})
-                rf[layer["name"]][f"effective_px_epoch_{e}"] = min(eff["effective_px"], theo)
+                rf[layer["name"]][f"effective_px_epoch_{e}"] = eff["effective_px"]  # raw: never clamped
+                rf[layer["name"]][f"outside_fraction_epoch_{e}"] = eff["outside_fraction"]
+                rf[layer["name"]][f"centre_px_epoch_{e}"] = eff["centre_px"]
         result["receptive_field"] = rf
         progress("receptive fields", 1, 1)
-        result["faithfulness"] = faithfulness(run, val, raw, dev, snaps=loaded)
+        result["faithfulness"] = faithfulness(run, val, raw, dev, sid, snaps=loaded)
         progress("faithfulness", 1, 1)
-    comp = complexity(run)
+    comp = complexity(run, sid)
     result["complexity"] = comp or {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     result["reading"] = reading(result, run.meta["data"]["size"])
     run.write_analysis(result)

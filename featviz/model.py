@@ -99,3 +99,33 @@ def response_layer(model: nn.Module, conv_name: str) -> str:
     if i + 1 < len(names) and isinstance(mods[names[i + 1]], nn.BatchNorm2d):
         return names[i + 1]
     return conv_name
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, chunk: int = 1000) -> int:
+    """Replace every BatchNorm's running statistics by the statistics of ``images`` (normalized input
+    [N, C, H, W]), then put the model in eval mode. Returns how many BatchNorm layers were reset.
+
+    Used before measuring representations: a snapshot's own running statistics are 0/1 at the init and
+    lag behind the weights within an epoch, so they would move CKA by themselves. Each BatchNorm gets
+    the exact mean and (unbiased) variance over all of ``images`` when they fit in one ``chunk``; in
+    chunks, PyTorch's cumulative average of the per-chunk statistics.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = [(m, m.momentum) for m in bns]
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the chunks
+        model.eval()  # only the BatchNorms use batch statistics (dropout and the like stay off)
+        for m in bns:
+            m.train()
+        for part in images.split(chunk):
+            model(part)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.eval()
+    return len(bns)

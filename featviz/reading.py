@@ -20,7 +20,9 @@ def _updates(a: dict[str, Any]) -> str:
     first = [r[1] for r in rel.values() if len(r) > 1 and r[1] is not None]
     last = [r[-1] for r in rel.values() if len(r) > 1 and r[-1] is not None]
     unchanged = sum(len(a["filter_updates"][n]["unchanged_filters"]) for n in a["layers"])
-    text = (f"Backpropagation changed every layer's filters: by the last epoch their direction had turned by "
+    subject = ("Backpropagation changed every layer's filters" if rot[lo] > 0 else
+               "Backpropagation did not change every layer's filters")
+    text = (f"{subject}: by the last epoch their direction had turned by "
             f"1 - cos = {rot[lo]:.2f} ({lo}) to {rot[hi]:.2f} ({hi}) from the random init")
     if first and last:
         text += (f", and the change per epoch fell from {max(first):.2f} at most in epoch {a['epochs'][1]} "
@@ -29,11 +31,26 @@ def _updates(a: dict[str, Any]) -> str:
     return text
 
 
+def shallow_first(order: list[int | None]) -> str:
+    """The shallow-first criterion on the snapshot at which each depth settled (depth 1 first; None =
+    never settled): "shown" when the values never decrease with depth and depth 1 settled strictly
+    before the deepest layer; "tie" when every depth settled at the same snapshot; else "not shown"."""
+    if len(order) < 2 or any(x is None for x in order):
+        return "not shown"
+    if all(x == order[0] for x in order):
+        return "tie"
+    if all(x <= y for x, y in zip(order, order[1:])) and order[0] < order[-1]:
+        return "shown"
+    return "not shown"
+
+
 def _verdict(order: list[int | None]) -> str:
-    settled = [x if x is not None else 10**9 for x in order]
-    if all(x <= y for x, y in zip(settled, settled[1:])):
-        return "so shallow layers settled first, as bottom-up convergence predicts"
-    return "so the layers did not settle strictly from shallow to deep in this run"
+    verdict = shallow_first(order)
+    if verdict == "shown":
+        return "so shallow layers settled first (no deeper layer before a shallower one, depth 1 before the deepest)"
+    if verdict == "tie":
+        return "a tie: every layer settled at the same snapshot, so this run does not show shallow layers settling first"
+    return "so this run does not show shallow layers settling first"
 
 
 def _convergence(a: dict[str, Any]) -> str:
@@ -41,13 +58,14 @@ def _convergence(a: dict[str, Any]) -> str:
     if "skipped" in conv:
         return ""
     at = {n: first_epoch_above(conv[n]["cka_to_final"], 0.9, a["epochs"]) for n in a["layers"]}
-    text = "Each layer's activations reached CKA >= 0.9 with their final form " + ", ".join(
-        f"{n} at epoch {e}" for n, e in at.items())
+    text = "Each layer's activations reached debiased CKA >= 0.9 with their final form for good " + ", ".join(
+        f"{n} at epoch {e}" if e is not None else f"{n} never" for n, e in at.items())
     order = [at[n] for n in a["layers"]]
     if all("by_step" in conv[n] for n in a["layers"]):  # finer: within-epoch snapshots
         steps = {n: first_epoch_above(conv[n]["by_step"]["cka_to_final"], 0.9, conv[n]["by_step"]["steps"])
                  for n in a["layers"]}
-        text += "; in optimizer steps: " + ", ".join(f"{n} at step {s}" for n, s in steps.items())
+        text += "; in optimizer steps: " + ", ".join(
+            f"{n} at step {s}" if s is not None else f"{n} never" for n, s in steps.items())
         order = [steps[n] for n in a["layers"]]
     dead = sum(len(conv[n]["dead_channels"]) for n in a["layers"])
     tail = f" {dead} channels never responded on the probe images (marked dead below)." if dead else ""
@@ -68,8 +86,13 @@ def _complexity(a: dict[str, Any]) -> str:
             f"per pixel from depth 1 to {len(last)} at epoch {epochs[-1]}" if rising else
             f"Activation-maximization complexity does not rise strictly with depth at epoch {epochs[-1]} "
             f"({', '.join(f'{x:.1f}' for x in last)} zlib bits per pixel by depth)")
-    if epochs[0] == 0 and len(init) == len(last):
+    if epochs[0] == 0 and len(init) == len(last) and epochs[0] != epochs[-1]:
         text += f", against {', '.join(f'{x:.1f}' for x in init)} for the random init (the baseline)"
+        if all(x < y for x, y in zip(init, init[1:])):
+            text += ("; the random init's images rise with depth as well, so this ordering does not need training"
+                     if rising else "; the random init's images do rise with depth")
+    if a.get("renders"):
+        text += f" (renders: {a['renders']})"
     return text + "."
 
 

@@ -10,10 +10,11 @@ from typing import Any, Callable
 
 import torch
 
-from featviz.config import ModelConfig, RenderConfig, from_dict, parse_epochs, to_dict
+from featviz.config import ModelConfig, RenderConfig, from_dict, parse_epochs
 from featviz.errors import ConfigError, RunError
 from featviz.filters import evolution_strip, filter_grid, gif_bytes, layer_scale, png_bytes
 from featviz.model import build_model, response_layer
+from featviz.renderset import am_settings, record_set, settings_id
 from featviz.store import Run
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -80,12 +81,6 @@ def load_model_at(run: Run, epoch: int, device: torch.device,
     return model.to(device).eval()
 
 
-def _am_settings(cfg: RenderConfig, size: int) -> dict[str, Any]:
-    """What makes two activation-maximization renders the same (the reuse key)."""
-    keep = ("steps", "param", "transforms", "lr", "seed")
-    return {**{k: v for k, v in to_dict(cfg).items() if k in keep}, "size": size, "target": "response"}
-
-
 def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg: RenderConfig,
                   device: torch.device, progress: Progress = _noop,
                   snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> int:
@@ -94,7 +89,8 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
     The objective is each channel's mean response: the output of the BatchNorm after the conv when
     there is one (see ``model.response_layer``), else the conv's output.
 
-    Writes one PNG per channel and one grid per (layer, epoch); returns how many images were rendered.
+    Writes one PNG per channel and one grid per (layer, epoch) under ``renders/am/<settings id>/``
+    (see ``featviz.renderset``); returns how many images were rendered.
     ``snaps``: epoch -> snapshot, where the caller has them loaded already.
     """
     from featviz.optvis import render_channels
@@ -102,7 +98,8 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
 
     data = run.meta["data"]
     size = cfg.size or int(data["size"])
-    settings = _am_settings(cfg, size)
+    settings = am_settings(cfg, size)
+    sid = settings_id(settings)  # one folder per settings set: other settings never overwrite these
     color = torch.tensor(data["color_matrix"]) if data.get("color_matrix") else None
     done = {r["file"]: r for r in run.render_index()}
     total, count, rendered = len(layers) * len(epochs), 0, 0
@@ -111,9 +108,9 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
         for layer in layers:
             name = layer["name"]
             chans = list(cfg.channels) or list(range(layer["out_ch"]))
-            base = f"am/{name}/epoch_{epoch:03d}"
+            base = f"am/{sid}/{name}/epoch_{epoch:03d}"
             files = [f"renders/{base}/ch_{c:04d}.png" for c in chans]
-            if not cfg.force and all(done.get(f, {}).get("settings") == settings for f in files):
+            if not cfg.force and all(f in done and record_set(done[f]) == sid for f in files):
                 count += 1
                 progress("activation maximization", count, total)
                 continue
@@ -127,12 +124,12 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
             for c, img, val in zip(chans, imgs, res.values.tolist()):
                 path = run.write_artifact("renders", f"{base}/ch_{c:04d}.png", png_bytes(img))
                 recs.append({"kind": "am", "layer": name, "depth": layer["depth"], "epoch": epoch, "channel": c,
-                             "file": run.rel(path), "activation": val, "settings": settings})
+                             "file": run.rel(path), "activation": val, "settings": settings, "settings_id": sid})
             grid = make_grid(imgs, nrow=max(1, int(len(chans) ** 0.5)), padding=1, pad_value=255)
             path = run.write_artifact("renders", f"{base}/grid.png", png_bytes(grid))
             full = {k: v for k, v in res.settings.items() if k != "elapsed_s"}  # every knob, once per batch
             recs.append({"kind": "am_grid", "layer": name, "depth": layer["depth"], "epoch": epoch,
-                         "file": run.rel(path), "settings": settings, "render_settings": full,
+                         "file": run.rel(path), "settings": settings, "settings_id": sid, "render_settings": full,
                          "elapsed_s": res.settings.get("elapsed_s")})
             run.add_renders(recs)
             rendered += len(chans)
@@ -164,6 +161,7 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: Progress 
     rendered = render_actmax(run, layers, epochs, cfg, device, progress, snaps)
     gallery = build_gallery(run)
     skipped = sorted(bad.items()) if cfg.filters else []
-    return {"epochs": epochs, "layers": [layer["name"] for layer in layers], "filter_files": written,
+    sid = settings_id(am_settings(cfg, cfg.size or int(run.meta["data"]["size"])))
+    return {"epochs": epochs, "layers": [layer["name"] for layer in layers], "filter_files": written, "renders": sid,
             "am_images": rendered, "gallery": gallery, "device": str(device),
             "skipped": [f"epoch {e} left out of the filter images: {msg}" for e, msg in skipped]}

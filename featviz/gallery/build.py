@@ -11,8 +11,10 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from featviz.errors import ConfigError
 from featviz.metrics import theoretical_receptive_fields
 from featviz.plots import available, training_curves
+from featviz.renderset import am_sets, choose_set, record_set
 from featviz.store import Run
 
 
@@ -42,7 +44,8 @@ def _faith(analysis: dict[str, Any] | None, name: str) -> tuple[dict[int, dict[s
     return rows, dead
 
 
-def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | None = None,
+            sid: str | None = None) -> list[dict[str, Any]]:
     model = run.meta["configs"]["model"]
     rfs = theoretical_receptive_fields(model["kernels"], model["strides"], model["pools"])
     size = run.meta["data"]["size"]
@@ -51,7 +54,7 @@ def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | No
         name, d = layer["name"], layer["depth"]
         recs = [r for r in index if r.get("layer") == name]
         filters = sorted((r for r in recs if r["kind"] == "filters"), key=lambda r: r["epoch"])
-        am = [r for r in recs if r["kind"] == "am"]
+        am = [r for r in recs if r["kind"] == "am" and record_set(r) == sid]
         am_epochs = sorted({r["epoch"] for r in am})
         channels = sorted({r["channel"] for r in am})
         by = {(r["channel"], r["epoch"]): r for r in am}
@@ -76,19 +79,41 @@ def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | No
     return out
 
 
-def build_gallery(run: Run) -> str:
-    """Write RUN/gallery/index.html (+ curves.png) and return the index path."""
+def gallery_set(index: list[dict[str, Any]], size: int, analysis: dict[str, Any] | None,
+                requested: str | None = None) -> str | None:
+    """The render settings set the gallery shows: ``requested`` (must exist), else the one the analysis
+    used, else ``renderset.choose_set``'s choice, else (several sets, none the default) the first by name."""
+    if requested:
+        return choose_set(index, size, requested)
+    sets = am_sets(index)
+    if analysis and analysis.get("renders") in sets:
+        return analysis["renders"]
+    try:
+        return choose_set(index, size)
+    except ConfigError:
+        return sorted(sets)[0]
+
+
+def build_gallery(run: Run, renders: str | None = None) -> str:
+    """Write RUN/gallery/index.html (+ curves.png) and return the index path.
+
+    ``renders``: the activation-maximization settings set to show (see ``gallery_set``)."""
     metrics = run.metrics(strict=False)
     index = run.render_index()
+    analysis = run.read_analysis()
+    sid = gallery_set(index, int(run.meta["data"]["size"]), analysis, renders)
     if metrics:
         run.write_artifact("gallery", "curves.png", training_curves(metrics))
     last = metrics[-1] if metrics else {}
-    am_settings = next((r.get("settings") for r in index if r["kind"] == "am"), None)
-    analysis = run.read_analysis()
+    sets = am_sets(index)
+    am_settings = sets.get(sid) if sid else None
+    if analysis and analysis.get("renders", sid) != sid:
+        analysis = {k: v for k, v in analysis.items() if k not in ("faithfulness",)}  # r belongs to another set
     plots = [f"../analysis/{k}.png" for k in available(analysis)] if analysis else []
     html = _env().get_template("index.html.j2").render(
-        run=run.meta, name=run.name, last=last, metrics=metrics, depths=_depths(run, index, analysis),
+        run=run.meta, name=run.name, last=last, metrics=metrics, depths=_depths(run, index, analysis, sid),
         reading=analysis.get("reading") if analysis else None, plots=plots,
-        has_curves=bool(metrics), am_settings=am_settings, epochs_done=run.epochs_done, complete=run.complete,
+        has_curves=bool(metrics), am_settings=am_settings, am_set=sid,
+        other_sets=sorted(x for x in sets if x != sid), epochs_done=run.epochs_done, complete=run.complete,
     )
     return str(run.write_artifact("gallery", "index.html", html.encode()))

@@ -1,0 +1,71 @@
+"""Render settings sets: every activation-maximization image belongs to exactly one.
+
+A set is the settings that decide what an image looks like (steps, parametrization, transforms, lr,
+seed, size, target). Its id, e.g. ``fourier-standard-256st-lr0.05-s0-32px``, names the folder the
+images live in (``renders/am/<id>/<layer>/epoch_XXX/``), so renders made with other settings never
+overwrite or mix with these. ``analyze`` and the gallery use one set at a time: the one asked for,
+else the default settings' set, else the only one there is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from featviz.config import RenderConfig, to_dict
+from featviz.errors import ConfigError
+
+KEYS = ("steps", "param", "transforms", "lr", "seed")
+
+
+def am_settings(cfg: RenderConfig, size: int) -> dict[str, Any]:
+    """What makes two activation-maximization renders the same (the reuse key)."""
+    return {**{k: v for k, v in to_dict(cfg).items() if k in KEYS}, "size": size, "target": "response"}
+
+
+def settings_id(settings: dict[str, Any]) -> str:
+    """The folder name of a settings set; a pure function of the settings."""
+    sid = (f"{settings.get('param')}-{settings.get('transforms')}-{settings.get('steps')}st-"
+           f"lr{float(settings.get('lr', 0)):g}-s{settings.get('seed')}-{settings.get('size')}px")
+    if settings.get("target", "response") != "response":
+        sid += f"-{settings['target']}"
+    return sid
+
+
+def record_set(rec: dict[str, Any]) -> str:
+    """The set of a renders.jsonl record (records written before sets existed carry only settings)."""
+    return rec.get("settings_id") or settings_id(rec.get("settings") or {})
+
+
+def am_sets(index: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every settings set in a render index: id -> its settings."""
+    out: dict[str, dict[str, Any]] = {}
+    for rec in index:
+        if rec.get("kind") == "am":
+            out.setdefault(record_set(rec), rec.get("settings") or {})
+    return out
+
+
+def choose_set(index: list[dict[str, Any]], size: int, requested: str | None = None) -> str | None:
+    """The set to analyze or show: ``requested`` (must exist), else the default settings' set at the
+    run's image ``size``, else the only set; None when there are no renders. Several sets and no
+    default is a ConfigError that lists them."""
+    sets = am_sets(index)
+    if requested:
+        if requested not in sets:
+            have = ", ".join(sorted(sets)) or "none (run featviz render first)"
+            raise ConfigError(f"no renders with settings {requested!r}; this run has: {have}")
+        return requested
+    if not sets:
+        return None
+    default = settings_id(am_settings(RenderConfig(), size))
+    if default in sets:
+        return default
+    if len(sets) == 1:
+        return next(iter(sets))
+    raise ConfigError(f"this run has several render settings sets and none is the default; choose one with "
+                      f"--renders: {', '.join(sorted(sets))}")
+
+
+def records_of(index: list[dict[str, Any]], sid: str | None) -> list[dict[str, Any]]:
+    """The activation-maximization records (images and grids) of set ``sid``."""
+    return [r for r in index if r.get("kind") in ("am", "am_grid") and sid is not None and record_set(r) == sid]
