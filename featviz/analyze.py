@@ -253,13 +253,16 @@ def _load_png(run: Run, rel: str) -> torch.Tensor:
 
 
 def _normalize(imgs: torch.Tensor, mean: list[float], std: list[float], size: int) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> the model's input at ``size`` px: resized (antialiased) when needed,
-    channels matched to the data (an RGB render of a grayscale model is averaged), normalized."""
+    """uint8 [N, C, H, W] -> the model's input at ``size`` px, normalized: resized when needed (area
+    averaging to shrink, bilinear to enlarge), channels matched to the data (an RGB render of a
+    grayscale model is averaged)."""
     x = imgs.float() / 255.0
     if x.shape[1] != len(mean):
         x = x.mean(1, keepdim=True).expand(-1, len(mean), -1, -1)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if x.shape[-1] > size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+    elif x.shape[-1] < size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 

@@ -119,7 +119,8 @@ def spectrum_slope(img: torch.Tensor, band: tuple[int, int] | None = None) -> fl
     ``img`` [C, H, W] (uint8, or float in 0..1; channels averaged to luminance). Steps: subtract the
     least-squares plane (a brightness gradient is not texture), multiply by a 2-D Hann window (so the
     border of a non-periodic image adds no power), FFT, average the power in rings of integer radius
-    k cycles per image, and fit a line to log power against log k over ``band`` (default: k = 2 to
+    k cycles per image, and fit a line to log power against log k over ``band``, each ring weighted by
+    its number of frequencies (default band: k = 2 to
     min(H, W) / 2 - 2: above the window's leakage around DC, below the Nyquist corners).
     About -a for an image whose power falls as 1/f^a (natural images ~ -2), 0 for white noise.
     None for a flat image: one whose residual after the plane is below half a grey level (a pure
@@ -142,17 +143,18 @@ def spectrum_slope(img: torch.Tensor, band: tuple[int, int] | None = None) -> fl
     fx = torch.fft.fftfreq(w, dtype=torch.float64).view(1, -1) * w
     bins = torch.sqrt(fy ** 2 + fx ** 2).round().long()
     lo, hi = band or (2, min(h, w) // 2 - 2)
-    ks, ps = [], []
+    ks, ps, ns = [], [], []
     for k in range(max(lo, 1), hi + 1):
         sel = bins == k
         if sel.any():
             ks.append(math.log(k))
             ps.append(math.log(float(power[sel].mean()) + 1e-30))
+            ns.append(float(sel.sum()))
     if len(ks) < 2:
         raise ValueError(f"image of {h}x{w} px is too small for the band {lo}..{hi} cycles per image")
-    kt, pt = torch.tensor(ks), torch.tensor(ps)
-    kc = kt - kt.mean()
-    return float((kc * (pt - pt.mean())).sum() / (kc * kc).sum())
+    kt, pt, wt = torch.tensor(ks), torch.tensor(ps), torch.tensor(ns)  # each ring weighted by its frequencies
+    km, pm = (wt * kt).sum() / wt.sum(), (wt * pt).sum() / wt.sum()
+    return float((wt * (kt - km) * (pt - pm)).sum() / (wt * (kt - km) ** 2).sum())
 
 
 # ----------------------------------------------------------------------------- effective receptive field

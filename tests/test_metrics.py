@@ -1,4 +1,4 @@
-"""Each metric against a hand-computed value on tiny inputs (SCIENCE.md)."""
+"""Each metric against a known answer on constructed inputs (definitions: docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
+from torch import nn
+
 from featviz.metrics import (
-    linear_cka, per_filter_change, relative_change, rotation, spectrum_slope, theoretical_receptive_fields,
-    zlib_bits_per_pixel,
+    effective_receptive_field, linear_cka, per_filter_change, relative_change, rotation, spectrum_slope,
+    theoretical_receptive_fields, zlib_bits_per_pixel,
 )
 
 
@@ -42,9 +44,27 @@ def test_linear_cka_identity_orthogonal_and_scale_invariance() -> None:
     assert linear_cka(x, 7.5 * x) == pytest.approx(1.0)
     assert linear_cka(x, x + 3.0) == pytest.approx(1.0)  # centring removes offsets
     y = torch.randn(200, 10, generator=g)
-    assert linear_cka(x, y) < 0.2  # independent noise shares little
+    assert linear_cka(x, y @ q) == pytest.approx(linear_cka(x, y), abs=1e-7)  # rotating one side changes nothing
+    assert linear_cka(2.0 * x, 0.1 * y) == pytest.approx(linear_cka(x, y), abs=1e-7)
     with pytest.raises(ValueError):
         linear_cka(x, y[:100])
+
+
+@pytest.mark.parametrize("width", [16, 128, 512])
+def test_debiased_cka_of_independent_features_is_zero_at_any_width(width: int) -> None:
+    g = torch.Generator().manual_seed(width)
+    x, y = torch.randn(1000, width, generator=g), torch.randn(1000, width, generator=g)
+    assert linear_cka(x, y) == pytest.approx(0.0, abs=0.03)
+    # the plain estimator is what this replaces: it grows with width (about d / (n + d) for noise)
+    assert linear_cka(x, y, debiased=False) == pytest.approx(width / (1000 + width), rel=0.25)
+
+
+def test_biased_and_debiased_cka_agree_on_a_similar_pair() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1000, 32, generator=g) @ torch.randn(32, 32, generator=g)
+    y = x + 0.05 * x.std() * torch.randn(1000, 32, generator=g)
+    hi, lo = linear_cka(x, y, debiased=False), linear_cka(x, y)
+    assert hi > 0.98 and lo == pytest.approx(hi, abs=0.01)
 
 
 def test_zlib_bits_per_pixel_constant_and_noise() -> None:
@@ -56,18 +76,109 @@ def test_zlib_bits_per_pixel_constant_and_noise() -> None:
     assert zlib_bits_per_pixel(grey) == pytest.approx(8.0, rel=0.03)
 
 
-def test_spectrum_slope_of_white_noise_and_power_law_images() -> None:
-    g = torch.Generator().manual_seed(4)
-    white = torch.rand(1, 128, 128, generator=g)
-    assert spectrum_slope(white) == pytest.approx(0.0, abs=0.3)
-    # an image built with amplitude 1/f has power 1/f^2: slope -2
-    fy = torch.fft.fftfreq(128).view(-1, 1)
-    fx = torch.fft.fftfreq(128).view(1, -1)
+def _power_law(n: int, a: float, g: torch.Generator, crop: int | None = None) -> torch.Tensor:
+    """A 1-channel image whose power spectrum is exactly 1/f^a (random phases); with ``crop``, the
+    top-left crop x crop of an n x n such image, which is not periodic."""
+    fy = torch.fft.fftfreq(n, dtype=torch.float64).view(-1, 1)
+    fx = torch.fft.fftfreq(n, dtype=torch.float64).view(1, -1)
     f = torch.sqrt(fy ** 2 + fx ** 2)
     f[0, 0] = 1.0
-    phase = torch.rand(128, 128, generator=g) * 2 * math.pi
-    pink = torch.fft.ifft2(torch.polar(1 / f, phase)).real
-    assert spectrum_slope(pink[None]) == pytest.approx(-2.0, abs=0.25)
+    amp = f ** (-a / 2)
+    amp[0, 0] = 0.0
+    phase = torch.rand(n, n, generator=g, dtype=torch.float64) * 2 * math.pi
+    img = torch.fft.ifft2(torch.polar(amp, phase)).real
+    img = img[:crop, :crop] if crop else img
+    return ((img - img.min()) / (img.max() - img.min()))[None]  # 0..1, as images are stored
+
+
+@pytest.mark.parametrize("a", [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("periodic", [True, False])
+def test_spectrum_slope_recovers_known_power_laws(a: float, periodic: bool) -> None:
+    g = torch.Generator().manual_seed(int(10 * a) + periodic)
+    img = _power_law(128, a, g) if periodic else _power_law(512, a, g, crop=128)
+    assert spectrum_slope(img) == pytest.approx(-a, abs=0.15)
+    # at the 32 px of the default run, single images scatter more; the mean of 16 is still right
+    small = [spectrum_slope(_power_law(32, a, g) if periodic else _power_law(128, a, g, crop=32)) for _ in range(16)]
+    assert sum(small) / len(small) == pytest.approx(-a, abs=0.15)
+
+
+def test_spectrum_slope_of_white_noise_ramp_and_flat_images() -> None:
+    g = torch.Generator().manual_seed(4)
+    assert spectrum_slope(torch.rand(1, 128, 128, generator=g)) == pytest.approx(0.0, abs=0.15)
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 32).expand(3, 32, 32)
+    assert spectrum_slope(ramp) is None  # a gradient is flat after the plane: no steep spectrum (it was -2.7)
+    assert spectrum_slope((ramp * 255).round().to(torch.uint8)) is None  # also once quantized
+    assert spectrum_slope(torch.full((3, 32, 32), 0.5)) is None
+    noisy_ramp = ramp + 0.05 * torch.rand(3, 32, 32, generator=g)
+    assert spectrum_slope(noisy_ramp) == pytest.approx(0.0, abs=0.5)  # the ramp adds nothing; the noise is white
+
+
+# ----------------------------------------------------------------------------- effective receptive field
+def _ones_conv(cin: int, cout: int, k: int, **kw) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, k, bias=False, **kw)
+    nn.init.ones_(conv.weight)
+    return conv
+
+
+@pytest.mark.parametrize("size", [31, 32])
+def test_effective_field_of_one_5x5_conv_is_5(size: int) -> None:
+    model = nn.Sequential(_ones_conv(3, 2, 5, padding=2)).eval()
+    out = effective_receptive_field(model, "0", torch.rand(4, 3, size, size))
+    assert out["effective_px"] == 5 and out["outside_fraction"] == 0.0
+    centre = (size - 1) / 2
+    assert all(abs(c - centre) <= 0.5 for c in out["centre_px"])
+    assert out["mass_offset_px"] == pytest.approx([0.0, 0.0], abs=1e-9)
+
+
+def test_two_3x3_convs_with_positive_weights_give_a_centred_field_of_at_most_5() -> None:
+    model = nn.Sequential(_ones_conv(3, 4, 3, padding=1), _ones_conv(4, 4, 3, padding=1)).eval()
+    out = effective_receptive_field(model, "1", torch.rand(4, 3, 33, 33))
+    assert 3 <= out["effective_px"] <= 5
+    assert out["mass_offset_px"] == pytest.approx([0.0, 0.0], abs=1e-9)
+    assert out["centre_px"] == [16.0, 16.0]
+
+
+@pytest.mark.parametrize("pools,side", [(3, 4), (2, 8)])
+def test_even_sized_maps_are_measured_at_the_image_centre(pools: int, side: int) -> None:
+    """The default SmallCNN's geometry (5x5 then 3x3 convs with 'same' padding, 2x2 pools) on 32 px:
+    its 4x4 map's units sit at pixels 3.5, 11.5, 19.5, 27.5; the unit at index h//2 was 4 px off-centre."""
+    layers: list[nn.Module] = [_ones_conv(3, 4, 5, padding=2)]
+    for _ in range(pools):
+        layers += [nn.MaxPool2d(2), _ones_conv(4, 4, 3, padding=1)]
+    model = nn.Sequential(*layers).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert model(x).shape[-1] == side
+    out = effective_receptive_field(model, str(len(layers) - 1), x)
+    assert out["centre_px"] == pytest.approx([15.5, 15.5], abs=0.5)
+    assert len(out["units"]) == 4 and out["traced"]
+    assert out["effective_px"] <= theoretical_receptive_fields((5,) + (3,) * pools, (1,) * (pools + 1),
+                                                               (True,) * pools + (False,))[-1]
+
+
+def test_effective_field_is_reported_raw_with_its_share_outside_the_image() -> None:
+    """A 9x9 conv on a 4 px image: its gradient fills the image, so the smallest centred square that
+    holds 90% is 5 px, larger than the image, with 1 - 16/25 of it outside."""
+    model = nn.Sequential(_ones_conv(1, 1, 9, padding=4)).eval()
+    out = effective_receptive_field(model, "0", torch.rand(2, 1, 4, 4))
+    assert out["effective_px"] == 5 and out["outside_fraction"] == pytest.approx(1 - 16 / 25)
+
+
+def test_colour_channels_of_opposite_sign_do_not_cancel() -> None:
+    conv = nn.Conv2d(3, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0] = 1.0
+        conv.weight[0, 1] = -1.0  # a signed sum over colour channels would be 0 everywhere
+    out = effective_receptive_field(nn.Sequential(conv).eval(), "0", torch.rand(2, 3, 15, 15))
+    assert out["effective_px"] == 3
+
+
+def test_unpadded_convs_are_traced_not_assumed() -> None:
+    """No padding: a 5x5 conv on 20 px gives a 16 px map whose unit i is centred at pixel i + 2."""
+    model = nn.Sequential(_ones_conv(1, 1, 5)).eval()
+    out = effective_receptive_field(model, "0", torch.rand(2, 1, 20, 20))
+    assert out["traced"] and out["centre_px"] == pytest.approx([9.5, 9.5])
+    assert out["effective_px"] == 5
 
 
 def test_theoretical_receptive_fields_by_hand() -> None:
