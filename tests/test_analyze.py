@@ -129,3 +129,156 @@ def test_cli_analyze(analyzed, cli, tmp_path: Path) -> None:
     assert code == 0 and "features.conv1" in out and "analysis.json" in err
     code, out, err = cli(["analyze", tmp_path])
     assert code != 0 and err.strip().startswith("featviz: error:") and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- runs with known answers
+def _rebuild(run_src: Run, dst: Path, states: list[dict[str, torch.Tensor]]) -> Run:
+    """A copy of ``run_src`` whose epoch snapshots are ``states`` (hashes recorded anew), without renders."""
+    shutil.copytree(run_src.path, dst, ignore=shutil.ignore_patterns("renders*", "analysis*", "gallery"))
+    run = Run.open(dst)
+    for e, state in enumerate(states):
+        run.save_snapshot(run.snapshot_file(e), state)
+    (dst / "manifest.json").unlink()
+    run.write_manifest(len(states) - 1)
+    return run
+
+
+def _add_am(run: Run, layer: str, depth: int, channel: int, epoch: int, img: torch.Tensor, settings: dict) -> None:
+    from featviz.filters import png_bytes
+    from featviz.renderset import settings_id
+
+    sid = settings_id(settings)
+    path = run.write_artifact("renders", f"am/{sid}/{layer}/epoch_{epoch:03d}/ch_{channel:04d}.png", png_bytes(img))
+    run.add_renders([{"kind": "am", "layer": layer, "depth": depth, "epoch": epoch, "channel": channel,
+                      "file": run.rel(path), "activation": 123.0, "settings": settings, "settings_id": sid}])
+
+
+@pytest.fixture(scope="module")
+def known(tiny_run, tmp_path_factory) -> tuple[Run, dict, dict]:
+    """Snapshots with known properties: conv1 filter 0 is zero from the init on (never changes, never
+    fires); conv2 channel 3 has BatchNorm shift -100 at the end (never fires); at epoch 1 depth 1 is
+    already final while depth 2 is a constant (its BatchNorm scale is 0): CKA 1 and 0 by construction.
+    Activation-maximization images: conv1 channel 1's is its own top validation image, rendered at
+    twice the run's size (nearest-neighbour), so r = 1 exactly; conv1 channel 0's is flat grey."""
+    from featviz.analyze import _probe
+    from featviz.render import load_model_at
+
+    s0, s1, s2 = (dict(tiny_run.load_snapshot(e)) for e in (0, 1, 2))
+    for s in (s0, s1, s2):
+        s["features.conv1.weight"] = s["features.conv1.weight"].clone()
+        s["features.conv1.weight"][0] = 0
+        s["features.bn1.bias"] = s["features.bn1.bias"].clone()
+        s["features.bn1.bias"][0] = 0
+    s2["features.bn2.bias"] = s2["features.bn2.bias"].clone()
+    s2["features.bn2.bias"][3] = -100.0
+    s1 = dict(s2)
+    s1["features.bn2.weight"] = torch.zeros_like(s2["features.bn2.weight"])
+    run = _rebuild(tiny_run, tmp_path_factory.mktemp("known") / "known", [s0, s1, s2])
+    val, raw = _probe(run, None)
+    model = load_model_at(run, 2, torch.device("cpu"), s2)
+    from featviz.hooks import capture
+
+    with capture(model, ["features.bn1"], detach=True) as acts:
+        model(val)
+    means = acts["features.bn1"].mean((2, 3))  # [N, C]
+    top = int(means[:, 1].argmax())
+    settings = {"steps": 4, "param": "fourier", "transforms": "standard", "lr": 0.05, "seed": 0, "size": 32,
+                "target": "response"}
+    big = raw[top].repeat_interleave(2, 1).repeat_interleave(2, 2)  # 16 -> 32 px, same content
+    _add_am(run, "features.conv1", 1, 1, 2, big, settings)
+    _add_am(run, "features.conv1", 1, 0, 2, torch.full((3, 32, 32), 128, dtype=torch.uint8), settings)
+    _add_am(run, "features.conv2", 2, 3, 2, big, settings)
+    expected = {"top": top, "data_max": float(means[:, 1].max())}
+    return run, analyze_run(run, probe_size=50), expected
+
+
+def test_dead_and_unchanged_filters_are_found(known) -> None:
+    _, a, _ = known
+    assert a["filter_updates"]["features.conv1"]["unchanged_filters"] == [0]
+    assert a["filter_updates"]["features.conv2"]["unchanged_filters"] == []
+    assert a["convergence"]["features.conv1"]["dead_channels"] == [0]
+    assert a["convergence"]["features.conv2"]["dead_channels"] == [3]
+
+
+def test_cka_follows_the_constructed_order(known) -> None:
+    _, a, _ = known
+    c1, c2 = a["convergence"]["features.conv1"]["cka_to_final"], a["convergence"]["features.conv2"]["cka_to_final"]
+    assert c1[1] == pytest.approx(1.0, abs=1e-9) and c1[2] == pytest.approx(1.0, abs=1e-9)
+    assert c2[1] == 0.0 and c2[2] == pytest.approx(1.0, abs=1e-9)  # a constant representation shares nothing
+    assert c1[0] < 1.0 and a["convergence"]["features.conv1"]["cka_at_init"] == c1[0]
+    assert "features.conv1 at epoch 1, features.conv2 at epoch 2" in a["reading"]
+    assert "shallow layers settled first" in a["reading"]
+
+
+def test_faithfulness_r_is_measured_at_the_data_size(known) -> None:
+    _, a, expected = known
+    f = a["faithfulness"]
+    assert f["am_size_px"] == 32 and f["measured_at_px"] == 16 and f["epoch"] == 2
+    rows = {r["channel"]: r for r in f["features.conv1"]["channels"]}
+    assert rows[1]["r"] == pytest.approx(1.0, abs=1e-5)  # the AM image is the top data-set image
+    assert rows[1]["data_max"] == pytest.approx(expected["data_max"], rel=1e-5)
+    assert rows[1]["top"][0] == expected["top"]
+    assert rows[0]["r"] is None and rows[0]["data_max"] <= 0  # a zero filter: its response is the BatchNorm shift
+    dead = f["features.conv2"]["channels"][0]
+    assert dead["channel"] == 3 and dead["r"] is None and dead["data_max"] < -50
+
+
+def test_complexity_values_of_the_stored_images(known) -> None:
+    from featviz.metrics import zlib_bits_per_pixel
+
+    run, a, expected = known
+    c1 = a["complexity"]["features.conv1"]["2"]
+    assert c1["bpp"]["n"] == 2 and c1["flat"] == 1 and c1["slope"]["n"] == 1  # the grey image has no slope
+    from featviz.analyze import _load_png
+
+    files = sorted(r["file"] for r in run.render_index() if r["layer"] == "features.conv1")
+    bits = [zlib_bits_per_pixel(_load_png(run, f)) for f in files]
+    assert c1["bpp"]["mean"] == pytest.approx(sum(bits) / 2) and min(bits) < 0.5 < 2 < max(bits)
+
+
+def test_running_statistics_alone_do_not_move_cka(analyzed) -> None:
+    from featviz.analyze import _probe, convergence
+
+    run, _ = analyzed
+    loaded, _ = run.load_snapshots(run.snapshot_epochs())
+    probe = _probe(run, 40)[0]
+    base = convergence(run, probe, torch.device("cpu"), snaps=loaded)
+    g = torch.Generator().manual_seed(0)
+    moved = {e: dict(s) for e, s in loaded.items()}
+    for key in [k for k in moved[1] if k.endswith(("running_mean", "running_var"))]:
+        moved[1][key] = torch.rand(moved[1][key].shape, generator=g) * 5 + 0.1  # as if they lagged far behind
+    again = convergence(run, probe, torch.device("cpu"), snaps=moved)
+    for name in base:
+        assert again[name]["cka_to_final"] == pytest.approx(base[name]["cka_to_final"], abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- renders never mix
+def test_other_render_settings_never_overwrite_or_mix(tiny_run, tmp_path: Path, cli) -> None:
+    from featviz.renderset import am_settings, settings_id
+
+    dst = tmp_path / "mix"
+    shutil.copytree(tiny_run.path, dst)
+    run = Run.open(dst)
+    render_run(run, RenderConfig(epochs="all", steps=4))
+    default = settings_id(am_settings(RenderConfig(steps=4), 16))
+    first = {p: p.read_bytes() for p in (dst / "renders/am").rglob("*.png")}
+    assert first and all(f"renders/am/{default}/" in p.as_posix() for p in first)
+    render_run(run, RenderConfig(epochs="0,2", steps=4, param="pixel"))
+    pixel = settings_id(am_settings(RenderConfig(steps=4, param="pixel"), 16))
+    assert all(p.read_bytes() == b for p, b in first.items())  # the first set is untouched
+    assert len(list((dst / f"renders/am/{pixel}").rglob("ch_*.png"))) == 2 * (4 + 8)
+    # two sets, neither is the default settings' set (steps=4): analyze must be told which
+    with pytest.raises(Exception, match="several render settings sets"):
+        analyze_run(run, probe_size=20)
+    a = analyze_run(run, probe_size=20, renders=default)
+    assert a["renders"] == default and set(a["complexity"]["features.conv1"]) == {"0", "1", "2"}
+    assert a["faithfulness"]["renders"] == default
+    b = analyze_run(run, probe_size=20, renders=pixel)
+    assert b["renders"] == pixel and set(b["complexity"]["features.conv1"]) == {"0", "2"}
+    assert b["complexity"]["features.conv1"]["2"]["bpp"]["n"] == 4  # only that set's images
+    html = Path(build_gallery(run)).read_text()  # follows the analysis: the pixel set
+    assert f"am/{pixel}/" in html and f"am/{default}/" not in html and default in html  # named as another set
+    html = Path(build_gallery(run, default)).read_text()
+    assert f"am/{default}/" in html and f"am/{pixel}/" not in html
+    code, _, err = cli(["analyze", dst, "--renders", "nope"])
+    assert code != 0 and "'nope'" in err and pixel in err and len(err.strip().splitlines()) == 1
