@@ -49,7 +49,7 @@ def _verdict(order: list[int | None]) -> str:
     if verdict == "shown":
         return "so shallow layers settled first (no deeper layer before a shallower one, depth 1 before the deepest)"
     if verdict == "tie":
-        return "a tie: every layer settled at the same snapshot, so this run does not show shallow layers settling first"
+        return "a tie: every layer settled at the same snapshot, so shallow-first settling is not shown"
     return "so this run does not show shallow layers settling first"
 
 

@@ -40,14 +40,19 @@ def test_analysis_sections_hold_checked_values(analyzed) -> None:
         assert upd["rotation_from_init"][-1] > 0  # backprop moved the filters
         cka = a["convergence"][name]["cka_to_final"]
         assert len(cka) == 3 and cka[-1] == pytest.approx(1.0)
+        assert all(-0.1 < c < 1.0 - 1e-6 for c in cka[:-1])  # the init differs from the trained layer
+        assert a["convergence"][name]["cka_at_init"] == cka[0]
         rf = a["receptive_field"][name]
-        assert 0 < rf["effective_px_epoch_2"] <= rf["theoretical_px"]
+        assert 0 < rf["effective_px_epoch_2"] <= rf["theoretical_px"]  # no clamp: this can fail
+        assert rf["centre_px_epoch_2"] == [7.5, 7.5] or max(abs(c - 7.5) for c in rf["centre_px_epoch_2"]) <= 0.5
         comp = a["complexity"][name]
         assert set(comp) == {"0", "1", "2"} and comp["2"]["bpp"]["n"] == run.meta["layers"][a["layers"].index(name)]["out_ch"]
         rows = a["faithfulness"][name]["channels"]
-        assert len(rows) == len(a["faithfulness"][name]["channels"]) > 0
+        out_ch = run.meta["layers"][a["layers"].index(name)]["out_ch"]
+        assert [row["channel"] for row in rows] == list(range(out_ch))  # every rendered channel, once
         for row in rows:
             assert (run.path / row["file"]).is_file() and len(row["top"]) == 9
+            assert row["r"] is None or row["r"] == pytest.approx(row["am_activation"] / row["data_max"])
     assert a["receptive_field"]["features.conv1"]["theoretical_px"] == 5
     assert a["probe_images"] == 40
 
@@ -282,3 +287,32 @@ def test_other_render_settings_never_overwrite_or_mix(tiny_run, tmp_path: Path, 
     assert f"am/{default}/" in html and f"am/{pixel}/" not in html
     code, _, err = cli(["analyze", dst, "--renders", "nope"])
     assert code != 0 and "'nope'" in err and pixel in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- the reading's verdict
+@pytest.mark.parametrize("order,verdict", [
+    ([1, 1, 1, 1], "tie"), ([1, 2, 2, 3], "shown"), ([2, 1, 3, 4], "not shown"), ([1, 2, 2, 2], "shown"),
+    ([1, 1, 1, 2], "shown"), ([2, 2, 2, 1], "not shown"), ([1, 2, None, 3], "not shown"),
+])
+def test_shallow_first_criterion(order, verdict) -> None:
+    from featviz.reading import shallow_first
+
+    assert shallow_first(order) == verdict
+
+
+@pytest.mark.parametrize("settle,phrase", [
+    ([1, 1, 1, 1], "a tie"), ([1, 2, 2, 3], "so shallow layers settled first"),
+    ([2, 1, 3, 4], "does not show shallow layers settling first"),
+])
+def test_reading_states_only_what_the_numbers_show(settle, phrase) -> None:
+    from featviz.reading import reading
+
+    epochs = [0, 1, 2, 3, 4]
+    layers = [f"c{d}" for d in range(1, 5)]
+    conv = {n: {"cka_to_final": [0.5 if e < s else 0.95 for e in epochs], "dead_channels": []}
+            for n, s in zip(layers, settle)}
+    upd = {n: {"rotation_from_init": [0, 0.2], "relative_change": [None, 0.1], "unchanged_filters": []} for n in layers}
+    text = reading({"layers": layers, "epochs": epochs, "convergence": conv, "filter_updates": upd}, 32)
+    assert phrase in text
+    others = {"a tie", "so shallow layers settled first", "does not show shallow layers settling first"} - {phrase}
+    assert not any(o in text for o in others) and "bottom-up" not in text
