@@ -21,7 +21,7 @@ def train(
     size: Optional[int] = typer.Option(None, min=8, max=512, help="Image side in px (shapes: 32; 64 also works)."),
     epochs: int = typer.Option(_T.epochs, min=1, help="Training epochs (snapshots: epoch 0 = init .. N)."),
     batch_size: int = typer.Option(_T.batch_size, min=1, help="Images per optimizer step."),
-    lr: float = typer.Option(_T.lr, help="Peak learning rate (warm-up, then cosine)."),
+    lr: float = typer.Option(_T.lr, help="Peak learning rate (warm-up, then cosine decay to 1% of it)."),
     optimizer: str = typer.Option(_T.optimizer, help="sgd | adam | adamw"),
     weight_decay: float = typer.Option(_T.weight_decay, min=0, help="Weight decay."),
     seed: int = typer.Option(_T.seed, help="Seed for weight init and batch order."),

@@ -66,7 +66,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 8  # full passes over the training set
     batch_size: int = 128  # images per optimizer step
-    lr: float = 0.005  # peak learning rate (linear warm-up for 1/10 of the steps, then cosine to 0)
+    lr: float = 0.005  # peak learning rate (linear warm-up for 1/10 of the steps, then cosine to 1% of the peak)
     optimizer: str = "adamw"  # sgd (momentum 0.9, nesterov) | adam | adamw
     weight_decay: float = 0.05  # decoupled for adamw, L2 for sgd/adam
     label_smoothing: float = 0.0  # cross-entropy label smoothing

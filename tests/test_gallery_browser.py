@@ -17,9 +17,11 @@ from featviz.render import render_run
 from featviz.store import Run
 
 CHROMIUM = Path("/usr/bin/chromium")
-playwright = pytest.importorskip("playwright.sync_api")
+playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing: pip install -e '.[test]'")
 pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")]
+              pytest.mark.skipif(not CHROMIUM.exists(),
+                                 reason="browser tests need Debian's chromium at /usr/bin/chromium: "
+                                        "sudo apt-get install -y chromium (.ci/run installs it)")]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
