@@ -1,6 +1,8 @@
-"""Numbers behind the pictures (see SCIENCE.md). Tensors and configs in, numbers out; no files.
+"""Numbers behind the pictures: pure computations, tensors (and, for the receptive field, a model) in,
+numbers out; no files, no state kept.
 
 Weight statistics and CKA are computed in float64. Complexity metrics take one image [C, H, W].
+Definitions, known biases and the tests that pin each one to a known answer: docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def zlib_bits_per_pixel(img: torch.Tensor) -> float:
     """zlib-compressed size (level 9) of the raw uint8 bytes of ``img`` [C, H, W], in bits per pixel.
 
     Counts all channels: ~0 for a constant image, ~8 x C for uniform noise (incompressible).
-    Float images in [0, 1] are quantized to uint8 first. Raw bytes, not PNG files (SCIENCE.md).
+    Float images in [0, 1] are quantized to uint8 first. Raw bytes, not PNG files (docs/metrics.md).
     """
     if img.dtype != torch.uint8:
         img = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)

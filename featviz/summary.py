@@ -1,6 +1,6 @@
 """The parameter table: every layer, its output shape, and where its weights come from.
 
-Facts it states (see SCIENCE.md): a conv layer has ``out x in/groups x kh x kw`` weights plus
+Facts it states: a conv layer has ``out x in/groups x kh x kw`` weights plus
 ``out`` biases whatever the input size or stride; a linear layer ``in x out`` plus ``out``;
 BatchNorm 2 per channel (its running statistics are buffers, not trained); pooling, ReLU,
 flatten and dropout have none.
