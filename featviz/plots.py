@@ -60,7 +60,7 @@ def weight_change(a: dict[str, Any]) -> dict[str, bytes]:
 
 
 def cka(a: dict[str, Any]) -> dict[str, bytes]:
-    """Linear CKA of each layer's activations at epoch t against the final epoch."""
+    """Debiased linear CKA of each layer's activations at each snapshot against the final one."""
     def draw(ax: Any) -> None:
         steps_per_epoch = a.get("steps_per_epoch") or 1
         for i, name in enumerate(a["layers"]):
@@ -71,7 +71,10 @@ def cka(a: dict[str, Any]) -> dict[str, bytes]:
                 ax.plot(xs, conv["by_step"]["cka_to_final"], "-", lw=1, color=color, alpha=0.7)
             ax.plot(a["epochs"], conv["cka_to_final"], "o" if "by_step" in conv else "-o", ms=3, color=color, label=name)
         ax.axhline(0.9, color="grey", lw=0.8, ls=":")
-        ax.set(xlabel="epoch", ylabel="CKA to final epoch", ylim=(0, 1.02), title="Convergence of representations")
+        values = [v for n in a["layers"] for v in a["convergence"][n].get("by_step", a["convergence"][n])["cka_to_final"]]
+        low = min(0.0, min(values, default=0.0) - 0.05)  # debiased CKA can dip below 0
+        ax.set(xlabel="epoch", ylabel="debiased CKA to final snapshot", ylim=(low, 1.02),
+               title="Convergence of representations (BatchNorm statistics of the probe set)")
         ax.legend(fontsize=7, frameon=False)
     return _figure(draw)
 
@@ -88,7 +91,7 @@ def complexity(a: dict[str, Any]) -> dict[str, bytes]:
             ax.errorbar(depths, ys, yerr=es, fmt=style, capsize=3,
                         label=f"epoch {e}" + (" (random init)" if e == 0 else ""))
         ax.set(xlabel="depth", ylabel="zlib bits per pixel", xticks=depths,
-               title="Complexity of activation-maximization images")
+               title="Complexity of activation-maximization images" + (f"\n{a['renders']}" if a.get("renders") else ""))
         ax.legend(fontsize=8, frameon=False)
     return _figure(draw)
 
