@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -14,9 +15,7 @@ from PIL import Image
 
 import featviz.pipeline
 from conftest import TINY_CLI_MODEL, make_png_folder
-from featviz.config import ModelConfig
 from featviz.data import make_shapes
-from featviz.model import build_model
 
 _real_load_data = featviz.pipeline.load_data
 
@@ -74,19 +73,20 @@ def test_train_runs_summary(cli, tmp_path: Path) -> None:
     assert "features.conv1" in stdout and "features.conv2" in stdout
     assert "8 x 4 x 3 x 3 = 288" in stdout and "4 x 3 x 5 x 5 = 300" in stdout
     assert "4x16x16" in stdout  # output shape of conv1 at the run's 16 px
-    assert f"total trainable parameters: {meta['params_total']:,}" in stdout
+    # 4x3x5x5 + 2x4 (bn1) + 8x4x3x3 + 2x8 (bn2) + 8x10 + 10 (fc) = 300 + 8 + 288 + 16 + 90
+    assert meta["params_total"] == 702 and "total trainable parameters: 702\n" in stdout
 
     code, stdout, err = cli(["summary", str(run), "--json"])
     assert code == 0, err
     doc = json.loads(stdout)
-    assert doc["input"] == [3, 16, 16] and doc["trainable_total"] == meta["params_total"]
+    assert doc["input"] == [3, 16, 16] and doc["trainable_total"] == 702
 
 
 def test_summary_json_default_model(cli) -> None:
     code, stdout, err = cli(["summary", "--json"])
     assert code == 0, err
     doc = json.loads(stdout)
-    assert doc["trainable_total"] == sum(p.numel() for p in build_model(ModelConfig()).parameters())
+    assert doc["trainable_total"] == 99_738  # the README's table for the default model
     assert doc["input"] == [3, 32, 32]
     rows = {r["name"]: r for r in doc["layers"]}
     assert rows["features.conv2"]["formula"] == "32 x 16 x 3 x 3 = 4,608"
@@ -223,9 +223,10 @@ def _existing_run(tmp: Path, cli) -> tuple[list[str], Callable[[], None]]:
     return _train_argv(out, epochs=2), untouched
 
 
-def _complete_run(tmp: Path, cli) -> tuple[list[str], None]:
+def _complete_run(tmp: Path, cli) -> tuple[list[str], Callable[[], None]]:
     assert cli(_train_argv(tmp / "out"))[0] == 0
-    return ["train", "--resume", str(tmp / "out" / "r")], None
+    before = _files(tmp / "out" / "r")
+    return ["train", "--resume", str(tmp / "out" / "r")], lambda: _same_run_files(tmp / "out" / "r", before)
 
 
 def _resume_plain_folder(tmp: Path, cli) -> tuple[list[str], None]:
@@ -233,15 +234,24 @@ def _resume_plain_folder(tmp: Path, cli) -> tuple[list[str], None]:
     return ["train", "--resume", str(tmp / "plain")], None
 
 
-def _out_is_file(tmp: Path, cli) -> tuple[list[str], None]:
+def _out_is_file(tmp: Path, cli) -> tuple[list[str], Callable[[], None]]:
     argv = _train_argv(_a_file(tmp))
-    return argv, None
+
+    def file_untouched() -> None:
+        assert (tmp / "file.txt").read_text() == "hello"
+
+    return argv, file_untouched
 
 
 def _force_over_a_file(tmp: Path, cli) -> tuple[list[str], Callable[[], None]]:
     (tmp / "out").mkdir()
     (tmp / "out" / "r").write_text("not a run")
-    return [*_train_argv(tmp / "out"), "--force"], lambda: None
+
+    def file_kept() -> None:  # --force replaces runs only: the user's file is still there, unchanged
+        assert (tmp / "out" / "r").is_file() and (tmp / "out" / "r").read_text() == "not a run"
+        assert [p.name for p in (tmp / "out").iterdir()] == ["r"]
+
+    return [*_train_argv(tmp / "out"), "--force"], file_kept
 
 
 def _summary_of(make: Callable[[Path], Path]) -> Setup:
@@ -264,69 +274,99 @@ def _same_run_files(run: Path, before: dict[str, bytes]) -> None:
 
 _CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available, so --device cuda is valid")
 
+# Each row: the setup, and the text the one-line message must contain to show it names the mistake
+# (the offending option, value or path; ``{tmp}`` is the test's folder).
 BAD_INPUTS = [
-    pytest.param(_train_with("--epochs", "0"), id="epochs-0"),
-    pytest.param(_train_with("--epochs", "abc"), id="epochs-abc"),
-    pytest.param(_train_with("--lr", "0"), id="lr-0"),
-    pytest.param(_train_with("--lr", "-1"), id="lr-negative"),
-    pytest.param(_train_with("--lr", "fast"), id="lr-not-a-number"),
-    pytest.param(_train_with("--batch-size", "0"), id="batch-size-0"),
-    pytest.param(_train_with("--weight-decay", "-0.1"), id="weight-decay-negative"),
-    pytest.param(_train_with("--size", "4"), id="size-too-small"),
-    pytest.param(_train_with("--data", "imagenet"), id="unknown-data-set"),
-    pytest.param(_train_with("--data", "folder:"), id="folder-without-path"),
+    pytest.param(_train_with("--epochs", "0"), ("'--epochs'", "greater than or equal to 1"), id="epochs-0"),
+    pytest.param(_train_with("--epochs", "abc"), ("'--epochs'", "valid integer"), id="epochs-abc"),
+    pytest.param(_train_with("--lr", "0"), ("learning rate must be positive, got 0.0",), id="lr-0"),
+    pytest.param(_train_with("--lr", "-1"), ("learning rate must be positive, got -1.0",), id="lr-negative"),
+    pytest.param(_train_with("--lr", "fast"), ("'--lr'", "valid number"), id="lr-not-a-number"),
+    pytest.param(_train_with("--batch-size", "0"), ("'--batch-size'", "greater than or equal to 1"),
+                 id="batch-size-0"),
+    pytest.param(_train_with("--weight-decay", "-0.1"), ("'--weight-decay'", "greater than or equal to 0"),
+                 id="weight-decay-negative"),
+    pytest.param(_train_with("--size", "4"), ("'--size'", "greater than or equal to 8"), id="size-too-small"),
+    pytest.param(_train_with("--data", "imagenet"), ("unknown data set 'imagenet'",), id="unknown-data-set"),
+    pytest.param(_train_with("--data", "folder:"), ("folder: needs a path",), id="folder-without-path"),
     pytest.param(lambda tmp, cli: ([*_train_argv(tmp / "out"), "--data", f"folder:{tmp / 'missing'}"], None),
-                 id="folder-missing"),
-    pytest.param(_folder_with(_a_file), id="folder-is-a-file"),
-    pytest.param(_folder_with(_empty_folder), id="folder-empty"),
-    pytest.param(_folder_with(_one_class_folder), id="folder-one-class"),
-    pytest.param(_folder_with(_corrupt_folder), id="folder-corrupt-image"),
-    pytest.param(_train_with("--optimizer", "rmsprop"), id="unknown-optimizer"),
-    pytest.param(_train_with("--device", "tpu"), id="unknown-device"),
-    pytest.param(_train_with("--device", "cuda"), id="device-cuda-unavailable", marks=_CUDA),
-    pytest.param(_existing_run, id="run-name-exists"),
-    pytest.param(lambda tmp, cli: (["train", "--resume", str(tmp / "missing")], None), id="resume-missing"),
-    pytest.param(_resume_plain_folder, id="resume-not-a-run"),
-    pytest.param(lambda tmp, cli: (["train", "--resume", str(_a_file(tmp))], None), id="resume-a-file"),
-    pytest.param(_complete_run, id="resume-complete-run"),
-    pytest.param(_out_is_file, id="out-is-a-file"),
-    pytest.param(_train_with("--name", "../evil"), id="name-escapes"),
-    pytest.param(_train_with("--name", "a/b"), id="name-with-slash"),
-    pytest.param(_train_with("--widths", "a,b"), id="widths-not-integers"),
-    pytest.param(_train_with("--kernels", "5"), id="kernels-length-mismatch"),
-    pytest.param(_train_with("--kernels", "4,3"), id="kernels-even"),
-    pytest.param(_train_with("--pools", "maybe,no"), id="pools-not-booleans"),
-    pytest.param(_force_over_a_file, id="force-over-a-file"),
-    pytest.param(_summary_of(_empty_folder), id="summary-not-a-run"),
-    pytest.param(lambda tmp, cli: (["summary", str(tmp / "missing")], None), id="summary-missing"),
-    pytest.param(lambda tmp, cli: (["summary", "--widths", "x"], None), id="summary-bad-widths"),
-    pytest.param(_train_with("--no-such-option"), id="unknown-option"),
-    pytest.param(lambda tmp, cli: (["fly"], None), id="unknown-command"),
-    pytest.param(lambda tmp, cli: (["data", "preview", "--data", "nope"], None), id="preview-unknown-data"),
-    pytest.param(_on_trained_run("render", "{run}", "--layers", "features.conv9"), id="render-unknown-layer"),
-    pytest.param(_on_trained_run("render", "{run}", "--channels", "99"), id="render-channel-out-of-range"),
-    pytest.param(_on_trained_run("render", "{run}", "--epochs", "5"), id="render-epoch-not-in-run"),
-    pytest.param(_on_trained_run("render", "{run}", "--epochs", "every:0"), id="render-bad-epochs-form"),
-    pytest.param(_on_trained_run("render", "{run}", "--size", "1"), id="render-size-too-small"),
-    pytest.param(_on_trained_run("render", "{run}", "--param", "cppn"), id="render-unknown-param"),
-    pytest.param(_on_trained_run("render", "{run}", "--device", "tpu"), id="render-unknown-device"),
-    pytest.param(lambda tmp, cli: (["render", str(_a_file(tmp))], None), id="render-run-is-a-file"),
-    pytest.param(_on_trained_run("analyze", "{run}", "--probe", "3"), id="analyze-probe-too-small"),
-    pytest.param(lambda tmp, cli: (["analyze", str(tmp / "missing")], None), id="analyze-missing"),
-    pytest.param(lambda tmp, cli: (["analyze", str(_empty_folder(tmp))], None), id="analyze-not-a-run"),
-    pytest.param(lambda tmp, cli: (["gallery", str(_a_file(tmp))], None), id="gallery-run-is-a-file"),
-    pytest.param(lambda tmp, cli: (["check", str(tmp / "missing")], None), id="check-missing"),
-    pytest.param(lambda tmp, cli: (["check", str(_empty_folder(tmp))], None), id="check-not-a-run"),
-    pytest.param(lambda tmp, cli: (["runs", "--out", str(_a_file(tmp))], None), id="runs-out-is-a-file"),
-    pytest.param(lambda tmp, cli: (["data", "preview", "--size", "2"], None), id="preview-size-too-small"),
+                 ("image folder {tmp}/missing does not exist",), id="folder-missing"),
+    pytest.param(_folder_with(_a_file), ("{tmp}/file.txt is a file, not a folder",), id="folder-is-a-file"),
+    pytest.param(_folder_with(_empty_folder), ("{tmp}/empty has no class subfolders",), id="folder-empty"),
+    pytest.param(_folder_with(_one_class_folder), ("{tmp}/imgs has only 1 class",), id="folder-one-class"),
+    pytest.param(_folder_with(_corrupt_folder), ("cannot read image {tmp}/imgs/class_1/img_02.png",),
+                 id="folder-corrupt-image"),
+    pytest.param(_train_with("--optimizer", "rmsprop"), ("unknown optimizer 'rmsprop'",), id="unknown-optimizer"),
+    pytest.param(_train_with("--device", "tpu"), ("unknown device 'tpu'",), id="unknown-device"),
+    pytest.param(_train_with("--device", "cuda"), ("--device cuda", "CUDA is not available"),
+                 id="device-cuda-unavailable", marks=_CUDA),
+    pytest.param(_existing_run, ("run {tmp}/out/r already exists",), id="run-name-exists"),
+    pytest.param(lambda tmp, cli: (["train", "--resume", str(tmp / "missing")], None),
+                 ("run {tmp}/missing does not exist",), id="resume-missing"),
+    pytest.param(_resume_plain_folder, ("{tmp}/plain is not a featviz run",), id="resume-not-a-run"),
+    pytest.param(lambda tmp, cli: (["train", "--resume", str(_a_file(tmp))], None),
+                 ("{tmp}/file.txt is a file, not a run folder",), id="resume-a-file"),
+    pytest.param(_complete_run, ("run {tmp}/out/r is already complete",), id="resume-complete-run"),
+    pytest.param(_out_is_file, ("output folder {tmp}/file.txt is a file",), id="out-is-a-file"),
+    pytest.param(_train_with("--name", "../evil"), ("invalid run name '../evil'",), id="name-escapes"),
+    pytest.param(_train_with("--name", "a/b"), ("invalid run name 'a/b'",), id="name-with-slash"),
+    pytest.param(_train_with("--widths", "a,b"), ("--widths", "'a,b'"), id="widths-not-integers"),
+    pytest.param(_train_with("--kernels", "5"), ("kernels has 1 entries, widths has 2",),
+                 id="kernels-length-mismatch"),
+    pytest.param(_train_with("--kernels", "4,3"), ("kernels must be odd", "(4, 3)"), id="kernels-even"),
+    pytest.param(_train_with("--pools", "maybe,no"), ("--pools", "'maybe,no'"), id="pools-not-booleans"),
+    pytest.param(_force_over_a_file, ("{tmp}/out/r exists and is a file, not a run",), id="force-over-a-file"),
+    pytest.param(_summary_of(_empty_folder), ("{tmp}/empty is not a featviz run",), id="summary-not-a-run"),
+    pytest.param(lambda tmp, cli: (["summary", str(tmp / "missing")], None), ("run {tmp}/missing does not exist",),
+                 id="summary-missing"),
+    pytest.param(lambda tmp, cli: (["summary", "--widths", "x"], None), ("--widths", "got 'x'"),
+                 id="summary-bad-widths"),
+    pytest.param(_train_with("--no-such-option"), ("No such option: --no-such-option",), id="unknown-option"),
+    pytest.param(lambda tmp, cli: (["fly"], None), ("No such command 'fly'",), id="unknown-command"),
+    pytest.param(lambda tmp, cli: (["data", "preview", "--data", "nope"], None), ("unknown data set 'nope'",),
+                 id="preview-unknown-data"),
+    pytest.param(_on_trained_run("render", "{run}", "--layers", "features.conv9"),
+                 ("unknown layer 'features.conv9'",), id="render-unknown-layer"),
+    pytest.param(_on_trained_run("render", "{run}", "--channels", "99"),
+                 ("channel 99 out of range for features.conv1",), id="render-channel-out-of-range"),
+    pytest.param(_on_trained_run("render", "{run}", "--epochs", "5"), ("epoch(s) 5 not in the run",),
+                 id="render-epoch-not-in-run"),
+    pytest.param(_on_trained_run("render", "{run}", "--epochs", "every:0"), ("bad --epochs 'every:0'",),
+                 id="render-bad-epochs-form"),
+    pytest.param(_on_trained_run("render", "{run}", "--size", "1"), ("'--size'", "greater than or equal to 8"),
+                 id="render-size-too-small"),
+    pytest.param(_on_trained_run("render", "{run}", "--param", "cppn"), ("unknown parametrization 'cppn'",),
+                 id="render-unknown-param"),
+    pytest.param(_on_trained_run("render", "{run}", "--device", "tpu"), ("unknown device 'tpu'",),
+                 id="render-unknown-device"),
+    pytest.param(lambda tmp, cli: (["render", str(_a_file(tmp))], None),
+                 ("{tmp}/file.txt is a file, not a run folder",), id="render-run-is-a-file"),
+    pytest.param(_on_trained_run("analyze", "{run}", "--probe", "3"), ("'--probe'", "greater than or equal to 10"),
+                 id="analyze-probe-too-small"),
+    pytest.param(lambda tmp, cli: (["analyze", str(tmp / "missing")], None), ("run {tmp}/missing does not exist",),
+                 id="analyze-missing"),
+    pytest.param(lambda tmp, cli: (["analyze", str(_empty_folder(tmp))], None),
+                 ("{tmp}/empty is not a featviz run",), id="analyze-not-a-run"),
+    pytest.param(lambda tmp, cli: (["gallery", str(_a_file(tmp))], None),
+                 ("{tmp}/file.txt is a file, not a run folder",), id="gallery-run-is-a-file"),
+    pytest.param(lambda tmp, cli: (["check", str(tmp / "missing")], None), ("run {tmp}/missing does not exist",),
+                 id="check-missing"),
+    pytest.param(lambda tmp, cli: (["check", str(_empty_folder(tmp))], None),
+                 ("{tmp}/empty is not a featviz run",), id="check-not-a-run"),
+    pytest.param(lambda tmp, cli: (["runs", "--out", str(_a_file(tmp))], None),
+                 ("output folder {tmp}/file.txt is a file",), id="runs-out-is-a-file"),
+    pytest.param(lambda tmp, cli: (["data", "preview", "--size", "2"], None),
+                 ("'--size'", "greater than or equal to 8"), id="preview-size-too-small"),
 ]
 
 
-@pytest.mark.parametrize("setup", BAD_INPUTS)
-def test_bad_input_is_one_line_error(setup: Setup, cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("setup, expect", BAD_INPUTS)
+def test_bad_input_is_one_line_error(setup: Setup, expect: tuple[str, ...], cli, tmp_path: Path) -> None:
     argv, check = setup(tmp_path, cli)
     code, out, err = cli(argv)
     assert_one_line_error(code, out, err)
+    for text in expect:  # the message names the mistake, not just "something went wrong"
+        assert text.format(tmp=tmp_path) in err, (text, err)
     if check is not None:
         check()
     # nothing half-made: no run folder unless the setup made one, and no temp files anywhere
@@ -335,15 +375,91 @@ def test_bad_input_is_one_line_error(setup: Setup, cli, tmp_path: Path) -> None:
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only folder")
-def test_out_folder_not_writable(cli, tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        code, out, err = cli(_train_argv(ro))
-        assert_one_line_error(code, out, err)
-        assert "not writable" in err
-        assert list(ro.iterdir()) == []
-    finally:
-        ro.chmod(0o700)
+def _make_read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make ``folder`` and everything below it read-only as the kernel does for a user without write
+    permission: creating, renaming or removing an entry there raises PermissionError (EACCES).
+
+    chmod cannot do this for root (CI runs as root), so the os functions that featviz's writes go
+    through (Path.mkdir -> os.mkdir, tempfile.mkstemp -> os.open, os.replace, unlink) are wrapped.
+    """
+    folder = folder.resolve()
+
+    def inside(path) -> bool:
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            return False
+        parent = Path(os.fsdecode(path)).resolve().parent
+        return parent == folder or folder in parent.parents
+
+    def deny(path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+
+    real = {name: getattr(os, name) for name in ("mkdir", "open", "replace", "rename", "unlink", "remove", "rmdir")}
+
+    def mkdir(path, *args, **kw):
+        if not kw.get("dir_fd") and inside(path) and not os.path.lexists(path):
+            deny(path)
+        return real["mkdir"](path, *args, **kw)
+
+    def open_(path, flags, *args, **kw):
+        if flags & os.O_CREAT and not kw.get("dir_fd") and inside(path) and not os.path.lexists(path):
+            deny(path)
+        return real["open"](path, flags, *args, **kw)
+
+    def moving(name):
+        def move(src, dst, *args, **kw):
+            if inside(src) or inside(dst):
+                deny(dst)
+            return real[name](src, dst, *args, **kw)
+        return move
+
+    def removing(name):
+        def remove(path, *args, **kw):
+            if not kw.get("dir_fd") and inside(path) and os.path.lexists(path):
+                deny(path)
+            return real[name](path, *args, **kw)
+        return remove
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+    for name in ("replace", "rename"):
+        monkeypatch.setattr(os, name, moving(name))
+    for name in ("unlink", "remove", "rmdir"):
+        monkeypatch.setattr(os, name, removing(name))
+
+
+def test_out_folder_not_writable(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    assert cli(_train_argv(out, "old"))[0] == 0
+    before = _files(out)
+    with monkeypatch.context() as m:
+        _make_read_only(m, out)
+        code, stdout, err = cli(_train_argv(out, "new"))
+    assert_one_line_error(code, stdout, err)
+    assert str(out) in err and ("Permission denied" in err or "not writable" in err), err
+    assert sorted(p.name for p in out.iterdir()) == ["old"]  # no half-made run
+    assert _files(out) == before  # the existing run is unchanged
+
+
+def test_resume_in_read_only_run_folder(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.common import TrainBar
+
+    out = tmp_path / "out"
+    real_epoch = TrainBar.epoch
+
+    def stop_after_first(self, rec):
+        real_epoch(self, rec)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(TrainBar, "epoch", stop_after_first)
+        assert cli(_train_argv(out, "cut", epochs=2))[0] == 130
+    run = out / "cut"
+    before = _files(run)
+    assert json.loads(before["manifest.json"])["epochs_done"] == 1
+    with monkeypatch.context() as m:
+        _make_read_only(m, run)
+        code, stdout, err = cli(["train", "--resume", str(run)])
+    assert_one_line_error(code, stdout, err)
+    assert str(run) in err and ("Permission denied" in err or "not writable" in err), err
+    assert _files(run) == before  # the interrupted run can still be resumed once the folder is writable
+    assert cli(["train", "--resume", str(run)])[0] == 0

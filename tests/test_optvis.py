@@ -239,6 +239,33 @@ def test_batched_channels_match_one_at_a_time(make, layer: str) -> None:
         assert torch.allclose(act.mean((2, 3)).diagonal(), batched.values, atol=1e-5)
 
 
+@pytest.mark.parametrize("layer", ["features.pool1", "features.bn2"])
+def test_recorded_activation_is_the_channel_mean_on_the_returned_image(layer: str) -> None:
+    """A grayscale CNN with BatchNorm and max-pooling (folded and reordered by the fast path), a layer in
+    the middle of the network, and a training normalization: the value recorded for channel c equals
+    the mean of channel c of ``layer``'s output when the ORIGINAL model (eval mode) runs on the returned
+    image, normalized with the same mean/std. Recomputed with a plain forward hook, not featviz.hooks."""
+    model = tiny_cnn(in_channels=1)
+    mean, std = 0.4, 0.2
+    chans = [0, 2, 3] if layer == "features.pool1" else [1, 5, 6, 7]
+    r = render_channels(model, layer, chans, channels=1, size=16, steps=10, mean=[mean], std=[std])
+    assert r.images.shape == (len(chans), 1, 16, 16) and r.keys == chans
+
+    out = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: out.update(act=o))
+    try:
+        with torch.no_grad():
+            model((r.images - mean) / std)
+    finally:
+        handle.remove()
+    assert not model.training
+    want = out["act"][torch.arange(len(chans)), torch.tensor(chans)].mean((1, 2))
+    assert torch.allclose(r.values, want, atol=1e-5), (r.values, want)
+    assert [rec["activation"] for rec in r.records()] == pytest.approx(want.tolist(), abs=1e-5)
+    # the values differ between channels, so a value recorded for the wrong channel would be caught
+    assert len({round(v, 4) for v in want.tolist()}) == len(chans)
+
+
 def test_unknown_layer_and_bad_channel() -> None:
     model = tiny_cnn()
     with pytest.raises(ConfigError, match="valid layers: .*features.conv1"):

@@ -310,4 +310,9 @@ def test_manifest_hashes_match_files(tiny_run) -> None:
     # only the last epoch's resume state is kept
     assert sorted(p.name for p in (tiny_run.path / "state").iterdir()) == ["epoch_002.json", "epoch_002.safetensors"]
     assert not any(p.suffix in (".pt", ".pth", ".pkl") for p in tiny_run.path.rglob("*"))
-    assert os.access(tiny_run.path / "run.json", os.R_OK)
+    # run.json holds what was written, and every file is readable by others like any other output
+    # (0666 & ~umask, e.g. 0644), not mkstemp's owner-only 0600
+    assert json.loads((tiny_run.path / "run.json").read_text()) == json.loads(json.dumps(tiny_run.meta))
+    modes = {tiny_run.rel(p): p.stat().st_mode & 0o777 for p in tiny_run.path.rglob("*") if p.is_file()}
+    assert {"run.json", "manifest.json", "state/epoch_002.json"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o666 & ~store._UMASK)

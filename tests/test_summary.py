@@ -27,7 +27,7 @@ def test_conv_rows(rows) -> None:
     assert conv2.formula == "32 x 16 x 3 x 3 = 4,608"
     assert conv2.weights == 4608 and conv2.biases == 0 and conv2.trainable == 4608
     assert rows["features.conv1"].formula == "16 x 3 x 5 x 5 = 1,200"
-    assert rows["features.conv4"].weights == 128 * 64 * 9
+    assert rows["features.conv4"].weights == 73_728 and rows["features.conv3"].weights == 18_432
 
 
 def test_output_shapes(rows) -> None:
@@ -64,21 +64,49 @@ def test_batchnorm_two_per_channel(rows) -> None:
 
 def test_linear_row(rows) -> None:
     fc = rows["head.fc"]
-    assert fc.weights == 128 * 10 and fc.biases == 10 and fc.trainable == 1290
+    assert fc.weights == 1_280 and fc.biases == 10 and fc.trainable == 1_290
     assert fc.formula == "128 x 10 = 1,280"
 
 
+# Hand-computed for the default ModelConfig (the README's table): conv weights out x in x k x k, no conv
+# biases (BatchNorm follows), BatchNorm a scale and a shift per channel, fc 128 x 10 weights + 10 biases.
+DEFAULT_TRAINABLE = {
+    "features.conv1": 1_200,  # 16 x 3 x 5 x 5
+    "features.bn1": 32,  # 2 x 16
+    "features.conv2": 4_608,  # 32 x 16 x 3 x 3
+    "features.bn2": 64,
+    "features.conv3": 18_432,  # 64 x 32 x 3 x 3
+    "features.bn3": 128,
+    "features.conv4": 73_728,  # 128 x 64 x 3 x 3
+    "features.bn4": 256,
+    "head.fc": 1_290,  # 128 x 10 + 10
+}
+DEFAULT_TOTAL = 99_738  # 97,968 conv + 480 BatchNorm + 1,290 fc
+
+
 def test_total_equals_parameter_count(rows, default_model) -> None:
-    total = sum(p.numel() for p in default_model.parameters())
-    assert sum(r.trainable for r in rows.values()) == total
-    assert sum(r.weights + r.biases for r in rows.values()) == total
+    assert {n: r.trainable for n, r in rows.items() if r.trainable} == DEFAULT_TRAINABLE
+    assert sum(r.trainable for r in rows.values()) == DEFAULT_TOTAL
+    assert sum(r.weights + r.biases for r in rows.values()) == DEFAULT_TOTAL
+    assert sum(p.numel() for p in default_model.parameters()) == DEFAULT_TOTAL  # the table counts what is there
+
+
+def test_two_3x3_filters_over_rgb() -> None:
+    """A conv of two 3x3 filters over RGB: 2 x 3 x 3 x 3 = 54 weights + 2 biases; a 72 -> 5 linear: 360 + 5."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 5))
+    conv, flat, fc = layer_table(model, (3, 8, 8))
+    assert (conv.weights, conv.biases, conv.trainable) == (54, 2, 56)
+    assert conv.formula == "2 x 3 x 3 x 3 = 54" and conv.output_shape == [2, 6, 6]
+    assert (flat.weights, flat.trainable, flat.output_shape) == (0, 0, [72])
+    assert (fc.weights, fc.biases, fc.trainable) == (360, 5, 365) and fc.formula == "72 x 5 = 360"
+    assert "total trainable parameters: 421" in format_table([conv, flat, fc])
 
 
 def test_format_table(default_model) -> None:
     text = format_table(layer_table(default_model, (3, 32, 32)))
-    total = sum(p.numel() for p in default_model.parameters())
     assert CONV_NOTE in text
-    assert f"total trainable parameters: {total:,}" in text
+    assert "total trainable parameters: 99,738\n" in text
     assert "32 x 16 x 3 x 3 = 4,608" in text
     assert text.splitlines()[0].split()[:2] == ["layer", "type"]
 
@@ -119,5 +147,8 @@ def test_table_without_batchnorm_counts_biases() -> None:
     model = build_model(ModelConfig(batchnorm=False))
     rows = {r.name: r for r in layer_table(model, (3, 32, 32))}
     assert rows["features.conv1"].biases == 16 and rows["features.conv1"].trainable == 1216
-    assert sum(r.trainable for r in rows.values()) == sum(p.numel() for p in model.parameters())
+    assert "features.bn1" not in rows
+    # 97,968 conv weights + 16 + 32 + 64 + 128 conv biases + 1,290 fc
+    assert sum(r.trainable for r in rows.values()) == 99_498
+    assert sum(p.numel() for p in model.parameters()) == 99_498
     assert torch.is_tensor(model.features.conv1.bias)
