@@ -239,6 +239,10 @@ def test_complexity_values_of_the_stored_images(known) -> None:
     files = sorted(r["file"] for r in run.render_index() if r["layer"] == "features.conv1")
     bits = [zlib_bits_per_pixel(_load_png(run, f)) for f in files]
     assert c1["bpp"]["mean"] == pytest.approx(sum(bits) / 2) and min(bits) < 0.5 < 2 < max(bits)
+    from featviz.metrics import spectrum_slope
+
+    slopes = [spectrum_slope(_load_png(run, f)) for f in files]
+    assert slopes.count(None) == 1 and c1["slope"]["mean"] == pytest.approx(next(x for x in slopes if x is not None))
 
 
 def test_running_statistics_alone_do_not_move_cka(analyzed) -> None:
