@@ -11,7 +11,7 @@ import sys
 import time
 
 import featviz
-from featviz.analyze import analyze_run
+from featviz.pipeline import analyze_run
 
 
 def main() -> None:

@@ -24,7 +24,8 @@ from featviz.config import DataConfig, ModelConfig, TrainConfig
 from featviz.data import make_shapes
 from featviz.model import build_model
 from featviz.pipeline import train_run
-from featviz.train import Normalizer, make_optimizer, train_one_epoch
+from featviz.images import Normalizer
+from featviz.training import make_optimizer, train_one_epoch
 
 
 def bare_loop(data, cfg: TrainConfig, channels_last: bool, steps: int) -> float:

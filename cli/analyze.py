@@ -1,4 +1,4 @@
-"""featviz analyze: featviz.analyze.analyze_run, then a compact table of what changed."""
+"""featviz analyze: featviz.pipeline.analyze_run (analysis.json, plots, gallery), then a compact table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from cli.common import console
-from featviz.analyze import analyze_run
+from featviz.pipeline import analyze_run
 from featviz.store import Run
 
 

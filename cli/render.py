@@ -1,4 +1,4 @@
-"""featviz render: options -> RenderConfig -> featviz.render.render_run."""
+"""featviz render: options -> RenderConfig -> featviz.pipeline.render_run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cli.common import console, int_list
 from featviz.config import RenderConfig
-from featviz.render import render_run
+from featviz.pipeline import render_run
 from featviz.store import Run
 
 _R = RenderConfig()

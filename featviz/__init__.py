@@ -14,12 +14,12 @@ from featviz.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from featviz.data import ImageData, load_data, make_shapes  # noqa: E402
 from featviz.errors import FeatvizError  # noqa: E402
 from featviz.model import SmallCNN, build_model, conv_layers  # noqa: E402
-from featviz.pipeline import resume_run, train_run  # noqa: E402
+from featviz.pipeline import analyze_run, render_run, resume_run, train_run  # noqa: E402
 from featviz.store import Run, list_runs  # noqa: E402
 
 __all__ = [
     "DataConfig", "ModelConfig", "TrainConfig", "ImageData", "load_data", "make_shapes", "FeatvizError",
-    "SmallCNN", "build_model", "conv_layers", "train_run", "resume_run", "Run", "list_runs", "train", "load_run",
+    "SmallCNN", "build_model", "conv_layers", "train_run", "resume_run", "render_run", "analyze_run", "Run", "list_runs", "train", "load_run",
     "load_model",
 ]
 
@@ -56,6 +56,6 @@ def load_model(run: Run, epoch: int | None = None, device: str = "cpu") -> Small
     """The run's CNN with the weights of ``epoch`` (default: the last committed), in eval mode."""
     import torch
 
-    from featviz.render import load_model_at
+    from featviz.loading import load_model_at
 
     return load_model_at(run, run.epochs_done if epoch is None else epoch, torch.device(device))

@@ -10,49 +10,31 @@ in the result (``renders``). Written through the store; reads no file itself.
 
 from __future__ import annotations
 
-import io
 import math
-import zlib
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
-from torch import nn
 
 from featviz.config import DataConfig, ModelConfig, from_dict
 from featviz.data import load_data
+from featviz.device import resolve_device
 from featviz.errors import FeatvizError, RunError
-from featviz.hooks import capture
+from featviz.filters import layer_scale
+from featviz.images import Normalizer, decode_png, png_bytes
+from featviz.loading import load_model_at
 from featviz.metrics import (
-    effective_receptive_field, linear_cka, per_filter_change, relative_change, rotation, spectrum_slope,
-    theoretical_receptive_fields, zlib_bits_per_pixel,
+    crop_around, effective_receptive_field, filter_bits, layer_stats, linear_cka, per_filter_change,
+    relative_change, rotation, spectrum_slope, theoretical_receptive_fields, zlib_bits_per_pixel,
 )
-from featviz.model import build_model, recalibrate_batchnorm, response_layer
-from featviz.renderset import choose_set, record_set, records_of
+from featviz.model import activation_layer, build_model, recalibrate_batchnorm, response_layer
 from featviz.plots import PLOTS, available
+from featviz.progress import StageProgress, silent
 from featviz.reading import reading
-from featviz.render import load_model_at
+from featviz.renderset import choose_set, records_of
 from featviz.store import Run
 
-Progress = Callable[[str, int, int], None]
 DEAD_CHANGE = 1e-6  # a filter whose rotation from init stays below this never learned
 
-
-def _noop(what: str, done: int, total: int) -> None:
-    pass
-
-
-def _post_relu(model: nn.Module, conv_name: str) -> str:
-    """The first ReLU after ``conv_name`` in definition order (the layer's activation); the conv itself if none."""
-    names = [n for n, _ in model.named_modules()]
-    mods = dict(model.named_modules())
-    for n in names[names.index(conv_name) + 1:]:
-        if isinstance(mods[n], nn.ReLU):
-            return n
-        if isinstance(mods[n], nn.Conv2d):
-            break
-    return conv_name
 
 
 def filter_updates(run: Run, snaps: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
@@ -68,41 +50,9 @@ def filter_updates(run: Run, snaps: list[dict[str, torch.Tensor]]) -> dict[str, 
             "filter_relative_change": per_filter_change(ws[0], ws[-1]).tolist(),
             "filter_rotation": per_filter,
             "unchanged_filters": [i for i, r in enumerate(per_filter) if r < DEAD_CHANGE],
-            "filter_bits_per_weight": _filter_bits(ws),
+            "filter_bits_per_weight": filter_bits(ws, layer_scale(ws)),
         }
     return out
-
-
-def _filter_bits(ws: list[torch.Tensor]) -> list[float]:
-    """Per epoch: zlib bits per weight of the whole layer's weights, quantized to 8 bits with the
-    layer's one scale across epochs (all filters together: a single 3x3 kernel is too small for zlib).
-    The filter-weight counterpart of the image complexity: 8 = incompressible noise, lower = structure."""
-    from featviz.filters import layer_scale
-
-    scale = layer_scale(ws)
-    out = []
-    for w in ws:
-        q = ((0.5 + 0.5 * w.detach().float() / scale).clamp(0, 1) * 255).round().to(torch.uint8)
-        out.append(len(zlib.compress(q.numpy().tobytes(), 9)) * 8 / q.numel())
-    return out
-
-
-def layer_stats(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-    """One pass over ``x`` (in chunks): per named layer, the channel means [N, C] (spatial average),
-    the flat position of each channel's strongest response [N, C], each channel's peak [C], and the
-    feature map's width (to turn flat positions into coordinates)."""
-    parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {"mean": [], "argmax": [], "peak": []} for n in names}
-    with capture(model, names, detach=True) as acts:
-        for chunk in x.split(250):
-            model(chunk)
-            for n in names:
-                a = acts[n].float().flatten(2)
-                parts[n]["mean"].append(a.mean(2).cpu())
-                parts[n]["argmax"].append(a.argmax(2).cpu())
-                parts[n]["peak"].append(a.amax((0, 2)).cpu()[None])
-            widths = {n: int(acts[n].shape[-1]) for n in names}
-    return {n: {"mean": torch.cat(p["mean"]), "argmax": torch.cat(p["argmax"]), "peak": torch.cat(p["peak"]).amax(0),
-                "width": widths[n]} for n, p in parts.items()}
 
 
 def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,12 +60,10 @@ def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     and raw (uint8)."""
     data = load_data(from_dict(DataConfig, run.meta["configs"]["data"]))
     raw = data.val_x if n is None else data.val_x[:n]
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.std).view(1, -1, 1, 1)
-    return (raw.float() / 255.0 - mean) / std, raw
+    return Normalizer(data.mean, data.std)(raw), raw
 
 
-def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: Progress = _noop,
+def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: StageProgress = silent,
                 snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """Debiased linear CKA to the final snapshot per layer and epoch (and per step snapshot, when the
     run has them), with every snapshot's BatchNorm statistics recomputed on ``probe``; channels never
@@ -129,7 +77,7 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: P
     points += [(s, "step", s) for s in run.snapshot_steps() if s <= last_step]
     points.sort()
     model = build_model(from_dict(ModelConfig, run.meta["configs"]["model"])).to(device).eval()
-    names = [_post_relu(model, layer["name"]) for layer in run.meta["layers"]]
+    names = [activation_layer(model, layer["name"]) for layer in run.meta["layers"]]
     probe = probe.to(device)
     acts: list[tuple[int, str, int, dict]] = []
     for i, (step, kind, key) in enumerate(points):
@@ -164,8 +112,7 @@ def complexity(run: Run, sid: str | None) -> dict[str, Any]:
     for rec in records_of(run.render_index(), sid):
         if rec["kind"] != "am":
             continue
-        img = torch.from_numpy(np.array(Image.open(io.BytesIO(run.read_file_bytes(rec["file"])))))
-        img = img.permute(2, 0, 1) if img.dim() == 3 else img[None]
+        img = decode_png(run.read_file_bytes(rec["file"]))
         per = out.setdefault(rec["layer"], {}).setdefault(str(rec["epoch"]), {"bpp": [], "slope": [], "flat": 0})
         per["bpp"].append(zlib_bits_per_pixel(img))
         slope = spectrum_slope(img)
@@ -202,8 +149,6 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
     """
     from torchvision.utils import make_grid
 
-    from featviz.filters import png_bytes
-
     am = [r for r in records_of(run.render_index(), sid)
           if r["kind"] == "am" and (snaps is None or r.get("epoch") in snaps)]
     if not am:
@@ -219,7 +164,7 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
     stats = layer_stats(model, list(targets.values()), images.to(device))
     size = raw.shape[-1]
     data = run.meta["data"]
-    am_imgs = torch.stack([_load_png(run, r["file"]) for r in am])
+    am_imgs = torch.stack([decode_png(run.read_file_bytes(r["file"])) for r in am])
     am_size = int(am_imgs.shape[-1])
     am_x = _normalize(am_imgs, data["mean"], data["std"], size)
     am_stats = layer_stats(model, list(targets.values()), am_x.to(device))
@@ -235,7 +180,7 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
         rows = []
         for rec in recs:
             c = rec["channel"]
-            crops = [_crop(raw[i], int(where[i, c]), feat, side) for i in top[:, c].tolist()]
+            crops = [crop_around(raw[i], int(where[i, c]), feat, side) for i in top[:, c].tolist()]
             strip = make_grid(torch.stack(crops), nrow=len(crops), padding=1, pad_value=255)
             path = run.write_artifact("renders", f"top9/{name}/ch_{c:04d}.png", png_bytes(strip))
             peak = float(data_max[c])
@@ -244,12 +189,6 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
                          "data_max": peak, "top": top[:, c].tolist(), "file": run.rel(path)})
         out[name] = {"receptive_field_px": side, "channels": rows}
     return out
-
-
-def _load_png(run: Run, rel: str) -> torch.Tensor:
-    """A stored image as uint8 [C, H, W]."""
-    img = torch.from_numpy(np.array(Image.open(io.BytesIO(run.read_file_bytes(rel)))))
-    return img.permute(2, 0, 1) if img.dim() == 3 else img[None]
 
 
 def _normalize(imgs: torch.Tensor, mean: list[float], std: list[float], size: int) -> torch.Tensor:
@@ -263,32 +202,17 @@ def _normalize(imgs: torch.Tensor, mean: list[float], std: list[float], size: in
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
     elif x.shape[-1] < size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return Normalizer(mean, std)(x)
 
 
-def _crop(img: torch.Tensor, flat: int, feat: int, side: int) -> torch.Tensor:
-    """A ``side`` x ``side`` crop of uint8 ``img`` [C, H, W] centred on feature-map position ``flat``."""
-    size = img.shape[-1]
-    y, x = divmod(flat, feat)
-    cy, cx = int((y + 0.5) * size / feat), int((x + 0.5) * size / feat)
-    top = min(max(cy - side // 2, 0), size - side)
-    left = min(max(cx - side // 2, 0), size - side)
-    crop = img[:, top:top + side, left:left + side]
-    if crop.shape[0] == 1:
-        crop = crop.expand(3, -1, -1)
-    return crop
-
-
-def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress: Progress = _noop,
-                renders: str | None = None) -> dict[str, Any]:
-    """Compute every metric above and write RUN/analysis.json; returns the same dict.
+def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: StageProgress = silent,
+            renders: str | None = None) -> dict[str, Any]:
+    """Compute every metric above and write RUN/analysis.json and the plots; returns the same dict.
 
     Needs at least one trained epoch. Complexity and faithfulness use one render settings set:
     ``renders`` (an id from ``featviz.renderset``), else the default settings' set, else the only one;
     without renders those sections say which command to run instead of holding empty numbers.
     """
-    from featviz.train import resolve_device
-
     sid = choose_set(run.render_index(), int(run.meta["data"]["size"]), renders)  # a bad choice fails first
     epochs = run.snapshot_epochs()
     if len(epochs) < 2:

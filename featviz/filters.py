@@ -16,13 +16,13 @@ return uint8 images [3, H, W] (or tiles [O, 3, h, w]).
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Sequence
 
 import torch
-from PIL import Image
 from torchvision.utils import make_grid
+
+from featviz.images import to_uint8
 
 _NEG = torch.tensor([0.16, 0.35, 0.75])  # blue for negative weights
 _POS = torch.tensor([0.75, 0.16, 0.16])  # red for positive weights
@@ -73,7 +73,7 @@ def filter_grid(weight: torch.Tensor, scale: float, nrow: int | None = None, zoo
     zoom = zoom or max(1, 48 // max(tiles.shape[-2:]))
     nrow = nrow or math.ceil(math.sqrt(len(tiles)))
     grid = make_grid(upscale(tiles, zoom), nrow=nrow, padding=2, pad_value=1.0)
-    return (grid * 255).round().to(torch.uint8)
+    return to_uint8(grid)
 
 
 def evolution_strip(weights: Sequence[torch.Tensor], scale: float, max_filters: int = 16) -> torch.Tensor:
@@ -82,20 +82,4 @@ def evolution_strip(weights: Sequence[torch.Tensor], scale: float, max_filters: 
     stacked = torch.stack(per_epoch, dim=1).flatten(0, 1)  # filter-major: [F*E, 3, h, w]
     zoom = max(1, 32 // max(stacked.shape[-2:]))
     grid = make_grid(upscale(stacked, zoom), nrow=len(weights), padding=2, pad_value=1.0)
-    return (grid * 255).round().to(torch.uint8)
-
-
-def png_bytes(img: torch.Tensor) -> bytes:
-    """uint8 [C, H, W] -> PNG bytes (lossless)."""
-    arr = img.permute(1, 2, 0).numpy()
-    buf = io.BytesIO()
-    Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
-
-
-def gif_bytes(frames: Sequence[torch.Tensor], ms_per_frame: int = 400) -> bytes:
-    """uint8 [3, H, W] frames -> a looping animated GIF (the evolution of a layer over epochs)."""
-    imgs = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in frames]
-    buf = io.BytesIO()
-    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=ms_per_frame, loop=0)
-    return buf.getvalue()
+    return to_uint8(grid)

@@ -30,11 +30,12 @@ class Normalizer:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
                  channels_last: bool = False) -> None:
-        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        m = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        s = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.mean, self.inv_std = m, 1.0 / s
+        self._mean255, self._inv255 = m * 255.0, 1.0 / (s * 255.0)
         self.device = torch.device(device)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self._mean255, self._inv255 = self.mean * 255.0, self.inv_std / 255.0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)

@@ -14,6 +14,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from featviz.hooks import capture
+from featviz.images import to_uint8
+
 
 def theoretical_receptive_fields(kernels: Sequence[int], strides: Sequence[int], pools: Sequence[bool]) -> list[int]:
     """Receptive field (px) of one unit at each conv depth's output: r = 1 + sum (k_l - 1) * prod_{m<l} s_m.
@@ -57,6 +60,7 @@ def per_filter_change(w_prev: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
     return (b - a).norm(dim=1) / a.norm(dim=1).clamp_min(1e-300)
 
 
+# ----------------------------------------------------------------------------- representations
 def _centred(x: torch.Tensor) -> torch.Tensor:
     a = x.detach().double().flatten(1)
     return a - a.mean(0, keepdim=True)
@@ -98,6 +102,50 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = True) -> float
     return _hsic_unbiased(k, l) / math.sqrt(kk * ll) if kk > 0 and ll > 0 else 0.0
 
 
+# ----------------------------------------------------------------------------- layer statistics and crops
+def layer_stats(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """One pass over ``x`` (in chunks): per named layer, the channel means [N, C] (spatial average),
+    the flat position of each channel's strongest response [N, C], each channel's peak [C], and the
+    feature map's width (to turn flat positions into coordinates)."""
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {"mean": [], "argmax": [], "peak": []} for n in names}
+    with capture(model, names, detach=True) as acts:
+        for chunk in x.split(250):
+            model(chunk)
+            for n in names:
+                a = acts[n].float().flatten(2)
+                parts[n]["mean"].append(a.mean(2).cpu())
+                parts[n]["argmax"].append(a.argmax(2).cpu())
+                parts[n]["peak"].append(a.amax((0, 2)).cpu()[None])
+            widths = {n: int(acts[n].shape[-1]) for n in names}
+    return {n: {"mean": torch.cat(p["mean"]), "argmax": torch.cat(p["argmax"]), "peak": torch.cat(p["peak"]).amax(0),
+                "width": widths[n]} for n, p in parts.items()}
+
+
+def crop_around(img: torch.Tensor, flat: int, feat: int, side: int) -> torch.Tensor:
+    """A ``side`` x ``side`` crop of uint8 ``img`` [C, H, W] centred on feature-map position ``flat``."""
+    size = img.shape[-1]
+    y, x = divmod(flat, feat)
+    cy, cx = int((y + 0.5) * size / feat), int((x + 0.5) * size / feat)
+    top = min(max(cy - side // 2, 0), size - side)
+    left = min(max(cx - side // 2, 0), size - side)
+    crop = img[:, top:top + side, left:left + side]
+    if crop.shape[0] == 1:
+        crop = crop.expand(3, -1, -1)
+    return crop
+
+
+# ----------------------------------------------------------------------------- filter complexity
+def filter_bits(ws: list[torch.Tensor], scale: float) -> list[float]:
+    """Per epoch: zlib bits per weight of the whole layer's weights, quantized to 8 bits with the
+    layer's one ``scale`` across epochs (``filters.layer_scale``) (all filters together: a single 3x3 kernel is too small for zlib).
+    The filter-weight counterpart of the image complexity: 8 = incompressible noise, lower = structure."""
+    out = []
+    for w in ws:
+        q = to_uint8(0.5 + 0.5 * w.detach().float() / scale)
+        out.append(len(zlib.compress(q.numpy().tobytes(), 9)) * 8 / q.numel())
+    return out
+
+
 # ----------------------------------------------------------------------------- image complexity
 def zlib_bits_per_pixel(img: torch.Tensor) -> float:
     """zlib-compressed size (level 9) of the raw uint8 bytes of ``img`` [C, H, W], in bits per pixel.
@@ -105,8 +153,7 @@ def zlib_bits_per_pixel(img: torch.Tensor) -> float:
     Counts all channels: ~0 for a constant image, ~8 x C for uniform noise (incompressible).
     Float images in [0, 1] are quantized to uint8 first. Raw bytes, not PNG files (docs/metrics.md).
     """
-    if img.dtype != torch.uint8:
-        img = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    img = to_uint8(img)
     c, h, w = img.shape
     raw = img.permute(1, 2, 0).contiguous().cpu().numpy().tobytes()  # interleaved, as image files store it
     return len(zlib.compress(raw, 9)) * 8 / (h * w)

@@ -101,6 +101,18 @@ def response_layer(model: nn.Module, conv_name: str) -> str:
     return conv_name
 
 
+def activation_layer(model: nn.Module, conv_name: str) -> str:
+    """The first ReLU after ``conv_name`` in definition order (the layer's activation); the conv itself if none."""
+    names = [n for n, _ in model.named_modules()]
+    mods = dict(model.named_modules())
+    for n in names[names.index(conv_name) + 1:]:
+        if isinstance(mods[n], nn.ReLU):
+            return n
+        if isinstance(mods[n], nn.Conv2d):
+            break
+    return conv_name
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, chunk: int = 1000) -> int:
     """Replace every BatchNorm's running statistics by the statistics of ``images`` (normalized input

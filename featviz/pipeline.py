@@ -1,4 +1,11 @@
-"""Where storage meets compute: train_run / resume_run write a run through the store."""
+"""The one module that runs the stages against a run folder: train, resume, render, analyze, gallery.
+
+In: configs or a run folder. Out: the run folder, updated through the store. Each stage module does
+its own work and knows no other stage (``training``: the loop; ``render``: pictures; ``analyze``: the
+numbers; ``gallery.build``: the page); this module calls them in order. Invariants: every check
+that can fail runs before work is written; ``render_run`` and ``analyze_run`` leave an up-to-date
+gallery, so ``featviz train``, ``featviz render``, ``featviz analyze`` is the whole job.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +13,29 @@ import dataclasses
 import datetime as _dt
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import torch
 
-from featviz.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig, from_dict, parse_epochs, to_dict
 from featviz.data import ImageData, load_data
-from featviz.errors import FeatvizError, RunError
+from featviz import analyze as analyze_stage
+from featviz import render as render_stage
+from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.faults import pause_point
+from featviz.gallery.build import build_gallery
 from featviz.model import build_model, conv_layers
 from featviz.optvis.param import color_matrix
+from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
 from featviz.provenance import provenance
+from featviz.renderset import am_settings, settings_id
 from featviz.store import Run, check_name, check_out_dir
-from featviz.train import (
-    Normalizer, StepInfo, check_finite, evaluate, load_optimizer_state, make_optimizer, optimizer_state,
-    resolve_device, steps_per_epoch, train_one_epoch,
+from featviz.device import resolve_device
+from featviz.images import Normalizer
+from featviz.training import (
+    StepInfo, check_finite, evaluate, load_optimizer_state, make_optimizer, optimizer_state, steps_per_epoch,
+    train_one_epoch,
 )
-
-
-class TrainProgress(Protocol):
-    """What the caller (the CLI's progress bar, a notebook) hears while training runs."""
-
-    def start(self, run: Run, first_epoch: int, epochs: int, batches: int) -> None: ...
-    def step(self, info: StepInfo) -> None: ...
-    def epoch(self, record: dict) -> None: ...
-
-
-class _Silent:
-    def start(self, run: Run, first_epoch: int, epochs: int, batches: int) -> None: ...
-    def step(self, info: StepInfo) -> None: ...
-    def epoch(self, record: dict) -> None: ...
 
 
 def default_run_name(data_name: str) -> str:
@@ -72,7 +72,7 @@ def train_run(
         "params_total": sum(p.numel() for p in model.parameters()),
     }
     run = Run.create(out, name, meta, force=force)
-    return _fit(run, data, model, train_cfg, device, first_epoch=1, progress=progress or _Silent())
+    return _fit(run, data, model, train_cfg, device, first_epoch=1, progress=progress or SilentTraining())
 
 
 def resume_run(path: str | Path, device: str | None = None, progress: TrainProgress | None = None) -> Run:
@@ -93,7 +93,7 @@ def resume_run(path: str | Path, device: str | None = None, progress: TrainProgr
     data = load_data(data_cfg)
     model = build_model(model_cfg)
     model.load_state_dict(run.load_snapshot(done))
-    return _fit(run, data, model, train_cfg, dev, first_epoch=done + 1, progress=progress or _Silent())
+    return _fit(run, data, model, train_cfg, dev, first_epoch=done + 1, progress=progress or SilentTraining())
 
 
 def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
@@ -152,3 +152,37 @@ def _commit(run: Run, epoch: int, model: torch.nn.Module, opt: torch.optim.Optim
     run.write_metrics(records)
     run.write_manifest(epoch)
     run.prune_train_state(epoch)
+
+
+def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: StageProgress = silent) -> dict[str, Any]:
+    """Filters at every epoch, activation maximization at ``cfg.epochs``, then the gallery.
+
+    Returns a summary: epochs and layers rendered, images written, the settings set, the gallery path.
+    """
+    layers = render_stage.select_layers(run, cfg.layers)
+    epochs = parse_epochs(cfg.epochs, run.snapshot_epochs())
+    for layer in layers:  # every check before any work, so a bad option leaves the run as it was
+        if cfg.channels and max(cfg.channels) >= layer["out_ch"]:
+            raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer['name']} (it has "
+                              f"{layer['out_ch']} channels: 0..{layer['out_ch'] - 1})")
+    device = resolve_device(cfg.device)
+    snaps, bad = run.load_snapshots(run.snapshot_epochs())  # each verified once, used by both halves
+    for e in epochs:  # a damaged snapshot of a requested epoch fails here, before anything is written
+        if e in bad:
+            raise RunError(bad[e])
+    written = render_stage.render_filters(run, layers, snaps, cfg.force, progress) if cfg.filters else 0
+    rendered = render_stage.render_actmax(run, layers, epochs, cfg, device, progress, snaps)
+    gallery = build_gallery(run)
+    skipped = sorted(bad.items()) if cfg.filters else []
+    sid = settings_id(am_settings(cfg, cfg.size or int(run.meta["data"]["size"])))
+    return {"epochs": epochs, "layers": [layer["name"] for layer in layers], "filter_files": written, "renders": sid,
+            "am_images": rendered, "gallery": gallery, "device": str(device),
+            "skipped": [f"epoch {e} left out of the filter images: {msg}" for e, msg in skipped]}
+
+
+def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress: StageProgress = silent,
+                renders: str | None = None) -> dict[str, Any]:
+    """``featviz.analyze.analyze`` (analysis.json and plots), then the gallery; returns the analysis."""
+    result = analyze_stage.analyze(run, probe_size, device, progress, renders)
+    build_gallery(run)
+    return result

@@ -1,27 +1,26 @@
-"""The render half of the pipeline: a run's snapshots -> filter pictures and activation maximization,
-written through the store (``renders/...`` + ``renders.jsonl``), then the gallery.
+"""The render stage's work: a run's snapshots -> filter pictures and activation-maximization images.
 
-Re-running reuses every render whose settings match the index, unless ``force``.
+In: a Run, its loaded snapshots, the layers and epochs to draw. Out: files under ``RUN/renders/`` and
+one record per file in ``renders.jsonl`` (written through the store). Activation-maximization images
+live in one folder per render settings set (``featviz.renderset``). Re-running reuses every file whose
+record matches, unless ``force``. ``featviz.pipeline.render_run`` runs this stage and rebuilds the gallery.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from featviz.config import ModelConfig, RenderConfig, from_dict, parse_epochs
-from featviz.errors import ConfigError, RunError
-from featviz.filters import evolution_strip, filter_grid, gif_bytes, layer_scale, png_bytes
-from featviz.model import build_model, response_layer
+from featviz.config import RenderConfig
+from featviz.errors import ConfigError
+from featviz.filters import evolution_strip, filter_grid, layer_scale
+from featviz.images import gif_bytes, png_bytes
+from featviz.loading import load_model_at
+from featviz.model import response_layer
+from featviz.progress import StageProgress, silent
 from featviz.renderset import am_settings, record_set, settings_id
 from featviz.store import Run
-
-Progress = Callable[[str, int, int], None]  # (what, done, total)
-
-
-def _noop(what: str, done: int, total: int) -> None:
-    pass
 
 
 def select_layers(run: Run, names: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -37,7 +36,7 @@ def select_layers(run: Run, names: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def render_filters(run: Run, layers: list[dict[str, Any]], snaps: dict[int, dict[str, torch.Tensor]],
-                   force: bool = False, progress: Progress = _noop) -> int:
+                   force: bool = False, progress: StageProgress = silent) -> int:
     """Filter grid per epoch, an evolution strip and a GIF per layer, from ``snaps`` (epoch -> snapshot:
     the run's readable epochs; a damaged one is left out of the strip and GIF). Returns how many
     files were written."""
@@ -73,16 +72,8 @@ def render_filters(run: Run, layers: list[dict[str, Any]], snaps: dict[int, dict
 
 
 
-def load_model_at(run: Run, epoch: int, device: torch.device,
-                  state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
-    """The run's CNN with the weights of ``epoch`` (``state``, if the caller has loaded them), eval mode."""
-    model = build_model(from_dict(ModelConfig, run.meta["configs"]["model"]))
-    model.load_state_dict(run.load_snapshot(epoch) if state is None else state)
-    return model.to(device).eval()
-
-
 def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg: RenderConfig,
-                  device: torch.device, progress: Progress = _noop,
+                  device: torch.device, progress: StageProgress = silent,
                   snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> int:
     """Activation maximization of the chosen channels of every layer at every epoch, batched per layer.
 
@@ -136,32 +127,3 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
             count += 1
             progress("activation maximization", count, total)
     return rendered
-
-
-def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: Progress = _noop) -> dict[str, Any]:
-    """Filters at every epoch, activation maximization at ``cfg.epochs``, then the gallery.
-
-    Returns a summary: epochs and layers rendered, images written, the gallery path.
-    """
-    from featviz.gallery.build import build_gallery
-    from featviz.train import resolve_device
-
-    layers = select_layers(run, cfg.layers)
-    epochs = parse_epochs(cfg.epochs, run.snapshot_epochs())
-    for layer in layers:  # every check before any work, so a bad option leaves the run as it was
-        if cfg.channels and max(cfg.channels) >= layer["out_ch"]:
-            raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer['name']} (it has "
-                              f"{layer['out_ch']} channels: 0..{layer['out_ch'] - 1})")
-    device = resolve_device(cfg.device)
-    snaps, bad = run.load_snapshots(run.snapshot_epochs())  # each verified once, used by both halves
-    for e in epochs:  # a damaged snapshot of a requested epoch fails here, before anything is written
-        if e in bad:
-            raise RunError(bad[e])
-    written = render_filters(run, layers, snaps, cfg.force, progress) if cfg.filters else 0
-    rendered = render_actmax(run, layers, epochs, cfg, device, progress, snaps)
-    gallery = build_gallery(run)
-    skipped = sorted(bad.items()) if cfg.filters else []
-    sid = settings_id(am_settings(cfg, cfg.size or int(run.meta["data"]["size"])))
-    return {"epochs": epochs, "layers": [layer["name"] for layer in layers], "filter_files": written, "renders": sid,
-            "am_images": rendered, "gallery": gallery, "device": str(device),
-            "skipped": [f"epoch {e} left out of the filter images: {msg}" for e, msg in skipped]}

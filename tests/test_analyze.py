@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from featviz.analyze import analyze_run, effective_receptive_field
+from featviz.metrics import effective_receptive_field
+from featviz.pipeline import analyze_run
 from featviz.config import RenderConfig
 from featviz.errors import RunError
 from featviz.gallery.build import build_gallery
 from featviz.reading import first_epoch_above
-from featviz.render import render_run
+from featviz.pipeline import render_run
 from featviz.store import Run
 
 
@@ -149,7 +150,7 @@ def _rebuild(run_src: Run, dst: Path, states: list[dict[str, torch.Tensor]]) -> 
 
 
 def _add_am(run: Run, layer: str, depth: int, channel: int, epoch: int, img: torch.Tensor, settings: dict) -> None:
-    from featviz.filters import png_bytes
+    from featviz.images import png_bytes
     from featviz.renderset import settings_id
 
     sid = settings_id(settings)
@@ -166,7 +167,7 @@ def known(tiny_run, tmp_path_factory) -> tuple[Run, dict, dict]:
     Activation-maximization images: conv1 channel 1's is its own top validation image, rendered at
     twice the run's size (nearest-neighbour), so r = 1 exactly; conv1 channel 0's is flat grey."""
     from featviz.analyze import _probe
-    from featviz.render import load_model_at
+    from featviz.loading import load_model_at
 
     s0, s1, s2 = (dict(tiny_run.load_snapshot(e)) for e in (0, 1, 2))
     for s in (s0, s1, s2):
@@ -234,14 +235,14 @@ def test_complexity_values_of_the_stored_images(known) -> None:
     run, a, expected = known
     c1 = a["complexity"]["features.conv1"]["2"]
     assert c1["bpp"]["n"] == 2 and c1["flat"] == 1 and c1["slope"]["n"] == 1  # the grey image has no slope
-    from featviz.analyze import _load_png
+    from featviz.images import decode_png
 
     files = sorted(r["file"] for r in run.render_index() if r["layer"] == "features.conv1")
-    bits = [zlib_bits_per_pixel(_load_png(run, f)) for f in files]
+    bits = [zlib_bits_per_pixel(decode_png(run.read_file_bytes(f))) for f in files]
     assert c1["bpp"]["mean"] == pytest.approx(sum(bits) / 2) and min(bits) < 0.5 < 2 < max(bits)
     from featviz.metrics import spectrum_slope
 
-    slopes = [spectrum_slope(_load_png(run, f)) for f in files]
+    slopes = [spectrum_slope(decode_png(run.read_file_bytes(f))) for f in files]
     assert slopes.count(None) == 1 and c1["slope"]["mean"] == pytest.approx(next(x for x in slopes if x is not None))
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from featviz.config import RenderConfig
 from featviz.gallery.build import build_gallery
-from featviz.render import render_run
+from featviz.pipeline import render_run
 from featviz.store import Run
 
 CHROMIUM = Path("/usr/bin/chromium")

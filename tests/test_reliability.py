@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from conftest import make_png_folder
-from featviz.analyze import analyze_run
+from featviz.pipeline import analyze_run
 from featviz.check import check_run
 from featviz.config import RenderConfig
 from featviz.faults import ENV_AT, ENV_FILE
-from featviz.render import render_run
+from featviz.pipeline import render_run
 from featviz.store import Run, load_tensors
 
 ROOT = Path(__file__).resolve().parents[1]

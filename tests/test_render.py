@@ -14,7 +14,7 @@ from featviz.config import RenderConfig, parse_epochs
 from featviz.errors import ConfigError, RunError
 from featviz.gallery.build import build_gallery
 from featviz.gallery.serve import make_server
-from featviz.render import render_run
+from featviz.pipeline import render_run
 from featviz.store import Run
 
 FAST = dict(steps=6, chunk=64)

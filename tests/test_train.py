@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import re
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 import featviz
+import featviz.training as train_mod  # the training loop (featviz.train is the public function)
 from conftest import TINY_BATCHES, make_png_folder
 from featviz.config import DataConfig, TrainConfig
 from featviz.errors import FeatvizError, RunError, TrainingDiverged
@@ -20,8 +20,6 @@ from featviz.model import build_model
 from featviz.pipeline import resume_run, train_run
 from featviz.store import load_tensors
 
-# ``featviz.train`` is the public function; the module of the same name is reached through importlib
-train_mod = importlib.import_module("featviz.train")
 
 METRIC_KEYS = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "wall_s"}
 
@@ -229,7 +227,7 @@ def test_huge_learning_rate_diverges(tiny_cfgs, tmp_path: Path) -> None:
 
 
 class _NanLossAfter:
-    """Stands in for torch.nn.functional in featviz.train: the n-th training loss becomes NaN."""
+    """Stands in for torch.nn.functional in featviz.training: the n-th training loss becomes NaN."""
 
     def __init__(self, n: int) -> None:
         self.n, self.calls = n, 0

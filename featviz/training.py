@@ -9,7 +9,6 @@ state and k, and reproduces the uninterrupted run exactly on the same machine.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,7 +18,8 @@ from torch import nn
 
 from featviz.config import TrainConfig
 from featviz.data.base import ImageData
-from featviz.errors import ConfigError, TrainingDiverged
+from featviz.errors import TrainingDiverged
+from featviz.images import Normalizer
 
 
 @dataclass(frozen=True)
@@ -30,35 +30,6 @@ class StepInfo:
     step: int  # global optimizer step after this batch
     loss: float  # this batch's loss
     acc: float  # running training accuracy of the epoch so far
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda, then mps, then cpu; an explicit device that is not there is a ConfigError."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but CUDA is not available on this machine")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps requested but MPS is not available on this machine")
-    return torch.device(name)
-
-
-class Normalizer:
-    """uint8 [B, C, H, W] -> normalized float on ``device`` in the model's memory format."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, channels_last: bool):
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
-        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0)
-        self.device = device
-        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True).float()
-        return ((x - self.mean) * self.inv_std).contiguous(memory_format=self.fmt)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -152,10 +123,6 @@ def check_finite(model: nn.Module, epoch: int) -> None:
             raise TrainingDiverged(
                 f"{name} became non-finite during epoch {epoch}; training stopped, "
                 f"the last good snapshot is epoch {epoch - 1}; try a smaller --lr")
-
-
-def now() -> float:
-    return time.perf_counter()
 
 
 def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
