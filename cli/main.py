@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cli import analyze, check, data, gallery, render, runs, summary, train
-from featviz.errors import FeatvizError
+from featviz.errors import FeatvizError, one_line
 
 app = typer.Typer(
     name="featviz", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo(ctx.get_help())
             return 0
         cmd = ctx.command_path if ctx is not None else "featviz"
-        typer.echo(f"featviz: error: {_one_line(e.format_message())} (see '{cmd} --help')", err=True)
+        typer.echo(f"featviz: error: {one_line(e.format_message())} (see '{cmd} --help')", err=True)
         return getattr(e, "exit_code", 2)
     except FeatvizError as e:
-        typer.echo(f"featviz: error: {_one_line(str(e))}", err=True)
+        typer.echo(f"featviz: error: {one_line(str(e))}", err=True)
         return 1
     except typer.Abort:
         typer.echo("featviz: aborted", err=True)
@@ -45,10 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("featviz: interrupted; completed epochs are kept (resume with --resume RUN)", err=True)
         return 130
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 if __name__ == "__main__":

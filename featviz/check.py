@@ -16,12 +16,11 @@ committed (``featviz train --resume`` discards both).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from featviz.errors import RunError
-from featviz.store import Run, load_tensors, sha256_file
+from featviz.store import Run
 
 
 @dataclass
@@ -66,26 +65,19 @@ def check_run(path: str | Path) -> CheckReport:
 
 def _check_manifest_files(run: Run, files: dict[str, str], rep: CheckReport) -> None:
     for rel, digest in sorted(files.items()):
-        p = run.path / rel
         rep.files_checked += 1
-        if not p.is_file():
-            rep.problems.append(f"{p}: file is missing (the manifest lists it)")
-        elif rel.endswith(".safetensors"):
-            try:
-                load_tensors(p, digest)
-            except RunError as e:
-                rep.problems.append(str(e))
-        elif rel == "metrics.jsonl":
-            _check_metrics_hash(p, digest, rep)
-        elif sha256_file(p) != digest:
-            rep.problems.append(f"{p}: checksum does not match the manifest (file is damaged or was edited)")
+        if rel == "metrics.jsonl" and (run.path / rel).is_file():
+            _check_metrics_hash(run, rel, digest, rep)
+        elif problem := run.verify_file(rel, digest):
+            rep.problems.append(problem)
 
 
-def _check_metrics_hash(p: Path, digest: str, rep: CheckReport) -> None:
+def _check_metrics_hash(run: Run, rel: str, digest: str, rep: CheckReport) -> None:
     """metrics.jsonl is rewritten just before the manifest: a process killed between the two leaves
     the committed lines (one per epoch 0..epochs_done) intact, followed by the uncommitted epoch's
     line. That is a note, not damage."""
-    lines = p.read_bytes().splitlines(keepends=True)
+    p = run.path / rel
+    lines = run.read_file_bytes(rel).splitlines(keepends=True)
     committed = rep.epochs_done + 1
     if hashlib.sha256(b"".join(lines)).hexdigest() == digest:
         return
@@ -115,18 +107,11 @@ def _check_epochs(run: Run, files: dict[str, str], rep: CheckReport) -> None:
 
 
 def _check_renders(run: Run, rep: CheckReport) -> None:
-    p = run.path / "renders.jsonl"
-    if not p.exists():
-        return
-    for i, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
-        try:
-            rec = json.loads(line)
-            rel = rec["file"]
-        except (ValueError, TypeError, KeyError):
-            rep.problems.append(f"{p}: line {i} is damaged")
-            continue
-        if not (run.path / rel).is_file():
-            rep.problems.append(f"{run.path / rel}: render file is missing (listed in renders.jsonl line {i})")
+    records, damaged = run.read_renders()
+    rep.problems.extend(damaged)
+    for rec in records:
+        if not (run.path / rec["file"]).is_file():
+            rep.problems.append(f"{run.path / rec['file']}: render file is missing (listed in renders.jsonl)")
 
 
 def _notes(run: Run, files: dict[str, str], rep: CheckReport) -> None:

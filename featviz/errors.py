@@ -22,3 +22,12 @@ class RunError(FeatvizError):
 
 class TrainingDiverged(FeatvizError):
     """Training met a non-finite loss; the last good snapshot is kept."""
+
+
+def one_line(err: BaseException | str, limit: int | None = None) -> str:
+    """An exception (or text) as one line: whitespace collapsed, cut at ``limit`` characters if given;
+    an exception without a message gives its type's name."""
+    text = " ".join(str(err).split())
+    if not text and isinstance(err, BaseException):
+        text = type(err).__name__
+    return text[:limit] if limit else text

@@ -29,7 +29,8 @@ from featviz.optvis.param import color_matrix
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
 from featviz.provenance import provenance
 from featviz.renderset import am_settings, settings_id
-from featviz.store import Run, check_name, check_out_dir
+from featviz.fileio import save_tensors
+from featviz.store import Run, check_new_run, check_out_dir
 from featviz.device import resolve_device
 from featviz.images import Normalizer
 from featviz.training import (
@@ -52,11 +53,10 @@ def train_run(
 
     ``model_cfg.in_channels`` and ``num_classes`` are taken from the data set.
     """
-    name = check_name(name) if name else default_run_name(data_cfg.name)
+    name = name or default_run_name(data_cfg.name)
     device = resolve_device(train_cfg.device)
     out = check_out_dir(Path(out_dir))
-    if (out / name).exists() and not force:  # fail before spending seconds on data
-        raise RunError(f"run {out / name} already exists; use --resume to continue it or --force to replace it")
+    check_new_run(out, name, force)  # fail before spending seconds on data
     data = load_data(data_cfg)
     model_cfg = dataclasses.replace(model_cfg, in_channels=data.channels, num_classes=len(data.classes))
     model = build_model(model_cfg, seed=train_cfg.seed)
@@ -126,7 +126,7 @@ def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, de
         pause_point(f"step:{info.step}")  # fault-injection tests kill the process here
         if every and info.step % every == 0 and info.batch != info.batches:
             check_finite(model, info.epoch)
-            run.save_snapshot(run.step_snapshot_file(info.step), model.state_dict())
+            save_tensors(run.step_snapshot_file(info.step), model.state_dict())
 
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -143,7 +143,7 @@ def _commit(run: Run, epoch: int, model: torch.nn.Module, opt: torch.optim.Optim
             records: list[dict], rec: dict) -> None:
     """Snapshot, resume state, metrics line, then the manifest: the epoch counts only after the last."""
     t0 = time.perf_counter()
-    run.save_snapshot(run.snapshot_file(epoch), model.state_dict())
+    save_tensors(run.snapshot_file(epoch), model.state_dict())
     tensors, info = optimizer_state(opt)
     tensors["rng.cpu"] = torch.get_rng_state()
     run.save_train_state(epoch, tensors, {**info, "epoch": epoch, "step": rec["step"]})

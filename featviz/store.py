@@ -1,4 +1,4 @@
-"""The run directory: the ONLY module that reads or writes it.
+"""The run folder: the ``Run`` class, the only code that knows where a run keeps what.
 
 Layout (schema 1)::
 
@@ -7,162 +7,33 @@ Layout (schema 1)::
     RUN/snapshots/epoch_003.safetensors   model tensors after epoch 3; step_0000150.* with --snapshot-every-steps
     RUN/state/epoch_003.safetensors   optimizer state + RNG state for resuming (structure in .json beside it)
     RUN/manifest.json                 written LAST after each epoch: epochs done + sha256 of every file
+    RUN/renders.jsonl, renders/, analysis.json, analysis/, gallery/   written by render, analyze, gallery
 
-Guarantees: every file is written atomically (temp file in the same folder, fsync, os.replace), so
-a reader sees the old or the new file, never half of one. An epoch counts as done only once the
-manifest says so. Loading never unpickles: tensors come from safetensors, everything else is JSON.
+Invariants: every byte goes through ``featviz.fileio`` (atomic writes, no pickle); an epoch counts as
+done only once the manifest says so; names from users never leave the run folder.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
 import os
-import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from featviz.errors import RunError
-from featviz.faults import pause_point
+from featviz.fileio import (
+    atomic_write_bytes, atomic_write_json, check_name, load_tensors, not_a_file, read_json, read_jsonl, save_tensors,
+    sha256_file, write_jsonl,
+)
 
 SCHEMA_VERSION = 1
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once: mkstemp creates 0600 files, runs should get the usual 0644
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-# ----------------------------------------------------------------------------- atomic primitives
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise _os_error(path, e) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            view = memoryview(data)
-            f.write(view[: len(view) // 2])
-            f.flush()
-            pause_point(f"write:{path.name}")  # fault-injection tests kill the process here
-            f.write(view[len(view) // 2:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise _os_error(path, e) from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:  # makes the rename itself durable; not supported on every platform
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _os_error(path: Path, e: OSError) -> RunError:
-    if e.errno == errno.ENOSPC:
-        return RunError(f"disk full while writing {path}; the previous version of the file is unchanged")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return RunError(f"cannot write {path}: folder is not writable")
-    return RunError(f"cannot write {path}: {e.strerror or e}")
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; any problem is a RunError naming the file."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise RunError(f"{path}: file is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"{path}: not valid JSON ({_one_line(e)})") from None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:200]
-
-
-def check_name(name: str, what: str = "run name") -> str:
-    """Names used in file names: letters, digits, . _ - only, so they never escape the run folder."""
-    if not _NAME_RE.fullmatch(name) or name in (".", ".."):
-        raise RunError(f"invalid {what} {name!r}: use letters, digits, '.', '_' or '-' (at most 100)")
-    return name
-
-
-# ----------------------------------------------------------------------------- tensors
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Save plain tensors (CPU, contiguous) as safetensors, atomically; refuse non-finite values."""
-    clean = {}
-    for k, t in tensors.items():
-        t = t.detach().to("cpu").contiguous()
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise RunError(f"refusing to save {path.name}: tensor {k!r} has non-finite values")
-        clean[k] = t
-    atomic_write_bytes(path, st_save(clean))
-
-
-def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
-    """Load a safetensors file without pickle; any damage is a RunError that names the file."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise RunError(f"{path}: snapshot file is missing") from None
-    except OSError as e:
-        raise RunError(f"{path}: cannot read ({_one_line(e)})") from None
-    if not data:
-        raise RunError(f"{path}: file is empty (zero bytes)")
-    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise RunError(f"{path}: checksum does not match the manifest (file is damaged or was edited)")
-    try:
-        tensors = st_load(data)
-    except Exception as e:  # safetensors raises several types for truncated/garbled headers
-        raise RunError(f"{path}: not a valid safetensors file ({_one_line(e)})") from None
-    for k, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise RunError(f"{path}: tensor {k!r} has non-finite values")
-    return tensors
 
 
 # ----------------------------------------------------------------------------- the run
 def check_out_dir(out_dir: Path) -> Path:
     """Create ``out_dir`` if needed and make sure runs can be written there (fails before any work)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunError(f"output folder {out_dir} is a file, not a folder")
+    out_dir = not_a_file(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -170,6 +41,20 @@ def check_out_dir(out_dir: Path) -> Path:
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise RunError(f"output folder {out_dir} is not writable")
     return out_dir
+
+
+def check_new_run(out_dir: Path, name: str, force: bool) -> Path:
+    """Where a new run ``name`` goes; an existing run there is an error unless ``force``, and anything
+    that is not a run (a file, a non-empty foreign folder) is never replaced. Checks only, writes nothing."""
+    path = not_a_file(out_dir) / check_name(name)
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{path} exists and is a file, not a run; refusing to replace it")
+    if path.exists():
+        if not force:
+            raise RunError(f"run {path} already exists; use --resume to continue it or --force to replace it")
+        if not (path / "run.json").is_file() and any(path.iterdir()):
+            raise RunError(f"{path} exists and is not a featviz run; refusing to replace it")
+    return path
 
 
 class Run:
@@ -183,18 +68,8 @@ class Run:
     @classmethod
     def create(cls, out_dir: Path, name: str, meta: dict[str, Any], force: bool = False) -> "Run":
         """Make ``out_dir/name`` and write run.json. An existing run is an error unless ``force``."""
-        check_name(name)
-        out_dir = Path(out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise RunError(f"output folder {out_dir} is a file, not a folder")
-        path = out_dir / name
-        if path.exists() and not path.is_dir():
-            raise RunError(f"{path} exists and is a file, not a run; refusing to replace it")
+        path = check_new_run(out_dir, name, force)
         if path.exists():
-            if not force:
-                raise RunError(f"run {path} already exists; use --resume to continue it or --force to replace it")
-            if not (path / "run.json").is_file() and any(path.iterdir()):
-                raise RunError(f"{path} exists and is not a featviz run; refusing to replace it")
             _remove_tree(path)
         try:
             path.mkdir(parents=True)
@@ -277,22 +152,7 @@ class Run:
     # -- metrics
     def read_metrics(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Metric records in file order, and one message per damaged line (naming the file and line)."""
-        p = self.path / "metrics.jsonl"
-        if not p.exists():
-            return [], []
-        out, damaged = [], []
-        for i, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict) or "epoch" not in rec:
-                    raise ValueError("no epoch field")
-            except ValueError as e:
-                damaged.append(f"{p}: line {i} is damaged ({_one_line(e)})")
-                continue
-            out.append(rec)
-        return out, damaged
+        return read_jsonl(self.path / "metrics.jsonl", "epoch")
 
     def metrics(self, strict: bool = True) -> list[dict[str, Any]]:
         """Metric records in epoch order. ``strict=False`` skips a damaged line instead of failing."""
@@ -303,8 +163,7 @@ class Run:
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Rewrite metrics.jsonl whole (it is small) so a crash never leaves half a line."""
-        text = "".join(json.dumps(r) + "\n" for r in records)
-        atomic_write_bytes(self.path / "metrics.jsonl", text.encode())
+        write_jsonl(self.path / "metrics.jsonl", records)
 
     # -- snapshots
     def snapshot_file(self, epoch: int) -> Path:
@@ -312,9 +171,6 @@ class Run:
 
     def step_snapshot_file(self, step: int) -> Path:
         return self.path / "snapshots" / f"step_{step:07d}.safetensors"
-
-    def save_snapshot(self, path: Path, state: dict[str, torch.Tensor]) -> None:
-        save_tensors(path, state)
 
     def snapshot_epochs(self) -> list[int]:
         """Epochs whose snapshot is committed by the manifest (0 = the random init)."""
@@ -404,27 +260,34 @@ class Run:
         """``path`` inside the run as the POSIX relative path that indexes and the gallery use."""
         return Path(path).relative_to(self.path).as_posix()
 
+    def read_renders(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Records of renders.jsonl in file order, and one message per damaged line."""
+        return read_jsonl(self.path / "renders.jsonl", "file")
+
     def render_index(self) -> list[dict[str, Any]]:
         """Records of renders.jsonl whose file still exists; damaged lines are skipped."""
-        p = self.path / "renders.jsonl"
-        if not p.exists():
-            return []
-        out = []
-        for line in p.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "file" in rec and (self.path / rec["file"]).is_file():
-                out.append(rec)
-        return out
+        return [r for r in self.read_renders()[0] if (self.path / r["file"]).is_file()]
 
     def add_renders(self, records: list[dict[str, Any]]) -> None:
         """Add or replace (by file) records in renders.jsonl, atomically."""
         new = {r["file"]: r for r in records}
-        keep = [r for r in self.render_index() if r["file"] not in new]
-        text = "".join(json.dumps(r) + "\n" for r in [*keep, *new.values()])
-        atomic_write_bytes(self.path / "renders.jsonl", text.encode())
+        write_jsonl(self.path / "renders.jsonl", [*(r for r in self.render_index() if r["file"] not in new), *new.values()])
+
+    def verify_file(self, rel: str, digest: str) -> str | None:
+        """None if the run's file ``rel`` exists and has sha256 ``digest`` (snapshots: and loads as finite
+        safetensors); else what is wrong, naming the file."""
+        p = self.path / rel
+        if not p.is_file():
+            return f"{p}: file is missing (the manifest lists it)"
+        if rel.endswith(".safetensors"):
+            try:
+                load_tensors(p, digest)
+            except RunError as e:
+                return str(e)
+            return None
+        if sha256_file(p) != digest:
+            return f"{p}: checksum does not match the manifest (file is damaged or was edited)"
+        return None
 
     def write_analysis(self, result: dict[str, Any]) -> None:
         """RUN/analysis.json, atomically (featviz analyze)."""
@@ -455,9 +318,7 @@ def _remove_tree(path: Path) -> None:
 def list_runs(out_dir: Path) -> list[Run]:
     """Every run directly under ``out_dir`` (folders with a run.json), sorted by name; none if the
     folder does not exist yet. A file where the folder should be is a RunError."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunError(f"output folder {out_dir} is a file, not a folder")
+    out_dir = not_a_file(out_dir)
     if not out_dir.is_dir():
         return []
     runs = []

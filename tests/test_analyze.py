@@ -139,11 +139,13 @@ def test_cli_analyze(analyzed, cli, tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- runs with known answers
 def _rebuild(run_src: Run, dst: Path, states: list[dict[str, torch.Tensor]]) -> Run:
+    from featviz.fileio import save_tensors
+
     """A copy of ``run_src`` whose epoch snapshots are ``states`` (hashes recorded anew), without renders."""
     shutil.copytree(run_src.path, dst, ignore=shutil.ignore_patterns("renders*", "analysis*", "gallery"))
     run = Run.open(dst)
     for e, state in enumerate(states):
-        run.save_snapshot(run.snapshot_file(e), state)
+        save_tensors(run.snapshot_file(e), state)
     (dst / "manifest.json").unlink()
     run.write_manifest(len(states) - 1)
     return run

@@ -26,7 +26,8 @@ from featviz.check import check_run
 from featviz.config import RenderConfig
 from featviz.faults import ENV_AT, ENV_FILE
 from featviz.pipeline import render_run
-from featviz.store import Run, load_tensors
+from featviz.fileio import load_tensors
+from featviz.store import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4

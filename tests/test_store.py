@@ -12,9 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
+import featviz.fileio as fileio
 import featviz.store as store
 from featviz.errors import RunError
-from featviz.store import Run, atomic_write_bytes, check_name, check_out_dir, list_runs, load_tensors, save_tensors
+from featviz.fileio import atomic_write_bytes, check_name, load_tensors, save_tensors
+from featviz.store import Run, check_out_dir, list_runs
 
 
 def _temp_files(folder: Path) -> list[Path]:
@@ -34,7 +36,7 @@ def test_atomic_write_replaces_content_and_leaves_no_temp(tmp_path: Path) -> Non
     assert p.read_bytes() == b"second, longer"
     assert sorted(x.name for x in p.parent.iterdir()) == ["f.bin"]
     mode = p.stat().st_mode & 0o777
-    assert mode == 0o666 & ~store._UMASK  # not mkstemp's 0600
+    assert mode == 0o666 & ~fileio._umask()  # not mkstemp's 0600
 
 
 class _FullDiskFile:
@@ -69,9 +71,9 @@ def test_disk_full_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.Monke
 
     if fail_in == "write":
         real_fdopen = os.fdopen
-        monkeypatch.setattr(store.os, "fdopen", lambda *a, **k: _FullDiskFile(real_fdopen(*a, **k)))
+        monkeypatch.setattr(fileio.os, "fdopen", lambda *a, **k: _FullDiskFile(real_fdopen(*a, **k)))
     else:
-        monkeypatch.setattr(store.os, fail_in, boom)
+        monkeypatch.setattr(fileio.os, fail_in, boom)
     with pytest.raises(RunError, match="disk full") as info:
         atomic_write_bytes(p, b"new content that never lands")
     monkeypatch.undo()
@@ -85,7 +87,7 @@ def test_other_write_errors_are_run_errors(tmp_path: Path, monkeypatch: pytest.M
     def denied(*args, **kwargs):
         raise OSError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(store.os, "replace", denied)
+    monkeypatch.setattr(fileio.os, "replace", denied)
     with pytest.raises(RunError, match="not writable"):
         atomic_write_bytes(tmp_path / "g.bin", b"x")
     monkeypatch.undo()
@@ -99,7 +101,7 @@ def test_interrupt_during_write_cleans_up(tmp_path: Path, monkeypatch: pytest.Mo
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store.os, "fsync", interrupt)
+    monkeypatch.setattr(fileio.os, "fsync", interrupt)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(p, b"new")
     monkeypatch.undo()
@@ -112,7 +114,7 @@ def test_save_and_load_tensors_round_trip(tmp_path: Path) -> None:
     tensors = {"a": torch.arange(6, dtype=torch.float32).view(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64),
                "c": torch.randn(3, 4).t()}  # non-contiguous
     save_tensors(p, tensors)
-    back = load_tensors(p, store.sha256_file(p))
+    back = load_tensors(p, fileio.sha256_file(p))
     assert back.keys() == tensors.keys()
     for k in tensors:
         assert torch.equal(back[k], tensors[k])
@@ -151,7 +153,7 @@ def test_load_missing_tensors(tmp_path: Path) -> None:
 
 def test_checksum_mismatch(tmp_path: Path) -> None:
     p = _valid_file(tmp_path)
-    load_tensors(p, store.sha256_file(p))  # fine with the right hash
+    load_tensors(p, fileio.sha256_file(p))  # fine with the right hash
     with pytest.raises(RunError, match="checksum") as info:
         load_tensors(p, "0" * 64)
     assert str(p) in str(info.value)
@@ -305,7 +307,7 @@ def test_manifest_hashes_match_files(tiny_run) -> None:
     expected = {"run.json", "metrics.jsonl"} | {f"snapshots/epoch_{e:03d}.safetensors" for e in range(3)}
     assert set(m["files"]) == expected
     for rel, digest in m["files"].items():
-        assert store.sha256_file(tiny_run.path / rel) == digest, rel
+        assert fileio.sha256_file(tiny_run.path / rel) == digest, rel
     assert _temp_files(tiny_run.path) == []
     # only the last epoch's resume state is kept
     assert sorted(p.name for p in (tiny_run.path / "state").iterdir()) == ["epoch_002.json", "epoch_002.safetensors"]
@@ -315,4 +317,4 @@ def test_manifest_hashes_match_files(tiny_run) -> None:
     assert json.loads((tiny_run.path / "run.json").read_text()) == json.loads(json.dumps(tiny_run.meta))
     modes = {tiny_run.rel(p): p.stat().st_mode & 0o777 for p in tiny_run.path.rglob("*") if p.is_file()}
     assert {"run.json", "manifest.json", "state/epoch_002.json"} <= set(modes)
-    assert modes == dict.fromkeys(modes, 0o666 & ~store._UMASK)
+    assert modes == dict.fromkeys(modes, 0o666 & ~fileio._umask())

@@ -18,7 +18,7 @@ from featviz.config import DataConfig, TrainConfig
 from featviz.errors import FeatvizError, RunError, TrainingDiverged
 from featviz.model import build_model
 from featviz.pipeline import resume_run, train_run
-from featviz.store import load_tensors
+from featviz.fileio import load_tensors
 
 
 METRIC_KEYS = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "wall_s"}

@@ -9,7 +9,7 @@ import torch
 from torchvision.utils import make_grid
 
 from featviz.data.base import ImageData
-from featviz.store import atomic_write_bytes
+from featviz.fileio import atomic_write_bytes
 
 
 def sample_grid(data: ImageData, per_class: int = 8) -> torch.Tensor:

@@ -25,7 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from featviz.config import DataConfig
 from featviz.data.base import ImageData, channel_stats
-from featviz.errors import DataError
+from featviz.errors import DataError, one_line
 
 KNOWN_SOURCES: tuple[str, ...] = ("shapes", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "folder:PATH")
 
@@ -43,12 +43,6 @@ def _is_read_error(err: BaseException) -> bool:
     """A reader's error on a damaged file; the UnpicklingError of torchvision's CIFAR reader is matched by
     name, so featviz itself never imports the pickle module."""
     return isinstance(err, _READ_ERRORS) or type(err).__name__ == "UnpicklingError"
-
-
-def _one_line(err: BaseException) -> str:
-    """An exception as a short single line (torchvision's download errors span several lines)."""
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 def _expected_folder(key: str, root: Path) -> Path:
@@ -112,7 +106,7 @@ def _load_named(key: str, cfg: DataConfig) -> ImageData:
             missing = err.name or "scipy"
             raise DataError(f"{key} needs the optional package {missing}; install it to read {key}") from None
         except RuntimeError as err:
-            msg = _one_line(err)
+            msg = one_line(err)
             if "Dataset not found" in msg or "not found or corrupted" in msg:
                 where = _expected_folder(key, root)
                 hint = "the files there may be incomplete" if cfg.download else "pass --download to fetch it"
@@ -123,7 +117,7 @@ def _load_named(key: str, cfg: DataConfig) -> ImageData:
         except Exception as err:  # noqa: BLE001 - narrowed to reading errors right here
             if not _is_read_error(err):
                 raise
-            raise DataError(f"could not read {key} from {_expected_folder(key, root)}: {_one_line(err)}") from None
+            raise DataError(f"could not read {key} from {_expected_folder(key, root)}: {one_line(err)}") from None
         splits.append(_as_tensors(key, ds))
     (train_x, train_y), (val_x, val_y) = splits
     train_x, val_x = _resize(train_x, cfg.size), _resize(val_x, cfg.size)
@@ -153,7 +147,7 @@ def _read_image(path: str, size: int) -> torch.Tensor:
         with Image.open(path) as img:
             rgb = img.convert("RGB")  # convert() forces a full decode, so truncation shows up here
     except _IMAGE_ERRORS as err:
-        raise DataError(f"cannot read image {path}: {_one_line(err)}") from None
+        raise DataError(f"cannot read image {path}: {one_line(err)}") from None
     x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
     return _resize(x, size)
 
@@ -193,7 +187,7 @@ def _load_folder(cfg: DataConfig) -> ImageData:
     except FileNotFoundError:
         raise DataError(f"image folder {root} has no class subfolders (expected {root}/CLASS/IMAGE.png)") from None
     except OSError as err:
-        raise DataError(f"cannot list image folder {root}: {_one_line(err)}") from None
+        raise DataError(f"cannot list image folder {root}: {one_line(err)}") from None
     if not ds.samples:
         raise DataError(f"image folder {root} has no images in its class subfolders")
     if len(ds.classes) < 2:
