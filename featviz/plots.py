@@ -79,35 +79,39 @@ def cka(a: dict[str, Any]) -> dict[str, bytes]:
     return _figure(draw)
 
 
-def complexity(a: dict[str, Any]) -> dict[str, bytes]:
-    """zlib bits per pixel of the activation-maximization images vs depth: init vs last rendered epoch."""
+def _by_depth(a: dict[str, Any], title: str, ylabel: str, series: list[tuple[str, list, str, list | None]],
+              hline: tuple[float, str] | None = None) -> dict[str, bytes]:
+    """One line per (label, values by depth, style, error bars or None), optionally a labelled level."""
     def draw(ax: Any) -> None:
-        comp = a["complexity"]
         depths = list(range(1, len(a["layers"]) + 1))
-        epochs = sorted({int(e) for name in a["layers"] for e in comp.get(name, {})})
-        for e, style in ((epochs[0], "s--"), (epochs[-1], "o-")):
-            ys = [comp[n][str(e)]["bpp"]["mean"] for n in a["layers"]]
-            es = [comp[n][str(e)]["bpp"]["std"] for n in a["layers"]]
-            ax.errorbar(depths, ys, yerr=es, fmt=style, capsize=3,
-                        label=f"epoch {e}" + (" (random init)" if e == 0 else ""))
-        ax.set(xlabel="depth", ylabel="zlib bits per pixel", xticks=depths,
-               title="Complexity of activation-maximization images" + (f"\n{a['renders']}" if a.get("renders") else ""))
+        for label, ys, style, err in series:
+            ax.errorbar(depths, ys, yerr=err, fmt=style, capsize=3, label=label)
+        if hline:
+            ax.axhline(hline[0], color="grey", lw=0.8, ls=":", label=hline[1])
+        ax.set(xlabel="depth", ylabel=ylabel, xticks=depths, title=title)
         ax.legend(fontsize=8, frameon=False)
     return _figure(draw)
+
+
+def complexity(a: dict[str, Any]) -> dict[str, bytes]:
+    """zlib bits per pixel of the activation-maximization images vs depth: init vs last rendered epoch."""
+    comp = a["complexity"]
+    epochs = sorted({int(e) for name in a["layers"] for e in comp.get(name, {})})
+    series = [(f"epoch {e}" + (" (random init)" if e == 0 else ""),
+               [comp[n][str(e)]["bpp"]["mean"] for n in a["layers"]], style,
+               [comp[n][str(e)]["bpp"]["std"] for n in a["layers"]])
+              for e, style in ((epochs[0], "s--"), (epochs[-1], "o-"))]
+    title = "Complexity of activation-maximization images" + (f"\n{a['renders']}" if a.get("renders") else "")
+    return _by_depth(a, title, "zlib bits per pixel", series)
 
 
 def receptive_field(a: dict[str, Any]) -> dict[str, bytes]:
     """Theoretical and effective receptive field (px) vs depth, with the image size."""
-    def draw(ax: Any) -> None:
-        rf = a["receptive_field"]
-        depths = list(range(1, len(a["layers"]) + 1))
-        ax.plot(depths, [rf[n]["theoretical_px"] for n in a["layers"]], "o-", label="theoretical")
-        for e in (a["epochs"][0], a["epochs"][-1]):
-            ax.plot(depths, [rf[n][f"effective_px_epoch_{e}"] for n in a["layers"]], "s--", label=f"effective, epoch {e}")
-        ax.axhline(rf[a["layers"][0]]["image_px"], color="grey", lw=0.8, ls=":", label="image size")
-        ax.set(xlabel="depth", ylabel="px", xticks=depths, title="Receptive field")
-        ax.legend(fontsize=8, frameon=False)
-    return _figure(draw)
+    rf = a["receptive_field"]
+    series = [("theoretical", [rf[n]["theoretical_px"] for n in a["layers"]], "o-", None)]
+    series += [(f"effective, epoch {e}", [rf[n][f"effective_px_epoch_{e}"] for n in a["layers"]], "s--", None)
+               for e in (a["epochs"][0], a["epochs"][-1])]
+    return _by_depth(a, "Receptive field", "px", series, hline=(rf[a["layers"][0]]["image_px"], "image size"))
 
 
 PLOTS = {"weight_change": weight_change, "cka": cka, "complexity": complexity, "receptive_field": receptive_field}
