@@ -19,6 +19,7 @@ import math
 import torch
 
 from featviz.data.base import ImageData, channel_stats
+from featviz.images import to_uint8
 
 SHAPE_CLASSES = ("disc", "ring", "square", "triangle", "cross", "star", "stripes", "checker", "dots", "bars")
 _OBJECTS = 6  # the first six classes are objects placed on a background; the rest are patterns
@@ -107,7 +108,7 @@ def _render(label: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     shade = (gx[:, None, None] * xx[None] + gy[:, None, None] * yy[None])[:, None]
     img = _paint(mask, fg, bg, shade)
     img = img + torch.randn(img.shape, generator=g) * (0.02 + 0.06 * rnd(n))[:, None, None, None]
-    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    return to_uint8(img)
 
 
 def make_shapes(n_train: int = 20_000, n_val: int = 2_000, size: int = 32, seed: int = 0) -> ImageData:
