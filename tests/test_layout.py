@@ -1,0 +1,34 @@
+"""The repository's shape: documentation links resolve, modules stay small, the library never imports the CLI."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = sorted([*(ROOT / "featviz").rglob("*.py"), *(ROOT / "cli").rglob("*.py")])
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/metrics.md", "docs/findings.md", "benchmarks/README.md"])
+def test_every_relative_link_resolves(doc: str) -> None:
+    path = ROOT / doc
+    if not path.exists():
+        pytest.skip(f"{doc} does not exist")
+    for target in re.findall(r"\]\(([^)#\s]+)", path.read_text()):
+        if "://" not in target:
+            assert (path.parent / target).exists(), f"{doc} links to {target}, which is not in the repository"
+
+
+def test_docs_cite_only_files_in_the_repository() -> None:
+    for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *MODULES]:
+        assert "SCIENCE.md" not in p.read_text(), p
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_modules_stay_small_and_the_library_never_imports_the_cli(module: Path) -> None:
+    text = module.read_text()
+    assert len(text.splitlines()) <= 400
+    if module.is_relative_to(ROOT / "featviz"):
+        assert not re.search(r"^\s*(from|import) cli\b", text, re.M)
