@@ -30,7 +30,9 @@ def train(
     name: Optional[str] = typer.Option(None, help="Run name (default: DATA-DATE-TIME)."),
     force: bool = typer.Option(False, help="Replace an existing run of the same name."),
     resume: Optional[Path] = typer.Option(None, help="Continue this run folder from its last complete epoch."),
-    snapshot_every_steps: int = typer.Option(0, min=0, help="Also snapshot every K optimizer steps (0 = per epoch only)."),
+    snapshots: str = typer.Option(_T.snapshots, help="Snapshot schedule: log (steps 1, 2, 4, ... of the first epoch, then "
+                                  "every epoch end) | epoch | every:K | steps:1,5,9."),
+    snapshot_every_steps: int = typer.Option(0, min=0, help="Same as --snapshots every:K (kept for earlier scripts)."),
     widths: Optional[str] = typer.Option(None, help="Conv widths per depth, e.g. 16,32,64,128."),
     kernels: Optional[str] = typer.Option(None, help="Kernel side per depth, e.g. 5,3,3,3."),
     strides: Optional[str] = typer.Option(None, help="Conv stride per depth, e.g. 1,1,1,1."),
@@ -48,7 +50,8 @@ def train(
             model_cfg = model_config(widths, kernels, strides, pools, batchnorm)
             train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                     weight_decay=weight_decay, seed=seed, device=device,
-                                    snapshot_every_steps=snapshot_every_steps, channels_last=channels_last)
+                                    snapshots=snapshots, snapshot_every_steps=snapshot_every_steps,
+                                    channels_last=channels_last)
             run = train_run(data_cfg, model_cfg, train_cfg, out_dir=out, name=name, force=force, progress=bar)
     finally:
         bar.stop()

@@ -72,7 +72,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     seed: int = 0  # weight init and batch order
     device: str = "auto"  # auto | cpu | cuda | mps
-    snapshot_every_steps: int = 0  # 0 = one snapshot per epoch; K = also every K optimizer steps
+    snapshots: str = "log"  # log (steps 1, 2, 4, ... of epoch 1, then epoch ends) | epoch | every:K | steps:LIST
+    snapshot_every_steps: int = 0  # kept for earlier runs and scripts: K > 0 means snapshots="every:K"
     channels_last: bool = True  # NHWC memory format (several times faster for small CNNs on CPU)
 
     def __post_init__(self) -> None:
@@ -84,6 +85,14 @@ class TrainConfig:
         _check(0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)")
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         _check(self.snapshot_every_steps >= 0, "snapshot_every_steps must be >= 0")
+        from featviz.schedule import parse_schedule
+
+        parse_schedule(self.schedule)
+
+    @property
+    def schedule(self) -> str:
+        """The snapshot schedule in effect (``featviz.schedule``)."""
+        return f"every:{self.snapshot_every_steps}" if self.snapshot_every_steps else self.snapshots
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

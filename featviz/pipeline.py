@@ -29,6 +29,7 @@ from featviz.optvis.param import color_matrix
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
 from featviz.provenance import provenance
 from featviz.renderset import am_settings, settings_id
+from featviz.schedule import extra_steps
 from featviz.fileio import save_tensors
 from featviz.store import Run, check_new_run, check_out_dir
 from featviz.device import resolve_device
@@ -119,12 +120,12 @@ def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, de
         torch.set_rng_state(tensors["rng.cpu"])
     step = (first_epoch - 1) * batches
     progress.start(run, first_epoch, cfg.epochs, batches)
-    every = cfg.snapshot_every_steps
+    extra = set(extra_steps(cfg.schedule, batches, total))
 
     def on_step(info: StepInfo) -> None:
         progress.step(info)
         pause_point(f"step:{info.step}")  # fault-injection tests kill the process here
-        if every and info.step % every == 0 and info.batch != info.batches:
+        if info.step in extra and info.batch != info.batches:
             check_finite(model, info.epoch)
             save_tensors(run.step_snapshot_file(info.step), model.state_dict())
 

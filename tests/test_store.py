@@ -305,6 +305,7 @@ def test_manifest_hashes_match_files(tiny_run) -> None:
     m = tiny_run.manifest()
     assert m["epochs_done"] == 2
     expected = {"run.json", "metrics.jsonl"} | {f"snapshots/epoch_{e:03d}.safetensors" for e in range(3)}
+    expected |= {f"snapshots/step_{s:07d}.safetensors" for s in (1, 2, 4)}  # the log schedule inside epoch 1
     assert set(m["files"]) == expected
     for rel, digest in m["files"].items():
         assert fileio.sha256_file(tiny_run.path / rel) == digest, rel

@@ -24,6 +24,9 @@ from featviz.fileio import load_tensors
 METRIC_KEYS = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "wall_s"}
 
 
+LOG_STEPS = [f"step_{s:07d}.safetensors" for s in (1, 2, 4)]  # the default schedule at 7 batches per epoch
+
+
 def _snapshot_bytes(run) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((run.path / "snapshots").glob("*.safetensors"))}
 
@@ -31,7 +34,7 @@ def _snapshot_bytes(run) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- (a) a tiny run trains
 def test_snapshots_exist_and_load(tiny_run) -> None:
     names = sorted(p.name for p in (tiny_run.path / "snapshots").iterdir())
-    assert names == ["epoch_000.safetensors", "epoch_001.safetensors", "epoch_002.safetensors"]
+    assert names == ["epoch_000.safetensors", "epoch_001.safetensors", "epoch_002.safetensors", *LOG_STEPS]
     assert tiny_run.epochs_done == 2 and tiny_run.complete and tiny_run.snapshot_epochs() == [0, 1, 2]
     keys = set(build_model(featviz.ModelConfig(widths=(4, 8), kernels=(5, 3), strides=(1, 1),
                                                pools=(True, False))).state_dict())
@@ -125,7 +128,7 @@ def test_num_classes_and_channels_come_from_the_data(tmp_path: Path, tiny_cfgs, 
 def test_same_seed_gives_byte_identical_snapshots(tiny_run, tiny_cfgs, tmp_path: Path) -> None:
     again = train_run(*tiny_cfgs, out_dir=tmp_path, name="again")
     a, b = _snapshot_bytes(tiny_run), _snapshot_bytes(again)
-    assert list(a) == ["epoch_000.safetensors", "epoch_001.safetensors", "epoch_002.safetensors"]
+    assert list(a) == ["epoch_000.safetensors", "epoch_001.safetensors", "epoch_002.safetensors", *LOG_STEPS]
     assert a == b
     assert [r["val_loss"] for r in tiny_run.metrics()] == [r["val_loss"] for r in again.metrics()]
 
@@ -181,7 +184,7 @@ def test_resume_is_byte_identical_to_an_uninterrupted_run(tiny_cfgs, tmp_path: P
     assert progress.starts == [(2, 3, TINY_BATCHES)]
     assert resumed.complete and resumed.epochs_done == 3
     assert _snapshot_bytes(resumed) == _snapshot_bytes(full)
-    assert list(_snapshot_bytes(full)) == [f"epoch_{e:03d}.safetensors" for e in range(4)]
+    assert list(_snapshot_bytes(full)) == [f"epoch_{e:03d}.safetensors" for e in range(4)] + LOG_STEPS
     recs = resumed.metrics()
     assert [r["epoch"] for r in recs] == [0, 1, 2, 3]
     assert [r["val_loss"] for r in recs] == [r["val_loss"] for r in full.metrics()]
@@ -210,8 +213,9 @@ def _assert_committed_snapshots_good(run, last_good: int) -> None:
     assert [r["epoch"] for r in run.metrics()] == list(range(last_good + 1))
     manifest = json.loads((run.path / "manifest.json").read_text())  # the commit record itself
     assert manifest["epochs_done"] == last_good
+    steps = [f"snapshots/{name}" for name in LOG_STEPS] if last_good >= 1 else []  # inside epoch 1 only
     assert sorted(rel for rel in manifest["files"] if rel.startswith("snapshots/")) == [
-        f"snapshots/epoch_{e:03d}.safetensors" for e in range(last_good + 1)]
+        f"snapshots/epoch_{e:03d}.safetensors" for e in range(last_good + 1)] + steps
     assert not (run.path / "snapshots" / f"epoch_{last_good + 1:03d}.safetensors").exists()
 
 
@@ -256,7 +260,7 @@ def test_divergence_in_epoch_two_keeps_epoch_one_and_can_resume(tiny_run, tiny_c
     done = resume_run(run.path)
     assert done.complete and [r["epoch"] for r in done.metrics()] == [0, 1, 2]
     # resuming after the failure gives the uninterrupted run (same configs), every epoch bit for bit
-    assert list(_snapshot_bytes(done)) == [f"epoch_{e:03d}.safetensors" for e in range(3)]
+    assert list(_snapshot_bytes(done)) == [f"epoch_{e:03d}.safetensors" for e in range(3)] + LOG_STEPS
     assert _snapshot_bytes(done) == _snapshot_bytes(tiny_run)
 
 
@@ -301,9 +305,35 @@ def test_snapshot_every_steps(tiny_run, tiny_cfgs, tmp_path: Path) -> None:
     assert int(s3["features.bn1.num_batches_tracked"]) == 2
     # step snapshots only observe: every epoch snapshot, the last included, is bit-identical to a run
     # without them (tiny_cfgs, as this run but for the step snapshots)
-    plain = _snapshot_bytes(tiny_run)
+    plain = {k: v for k, v in _snapshot_bytes(tiny_run).items() if k.startswith("epoch_")}
     assert list(plain) == [f"epoch_{e:03d}.safetensors" for e in range(3)]
     assert {k: v for k, v in _snapshot_bytes(run).items() if k.startswith("epoch_")} == plain
+
+
+def test_snapshot_schedules() -> None:
+    from featviz.schedule import extra_steps, label, parse_schedule
+
+    assert extra_steps("log", 157, 1256) == [1, 2, 4, 8, 16, 32, 64, 128]  # inside epoch 1; 157 is an epoch end
+    assert extra_steps("log", 8, 80) == [1, 2, 4]
+    assert extra_steps("epoch", 157, 1256) == []
+    assert extra_steps("every:40", 80, 240) == [40, 120, 200]  # 80 and 160 are epoch ends
+    assert extra_steps("steps:3,80,81,999", 80, 240) == [3, 81]
+    assert label(64, 157) == "step 64 · epoch 0.41" and label(314, 157) == "step 314 · epoch 2"
+    for bad in ("weekly", "every:0", "every:x", "steps:", "steps:-3"):
+        with pytest.raises(FeatvizError, match="snapshot schedule"):
+            parse_schedule(bad)
+    assert TrainConfig(snapshot_every_steps=40).schedule == "every:40"  # the earlier option still works
+    with pytest.raises(FeatvizError, match="snapshot schedule"):
+        TrainConfig(snapshots="hourly")
+
+
+def test_schedule_epoch_writes_no_step_snapshots(tiny_run, tiny_cfgs, tmp_path: Path) -> None:
+    data_cfg, model_cfg, train_cfg = tiny_cfgs
+    run = train_run(data_cfg, model_cfg, dataclasses.replace(train_cfg, snapshots="epoch"), out_dir=tmp_path, name="e")
+    assert list(_snapshot_bytes(run)) == [f"epoch_{e:03d}.safetensors" for e in range(3)]
+    assert run.snapshot_steps() == []
+    # the log schedule's extra snapshots only observe: the epoch snapshots are bit-identical
+    assert _snapshot_bytes(run) == {k: v for k, v in _snapshot_bytes(tiny_run).items() if k.startswith("epoch_")}
 
 
 # ----------------------------------------------------------------------------- (f) image folder

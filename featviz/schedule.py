@@ -1,0 +1,51 @@
+"""When training writes a snapshot: a pure function of the schedule, the epoch length and the run length.
+
+Schedules (``--snapshots``): ``log`` (default) = optimizer steps 1, 2, 4, 8, ... inside the first epoch,
+where features form, then the end of every epoch; ``epoch`` = epoch ends only; ``every:K`` = also every
+K optimizer steps; ``steps:LIST`` = also these steps. The init (step 0) and every epoch end are always
+snapshots (``epoch_XXX``); the extra ones are ``step_XXXXXXX``. Being pure, the schedule is the same
+after ``--resume``, so a resumed run writes exactly the snapshots of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from featviz.errors import ConfigError
+
+KINDS = ("log", "epoch", "every:K", "steps:LIST")
+
+
+def parse_schedule(spec: str) -> tuple[str, tuple[int, ...]]:
+    """'log' | 'epoch' | 'every:K' | 'steps:1,5,9' -> (kind, numbers); anything else is a ConfigError."""
+    text = spec.strip().lower()
+    if text in ("log", "epoch"):
+        return text, ()
+    kind, _, rest = text.partition(":")
+    try:
+        nums = tuple(int(x) for x in rest.split(",") if x.strip())
+    except ValueError:
+        nums = ()
+    if kind == "every" and len(nums) == 1 and nums[0] >= 1:
+        return "every", nums
+    if kind == "steps" and nums and all(n >= 1 for n in nums):
+        return "steps", tuple(sorted(set(nums)))
+    raise ConfigError(f"unknown snapshot schedule {spec!r}; use one of {', '.join(KINDS)} "
+                      "(K and the steps are positive integers)")
+
+
+def extra_steps(spec: str, steps_per_epoch: int, total_steps: int) -> list[int]:
+    """The optimizer steps, besides the init and the epoch ends, after which a snapshot is written."""
+    kind, nums = parse_schedule(spec)
+    if kind == "log":
+        steps = [2 ** k for k in range(steps_per_epoch.bit_length() + 1) if 2 ** k < steps_per_epoch]
+    elif kind == "every":
+        steps = list(range(nums[0], total_steps, nums[0]))
+    elif kind == "steps":
+        steps = [n for n in nums if n < total_steps]
+    else:
+        steps = []
+    return [s for s in steps if s % steps_per_epoch]
+
+
+def label(step: int, steps_per_epoch: int) -> str:
+    """'step 64 · epoch 0.41': how a snapshot is named to people."""
+    return f"step {step} · epoch {step / max(1, steps_per_epoch):.2f}".replace(".00", "")
