@@ -3,6 +3,10 @@
 Usage::
 
     .venv/bin/python benchmarks/actmax.py [RUN_DIR] [--steps N] [--no-loop] [--threads N]
+                                          [--set FIELD=VALUE ...] [--default-malloc] [--save DIR] [--gpu]
+
+``--set`` changes one ``RenderSettings`` field for every render (e.g. ``--set param=pixel``,
+``--set transforms=none``, ``--set optimize=false``); recorded results: ``benchmarks/README.md``.
 
 For two CNNs, renders all 64 channels of a 64-channel conv layer at 64x64 px for 256 steps:
 
@@ -16,8 +20,9 @@ forward pass (64 images) of each of those convs, measured in this run (fastest o
 median for CPU time). 4 = 2 FLOPs per multiply-add x (forward + input-gradient backward); weight
 gradients are not needed. (b) featviz's default ``render_channels`` time and its ratio to the floor;
 (c) a Python loop of ``render`` one channel at a time with the same settings; (d) quality: the mean
-standardized activation (z-score against 256 pink-noise images) and the specificity (fraction of
-channels whose own image is their top image; spec/i: of images whose own channel is their top one).
+standardized activation (z-score against 256 pink-noise images), z_rob (the same on 4 randomly
+shifted/scaled/rotated copies of each image: ``transforms.standard``) and the specificity (fraction
+of channels whose own image is their top image; spec/i: of images whose own channel is their top one).
 Times are given as wall-clock and as process CPU time (both threads), each against a floor measured
 the same way: on a shared machine other processes stretch wall time, CPU time much less; the load
 average is printed too. Peak memory: ``resource.getrusage`` for the process, and Linux's VmHWM
@@ -28,6 +33,7 @@ mmap/trim thresholds raised (see MALLOC_ENV), unless ``--default-malloc``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -42,9 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from featviz.config import DataConfig, ModelConfig  # noqa: E402
 from featviz.model import build_model  # noqa: E402
-from featviz.optvis import channel, color_matrix, noise_images, render, render_channels  # noqa: E402
+from featviz.errors import ConfigError  # noqa: E402
+from featviz.optvis import channel, color_matrix, noise_images, render, render_channels, standard  # noqa: E402
 from featviz.optvis.actmax import forward_until, frozen  # noqa: E402
 from featviz.optvis.quality import standardized_matrix  # noqa: E402
+from featviz.optvis.settings import resolve  # noqa: E402
 
 SIZE, BATCH = 64, 64
 # glibc maps every allocation above its mmap threshold (at most 32 MiB) afresh and unmaps it on free,
@@ -165,14 +173,18 @@ def conv_flops(convs: list[tuple[nn.Conv2d, tuple[int, ...]]]) -> tuple[int, flo
 
 
 def quality(model: nn.Module, layer: str, images: torch.Tensor, kw: dict,
-            noise: torch.Tensor) -> tuple[float, float, float]:
-    """(mean z of each channel on its own image, specificity by channel, by image)."""
+            noise: torch.Tensor) -> tuple[float, float, float, float]:
+    """(mean z of each channel on its own image, the same on transformed copies, specificity by
+    channel, by image)."""
     z = standardized_matrix(model, layer, images, kw.get("mean"), kw.get("std"), noise)
+    z_rob = standardized_matrix(model, layer, images, kw.get("mean"), kw.get("std"), noise,
+                                transform=standard(images.shape[-1], rng=123), repeats=4)
     n = z.shape[0]
     own = z[torch.arange(n), torch.arange(n)]
+    own_rob = z_rob[torch.arange(n), torch.arange(n)]
     by_channel = (z[:, :n].argmax(0) == torch.arange(n)).float().mean().item()
     by_image = (z.argmax(1) == torch.arange(n)).float().mean().item()
-    return own.mean().item(), by_channel, by_image
+    return own.mean().item(), own_rob.mean().item(), by_channel, by_image
 
 
 def peak_mb() -> float:
@@ -206,8 +218,8 @@ def phase_peak_mb() -> float:
 
 
 def row(label: str, what: str, wall: float, cpu: float, floor: tuple[float, float],
-        q: tuple[float, float, float] | None, note: str) -> str:
-    qs = f"{q[0]:6.1f} {q[1]:5.2f} {q[2]:6.2f}" if q else f"{'':6s} {'':5s} {'':6s}"
+        q: tuple[float, float, float, float] | None, note: str) -> str:
+    qs = f"{q[0]:6.1f} {q[1]:6.1f} {q[2]:5.2f} {q[3]:6.2f}" if q else f"{'':6s} {'':6s} {'':5s} {'':6s}"
     return (f"{label:26s} {what:8s} {wall:7.1f} {wall / floor[0]:6.2f} {cpu:7.1f} {cpu / floor[1]:6.2f} "
             f"{qs}  {note}")
 
@@ -226,11 +238,11 @@ def gpu_compare(model: nn.Module, layer: str, kw: dict, steps: int) -> str:
     """On CUDA: wall time of the batched render vs the one-channel-at-a-time loop (synchronized)."""
     dev = torch.device("cuda")
     model = model.to(dev)
-    common = dict(size=SIZE, steps=steps, **kw)
-    render_channels(model, layer, range(4), chunk=BATCH, **{**common, "steps": 4})  # warm-up (cuDNN, allocator)
+    common = {"size": SIZE, "steps": steps, "chunk": BATCH, **kw}
+    render_channels(model, layer, range(4), **{**common, "steps": 4})  # warm-up (cuDNN, allocator)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    render_channels(model, layer, chunk=BATCH, **common)
+    render_channels(model, layer, **common)
     torch.cuda.synchronize()
     tb = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -242,17 +254,28 @@ def gpu_compare(model: nn.Module, layer: str, kw: dict, steps: int) -> str:
             f"batched {tb:.2f} s, one at a time {tl:.2f} s, speed-up {tl / tb:.1f}x")
 
 
+def profile_ops(model: nn.Module, layer: str, kw: dict, steps: int) -> str:
+    """The ops with the most own CPU time in one batched render of ``steps`` steps (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    common = {"size": SIZE, "chunk": BATCH, **kw}
+    render_channels(model, layer, **{**common, "steps": 2})  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        render_channels(model, layer, **{**common, "steps": steps})
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+
+
 def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: bool,
           save: Path | None = None) -> list[str]:
     mac, flops_w, flops_c = conv_flops(convs_until(model, layer))
     floor = (4 * mac * steps * BATCH / flops_w, 4 * mac * steps * BATCH / flops_c)
     noise = noise_images(256, 3, SIZE, seed=123)
-    common = dict(size=SIZE, steps=steps, **kw)
+    common = {"size": SIZE, "steps": steps, "chunk": BATCH, **kw}
     rows = [row(name, "floor", *floor, floor, None, f"{mac / 1e6:.1f} M mult-adds/image; conv "
                 f"{flops_w / 1e9:.0f} GFLOP/s wall, {flops_c / 1e9:.0f} per CPU-s")]
     base = reset_phase_peak()
     with Clock() as tb:
-        batched = render_channels(model, layer, chunk=BATCH, **common)
+        batched = render_channels(model, layer, **common)
     mem = phase_peak_mb()
     rows.append(row("", "featviz", tb.wall, tb.cpu, floor, quality(model, layer, batched.images, kw, noise),
                     f"peak RSS {mem:.0f} MB (+{mem - base:.0f} during the render)"))
@@ -271,6 +294,18 @@ def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: b
     return rows
 
 
+def setting(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` -> (field, value): the value parsed as JSON (numbers, true/false, null, lists),
+    else kept as a string."""
+    field, sep, value = text.partition("=")
+    if not sep or not field:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value
+
+
 def main() -> None:  # noqa: D103
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", nargs="?", help="a featviz run directory (trained SmallCNN weights)")
@@ -280,11 +315,24 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc thresholds")
     ap.add_argument("--save", type=Path, default=None, help="write batched-vs-loop images side by side here")
     ap.add_argument("--gpu", action="store_true", help="only compare batched vs one-at-a-time on CUDA")
+    ap.add_argument("--profile", action="store_true",
+                    help="only print the top ops of the SmallCNN's batched render (use a small --steps)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=setting,
+                    help="a RenderSettings field for every render (VALUE as JSON, else a string); repeatable")
     args = ap.parse_args()
+    sets = dict(args.set)
+    try:  # a bad field or value stops here, before any measuring
+        resolve(None, sets, "--set")
+    except ConfigError as e:
+        ap.error(str(e))
+    if args.profile:
+        small, kw, how = small_cnn(args.run)
+        print(profile_ops(small, "features.conv3", {**kw, **sets}, args.steps))
+        return
     if args.gpu:
         small, kw, how = small_cnn(args.run)
-        print(gpu_compare(three_conv(), "conv2", {}, args.steps))
-        print(gpu_compare(small, "features.conv3", kw, args.steps))
+        print(gpu_compare(three_conv(), "conv2", sets, args.steps))
+        print(gpu_compare(small, "features.conv3", {**kw, **sets}, args.steps))
         return
     if not args.default_malloc and MALLOC_ENV[0] not in os.environ and sys.platform.startswith("linux"):
         # Re-run this script with the thresholds set: glibc reads them only at process start.
@@ -297,18 +345,21 @@ def main() -> None:  # noqa: D103
     tuned = all(k in os.environ for k in MALLOC_ENV)
     print("glibc malloc: " + ("mmap/trim thresholds 1 GiB (big buffers are reused, not mapped and page-faulted "
                               "afresh on every call; --default-malloc to measure without)" if tuned else "defaults"))
+    if sets:
+        print(f"settings changed for every render: {sets}")
     small, kw, how = small_cnn(args.run)
     header = (f"{'model / layer':26s} {'what':8s} {'wall s':>7s} {'xfloor':>6s} {'CPU s':>7s} {'xfloor':>6s} "
-              f"{'z':>6s} {'spec':>5s} {'spec/i':>6s}  notes")
-    rows = bench("3-conv random / conv2", three_conv(), "conv2", {}, args.steps, not args.no_loop, args.save)
-    rows += bench(f"SmallCNN {how.split(',')[0]} / conv3", small, "features.conv3", kw, args.steps, not args.no_loop,
-                  args.save)
+              f"{'z':>6s} {'z_rob':>6s} {'spec':>5s} {'spec/i':>6s}  notes")
+    rows = bench("3-conv random / conv2", three_conv(), "conv2", sets, args.steps, not args.no_loop, args.save)
+    rows += bench(f"SmallCNN {how.split(',')[0]} / conv3", small, "features.conv3", {**kw, **sets}, args.steps,
+                  not args.no_loop, args.save)
     print(header)
     print("-" * len(header))
     print("\n".join(rows))
     print(f"load average at the end {os.getloadavg()[0]:.2f}; process peak RSS (getrusage, includes generating "
           f"the run's data for its colour matrix) {peak_mb():.0f} MB. z: mean standardized "
-          "activation of each channel on its own image vs 256 pink-noise images; spec: fraction of channels whose "
+          "activation of each channel on its own image vs 256 pink-noise images; z_rob: the same on 4 randomly "
+          "transformed copies; spec: fraction of channels whose "
           "own image is their top image; spec/i: fraction of images whose own channel is their top channel.")
 
 

@@ -33,7 +33,7 @@ def main() -> None:  # noqa: D103
     a = render_channels(model, "features.bn3", size=64, steps=64)
     b = render_channels(model, "features.bn3", size=64, steps=64, optimize=False)
     print(f"render with vs without selection: max |values| diff {(a.values - b.values).abs().max():.2e}, "
-          f"mean |px| diff {(a.images - b.images).abs().mean():.2e}, device {a.settings['device']}")
+          f"mean |px| diff {(a.images - b.images).abs().mean():.2e}, device {a.settings['resolved']['device']}")
 
 
 if __name__ == "__main__":

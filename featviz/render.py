@@ -107,7 +107,7 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
                 continue
             model = model or load_model_at(run, epoch, device, (snaps or {}).get(epoch))
             res = render_channels(model, response_layer(model, name), chans, chunk=cfg.chunk, param=cfg.param, size=size,
-                                  channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
+                                  image_channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
                                   transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],
                                   color=color, device=device)
             imgs = (res.images.clamp(0, 1) * 255).round().to(torch.uint8)

@@ -15,7 +15,7 @@ from featviz.optvis import (
     noise_images, pad, parse, pixel, random_rotate, random_scale, render, render_channels, specificity, standard,
     standardized_activation,
 )
-from featviz.optvis.fastpath import SelectedConv, render_copy, select_channels
+from featviz.optvis.fastpath import SelectedConv, fast_copy, select_channels
 from featviz.optvis.rng import ElementRandom, element_seed
 from featviz.optvis.transforms import RandomAffine
 
@@ -216,7 +216,7 @@ def test_render_result_contents() -> None:
     assert r.images.shape == (1, 3, 12, 12) and r.images.device.type == "cpu"
     assert r.trace.shape == (4, 1) and r.trace_steps == [0, 8, 16, 19] and seen == [0, 8, 16, 19]
     assert r.settings["objective"] == "2:3" and r.settings["steps"] == 20 and r.settings["lr"] == 0.05
-    assert r.records()[0]["key"] == 0
+    assert r.keys == [0]
 
 
 @pytest.mark.parametrize("make, layer", [(seq_model, "2"), (tiny_cnn, "features.conv2")])
@@ -229,9 +229,7 @@ def test_batched_channels_match_one_at_a_time(make, layer: str) -> None:
         single = render(model, channel(layer, c), keys=[c], **kw)
         assert torch.allclose(single.images, batched.images[c:c + 1], atol=1e-4)
         assert torch.allclose(single.values, batched.values[c:c + 1], atol=1e-4)
-    recs = batched.records()
-    assert recs[4]["channel"] == 4 and recs[4]["layer"] == layer and recs[4]["settings"]["steps"] == 12
-    assert recs[4]["activation"] == pytest.approx(float(batched.values[4]))
+    assert batched.settings["layer"] == layer and batched.settings["steps"] == 12
     # the recorded value is the channel-mean activation on the final, untransformed image
     with torch.no_grad():
         act = model[:3](batched.images) if isinstance(model, nn.Sequential) and layer == "2" else None
@@ -248,7 +246,7 @@ def test_recorded_activation_is_the_channel_mean_on_the_returned_image(layer: st
     model = tiny_cnn(in_channels=1)
     mean, std = 0.4, 0.2
     chans = [0, 2, 3] if layer == "features.pool1" else [1, 5, 6, 7]
-    r = render_channels(model, layer, chans, channels=1, size=16, steps=10, mean=[mean], std=[std])
+    r = render_channels(model, layer, chans, image_channels=1, size=16, steps=10, mean=[mean], std=[std])
     assert r.images.shape == (len(chans), 1, 16, 16) and r.keys == chans
 
     out = {}
@@ -261,7 +259,6 @@ def test_recorded_activation_is_the_channel_mean_on_the_returned_image(layer: st
     assert not model.training
     want = out["act"][torch.arange(len(chans)), torch.tensor(chans)].mean((1, 2))
     assert torch.allclose(r.values, want, atol=1e-5), (r.values, want)
-    assert [rec["activation"] for rec in r.records()] == pytest.approx(want.tolist(), abs=1e-5)
     # the values differ between channels, so a value recorded for the wrong channel would be caught
     assert len({round(v, 4) for v in want.tolist()}) == len(chans)
 
@@ -317,21 +314,21 @@ def test_model_state_restored_and_hooks_removed_after_errors() -> None:
 def test_one_channel_model() -> None:
     model = tiny_cnn(in_channels=1)
     color = color_matrix(torch.randint(0, 255, (4, 1, 8, 8), dtype=torch.uint8))
-    v0, v1 = _initial_and_final(model, channel("features.conv2", 0), channels=1, size=16, steps=30,
+    v0, v1 = _initial_and_final(model, channel("features.conv2", 0), image_channels=1, size=16, steps=30,
                                 color=color, mean=[0.5], std=[0.25])
     assert (v1 > v0).all()
-    r = render_channels(model, "features.conv1", [0, 2], channels=1, size=12, steps=3)
+    r = render_channels(model, "features.conv1", [0, 2], image_channels=1, size=12, steps=3)
     assert r.images.shape == (2, 1, 12, 12) and r.keys == [0, 2]
     with pytest.raises(ConfigError, match="1, 3, 12, 12"):  # 3 colour channels into a 1-channel model
         render_channels(model, "features.conv1", size=12, steps=2)
-    assert render_channels(seq_model(), "0", channels=[1], size=12, steps=2).keys == [1]  # list = channel ids
+    assert render_channels(seq_model(), "0", channels=[1], size=12, steps=2).keys == [1]  # channels = indices
 
 
-def test_render_copy_keeps_named_outputs() -> None:
+def test_fast_copy_keeps_named_outputs() -> None:
     model = tiny_cnn()
     x = torch.rand(2, 3, 16, 16)
     keep = ["features.bn1", "features.pool1", "features.conv2", "features.relu2"]
-    fast = render_copy(model, keep)
+    fast = fast_copy(model, keep)
     assert isinstance(fast.features.bn1, nn.Identity) and isinstance(model.features.bn1, nn.BatchNorm2d)
     from featviz.hooks import capture
 
@@ -357,7 +354,7 @@ def test_selected_conv_equals_the_full_conv_channel(stride: int, pad: int, dil: 
 
 def test_select_channels_applies_only_where_it_is_exact() -> None:
     model = tiny_cnn()
-    copy_ = render_copy(model, ["features.bn2"])  # bn2 folded into conv2, left as Identity
+    copy_ = fast_copy(model, ["features.bn2"])  # bn2 folded into conv2, left as Identity
     assert select_channels(copy_, "features.bn2", torch.tensor([0, 5]))
     assert isinstance(copy_.features.conv2, SelectedConv)
     x = torch.rand(2, 3, 16, 16)
@@ -366,7 +363,7 @@ def test_select_channels_applies_only_where_it_is_exact() -> None:
         want = model.features.bn2(want)[torch.arange(2), torch.tensor([0, 5])]
         got = copy_.features[:6](x)[:, 0]
     assert torch.allclose(got, want, atol=1e-5)
-    fresh = render_copy(model, ["features.bn2"])
+    fresh = fast_copy(model, ["features.bn2"])
     assert not select_channels(fresh, "features.bn2", torch.tensor([0, 99]))  # out of range: untouched
     assert not select_channels(fresh, "features.relu2", torch.tensor([0, 1]))  # not a conv output
     assert type(fresh.features.conv2) is nn.Conv2d
@@ -393,3 +390,81 @@ def test_quality_measures() -> None:
     with pytest.raises(ConfigError):
         specificity(model, "2", r.images, None, None, noise, by="nope")
     assert noise_images(2, 1, 8, kind="uniform").shape == (2, 1, 8, 8)
+
+
+# --------------------------------------------------------------------------------- settings
+def test_render_settings_are_checked_recorded_and_overridable() -> None:
+    import dataclasses
+    import json
+
+    from featviz.optvis import RenderSettings
+
+    base = RenderSettings(size=12, steps=4, mean=[0.5], std=(0.25,))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.steps = 5
+    r = render(seq_model(), "2:1", base, steps=3, trace_every=2)
+    assert r.settings["steps"] == 3 and r.settings["size"] == 12 and r.settings["mean"] == [0.5]
+    assert r.settings["resolved"]["device"] == "cpu" and r.settings["resolved"]["transforms"]["mode"] == "reflect"
+    assert json.loads(json.dumps(r.settings)) == r.settings
+    fields = [f.name for f in dataclasses.fields(RenderSettings)]
+    assert RenderSettings(**{k: r.settings[k] for k in fields}) == dataclasses.replace(base, steps=3, trace_every=2)
+    again = render(seq_model(), "2:1", RenderSettings(size=12, steps=3, mean=0.5, std=0.25, trace_every=2))
+    assert torch.equal(again.images, r.images)  # the settings object and keywords are the same thing
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(image_channels=[0, 1]), "image_channels must be an integer"),
+    (dict(image_channels=True), "image_channels must be an integer"),
+    (dict(size=1), "size must be >= 2"),
+    (dict(steps=2.5), "steps must be an integer"),
+    (dict(lr=0), "lr must be positive"),
+    (dict(param="nope"), "unknown param"),
+    (dict(transforms="nope"), "unknown transforms"),
+    (dict(mean=[0.1, 0.2]), "mean/std need 1 or 3 values"),
+    (dict(std=[0.0]), "std must be positive"),
+    (dict(color=torch.eye(2)), r"colour matrix must be \[3, 3\]"),
+    (dict(optimize="yes"), "optimize must be"),
+    (dict(device="nowhere"), "unknown device"),
+])
+def test_render_settings_reject_bad_values(kw: dict, match: str) -> None:
+    from featviz.optvis import RenderSettings
+
+    with pytest.raises(ConfigError, match=match) as err:
+        RenderSettings(**kw)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=match):
+        render(seq_model(), "2:1", **kw)
+
+
+def test_counts_and_indices_are_not_confused() -> None:
+    model = seq_model()
+    with pytest.raises(ConfigError, match="unknown keyword 'channels'.*image_channels"):
+        render(model, "2:1", channels=3, steps=2, size=8)
+    with pytest.raises(ConfigError, match="unknown keyword 'stepz'"):
+        render(model, "2:1", stepz=2)
+    with pytest.raises(ConfigError, match="channel indices"):
+        render_channels(model, "2", 3, steps=2, size=8)  # an int where indices are expected
+    with pytest.raises(ConfigError, match="image_channels must be an integer"):
+        render_channels(model, "2", image_channels=[0, 1], steps=2, size=8)
+    with pytest.raises(ConfigError, match="render_channels sets 'batch' itself"):
+        render_channels(model, "2", batch=2, steps=2, size=8)
+    r = render_channels(model, "2", torch.tensor([3, 1]), steps=2, size=8)
+    assert r.keys == [3, 1] and r.settings["kind"] == "channels" and r.settings["batch"] == 2
+
+
+def test_prepare_fast_returns_the_copy_and_the_objective_to_use_on_it() -> None:
+    from featviz.optvis import prepare_fast
+
+    model = tiny_cnn()
+    obj = channel("features.bn2", 5)
+    net, work = prepare_fast(model, obj, batch=2)
+    assert net is not model and isinstance(net.features.conv2, SelectedConv) and work is not obj
+    assert type(model.features.conv2) is nn.Conv2d  # the model itself is untouched
+    from featviz.optvis.actmax import forward_until
+
+    x = torch.rand(2, 3, 16, 16)
+    with forward_until(model, ["features.bn2"]) as run_a, forward_until(net, ["features.bn2"]) as run_b, \
+            torch.no_grad():
+        assert torch.allclose(obj(run_a(x)), work(run_b(x)), atol=1e-5)
+    same_net, same = prepare_fast(model, neuron("features.bn2", 1), batch=2)
+    assert same_net is not model and same.name == "features.bn2:1@None,None"  # not a channel mean: unchanged

@@ -1,52 +1,13 @@
 """Activation maximization on any ``nn.Module``: ``render`` one objective, ``render_channels`` a whole layer.
 
-Contract: the model is used as given (device, dtype) and left as found: during the call it is in
-eval mode with every parameter's ``requires_grad`` False (no weight gradients are computed); each
-submodule's training flag and each parameter's ``requires_grad`` are restored afterwards, also after
-an error, and every hook is removed (``featviz.hooks.capture``). Layers are PyTorch dotted names.
-The forward pass stops as soon as the last layer the objective needs has run (a private exception
-raised from a forward hook), so later layers cost nothing. Images are optimized in [0, 1]; the
-training normalization ``(x - mean) / std`` is applied inside, after the transforms. Element b of a
-batch draws all its randomness from ``(seed, keys[b])`` (see ``featviz.optvis.rng``), so batched and
-one-at-a-time renders of the same element agree up to float rounding.
-
-Defaults and why. Measured on a 4-epoch ``shapes`` SmallCNN (trained at 32 px), all 64 channels of
-``features.conv3`` rendered at 64 px; z = mean standardized activation against 256 pink-noise images,
-z_rob = the same on randomly shifted/scaled/rotated copies (robustness), spec/i = fraction of images
-whose own channel is their top channel (``quality``):
-
-==========================================  =====  =====  ======
-setting (256 steps, lr 0.05 unless named)     z    z_rob  spec/i
-==========================================  =====  =====  ======
-fourier + standard transforms (default)      57.4   47.5   0.67
-fourier + standard + 4 px reflect pad        55.3   46.9   0.69
-fourier, no transforms                       87.4   32.1   0.77
-pixel + standard                             63.3   51.0   0.59
-fourier + standard, 512 steps                62.9   51.2   0.64
-fourier + standard, lr 0.1                   61.5   50.4   0.66
-fourier + standard, decay_power 1.5          47.6   40.8   0.73
-==========================================  =====  =====  ======
-
-* ``param="fourier"``, ``decay_power=1``: pixel images score ~10% higher z but lower specificity and
-  look like grey, high-frequency texture; the 1/f spectrum gives legible images (decay 1.5: -17% z).
-  Pass the training data's ``color_matrix`` as ``color`` (decorrelated colour; for ``shapes``, whose
-  colours are drawn independently, the matrix is near identity and changes nothing measurable).
-* ``transforms="standard"``: without transforms z rises but z_rob drops 30%: the images become
-  pixel-exact adversarial patterns. The Lucid-style output pad was 2-4% worse and costs 27% more work.
-* ``lr=0.05`` (Adam), ``steps=256``: still rising slowly (512 steps: +9% z at twice the cost; lr 0.1:
-  +7% z, slightly lower specificity); kept at the recipe's values.
-* ``channels_last=None``: NHWC on CPU, 1.45x faster per render than NCHW here (oneDNN); off on GPU.
-* ``optimize=True`` (``fastpath.render_copy``: BN folded into convs, ReLU after max-pool; and
-  ``select_channels`` for channel objectives): 1.4x faster for the SmallCNN, the same layer outputs.
-
-Speed (benchmarks/actmax.py, 2-core CPU, 64 channels at 64 px, 256 steps): 1.2-1.4x (3-conv CNN)
-and 2.1x (SmallCNN) the compute floor in CPU time; one channel at a time takes 4-8x the floor. For a
-channel objective the target conv computes only each image's own channel
-(``fastpath.select_channels``), 64x less work in that layer. What is left in a SmallCNN step: the
-first conv's input gradient (3 output channels) costs oneDNN ~4x its forward pass, and
-grid_sample's backward takes ~4 ms. glibc returns big buffers (> up to 32 MiB) to the OS after each
-use; ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` set to 1 GiB in the environment made the
-3-conv render 20% faster (the SmallCNN's buffers are small enough not to be affected).
+In: a model, an objective (``featviz.optvis.objectives``; layers are PyTorch dotted names) and a
+``RenderSettings`` (``featviz.optvis.settings``) or its fields as keywords. Out: a ``RenderResult``
+on CPU: images [B, C, H, W] in (0, 1), final objective values [B], a trace, and JSON-able settings.
+Invariants: the model is left as found (training flags, ``requires_grad``, weights), also after an
+error, and every hook is removed; the fast path works on a copy (``fastpath.prepare_fast``). The
+forward pass stops once the objective's last layer has run. Element b draws all its randomness from
+``(seed, keys[b])`` (``featviz.optvis.rng``), so a batched render equals the same elements rendered
+one at a time, up to float rounding. Measured defaults and speed: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -62,14 +23,16 @@ from torch import Tensor, nn
 from featviz.errors import ConfigError
 from featviz.hooks import capture, resolve_layers
 from featviz.optvis import param as P
-from featviz.optvis.fastpath import render_copy, select_channels
+from featviz.optvis.fastpath import prepare_fast
 from featviz.optvis.objectives import Objective, channel, parse
 from featviz.optvis.rng import PARAM_STREAM, TRANSFORM_STREAM, ElementRandom, element_seed
+from featviz.optvis.settings import RenderSettings, is_int, normalizer, resolve
 from featviz.optvis.transforms import Transform, identity, standard, standard_settings
 
-Progress = Callable[[int, int, Tensor], None]  # (step, steps, objective values [B] on the step's images)
+StepCallback = Callable[[int, int, Tensor], None]  # (step, steps, objective values [B] on the step's images)
 
-__all__ = ["RenderResult", "render", "render_channels", "layer_channels", "frozen", "forward_until"]
+__all__ = ["RenderResult", "StepCallback", "render", "render_channels", "layer_channels", "frozen",
+           "forward_until"]
 
 
 @dataclass
@@ -81,15 +44,9 @@ class RenderResult:
     trace: Tensor  # [T, B] objective on the (transformed) images seen at trace_steps
     trace_steps: list[int]  # optimizer step of each trace row (0-based; the last is steps - 1)
     keys: list[int]  # element keys: the seed key of each image (the channel for render_channels)
-    settings: dict[str, Any] = field(default_factory=dict)  # JSON-able: everything needed to redo it
-
-    def records(self) -> list[dict[str, Any]]:
-        """One JSON-able dict per image: its key, final value and settings; from ``render_channels`` also
-        ``layer``, ``channel`` and ``activation`` (the channel-mean activation on the final image)."""
-        if self.settings.get("kind") == "channels":
-            return [{"layer": self.settings["layer"], "channel": k, "activation": float(v), "value": float(v),
-                     "settings": self.settings} for k, v in zip(self.keys, self.values)]
-        return [{"key": k, "value": float(v), "settings": self.settings} for k, v in zip(self.keys, self.values)]
+    # JSON-able: RenderSettings.to_dict() as given, plus objective, batch, optimizer, what the defaults
+    # resolved to (``resolved``: device, channels_last, transform recipe) and elapsed_s
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 class _StopForward(Exception):
@@ -164,124 +121,83 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return t.dtype if t is not None else torch.float32
 
 
-def _normalizer(mean: Sequence[float] | Tensor | None, std: Sequence[float] | Tensor | None, channels: int,
-                device: torch.device) -> Callable[[Tensor], Tensor]:
-    if mean is None and std is None:
-        return identity
-    m = torch.as_tensor(0.0 if mean is None else mean, dtype=torch.float32).flatten()
-    s = torch.as_tensor(1.0 if std is None else std, dtype=torch.float32).flatten()
-    if m.numel() not in (1, channels) or s.numel() not in (1, channels):
-        raise ConfigError(f"mean/std need 1 or {channels} values, got {m.numel()} and {s.numel()}")
-    if (s <= 0).any():
-        raise ConfigError("std must be positive")
-    m, inv = m.view(1, -1, 1, 1).to(device), (1.0 / s).view(1, -1, 1, 1).to(device)
-    return lambda x: (x - m) * inv
+def _transform(s: RenderSettings, keys: list[int]) -> tuple[Transform, Any]:
+    """The transform for a batch with these keys, and how to record it."""
+    if s.transforms is None or s.transforms == "none":
+        return identity, "none"
+    if s.transforms == "standard":
+        rng = ElementRandom([element_seed(s.seed, k, TRANSFORM_STREAM) for k in keys])
+        return standard(s.size, rng), standard_settings(s.size)
+    return s.transforms, "custom"
 
 
-def _transform(spec: str | Transform | None, size: int | Sequence[int], rng: ElementRandom) -> Transform:
-    if spec is None or spec == "none":
-        return identity
-    if spec == "standard":
-        return standard(size, rng)
-    if callable(spec) and not isinstance(spec, str):
-        return spec
-    raise ConfigError(f"unknown transforms {spec!r}; use 'standard', 'none' or a callable")
+def _param(s: RenderSettings, keys: list[int], device: torch.device) -> P.Param:
+    seeds = [element_seed(s.seed, k, PARAM_STREAM) for k in keys]
+    if s.param == "fourier":
+        return P.fourier(len(keys), s.image_channels, s.size, seeds, decay_power=s.decay_power,
+                         color=s.color_tensor(), device=device)
+    if s.param == "pixel":
+        return P.pixel(len(keys), s.image_channels, s.size, seeds, color=s.color_tensor(), device=device)
+    return s.param
 
 
-def _param(kind: str | P.Param, batch: int, channels: int, size: int | Sequence[int], seeds: list[int],
-           decay_power: float, color: Tensor | None, device: torch.device) -> P.Param:
-    if kind == "fourier":
-        return P.fourier(batch, channels, size, seeds, decay_power=decay_power, color=color, device=device)
-    if kind == "pixel":
-        return P.pixel(batch, channels, size, seeds, color=color, device=device)
-    if isinstance(kind, tuple) and len(kind) == 2 and callable(kind[1]):
-        return kind
-    raise ConfigError(f"unknown parametrization {kind!r}; use 'fourier', 'pixel' or a (params, image_fn) pair")
-
-
-def _settings(objective: Objective, param: str | P.Param, transforms: str | Transform | None, **kw: Any) -> dict:
-    tdesc: Any = "custom"
-    if transforms is None or transforms == "none":
-        tdesc = "none"
-    elif transforms == "standard":
-        tdesc = standard_settings(kw["size"])
-    color = kw.pop("color")
-    return {"objective": objective.name, "param": param if isinstance(param, str) else "custom",
-            "transforms": tdesc, "optimizer": "adam", "color": None if color is None else
-            torch.as_tensor(color).tolist(), **kw}
-
-
-def _check_args(objective: Objective | str, batch: int, steps: int, lr: float, trace_every: int,
-                keys: Sequence[int] | None) -> tuple[Objective, list[int]]:
+def _check_call(objective: Objective | str, batch: int, keys: Sequence[int] | None) -> tuple[Objective, list[int]]:
     obj = parse(objective) if isinstance(objective, str) else objective
     if not isinstance(obj, Objective):
         raise ConfigError(f"objective must be an Objective or a string, got {type(objective).__name__}")
-    if batch < 1 or steps < 1 or lr <= 0 or trace_every < 1:
-        raise ConfigError(f"need batch >= 1, steps >= 1, lr > 0, trace_every >= 1 (got {batch}, {steps}, {lr}, "
-                          f"{trace_every})")
+    if not is_int(batch) or batch < 1:
+        raise ConfigError(f"batch must be an integer >= 1, got {batch!r}")
     keys = list(range(batch)) if keys is None else [int(k) for k in keys]
     if len(keys) != batch:
         raise ConfigError(f"{len(keys)} keys for a batch of {batch}")
     return obj, keys
 
 
-def render(model: nn.Module, objective: Objective | str, *, param: str | P.Param = "fourier",
-           size: int | Sequence[int] = 32, channels: int = 3, batch: int = 1, steps: int = 256, lr: float = 0.05,
-           transforms: str | Transform | None = "standard", seed: int = 0, keys: Sequence[int] | None = None,
-           mean: Sequence[float] | Tensor | None = None, std: Sequence[float] | Tensor | None = None,
-           color: Tensor | None = None, decay_power: float = 1.0, device: torch.device | str | None = None,
-           progress: Progress | None = None, trace_every: int = 16, channels_last: bool | None = None,
-           optimize: bool = True) -> RenderResult:
-    """Optimize ``batch`` images [B, ``channels``, size, size] in (0, 1) to maximize ``objective``.
+_RENDER_HINTS = {"channels": "the colour channel count is image_channels; to render channels of a layer "
+                             "use channel(layer, c) or render_channels(model, layer, channels=[...])"}
 
-    ``keys[b]`` (default ``b``) names element b's random streams; ``param`` is "fourier" | "pixel";
-    ``transforms`` is "standard" | "none" | a callable; ``mean``/``std`` are the training
-    normalization (per channel, 0..1 scale). With ``optimize`` the work runs on
-    ``fastpath.render_copy(model)`` (same layer outputs, BN folded away); ``model`` is never changed.
-    Returns images, final values and the trace on CPU.
+
+def render(model: nn.Module, objective: Objective | str, settings: RenderSettings | None = None, *,
+           batch: int = 1, keys: Sequence[int] | None = None, progress: StepCallback | None = None,
+           **overrides: Any) -> RenderResult:
+    """Optimize ``batch`` images [B, image_channels, H, W] in (0, 1) to maximize ``objective``.
+
+    ``settings`` (default ``RenderSettings()``) with ``overrides`` (its field names, e.g. ``steps=64``)
+    replaced; ``keys[b]`` (default ``b``) names element b's random streams; ``progress`` is called
+    every ``trace_every`` steps. With ``optimize`` the work runs on ``fastpath.prepare_fast``'s copy
+    of the model; ``model`` itself is never changed. Returns images, final values and trace on CPU.
     """
-    obj, keys = _check_args(objective, batch, steps, lr, trace_every, keys)
-    dev = _model_device(model, device)
-    cl = dev.type == "cpu" if channels_last is None else channels_last
-    norm = _normalizer(mean, std, channels, dev)
+    s = resolve(settings, overrides, "render", _RENDER_HINTS)
+    obj, keys = _check_call(objective, batch, keys)
+    dev = _model_device(model, s.device)
+    cl = dev.type == "cpu" if s.channels_last is None else s.channels_last
+    norm = normalizer(s.mean, s.std, s.image_channels, dev, channels_last=cl)
     dtype = _model_dtype(model)
-    params, image_fn = _param(param, batch, channels, size, [element_seed(seed, k, PARAM_STREAM) for k in keys],
-                              decay_power, color, dev)
-    tf = _transform(transforms, size, ElementRandom([element_seed(seed, k, TRANSFORM_STREAM) for k in keys]))
+    params, image_fn = _param(s, keys, dev)
+    tf, tdesc = _transform(s, keys)
 
     def prep(img: Tensor) -> Tensor:
-        x = norm(img).to(dtype)
-        return x.contiguous(memory_format=torch.channels_last) if cl else x
+        return norm(img).to(dtype)
 
     t0 = time.perf_counter()
-    net = render_copy(model, obj.layers) if optimize else model
-    work = obj
-    if net is not model and obj.selects is not None:  # a channel objective: compute only that channel
-        layer, c = obj.selects
-        idx = c if isinstance(c, Tensor) else torch.full((batch,), c, dtype=torch.long)
-        if idx.numel() == batch and select_channels(net, layer, idx.to(dev)):
-            work = channel(layer, torch.zeros(batch, dtype=torch.long))
-    if cl and net is not model:
-        net = net.to(memory_format=torch.channels_last)
+    # the fast path: a private copy of the model and the objective that reads it (same values)
+    net, work = prepare_fast(model, obj, batch, channels_last=cl) if s.optimize else (model, obj)
     with frozen(net), forward_until(net, sorted(obj.layers)) as run:
-        trace, trace_steps = _optimize(work, run, params, lambda: prep(tf(image_fn())), batch, steps, lr,
-                                       trace_every, progress)
+        trace, trace_steps = _optimize(work, run, params, lambda: prep(tf(image_fn())), batch, s.steps, s.lr,
+                                       s.trace_every, progress)
         with torch.no_grad():
             images = image_fn()
             values = work(run(prep(images))).float()
-    settings = _settings(obj, param, transforms, size=size, image_channels=channels, batch=batch, steps=steps,
-                         lr=lr, seed=seed, decay_power=decay_power, color=color,
-                         mean=None if mean is None else torch.as_tensor(mean).flatten().tolist(),
-                         std=None if std is None else torch.as_tensor(std).flatten().tolist(),
-                         device=str(dev), channels_last=cl, trace_every=trace_every, optimize=optimize,
-                         elapsed_s=round(time.perf_counter() - t0, 3))
+    record = {"objective": obj.name, "batch": batch, **s.to_dict(), "optimizer": "adam",
+              "resolved": {"device": str(dev), "channels_last": cl, "transforms": tdesc},
+              "elapsed_s": round(time.perf_counter() - t0, 3)}
     return RenderResult(images=images.detach().float().cpu(), values=values.cpu(), trace=trace,
-                        trace_steps=trace_steps, keys=keys, settings=settings)
+                        trace_steps=trace_steps, keys=keys, settings=record)
 
 
 def _optimize(obj: Objective, run: Callable[[Tensor], dict[str, Tensor]], params: list[Tensor],
               make_input: Callable[[], Tensor], batch: int, steps: int, lr: float, trace_every: int,
-              progress: Progress | None) -> tuple[Tensor, list[int]]:
+              progress: StepCallback | None) -> tuple[Tensor, list[int]]:
     """Adam on ``params`` for ``steps`` steps; returns the trace [T, B] (CPU) and its steps."""
     # fused: one kernel for the whole update (4x faster than the per-op path for a [B, C, H, W'] spectrum)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
@@ -319,38 +235,47 @@ def layer_channels(model: nn.Module, layer: str, size: int | Sequence[int] = 32,
     return int(act.shape[1])
 
 
-def render_channels(model: nn.Module, layer: str, channel_ids: Sequence[int] | None = None, *, chunk: int = 64,
-                    **kwargs: Any) -> RenderResult:
-    """Render every channel of ``layer`` (or those in ``channel_ids``) in batches: batch index = channel.
+def _channel_ids(channels: Any) -> list[int] | None:
+    """``render_channels``'s channel indices as ints (None = all); ConfigError for anything else."""
+    if channels is None:
+        return None
+    if is_int(channels) or isinstance(channels, (str, bytes)) or (isinstance(channels, Tensor) and channels.dim() != 1):
+        raise ConfigError(f"channels are channel indices (a list of ints), got {channels!r}; the image's colour "
+                          "channel count is image_channels")
+    ids = channels.tolist() if isinstance(channels, Tensor) else list(channels)
+    bad = [c for c in ids if not is_int(c)]
+    if bad:
+        raise ConfigError(f"channel indices must be integers, got {bad[0]!r}")
+    return [int(c) for c in ids]
 
-    Element keys are the channel indices, so image c is the same whichever chunk renders it and equals
-    ``render(model, channel(layer, c), keys=[c], ...)`` with the same settings (up to float rounding).
-    ``values`` are each channel's mean activation on its final untransformed image (eval mode).
-    ``kwargs`` go to ``render``; there ``channels`` is the image's colour channel count (an int), so a
-    list/tuple/tensor given as ``channels=`` is taken as ``channel_ids`` instead.
+
+_CHANNELS_HINTS = {k: f"render_channels sets {k!r} itself" for k in ("batch", "keys", "objective")}
+
+
+def render_channels(model: nn.Module, layer: str, channels: Sequence[int] | Tensor | None = None,
+                    settings: RenderSettings | None = None, *, progress: StepCallback | None = None,
+                    **overrides: Any) -> RenderResult:
+    """Render every channel of ``layer`` (or the indices in ``channels``), ``chunk`` per batch: key = channel.
+
+    ``settings``/``overrides`` as for ``render``. Image c is the same whichever chunk renders it and
+    equals ``render(model, channel(layer, c), keys=[c], ...)`` with the same settings (up to float
+    rounding). ``values`` are each channel's mean activation on its final untransformed image (eval mode).
     """
-    if channel_ids is None and isinstance(kwargs.get("channels"), (list, tuple, range, Tensor)):
-        channel_ids = kwargs.pop("channels")
-    if chunk < 1:
-        raise ConfigError(f"chunk must be >= 1, got {chunk}")
-    for bad in ("batch", "keys", "objective"):
-        if bad in kwargs:
-            raise ConfigError(f"render_channels sets {bad!r} itself")
-    n = layer_channels(model, layer, kwargs.get("size", 32), kwargs.get("channels", 3))
-    chans = list(range(n)) if channel_ids is None else [int(c) for c in channel_ids]
+    s = resolve(settings, overrides, "render_channels", _CHANNELS_HINTS)
+    ids = _channel_ids(channels)
+    n = layer_channels(model, layer, s.size, s.image_channels)
+    chans = list(range(n)) if ids is None else ids
     bad_c = [c for c in chans if not 0 <= c < n]
     if bad_c or not chans:
         first = bad_c[0] if bad_c else "(none)"
         raise ConfigError(f"channel {first} out of range for layer {layer!r} with {n} channels")
     parts = []
-    for i in range(0, len(chans), chunk):
-        part = chans[i:i + chunk]
-        obj = channel(layer, torch.tensor(part))
-        parts.append(render(model, obj, batch=len(part), keys=part, **kwargs))
-    settings = {**parts[0].settings, "kind": "channels", "layer": layer, "objective": f"{layer}:<channel>",
-                "chunk": chunk, "batch": len(chans),
-                "elapsed_s": round(sum(p.settings["elapsed_s"] for p in parts), 3)}
+    for i in range(0, len(chans), s.chunk):
+        part = chans[i:i + s.chunk]
+        parts.append(render(model, channel(layer, torch.tensor(part)), s, batch=len(part), keys=part,
+                            progress=progress))
+    settings_out = {**parts[0].settings, "kind": "channels", "layer": layer, "objective": f"{layer}:<channel>",
+                    "batch": len(chans), "elapsed_s": round(sum(p.settings["elapsed_s"] for p in parts), 3)}
     return RenderResult(images=torch.cat([p.images for p in parts]), values=torch.cat([p.values for p in parts]),
                         trace=torch.cat([p.trace for p in parts], 1), trace_steps=parts[0].trace_steps,
-                        keys=chans, settings=settings)
-
+                        keys=chans, settings=settings_out)

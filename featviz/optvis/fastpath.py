@@ -1,26 +1,13 @@
 """A render-only copy of a model that computes the same layer outputs with less work.
 
-Contract: ``render_copy(model, keep)`` returns a deep copy in eval mode with frozen weights in which
-every layer named in ``keep`` produces exactly the output it produces in ``model`` (up to float
-rounding); other layers' outputs may change. ``model`` itself is never modified. Rewrites, applied
-only inside ``nn.Sequential`` containers (where data flow is explicit, so they are safe for any model):
-
-* ``Conv2d -> BatchNorm2d`` (BN in eval mode): the BN's scale and shift are folded into the conv's
-  weights and bias and the BN becomes ``nn.Identity``; skipped when the conv's own output is kept.
-  In eval mode BN is a per-channel affine map, yet its autograd kernels cost as much as a conv here.
-* ``ReLU -> MaxPool2d``: becomes ``Identity -> Sequential(MaxPool2d, ReLU)``, since max and ReLU
-  commute; ReLU then runs on a 4x smaller tensor; skipped when the ReLU's output is kept.
-
-``select_channels(copy, layer, idx)`` goes further for a channel objective: the conv that computes
-``layer`` (the layer itself, or the conv right before it when the layer is an ``Identity`` left by a
-folded BatchNorm) is replaced by :class:`SelectedConv`, which computes for element b only its own
-channel ``idx[b]``: the layer's output becomes [B, 1, H', W'] (channel 0 = the selected one). For
-the 64 channels of a layer that is 64x less work in that conv, forward and backward.
-
-Modules that carry hooks of their own are never rewritten. Layers keep their dotted names (a
-rewritten pool gets children ``.0``/``.1`` but the pool's own name still gives the pool's output),
-so hooks placed by name see the original values. If the model
-cannot be deep-copied the original is returned unchanged (the caller still freezes it).
+Contract: ``fast_copy(model, keep)`` returns an eval-mode, weight-frozen deep copy in which every
+layer named in ``keep`` gives the output it gives in ``model`` (up to float rounding); other layers
+may change and ``model`` is never modified. ``select_channels(copy, layer, idx)`` makes ``layer`` of
+such a copy output only channel ``idx[b]`` for element b. ``prepare_fast(model, objective, batch)``
+applies both for the renderer and returns the copy with the objective to evaluate on it. Rewrites
+happen only inside ``nn.Sequential`` (explicit data flow), never to modules that carry hooks, and
+layers keep their dotted names. A model that cannot be deep-copied is returned as it is.
+Speed-ups: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -32,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["render_copy", "select_channels", "SelectedConv"]
+from featviz.optvis.objectives import Objective, channel
+
+__all__ = ["fast_copy", "select_channels", "prepare_fast", "SelectedConv"]
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -82,8 +71,15 @@ def _rewrite(seq: nn.Sequential, prefix: str, keep: set[str]) -> int:
     return done
 
 
-def render_copy(model: nn.Module, keep: Iterable[str]) -> nn.Module:
-    """An eval-mode, frozen copy of ``model`` whose ``keep`` layers give the same outputs, cheaper."""
+def fast_copy(model: nn.Module, keep: Iterable[str]) -> nn.Module:
+    """An eval-mode, frozen copy of ``model`` whose ``keep`` layers give the same outputs, cheaper.
+
+    Inside each ``nn.Sequential``: ``Conv2d -> BatchNorm2d`` (eval mode) has the BN's scale and shift
+    folded into the conv, the BN becoming ``nn.Identity`` (skipped when the conv's own output is
+    kept); ``ReLU -> MaxPool2d`` becomes ``Identity -> Sequential(MaxPool2d, ReLU)`` (max and ReLU
+    commute; skipped when the ReLU's output is kept). A rewritten pool gets children ``.0``/``.1``,
+    but its own name still gives the pool's output.
+    """
     try:
         clone = copy.deepcopy(model)
     except Exception:  # noqa: BLE001 - any model that cannot be copied is simply used as it is
@@ -133,7 +129,7 @@ def _selectable(m: nn.Module) -> bool:
 
 
 def select_channels(copy_: nn.Module, layer: str, idx: Tensor) -> bool:
-    """In a ``render_copy``, make ``layer`` output only channel ``idx[b]`` for element b ([B, 1, H', W']).
+    """In a ``fast_copy``, make ``layer`` output only channel ``idx[b]`` for element b ([B, 1, H', W']).
 
     Applies when ``layer`` is a plain Conv2d, or an ``nn.Identity`` (e.g. a folded BatchNorm) right
     after one in an ``nn.Sequential``, and every index is in range; returns whether it applied.
@@ -160,3 +156,27 @@ def select_channels(copy_: nn.Module, layer: str, idx: Tensor) -> bool:
         return False
     parent._modules[child] = SelectedConv(target, idx.to(target.weight.device))
     return True
+
+
+def prepare_fast(model: nn.Module, objective: Objective, batch: int,
+                 channels_last: bool = False) -> tuple[nn.Module, Objective]:
+    """``(copy, objective to evaluate on it)``: ``fast_copy`` of ``model`` keeping ``objective.layers``.
+
+    For a channel objective (``objective.selects``) whose layer ``select_channels`` can rewrite, the
+    copy computes only element b's channel and the returned objective reads channel 0 of each element,
+    giving the same values as ``objective`` on ``model``; otherwise the objective comes back unchanged.
+    ``channels_last`` puts the copy's weights in that memory format. If no copy can be made,
+    ``(model, objective)``.
+    """
+    net = fast_copy(model, objective.layers)
+    if net is model:
+        return model, objective
+    work = objective
+    if objective.selects is not None:
+        layer, c = objective.selects
+        idx = c if isinstance(c, Tensor) else torch.full((batch,), c, dtype=torch.long)
+        if idx.numel() == batch and select_channels(net, layer, idx):
+            work = channel(layer, torch.zeros(batch, dtype=torch.long))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net, work

@@ -2,18 +2,12 @@
 
 Contract: an :class:`Objective` maps the captured activations ``acts`` (``{dotted layer name:
 Tensor[B, C, H, W]}``, or ``[B, C]`` for linear layers) to ONE value per batch element,
-``Tensor[B]``, to be MAXIMIZED. It also names the layers it needs (``objective.layers``), so the
-renderer hooks exactly those and stops the forward pass once all of them have run.
-
-Objectives combine with numbers and with each other::
-
-    obj = 0.8 * channel("features.conv3", 7) - 0.2 * channel("features.conv3", 9)
-    obj = channel("features.conv3", 7) + 0.5 * diversity("features.conv3")
-
-``parse`` reads the CLI's string form: ``"features.conv3:7"`` (channel), ``"features.conv3:7@2,3"``
-(neuron at x=2, y=3), ``"features.conv3"`` (whole layer, DeepDream), and sums/differences with
-numeric factors such as ``"features.conv3:7 - 0.5*features.conv3:9"``. It is a small recursive
-descent parser: nothing is ever evaluated as Python. Every user mistake is a one-line ConfigError.
+``Tensor[B]``, to be MAXIMIZED, and names the layers it needs (``objective.layers``), so the
+renderer hooks exactly those. Objectives combine with numbers and each other, e.g.
+``0.8 * channel("features.conv3", 7) - 0.2 * channel("features.conv3", 9)``. ``parse`` reads the
+CLI's string form: ``"L:7"`` (channel), ``"L:7@2,3"`` (neuron at x=2, y=3), ``"L"`` (whole layer,
+DeepDream), and sums/differences with numeric factors (``"L:7 - 0.5*L:9"``); a recursive descent
+parser, nothing is evaluated as Python. Every user mistake is a one-line ConfigError.
 """
 
 from __future__ import annotations
@@ -123,10 +117,9 @@ def _channel_index(c: int | Tensor) -> tuple[int | Tensor, int]:
 class _ChannelMean(torch.autograd.Function):
     """Mean over space of channel ``idx[b]`` of element b: [B, C, *S] -> [B].
 
-    Autograd's own path (advanced indexing) builds the gradient with ``index_put`` into a zeroed
-    contiguous (NCHW) tensor, which a channels-last conv backward must then transpose-copy: on CPU
-    that cost the 3-conv benchmark ~9% of each step. Here the gradient (``g[b] / |S|`` at channel
-    ``idx[b]``, 0 elsewhere) is written once, in the activation's own memory format.
+    The gradient (``g[b] / |S|`` at channel ``idx[b]``, 0 elsewhere) is written once, in the
+    activation's own memory format; autograd's indexing path would build it in NCHW, which a
+    channels-last conv backward must then transpose-copy (cost: ``benchmarks/README.md``).
     """
 
     @staticmethod

@@ -2,19 +2,15 @@
 
 Contract: a parametrization returns ``(params, image_fn)``: ``params`` is a list of leaf tensors
 (``requires_grad=True``) to hand to the optimizer, ``image_fn()`` builds the current images
-``Tensor[B, C, H, W]`` with values in (0, 1) (a sigmoid keeps them there), differentiably.
-Everything lives on ``device``. Initial values come from CPU ``torch.Generator``s, one per batch
-element: ``seed`` is either an int (element b is seeded ``element_seed(seed, b)``) or a sequence of
-one seed per element (the renderer passes these so that batched and single renders agree).
-
-* ``pixel``: a logit per pixel; simple, but the optimizer finds high-frequency patterns.
-* ``fourier``: a logit image built from its spectrum (``torch.fft.irfft2``), each frequency scaled
-  by ``1 / f**decay_power``, so equal steps on all coefficients favour low frequencies, plus an
-  optional colour matrix that decorrelates colour channels (``color_matrix`` of the training data).
+``Tensor[B, image_channels, H, W]`` with values in (0, 1) (a sigmoid keeps them there),
+differentiably. Everything lives on ``device``. Initial values come from CPU ``torch.Generator``s,
+one per batch element: ``seed`` is an int (element b is seeded ``element_seed(seed, b)``) or one
+seed per element (the renderer passes these so that batched and single renders agree).
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -25,7 +21,7 @@ from featviz.optvis.rng import PARAM_STREAM, element_seed, generator
 
 Param = tuple[list[Tensor], Callable[[], Tensor]]
 
-__all__ = ["Param", "pixel", "fourier", "color_matrix", "spectrum_scale", "element_seeds"]
+__all__ = ["Param", "pixel", "fourier", "color_matrix", "check_color", "spectrum_scale", "element_seeds"]
 
 
 def element_seeds(batch: int, seed: int | Sequence[int]) -> list[int]:
@@ -45,9 +41,11 @@ def _hw(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _check(batch: int, channels: int) -> None:
-    if batch < 1 or channels < 1:
-        raise ConfigError(f"batch and channels must be >= 1, got batch={batch}, channels={channels}")
+def _check(batch: int, image_channels: int) -> None:
+    if isinstance(image_channels, bool) or not isinstance(image_channels, numbers.Integral):
+        raise ConfigError(f"image_channels must be an integer (the colour channel count), got {image_channels!r}")
+    if batch < 1 or image_channels < 1:
+        raise ConfigError(f"batch and image_channels must be >= 1, got {batch} and {image_channels}")
 
 
 def _randn(shape: tuple[int, ...], seeds: list[int], sd: float, device: torch.device | None) -> Tensor:
@@ -56,14 +54,14 @@ def _randn(shape: tuple[int, ...], seeds: list[int], sd: float, device: torch.de
     return x.to(device).requires_grad_(True)
 
 
-def pixel(batch: int, channels: int, size: int | Sequence[int], seed: int | Sequence[int] = 0,
+def pixel(batch: int, image_channels: int, size: int | Sequence[int], seed: int | Sequence[int] = 0,
           color: Tensor | None = None, device: torch.device | str | None = None, sd: float = 0.01) -> Param:
     """Images = sigmoid(color @ logits), logits [B, C, H, W] ~ N(0, sd): starts as flat grey (0.5)."""
-    _check(batch, channels)
+    _check(batch, image_channels)
     h, w = _hw(size)
     dev = torch.device(device or "cpu")
-    logits = _randn((channels, h, w), element_seeds(batch, seed), sd, dev)
-    mix = _color(color, channels, dev)
+    logits = _randn((image_channels, h, w), element_seeds(batch, seed), sd, dev)
+    mix = check_color(color, image_channels, dev)
 
     def image_fn() -> Tensor:
         return torch.sigmoid(logits if mix is None else torch.einsum("ij,bjhw->bihw", mix, logits))
@@ -84,18 +82,23 @@ def spectrum_scale(h: int, w: int, decay_power: float = 1.0) -> Tensor:
     return scale / scale.pow(2).mean().sqrt()
 
 
-def _color(color: Tensor | None, channels: int, device: torch.device) -> Tensor | None:
+def check_color(color: Tensor | Sequence[Sequence[float]] | None, image_channels: int,
+                device: torch.device) -> Tensor | None:
+    """``color`` as a float32 [C, C] tensor on ``device`` (None stays None); ConfigError if it is not one."""
     if color is None:
         return None
-    color = torch.as_tensor(color, dtype=torch.float32)
-    if color.shape != (channels, channels):
-        raise ConfigError(f"colour matrix must be [{channels}, {channels}], got {list(color.shape)}")
+    try:
+        color = torch.as_tensor(color, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"colour matrix must be a [{image_channels}, {image_channels}] array of numbers") from None
+    if color.shape != (image_channels, image_channels):
+        raise ConfigError(f"colour matrix must be [{image_channels}, {image_channels}], got {list(color.shape)}")
     if not torch.isfinite(color).all():
         raise ConfigError("colour matrix has non-finite entries")
     return color.to(device)
 
 
-def fourier(batch: int, channels: int, size: int | Sequence[int], seed: int | Sequence[int] = 0,
+def fourier(batch: int, image_channels: int, size: int | Sequence[int], seed: int | Sequence[int] = 0,
             decay_power: float = 1.0, color: Tensor | None = None,
             device: torch.device | str | None = None, sd: float = 0.01) -> Param:
     """Images = sigmoid(color @ irfft2(spectrum * scale)); spectrum [B, C, H, W//2+1, 2] ~ N(0, sd).
@@ -103,12 +106,12 @@ def fourier(batch: int, channels: int, size: int | Sequence[int], seed: int | Se
     ``color`` [C, C] mixes decorrelated channels into image channels (``color_matrix`` of the
     training data; None = identity). Output [B, C, H, W] in (0, 1).
     """
-    _check(batch, channels)
+    _check(batch, image_channels)
     h, w = _hw(size)
     dev = torch.device(device or "cpu")
-    spec = _randn((channels, h, w // 2 + 1, 2), element_seeds(batch, seed), sd, dev)
+    spec = _randn((image_channels, h, w // 2 + 1, 2), element_seeds(batch, seed), sd, dev)
     scale = spectrum_scale(h, w, decay_power).to(dev)
-    mix = _color(color, channels, dev)
+    mix = check_color(color, image_channels, dev)
 
     def image_fn() -> Tensor:
         x = torch.fft.irfft2(torch.view_as_complex(spec) * scale, s=(h, w), norm="ortho")

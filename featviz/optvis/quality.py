@@ -2,16 +2,12 @@
 
 Contract: functions take a model, a layer (dotted name), images [N, C, H, W] in [0, 1] and the
 training normalization; they run in eval mode without gradients (``actmax.frozen``), stop the forward
-pass at the layer, and return CPU tensors / floats. The model is left as found.
-
-* ``standardized_activation``: for each rendered image i (made for channel ``channels[i]``), that
-  channel's mean activation on it, minus the channel's mean over reference ``noise_images``, divided
-  by the channel's std over them. A z-score: comparable across channels, layers and models.
-* ``specificity``: the fraction of channels whose own image gives their highest standardized
-  activation among the layer's rendered images (1.0 = every image is the best one for its channel).
-  With ``by="image"``: the fraction of images whose own channel has their highest z-score instead.
-* Both accept ``transform``/``repeats``: score randomly transformed copies of the images (robustness;
-  an image that only works pixel-exactly, i.e. an adversarial pattern, scores low there).
+pass at the layer, and return CPU tensors / floats; the model is left as found. The standardized
+activation of image i is its channel's (``channels[i]``, default i) mean activation minus that
+channel's mean over reference ``noise_images``, over their std: a z-score, comparable across
+channels, layers and models. ``specificity`` is the fraction of channels whose own image is their
+top image (``by="image"``: of images whose own channel is their top channel). ``transform`` and
+``repeats`` score randomly transformed copies instead (robustness against adversarial patterns).
 """
 
 from __future__ import annotations
@@ -22,9 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from featviz.errors import ConfigError
-from featviz.optvis.actmax import _model_device, _model_dtype, _normalizer, forward_until, frozen
+from featviz.optvis.actmax import _model_device, _model_dtype, forward_until, frozen
 from featviz.optvis.param import spectrum_scale
 from featviz.optvis.rng import generator
+from featviz.optvis.settings import normalizer
 from featviz.optvis.transforms import Transform, identity
 
 __all__ = ["channel_activations", "standardized_matrix", "standardized_activation", "specificity", "noise_images"]
@@ -41,7 +38,7 @@ def channel_activations(model: nn.Module, layer: str, images: Tensor, mean: Sequ
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
         raise ConfigError("images must be a non-empty tensor [N, C, H, W]")
     dev = _model_device(model, None)
-    norm = _normalizer(mean, std, images.shape[1], dev)
+    norm = normalizer(mean, std, images.shape[1], dev)
     tf = transform or identity
     out = []
     with frozen(model), forward_until(model, [layer]) as run, torch.no_grad():
@@ -103,14 +100,15 @@ def specificity(model: nn.Module, layer: str, images: Tensor, mean: Sequence[flo
     return float(hits.float().mean())
 
 
-def noise_images(n: int, channels: int, size: int | Sequence[int], seed: int = 0, kind: str = "pink") -> Tensor:
-    """Reference images [n, C, H, W] in (0, 1): ``pink`` (1/f spectrum, like natural images) or ``uniform``."""
+def noise_images(n: int, image_channels: int, size: int | Sequence[int], seed: int = 0, kind: str = "pink") -> Tensor:
+    """Reference images [n, image_channels, H, W] in (0, 1): ``pink`` (1/f spectrum, like natural images) or
+    ``uniform``."""
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     g = generator(seed)
     if kind == "uniform":
-        return torch.rand(n, channels, h, w, generator=g)
+        return torch.rand(n, image_channels, h, w, generator=g)
     if kind != "pink":
         raise ConfigError(f"unknown noise kind {kind!r}; use 'pink' or 'uniform'")
-    spec = torch.randn(n, channels, h, w // 2 + 1, 2, generator=g)
+    spec = torch.randn(n, image_channels, h, w // 2 + 1, 2, generator=g)
     x = torch.fft.irfft2(torch.view_as_complex(spec) * spectrum_scale(h, w), s=(h, w), norm="ortho")
     return torch.sigmoid(x)

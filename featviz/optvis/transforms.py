@@ -1,20 +1,13 @@
 """Random image transforms that make activation-maximization images robust (fewer adversarial patterns).
 
 Contract: a transform factory takes its configuration and returns a transform,
-``(config) -> (images[B, C, H, W] -> images[B, C, H', W'])``. Inputs are images in [0, 1]; outputs
-stay in [0, 1]; inputs are never modified in place and every step is differentiable. Each batch
-element gets its OWN random draw.
-
-Randomness comes from ``rng``: an int seed or a ``torch.Generator`` (one stream shared by the batch),
-or a :class:`featviz.optvis.rng.ElementRandom` (one stream per element, which the renderer uses so
-that batched and one-at-a-time renders see identical transforms). Every random transform draws the
-same count of numbers per call, whatever its settings, so streams stay aligned.
-
-Scale, rotation and translation (and reflect/edge/constant padding) are one per-sample affine map
-applied with a single ``F.grid_sample`` pass (:class:`RandomAffine`; its grid equals
-``F.affine_grid``'s, built by broadcasting because that is several times cheaper on CPU);
-translation is therefore sub-pixel (bilinear), unlike an integer roll. ``standard(size)`` is the
-default recipe for 28-64 px images. Cost per step at 64 px, batch 64: about 5 ms of a ~40-50 ms step.
+``images[B, C, H, W] -> images[B, C, H', W']``: inputs in [0, 1], outputs in [0, 1], inputs never
+modified in place, every step differentiable, and each batch element gets its OWN random draw.
+Randomness comes from ``rng``: an int seed or a ``torch.Generator`` (one stream shared by the batch)
+or a :class:`featviz.optvis.rng.ElementRandom` (one stream per element, as the renderer uses). Every
+random transform draws the same count of numbers per call, whatever its settings, so streams stay
+aligned. Scale, rotation, translation and padding are one per-element affine map applied in a single
+``F.grid_sample`` pass (:class:`RandomAffine`); ``standard(size)`` is the default recipe.
 """
 
 from __future__ import annotations
@@ -159,12 +152,9 @@ def standard_settings(size: int | Sequence[int]) -> dict[str, float | int | list
 
     Jitter 2 px, scale 0.95-1.05, rotation +-5 degrees at 32 px (Lucid's recipe scaled down from
     224 px), reflected borders. Lucid's "pad" is realised by the reflection: pixels that jitter,
-    rotation or scale pull in from outside the image are the mirrored image, exactly what a reflect
-    pad followed by a crop would give, and the output keeps the input size (``pad`` = 0 extra
-    pixels). Measured on a trained SmallCNN (benchmarks/actmax.py): enlarging the output by a 2 px
-    (x size/32) reflect pad lowered the standardized activation by 2-7% and costs (1 + 4/32)^2 - 1
-    = 27% more convolution work per step; without any transforms the images turn to high-frequency
-    patterns whose activation collapses under small shifts (robust z-score -30%).
+    rotation or scale pull in from outside the image are the mirrored image, as a reflect pad then a
+    crop would give, and the output keeps the input size (``pad`` = 0 extra pixels). Why not an
+    enlarging pad: ``benchmarks/README.md``.
     """
     side = max(size) if isinstance(size, Sequence) else int(size)
     k = side / 32
