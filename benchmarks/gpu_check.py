@@ -16,7 +16,7 @@ import torch
 
 from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig
 from featviz.pipeline import train_run
-from featviz.render import render_run
+from featviz.pipeline import render_run
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import torch
 from featviz.config import RenderConfig
 from featviz.errors import ConfigError
 from featviz.filters import evolution_strip, filter_grid, layer_scale
-from featviz.images import gif_bytes, png_bytes
+from featviz.images import gif_bytes, png_bytes, to_uint8
 from featviz.loading import load_model_at
 from featviz.model import response_layer
 from featviz.progress import StageProgress, silent
@@ -110,7 +110,7 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
                                   image_channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
                                   transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],
                                   color=color, device=device)
-            imgs = (res.images.clamp(0, 1) * 255).round().to(torch.uint8)
+            imgs = to_uint8(res.images)
             recs = []
             for c, img, val in zip(chans, imgs, res.values.tolist()):
                 path = run.write_artifact("renders", f"{base}/ch_{c:04d}.png", png_bytes(img))
