@@ -19,7 +19,7 @@ def analyze(
     renders: Optional[str] = typer.Option(None, help="Render settings set to measure (a folder name under RUN/renders/am/; "
                                 "default: the default settings' set, else the only one)."),
 ) -> None:
-    """Filter updates, CKA to the final epoch, image complexity and receptive fields -> RUN/analysis.json."""
+    """Filter updates, CKA to the final snapshot, image complexity and receptive fields -> RUN/analysis.json, then the gallery."""
     r = Run.open(run)
     res = analyze_run(r, probe_size=probe, device=device, renders=renders)
     conv = res.get("convergence", {})
