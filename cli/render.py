@@ -19,7 +19,7 @@ _R = RenderConfig()
 
 def render(
     run: Path = typer.Argument(..., help="A run folder written by featviz train."),
-    epochs: str = typer.Option(_R.epochs, help="Activation-maximization epochs: auto (init, middle, final) | all | last | 0,5,10 | every:K."),
+    epochs: str = typer.Option(_R.epochs, help="Activation-maximization moments: auto (init, 3 log-spaced steps of epoch 1, epoch 1, middle, final) | snapshots (every snapshot) | all (every epoch) | last | 0,5,10 | every:K."),
     layers: Optional[str] = typer.Option(None, help="Conv layers by dotted name, comma-separated (default: every depth)."),
     channels: Optional[str] = typer.Option(None, help="Channel indices, e.g. 0,1,2 (default: every channel)."),
     steps: int = typer.Option(_R.steps, min=1, help="Optimization steps per image."),
@@ -49,7 +49,7 @@ def render(
 
     with bar:
         out = render_run(r, cfg, progress)
-    console.print(f"rendered epochs {out['epochs']} of {len(out['layers'])} layers on {out['device']}: "
+    console.print(f"rendered {len(out['moments'])} moments ({', '.join(out['moments'])}) of {len(out['layers'])} layers on {out['device']}: "
                   f"{out['am_images']} activation-maximization images (settings set {out['renders']}), "
                   f"{out['filter_files']} filter files")
     for msg in out["skipped"]:

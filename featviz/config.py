@@ -113,7 +113,7 @@ TRANSFORMS = ("standard", "none")
 
 @dataclass(frozen=True)
 class RenderConfig:
-    epochs: str = "auto"  # activation-maximization epochs: auto (init, middle, final) | all | last | 0,5,10 | every:K
+    epochs: str = "auto"  # activation-maximization moments (schedule.moments): auto | snapshots | all | last | 0,5,10 | every:K
     layers: tuple[str, ...] = ()  # conv layers by dotted name; empty = every conv depth
     channels: tuple[int, ...] = ()  # channel indices; empty = every channel of each layer
     steps: int = 256  # optimization steps per image

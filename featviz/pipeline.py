@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig, from_dict, parse_epochs, to_dict
+from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig, from_dict, to_dict
 from featviz.data import ImageData, load_data
 from featviz import analyze as analyze_stage
 from featviz import render as render_stage
@@ -29,7 +29,7 @@ from featviz.optvis.param import color_matrix
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
 from featviz.provenance import provenance
 from featviz.renderset import am_settings, settings_id
-from featviz.schedule import extra_steps
+from featviz.schedule import extra_steps, moments
 from featviz.fileio import save_tensors
 from featviz.store import Run, check_new_run, check_out_dir
 from featviz.device import resolve_device
@@ -156,29 +156,32 @@ def _commit(run: Run, epoch: int, model: torch.nn.Module, opt: torch.optim.Optim
 
 
 def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: StageProgress = silent) -> dict[str, Any]:
-    """Filters at every epoch, activation maximization at ``cfg.epochs``, then the gallery.
+    """Filters at every snapshot, activation maximization at the moments ``cfg.epochs`` chooses
+    (``schedule.moments``), then the gallery.
 
-    Returns a summary: epochs and layers rendered, images written, the settings set, the gallery path.
+    Returns a summary: the moments and layers rendered, images written, the settings set, the gallery path.
     """
     layers = render_stage.select_layers(run, cfg.layers)
-    epochs = parse_epochs(cfg.epochs, run.snapshot_epochs())
+    points = run.snapshot_points()
+    chosen = moments(cfg.epochs, points)
     for layer in layers:  # every check before any work, so a bad option leaves the run as it was
         if cfg.channels and max(cfg.channels) >= layer["out_ch"]:
             raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer['name']} (it has "
                               f"{layer['out_ch']} channels: 0..{layer['out_ch'] - 1})")
     device = resolve_device(cfg.device)
-    snaps, bad = run.load_snapshots(run.snapshot_epochs())  # each verified once, used by both halves
-    for e in epochs:  # a damaged snapshot of a requested epoch fails here, before anything is written
-        if e in bad:
-            raise RunError(bad[e])
-    written = render_stage.render_filters(run, layers, snaps, cfg.force, progress) if cfg.filters else 0
-    rendered = render_stage.render_actmax(run, layers, epochs, cfg, device, progress, snaps)
+    snaps, bad = run.load_points(points)  # each verified once, used by both halves
+    for p in chosen:  # a damaged snapshot of a requested moment fails here, before anything is written
+        if p["id"] in bad:
+            raise RunError(bad[p["id"]])
+    written = render_stage.render_filters(run, layers, points, snaps, cfg.force, progress) if cfg.filters else 0
+    rendered = render_stage.render_actmax(run, layers, chosen, cfg, device, progress, snaps)
     gallery = build_gallery(run)
     skipped = sorted(bad.items()) if cfg.filters else []
     sid = settings_id(am_settings(cfg, cfg.size or int(run.meta["data"]["size"])))
-    return {"epochs": epochs, "layers": [layer["name"] for layer in layers], "filter_files": written, "renders": sid,
+    return {"epochs": [p["epoch"] for p in chosen if p["kind"] == "epoch"], "moments": [p["label"] for p in chosen],
+            "layers": [layer["name"] for layer in layers], "filter_files": written, "renders": sid,
             "am_images": rendered, "gallery": gallery, "device": str(device),
-            "skipped": [f"epoch {e} left out of the filter images: {msg}" for e, msg in skipped]}
+            "skipped": [f"{pid} left out of the filter images: {msg}" for pid, msg in skipped]}
 
 
 def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress: StageProgress = silent,

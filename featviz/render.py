@@ -35,54 +35,57 @@ def select_layers(run: Run, names: tuple[str, ...]) -> list[dict[str, Any]]:
     return [layer for layer in layers if layer["name"] in names]
 
 
-def render_filters(run: Run, layers: list[dict[str, Any]], snaps: dict[int, dict[str, torch.Tensor]],
-                   force: bool = False, progress: StageProgress = silent) -> int:
-    """Filter grid per epoch, an evolution strip and a GIF per layer, from ``snaps`` (epoch -> snapshot:
-    the run's readable epochs; a damaged one is left out of the strip and GIF). Returns how many
-    files were written."""
-    epochs = run.snapshot_epochs()
+def render_filters(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]],
+                   snaps: dict[str, dict[str, torch.Tensor]], force: bool = False,
+                   progress: StageProgress = silent) -> int:
+    """Per layer and snapshot point (``Run.snapshot_points``; ``snaps``: point id -> its tensors, the
+    readable ones), two views: the filters W_t, and what training added to the init, W_t - W_0
+    (``learned/``), each with one colour scale per layer across time; plus an evolution strip and a
+    GIF per view. Returns how many files were written."""
+    usable = [p for p in points if p["id"] in snaps]
+    settings = {"points": [p["id"] for p in usable]}
     done = {r["file"]: r for r in run.render_index()}
     written = 0
     for i, layer in enumerate(layers):
         name, key = layer["name"], f"{layer['name']}.weight"
         base = f"filters/{name}"
-        if not force and all(done.get(f"renders/{base}/epoch_{e:03d}.png", {}).get("settings") == {"epochs": epochs}
-                             for e in epochs):
+        files = [f"renders/{base}/{sub}{p['id']}.png" for sub in ("", "learned/") for p in usable]
+        if not force and all(done.get(f, {}).get("settings") == settings for f in files):
             progress("filters", i + 1, len(layers))
             continue
-        usable = sorted(snaps)
-        settings = {"epochs": usable}
-        weights = [snaps[e][key] for e in usable]
-        scale = layer_scale(weights)
-        meta = {"layer": name, "depth": layer["depth"], "scale": scale, "settings": settings}
-        recs, frames = [], []
-        for e, w in zip(usable, weights):
-            grid = filter_grid(w, scale)
-            frames.append(grid)
-            path = run.write_artifact("renders", f"{base}/epoch_{e:03d}.png", png_bytes(grid))
-            recs.append({"kind": "filters", "epoch": e, "file": run.rel(path), **meta})
-        path = run.write_artifact("renders", f"{base}/strip.png", png_bytes(evolution_strip(weights, scale)))
-        recs.append({"kind": "filters_strip", "file": run.rel(path), **meta})
-        path = run.write_artifact("renders", f"{base}/evolution.gif", gif_bytes(frames))
-        recs.append({"kind": "filters_gif", "file": run.rel(path), **meta})
+        weights = [snaps[p["id"]][key] for p in usable]
+        learned = [w - weights[0] for w in weights]  # the first readable point: the init unless it is damaged
+        recs = []
+        for view, sub, ws in (("filters", "", weights), ("filters_learned", "learned/", learned)):
+            scale = layer_scale(ws)
+            meta = {"layer": name, "depth": layer["depth"], "scale": scale, "settings": settings}
+            frames = [filter_grid(w, scale) for w in ws]
+            for p, grid in zip(usable, frames):
+                path = run.write_artifact("renders", f"{base}/{sub}{p['id']}.png", png_bytes(grid))
+                recs.append({"kind": view, "epoch": p["epoch"], "step": p["step"], "point": p["id"],
+                             "label": p["label"], "file": run.rel(path), **meta})
+            path = run.write_artifact("renders", f"{base}/{sub}strip.png", png_bytes(evolution_strip(ws, scale)))
+            recs.append({"kind": f"{view}_strip", "file": run.rel(path), **meta})
+            path = run.write_artifact("renders", f"{base}/{sub}evolution.gif", gif_bytes(frames))
+            recs.append({"kind": f"{view}_gif", "file": run.rel(path), **meta})
         run.add_renders(recs)
         written += len(recs)
         progress("filters", i + 1, len(layers))
     return written
 
 
-
-def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg: RenderConfig,
+def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]], cfg: RenderConfig,
                   device: torch.device, progress: StageProgress = silent,
-                  snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> int:
-    """Activation maximization of the chosen channels of every layer at every epoch, batched per layer.
+                  snaps: dict[str, dict[str, torch.Tensor]] | None = None) -> int:
+    """Activation maximization of the chosen channels of every layer at every snapshot point in
+    ``points`` (``Run.snapshot_points``), batched per layer.
 
     The objective is each channel's mean response: the output of the BatchNorm after the conv when
     there is one (see ``model.response_layer``), else the conv's output.
 
-    Writes one PNG per channel and one grid per (layer, epoch) under ``renders/am/<settings id>/``
+    Writes one PNG per channel and one grid per (layer, point) under ``renders/am/<settings id>/``
     (see ``featviz.renderset``); returns how many images were rendered.
-    ``snaps``: epoch -> snapshot, where the caller has them loaded already.
+    ``snaps``: point id -> tensors, where the caller has them loaded already.
     """
     from featviz.optvis import render_channels
     from torchvision.utils import make_grid
@@ -93,33 +96,35 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], epochs: list[int], cfg
     sid = settings_id(settings)  # one folder per settings set: other settings never overwrite these
     color = torch.tensor(data["color_matrix"]) if data.get("color_matrix") else None
     done = {r["file"]: r for r in run.render_index()}
-    total, count, rendered = len(layers) * len(epochs), 0, 0
-    for epoch in epochs:
+    total, count, rendered = len(layers) * len(points), 0, 0
+    for point in points:
         model = None
         for layer in layers:
             name = layer["name"]
             chans = list(cfg.channels) or list(range(layer["out_ch"]))
-            base = f"am/{sid}/{name}/epoch_{epoch:03d}"
+            base = f"am/{sid}/{name}/{point['id']}"
             files = [f"renders/{base}/ch_{c:04d}.png" for c in chans]
             if not cfg.force and all(f in done and record_set(done[f]) == sid for f in files):
                 count += 1
                 progress("activation maximization", count, total)
                 continue
-            model = model or load_model_at(run, epoch, device, (snaps or {}).get(epoch))
+            state = (snaps or {}).get(point["id"]) or run.load_point(point)
+            model = model or load_model_at(run, point["epoch"], device, state)
             res = render_channels(model, response_layer(model, name), chans, chunk=cfg.chunk, param=cfg.param, size=size,
                                   image_channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
                                   transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],
                                   color=color, device=device)
             imgs = to_uint8(res.images)
+            where = {"epoch": point["epoch"], "step": point["step"], "point": point["id"], "label": point["label"]}
             recs = []
             for c, img, val in zip(chans, imgs, res.values.tolist()):
                 path = run.write_artifact("renders", f"{base}/ch_{c:04d}.png", png_bytes(img))
-                recs.append({"kind": "am", "layer": name, "depth": layer["depth"], "epoch": epoch, "channel": c,
+                recs.append({"kind": "am", "layer": name, "depth": layer["depth"], **where, "channel": c,
                              "file": run.rel(path), "activation": val, "settings": settings, "settings_id": sid})
             grid = make_grid(imgs, nrow=max(1, int(len(chans) ** 0.5)), padding=1, pad_value=255)
             path = run.write_artifact("renders", f"{base}/grid.png", png_bytes(grid))
             full = {k: v for k, v in res.settings.items() if k != "elapsed_s"}  # every knob, once per batch
-            recs.append({"kind": "am_grid", "layer": name, "depth": layer["depth"], "epoch": epoch,
+            recs.append({"kind": "am_grid", "layer": name, "depth": layer["depth"], **where,
                          "file": run.rel(path), "settings": settings, "settings_id": sid, "render_settings": full,
                          "elapsed_s": res.settings.get("elapsed_s")})
             run.add_renders(recs)

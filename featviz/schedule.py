@@ -49,3 +49,33 @@ def extra_steps(spec: str, steps_per_epoch: int, total_steps: int) -> list[int]:
 def label(step: int, steps_per_epoch: int) -> str:
     """'step 64 · epoch 0.41': how a snapshot is named to people."""
     return f"step {step} · epoch {step / max(1, steps_per_epoch):.2f}".replace(".00", "")
+
+
+def moments(spec: str, points: list[dict]) -> list[dict]:
+    """The snapshot points (``Run.snapshot_points``) to render activation maximization at.
+
+    ``auto`` (default): the init; up to three step snapshots inside the first epoch, log-spaced (those
+    nearest to E^(1/4), E^(1/2), E^(3/4) steps on a log scale, E = steps per epoch); the end of epoch 1;
+    the middle epoch; the final epoch. ``snapshots``: every point. Otherwise an epoch spec of
+    ``config.parse_epochs`` (all | last | 0,5,10 | every:K), which selects epoch snapshots.
+    """
+    import math
+
+    from featviz.config import parse_epochs
+
+    epochs = {p["epoch"]: p for p in points if p["kind"] == "epoch"}
+    text = spec.strip().lower()
+    if text == "snapshots":
+        return list(points)
+    if text != "auto":
+        return [epochs[e] for e in parse_epochs(spec, sorted(epochs))]
+    last = max(epochs) if epochs else 0
+    chosen = {id(epochs[e]): epochs[e] for e in sorted({0, min(1, last), last // 2, last}) if e in epochs}
+    spe = epochs[1]["step"] if 1 in epochs else None
+    inside = [p for p in points if p["kind"] == "step" and spe and 0 < p["step"] < spe]
+    for q in (0.25, 0.5, 0.75):
+        if inside:
+            target = math.log(spe) * q
+            best = min(inside, key=lambda p: abs(math.log(p["step"]) - target))
+            chosen[id(best)] = best
+    return sorted(chosen.values(), key=lambda p: p["step"])

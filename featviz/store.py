@@ -189,6 +189,40 @@ class Run:
             raise RunError(f"step {step} has no committed snapshot in run {self.name}")
         return load_tensors(self.path / rel, files[rel])
 
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps in one epoch (from the metrics of epoch 1), None before epoch 1 is committed."""
+        return next((int(r["step"]) for r in self.metrics(strict=False) if r["epoch"] == 1 and r.get("step")), None)
+
+    def snapshot_points(self) -> list[dict[str, Any]]:
+        """Every committed snapshot in step order: ``{"id": "epoch_003" | "step_0000064", "kind": "epoch" |
+        "step", "step": int, "epoch": int (epoch snapshots) or None, "label": "step 64 · epoch 0.41"}``."""
+        from featviz.schedule import label
+
+        spe = self.steps_per_epoch() or 1
+        step_of = {r["epoch"]: int(r["step"]) for r in self.metrics(strict=False) if r.get("step") is not None}
+        points = [{"id": f"epoch_{e:03d}", "kind": "epoch", "epoch": e, "step": step_of.get(e, e * spe)}
+                  for e in self.snapshot_epochs()]
+        points += [{"id": f"step_{s:07d}", "kind": "step", "epoch": None, "step": s} for s in self.snapshot_steps()]
+        points.sort(key=lambda p: (p["step"], p["kind"] == "step"))
+        for p in points:
+            p["label"] = label(p["step"], spe) if p["kind"] == "step" or p["epoch"] else "step 0 · init"
+        return points
+
+    def load_point(self, point: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The model tensors of a snapshot point (see ``snapshot_points``), verified against the manifest."""
+        return self.load_snapshot(point["epoch"]) if point["kind"] == "epoch" else self.load_step_snapshot(point["step"])
+
+    def load_points(self, points: list[dict[str, Any]]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+        """Load each snapshot point; a damaged one goes into the second dict (id -> the error) instead."""
+        good: dict[str, dict[str, torch.Tensor]] = {}
+        bad: dict[str, str] = {}
+        for p in points:
+            try:
+                good[p["id"]] = self.load_point(p)
+            except RunError as err:
+                bad[p["id"]] = str(err)
+        return good, bad
+
     def load_snapshots(self, epochs: Iterable[int]) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str]]:
         """Load each epoch's snapshot; a damaged or missing one goes into the second dict (epoch ->
         the error, which names the file) instead of stopping the others."""

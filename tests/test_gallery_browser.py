@@ -60,16 +60,28 @@ def test_gallery_in_chromium(browser, gallery_run: Run, tmp_path: Path) -> None:
     assert all(w and w > 0 for _, w in images), [s for s, w in images if not w]
     # one section per depth
     assert page.locator("section.depth").count() == len(gallery_run.meta["layers"])
-    # the filter slider changes the shown epoch
+    # the filter slider has one notch per snapshot (the log schedule's steps 1, 2, 4 inside epoch 1)
     section = page.locator("#depth-1")
     img = section.locator(".filter-img")
+    slider = section.locator(".filter-slider")
+    assert slider.get_attribute("max") == str(len(gallery_run.snapshot_points()) - 1) == "5"
     last_src = img.get_attribute("src")
-    section.locator(".filter-slider").fill("0")
+    slider.fill("0")
     assert img.get_attribute("src").endswith("epoch_000.png") and img.get_attribute("src") != last_src
-    assert section.locator(".filters .epoch-label").inner_text() == "epoch 0"
+    assert section.locator(".filters .epoch-label").inner_text() == "step 0 · init"
+    slider.fill("1")
+    assert img.get_attribute("src").endswith("step_0000001.png")
+    assert section.locator(".filters .epoch-label").inner_text() == "step 1 · epoch 0.14"  # 7 steps per epoch
+    # the toggle shows what training added, W_t - W_0, at the same snapshot
+    section.locator(".learned-toggle").check()
+    assert img.get_attribute("src").endswith("learned/step_0000001.png")
+    slider.fill("5")
+    assert img.get_attribute("src").endswith("learned/epoch_002.png")
+    section.locator(".learned-toggle").uncheck()
+    assert img.get_attribute("src").endswith("/epoch_002.png") and "learned" not in img.get_attribute("src")
     # the activation-maximization slider changes every tile
     section.locator(".am-slider").fill("0")
-    assert section.locator(".am .epoch-label").inner_text() == "epoch 0"
+    assert section.locator(".am .epoch-label").inner_text() == "step 0 · init"
     assert "/epoch_000/" in section.locator(".tile img").first.get_attribute("src")
     page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
     # a click on a channel opens its evolution across epochs

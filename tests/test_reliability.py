@@ -141,8 +141,10 @@ def test_render_while_training_reads_only_complete_epochs(data: Path, tmp_path: 
         assert run.epochs_done == 2 and list(run.path.rglob(".epoch_003.safetensors.*.tmp"))
         out = render_run(run, RenderConfig(epochs="all", **FAST))
         assert out["epochs"] == [0, 1, 2] and not out["skipped"]
-        rendered = {r.get("epoch") for r in run.render_index() if "epoch" in r}
+        rendered = {r["epoch"] for r in run.render_index() if r.get("epoch") is not None}
         assert rendered == {0, 1, 2}
+        last_committed = run.metrics()[-1]["step"]  # step snapshots of the unfinished epoch are not read
+        assert {r["step"] for r in run.render_index() if "step" in r} <= set(range(last_committed + 1))
         assert proc.poll() is None  # training was still running (paused) all along
     finally:
         _kill(proc)
@@ -189,8 +191,8 @@ def test_damaged_snapshot_is_named_and_the_other_epochs_still_work(how: str, dam
     assert code == 0, err
     assert target.name in err and "warning" in err  # left out of the filter images, and said so
     am = {r["epoch"] for r in run.render_index() if r["kind"] == "am"}
-    filt = {r["epoch"] for r in run.render_index() if r["kind"] == "filters"}
-    assert am == {0, 2} and filt == {0, 2}
+    filt = {r["point"] for r in run.render_index() if r["kind"] == "filters"}
+    assert am == {0, 2} and filt == {"epoch_000", "epoch_002", "step_0000001", "step_0000002", "step_0000004"}
     code, out, err = cli(["analyze", run.path, "--probe", "20"])
     assert code == 0, err
     assert target.name in err

@@ -47,9 +47,13 @@ def test_render_writes_filters_and_actmax_for_every_depth_and_epoch(rendered: Ru
                 assert img.size == (16, 16)  # the run's image size
                 assert r["settings"]["steps"] == 6 and r["settings"]["param"] == "fourier"
                 assert isinstance(r["activation"], float)
-        assert (rendered.path / f"renders/filters/{name}/evolution.gif").is_file()
-        assert Image.open(rendered.path / f"renders/filters/{name}/evolution.gif").n_frames == len(epochs)
-        assert (rendered.path / f"renders/filters/{name}/strip.png").is_file()
+        points = rendered.snapshot_points()  # filters at every snapshot: 3 epochs and the log schedule's 3 steps
+        assert len(points) == 6
+        for sub in ("", "learned/"):
+            assert Image.open(rendered.path / f"renders/filters/{name}/{sub}evolution.gif").n_frames == len(points)
+            assert (rendered.path / f"renders/filters/{name}/{sub}strip.png").is_file()
+            for p in points:
+                assert (rendered.path / f"renders/filters/{name}/{sub}{p['id']}.png").is_file()
 
 
 def test_rerender_reuses_matching_settings_and_force_redoes(rendered: Run) -> None:
@@ -59,6 +63,36 @@ def test_rerender_reuses_matching_settings_and_force_redoes(rendered: Run) -> No
     assert changed["am_images"] == rendered.meta["layers"][0]["out_ch"]
     forced = render_run(rendered, RenderConfig(epochs="0", layers=("features.conv2",), force=True, **FAST))
     assert forced["am_images"] == 8 and forced["filter_files"] > 0
+
+
+def test_learned_part_is_the_change_from_the_init(rendered: Run) -> None:
+    """The learned view draws W_t - W_0 with one scale per layer across time: zero (grey) at the init,
+    not zero later, and its records carry the snapshot's step and label."""
+    import numpy as np
+
+    recs = {r["point"]: r for r in rendered.render_index() if r["kind"] == "filters_learned"
+            and r["layer"] == "features.conv1"}
+    init = np.array(Image.open(rendered.path / recs["epoch_000"]["file"]))
+    last = np.array(Image.open(rendered.path / recs["epoch_002"]["file"]))
+    plain = np.array(Image.open(rendered.path / "renders/filters/features.conv1/epoch_000.png"))
+    assert len(np.unique(init.reshape(-1, init.shape[-1]), axis=0)) <= 2  # grey tiles on the white grid only
+    assert len(np.unique(last.reshape(-1, last.shape[-1]), axis=0)) > 10 and not np.array_equal(init, plain)
+    assert len({r["scale"] for r in recs.values()}) == 1  # one colour scale for all snapshots
+    assert recs["step_0000002"]["step"] == 2 and recs["step_0000002"]["label"] == "step 2 · epoch 0.29"
+
+
+def test_auto_moments_follow_learning() -> None:
+    from featviz.schedule import moments
+
+    spe = 157
+    points = [{"id": f"epoch_{e:03d}", "kind": "epoch", "epoch": e, "step": e * spe} for e in range(9)]
+    points += [{"id": f"step_{s:07d}", "kind": "step", "epoch": None, "step": s} for s in (1, 2, 4, 8, 16, 32, 64, 128)]
+    points.sort(key=lambda p: p["step"])
+    chosen = [p["id"] for p in moments("auto", points)]
+    # the init, steps near 157^(1/4), 157^(1/2), 157^(3/4) on a log scale, epoch 1, the middle, the end
+    assert chosen == ["epoch_000", "step_0000004", "step_0000016", "step_0000032", "epoch_001", "epoch_004", "epoch_008"]
+    assert [p["id"] for p in moments("0,8", points)] == ["epoch_000", "epoch_008"]
+    assert len(moments("snapshots", points)) == len(points)
 
 
 def test_parse_epochs_forms() -> None:

@@ -15,6 +15,7 @@ from featviz.errors import ConfigError
 from featviz.metrics import theoretical_receptive_fields
 from featviz.plots import available, training_curves
 from featviz.renderset import am_sets, choose_set, record_set
+from featviz.schedule import label
 from featviz.store import Run
 
 
@@ -44,28 +45,45 @@ def _faith(analysis: dict[str, Any] | None, name: str) -> tuple[dict[int, dict[s
     return rows, dead
 
 
+def _timing(run: Run) -> Any:
+    """record -> {"step", "label"}: records written before snapshots had steps carry only an epoch."""
+    spe = run.steps_per_epoch() or 1
+    step_of = {r["epoch"]: int(r["step"]) for r in run.metrics(strict=False) if r.get("step") is not None}
+
+    def when(rec: dict[str, Any]) -> dict[str, Any]:
+        if rec.get("step") is not None and rec.get("label"):
+            return {"step": rec["step"], "label": rec["label"]}
+        e = rec.get("epoch") or 0
+        step = step_of.get(e, e * spe)
+        return {"step": step, "label": label(step, spe) if e else "step 0 · init"}
+    return when
+
+
 def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | None = None,
             sid: str | None = None) -> list[dict[str, Any]]:
+    when = _timing(run)
     model = run.meta["configs"]["model"]
     rfs = theoretical_receptive_fields(model["kernels"], model["strides"], model["pools"])
     size = run.meta["data"]["size"]
     out = []
     for layer in run.meta["layers"]:
         name, d = layer["name"], layer["depth"]
-        recs = [r for r in index if r.get("layer") == name]
-        filters = sorted((r for r in recs if r["kind"] == "filters"), key=lambda r: r["epoch"])
+        recs = [{**r, **when(r)} for r in index if r.get("layer") == name]
+        filters = sorted((r for r in recs if r["kind"] == "filters"), key=lambda r: r["step"])
+        learned = {r["step"]: r for r in recs if r["kind"] == "filters_learned"}
         am = [r for r in recs if r["kind"] == "am" and record_set(r) == sid]
-        am_epochs = sorted({r["epoch"] for r in am})
+        am_points = sorted({(r["step"], r["label"]) for r in am})
+        am_steps = [s for s, _ in am_points]
         channels = sorted({r["channel"] for r in am})
-        by = {(r["channel"], r["epoch"]): r for r in am}
+        by = {(r["channel"], r["step"]): r for r in am}
         faith, dead = _faith(analysis, name)
         tiles = [{"channel": c, "dead": c in dead,
                   "r": None if faith.get(c, {}).get("r") is None else round(faith[c]["r"], 2),
                   "top": "../" + faith[c]["file"] if c in faith else "",
-                  "srcs": ["../" + by[(c, e)]["file"] if (c, e) in by else "" for e in am_epochs],
-                  "acts": [round(by[(c, e)].get("activation", 0.0), 4) if (c, e) in by else None for e in am_epochs]}
+                  "srcs": ["../" + by[(c, s)]["file"] if (c, s) in by else "" for s in am_steps],
+                  "acts": [round(by[(c, s)].get("activation", 0.0), 4) if (c, s) in by else None for s in am_steps]}
                  for c in channels]
-        extra = {r["kind"]: "../" + r["file"] for r in recs if r["kind"] in ("filters_strip", "filters_gif")}
+        extra = {r["kind"]: "../" + r["file"] for r in recs if r["kind"].endswith(("_strip", "_gif"))}
         rf = rfs[d - 1] if d - 1 < len(rfs) else None
         out.append({
             "name": name, "depth": d, "filters": layer["out_ch"],
@@ -73,8 +91,11 @@ def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | No
                                                                   "keeps the largest of each 4 values." if
                                                                   model["pools"][d - 1] else ""),
             "rf": rf, "rf_note": (f"larger than the {size} px image" if rf and rf > size else f"of {size} px"),
-            "filter_srcs": ["../" + r["file"] for r in filters], "filter_epochs": [r["epoch"] for r in filters],
-            "am_epochs": am_epochs, "tiles": tiles, "strip": extra.get("filters_strip"), "gif": extra.get("filters_gif"),
+            "filter_srcs": ["../" + r["file"] for r in filters], "filter_labels": [r["label"] for r in filters],
+            "learned_srcs": ["../" + learned[r["step"]]["file"] if r["step"] in learned else "" for r in filters],
+            "am_labels": [lab for _, lab in am_points], "tiles": tiles,
+            "strip": extra.get("filters_strip"), "gif": extra.get("filters_gif"),
+            "learned_strip": extra.get("filters_learned_strip"), "learned_gif": extra.get("filters_learned_gif"),
         })
     return out
 
