@@ -29,7 +29,7 @@ from featviz.metrics import (
 from featviz.model import activation_layer, build_model, recalibrate_batchnorm, response_layer
 from featviz.plots import PLOTS, available
 from featviz.progress import StageProgress, silent
-from featviz.reading import reading
+from featviz.reading import first_epoch_above, reading
 from featviz.renderset import choose_set, records_of
 from featviz.store import Run
 
@@ -55,6 +55,19 @@ def filter_updates(run: Run, snaps: list[dict[str, torch.Tensor]]) -> dict[str, 
     return out
 
 
+def updates_by_step(run: Run, points: list[dict[str, Any]], states: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """At every readable snapshot point in step order: rotation from init and the relative change from
+    the previous snapshot (how much a filter picture changes from one slider notch to the next)."""
+    usable = [p for p in points if p["id"] in states]
+    out = {}
+    for layer in run.meta["layers"]:
+        ws = [states[p["id"]][f"{layer['name']}.weight"] for p in usable]
+        out[layer["name"]] = {"steps": [p["step"] for p in usable],
+                              "rotation_from_init": [rotation(ws[0], w) for w in ws],
+                              "change_from_previous": [None] + [relative_change(a, b) for a, b in zip(ws, ws[1:])]}
+    return out
+
+
 def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` (None = all) validation images: normalized like training (float [n, C, H, W])
     and raw (uint8)."""
@@ -67,7 +80,8 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: S
                 snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """Debiased linear CKA to the final snapshot per layer and epoch (and per step snapshot, when the
     run has them), with every snapshot's BatchNorm statistics recomputed on ``probe``; channels never
-    active on the probe set at the final snapshot. ``snaps``: epoch -> snapshot, if the
+    active on the probe set at the final snapshot; ``formed_at_step``: the first snapshot's step from which
+    CKA to the final snapshot stays >= 0.9 (None if never). ``snaps``: epoch -> snapshot, if the
     caller has them loaded already (then only those epochs are used: the readable ones)."""
     recs = run.metrics(strict=False)
     epoch_step = {r["epoch"]: r["step"] for r in recs}
@@ -98,22 +112,26 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: S
             "cka_to_final": [c for _, kind, c in cka if kind == "epoch"],
             "cka_at_init": cka[0][2],  # the baseline: how much of the final form the random init already has
             "dead_channels": [int(c) for c in (final[n]["peak"] <= 0).nonzero().flatten()],
+            "formed_at_step": first_epoch_above([c for _, _, c in cka], 0.9, [s for s, _, _ in cka]),
         }
         if run.snapshot_steps():
             out[layer["name"]]["by_step"] = {"steps": [s for s, _, _ in cka], "cka_to_final": [c for _, _, c in cka]}
     return out
 
 
-def complexity(run: Run, sid: str | None) -> dict[str, Any]:
+def complexity(run: Run, sid: str | None, by: str = "epoch") -> dict[str, Any]:
     """zlib bits per pixel and spectrum slope of every activation-maximization image of settings set
-    ``sid``, per layer and epoch: mean, std and n (slope: over the images that are not flat; ``flat``
-    counts the others, see ``metrics.spectrum_slope``)."""
+    ``sid``, per layer and epoch (``by="epoch"``: epoch snapshots only) or per step (``by="step"``:
+    every rendered moment): mean, std and n (slope: over the images that are not flat; ``flat`` counts
+    the others, see ``metrics.spectrum_slope``)."""
     out: dict[str, Any] = {}
+    step_of = {r["epoch"]: r["step"] for r in run.metrics(strict=False)}
     for rec in records_of(run.render_index(), sid):
-        if rec["kind"] != "am":
+        key = rec.get("epoch") if by == "epoch" else rec.get("step", step_of.get(rec.get("epoch")))
+        if rec["kind"] != "am" or key is None:
             continue
         img = decode_png(run.read_file_bytes(rec["file"]))
-        per = out.setdefault(rec["layer"], {}).setdefault(str(rec["epoch"]), {"bpp": [], "slope": [], "flat": 0})
+        per = out.setdefault(rec["layer"], {}).setdefault(str(key), {"bpp": [], "slope": [], "flat": 0})
         per["bpp"].append(zlib_bits_per_pixel(img))
         slope = spectrum_slope(img)
         if slope is None:
@@ -149,8 +167,8 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
     """
     from torchvision.utils import make_grid
 
-    am = [r for r in records_of(run.render_index(), sid)
-          if r["kind"] == "am" and (snaps is None or r.get("epoch") in snaps)]
+    am = [r for r in records_of(run.render_index(), sid)  # epoch snapshots only: the last is the final model
+          if r["kind"] == "am" and r.get("epoch") is not None and (snaps is None or r["epoch"] in snaps)]
     if not am:
         return {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     epoch = max(r["epoch"] for r in am)
@@ -232,6 +250,10 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
     if len(recs) > 1 and recs[1].get("step"):
         result["steps_per_epoch"] = recs[1]["step"]
     result["filter_updates"] = filter_updates(run, snaps)
+    points = [p for p in run.snapshot_points() if p["kind"] == "step" or p["epoch"] in loaded]
+    steps_loaded, _ = run.load_points([p for p in points if p["kind"] == "step"])
+    states = {**steps_loaded, **{f"epoch_{e:03d}": s for e, s in loaded.items()}}
+    result["updates_by_step"] = updates_by_step(run, points, states)
     progress("filter updates", 1, 1)
     try:
         val, raw = _probe(run, None)
@@ -260,6 +282,8 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
         progress("faithfulness", 1, 1)
     comp = complexity(run, sid)
     result["complexity"] = comp or {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
+    if comp:
+        result["complexity_by_step"] = complexity(run, sid, by="step")
     result["reading"] = reading(result, run.meta["data"]["size"])
     run.write_analysis(result)
     for key in available(result):

@@ -46,34 +46,60 @@ def training_curves(metrics: list[dict[str, Any]]) -> bytes:
     return _figure(draw, width=9, height=3.2, ncols=2, formats=("png",))["png"]
 
 
+def _step_axis(ax: Any, a: dict[str, Any]) -> None:
+    """x = optimizer step on a log scale (linear below 1, so the init at step 0 shows), epoch ends dotted."""
+    spe = a.get("steps_per_epoch")
+    ax.set_xscale("symlog", linthresh=1)
+    if spe:
+        for e in a["epochs"][1:]:
+            ax.axvline(e * spe, color="#ddd", lw=0.6, zorder=0)
+    ax.set_xlabel("optimizer step (log scale; grey lines: epoch ends)")
+
+
 def weight_change(a: dict[str, Any]) -> dict[str, bytes]:
-    """Rotation from init (solid) and relative change to the previous epoch (dashed) per layer vs epoch."""
+    """Rotation from init (solid) and change from the previous snapshot (dashed) per layer vs step."""
+    by = a.get("updates_by_step")
+    spe = a.get("steps_per_epoch") or 1
+
     def draw(ax: Any) -> None:
         for i, name in enumerate(a["layers"]):
-            u = a["filter_updates"][name]
             c = DEPTH_COLORS[i % len(DEPTH_COLORS)]
-            ax.plot(a["epochs"], u["rotation_from_init"], "-o", ms=3, color=c, label=f"{name}: 1 - cos(W_t, W_0)")
-            ax.plot(a["epochs"][1:], u["relative_change"][1:], "--", color=c, alpha=0.6)
-        ax.set(xlabel="epoch", ylabel="change", title="Filter updates (dashed: ||W_t - W_t-1|| / ||W_t-1||)")
+            if by:
+                u = by[name]
+                ax.plot(u["steps"], u["rotation_from_init"], "-o", ms=2.5, color=c, label=f"{name}: 1 - cos(W_t, W_0)")
+                ax.plot(u["steps"][1:], u["change_from_previous"][1:], "--", color=c, alpha=0.6)
+            else:
+                u = a["filter_updates"][name]
+                steps = [e * spe for e in a["epochs"]]
+                ax.plot(steps, u["rotation_from_init"], "-o", ms=3, color=c, label=f"{name}: 1 - cos(W_t, W_0)")
+                ax.plot(steps[1:], u["relative_change"][1:], "--", color=c, alpha=0.6)
+        _step_axis(ax, a)
+        ax.set(ylabel="change", title="Filter updates (dashed: change from the previous snapshot)")
         ax.legend(fontsize=7, frameon=False)
     return _figure(draw)
 
 
 def cka(a: dict[str, Any]) -> dict[str, bytes]:
-    """Debiased linear CKA of each layer's activations at each snapshot against the final one."""
+    """Debiased linear CKA of each layer's activations at each snapshot against the final one, vs step,
+    with each layer's 'formed at' step (CKA >= 0.9 from there on) marked."""
+    spe = a.get("steps_per_epoch") or 1
+
     def draw(ax: Any) -> None:
-        steps_per_epoch = a.get("steps_per_epoch") or 1
+        values = []
         for i, name in enumerate(a["layers"]):
             conv = a["convergence"][name]
             color = DEPTH_COLORS[i % len(DEPTH_COLORS)]
-            if "by_step" in conv:  # within-epoch snapshots: a finer curve, x still in epochs
-                xs = [s / steps_per_epoch for s in conv["by_step"]["steps"]]
-                ax.plot(xs, conv["by_step"]["cka_to_final"], "-", lw=1, color=color, alpha=0.7)
-            ax.plot(a["epochs"], conv["cka_to_final"], "o" if "by_step" in conv else "-o", ms=3, color=color, label=name)
+            by = conv.get("by_step") or {"steps": [e * spe for e in a["epochs"]], "cka_to_final": conv["cka_to_final"]}
+            values += by["cka_to_final"]
+            formed = conv.get("formed_at_step")
+            ax.plot(by["steps"], by["cka_to_final"], "-o", ms=2.5, color=color,
+                    label=f"{name}" + (f" (formed at step {formed})" if formed is not None else " (not formed)"))
+            if formed is not None:
+                ax.axvline(formed, color=color, lw=0.8, ls="--", alpha=0.7)
         ax.axhline(0.9, color="grey", lw=0.8, ls=":")
-        values = [v for n in a["layers"] for v in a["convergence"][n].get("by_step", a["convergence"][n])["cka_to_final"]]
+        _step_axis(ax, a)
         low = min(0.0, min(values, default=0.0) - 0.05)  # debiased CKA can dip below 0
-        ax.set(xlabel="epoch", ylabel="debiased CKA to final snapshot", ylim=(low, 1.02),
+        ax.set(ylabel="debiased CKA to final snapshot", ylim=(low, 1.02),
                title="Convergence of representations (BatchNorm statistics of the probe set)")
         ax.legend(fontsize=7, frameon=False)
     return _figure(draw)

@@ -323,3 +323,26 @@ def test_reading_states_only_what_the_numbers_show(settle, phrase) -> None:
     assert phrase in text
     others = {"a tie", "so shallow layers settled first", "does not show shallow layers settling first"} - {phrase}
     assert not any(o in text for o in others) and "bottom-up" not in text
+
+
+def test_every_snapshot_is_measured_and_moments_inside_epoch_one_are_analyzed(tiny_run, tmp_path: Path) -> None:
+    dst = tmp_path / "moments"
+    shutil.copytree(tiny_run.path, dst)
+    run = Run.open(dst)
+    out = render_run(run, RenderConfig(steps=4))  # auto moments: the init, steps 2 and 4 of epoch 1, epochs 1, 2
+    assert out["moments"] == ["step 0 · init", "step 2 · epoch 0.29", "step 4 · epoch 0.57", "step 7 · epoch 1",
+                              "step 14 · epoch 2"]
+    a = analyze_run(run, probe_size=20)
+    by = a["updates_by_step"]["features.conv1"]
+    assert by["steps"] == [0, 1, 2, 4, 7, 14]  # every snapshot of the log schedule
+    assert by["rotation_from_init"][0] == pytest.approx(0.0, abs=1e-12) and by["change_from_previous"][0] is None
+    assert all(c > 0 for c in by["change_from_previous"][1:])  # each notch of the slider shows a change
+    assert set(a["complexity"]["features.conv1"]) == {"0", "1", "2"}  # by epoch: epoch snapshots
+    assert set(a["complexity_by_step"]["features.conv1"]) == {"0", "2", "4", "7", "14"}  # every rendered moment
+    assert a["faithfulness"]["epoch"] == 2
+    conv = a["convergence"]["features.conv2"]
+    assert conv["by_step"]["steps"] == [0, 1, 2, 4, 7, 14]
+    formed = conv["formed_at_step"]
+    assert formed in conv["by_step"]["steps"]
+    i = conv["by_step"]["steps"].index(formed)
+    assert all(c >= 0.9 for c in conv["by_step"]["cka_to_final"][i:]) and (i == 0 or conv["by_step"]["cka_to_final"][i - 1] < 0.9)
