@@ -121,20 +121,24 @@ def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, de
     step = (first_epoch - 1) * batches
     progress.start(run, first_epoch, cfg.epochs, batches)
     extra = set(extra_steps(cfg.schedule, batches, total))
+    spent = [0.0]  # seconds spent writing this epoch's step snapshots
 
     def on_step(info: StepInfo) -> None:
         progress.step(info)
         pause_point(f"step:{info.step}")  # fault-injection tests kill the process here
         if info.step in extra and info.batch != info.batches:
+            t = time.perf_counter()
             check_finite(model, info.epoch)
             save_tensors(run.step_snapshot_file(info.step), model.state_dict())
+            spent[0] += time.perf_counter() - t
 
     for epoch in range(first_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
+        t0, spent[0] = time.perf_counter(), 0.0
         train_loss, train_acc, step = train_one_epoch(model, opt, data, cfg, norm, epoch, step, total, on_step)
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y, norm)
         rec = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-               "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "wall_s": round(time.perf_counter() - t0, 3)}
+               "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "wall_s": round(time.perf_counter() - t0, 3),
+               "step_snapshot_s": round(spent[0], 4)}
         _commit(run, epoch, model, opt, records, rec)
         progress.epoch(rec)
     return run
