@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import analyze, check, data, gallery, render, runs, summary, train
+from cli import analyze, check, data, export, gallery, render, runs, summary, train
 from featviz.errors import FeatvizError, one_line
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app.command()(render.render)
 app.command()(gallery.gallery)
 app.command()(analyze.analyze)
 app.command()(check.check)
+app.command()(export.export)
 app.add_typer(data.app, name="data")
 
 
