@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 
 from cli.common import console
+from featviz.errors import ConfigError
 from featviz.gallery.build import build_gallery
+from featviz.gallery.live import serve_live
 from featviz.gallery.serve import serve as serve_run
 from featviz.store import Run
 
@@ -18,11 +20,18 @@ def gallery(
     serve: bool = typer.Option(False, help="Serve the run folder on http://127.0.0.1:PORT until Ctrl-C."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port for --serve (0 = any free port)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the gallery in the default browser."),
+    watch: bool = typer.Option(False, help="With --serve: keep the page live while the run trains (new committed "
+                               "snapshots and curves appear without a reload)."),
     renders: Optional[str] = typer.Option(None, help="Render settings set to show (a folder name under RUN/renders/am/; "
                                 "default: the one featviz analyze measured, else the default settings' set)."),
 ) -> None:
     """Rebuild the static HTML gallery from the run's files (no model is loaded)."""
     r = Run.open(run)
+    if watch and not serve:
+        raise ConfigError("--watch needs --serve (the live page reads live.json over http)")
+    if watch:
+        serve_live(r, port, open_browser, on_ready=lambda url: console.print(f"serving {url} live  (Ctrl-C stops)"))
+        return
     index = Path(build_gallery(r, renders))
     console.print(f"gallery: {index}")
     if serve:

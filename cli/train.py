@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cli.common import TrainBar, console, model_config
+from featviz.gallery.live import LiveTraining
 from featviz.config import DataConfig, ModelConfig, TrainConfig
 from featviz.pipeline import resume_run, train_run
 
@@ -39,12 +40,16 @@ def train(
     pools: Optional[str] = typer.Option(None, help="2x2 max-pool after each depth, e.g. 1,1,1,0."),
     batchnorm: bool = typer.Option(_M.batchnorm, help="BatchNorm after each conv."),
     channels_last: bool = typer.Option(_T.channels_last, help="NHWC memory format (faster on CPU)."),
+    live: bool = typer.Option(False, help="Serve the gallery on 127.0.0.1 while training; it updates as snapshots commit."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port for --live (0 = any free port)."),
 ) -> None:
     """Train a small CNN and snapshot every conv filter at every epoch (epoch 0 = the random init)."""
     bar = TrainBar()
+    watcher = LiveTraining(bar, port, on_ready=lambda url: console.print(f"live gallery: {url}")) if live else None
     try:
         if resume is not None:
-            run = resume_run(resume, device=None if device == "auto" else device, progress=bar)
+            run = resume_run(resume, device=None if device == "auto" else device,
+                             progress=watcher or bar)
         else:
             data_cfg = DataConfig(name=data, data_dir=str(data_dir), download=download, size=size)
             model_cfg = model_config(widths, kernels, strides, pools, batchnorm)
@@ -52,9 +57,12 @@ def train(
                                     weight_decay=weight_decay, seed=seed, device=device,
                                     snapshots=snapshots, snapshot_every_steps=snapshot_every_steps,
                                     channels_last=channels_last)
-            run = train_run(data_cfg, model_cfg, train_cfg, out_dir=out, name=name, force=force, progress=bar)
+            run = train_run(data_cfg, model_cfg, train_cfg, out_dir=out, name=name, force=force,
+                            progress=watcher or bar)
     finally:
         bar.stop()
+        if watcher:
+            watcher.stop()
     last = run.metrics()[-1]
     console.print(f"done: {run.path}  epochs {run.epochs_done}/{run.epochs_planned}  "
                   f"val acc {last['val_acc']:.4f}  (next: featviz summary {run.path})")

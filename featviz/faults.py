@@ -4,7 +4,7 @@
 ``write:epoch_002.safetensors`` (half-way through writing that file's temp file); ``NAME#K`` pauses
 the K-th time the process reaches NAME (``write:manifest.json#3``: the third manifest write). When the process
 reaches it, it writes its pid to the file named by ``FEATVIZ_PAUSE_FILE`` (if set) and sleeps until
-it is killed. With the variable unset (always, outside fault-injection tests) a pause point costs
+it is killed, or until that file is deleted (then it carries on: a paused run can be resumed). With the variable unset (always, outside fault-injection tests) a pause point costs
 one environment lookup. Nothing else in featviz reads these variables.
 """
 
@@ -32,5 +32,5 @@ def pause_point(name: str) -> None:
     marker = os.environ.get(ENV_FILE)
     if marker:
         Path(marker).write_text(str(os.getpid()))
-    while True:
-        time.sleep(60)
+    while marker is None or Path(marker).exists():
+        time.sleep(0.1 if marker else 60)

@@ -113,3 +113,61 @@ def test_hostile_name_is_text_not_script(browser, gallery_run: Run, tmp_path: Pa
     assert "<img src=x onerror=alert(2)>" in page.locator("#depth-1 h2").inner_text()
     assert page.locator("#run-name").inner_text() == "<img src=x onerror=alert(3)>"
     assert page.locator("img[src=x]").count() == 0
+
+
+def test_live_gallery_shows_new_snapshots_while_training(browser, tmp_path: Path) -> None:
+    """A page opened while a training subprocess is paused mid-run shows the new committed snapshots
+    once training resumes, without a reload and without console errors; stopping the server leaves the
+    run intact."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from conftest import make_png_folder
+    from featviz.check import check_run
+    from featviz.faults import ENV_AT, ENV_FILE
+    from featviz.gallery.live import serve_live
+
+    data = make_png_folder(tmp_path / "pngs", classes=3, per_class=10, size=16)
+    marker = tmp_path / "paused"
+    cmd = [sys.executable, "-m", "cli.main", "train", "--data", f"folder:{data}", "--size", "16", "--epochs", "3",
+           "--batch-size", "8", "--widths", "4,8", "--kernels", "5,3", "--strides", "1,1", "--pools", "1,0",
+           "--out", str(tmp_path / "out"), "--name", "live"]
+    env = {**os.environ, ENV_AT: "write:epoch_002.safetensors", ENV_FILE: str(marker), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stop = threading.Event()
+    try:
+        deadline = time.monotonic() + 90
+        while not marker.exists():  # paused half-way through writing epoch 2: epoch 1 is committed
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "no pause"
+            time.sleep(0.05)
+        run = Run.open(tmp_path / "out" / "live")
+        urls: list[str] = []
+        server = threading.Thread(target=serve_live, args=(run, 0, False, urls.append, stop, 0.2), daemon=True)
+        server.start()
+        while not urls:
+            time.sleep(0.05)
+        page, errors = _open(browser, urls[0])
+        slider = page.locator("#depth-1 .filter-slider")
+        # 27 training images, batch 8: 4 steps per epoch; committed: the init, steps 1 and 2, epoch 1
+        assert slider.get_attribute("max") == "3"
+        page.wait_for_function("() => document.querySelector('#depth-1 .epoch-label').textContent === 'step 4 · epoch 1'")
+        marker.unlink()  # training carries on: epochs 2 and 3 commit
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+        page.wait_for_function("() => document.querySelector('#depth-1 .filter-slider').max === '5'", timeout=20_000)
+        assert page.locator("#depth-1 .epoch-label").inner_text() == "step 12 · epoch 3"
+        assert page.locator("#depth-1 .filter-img").get_attribute("src").endswith("epoch_003.png")
+        page.wait_for_function("() => document.getElementById('epochs-done').textContent.startsWith('trained: epoch 3/3')")
+        page.wait_for_function("() => [...document.images].every(i => !i.getAttribute('src') || (i.complete && i.naturalWidth > 0))")
+        assert errors == []
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    server.join(timeout=30)
+    assert check_run(tmp_path / "out" / "live").ok  # the run is intact after the server stopped

@@ -115,10 +115,11 @@ def gallery_set(index: list[dict[str, Any]], size: int, analysis: dict[str, Any]
         return sorted(sets)[0]
 
 
-def build_gallery(run: Run, renders: str | None = None) -> str:
+def build_gallery(run: Run, renders: str | None = None, live: bool = False) -> str:
     """Write RUN/gallery/index.html (+ curves.png) and return the index path.
 
-    ``renders``: the activation-maximization settings set to show (see ``gallery_set``)."""
+    ``renders``: the activation-maximization settings set to show (see ``gallery_set``). ``live``: the
+    page polls ``live.json`` and applies new snapshots without a reload (``featviz.gallery.live``)."""
     metrics = run.metrics(strict=False)
     index = run.render_index()
     analysis = run.read_analysis()
@@ -135,6 +136,6 @@ def build_gallery(run: Run, renders: str | None = None) -> str:
         run=run.meta, name=run.name, last=last, metrics=metrics, depths=_depths(run, index, analysis, sid),
         reading=analysis.get("reading") if analysis else None, plots=plots,
         has_curves=bool(metrics), am_settings=am_settings, am_set=sid,
-        other_sets=sorted(x for x in sets if x != sid), epochs_done=run.epochs_done, complete=run.complete,
+        other_sets=sorted(x for x in sets if x != sid), live=live, epochs_done=run.epochs_done, complete=run.complete,
     )
     return str(run.write_artifact("gallery", "index.html", html.encode()))
