@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cli.common import TrainBar, console, model_config
+from featviz.errors import ConfigError
 from featviz.gallery.live import LiveTraining
 from featviz.config import DataConfig, ModelConfig, TrainConfig
 from featviz.pipeline import resume_run, train_run
@@ -42,10 +43,15 @@ def train(
     channels_last: bool = typer.Option(_T.channels_last, help="NHWC memory format (faster on CPU)."),
     live: bool = typer.Option(False, help="Serve the gallery on 127.0.0.1 while training; it updates as snapshots commit."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port for --live (0 = any free port)."),
+    live_render: bool = typer.Option(False, help="With --live: render activation maximization at the moments as they "
+                                     "commit, in a background process at the lowest CPU priority."),
 ) -> None:
     """Train a small CNN and snapshot every conv filter at every epoch (epoch 0 = the random init)."""
     bar = TrainBar()
-    watcher = LiveTraining(bar, port, on_ready=lambda url: console.print(f"live gallery: {url}")) if live else None
+    if live_render and not live:
+        raise ConfigError("--live-render needs --live")
+    watcher = LiveTraining(bar, port, on_ready=lambda url: console.print(f"live gallery: {url}"),
+                           render=live_render) if live else None
     try:
         if resume is not None:
             run = resume_run(resume, device=None if device == "auto" else device,
@@ -62,6 +68,8 @@ def train(
     finally:
         bar.stop()
         if watcher:
+            if live_render:
+                console.print("finishing the background activation-maximization render...")
             watcher.stop()
     last = run.metrics()[-1]
     console.print(f"done: {run.path}  epochs {run.epochs_done}/{run.epochs_planned}  "

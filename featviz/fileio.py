@@ -9,6 +9,7 @@ files have one rule for damaged lines: they are skipped and each is named. Nothi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -17,7 +18,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load as st_load
@@ -183,6 +184,24 @@ def read_jsonl(path: Path, required: str) -> tuple[list[dict[str, Any]], list[st
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     """Rewrite a JSON-lines file whole, atomically (so a crash never leaves half a line)."""
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if needed) for the block, so that two
+    processes updating the same index (a live gallery and a background render) never lose each other's
+    lines. Where ``fcntl`` is missing (Windows), the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def not_a_file(folder: Path, what: str = "output folder") -> Path:

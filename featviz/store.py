@@ -23,8 +23,8 @@ import torch
 
 from featviz.errors import RunError
 from featviz.fileio import (
-    atomic_write_bytes, atomic_write_json, check_name, load_tensors, not_a_file, read_json, read_jsonl, save_tensors,
-    sha256_file, write_jsonl,
+    atomic_write_bytes, atomic_write_json, check_name, load_tensors, locked, not_a_file, read_json, read_jsonl,
+    save_tensors, sha256_file, write_jsonl,
 )
 
 SCHEMA_VERSION = 1
@@ -303,9 +303,12 @@ class Run:
         return [r for r in self.read_renders()[0] if (self.path / r["file"]).is_file()]
 
     def add_renders(self, records: list[dict[str, Any]]) -> None:
-        """Add or replace (by file) records in renders.jsonl, atomically."""
+        """Add or replace (by file) records in renders.jsonl, atomically, under a lock (several processes
+        may render into one run: a live gallery and a background render)."""
         new = {r["file"]: r for r in records}
-        write_jsonl(self.path / "renders.jsonl", [*(r for r in self.render_index() if r["file"] not in new), *new.values()])
+        with locked(self.path / ".renders.lock"):
+            keep = [r for r in self.render_index() if r["file"] not in new]
+            write_jsonl(self.path / "renders.jsonl", [*keep, *new.values()])
 
     def verify_file(self, rel: str, digest: str) -> str | None:
         """None if the run's file ``rel`` exists and has sha256 ``digest`` (snapshots: and loads as finite

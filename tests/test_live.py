@@ -42,3 +42,23 @@ def test_render_replaces_live_frames_with_one_scale_across_the_run(cli, png_fold
     assert cli(["render", out / "r", "--steps", "2", "--epochs", "last"])[0] == 0
     assert {json.dumps(r["settings"]) for r in run.render_index() if r["kind"] == "filters"} == {
         json.dumps({"points": [p["id"] for p in run.snapshot_points()]})}
+
+
+def test_live_render_renders_the_moments_in_the_background(cli, png_folder: Path, tmp_path: Path) -> None:
+    from featviz.schedule import moments
+    from featviz.store import Run
+
+    out = tmp_path / "out"
+    code, _, err = cli(["train", "--data", f"folder:{png_folder}", "--epochs", "2", *SMALL, "--out", out, "--name", "r",
+                        "--live", "--port", "0", "--live-render"])
+    assert code == 0, err
+    run = Run.open(out / "r")
+    expected = {p["id"] for p in moments("auto", run.snapshot_points())}
+    am = [r for r in run.render_index() if r["kind"] == "am"]
+    assert {r["point"] for r in am} == expected  # every auto moment of the finished run, and nothing else
+    assert len(am) == len(expected) * (4 + 8)
+    html = (out / "r/gallery/index.html").read_text()
+    assert "/am/" in html and "live.json" in html
+    assert not (out / "r/gallery/.renders.lock").exists()
+    code, _, err = cli(["train", "--live-render"])
+    assert code != 0 and "--live-render needs --live" in err

@@ -11,7 +11,11 @@ one scale across the whole run. Nothing uncommitted is read; every file is writt
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any, Callable
 
 from featviz.errors import RunError
@@ -114,14 +118,49 @@ def serve_live(run: Run, port: int = 8000, open_browser: bool = False,
         watcher.join(timeout=10)
 
 
+def background_render(path: str, every_s: float = 2.0) -> None:
+    """The background render of ``featviz train --live --live-render``, run in its own process at the
+    lowest CPU priority on one thread: activation maximization (default settings, no filters) at each
+    ``auto`` moment of the planned run as soon as its snapshot is committed; returns once the run is
+    complete and every moment is rendered."""
+    import os
+
+    import torch
+
+    from featviz.config import RenderConfig
+    from featviz.render import render_actmax
+    from featviz.schedule import moments
+
+    try:
+        os.nice(19)
+    except (AttributeError, OSError):
+        pass
+    torch.set_num_threads(1)
+    run = Run.open(Path(path))
+    cfg = RenderConfig(filters=False)
+    while True:
+        complete = run.complete
+        chosen = moments("auto", run.snapshot_points(), planned=run.epochs_planned)
+        rendered = render_actmax(run, run.meta["layers"], chosen, cfg, torch.device("cpu"))
+        if complete and rendered == 0:
+            return
+        if rendered == 0:
+            time.sleep(every_s)
+
+
 class LiveTraining:
     """A TrainProgress that passes everything to ``inner`` and serves the run's live gallery from the
-    moment training starts until ``stop()`` (``featviz train --live``)."""
+    moment training starts until ``stop()`` (``featviz train --live``); with ``render``, a background
+    process renders activation maximization at the moments as they commit (``background_render``),
+    and ``stop()`` waits for it, then rebuilds the live page with the images."""
 
-    def __init__(self, inner: Any, port: int = 8000, on_ready: Callable[[str], None] | None = None) -> None:
-        self.inner, self.port, self.on_ready = inner, port, on_ready
+    def __init__(self, inner: Any, port: int = 8000, on_ready: Callable[[str], None] | None = None,
+                 render: bool = False) -> None:
+        self.inner, self.port, self.on_ready, self.render = inner, port, on_ready, render
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._render: subprocess.Popen | None = None
+        self._run: Run | None = None
 
     def start(self, run: Run, first_epoch: int, epochs: int, batches: int) -> None:
         self.inner.start(run, first_epoch, epochs, batches)
@@ -136,6 +175,11 @@ class LiveTraining:
                                             daemon=True)
             self._thread.start()
             ready.wait(timeout=30)
+        if self.render and self._render is None:
+            self._run = run
+            self._render = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from featviz.gallery.live import background_render; "
+                 "background_render(sys.argv[1])", str(run.path)], stdout=subprocess.DEVNULL)
 
     def step(self, info: Any) -> None:
         self.inner.step(info)
@@ -143,7 +187,16 @@ class LiveTraining:
     def epoch(self, record: dict) -> None:
         self.inner.epoch(record)
 
-    def stop(self) -> None:
+    def stop(self, wait_for_render: bool = True) -> None:
+        """Stop serving; with a background render, wait for it (or end it) and show its images."""
+        if self._render is not None:
+            if wait_for_render and self._run is not None and self._run.complete:
+                self._render.wait()
+            else:
+                self._render.terminate()
+                self._render.wait(timeout=30)
+            if self._run is not None:
+                build_gallery(self._run, live=True)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
