@@ -62,3 +62,35 @@ def test_live_render_renders_the_moments_in_the_background(cli, png_folder: Path
     assert not (out / "r/gallery/.renders.lock").exists()
     code, _, err = cli(["train", "--live-render"])
     assert code != 0 and "--live-render needs --live" in err
+
+
+def test_a_run_written_before_snapshot_schedules_still_renders_and_analyzes(tiny_cfgs, tmp_path: Path) -> None:
+    """Earlier runs: no ``snapshots`` key in run.json, epoch snapshots only, render records with an epoch
+    and no step."""
+    import dataclasses
+
+    from featviz.config import RenderConfig
+    from featviz.fileio import atomic_write_json, read_json
+    from featviz.gallery.build import build_gallery
+    from featviz.pipeline import analyze_run, render_run, train_run
+    from featviz.store import Run
+
+    data, model, train = tiny_cfgs
+    run = train_run(data, model, dataclasses.replace(train, snapshots="epoch"), out_dir=tmp_path, name="old")
+    meta = read_json(run.path / "run.json")
+    del meta["configs"]["train"]["snapshots"]
+    atomic_write_json(run.path / "run.json", meta)
+    (run.path / "manifest.json").unlink()
+    run = Run.open(run.path)
+    run.write_manifest(2)
+    old = {"kind": "filters", "layer": "features.conv1", "depth": 1, "epoch": 1, "scale": 1.0, "settings": {"epochs": [0, 1]},
+           "file": "renders/filters/features.conv1/epoch_001.png"}
+    (run.path / "renders/filters/features.conv1").mkdir(parents=True)
+    (run.path / old["file"]).write_bytes((run.path / "snapshots/epoch_000.safetensors").read_bytes()[:0] or b"x")
+    run.add_renders([old])
+    html = Path(build_gallery(run)).read_text()
+    assert "step 7 · epoch 1" in html  # an old record's epoch is shown as its step and epoch
+    out = render_run(run, RenderConfig(steps=2))
+    assert out["moments"] == ["step 0 · init", "step 7 · epoch 1", "step 14 · epoch 2"]
+    a = analyze_run(run, probe_size=20)
+    assert a["epochs"] == [0, 1, 2] and "by_step" not in a["convergence"]["features.conv1"]

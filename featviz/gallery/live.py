@@ -118,68 +118,92 @@ def serve_live(run: Run, port: int = 8000, open_browser: bool = False,
         watcher.join(timeout=10)
 
 
-def background_render(path: str, every_s: float = 2.0) -> None:
-    """The background render of ``featviz train --live --live-render``, run in its own process at the
-    lowest CPU priority on one thread: activation maximization (default settings, no filters) at each
-    ``auto`` moment of the planned run as soon as its snapshot is committed; returns once the run is
-    complete and every moment is rendered."""
+def _lowest_priority() -> None:
+    """Run this process only on CPU time nothing else wants (Linux's idle class; else nice 19)."""
     import os
 
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.nice(19)
+        except (AttributeError, OSError):
+            pass
+
+
+def live_worker(path: str, render: bool = False, every_s: float = 1.0) -> None:
+    """The background process of ``featviz train --live``, at the lowest priority on one thread: keeps
+    the live gallery current (``LiveGallery.refresh``) and, with ``render``, renders activation
+    maximization (default settings, no filters) at each ``auto`` moment of the planned run once its
+    snapshot is committed, resting ``PAUSE`` seconds per second of rendering while training runs.
+    Returns once the run is complete, drawn and rendered."""
     import torch
 
     from featviz.config import RenderConfig
     from featviz.render import render_actmax
     from featviz.schedule import moments
 
-    try:
-        os.nice(19)
-    except (AttributeError, OSError):
-        pass
+    _lowest_priority()
     torch.set_num_threads(1)
     run = Run.open(Path(path))
+    live = LiveGallery(run)
     cfg = RenderConfig(filters=False)
     while True:
         complete = run.complete
-        chosen = moments("auto", run.snapshot_points(), planned=run.epochs_planned)
-        rendered = render_actmax(run, run.meta["layers"], chosen, cfg, torch.device("cpu"))
+        live.refresh()
+        rendered = 0
+        todo = moments("auto", run.snapshot_points(), planned=run.epochs_planned) if render else []
+        for moment in todo:
+            for layer in run.meta["layers"]:  # one layer at a time, so the rests stay short
+                t0 = time.perf_counter()
+                rendered += (n := render_actmax(run, [layer], [moment], cfg, torch.device("cpu")))
+                if n and not run.complete:
+                    time.sleep(PAUSE * (time.perf_counter() - t0))
+                live.refresh()
         if complete and rendered == 0:
+            if render:
+                build_gallery(run, live=True)  # the page now lists the activation-maximization images
             return
         if rendered == 0:
             time.sleep(every_s)
 
 
+PAUSE = 2.0  # seconds of rest per second of background rendering while training runs
+
+
 class LiveTraining:
-    """A TrainProgress that passes everything to ``inner`` and serves the run's live gallery from the
-    moment training starts until ``stop()`` (``featviz train --live``); with ``render``, a background
-    process renders activation maximization at the moments as they commit (``background_render``),
-    and ``stop()`` waits for it, then rebuilds the live page with the images."""
+    """A TrainProgress that passes everything to ``inner`` and, from the moment training starts until
+    ``stop()``, serves the run on 127.0.0.1 (a server thread: cheap) while a background process at the
+    lowest priority draws the live frames and, with ``render``, the activation maximization
+    (``live_worker``); ``stop()`` waits for that process once training is complete."""
 
     def __init__(self, inner: Any, port: int = 8000, on_ready: Callable[[str], None] | None = None,
                  render: bool = False) -> None:
         self.inner, self.port, self.on_ready, self.render = inner, port, on_ready, render
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._render: subprocess.Popen | None = None
+        self._worker: subprocess.Popen | None = None
         self._run: Run | None = None
 
     def start(self, run: Run, first_epoch: int, epochs: int, batches: int) -> None:
         self.inner.start(run, first_epoch, epochs, batches)
         if self._thread is None:
+            self._run = run
+            LiveGallery(run).start()  # the live page exists before the URL is announced
             ready = threading.Event()
 
             def announce(url: str) -> None:
                 if self.on_ready:
                     self.on_ready(url)
                 ready.set()
-            self._thread = threading.Thread(target=serve_live, args=(run, self.port, False, announce, self._stop),
+            self._thread = threading.Thread(target=serve, args=(run, self.port, False, announce, self._stop),
                                             daemon=True)
             self._thread.start()
             ready.wait(timeout=30)
-        if self.render and self._render is None:
-            self._run = run
-            self._render = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from featviz.gallery.live import background_render; "
-                 "background_render(sys.argv[1])", str(run.path)], stdout=subprocess.DEVNULL)
+            self._worker = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from featviz.gallery.live import live_worker; "
+                 "live_worker(sys.argv[1], sys.argv[2] == '1')", str(run.path), "1" if self.render else "0"],
+                stdout=subprocess.DEVNULL)
 
     def step(self, info: Any) -> None:
         self.inner.step(info)
@@ -187,16 +211,14 @@ class LiveTraining:
     def epoch(self, record: dict) -> None:
         self.inner.epoch(record)
 
-    def stop(self, wait_for_render: bool = True) -> None:
-        """Stop serving; with a background render, wait for it (or end it) and show its images."""
-        if self._render is not None:
-            if wait_for_render and self._run is not None and self._run.complete:
-                self._render.wait()
+    def stop(self) -> None:
+        """Let the background process finish (training complete) or end it (training failed), then stop serving."""
+        if self._worker is not None:
+            if self._run is not None and self._run.complete:
+                self._worker.wait()
             else:
-                self._render.terminate()
-                self._render.wait(timeout=30)
-            if self._run is not None:
-                build_gallery(self._run, live=True)
+                self._worker.terminate()
+                self._worker.wait(timeout=30)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
