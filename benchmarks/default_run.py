@@ -5,8 +5,9 @@ extra snapshots and of `--live --live-render` on training.
     python benchmarks/default_run.py [--out DIR]      # about 6 minutes on 2 CPU cores
 
 Prints: wall time of each command (targets: train <= 60 s, render <= 180 s, analyze <= 60 s); the
-snapshots' share of training time (target <= 2%); training time with `--live --live-render` against
-plain training, both as the sum of the epochs' wall times (target: at most 10% slower).
+snapshots' share of training time (target <= 2%); training time with `--live` and with `--live
+--live-render` against plain training, each as the sum of the epochs' wall times (target: at most 10%
+slower). One run of each: on a shared machine, repeat it to see the spread.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def main() -> None:
         print(f"featviz render  : {render:6.1f} s (target <= 180 s)")
         print(f"featviz analyze : {analyze:6.1f} s (target <= 60 s)")
         print(f"snapshots       : {snaps_s:.3f} s = {100 * snaps_s / epochs_s:.2f}% of training (target <= 2%)")
+        timed("train", "--out", str(out), "--name", "watched", "--force", "--live", "--port", "0")
+        watched_s = sum(r["wall_s"] for r in featviz.load_run(str(out / "watched")).metrics())
+        print(f"--live             : training {watched_s:.1f} s against {epochs_s:.1f} s plain = "
+              f"{watched_s / epochs_s:.2f}x")
         live = timed("train", "--out", str(out), "--name", "live", "--force", "--live", "--live-render", "--port", "0")
         live_run = featviz.load_run(str(out / "live"))
         live_s = sum(r["wall_s"] for r in live_run.metrics())

@@ -118,71 +118,79 @@ def serve_live(run: Run, port: int = 8000, open_browser: bool = False,
         watcher.join(timeout=10)
 
 
-def _lowest_priority() -> None:
-    """Run this process only on CPU time nothing else wants (Linux's idle class; else nice 19)."""
+def _lower_priority(idle: bool) -> None:
+    """``idle``: run only on CPU time nothing else wants (Linux's idle class; else nice 19). Otherwise
+    nice 10: a small share of a busy CPU, so live frames still appear while training runs."""
     import os
 
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        if idle:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.nice(10)
     except (AttributeError, OSError):
         try:
-            os.nice(19)
+            os.nice(19 if idle else 10)
         except (AttributeError, OSError):
             pass
 
 
-def live_worker(path: str, render: bool = False, every_s: float = 1.0) -> None:
-    """The background process of ``featviz train --live``, at the lowest priority on one thread: keeps
-    the live gallery current (``LiveGallery.refresh``) and, with ``render``, renders activation
-    maximization (default settings, no filters) at each ``auto`` moment of the planned run once its
-    snapshot is committed, resting ``PAUSE`` seconds per second of rendering while training runs.
-    Returns once the run is complete, drawn and rendered."""
+def live_worker(path: str, role: str, every_s: float = 1.0) -> None:
+    """A background process of ``featviz train --live``, on one thread. ``role="frames"`` (nice 10):
+    keeps the live gallery current (``LiveGallery.refresh``) until the run is complete.
+    ``role="render"`` (``--live-render``, idle class): renders activation maximization (default
+    settings, no filters) at each ``auto`` moment of the planned run once its snapshot is committed,
+    resting ``PAUSE`` seconds per second of rendering while training runs, then rebuilds the live page
+    with the images. Prints "ready" once started, so training can wait for the start-up to pass."""
     import torch
 
     from featviz.config import RenderConfig
     from featviz.render import render_actmax
     from featviz.schedule import moments
 
-    _lowest_priority()
+    _lower_priority(idle=role == "render")
     torch.set_num_threads(1)
     run = Run.open(Path(path))
     live = LiveGallery(run)
     cfg = RenderConfig(filters=False)
+    print("ready", flush=True)
     while True:
         complete = run.complete
-        live.refresh()
+        if role == "frames":
+            live.refresh()
+            if complete:
+                return
+            time.sleep(every_s)
+            continue
         rendered = 0
-        todo = moments("auto", run.snapshot_points(), planned=run.epochs_planned) if render else []
-        for moment in todo:
+        for moment in moments("auto", run.snapshot_points(), planned=run.epochs_planned):
             for layer in run.meta["layers"]:  # one layer at a time, so the rests stay short
                 t0 = time.perf_counter()
                 rendered += (n := render_actmax(run, [layer], [moment], cfg, torch.device("cpu")))
                 if n and not run.complete:
                     time.sleep(PAUSE * (time.perf_counter() - t0))
-                live.refresh()
         if complete and rendered == 0:
-            if render:
-                build_gallery(run, live=True)  # the page now lists the activation-maximization images
+            build_gallery(run, live=True)  # the page now lists the activation-maximization images
             return
         if rendered == 0:
             time.sleep(every_s)
 
 
-PAUSE = 2.0  # seconds of rest per second of background rendering while training runs
+PAUSE = 4.0  # seconds of rest per second of background rendering while training runs
 
 
 class LiveTraining:
     """A TrainProgress that passes everything to ``inner`` and, from the moment training starts until
-    ``stop()``, serves the run on 127.0.0.1 (a server thread: cheap) while a background process at the
-    lowest priority draws the live frames and, with ``render``, the activation maximization
-    (``live_worker``); ``stop()`` waits for that process once training is complete."""
+    ``stop()``, serves the run on 127.0.0.1 (a server thread: cheap) while background processes draw
+    the live frames and, with ``render``, the activation maximization (``live_worker``); ``stop()``
+    waits for them once training is complete."""
 
     def __init__(self, inner: Any, port: int = 8000, on_ready: Callable[[str], None] | None = None,
                  render: bool = False) -> None:
         self.inner, self.port, self.on_ready, self.render = inner, port, on_ready, render
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._worker: subprocess.Popen | None = None
+        self._workers: list[subprocess.Popen] = []
         self._run: Run | None = None
 
     def start(self, run: Run, first_epoch: int, epochs: int, batches: int) -> None:
@@ -200,10 +208,12 @@ class LiveTraining:
                                             daemon=True)
             self._thread.start()
             ready.wait(timeout=30)
-            self._worker = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from featviz.gallery.live import live_worker; "
-                 "live_worker(sys.argv[1], sys.argv[2] == '1')", str(run.path), "1" if self.render else "0"],
-                stdout=subprocess.DEVNULL)
+            for role in ("frames", "render") if self.render else ("frames",):
+                worker = subprocess.Popen(
+                    [sys.executable, "-c", "import sys; from featviz.gallery.live import live_worker; "
+                     "live_worker(sys.argv[1], sys.argv[2])", str(run.path), role], stdout=subprocess.PIPE, text=True)
+                worker.stdout.readline()  # its start-up (imports) runs before training, not during it
+                self._workers.append(worker)
 
     def step(self, info: Any) -> None:
         self.inner.step(info)
@@ -213,12 +223,13 @@ class LiveTraining:
 
     def stop(self) -> None:
         """Let the background process finish (training complete) or end it (training failed), then stop serving."""
-        if self._worker is not None:
+        for worker in self._workers:
             if self._run is not None and self._run.complete:
-                self._worker.wait()
+                worker.wait()
             else:
-                self._worker.terminate()
-                self._worker.wait(timeout=30)
+                worker.terminate()
+                worker.wait(timeout=30)
+            worker.stdout.close()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
