@@ -94,3 +94,16 @@ def test_a_run_written_before_snapshot_schedules_still_renders_and_analyzes(tiny
     assert out["moments"] == ["step 0 · init", "step 7 · epoch 1", "step 14 · epoch 2"]
     a = analyze_run(run, probe_size=20)
     assert a["epochs"] == [0, 1, 2] and "by_step" not in a["convergence"]["features.conv1"]
+
+
+def test_live_on_a_busy_port_is_one_line(cli, png_folder: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, _, err = cli(["train", "--data", f"folder:{png_folder}", "--epochs", "1", *SMALL, "--out", tmp_path / "out",
+                            "--name", "r", "--live", "--port", port])
+    assert code != 0 and f"127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "r").exists()  # refused before any run was created

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from featviz.errors import RunError
 from featviz.filters import filter_grid, layer_scale
 from featviz.gallery.build import build_gallery
-from featviz.gallery.serve import serve
+from featviz.gallery.serve import make_server, serve
 from featviz.images import png_bytes
 from featviz.plots import training_curves
 from featviz.store import Run
@@ -179,6 +179,18 @@ def live_worker(path: str, role: str, every_s: float = 1.0) -> None:
 PAUSE = 4.0  # seconds of rest per second of background rendering while training runs
 
 
+def _check_port(port: int) -> None:
+    """A RunError now if 127.0.0.1:``port`` cannot be served (e.g. in use)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise RunError(f"cannot serve on 127.0.0.1:{port}: {e.strerror or e}") from None
+
+
 class LiveTraining:
     """A TrainProgress that passes everything to ``inner`` and, from the moment training starts until
     ``stop()``, serves the run on 127.0.0.1 (a server thread: cheap) while background processes draw
@@ -188,7 +200,8 @@ class LiveTraining:
     def __init__(self, inner: Any, port: int = 8000, on_ready: Callable[[str], None] | None = None,
                  render: bool = False) -> None:
         self.inner, self.port, self.on_ready, self.render = inner, port, on_ready, render
-        self._stop = threading.Event()
+        _check_port(port)  # before any run is created
+        self._server: Any = None
         self._thread: threading.Thread | None = None
         self._workers: list[subprocess.Popen] = []
         self._run: Run | None = None
@@ -197,17 +210,12 @@ class LiveTraining:
         self.inner.start(run, first_epoch, epochs, batches)
         if self._thread is None:
             self._run = run
+            self._server = make_server(run, self.port)  # a port in use fails here, in one line
             LiveGallery(run).start()  # the live page exists before the URL is announced
-            ready = threading.Event()
-
-            def announce(url: str) -> None:
-                if self.on_ready:
-                    self.on_ready(url)
-                ready.set()
-            self._thread = threading.Thread(target=serve, args=(run, self.port, False, announce, self._stop),
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
             self._thread.start()
-            ready.wait(timeout=30)
+            if self.on_ready:
+                self.on_ready(f"http://127.0.0.1:{self._server.server_address[1]}/gallery/index.html")
             for role in ("frames", "render") if self.render else ("frames",):
                 worker = subprocess.Popen(
                     [sys.executable, "-c", "import sys; from featviz.gallery.live import live_worker; "
@@ -230,6 +238,7 @@ class LiveTraining:
                 worker.terminate()
                 worker.wait(timeout=30)
             worker.stdout.close()
-        self._stop.set()
         if self._thread is not None:
+            self._server.shutdown()
+            self._server.server_close()
             self._thread.join(timeout=30)
