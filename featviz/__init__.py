@@ -10,7 +10,7 @@ Public API::
 
 __version__ = "0.1.0"
 
-from featviz.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig  # noqa: E402
 from featviz.data import ImageData, load_data, make_shapes  # noqa: E402
 from featviz.errors import FeatvizError  # noqa: E402
 from featviz.model import SmallCNN, build_model, conv_layers  # noqa: E402
@@ -18,7 +18,7 @@ from featviz.pipeline import analyze_run, render_run, resume_run, train_run  # n
 from featviz.store import Run, list_runs  # noqa: E402
 
 __all__ = [
-    "DataConfig", "ModelConfig", "TrainConfig", "ImageData", "load_data", "make_shapes", "FeatvizError",
+    "DataConfig", "ModelConfig", "RenderConfig", "TrainConfig", "ImageData", "load_data", "make_shapes", "FeatvizError",
     "SmallCNN", "build_model", "conv_layers", "train_run", "resume_run", "render_run", "analyze_run", "Run", "list_runs", "train", "load_run",
     "load_model",
 ]
