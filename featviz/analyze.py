@@ -98,7 +98,10 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: S
         if kind == "epoch":
             state = snaps[key] if snaps is not None else run.load_snapshot(key)
         else:
-            state = run.load_step_snapshot(key)
+            try:
+                state = run.load_step_snapshot(key)
+            except RunError:  # a damaged step snapshot is left out, like a damaged epoch
+                continue
         model.load_state_dict(state)
         recalibrate_batchnorm(model, probe)  # the snapshot's own running statistics lag behind its weights
         acts.append((step, kind, key, layer_stats(model, names, probe)))
@@ -133,7 +136,10 @@ def complexity(run: Run, sid: str | None, by: str = "epoch") -> dict[str, Any]:
         img = decode_png(run.read_file_bytes(rec["file"]))
         per = out.setdefault(rec["layer"], {}).setdefault(str(key), {"bpp": [], "slope": [], "flat": 0})
         per["bpp"].append(zlib_bits_per_pixel(img))
-        slope = spectrum_slope(img)
+        try:
+            slope = spectrum_slope(img)
+        except ValueError:  # too small for the fitted band: counted with the flat ones
+            slope = None
         if slope is None:
             per["flat"] += 1
         else:
@@ -261,6 +267,9 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
     except FeatvizError as e:
         probe = None
         result["convergence"] = result["faithfulness"] = {"skipped": f"validation images unavailable: {e}"}
+    if probe is not None and probe.shape[0] < 4:
+        probe = None
+        result["convergence"] = result["faithfulness"] = {"skipped": "fewer than 4 validation images: CKA needs at least 4"}
     if probe is not None:
         result["probe_images"] = int(probe.shape[0])
         result["convergence"] = convergence(run, probe, dev, progress, loaded)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from featviz.errors import ConfigError
+from featviz.fileio import not_a_file
 from featviz.images import decode_png
 from featviz.renderset import choose_set, records_of
 from featviz.store import Run
@@ -32,7 +33,7 @@ def _writer(out_dir: Path) -> Any:
 def export_tensorboard(run: Run, out_dir: Path, renders: str | None = None) -> dict[str, int]:
     """Write ``run`` as TensorBoard events into ``out_dir``; returns how many scalars, images and
     histograms were written."""
-    writer = _writer(Path(out_dir))
+    writer = _writer(not_a_file(Path(out_dir), "tensorboard folder"))
     counts = {"scalars": 0, "images": 0, "histograms": 0}
 
     def scalar(tag: str, value: Any, step: int) -> None:

@@ -123,9 +123,11 @@ def complexity(a: dict[str, Any]) -> dict[str, bytes]:
     """zlib bits per pixel of the activation-maximization images vs depth: init vs last rendered epoch."""
     comp = a["complexity"]
     epochs = sorted({int(e) for name in a["layers"] for e in comp.get(name, {})})
+    layers = [n for n in a["layers"] if str(epochs[0]) in comp.get(n, {}) and str(epochs[-1]) in comp.get(n, {})]
+    a = {**a, "layers": layers}  # a render of some layers only: plot those
     series = [(f"epoch {e}" + (" (random init)" if e == 0 else ""),
-               [comp[n][str(e)]["bpp"]["mean"] for n in a["layers"]], style,
-               [comp[n][str(e)]["bpp"]["std"] for n in a["layers"]])
+               [comp[n][str(e)]["bpp"]["mean"] for n in layers], style,
+               [comp[n][str(e)]["bpp"]["std"] for n in layers])
               for e, style in ((epochs[0], "s--"), (epochs[-1], "o-"))]
     title = "Complexity of activation-maximization images" + (f"\n{a['renders']}" if a.get("renders") else "")
     return _by_depth(a, title, "zlib bits per pixel", series)

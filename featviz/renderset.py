@@ -67,5 +67,10 @@ def choose_set(index: list[dict[str, Any]], size: int, requested: str | None = N
 
 
 def records_of(index: list[dict[str, Any]], sid: str | None) -> list[dict[str, Any]]:
-    """The activation-maximization records (images and grids) of set ``sid``."""
-    return [r for r in index if r.get("kind") in ("am", "am_grid") and sid is not None and record_set(r) == sid]
+    """The activation-maximization records (images and grids) of set ``sid``: one per (kind, layer,
+    channel, moment), the newest (an earlier version's folder and the set's folder can both hold one)."""
+    out: dict[tuple, dict[str, Any]] = {}
+    for r in index:
+        if r.get("kind") in ("am", "am_grid") and sid is not None and record_set(r) == sid:
+            out[(r["kind"], r.get("layer"), r.get("channel"), r.get("point") or r.get("epoch"))] = r
+    return list(out.values())

@@ -346,3 +346,13 @@ def test_every_snapshot_is_measured_and_moments_inside_epoch_one_are_analyzed(ti
     assert formed in conv["by_step"]["steps"]
     i = conv["by_step"]["steps"].index(formed)
     assert all(c >= 0.9 for c in conv["by_step"]["cka_to_final"][i:]) and (i == 0 or conv["by_step"]["cka_to_final"][i - 1] < 0.9)
+
+
+def test_a_damaged_step_snapshot_is_left_out_not_fatal(tiny_run, tmp_path: Path) -> None:
+    dst = tmp_path / "damaged-step"
+    shutil.copytree(tiny_run.path, dst)
+    snap = dst / "snapshots/step_0000002.safetensors"
+    snap.write_bytes(snap.read_bytes()[:50])
+    a = analyze_run(Run.open(dst), probe_size=20)
+    assert a["convergence"]["features.conv1"]["by_step"]["steps"] == [0, 1, 4, 7, 14]
+    assert a["updates_by_step"]["features.conv1"]["steps"] == [0, 1, 4, 7, 14]

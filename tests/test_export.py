@@ -72,3 +72,11 @@ def test_export_without_tensorboard_says_how_to_install(exported, cli, monkeypat
     run, _ = exported
     code, _, err = cli(["export", run.path, "--tensorboard", tmp_path / "tb"])
     assert code != 0 and "pip install 'featviz[tensorboard]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_into_a_file_is_one_line(exported, cli, tmp_path: Path) -> None:
+    run, _ = exported
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    code, _, err = cli(["export", run.path, "--tensorboard", f])
+    assert code != 0 and "is a file" in err and len(err.strip().splitlines()) == 1

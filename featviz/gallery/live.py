@@ -142,6 +142,8 @@ def live_worker(path: str, role: str, every_s: float = 1.0) -> None:
     settings, no filters) at each ``auto`` moment of the planned run once its snapshot is committed,
     resting ``PAUSE`` seconds per second of rendering while training runs, then rebuilds the live page
     with the images. Prints "ready" once started, so training can wait for the start-up to pass."""
+    import os
+
     import torch
 
     from featviz.config import RenderConfig
@@ -153,18 +155,24 @@ def live_worker(path: str, role: str, every_s: float = 1.0) -> None:
     run = Run.open(Path(path))
     live = LiveGallery(run)
     cfg = RenderConfig(filters=False)
+    parent = os.getppid()
     print("ready", flush=True)
     while True:
+        if os.getppid() != parent:  # the training process is gone: nobody will complete the run
+            return
         complete = run.complete
         if role == "frames":
             live.refresh()
             if complete:
+                build_gallery(run, live=True)  # the page, opened from disk later, lists the final frames
                 return
             time.sleep(every_s)
             continue
         rendered = 0
         for moment in moments("auto", run.snapshot_points(), planned=run.epochs_planned):
             for layer in run.meta["layers"]:  # one layer at a time, so the rests stay short
+                if os.getppid() != parent:
+                    return
                 t0 = time.perf_counter()
                 rendered += (n := render_actmax(run, [layer], [moment], cfg, torch.device("cpu")))
                 if n and not run.complete:
@@ -219,7 +227,8 @@ class LiveTraining:
             for role in ("frames", "render") if self.render else ("frames",):
                 worker = subprocess.Popen(
                     [sys.executable, "-c", "import sys; from featviz.gallery.live import live_worker; "
-                     "live_worker(sys.argv[1], sys.argv[2])", str(run.path), role], stdout=subprocess.PIPE, text=True)
+                     "live_worker(sys.argv[1], sys.argv[2])", str(run.path), role], stdout=subprocess.PIPE, text=True,
+                    start_new_session=True)  # Ctrl-C reaches the CLI, which ends the workers in stop()
                 worker.stdout.readline()  # its start-up (imports) runs before training, not during it
                 self._workers.append(worker)
 
