@@ -77,12 +77,14 @@ def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: StageProgress = silent,
-                snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+                snaps: dict[int, dict[str, torch.Tensor]] | None = None,
+                steps: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """Debiased linear CKA to the final snapshot per layer and epoch (and per step snapshot, when the
     run has them), with every snapshot's BatchNorm statistics recomputed on ``probe``; channels never
     active on the probe set at the final snapshot; ``formed_at_step``: the first snapshot's step from which
     CKA to the final snapshot stays >= 0.9 (None if never). ``snaps``: epoch -> snapshot, if the
-    caller has them loaded already (then only those epochs are used: the readable ones)."""
+    caller has them loaded already (then only those epochs are used: the readable ones); ``steps``:
+    step -> snapshot, likewise for the within-epoch snapshots."""
     recs = run.metrics(strict=False)
     epoch_step = {r["epoch"]: r["step"] for r in recs}
     epochs = sorted(snaps) if snaps is not None else run.snapshot_epochs()
@@ -99,8 +101,8 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: S
             state = snaps[key] if snaps is not None else run.load_snapshot(key)
         else:
             try:
-                state = run.load_step_snapshot(key)
-            except RunError:  # a damaged step snapshot is left out, like a damaged epoch
+                state = steps[key] if steps is not None else run.load_step_snapshot(key)
+            except (KeyError, RunError):  # a damaged step snapshot is left out, like a damaged epoch
                 continue
         model.load_state_dict(state)
         recalibrate_batchnorm(model, probe)  # the snapshot's own running statistics lag behind its weights
@@ -128,7 +130,7 @@ def complexity(run: Run, sid: str | None, by: str = "epoch") -> dict[str, Any]:
     every rendered moment): mean, std and n (slope: over the images that are not flat; ``flat`` counts
     the others, see ``metrics.spectrum_slope``)."""
     out: dict[str, Any] = {}
-    step_of = {r["epoch"]: r["step"] for r in run.metrics(strict=False)}
+    step_of = run.step_of_epoch()
     for rec in records_of(run.render_index(), sid):
         key = rec.get("epoch") if by == "epoch" else rec.get("step", step_of.get(rec.get("epoch")))
         if rec["kind"] != "am" or key is None:
@@ -272,7 +274,8 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
         result["convergence"] = result["faithfulness"] = {"skipped": "fewer than 4 validation images: CKA needs at least 4"}
     if probe is not None:
         result["probe_images"] = int(probe.shape[0])
-        result["convergence"] = convergence(run, probe, dev, progress, loaded)
+        steps = {p["step"]: states[p["id"]] for p in points if p["kind"] == "step" and p["id"] in states}
+        result["convergence"] = convergence(run, probe, dev, progress, loaded, steps)
         cfg = run.meta["configs"]["model"]
         rfs = theoretical_receptive_fields(cfg["kernels"], cfg["strides"], cfg["pools"])
         rf: dict[str, Any] = {}

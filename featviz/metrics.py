@@ -319,14 +319,9 @@ def effective_receptive_field(model: nn.Module, layer: str, images: torch.Tensor
     grads = []
     for iy, ix in units:
         x = images.detach().clone().requires_grad_(True)
-        acts: dict[str, torch.Tensor] = {}
-        handle = dict(model.named_modules())[layer].register_forward_hook(
-            lambda _m, _i, out: acts.__setitem__("a", out))
-        try:
+        with capture(model, [layer]) as acts:
             model(x)
-        finally:
-            handle.remove()
-        acts["a"][:, :, iy, ix].sum().backward()
+        acts[layer][:, :, iy, ix].sum().backward()
         grads.append(x.grad.abs().sum(1).mean(0).double())
     result = {"mass": mass, "units": units, "traced": traced,
               "centre_px": [float(sum(cy[iy] for iy, _ in units)) / len(units),

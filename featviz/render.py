@@ -108,8 +108,8 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
                 count += 1
                 progress("activation maximization", count, total)
                 continue
-            state = (snaps or {}).get(point["id"]) or run.load_point(point)
-            model = model or load_model_at(run, point["epoch"], device, state)
+            if model is None:  # once per moment, for its first layer that needs rendering
+                model = load_model_at(run, point["epoch"], device, (snaps or {}).get(point["id"]) or run.load_point(point))
             res = render_channels(model, response_layer(model, name), chans, chunk=cfg.chunk, param=cfg.param, size=size,
                                   image_channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
                                   transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],

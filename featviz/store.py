@@ -193,15 +193,20 @@ class Run:
         """Optimizer steps in one epoch (from the metrics of epoch 1), None before epoch 1 is committed."""
         return next((int(r["step"]) for r in self.metrics(strict=False) if r["epoch"] == 1 and r.get("step")), None)
 
+    def step_of_epoch(self) -> dict[int, int]:
+        """Epoch -> the optimizer step at its end, for every committed epoch (from the metrics where they
+        are readable, else epoch x steps per epoch)."""
+        spe = self.steps_per_epoch() or 1
+        recorded = {r["epoch"]: int(r["step"]) for r in self.metrics(strict=False) if r.get("step") is not None}
+        return {e: recorded.get(e, e * spe) for e in self.snapshot_epochs()}
+
     def snapshot_points(self) -> list[dict[str, Any]]:
         """Every committed snapshot in step order: ``{"id": "epoch_003" | "step_0000064", "kind": "epoch" |
         "step", "step": int, "epoch": int (epoch snapshots) or None, "label": "step 64 · epoch 0.41"}``."""
         from featviz.schedule import label
 
         spe = self.steps_per_epoch() or 1
-        step_of = {r["epoch"]: int(r["step"]) for r in self.metrics(strict=False) if r.get("step") is not None}
-        points = [{"id": f"epoch_{e:03d}", "kind": "epoch", "epoch": e, "step": step_of.get(e, e * spe)}
-                  for e in self.snapshot_epochs()]
+        points = [{"id": f"epoch_{e:03d}", "kind": "epoch", "epoch": e, "step": s} for e, s in self.step_of_epoch().items()]
         points += [{"id": f"step_{s:07d}", "kind": "step", "epoch": None, "step": s} for s in self.snapshot_steps()]
         points.sort(key=lambda p: (p["step"], p["kind"] == "step"))
         for p in points:

@@ -48,7 +48,7 @@ def _faith(analysis: dict[str, Any] | None, name: str) -> tuple[dict[int, dict[s
 def _timing(run: Run) -> Any:
     """record -> {"step", "label"}: records written before snapshots had steps carry only an epoch."""
     spe = run.steps_per_epoch() or 1
-    step_of = {r["epoch"]: int(r["step"]) for r in run.metrics(strict=False) if r.get("step") is not None}
+    step_of = run.step_of_epoch()
 
     def when(rec: dict[str, Any]) -> dict[str, Any]:
         if rec.get("step") is not None and rec.get("label"):
