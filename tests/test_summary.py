@@ -152,3 +152,129 @@ def test_table_without_batchnorm_counts_biases() -> None:
     assert sum(r.trainable for r in rows.values()) == 99_498
     assert sum(p.numel() for p in model.parameters()) == 99_498
     assert torch.is_tensor(model.features.conv1.bias)
+
+
+# --- any CNN: grouped, depthwise and pointwise convs, residual networks, torchvision blocks ----------------
+
+def _one(module: torch.nn.Module, input_shape: tuple[int, int, int]):
+    """The single row of a model that is one layer (the model itself, named "")."""
+    (row,) = layer_table(module, input_shape)
+    return row
+
+
+def test_grouped_conv_counts_in_over_groups() -> None:
+    row = _one(torch.nn.Conv2d(32, 64, 3, groups=8), (32, 8, 8))
+    assert (row.weights, row.biases, row.trainable) == (2304, 64, 2368)  # 64 x 32/8 x 3 x 3, + 64 biases
+    assert row.formula == "64 x 4 x 3 x 3 = 2,304" and row.output_shape == [64, 6, 6]
+    assert row.note == "64 filters of 4 x 3 x 3: groups=8, each filter sees 4 of the 32 input channels"
+    row = _one(torch.nn.Conv2d(32, 32, 3, groups=8, bias=False), (32, 8, 8))
+    assert row.weights == 1152 and row.note.startswith("32 filters of 4 x 3 x 3: groups=8")  # 32 x 4 x 3 x 3
+
+
+def test_depthwise_conv_one_kernel_per_channel() -> None:
+    row = _one(torch.nn.Conv2d(16, 16, 3, groups=16, bias=False), (16, 8, 8))
+    assert (row.weights, row.formula) == (144, "16 x 1 x 3 x 3 = 144")  # 16 x 3 x 3
+    assert row.note == "depthwise: one 3 x 3 kernel per channel"
+    row = _one(torch.nn.Conv2d(16, 32, 5, groups=16, bias=False), (16, 8, 8))  # channel multiplier 2
+    assert row.weights == 800 and row.note == "depthwise: 2 kernels of 5 x 5 per channel (out = 2 x in)"  # 32 x 25
+
+
+def test_pointwise_and_strided_convs() -> None:
+    row = _one(torch.nn.Conv2d(16, 32, 1, bias=False), (16, 8, 8))
+    assert (row.weights, row.output_shape) == (512, [32, 8, 8])  # 32 x 16, no spatial extent
+    assert row.note == "32 filters of 16 x 1 x 1; 1 x 1: mixes channels, no spatial extent"
+    row = _one(torch.nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), (3, 32, 32))
+    assert (row.weights, row.output_shape) == (9408, [64, 16, 16])  # 64 x 3 x 7 x 7; stride halves the side
+    assert _one(torch.nn.Conv2d(1, 8, 3), (1, 8, 8)).note == "8 filters of 1 x 3 x 3"  # 1 input: not depthwise
+
+
+def test_norm_without_affine_and_linear_without_bias() -> None:
+    bn = _one(torch.nn.BatchNorm2d(8, affine=False), (8, 4, 4))
+    assert (bn.weights, bn.biases, bn.trainable, bn.formula) == (0, 0, 0, "0") and "affine=False" in bn.note
+    fc = _one(torch.nn.Linear(8, 4, bias=False), (8,))  # input [8]: one feature vector
+    assert (fc.weights, fc.biases, fc.trainable, fc.formula) == (32, 0, 32, "8 x 4 = 32") and fc.note == "no bias"
+    gn = _one(torch.nn.GroupNorm(2, 8), (8, 4, 4))
+    assert (gn.weights, gn.biases, gn.formula) == (8, 8, "8 scales + 8 shifts")
+
+
+class _Shared(torch.nn.Module):
+    """Defined b-before-a, called a-before-b; one ReLU used twice; one layer never called; a parameter of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.a = torch.nn.Conv2d(3, 4, 3, padding=1, stride=2)
+        self.relu = torch.nn.ReLU()
+        self.unused = torch.nn.Linear(4, 2)
+        self.gain = torch.nn.Parameter(torch.ones(4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.a(x))
+        return self.relu(self.b(torch.nn.functional.avg_pool2d(x, 2)) * self.gain)
+
+
+def test_forward_order_shared_and_uncalled_modules() -> None:
+    model = _Shared()
+    rows = layer_table(model, (3, 16, 16))
+    assert [r.name for r in rows] == ["", "a", "relu", "b", "unused"]  # the model's own ``gain`` comes first
+    by = {r.name: r for r in rows}
+    assert by["relu"].output_shape == [4, 8, 8]  # the first call, not the second ([4, 4, 4])
+    assert "called 2 times" in by["relu"].note
+    assert by["unused"].output_shape == [] and by["unused"].note.startswith("not called in forward")
+    assert (by["unused"].weights, by["unused"].biases) == (8, 2)  # still counted: it is in model.parameters()
+    assert (by[""].weights, by[""].formula) == (4, "4 x 1 x 1 = 4") and "gain" in by[""].note
+    assert sum(r.weights + r.biases for r in rows) == sum(p.numel() for p in model.parameters()) == 4 + 112 + 148 + 10  # gain, a (4 x 3 x 3 x 3 + 4), b (4 x 4 x 3 x 3 + 4), unused
+    assert "(model)" in format_table(rows) and hook_count(model) == 0
+
+
+def test_torchvision_blocks() -> None:
+    from torchvision.ops.misc import Conv2dNormActivation, SqueezeExcitation
+
+    model = torch.nn.Sequential(Conv2dNormActivation(3, 8, 3, stride=2), SqueezeExcitation(8, 4))
+    rows = layer_table(model, (3, 16, 16))
+    assert [r.name for r in rows] == ["0.0", "0.1", "0.2", "1.avgpool", "1.fc1", "1.activation", "1.fc2",
+                                      "1.scale_activation"]
+    assert rows[0].weights == 216 and rows[3].output_shape == [8, 1, 1]  # 8 x 3 x 3 x 3; the squeeze pools to 1x1
+    # 216 conv + 16 BatchNorm + (32 + 4) fc1 + (32 + 8) fc2
+    assert sum(r.weights + r.biases for r in rows) == sum(p.numel() for p in model.parameters()) == 308
+
+
+def test_errors_in_forward_leave_no_hooks_and_modes_are_restored() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(5, 2))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm inside a training model stays frozen
+    with pytest.raises(RuntimeError):
+        layer_table(model, (3, 8, 8))  # 4x6x6 into Linear(5, 2) fails
+    assert hook_count(model) == 0
+    layer_table(model[:2], (3, 8, 8))
+    assert model.training and model[0].training and not model[1].training
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "resnext50_32x4d"])
+def test_torchvision_models_add_up(name: str) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=10)  # random init: nothing downloaded
+    rows = layer_table(model, (3, 32, 32))
+    leaves = [n for n, m in model.named_modules() if not list(m.children())]
+    assert sorted(r.name for r in rows) == sorted(leaves)  # one row per leaf, none twice
+    assert sum(r.weights + r.biases for r in rows) == sum(p.numel() for p in model.parameters())
+    assert sum(r.trainable for r in rows) == sum(p.numel() for p in model.parameters())
+    assert all(r.output_shape for r in rows) and hook_count(model) == 0
+
+
+def test_resnet18_table() -> None:
+    import torchvision
+
+    rows = layer_table(torchvision.models.resnet18(weights=None, num_classes=10), (3, 32, 32))
+    by = {r.name: r for r in rows}
+    names = [r.name for r in rows]
+    # 11,689,512 for the 1000-class ImageNet head, minus its fc (512 x 1000 + 1000) plus 512 x 10 + 10
+    assert sum(r.weights + r.biases for r in rows) == 11_689_512 - 513_000 + 5_130 == 11_181_642
+    assert by["conv1"].output_shape == [64, 16, 16] and by["conv1"].weights == 9_408  # 7x7 stride 2: 64 x 3 x 7 x 7
+    assert by["layer1.0.relu"].output_shape == [64, 8, 8] and "called 2 times" in by["layer1.0.relu"].note
+    # forward order: the shortcut's 1x1 conv runs after bn2 although BasicBlock defines it last
+    assert names.index("layer2.0.bn2") < names.index("layer2.0.downsample.0") < names.index("layer2.1.conv1")
+    assert by["layer2.0.downsample.0"].note.endswith("1 x 1: mixes channels, no spatial extent")
+    assert by["layer4.1.conv2"].formula == "512 x 512 x 3 x 3 = 2,359,296"
