@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cli.common import console
+from featviz.loading import allow
 from featviz.pipeline import analyze_run
 from featviz.store import Run
 
@@ -18,13 +19,16 @@ def analyze(
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
     renders: Optional[str] = typer.Option(None, help="Render settings set to measure (a folder name under RUN/renders/am/; "
                                 "default: the default settings' set, else the only one)."),
+    model: Optional[str] = typer.Option(None, help="The run's model factory, when it is your code (package.module:factory)."),
+    trust_run_code: bool = typer.Option(False, help="Import the model factory the run names, whatever it is."),
 ) -> None:
     """Filter updates, CKA to the final snapshot, image complexity and receptive fields -> RUN/analysis.json, then the gallery."""
     r = Run.open(run)
+    allow(r, model, trust_run_code)
     res = analyze_run(r, probe_size=probe, device=device, renders=renders)
     conv = res.get("convergence", {})
     comp = res.get("complexity", {})
-    typer.echo(f"{'layer':<16} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} "
+    typer.echo(f"{'layer':<22} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} "
                f"{'bpp init':>8} {'bpp last':>8}")
     for name in res["layers"]:
         upd = res["filter_updates"][name]
@@ -35,7 +39,7 @@ def analyze(
         bpp0 = f"{c[keys[0]]['bpp']['mean']:.2f}" if keys else "-"
         bpp1 = f"{c[keys[-1]]['bpp']['mean']:.2f}" if keys else "-"
         eff = rf.get(f"effective_px_epoch_{res['epochs'][-1]}", "-")
-        typer.echo(f"{name:<16} {upd['rotation_from_init'][-1]:8.3f} "
+        typer.echo(f"{name:<22} {upd['rotation_from_init'][-1]:8.3f} "
                    f"{(cka[1] if len(cka) > 1 else float('nan')):6.2f} {(cka[len(cka) // 2] if cka else float('nan')):7.2f} "
                    f"{len(conv.get(name, {}).get('dead_channels', [])):5d} {str(rf.get('theoretical_px', '-')) + '/' + str(eff):>10} "
                    f"{bpp0:>8} {bpp1:>8}")

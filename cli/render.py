@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cli.common import console, int_list
 from featviz.config import RenderConfig
-from featviz.pipeline import render_run
+from featviz.loading import allow
+from featviz.pipeline import plan_render, render_run
 from featviz.store import Run
 
 _R = RenderConfig()
@@ -20,8 +21,11 @@ _R = RenderConfig()
 def render(
     run: Path = typer.Argument(..., help="A run folder written by featviz train."),
     epochs: str = typer.Option(_R.epochs, help="Activation-maximization moments: auto (init, 3 log-spaced steps of epoch 1, epoch 1, middle, final) | snapshots (every snapshot) | all (every epoch) | last | 0,5,10 | every:K."),
-    layers: Optional[str] = typer.Option(None, help="Conv layers by dotted name, comma-separated (default: every depth)."),
-    channels: Optional[str] = typer.Option(None, help="Channel indices, e.g. 0,1,2 (default: every channel)."),
+    layers: Optional[str] = typer.Option(None, help="all | conv layers by dotted name or glob, comma-separated, e.g. "
+                                         "'layer*.1.conv2' (default: every conv of a model with up to 8; for deeper "
+                                         "models the first conv and the last before each downsampling)."),
+    channels: Optional[str] = typer.Option(None, help="all | channel indices, e.g. 0,1,2 (default: all up to 64 per "
+                                           "layer, else 64 evenly spaced)."),
     steps: int = typer.Option(_R.steps, min=1, help="Optimization steps per image."),
     size: Optional[int] = typer.Option(None, min=8, max=512, help="Image side in px (default: the run's)."),
     param: str = typer.Option(_R.param, help="fourier (decorrelated colour) | pixel"),
@@ -32,11 +36,16 @@ def render(
     device: str = typer.Option(_R.device, help="auto | cpu | cuda | mps"),
     filters: bool = typer.Option(True, help="Also draw the filters at every epoch."),
     force: bool = typer.Option(False, help="Redo renders whose settings match existing ones."),
+    model: Optional[str] = typer.Option(None, help="The run's model factory, when it is your code (package.module:factory): "
+                                        "a run folder alone never imports code outside torchvision and featviz."),
+    trust_run_code: bool = typer.Option(False, help="Import the model factory the run names, whatever it is."),
 ) -> None:
     """Draw the learned filters and activation-maximization images, then build the gallery."""
     r = Run.open(run)
+    allow(r, model, trust_run_code)
+    every = (channels or "").strip().lower() == "all"
     cfg = RenderConfig(epochs=epochs, layers=tuple(x.strip() for x in layers.split(",") if x.strip()) if layers else (),
-                       channels=int_list(channels, "--channels") or (), steps=steps, size=size, param=param,
+                       channels=() if every else int_list(channels, "--channels") or (), all_channels=every, steps=steps, size=size, param=param,
                        transforms=transforms, lr=lr, seed=seed, chunk=chunk, device=device, filters=filters, force=force)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, transient=True, disable=not sys.stderr.isatty())
@@ -47,6 +56,11 @@ def render(
             tasks[what] = bar.add_task(what, total=total)
         bar.update(tasks[what], completed=done)
 
+    plan = plan_render(r, cfg, estimate=True)
+    if plan["estimate_s"] > 60:
+        console.print(f"about {plan['estimate_s'] / 60:.0f} min for {plan['images']:,} activation-maximization images "
+                      f"({len(plan['layers'])} layers x {len(plan['moments'])} moments); fewer with --layers, --channels "
+                      "or --epochs")
     with bar:
         out = render_run(r, cfg, progress)
     console.print(f"rendered {len(out['moments'])} moments ({', '.join(out['moments'])}) of {len(out['layers'])} layers on {out['device']}: "

@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 
 from cli.common import model_config
-from featviz.config import ModelConfig, from_dict
+from featviz.loading import allow, build_run_model
 from featviz.model import build_model
+from featviz.zoo import ModelSpec, build, normalize_spec, parse_kwargs
 from featviz.store import Run
 from featviz.summary import format_table, layer_table
 
@@ -26,19 +27,27 @@ def summary(
     in_channels: int = typer.Option(3, min=1, help="Input channels (without RUN)."),
     classes: int = typer.Option(10, min=2, help="Number of classes (without RUN)."),
     size: int = typer.Option(32, min=8, max=512, help="Input side in px, for output shapes (without RUN)."),
+    model: Optional[str] = typer.Option(None, help="Describe this architecture instead (torchvision:NAME or "
+                                        "package.module:factory); with RUN: the run's factory, when it is your code."),
+    model_kwargs: Optional[str] = typer.Option(None, help="JSON keyword arguments for --model's factory (without RUN)."),
+    trust_run_code: bool = typer.Option(False, help="With RUN: import the model factory the run names, whatever it is."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Per-layer table: output shape, weights with their formula, biases, trainable total."""
     if run is not None:
         r = Run.open(run)
-        cfg = from_dict(ModelConfig, r.meta["configs"]["model"])
-        size = int(r.meta["data"]["size"])
+        allow(r, model, trust_run_code)
+        net, chans, size = build_run_model(r), int(r.meta["data"]["channels"]), int(r.meta["data"]["size"])
+    elif model is not None:
+        spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs), in_channels=in_channels, num_classes=classes)
+        net, chans = build(spec), in_channels
     else:
         cfg = model_config(widths, kernels, strides, pools, batchnorm, in_channels=in_channels, num_classes=classes)
-    rows = layer_table(build_model(cfg), (cfg.in_channels, size, size))
+        net, chans = build_model(cfg), cfg.in_channels
+    rows = layer_table(net, (chans, size, size))
     if as_json:
         total = sum(r.trainable for r in rows)
-        typer.echo(json.dumps({"input": [cfg.in_channels, size, size], "layers": [r.as_dict() for r in rows],
+        typer.echo(json.dumps({"input": [chans, size, size], "layers": [r.as_dict() for r in rows],
                                "trainable_total": total}, indent=2))
     else:
         typer.echo(format_table(rows))

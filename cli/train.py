@@ -12,6 +12,7 @@ from featviz.errors import ConfigError
 from featviz.gallery.live import LiveTraining
 from featviz.config import DataConfig, ModelConfig, TrainConfig
 from featviz.pipeline import resume_run, train_run
+from featviz.zoo import ModelSpec, normalize_spec, parse_kwargs
 
 _D, _M, _T = DataConfig(), ModelConfig(), TrainConfig()
 
@@ -40,13 +41,18 @@ def train(
     strides: Optional[str] = typer.Option(None, help="Conv stride per depth, e.g. 1,1,1,1."),
     pools: Optional[str] = typer.Option(None, help="2x2 max-pool after each depth, e.g. 1,1,1,0."),
     batchnorm: bool = typer.Option(_M.batchnorm, help="BatchNorm after each conv."),
+    model: Optional[str] = typer.Option(None, help="Train another architecture instead of the small CNN: torchvision:NAME "
+                                        "(e.g. torchvision:resnet18, random init) or package.module:factory (your code)."),
+    model_kwargs: Optional[str] = typer.Option(None, help="JSON keyword arguments for --model's factory, e.g. '{\"width_mult\": 0.5}'."),
+    pretrained: bool = typer.Option(False, help="With --model torchvision:NAME: start from torchvision's weights (downloads them)."),
+    trust_run_code: bool = typer.Option(False, help="With --resume: import the run's model factory even if it is not torchvision's or featviz's."),
     channels_last: bool = typer.Option(_T.channels_last, help="NHWC memory format (faster on CPU)."),
     live: bool = typer.Option(False, help="Serve the gallery on 127.0.0.1 while training; it updates as snapshots commit."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port for --live (0 = any free port)."),
     live_render: bool = typer.Option(False, help="With --live: render activation maximization at the moments as they "
                                      "commit, in a background process at the lowest CPU priority."),
 ) -> None:
-    """Train a small CNN and snapshot every conv filter at every epoch (epoch 0 = the random init)."""
+    """Train a small CNN (or --model ARCH) and snapshot every conv filter at every epoch (epoch 0 = the random init)."""
     bar = TrainBar()
     if live_render and not live:
         raise ConfigError("--live-render needs --live")
@@ -55,7 +61,7 @@ def train(
     try:
         if resume is not None:
             run = resume_run(resume, device=None if device == "auto" else device,
-                             progress=watcher or bar)
+                             progress=watcher or bar, model=model, trust_run_code=trust_run_code)
         else:
             data_cfg = DataConfig(name=data, data_dir=str(data_dir), download=download, size=size)
             model_cfg = model_config(widths, kernels, strides, pools, batchnorm)
@@ -63,8 +69,11 @@ def train(
                                     weight_decay=weight_decay, seed=seed, device=device,
                                     snapshots=snapshots, snapshot_every_steps=snapshot_every_steps,
                                     channels_last=channels_last)
+            spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs), pretrained=pretrained) if model else None
+            if spec is None and (model_kwargs or pretrained):
+                raise ConfigError("--model-kwargs and --pretrained need --model")
             run = train_run(data_cfg, model_cfg, train_cfg, out_dir=out, name=name, force=force,
-                            progress=watcher or bar)
+                            progress=watcher or bar, model_spec=spec)
     finally:
         bar.stop()
         if watcher:

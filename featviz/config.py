@@ -114,8 +114,9 @@ TRANSFORMS = ("standard", "none")
 @dataclass(frozen=True)
 class RenderConfig:
     epochs: str = "auto"  # activation-maximization moments (schedule.moments): auto | snapshots | all | last | 0,5,10 | every:K
-    layers: tuple[str, ...] = ()  # conv layers by dotted name; empty = every conv depth
-    channels: tuple[int, ...] = ()  # channel indices; empty = every channel of each layer
+    layers: tuple[str, ...] = ()  # conv layers: dotted names or globs, or ("all",); empty = the default selection (featviz.layers)
+    channels: tuple[int, ...] = ()  # channel indices; empty = all up to 64 per layer, else 64 evenly spaced
+    all_channels: bool = False  # every channel of each layer (--channels all)
     steps: int = 256  # optimization steps per image
     size: int | None = None  # image side in px; None = the run's training image size
     param: str = "fourier"  # fourier (decorrelated colour, 1/f spectrum) | pixel

@@ -1,17 +1,59 @@
-"""A run's model at one snapshot: the one place a stage gets a network with a run's weights."""
+"""A run's network, empty or at one snapshot: the one place a stage gets a model for a run.
+
+A run's ``configs.model`` is either featviz's own ``ModelConfig`` (SmallCNN) or a ``zoo.ModelSpec``
+(a ``factory`` key). Building a spec's model imports its factory, which runs code: ``allow`` records
+what the user said on the command line (``--model``, ``--trust-run-code``) and ``check_access`` refuses,
+before anything is imported, a factory outside torchvision and featviz that the user did not name.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import nn
 
 from featviz.config import ModelConfig, from_dict
 from featviz.model import build_model
 from featviz.store import Run
+from featviz.zoo import ModelSpec, build, check_trust, normalize_spec
+
+def spec_of(meta: dict[str, Any]) -> ModelSpec | None:
+    """The run's model spec, or None for featviz's own SmallCNN."""
+    cfg = meta["configs"]["model"]
+    if "factory" not in cfg:
+        return None
+    return ModelSpec(factory=normalize_spec(cfg["factory"]), kwargs=dict(cfg.get("kwargs") or {}),
+                     in_channels=int(cfg["in_channels"]), num_classes=int(cfg["num_classes"]),
+                     pretrained=bool(cfg.get("pretrained", False)))
+
+
+def allow(run: Run, model: str | None = None, trust_run_code: bool = False) -> None:
+    """What the user said about ``run``'s model code: ``--model SPEC`` and/or ``--trust-run-code``.
+    Checked at once, so a refused run fails before any work."""
+    run.model_access = (model, trust_run_code)
+    check_access(run)
+
+
+def check_access(run: Run) -> None:
+    """ConfigError if building ``run``'s model would import a factory nobody vouched for."""
+    spec = spec_of(run.meta)
+    if spec is not None:
+        check_trust(spec.factory, *run.model_access)
+
+
+def build_run_model(run: Run, seed: int | None = None) -> nn.Module:
+    """The run's network with a fresh init (``seed``: a pure function of it), after ``check_access``."""
+    spec = spec_of(run.meta)
+    if spec is None:
+        return build_model(from_dict(ModelConfig, run.meta["configs"]["model"]), seed=seed)
+    check_access(run)
+    return build(spec, seed=seed)
 
 
 def load_model_at(run: Run, epoch: int, device: torch.device,
-                  state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
-    """The run's CNN with the weights of ``epoch`` (``state``, if the caller has loaded them), eval mode."""
-    model = build_model(from_dict(ModelConfig, run.meta["configs"]["model"]))
+                  state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The run's network with the weights of ``epoch`` (``state``, if the caller has loaded them), eval mode."""
+    model = build_run_model(run)
     model.load_state_dict(run.load_snapshot(epoch) if state is None else state)
     return model.to(device).eval()

@@ -24,7 +24,9 @@ from featviz import render as render_stage
 from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.faults import pause_point
 from featviz.gallery.build import build_gallery
-from featviz.model import build_model, conv_layers
+from featviz.layers import select_layers, trace
+from featviz.loading import allow, build_run_model, check_access
+from featviz.model import build_model
 from featviz.optvis.param import color_matrix
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
 from featviz.provenance import provenance
@@ -34,6 +36,7 @@ from featviz.fileio import save_tensors
 from featviz.store import Run, check_new_run, check_out_dir
 from featviz.device import resolve_device
 from featviz.images import Normalizer
+from featviz.zoo import ModelSpec, build as build_spec, check_output
 from featviz.training import (
     StepInfo, check_finite, evaluate, load_optimizer_state, make_optimizer, optimizer_state, steps_per_epoch,
     train_one_epoch,
@@ -48,27 +51,27 @@ def default_run_name(data_name: str) -> str:
 def train_run(
     data_cfg: DataConfig = DataConfig(), model_cfg: ModelConfig = ModelConfig(), train_cfg: TrainConfig = TrainConfig(),
     out_dir: str | Path = "outputs", name: str | None = None, force: bool = False,
-    progress: TrainProgress | None = None,
+    progress: TrainProgress | None = None, model_spec: ModelSpec | None = None,
 ) -> Run:
     """Train a new run and write every epoch's snapshot (epoch 0 = init). Returns the finished Run.
 
-    ``model_cfg.in_channels`` and ``num_classes`` are taken from the data set.
+    The network is featviz's SmallCNN of ``model_cfg``, or the factory of ``model_spec`` (any
+    architecture, ``featviz.zoo``); either way its input channels and class count are the data set's.
     """
     name = name or default_run_name(data_cfg.name)
     device = resolve_device(train_cfg.device)
     out = check_out_dir(Path(out_dir))
     check_new_run(out, name, force)  # fail before spending seconds on data
     data = load_data(data_cfg)
-    model_cfg = dataclasses.replace(model_cfg, in_channels=data.channels, num_classes=len(data.classes))
-    model = build_model(model_cfg, seed=train_cfg.seed)
-    layers = [layer.as_dict() for layer in conv_layers(model)]
+    model, model_dict = _new_model(data, model_cfg, model_spec, train_cfg.seed)
+    layers = trace(model, data.channels, data.size)
     try:  # the render step's decorrelated-colour matrix comes from the training images
         color = color_matrix(data.train_x[:: max(1, len(data.train_x) // 5000)]).tolist()  # even subsample: folders come class by class
     except FeatvizError:  # images without colour variance (e.g. a constant folder)
         color = None
     meta = {
         "name": name, "seed": train_cfg.seed, **provenance(device),
-        "configs": {"data": to_dict(data_cfg), "model": to_dict(model_cfg), "train": to_dict(train_cfg)},
+        "configs": {"data": to_dict(data_cfg), "model": model_dict, "train": to_dict(train_cfg)},
         "data": {**data.describe(), "color_matrix": color}, "layers": layers,
         "params_total": sum(p.numel() for p in model.parameters()),
     }
@@ -76,9 +79,27 @@ def train_run(
     return _fit(run, data, model, train_cfg, device, first_epoch=1, progress=progress or SilentTraining())
 
 
-def resume_run(path: str | Path, device: str | None = None, progress: TrainProgress | None = None) -> Run:
-    """Continue ``path`` from its last committed epoch with the run's own configuration."""
+def _new_model(data: ImageData, model_cfg: ModelConfig, spec: ModelSpec | None,
+               seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The network to train, adapted to the data, and its run.json description."""
+    if spec is None:
+        model_cfg = dataclasses.replace(model_cfg, in_channels=data.channels, num_classes=len(data.classes))
+        return build_model(model_cfg, seed=seed), to_dict(model_cfg)
+    spec = dataclasses.replace(spec, in_channels=data.channels, num_classes=len(data.classes))
+    model = build_spec(spec, seed=seed)
+    check_output(model, spec, data.size)
+    return model, spec.as_dict()
+
+
+def resume_run(path: str | Path, device: str | None = None, progress: TrainProgress | None = None,
+               model: str | None = None, trust_run_code: bool = False) -> Run:
+    """Continue ``path`` from its last committed epoch with the run's own configuration (``model``,
+    ``trust_run_code``: see ``loading.allow``, for runs of a model outside torchvision and featviz)."""
     run = Run.open(Path(path))
+    if run.meta.get("source") in ("record", "import"):
+        raise RunError(f"run {run.path} was {run.meta['source']}ed from your own code or checkpoints; "
+                       "featviz train --resume continues only runs featviz trained")
+    allow(run, model, trust_run_code)
     run.discard_uncommitted()
     done = run.epochs_done
     if done < 0:
@@ -86,15 +107,15 @@ def resume_run(path: str | Path, device: str | None = None, progress: TrainProgr
     if run.complete:
         raise RunError(f"run {run.path} is already complete ({done} epochs)")
     cfgs = run.meta["configs"]
-    data_cfg, model_cfg = from_dict(DataConfig, cfgs["data"]), from_dict(ModelConfig, cfgs["model"])
+    data_cfg = from_dict(DataConfig, cfgs["data"])
     train_cfg = from_dict(TrainConfig, cfgs["train"])
     if device is not None:
         train_cfg = dataclasses.replace(train_cfg, device=device)
     dev = resolve_device(train_cfg.device)
     data = load_data(data_cfg)
-    model = build_model(model_cfg)
-    model.load_state_dict(run.load_snapshot(done))
-    return _fit(run, data, model, train_cfg, dev, first_epoch=done + 1, progress=progress or SilentTraining())
+    net = build_run_model(run)
+    net.load_state_dict(run.load_snapshot(done))
+    return _fit(run, data, net, train_cfg, dev, first_epoch=done + 1, progress=progress or SilentTraining())
 
 
 def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
@@ -159,19 +180,32 @@ def _commit(run: Run, epoch: int, model: torch.nn.Module, opt: torch.optim.Optim
     run.prune_train_state(epoch)
 
 
+def plan_render(run: Run, cfg: RenderConfig = RenderConfig(), estimate: bool = False) -> dict[str, Any]:
+    """What ``render_run`` will do, checked before any work: the layers, the moments, how many
+    activation-maximization images (counting those already rendered with these settings), and with
+    ``estimate`` the expected seconds for them (``render.estimate_seconds``: a short timed pass)."""
+    check_access(run)  # a model factory nobody vouched for is refused before anything is imported
+    layers = select_layers(run.meta["layers"], cfg.layers)
+    chosen = moments(cfg.epochs, run.snapshot_points())
+    for layer in layers:
+        if cfg.channels and max(cfg.channels) >= layer["out_ch"]:
+            raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer['name']} (it has "
+                              f"{layer['out_ch']} channels: 0..{layer['out_ch'] - 1})")
+    images = len(chosen) * sum(len(render_stage.channels_for(layer, cfg)) for layer in layers)
+    plan: dict[str, Any] = {"layers": layers, "moments": chosen, "images": images}
+    if estimate:
+        plan["estimate_s"] = render_stage.estimate_seconds(run, layers, chosen, cfg, resolve_device(cfg.device))
+    return plan
+
+
 def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: StageProgress = silent) -> dict[str, Any]:
     """Filters at every snapshot, activation maximization at the moments ``cfg.epochs`` chooses
     (``schedule.moments``), then the gallery.
 
     Returns a summary: the moments and layers rendered, images written, the settings set, the gallery path.
     """
-    layers = render_stage.select_layers(run, cfg.layers)
-    points = run.snapshot_points()
-    chosen = moments(cfg.epochs, points)
-    for layer in layers:  # every check before any work, so a bad option leaves the run as it was
-        if cfg.channels and max(cfg.channels) >= layer["out_ch"]:
-            raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer['name']} (it has "
-                              f"{layer['out_ch']} channels: 0..{layer['out_ch'] - 1})")
+    plan = plan_render(run, cfg)  # every check before any work, so a bad option leaves the run as it was
+    layers, chosen, points = plan["layers"], plan["moments"], run.snapshot_points()
     device = resolve_device(cfg.device)
     snaps, bad = run.load_points(points)  # each verified once, used by both halves
     for p in chosen:  # a damaged snapshot of a requested moment fails here, before anything is written
@@ -191,6 +225,7 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: StageProg
 def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress: StageProgress = silent,
                 renders: str | None = None) -> dict[str, Any]:
     """``featviz.analyze.analyze`` (analysis.json and plots), then the gallery; returns the analysis."""
+    check_access(run)
     result = analyze_stage.analyze(run, probe_size, device, progress, renders)
     build_gallery(run)
     return result

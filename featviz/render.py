@@ -16,6 +16,7 @@ from featviz.config import RenderConfig
 from featviz.errors import ConfigError
 from featviz.filters import evolution_strip, filter_grid, layer_scale
 from featviz.images import gif_bytes, png_bytes, to_uint8
+from featviz.layers import default_channels
 from featviz.loading import load_model_at
 from featviz.model import response_layer
 from featviz.progress import StageProgress, silent
@@ -23,16 +24,12 @@ from featviz.renderset import am_settings, record_set, settings_id
 from featviz.store import Run
 
 
-def select_layers(run: Run, names: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The run's conv layers named in ``names`` (all when empty); unknown names list the valid ones."""
-    layers = run.meta["layers"]
-    if not names:
-        return layers
-    valid = [layer["name"] for layer in layers]
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise ConfigError(f"unknown layer {unknown[0]!r}; valid conv layers: {', '.join(valid)}")
-    return [layer for layer in layers if layer["name"] in names]
+def channels_for(layer: dict[str, Any], cfg: RenderConfig) -> list[int]:
+    """The channels to render of ``layer``: ``cfg.channels``; else all with ``cfg.all_channels``; else
+    all up to 64, or 64 evenly spaced (``layers.default_channels``)."""
+    if cfg.channels:
+        return list(cfg.channels)
+    return list(range(layer["out_ch"])) if cfg.all_channels else default_channels(layer["out_ch"])
 
 
 def render_filters(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]],
@@ -101,7 +98,7 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
         model = None
         for layer in layers:
             name = layer["name"]
-            chans = list(cfg.channels) or list(range(layer["out_ch"]))
+            chans = channels_for(layer, cfg)
             base = f"am/{sid}/{name}/{point['id']}"
             files = [f"renders/{base}/ch_{c:04d}.png" for c in chans]
             if not cfg.force and all(f in done and record_set(done[f]) == sid for f in files):
@@ -110,7 +107,8 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
                 continue
             if model is None:  # once per moment, for its first layer that needs rendering
                 model = load_model_at(run, point["epoch"], device, (snaps or {}).get(point["id"]) or run.load_point(point))
-            res = render_channels(model, response_layer(model, name), chans, chunk=cfg.chunk, param=cfg.param, size=size,
+            target = layer.get("response") or response_layer(model, name)  # runs before layers were traced
+            res = render_channels(model, target, chans, chunk=cfg.chunk, param=cfg.param, size=size,
                                   image_channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
                                   transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],
                                   color=color, device=device)
@@ -132,3 +130,31 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
             count += 1
             progress("activation maximization", count, total)
     return rendered
+
+
+OVERHEAD = 1.5  # measured: the transforms, the parametrization and Adam add about half to the network's passes
+
+
+def estimate_seconds(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]], cfg: RenderConfig,
+                     device: torch.device) -> float:
+    """Expected seconds for the activation-maximization images of ``layers`` at ``points``: per layer the
+    multiply-adds of the network up to it (``layers.prefix_macs``), x3 for the backward pass, x channels x
+    steps x moments, at the rate a timed forward and backward pass of the whole network reaches here."""
+    import time
+
+    from featviz.layers import prefix_macs
+    from featviz.loading import build_run_model
+
+    size = cfg.size or int(run.meta["data"]["size"])
+    chans = int(run.meta["data"]["channels"])
+    model = build_run_model(run).to(device).eval()
+    prefix, total = prefix_macs(model, chans, size)
+    x = torch.randn(min(cfg.chunk, 64), chans, size, size, device=device, requires_grad=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model(x).float().sum().backward()  # warm-up: allocator and kernel choice
+    t0 = time.perf_counter()
+    model(x).float().sum().backward()
+    rate = 3 * total * len(x) / max(time.perf_counter() - t0, 1e-6)  # multiply-adds per second
+    work = sum(3 * prefix.get(layer["name"], total) * len(channels_for(layer, cfg)) for layer in layers)
+    return OVERHEAD * work * cfg.steps * len(points) / rate

@@ -63,6 +63,7 @@ class Run:
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = Path(path)
         self.meta = meta
+        self.model_access: tuple[str | None, bool] = (None, False)  # --model / --trust-run-code (featviz.loading)
 
     # -- creation / opening
     @classmethod

@@ -327,7 +327,7 @@ BAD_INPUTS = [
     pytest.param(lambda tmp, cli: (["data", "preview", "--data", "nope"], None), ("unknown data set 'nope'",),
                  id="preview-unknown-data"),
     pytest.param(_on_trained_run("render", "{run}", "--layers", "features.conv9"),
-                 ("unknown layer 'features.conv9'",), id="render-unknown-layer"),
+                 ("--layers 'features.conv9' matches no conv layer",), id="render-unknown-layer"),
     pytest.param(_on_trained_run("render", "{run}", "--channels", "99"),
                  ("channel 99 out of range for features.conv1",), id="render-channel-out-of-range"),
     pytest.param(_on_trained_run("render", "{run}", "--epochs", "5"), ("epoch(s) 5 not in the run",),

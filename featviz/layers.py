@@ -1,0 +1,215 @@
+"""A network's conv layers as the forward pass meets them, and which of them to show by default.
+
+``trace(model, in_channels, size)`` runs the model once on zeros and lists every ``Conv2d`` in the
+order it first runs (not the order of definition, not by name patterns): depth d is the d-th conv to
+run. Each entry is the dict stored in run.json ``layers``: name, depth, channels, kernel, stride,
+groups, weight counts, the output map's side at the run's image size (``out_px``), the module whose
+output activation maximization targets (``response``: the BatchNorm that runs right after the conv,
+else the conv), the layer's activation (``activation``: the first activation module to run after it,
+when that module runs once per pass; else the response) and the theoretical receptive field
+(``rf_px``, see ``receptive_fields``).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from typing import Any
+
+import torch
+from torch import nn
+
+from featviz.errors import ConfigError
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU)
+DEEP = 8  # models with more conv layers than this get the default selection below instead of all
+MAX_CHANNELS = 64  # default channels per layer: all up to this many, else this many evenly spaced
+RF_PROBE_MAX = 128  # largest input the receptive-field probe uses; larger fields are reported as "> this"
+
+
+def _leaf_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, tuple, tuple]]:
+    """(name, module, input shape, output shape) of every leaf-module call of one eval-mode forward pass,
+    in call order; the model's own train/eval flags are restored afterwards."""
+    calls: list[tuple[str, nn.Module, tuple, tuple]] = []
+    handles = []
+    flags = {m: m.training for m in model.modules()}
+    try:
+        for name, m in model.named_modules():
+            if name and (not list(m.children()) or isinstance(m, nn.Conv2d)):
+                def hook(mod: nn.Module, inp: tuple, out: Any, name: str = name) -> None:
+                    shape_in = tuple(inp[0].shape) if inp and torch.is_tensor(inp[0]) else ()
+                    calls.append((name, mod, shape_in, tuple(out.shape) if torch.is_tensor(out) else ()))
+                handles.append(m.register_forward_hook(hook))
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in flags.items():
+            m.training = t
+    return calls
+
+
+def trace(model: nn.Module, in_channels: int, size: int) -> list[dict[str, Any]]:
+    """Every Conv2d of ``model`` in forward-execution order with its geometry (see the module docstring).
+    Convs the forward pass never runs are left out. The model is not changed."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.zeros(1, in_channels, size, size, device=device)
+    calls = _leaf_calls(model, x)
+    runs: dict[str, int] = {}
+    for name, *_ in calls:
+        runs[name] = runs.get(name, 0) + 1
+    layers: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, (name, m, _shape_in, shape_out) in enumerate(calls):
+        if not isinstance(m, nn.Conv2d) or name in seen:
+            continue
+        seen.add(name)
+        after = [c for c in calls[i + 1:]]
+        nxt = after[0] if after else None
+        response = name
+        if nxt is not None and isinstance(nxt[1], nn.modules.batchnorm._BatchNorm) and nxt[1].num_features == m.out_channels:
+            response = nxt[0]
+        activation = response
+        for cname, cm, *_ in after:
+            if isinstance(cm, nn.Conv2d):
+                break
+            if isinstance(cm, ACTIVATIONS):
+                activation = cname if runs[cname] == 1 else response
+                break
+        kh, kw = m.kernel_size
+        layers.append({
+            "name": name, "depth": len(layers) + 1, "in_ch": m.in_channels, "out_ch": m.out_channels,
+            "kernel": [kh, kw], "stride": int(m.stride[0]), "groups": m.groups, "weights": m.weight.numel(),
+            "biases": 0 if m.bias is None else m.bias.numel(),
+            "params": m.weight.numel() + (0 if m.bias is None else m.bias.numel()),
+            "out_px": int(shape_out[-1]) if shape_out else None, "batchnorm": response != name,
+            "response": response, "activation": activation,
+        })
+    rfs = receptive_fields(model, [la["name"] for la in layers], in_channels, size)
+    for la in layers:
+        la["rf_px"], la["rf_exceeds"] = rfs[la["name"]]
+    return layers
+
+
+def receptive_fields(model: nn.Module, names: list[str], in_channels: int, size: int) -> dict[str, tuple[int | None, bool]]:
+    """Theoretical receptive field (px) of the centre unit of each named layer's output: the side of the
+    box of input pixels that can change it. Measured as the support of the input gradient in a copy of
+    the model made linear and positive (every conv weight 1/fan-in, no biases, BatchNorm the identity,
+    activations the identity, max-pools average-pools), so no path is cut by a ReLU or a max; exact for
+    any wiring (branches, residual sums, grouped convs, dilation). One batch, one sample per layer.
+
+    Returns name -> (px, exceeds): the probe image is 4x the data's side, 64..128 px; a field that
+    reaches the probe's border is returned as (probe side, True), meaning "at least this".
+    """
+    if not names:
+        return {}
+    probe = _linear_copy(model)
+    side = min(max(4 * size, 64), RF_PROBE_MAX)
+    x = torch.ones(len(names), in_channels, side, side, dtype=torch.float64, requires_grad=True)
+    outs: dict[str, torch.Tensor] = {}
+    modules = dict(probe.named_modules())
+    handles = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: outs.setdefault(n, o)) for n in names]
+    try:
+        probe(x)
+    finally:
+        for h in handles:
+            h.remove()
+    total = torch.zeros((), dtype=torch.float64)
+    for i, n in enumerate(names):
+        o = outs[n]
+        total = total + o[i, :, o.shape[-2] // 2, o.shape[-1] // 2].sum()
+    (grad,) = torch.autograd.grad(total, x)
+    out = {}
+    for i, n in enumerate(names):
+        support = grad[i].abs().sum(0) > 0
+        rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
+        if len(rows) == 0:
+            out[n] = (None, False)
+            continue
+        touches = rows[0] == 0 or cols[0] == 0 or rows[-1] == side - 1 or cols[-1] == side - 1
+        extent = max(int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1)
+        out[n] = (side, True) if touches else (extent, False)
+    return out
+
+
+def _linear_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy of ``model`` in eval mode whose every path passes signal (see receptive_fields)."""
+    probe = copy.deepcopy(model).cpu().double().eval()
+    for name, m in list(probe.named_modules()):
+        replace: nn.Module | None = None
+        if isinstance(m, nn.Conv2d):
+            with torch.no_grad():
+                m.weight.fill_(1.0 / m.weight[0].numel())
+                if m.bias is not None:
+                    m.bias.zero_()
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            replace = nn.Identity()
+        elif isinstance(m, ACTIVATIONS) or isinstance(m, (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Dropout)):
+            replace = nn.Identity()
+        elif isinstance(m, nn.MaxPool2d):
+            replace = nn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode)
+        if replace is not None and name:
+            parent, _, attr = name.rpartition(".")
+            setattr(probe.get_submodule(parent) if parent else probe, attr, replace)
+    for p in probe.parameters():
+        p.requires_grad_(False)
+    return probe
+
+
+# ----------------------------------------------------------------------------- what to show
+def default_layers(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """All conv layers of a model with at most ``DEEP`` of them; for deeper models the first conv and the
+    last conv before each downsampling (the next conv's map is smaller), plus the last conv."""
+    if len(layers) <= DEEP or any(la.get("out_px") is None for la in layers):
+        return list(layers)
+    keep = [layers[0]]
+    for a, b in zip(layers, layers[1:]):
+        if b["out_px"] < a["out_px"] and a is not keep[-1]:
+            keep.append(a)
+    if layers[-1] is not keep[-1]:
+        keep.append(layers[-1])
+    return keep
+
+
+def select_layers(layers: list[dict[str, Any]], spec: str | tuple[str, ...] | None) -> list[dict[str, Any]]:
+    """``--layers``: empty/None = ``default_layers``; 'all'; or comma-separated names and globs
+    (``layer*.0.conv1``), kept in forward order. A name or glob that matches nothing is a ConfigError."""
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else (spec or ())) if s.strip()]
+    if not items:
+        return default_layers(layers)
+    if items == ["all"]:
+        return list(layers)
+    names = [la["name"] for la in layers]
+    chosen: set[str] = set()
+    for item in items:
+        hits = fnmatch.filter(names, item) if any(ch in item for ch in "*?[") else [n for n in names if n == item]
+        if not hits:
+            raise ConfigError(f"--layers {item!r} matches no conv layer; valid conv layers: {', '.join(names)}")
+        chosen.update(hits)
+    return [la for la in layers if la["name"] in chosen]
+
+
+def default_channels(n: int, cap: int = MAX_CHANNELS) -> list[int]:
+    """All ``n`` channels up to ``cap``, else ``cap`` of them evenly spaced from the first to the last."""
+    if n <= cap:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (cap - 1)) for i in range(cap)})
+
+
+def prefix_macs(model: nn.Module, in_channels: int, size: int) -> tuple[dict[str, int], int]:
+    """Multiply-adds of one image's forward pass: per conv name, those of every conv that runs up to and
+    including its first call (what rendering that layer costs per step); and the whole pass's."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    calls = _leaf_calls(model, torch.zeros(1, in_channels, size, size, device=device))
+    prefix: dict[str, int] = {}
+    total = 0
+    for name, m, _shape_in, shape_out in calls:
+        if isinstance(m, nn.Conv2d) and shape_out:
+            kh, kw = m.kernel_size
+            total += int(torch.tensor(shape_out).prod()) * (m.in_channels // m.groups) * kh * kw
+            prefix.setdefault(name, total)
+        elif isinstance(m, nn.Linear) and shape_out:
+            total += int(torch.tensor(shape_out).prod()) * m.in_features
+    return prefix, total
