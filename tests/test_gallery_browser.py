@@ -90,6 +90,20 @@ def test_gallery_in_chromium(browser, gallery_run: Run, tmp_path: Path) -> None:
     assert dialog.is_visible()
     assert dialog.locator("figure").count() == len(gallery_run.snapshot_epochs())
     assert "channel 1" in page.locator("#evo-title").inner_text()
+    page.keyboard.press("Escape")
+    # a layer index; a few layers are all open; a title collapses its section, the index opens it again
+    assert page.locator("#layer-index a").all_inner_texts() == ["depth 1 · features.conv1 · 4 channels",
+                                                                 "depth 2 · features.conv2 · 8 channels"]
+    assert page.locator("details.depth-body[open]").count() == 2
+    details = page.locator("#depth-2 details")
+    page.locator("#depth-2 summary").click()
+    assert details.get_attribute("open") is None and not page.locator("#depth-2 .tiles").is_visible()
+    page.locator("#layer-index a").nth(1).click()
+    assert details.get_attribute("open") == "" and page.url.endswith("#depth-2")
+    page.locator("#close-all").click()
+    assert page.locator("details.depth-body[open]").count() == 0
+    page.locator("#open-all").click()
+    assert page.locator("details.depth-body[open]").count() == 2
     page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
     assert (tmp_path / "gallery.png").stat().st_size > 10_000
     assert errors == []

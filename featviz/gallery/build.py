@@ -7,6 +7,8 @@ autoescaping (HTML) or ``tojson`` (data for the scripts), so a run or layer name
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -19,18 +21,44 @@ from featviz.schedule import label
 from featviz.store import Run
 
 
+OPEN_ALL_UP_TO = 6  # layers; a deeper model's page opens only its first section, so 10,000 tiles cost no layout
+THUMB_PX = 64  # thumbnail width/height attributes when the settings do not say: they only fix the aspect ratio
+
+
 def _env() -> Environment:
-    return Environment(loader=PackageLoader("featviz.gallery", "templates"),
-                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+    env = Environment(loader=PackageLoader("featviz.gallery", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+    env.policies["json.dumps_kwargs"] = {"sort_keys": True, "separators": (",", ":")}  # 10,000 tiles: no spaces
+    return env
 
 
-def _weights_text(layer: dict[str, Any], batchnorm: bool) -> str:
+def _bias_text(layer: dict[str, Any], batchnorm: bool | None) -> str:
+    if layer["biases"]:
+        return f"{layer['biases']:,} biases"
+    if batchnorm:
+        return "no biases (the BatchNorm after it shifts instead)"
+    if batchnorm is False:  # e.g. a conv feeding a ReLU directly: worth saying, nothing can shift it
+        return "no biases, and no BatchNorm after it: nothing shifts its output"
+    return "no biases"  # the run does not say whether a BatchNorm follows
+
+
+def _weights_text(layer: dict[str, Any], batchnorm: bool | None) -> str:
+    """What the layer's weight count means, for plain, grouped and depthwise convs alike.
+    ``batchnorm``: whether a BatchNorm follows the conv (None: the run does not say)."""
     kh, kw = layer["kernel"]
-    cin = layer["in_ch"] // layer.get("groups", 1)
-    bias = f"{layer['biases']:,} biases" if layer["biases"] else "no biases (the BatchNorm after it shifts instead)"
-    return (f"{layer['out_ch']} filters x {cin} input channels x {kh} x {kw} = {layer['weights']:,} weights, "
-            f"{bias}. Each filter has {cin * kh * kw:,} weights of its own: one {kh}x{kw} kernel per input channel. "
-            "The count does not depend on the input size or the stride."
+    groups = int(layer.get("groups") or 1)
+    cin = layer["in_ch"] // groups
+    text = (f"{layer['out_ch']} filters x {cin} input channel{'s' if cin != 1 else ''} x {kh} x {kw} = "
+            f"{layer['weights']:,} weights, {_bias_text(layer, batchnorm)}. ")
+    if groups > 1 and groups == layer["in_ch"]:
+        text += (f"Depthwise: one {kh}x{kw} kernel per channel (groups={groups}): each filter sees only its own "
+                 "input channel, so it mixes no channels. ")
+    elif groups > 1:
+        text += (f"Each filter sees {cin} of the {layer['in_ch']} input channels (groups={groups}) and has "
+                 f"{cin * kh * kw:,} weights of its own: one {kh}x{kw} kernel per input channel it sees. ")
+    else:
+        text += f"Each filter has {cin * kh * kw:,} weights of its own: one {kh}x{kw} kernel per input channel. "
+    return (text + "The count does not depend on the input size or the stride."
             + (" BatchNorm adds 2 trained numbers per channel." if batchnorm else ""))
 
 
@@ -43,6 +71,19 @@ def _faith(analysis: dict[str, Any] | None, name: str) -> tuple[dict[int, dict[s
     dead = set(analysis.get("convergence", {}).get(name, {}).get("dead_channels", []))
     dead |= {c for c, row in rows.items() if row.get("r") is None}
     return rows, dead
+
+
+def _png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, None for anything else: the page reserves the space of a
+    lazily loaded image, so the layout does not jump when it arrives."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
 def _timing(run: Run) -> Any:
@@ -59,41 +100,78 @@ def _timing(run: Run) -> Any:
     return when
 
 
+def _receptive_fields(run: Run) -> Any:
+    """layer -> its theoretical receptive field in px, or None: run.json's ``rf_px`` where the model
+    recorded one (any architecture), else computed from featviz's own conv/pool stack config."""
+    model = run.meta["configs"].get("model", {})
+    rfs = (theoretical_receptive_fields(model["kernels"], model["strides"], model["pools"])
+           if "kernels" in model else [])
+
+    def rf(layer: dict[str, Any]) -> int | None:
+        if layer.get("rf_px") is not None:
+            return int(layer["rf_px"])
+        return rfs[layer["depth"] - 1] if layer["depth"] - 1 < len(rfs) else None
+    return rf
+
+
+def _explain(layer: dict[str, Any], model: dict[str, Any]) -> str:
+    """The weights text plus the pool that follows, from the layer's own keys where run.json has them
+    (models other than featviz's stack record ``batchnorm`` per layer and have no ``pools`` list)."""
+    bn = layer["batchnorm"] if isinstance(layer.get("batchnorm"), bool) else model.get("batchnorm")
+    pools = model.get("pools") or []
+    pooled = layer["depth"] - 1 < len(pools) and pools[layer["depth"] - 1]
+    return _weights_text(layer, bn) + (" The 2x2 max-pool after it has no weights: it only keeps the largest "
+                                       "of each 4 values." if pooled else "")
+
+
+def _tiles(am: list[dict[str, Any]], analysis: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    """The activation-maximization grid of one layer: one tile per channel (its image at the last
+    moment) and ``am_data``, what the slider and the evolution dialog need, as one JSON blob per layer:
+    each channel's files relative to the layer's common folder (``base``), so a 10,000-tile page stays
+    a few MB and the browser parses that data only when a section's slider or a tile is used."""
+    am_points = sorted({(r["step"], r["label"]) for r in am})
+    by = {(r["channel"], r["step"]): r for r in am}
+    channels = sorted({r["channel"] for r in am})
+    files = [["../" + by[(c, s)]["file"] if (c, s) in by else "" for s, _ in am_points] for c in channels]
+    base = os.path.commonprefix([f for fs in files for f in fs if f]).rpartition("/")[0] + "/"
+    faith, dead = _faith(analysis, name)
+    tiles, data = [], []
+    for c, fs in zip(channels, files):
+        r = None if faith.get(c, {}).get("r") is None else round(faith[c]["r"], 2)
+        tiles.append({"channel": c, "dead": c in dead, "r": r, "src": fs[-1]})
+        row = {"channel": c, "srcs": [f[len(base):] if f else "" for f in fs],
+               "acts": [round(by[(c, s)].get("activation", 0.0), 4) if (c, s) in by else None for s, _ in am_points]}
+        if c in faith:  # top-9 strip; r only where the channel responds at all (no r: dead)
+            row.update({"top": "../" + faith[c]["file"], **({"r": r} if r is not None else {})})
+        data.append(row)
+    return {"am_labels": [lab for _, lab in am_points], "tiles": tiles, "am_data": {"base": base, "tiles": data}}
+
+
 def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | None = None,
             sid: str | None = None) -> list[dict[str, Any]]:
     when = _timing(run)
-    model = run.meta["configs"]["model"]
-    rfs = theoretical_receptive_fields(model["kernels"], model["strides"], model["pools"])
+    model = run.meta["configs"].get("model", {})
+    rf_of = _receptive_fields(run)
     size = run.meta["data"]["size"]
+    by_layer: dict[str, list[dict[str, Any]]] = {}
+    for r in index:  # one pass over the index, not one per layer (10,000s of records for a ResNet)
+        by_layer.setdefault(r.get("layer"), []).append(r)
     out = []
     for layer in run.meta["layers"]:
-        name, d = layer["name"], layer["depth"]
-        recs = [{**r, **when(r)} for r in index if r.get("layer") == name]
+        name = layer["name"]
+        recs = [{**r, **when(r)} for r in by_layer.get(name, [])]
         filters = sorted((r for r in recs if r["kind"] == "filters"), key=lambda r: r["step"])
         learned = {r["step"]: r for r in recs if r["kind"] == "filters_learned"}
         am = [r for r in recs if r["kind"] == "am" and record_set(r) == sid]
-        am_points = sorted({(r["step"], r["label"]) for r in am})
-        am_steps = [s for s, _ in am_points]
-        channels = sorted({r["channel"] for r in am})
-        by = {(r["channel"], r["step"]): r for r in am}
-        faith, dead = _faith(analysis, name)
-        tiles = [{"channel": c, "dead": c in dead,
-                  "r": None if faith.get(c, {}).get("r") is None else round(faith[c]["r"], 2),
-                  "top": "../" + faith[c]["file"] if c in faith else "",
-                  "srcs": ["../" + by[(c, s)]["file"] if (c, s) in by else "" for s in am_steps],
-                  "acts": [round(by[(c, s)].get("activation", 0.0), 4) if (c, s) in by else None for s in am_steps]}
-                 for c in channels]
         extra = {r["kind"]: "../" + r["file"] for r in recs if r["kind"].endswith(("_strip", "_gif"))}
-        rf = rfs[d - 1] if d - 1 < len(rfs) else None
+        rf = rf_of(layer)
         out.append({
-            "name": name, "depth": d, "filters": layer["out_ch"],
-            "explain": _weights_text(layer, model["batchnorm"]) + (" The 2x2 max-pool after it has no weights: it only "
-                                                                  "keeps the largest of each 4 values." if
-                                                                  model["pools"][d - 1] else ""),
+            "name": name, "depth": layer["depth"], "filters": layer["out_ch"], "explain": _explain(layer, model),
             "rf": rf, "rf_note": (f"larger than the {size} px image" if rf and rf > size else f"of {size} px"),
+            "filter_px": _png_size(run.path / filters[-1]["file"]) if filters else None,
             "filter_srcs": ["../" + r["file"] for r in filters], "filter_labels": [r["label"] for r in filters],
             "learned_srcs": ["../" + learned[r["step"]]["file"] if r["step"] in learned else "" for r in filters],
-            "am_labels": [lab for _, lab in am_points], "tiles": tiles,
+            **_tiles(am, analysis, name),
             "strip": extra.get("filters_strip"), "gif": extra.get("filters_gif"),
             "learned_strip": extra.get("filters_learned_strip"), "learned_gif": extra.get("filters_learned_gif"),
         })
@@ -132,8 +210,12 @@ def build_gallery(run: Run, renders: str | None = None, live: bool = False) -> s
     if analysis and analysis.get("renders", sid) != sid:
         analysis = {k: v for k, v in analysis.items() if k not in ("faithfulness",)}  # r belongs to another set
     plots = [f"../analysis/{k}.png" for k in available(analysis)] if analysis else []
+    depths = _depths(run, index, analysis, sid)
+    for i, d in enumerate(depths):
+        d["open"] = i == 0 or len(depths) <= OPEN_ALL_UP_TO
     html = _env().get_template("index.html.j2").render(
-        run=run.meta, name=run.name, last=last, metrics=metrics, depths=_depths(run, index, analysis, sid),
+        run=run.meta, name=run.name, last=last, metrics=metrics, depths=depths,
+        thumb_px=int((am_settings or {}).get("size") or THUMB_PX),
         reading=analysis.get("reading") if analysis else None, plots=plots,
         has_curves=bool(metrics), am_settings=am_settings, am_set=sid,
         other_sets=sorted(x for x in sets if x != sid), live=live, epochs_done=run.epochs_done, complete=run.complete,
