@@ -22,6 +22,8 @@ def train(
     data_dir: Path = typer.Option(Path(_D.data_dir), help="Folder holding torchvision data sets."),
     download: bool = typer.Option(False, help="Let torchvision download a missing data set into --data-dir."),
     size: Optional[int] = typer.Option(None, min=8, max=512, help="Image side in px (shapes: 32; 64 also works)."),
+    n_train: int = typer.Option(_D.n_train, min=10, help="shapes only: training images to generate."),
+    n_val: int = typer.Option(_D.n_val, min=10, help="shapes only: validation images to generate."),
     epochs: int = typer.Option(_T.epochs, min=1, help="Training epochs (snapshots: epoch 0 = init .. N)."),
     batch_size: int = typer.Option(_T.batch_size, min=1, help="Images per optimizer step."),
     lr: float = typer.Option(_T.lr, help="Peak learning rate (warm-up, then cosine decay to 1% of it)."),
@@ -63,7 +65,8 @@ def train(
             run = resume_run(resume, device=None if device == "auto" else device,
                              progress=watcher or bar, model=model, trust_run_code=trust_run_code)
         else:
-            data_cfg = DataConfig(name=data, data_dir=str(data_dir), download=download, size=size)
+            data_cfg = DataConfig(name=data, data_dir=str(data_dir), download=download, size=size,
+                                  n_train=n_train, n_val=n_val)
             model_cfg = model_config(widths, kernels, strides, pools, batchnorm)
             train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                     weight_decay=weight_decay, seed=seed, device=device,

@@ -6,6 +6,8 @@ Public API::
     run = featviz.train(epochs=3)                 # a Run under outputs/
     run = featviz.load_run("outputs/shapes-...")  # open an existing run
     weights = run.load_snapshot(0)                # dict of tensors at the random init
+    with featviz.record(model, name="mine", model_spec="pkg.mod:factory", data=val_set) as rec:
+        ...; rec.step(loss=loss.item()) ...; rec.epoch(val_acc=acc)   # your own loop, recorded
 """
 
 __version__ = "0.1.0"
@@ -15,12 +17,13 @@ from featviz.data import ImageData, load_data, make_shapes  # noqa: E402
 from featviz.errors import FeatvizError  # noqa: E402
 from featviz.model import SmallCNN, build_model, conv_layers  # noqa: E402
 from featviz.pipeline import analyze_run, render_run, resume_run, train_run  # noqa: E402
+from featviz.record import Recorder, record  # noqa: E402
 from featviz.store import Run, list_runs  # noqa: E402
 
 __all__ = [
     "DataConfig", "ModelConfig", "RenderConfig", "TrainConfig", "ImageData", "load_data", "make_shapes", "FeatvizError",
     "SmallCNN", "build_model", "conv_layers", "train_run", "resume_run", "render_run", "analyze_run", "Run", "list_runs", "train", "load_run",
-    "load_model",
+    "load_model", "record", "Recorder",
 ]
 
 

@@ -15,18 +15,18 @@ from typing import Any
 
 import torch
 
-from featviz.config import DataConfig, ModelConfig, from_dict
+from featviz.config import DataConfig, from_dict
 from featviz.data import load_data
 from featviz.device import resolve_device
 from featviz.errors import FeatvizError, RunError
 from featviz.filters import layer_scale
 from featviz.images import Normalizer, decode_png, png_bytes
-from featviz.loading import load_model_at
+from featviz.loading import build_run_model, load_model_at
 from featviz.metrics import (
     crop_around, effective_receptive_field, filter_bits, layer_stats, linear_cka, per_filter_change,
     relative_change, rotation, spectrum_slope, theoretical_receptive_fields, zlib_bits_per_pixel,
 )
-from featviz.model import activation_layer, build_model, recalibrate_batchnorm, response_layer
+from featviz.model import activation_layer, recalibrate_batchnorm, response_layer
 from featviz.plots import PLOTS, available
 from featviz.progress import StageProgress, silent
 from featviz.reading import first_epoch_above, reading
@@ -68,12 +68,28 @@ def updates_by_step(run: Run, points: list[dict[str, Any]], states: dict[str, di
     return out
 
 
+def theoretical_fields(run: Run) -> list[int]:
+    """Each conv layer's theoretical receptive field in px: traced when the run was made
+    (``layers.receptive_fields``; a lower bound where ``rf_exceeds``), or for runs made before layers
+    were traced, the chain formula of the SmallCNN config."""
+    layers = run.meta["layers"]
+    if all("rf_px" in layer for layer in layers):
+        return [layer["rf_px"] or int(run.meta["data"]["size"]) for layer in layers]
+    cfg = run.meta["configs"]["model"]
+    return theoretical_receptive_fields(cfg["kernels"], cfg["strides"], cfg["pools"])
+
+
 def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` (None = all) validation images: normalized like training (float [n, C, H, W])
-    and raw (uint8)."""
-    data = load_data(from_dict(DataConfig, run.meta["configs"]["data"]))
-    raw = data.val_x if n is None else data.val_x[:n]
-    return Normalizer(data.mean, data.std)(raw), raw
+    """The first ``n`` (None = all) validation images (the run's stored probe, when it has one):
+    normalized like training (float [n, C, H, W]) and raw (uint8)."""
+    stored = run.load_probe()  # runs recorded from someone's loop keep theirs; trained runs reload the data
+    if stored is not None:
+        val_x, mean, std = stored[0], run.meta["data"]["mean"], run.meta["data"]["std"]
+    else:
+        data = load_data(from_dict(DataConfig, run.meta["configs"]["data"]))
+        val_x, mean, std = data.val_x, data.mean, data.std
+    raw = val_x if n is None else val_x[:n]
+    return Normalizer(mean, std)(raw), raw
 
 
 def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: StageProgress = silent,
@@ -92,8 +108,8 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: S
     last_step = epoch_step.get(epochs[-1], 0)
     points += [(s, "step", s) for s in run.snapshot_steps() if s <= last_step]
     points.sort()
-    model = build_model(from_dict(ModelConfig, run.meta["configs"]["model"])).to(device).eval()
-    names = [activation_layer(model, layer["name"]) for layer in run.meta["layers"]]
+    model = build_run_model(run).to(device).eval()
+    names = [layer.get("activation") or activation_layer(model, layer["name"]) for layer in run.meta["layers"]]
     probe = probe.to(device)
     acts: list[tuple[int, str, int, dict]] = []
     for i, (step, kind, key) in enumerate(points):
@@ -182,11 +198,10 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
     epoch = max(r["epoch"] for r in am)
     am = [r for r in am if r["epoch"] == epoch]
     model = load_model_at(run, epoch, device, (snaps or {}).get(epoch))
-    cfg = run.meta["configs"]["model"]
-    rfs = dict(zip([layer["name"] for layer in run.meta["layers"]],
-                   theoretical_receptive_fields(cfg["kernels"], cfg["strides"], cfg["pools"])))
+    rfs = dict(zip([layer["name"] for layer in run.meta["layers"]], theoretical_fields(run)))
     names = sorted({r["layer"] for r in am})
-    targets = {n: response_layer(model, n) for n in names}  # what the renders maximized
+    layers = {layer["name"]: layer for layer in run.meta["layers"]}
+    targets = {n: layers.get(n, {}).get("response") or response_layer(model, n) for n in names}  # what the renders maximized
     stats = layer_stats(model, list(targets.values()), images.to(device))
     size = raw.shape[-1]
     data = run.meta["data"]
@@ -276,15 +291,15 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
         result["probe_images"] = int(probe.shape[0])
         steps = {p["step"]: states[p["id"]] for p in points if p["kind"] == "step" and p["id"] in states}
         result["convergence"] = convergence(run, probe, dev, progress, loaded, steps)
-        cfg = run.meta["configs"]["model"]
-        rfs = theoretical_receptive_fields(cfg["kernels"], cfg["strides"], cfg["pools"])
+        rfs = theoretical_fields(run)
         rf: dict[str, Any] = {}
         for e in (epochs[0], epochs[-1]):
             model = load_model_at(run, e, dev, loaded[e])
             recalibrate_batchnorm(model, probe.to(dev))  # as for CKA: the statistics of the probe images
             for layer, theo in zip(run.meta["layers"], rfs):
                 eff = effective_receptive_field(model, layer["name"], probe[:64].to(dev))
-                rf.setdefault(layer["name"], {"theoretical_px": theo, "image_px": run.meta["data"]["size"]})
+                rf.setdefault(layer["name"], {"theoretical_px": theo, "theoretical_at_least": bool(layer.get("rf_exceeds")),
+                                              "image_px": run.meta["data"]["size"]})
                 rf[layer["name"]][f"effective_px_epoch_{e}"] = eff["effective_px"]  # raw: never clamped
                 rf[layer["name"]][f"outside_fraction_epoch_{e}"] = eff["outside_fraction"]
                 rf[layer["name"]][f"centre_px_epoch_{e}"] = eff["centre_px"]

@@ -6,6 +6,7 @@ Layout (schema 1)::
     RUN/metrics.jsonl                 one JSON line per finished epoch (epoch 0 = the init)
     RUN/snapshots/epoch_003.safetensors   model tensors after epoch 3; step_0000150.* with --snapshot-every-steps
     RUN/state/epoch_003.safetensors   optimizer state + RNG state for resuming (structure in .json beside it)
+    RUN/probe.safetensors             runs recorded from the user's own loop: the probe images (uint8) and labels
     RUN/manifest.json                 written LAST after each epoch: epochs done + sha256 of every file
     RUN/renders.jsonl, renders/, analysis.json, analysis/, gallery/   written by render, analyze, gallery
 
@@ -124,7 +125,7 @@ class Run:
         """Record ``epochs_done`` and the hash of every tracked file; written last, atomically."""
         old = self.manifest()["files"] if (self.path / "manifest.json").exists() else {}
         files = {}
-        for rel in ["run.json", "metrics.jsonl", *self._snapshot_rels(epochs_done), *extra_files]:
+        for rel in ["run.json", "metrics.jsonl", "probe.safetensors", *self._snapshot_rels(epochs_done), *extra_files]:
             p = self.path / rel
             if p.exists():
                 files[rel] = old.get(rel) if rel.startswith("snapshots/") and rel in old else sha256_file(p)
@@ -249,6 +250,19 @@ class Run:
             raise RunError(f"epoch {epoch} is not in run {self.name} (epochs 0..{done} are available)")
         rel = f"snapshots/{self.snapshot_file(epoch).name}"
         return load_tensors(self.path / rel, manifest["files"].get(rel))
+
+    # -- the probe images of a run recorded from someone's loop (featviz.record); trained runs reload their data
+    def save_probe(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """uint8 images [N, C, H, W] and int64 labels [N] (-1 = unknown), atomically."""
+        save_tensors(self.path / "probe.safetensors", {"images": images, "labels": labels})
+
+    def load_probe(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The stored probe (images, labels), verified against the manifest; None if the run has none."""
+        p = self.path / "probe.safetensors"
+        if not p.exists():
+            return None
+        t = load_tensors(p, self.manifest()["files"].get("probe.safetensors"))
+        return t["images"], t["labels"]
 
     # -- resume state (optimizer tensors in safetensors, their structure in JSON)
     def save_train_state(self, epoch: int, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:

@@ -75,3 +75,55 @@ def make_png_folder(root: Path, classes: int = 3, per_class: int = 12, size: int
 def png_folder(tmp_path: Path) -> Path:
     """3 classes x 12 images, 20x20 px."""
     return make_png_folder(tmp_path / "pngs")
+
+
+USER_MODULE = '''
+"""A user's own models, as they would live in their package (written by the test fixture)."""
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """BatchNorm, a residual sum, a grouped and a depthwise conv, a strided conv without BatchNorm, dropout."""
+
+    def __init__(self, num_classes: int = 3, in_channels: int = 3, width: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        self.grouped = nn.Conv2d(width, width, 3, padding=1, groups=2)
+        self.depthwise = nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.down = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn(self.stem(x)))
+        x = x + self.depthwise(torch.relu(self.grouped(x)))
+        x = torch.relu(self.down(x))
+        return self.fc(self.drop(x.mean((2, 3))))
+
+
+def tiny(num_classes: int = 3, width: int = 8) -> nn.Module:
+    return TinyNet(num_classes=num_classes, width=width)
+'''
+
+HOSTILE_MODULE = '''
+from pathlib import Path
+Path(__file__).with_name("IMPORTED").write_text("the module ran")
+
+
+def factory(num_classes: int = 10):
+    raise ValueError("this factory is never meant to run")
+'''
+
+
+@pytest.fixture
+def user_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder on sys.path with ``usernets`` (the user's models) and ``hostile`` (writes IMPORTED when imported)."""
+    root = tmp_path / "usercode"
+    root.mkdir()
+    (root / "usernets.py").write_text(USER_MODULE)
+    (root / "hostile.py").write_text(HOSTILE_MODULE)
+    monkeypatch.syspath_prepend(str(root))
+    return root

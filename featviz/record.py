@@ -1,0 +1,257 @@
+"""Record any training loop into a featviz run: ``with featviz.record(model, ...) as rec``.
+
+In: the caller's model (any ``nn.Module`` that a factory can rebuild), a few validation examples,
+and two calls in the loop: ``rec.step(loss=...)`` after each optimizer step, ``rec.epoch(**metrics)``
+after each epoch. Out: the run folder ``featviz train`` writes (run.json with provenance and the
+traced conv layers, snapshots on the schedule, metrics.jsonl, manifest, the probe images), so
+``featviz render``, ``analyze`` and ``gallery`` work on it unchanged.
+
+Invariants: the recorder never changes the model, the optimizer or any random stream the loop uses:
+it reads ``state_dict()``, runs the model only in eval mode without gradients (BatchNorm statistics
+untouched) with every module's train/eval flag restored, and reads the data under a saved and restored
+torch, Python and NumPy random state. Every write is atomic; an epoch counts once the manifest says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from featviz.errors import ConfigError, RunError
+from featviz.fileio import save_tensors
+from featviz.layers import trace
+from featviz.provenance import provenance
+from featviz.schedule import parse_schedule
+from featviz.store import Run, check_new_run, check_out_dir
+from featviz.zoo import ModelSpec, build, normalize_spec
+
+
+@contextlib.contextmanager
+def untouched_rng() -> Iterator[None]:
+    """Run the block with torch's (CPU and initialized CUDA), Python's and NumPy's random state restored after."""
+    py = random.getstate()
+    np_state = None
+    try:
+        import numpy
+
+        np_state = numpy.random.get_state()
+    except ImportError:  # pragma: no cover - numpy ships with torch
+        numpy = None  # type: ignore[assignment]
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(py)
+        if numpy is not None and np_state is not None:
+            numpy.random.set_state(np_state)
+
+
+def take_probe(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``n`` examples of ``data`` as (x float [N, C, H, W], y int64 [N], -1 where unknown).
+    ``data``: a Dataset of (x, y) or x, a DataLoader (or any iterable of batches), a tensor, or (x, y)."""
+    if torch.is_tensor(data):
+        return data[:n].float(), torch.full((min(n, len(data)),), -1, dtype=torch.int64)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
+        return data[0][:n].float(), torch.as_tensor(data[1][:n]).long()
+    xs, ys = [], []
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        items: Any = (data[i] for i in range(min(n, len(data))))
+        batched = False
+    else:
+        items, batched = iter(data), True
+    count = 0
+    for item in items:
+        x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+        x = torch.as_tensor(x).float()
+        x = x if batched else x.unsqueeze(0)
+        y = torch.full((len(x),), -1) if y is None else torch.as_tensor(y).long().reshape(-1)
+        xs.append(x)
+        ys.append(y)
+        count += len(x)
+        if count >= n:
+            break
+    if not xs:
+        raise ConfigError("data has no examples: give featviz.record a few validation images")
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+class Recorder:
+    """Writes a run from a loop it does not own. Use through ``featviz.record``; ``rec.run`` is the Run."""
+
+    def __init__(self, model: nn.Module, name: str | None = None, *, out_dir: str | Path = "outputs",
+                 model_spec: str | None = None, model_kwargs: dict[str, Any] | None = None, data: Any = None,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                 classes: list[str] | None = None, epochs: int | None = None, snapshots: str = "log",
+                 probe_size: int = 1000, force: bool = False) -> None:
+        if data is None:
+            raise ConfigError("featviz.record needs data=: a few validation images (a Dataset, DataLoader or tensor)")
+        kind, nums = parse_schedule(snapshots)
+        self.model, self.kind, self.nums = model, kind, nums
+        self.spec_text = model_spec or f"{type(model).__module__}:{type(model).__qualname__}"
+        if self.spec_text.startswith("__main__:"):
+            raise ConfigError(f"{type(model).__name__} is defined in the script being run; featviz rebuilds the model "
+                              "from an importable factory: pass model_spec='package.module:factory'")
+        self.kwargs, self.data, self.mean, self.std, self.classes = dict(model_kwargs or {}), data, mean, std, classes
+        self.epochs_planned, self.probe_size = epochs, probe_size
+        self.name = name or f"{type(model).__name__.lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.out = check_out_dir(Path(out_dir))
+        check_new_run(self.out, self.name, force)
+        self.force = force
+        self.run: Run | None = None
+        self.step_count = self.epoch_count = 0
+        self.losses: list[float] = []
+        self.records: list[dict[str, Any]] = []
+        self.t0 = time.perf_counter()
+        self.snapshot_s = 0.0  # seconds spent writing snapshots (the recorder's cost to the loop)
+        self._step_files: list[Path] = []
+
+    # -- the loop's calls
+    def __enter__(self) -> "Recorder":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(failed=exc_type is not None)
+
+    def start(self) -> Run:
+        """Create the run: layers traced, the probe stored, the model as it is now committed as epoch 0."""
+        with untouched_rng():
+            x, y = take_probe(self.data, self.probe_size)
+            meta, raw = self._describe(x, y)
+        self.run = Run.create(self.out, self.name, meta, force=self.force)
+        self.run.save_probe(raw, y)
+        self._commit({"epoch": 0, "step": 0, "train_loss": None, "wall_s": 0.0})
+        return self.run
+
+    def step(self, loss: float | None = None) -> None:
+        """After each optimizer step: counts it, keeps ``loss`` for the epoch's mean, writes a step
+        snapshot where the schedule has one."""
+        self.step_count += 1
+        if loss is not None:
+            self.losses.append(float(loss))
+        if self._wants(self.step_count):
+            t = time.perf_counter()
+            path = self._live().step_snapshot_file(self.step_count)
+            save_tensors(path, self.model.state_dict())
+            self._step_files.append(path)
+            self.snapshot_s += time.perf_counter() - t
+
+    def epoch(self, **metrics: float) -> None:
+        """After each epoch: snapshot, metrics line (the mean step loss and ``metrics``, e.g. val_acc=0.91),
+        manifest. The epoch counts from here on."""
+        self.epoch_count += 1
+        rec: dict[str, Any] = {"epoch": self.epoch_count, "step": self.step_count,
+                               "train_loss": sum(self.losses) / len(self.losses) if self.losses else None}
+        for key, val in metrics.items():
+            rec[key] = float(val.item() if torch.is_tensor(val) else val) if val is not None else None
+        rec["wall_s"] = round(time.perf_counter() - self.t0, 3)
+        end = self._live().step_snapshot_file(self.step_count)
+        if end in self._step_files:  # the epoch snapshot is this step's snapshot
+            end.unlink(missing_ok=True)
+        self.losses, self.t0 = [], time.perf_counter()
+        self._commit(rec)
+
+    def close(self, failed: bool = False) -> None:
+        """End the run. Without a planned epoch count the run is complete with the epochs recorded; a
+        failed loop leaves every committed epoch valid and the run marked interrupted."""
+        if self.run is None:
+            return
+        run = self.run
+        if self.epochs_planned is None and not failed:
+            run.meta["configs"]["train"]["epochs"] = max(1, self.epoch_count)
+            from featviz.fileio import atomic_write_json
+
+            atomic_write_json(run.path / "run.json", run.meta)
+            run.write_manifest(self.epoch_count)
+        if failed:
+            run.discard_uncommitted()
+
+    # -- inside
+    def _live(self) -> Run:
+        if self.run is None:
+            raise RunError("the recorder is not started: use it as `with featviz.record(...) as rec:`")
+        return self.run
+
+    def _wants(self, step: int) -> bool:
+        if self.kind == "log":
+            return self.epoch_count == 0 and step & (step - 1) == 0
+        if self.kind == "every":
+            return step % self.nums[0] == 0
+        return step in self.nums
+
+    def _commit(self, rec: dict[str, Any]) -> None:
+        t = time.perf_counter()
+        run = self._live()
+        save_tensors(run.snapshot_file(rec["epoch"]), self.model.state_dict())
+        self.records.append(rec)
+        run.write_metrics(self.records)
+        run.write_manifest(rec["epoch"])
+        self.snapshot_s += time.perf_counter() - t
+
+    def _describe(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
+        """run.json for the model and probe ``x`` (model input), and the probe as uint8 pixels."""
+        if x.dim() != 4:
+            raise ConfigError(f"data gives images shaped {list(x.shape[1:])}; featviz needs [C, H, W] images")
+        chans, size = int(x.shape[1]), int(x.shape[-1])
+        mean = list(self.mean) if self.mean is not None else [0.0] * chans
+        std = list(self.std) if self.std is not None else [1.0] * chans
+        if len(mean) != chans or len(std) != chans:
+            raise ConfigError(f"mean and std need {chans} values, one per image channel")
+        pixels = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+        if self.mean is None and (float(pixels.min()) < -0.01 or float(pixels.max()) > 1.01):
+            warnings.warn("the data's images are not in [0, 1]: pass mean= and std= (your Normalize transform's) "
+                          "so featviz can show them and render in your model's input space", stacklevel=3)
+        raw = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        flags = {m: m.training for m in self.model.modules()}
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                out = self.model(x[:2].to(device))
+        finally:
+            for m, t in flags.items():
+                m.training = t
+        n_classes = int(out.shape[-1])
+        spec = ModelSpec(normalize_spec(self.spec_text), self.kwargs, chans, n_classes)
+        _check_rebuild(self.model, spec)
+        from featviz.optvis.param import color_matrix
+
+        classes = self.classes or list(getattr(self.data, "classes", [])) or [str(i) for i in range(n_classes)]
+        data = {"name": str(getattr(self.data, "__class__", type(self.data)).__name__), "classes": classes,
+                "channels": chans, "size": size, "n_train": None, "n_val": int(len(raw)), "mean": mean, "std": std,
+                "color_matrix": color_matrix(raw).tolist() if chans > 1 else None}
+        meta = {"name": self.name, "seed": None, "source": "record", **provenance(device),
+                "configs": {"data": {"name": data["name"]}, "model": spec.as_dict(),
+                            "train": {"epochs": self.epochs_planned or 0, "snapshots": self.kind + (
+                                ":" + ",".join(map(str, self.nums)) if self.nums else "")}},
+                "data": data, "layers": trace(self.model, chans, size),
+                "params_total": sum(p.numel() for p in self.model.parameters())}
+        return meta, raw
+
+
+def _check_rebuild(model: nn.Module, spec: ModelSpec) -> None:
+    """The factory must build a network with the same tensors (names and shapes) as ``model``."""
+    with untouched_rng():
+        rebuilt = build(spec).state_dict()
+    mine = model.state_dict()
+    for key, t in mine.items():
+        if key not in rebuilt or rebuilt[key].shape != t.shape:
+            have = list(rebuilt[key].shape) if key in rebuilt else "no such tensor"
+            raise ConfigError(f"model_spec {spec.factory} builds a different network: {key} is {list(t.shape)} in "
+                              f"your model, {have} in the rebuilt one; pass model_spec/model_kwargs that rebuild it")
+    extra = [k for k in rebuilt if k not in mine]
+    if extra:
+        raise ConfigError(f"model_spec {spec.factory} builds a different network: it has {extra[0]}, your model does not")
+
+
+def record(model: nn.Module, name: str | None = None, **options: Any) -> Recorder:
+    """A ``Recorder`` for ``model`` (see its options); use it as a context manager around the loop."""
+    return Recorder(model, name, **options)

@@ -1,0 +1,140 @@
+"""featviz.record: a plain PyTorch loop writes the run featviz train writes, and is not changed by it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+import featviz
+from featviz.errors import ConfigError
+from featviz.store import Run
+
+
+class Flips(Dataset):
+    """Random horizontal flips drawn from torch's global generator (a stream the recorder must not move)."""
+
+    def __init__(self, n: int = 96, size: int = 12) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.rand(n, 3, size, size, generator=g)
+        self.y = (self.x[:, 0].mean((1, 2)) > 0.5).long() + (self.x[:, 1].mean((1, 2)) > 0.5).long()
+        self.classes = ["low", "mid", "high"]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        x = self.x[i]
+        if torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x, self.y[i]
+
+
+def _loop(out: Path | None, epochs: int = 2, **rec_options) -> tuple[dict, list[float], Run | None]:
+    """The user's loop; recorded into ``out`` when given. Returns (final state, losses, run)."""
+    from usernets import tiny
+
+    torch.manual_seed(0)
+    model = tiny(num_classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    data = Flips()
+    loader = DataLoader(data, batch_size=16, shuffle=True)
+    losses: list[float] = []
+    rec = featviz.record(model, "mine", out_dir=out, model_spec="usernets:tiny", data=data, **rec_options) if out else None
+    if rec:
+        rec.start()
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if rec:
+                rec.step(loss=loss.item())
+        if rec:
+            rec.epoch(val_acc=0.5)
+    if rec:
+        rec.close()
+    return {k: v.clone() for k, v in model.state_dict().items()}, losses, rec.run if rec else None
+
+
+def test_recording_changes_nothing_in_the_loop(user_code: Path, tmp_path: Path) -> None:
+    plain_state, plain_losses, _ = _loop(None)
+    rec_state, rec_losses, run = _loop(tmp_path / "out")
+    assert rec_losses == plain_losses  # bit for bit, every step
+    assert plain_state.keys() == rec_state.keys()
+    for k in plain_state:
+        assert torch.equal(plain_state[k], rec_state[k]), k
+    assert run is not None and torch.equal(run.load_snapshot(2)["stem.weight"], rec_state["stem.weight"])
+
+
+def test_recorded_run_has_the_trained_run_layout(user_code: Path, tmp_path: Path, cli) -> None:
+    state, losses, run = _loop(tmp_path / "out")
+    run = Run.open(run.path)
+    assert run.epochs_done == 2 and run.complete and run.meta["source"] == "record"
+    # 96 images / 16 = 6 steps per epoch: the log schedule adds steps 1, 2, 4 inside epoch 1
+    assert [p["id"] for p in run.snapshot_points()] == [
+        "epoch_000", "step_0000001", "step_0000002", "step_0000004", "epoch_001", "epoch_002"]
+    metrics = run.metrics()
+    assert [m["step"] for m in metrics] == [0, 6, 12] and metrics[2]["val_acc"] == 0.5
+    assert metrics[1]["train_loss"] == pytest.approx(sum(losses[:6]) / 6)
+    # layers in forward-execution order, with the geometry of the user's network
+    layers = run.meta["layers"]
+    assert [la["name"] for la in layers] == ["stem", "grouped", "depthwise", "down"]
+    assert [la["groups"] for la in layers] == [1, 2, 8, 1]
+    assert [la["response"] for la in layers] == ["bn", "grouped", "depthwise", "down"]
+    assert [la["rf_px"] for la in layers] == [3, 5, 7, 9]  # 3, +2, +2, +2 (the stride widens only what comes after)
+    assert run.meta["data"]["classes"] == ["low", "mid", "high"] and run.meta["data"]["size"] == 12
+    images, labels = run.load_probe()
+    assert images.dtype == torch.uint8 and images.shape == (96, 3, 12, 12) and labels.tolist()[:3] == Flips().y[:3].tolist()
+    code, out, err = cli(["check", run.path])
+    assert code == 0, err
+    code, out, err = cli(["render", run.path, "--steps", "4", "--model", "usernets:tiny"])
+    assert code == 0, err
+    code, out, err = cli(["analyze", run.path, "--probe", "32", "--model", "usernets:tiny"])
+    assert code == 0, err
+    analysis = json.loads((run.path / "analysis.json").read_text())
+    assert analysis["probe_images"] == 32 and set(analysis["faithfulness"]) >= {"stem", "down"}
+    assert (run.path / "gallery" / "index.html").is_file()
+    assert len(list((run.path / "renders" / "am").rglob("ch_*.png"))) == (8 + 8 + 8 + 16) * 5  # init, steps 2 and 4, epochs 1 and 2
+
+
+def test_a_failed_loop_keeps_committed_epochs(user_code: Path, tmp_path: Path) -> None:
+    from usernets import tiny
+
+    model = tiny()
+    with pytest.raises(RuntimeError):
+        with featviz.record(model, "crash", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(), epochs=5) as rec:
+            for _ in range(3):
+                rec.step(loss=1.0)
+            rec.epoch()
+            rec.step(loss=1.0)
+            raise RuntimeError("out of memory, say")
+    run = Run.open(tmp_path / "crash")
+    assert run.epochs_done == 1 and not run.complete
+    assert [p["id"] for p in run.snapshot_points()] == ["epoch_000", "step_0000001", "step_0000002", "epoch_001"]
+    assert not run.step_snapshot_file(4).exists()
+
+
+def test_a_spec_that_builds_another_network_is_refused(user_code: Path, tmp_path: Path) -> None:
+    from usernets import tiny
+
+    with pytest.raises(ConfigError, match="builds a different network"):
+        featviz.record(tiny(width=4), "x", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips()).start()
+    with pytest.raises(ConfigError, match="needs data"):
+        featviz.record(tiny(), "y", out_dir=tmp_path, model_spec="usernets:tiny")
+    with pytest.raises(ConfigError, match="model_spec"):
+        featviz.record(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).__class__.__new__(_Local), "z", out_dir=tmp_path,
+                       data=Flips())
+
+
+class _Local(torch.nn.Module):
+    pass
+
+
+_Local.__module__ = "__main__"
