@@ -104,8 +104,8 @@ def test_a_few_layers_are_all_open(tmp_path: Path) -> None:
 
 def test_layer_texts_of_other_models(tmp_path: Path) -> None:
     """run.json of another architecture: rf_px, groups and batchnorm per layer, no kernels/pools lists."""
-    layers = [_layer(1, 64, 3, rf_px=7, batchnorm=True),
-              _layer(2, 64, 64, groups=64, batchnorm=True),  # depthwise
+    layers = [_layer(1, 64, 3, rf_px=7, rf_exceeds=False, batchnorm=True),
+              _layer(2, 64, 64, groups=64, rf_px=128, rf_exceeds=True, batchnorm=True),  # depthwise
               _layer(3, 128, 64, groups=4, batchnorm=True),  # grouped
               {**_layer(4, 10, 128), "batchnorm": False}]  # no BatchNorm, no bias, no rf_px
     html = Path(build_gallery(synthetic_run(tmp_path, layers))).read_text()
@@ -113,6 +113,7 @@ def test_layer_texts_of_other_models(tmp_path: Path) -> None:
     explain = [re.search(r'<p class="explain">(.*?)</p>', s, re.S).group(1) for s in sections]
     assert "Receptive field of one unit: 7 x 7 px" in explain[0]
     assert "no biases (the BatchNorm after it shifts instead)" in explain[0]
+    assert "Receptive field of one unit: at least 128 x 128 px, larger than the 32 px image" in explain[1]
     assert "Depthwise: one 3x3 kernel per channel (groups=64)" in explain[1]
     assert "64 filters x 1 input channel x 3 x 3 = 576 weights" in explain[1]
     assert "Each filter sees 16 of the 64 input channels (groups=4)" in explain[2]

@@ -168,6 +168,7 @@ def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | No
         out.append({
             "name": name, "depth": layer["depth"], "filters": layer["out_ch"], "explain": _explain(layer, model),
             "rf": rf, "rf_note": (f"larger than the {size} px image" if rf and rf > size else f"of {size} px"),
+            "rf_at_least": bool(layer.get("rf_exceeds")),  # traced fields that reach the probe's border
             "filter_px": _png_size(run.path / filters[-1]["file"]) if filters else None,
             "filter_srcs": ["../" + r["file"] for r in filters], "filter_labels": [r["label"] for r in filters],
             "learned_srcs": ["../" + learned[r["step"]]["file"] if r["step"] in learned else "" for r in filters],
