@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import analyze, check, data, export, gallery, render, runs, summary, train
+from cli import analyze, check, data, export, gallery, import_, render, runs, summary, train
 from featviz.errors import FeatvizError, one_line
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.command()(gallery.gallery)
 app.command()(analyze.analyze)
 app.command()(check.check)
 app.command()(export.export)
+app.command(name="import")(import_.import_run)
 app.add_typer(data.app, name="data")
 
 

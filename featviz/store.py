@@ -211,8 +211,10 @@ class Run:
         points = [{"id": f"epoch_{e:03d}", "kind": "epoch", "epoch": e, "step": s} for e, s in self.step_of_epoch().items()]
         points += [{"id": f"step_{s:07d}", "kind": "step", "epoch": None, "step": s} for s in self.snapshot_steps()]
         points.sort(key=lambda p: (p["step"], p["kind"] == "step"))
+        named = {r["epoch"]: r["label"] for r in self.metrics(strict=False) if r.get("label")}  # imported checkpoints
         for p in points:
-            p["label"] = label(p["step"], spe) if p["kind"] == "step" or p["epoch"] else "step 0 · init"
+            p["label"] = named.get(p["epoch"]) or (
+                label(p["step"], spe) if p["kind"] == "step" or p["epoch"] else "step 0 · init")
         return points
 
     def load_point(self, point: dict[str, Any]) -> dict[str, torch.Tensor]:
