@@ -53,19 +53,36 @@ def _verdict(order: list[int | None]) -> str:
     return "so this run does not show shallow layers settling first"
 
 
+def _when(at: dict[str, int | None], unit: str, limit: int = 6) -> str:
+    """'conv1 at step 1, conv2 never' for a few layers; for more, runs of consecutive depths that settled
+    together: 'depth 1 (conv1) at step 1, depths 2-4 at step 2, ...'."""
+    def one(v: int | None) -> str:
+        return f"at {unit} {v}" if v is not None else "never"
+
+    if len(at) <= limit:
+        return ", ".join(f"{n} {one(v)}" for n, v in at.items())
+    names, values = list(at), list(at.values())
+    runs: list[str] = []
+    start = 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[start]:
+            span = f"depth {start + 1} ({names[start]})" if i - start == 1 else f"depths {start + 1}-{i}"
+            runs.append(f"{span} {one(values[start])}")
+            start = i
+    return ", ".join(runs)
+
+
 def _convergence(a: dict[str, Any]) -> str:
     conv = a.get("convergence", {})
     if "skipped" in conv:
         return ""
     at = {n: first_epoch_above(conv[n]["cka_to_final"], 0.9, a["epochs"]) for n in a["layers"]}
-    text = "Each layer's activations reached debiased CKA >= 0.9 with their final form for good " + ", ".join(
-        f"{n} at epoch {e}" if e is not None else f"{n} never" for n, e in at.items())
+    text = "Each layer's activations reached debiased CKA >= 0.9 with their final form for good " + _when(at, "epoch")
     order = [at[n] for n in a["layers"]]
     if all("by_step" in conv[n] for n in a["layers"]):  # finer: within-epoch snapshots
         steps = {n: first_epoch_above(conv[n]["by_step"]["cka_to_final"], 0.9, conv[n]["by_step"]["steps"])
                  for n in a["layers"]}
-        text += "; in optimizer steps: " + ", ".join(
-            f"{n} at step {s}" if s is not None else f"{n} never" for n, s in steps.items())
+        text += "; in optimizer steps: " + _when(steps, "step")
         order = [steps[n] for n in a["layers"]]
     dead = sum(len(conv[n]["dead_channels"]) for n in a["layers"])
     tail = f" {dead} channels never responded on the probe images (marked dead below)." if dead else ""
@@ -76,16 +93,17 @@ def _complexity(a: dict[str, Any]) -> str:
     comp = a.get("complexity", {})
     if not comp or "skipped" in comp:
         return ""
-    epochs = sorted({int(e) for n in a["layers"] for e in comp.get(n, {})})
-    if not all(str(epochs[-1]) in comp.get(n, {}) for n in a["layers"]):
+    layers = [n for n in a["layers"] if n in comp]  # the rendered ones, in depth order
+    epochs = sorted({int(e) for n in layers for e in comp[n]})
+    if not epochs or not all(str(epochs[-1]) in comp[n] for n in layers):
         return ""
-    last = [comp[n][str(epochs[-1])]["bpp"]["mean"] for n in a["layers"]]
-    init = [comp[n][str(epochs[0])]["bpp"]["mean"] for n in a["layers"] if str(epochs[0]) in comp[n]]
+    last = [comp[n][str(epochs[-1])]["bpp"]["mean"] for n in layers]
+    init = [comp[n][str(epochs[0])]["bpp"]["mean"] for n in layers if str(epochs[0]) in comp[n]]
     rising = all(x < y for x, y in zip(last, last[1:]))
     text = (f"Activation-maximization images grow more complex with depth: {last[0]:.1f} to {last[-1]:.1f} zlib bits "
-            f"per pixel from depth 1 to {len(last)} at epoch {epochs[-1]}" if rising else
+            f"per pixel from {layers[0]} to {layers[-1]} at epoch {epochs[-1]}" if rising else
             f"Activation-maximization complexity does not rise strictly with depth at epoch {epochs[-1]} "
-            f"({', '.join(f'{x:.1f}' for x in last)} zlib bits per pixel by depth)")
+            f"({', '.join(f'{x:.1f}' for x in last)} zlib bits per pixel, {layers[0]} to {layers[-1]})")
     if epochs[0] == 0 and len(init) == len(last) and epochs[0] != epochs[-1]:
         text += f", against {', '.join(f'{x:.1f}' for x in init)} for the random init (the baseline)"
         if all(x < y for x, y in zip(init, init[1:])):
@@ -102,9 +120,11 @@ def _receptive(a: dict[str, Any], image: int) -> str:
         return ""
     theo = [rf[n]["theoretical_px"] for n in a["layers"]]
     over = [n for n in a["layers"] if rf[n]["theoretical_px"] > image]
-    text = f"Receptive fields grow from {theo[0]} to {theo[-1]} px with depth"
+    at_least = ">= " if rf[a["layers"][-1]].get("theoretical_at_least") else ""
+    text = f"Receptive fields grow from {theo[0]} to {at_least}{theo[-1]} px with depth"
     verb = "sees" if len(over) == 1 else "see"
-    return text + (f"; {', '.join(over)} {verb} more than the whole {image} px image." if over else ".")
+    who = ", ".join(over) if len(over) <= 4 else f"{len(over)} of the {len(theo)} conv layers (the first: {over[0]})"
+    return text + (f"; {who} {verb} more than the whole {image} px image." if over else ".")
 
 
 def reading(a: dict[str, Any], image_size: int) -> str:

@@ -56,12 +56,13 @@ def render_filters(run: Run, layers: list[dict[str, Any]], points: list[dict[str
         for view, sub, ws in (("filters", "", weights), ("filters_learned", "learned/", learned)):
             scale = layer_scale(ws)
             meta = {"layer": name, "depth": layer["depth"], "scale": scale, "settings": settings}
-            frames = [filter_grid(w, scale) for w in ws]
+            rgb = layer["depth"] == 1  # only the first conv sees the image's colours; 3 inputs deeper are features
+            frames = [filter_grid(w, scale, rgb=rgb) for w in ws]
             for p, grid in zip(usable, frames):
                 path = run.write_artifact("renders", f"{base}/{sub}{p['id']}.png", png_bytes(grid))
                 recs.append({"kind": view, "epoch": p["epoch"], "step": p["step"], "point": p["id"],
                              "label": p["label"], "file": run.rel(path), **meta})
-            path = run.write_artifact("renders", f"{base}/{sub}strip.png", png_bytes(evolution_strip(ws, scale)))
+            path = run.write_artifact("renders", f"{base}/{sub}strip.png", png_bytes(evolution_strip(ws, scale, rgb=rgb)))
             recs.append({"kind": f"{view}_strip", "file": run.rel(path), **meta})
             path = run.write_artifact("renders", f"{base}/{sub}evolution.gif", gif_bytes(frames))
             recs.append({"kind": f"{view}_gif", "file": run.rel(path), **meta})

@@ -356,3 +356,12 @@ def test_a_damaged_step_snapshot_is_left_out_not_fatal(tiny_run, tmp_path: Path)
     a = analyze_run(Run.open(dst), probe_size=20)
     assert a["convergence"]["features.conv1"]["by_step"]["steps"] == [0, 1, 4, 7, 14]
     assert a["updates_by_step"]["features.conv1"]["steps"] == [0, 1, 4, 7, 14]
+
+
+def test_reading_of_a_deep_network_groups_layers_that_settled_together() -> None:
+    from featviz.reading import _when
+
+    at = {f"l{i}": v for i, v in enumerate([1, 2, 2, 2, 4, 4, 4, None], start=1)}
+    assert _when(at, "step") == "depth 1 (l1) at step 1, depths 2-4 at step 2, depths 5-7 at step 4, depth 8 (l8) never"
+    few = {"conv1": 1, "conv2": None}
+    assert _when(few, "epoch") == "conv1 at epoch 1, conv2 never"

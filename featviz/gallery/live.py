@@ -76,7 +76,7 @@ class LiveGallery:
                 self.scale[name] = layer_scale([w])
             for kind, sub, v in (("filters", "", w), ("filters_learned", "learned/", w - self.init[name])):
                 path = self.run.write_artifact("renders", f"filters/{name}/{sub}{point['id']}.png",
-                                               png_bytes(filter_grid(v, self.scale[name])))
+                                               png_bytes(filter_grid(v, self.scale[name], rgb=layer["depth"] == 1)))
                 recs.append({"kind": kind, "layer": name, "depth": layer["depth"], "epoch": point["epoch"],
                              "step": point["step"], "point": point["id"], "label": point["label"],
                              "file": self.run.rel(path), "scale": self.scale[name], "settings": LIVE})
