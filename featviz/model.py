@@ -47,6 +47,14 @@ def build_model(cfg: ModelConfig, seed: int | None = None) -> SmallCNN:
         return SmallCNN(cfg)
 
 
+def small_cnn(num_classes: int = 10, in_channels: int = 3, **fields: object) -> SmallCNN:
+    """SmallCNN from plain keyword arguments (ModelConfig's fields): the model-spec factory
+    ``featviz.model:small_cnn``, e.g. for ``featviz.record`` around a loop that trains a SmallCNN."""
+    from featviz.config import from_dict
+
+    return SmallCNN(from_dict(ModelConfig, {**fields, "num_classes": num_classes, "in_channels": in_channels}))
+
+
 @dataclass(frozen=True)
 class ConvLayer:
     name: str  # dotted module name, e.g. "features.conv2"
