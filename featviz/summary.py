@@ -196,5 +196,8 @@ def format_table(rows: list[LayerRow]) -> str:
     line = lambda cols: "  ".join(str(c).ljust(w) if i < 2 or i == 4 else str(c).rjust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cols, widths))).rstrip()
     out = [line(head), line(["-" * w for w in widths]), *map(line, body)]
+    for i, r in enumerate(rows, start=2):  # grouped and depthwise convs: why the count is what it is, beside it
+        if r.type == "Conv2d" and ("groups=" in r.note or "depthwise" in r.note):
+            out[i] = f"{out[i]}  ({r.note})"
     out += [f"total trainable parameters: {total:,}", f"note: {CONV_NOTE}"]
     return "\n".join(out)

@@ -278,3 +278,13 @@ def test_resnet18_table() -> None:
     assert names.index("layer2.0.bn2") < names.index("layer2.0.downsample.0") < names.index("layer2.1.conv1")
     assert by["layer2.0.downsample.0"].note.endswith("1 x 1: mixes channels, no spatial extent")
     assert by["layer4.1.conv2"].formula == "512 x 512 x 3 x 3 = 2,359,296"
+
+
+def test_text_table_explains_grouped_and_depthwise_counts() -> None:
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(32, 64, 3, groups=8), nn.Conv2d(64, 64, 3, groups=64), nn.Conv2d(64, 8, 1))
+    lines = format_table(layer_table(model, (32, 16, 16))).splitlines()
+    assert "2,304" in lines[2] and "each filter sees 4 of the 32 input channels" in lines[2]
+    assert "576" in lines[3] and "depthwise" in lines[3]
+    assert "(" not in lines[4].split("=")[-1]  # a plain conv gets no note
