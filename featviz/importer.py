@@ -13,7 +13,6 @@ as Lightning writes it, ``model_state_dict``, ``model``, ``net``); a prefix shar
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -80,10 +79,12 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         return load_tensors(path)  # a damaged file is a RunError naming it
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ConfigError(f"{path}: holds more than plain tensors ({one_line(e, 160)}); refusing to unpickle it; "
-                          "save model.state_dict() or use safetensors") from None
-    except (RuntimeError, OSError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 - torch raises pickle's error for refused objects, others for damage
+        if "weights only load failed" in str(e).lower():
+            why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), one_line(e, 120))
+            why = why.split(" Please")[0].replace("WeightsUnpickler error: ", "")
+            raise ConfigError(f"{path}: holds more than plain tensors ({one_line(why, 160)}); refusing to unpickle "
+                              "it; save model.state_dict() or use safetensors") from None
         raise ConfigError(f"{path}: not a readable PyTorch checkpoint ({one_line(e, 120)})") from None
     state = _find_state(obj)
     if state is None:
