@@ -59,7 +59,7 @@ def render(
     plan = plan_render(r, cfg, estimate=True)
     if plan["estimate_s"] > 60:
         console.print(f"about {plan['estimate_s'] / 60:.0f} min for {plan['images']:,} activation-maximization images "
-                      f"({len(plan['layers'])} layers x {len(plan['moments'])} moments); fewer with --layers, --channels "
+                      f"({len(plan['layers'])} layers x {len(plan['moments'])} moment{'s' * (len(plan['moments']) != 1)}); fewer with --layers, --channels "
                       "or --epochs")
     with bar:
         out = render_run(r, cfg, progress)

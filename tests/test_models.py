@@ -141,3 +141,26 @@ def test_a_run_never_imports_a_factory_nobody_named(user_code: Path, tiny_run: R
     assert code == 0, err
     code, out, err = cli(["summary", path, "--model", "hostile:factory"])  # named by the user: imported
     assert (user_code / "IMPORTED").exists()
+
+
+def test_train_your_own_factory_from_the_cli(user_code: Path, tmp_path: Path, cli, monkeypatch) -> None:
+    argv = ["train", "--model", "usernets:tiny", "--model-kwargs", '{"width": 4}', "--epochs", "1", "--n-train", "64",
+            "--n-val", "16", "--size", "16", "--batch-size", "32", "--out", tmp_path, "--name", "mine"]
+    code, out, err = cli(argv)
+    assert code == 0, err
+    run = Run.open(tmp_path / "mine")
+    assert run.meta["configs"]["model"] == {"factory": "usernets:tiny", "kwargs": {"width": 4}, "in_channels": 3,
+                                            "num_classes": 10, "pretrained": False}
+    code, out, err = cli(["render", run.path, "--steps", "1"])  # a run alone never imports user code
+    assert code == 1 and "--model usernets:tiny" in err
+    import featviz.render
+
+    monkeypatch.setattr(featviz.render, "estimate_seconds", lambda *a, **k: 150.0)
+    code, out, err = cli(["render", run.path, "--steps", "1", "--epochs", "last", "--channels", "all", "--model",
+                          "usernets:tiny"])
+    assert code == 0, err
+    assert "about 2 min for 20 activation-maximization images (4 layers x 1 moment)" in err  # 4 + 4 + 4 + 8 channels
+    code, out, err = cli(["train", "--model-kwargs", "{}", "--out", tmp_path])
+    assert code == 1 and "need --model" in err
+    code, out, err = cli(["train", "--model", "usernets:tiny", "--pretrained", "--out", tmp_path, "--name", "p"])
+    assert code == 1 and "--pretrained works for torchvision models" in err
