@@ -54,8 +54,9 @@ def _leaf_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module,
 def trace(model: nn.Module, in_channels: int, size: int) -> list[dict[str, Any]]:
     """Every Conv2d of ``model`` in forward-execution order with its geometry (see the module docstring).
     Convs the forward pass never runs are left out. The model is not changed."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.zeros(1, in_channels, size, size, device=device)
+    first = next(model.parameters(), None)  # the input takes the model's device and dtype (bf16 models too)
+    x = torch.zeros(1, in_channels, size, size, device=first.device if first is not None else None,
+                    dtype=first.dtype if first is not None and first.is_floating_point() else None)
     calls = _leaf_calls(model, x)
     runs: dict[str, int] = {}
     for name, *_ in calls:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from featviz.errors import ConfigError, RunError
-from featviz.fileio import save_tensors
+from featviz.fileio import atomic_write_json, save_tensors
 from featviz.layers import trace
 from featviz.provenance import provenance
 from featviz.schedule import parse_schedule
@@ -167,8 +167,6 @@ class Recorder:
         run = self.run
         if self.epochs_planned is None and not failed:
             run.meta["configs"]["train"]["epochs"] = max(1, self.epoch_count)
-            from featviz.fileio import atomic_write_json
-
             atomic_write_json(run.path / "run.json", run.meta)
             run.write_manifest(self.epoch_count)
         if failed:
@@ -201,6 +199,9 @@ class Recorder:
         if x.dim() != 4:
             raise ConfigError(f"data gives images shaped {list(x.shape[1:])}; featviz needs [C, H, W] images")
         chans, size = int(x.shape[1]), int(x.shape[-1])
+        if x.shape[-2] != size:
+            raise ConfigError(f"data gives {x.shape[-2]}x{size} images; featviz renders square images: crop or resize "
+                              "the probe images to a square")
         mean = list(self.mean) if self.mean is not None else [0.0] * chans
         std = list(self.std) if self.std is not None else [1.0] * chans
         if len(mean) != chans or len(std) != chans:
@@ -210,12 +211,14 @@ class Recorder:
             warnings.warn("the data's images are not in [0, 1]: pass mean= and std= (your Normalize transform's) "
                           "so featviz can show them and render in your model's input space", stacklevel=3)
         raw = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        first = next(self.model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+        dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
         flags = {m: m.training for m in self.model.modules()}
         try:
             self.model.eval()
             with torch.no_grad():
-                out = self.model(x[:2].to(device))
+                out = self.model(x[:2].to(device=device, dtype=dtype))
         finally:
             for m, t in flags.items():
                 m.training = t
