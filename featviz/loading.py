@@ -3,11 +3,13 @@
 A run's ``configs.model`` is either featviz's own ``ModelConfig`` (SmallCNN) or a ``zoo.ModelSpec``
 (a ``factory`` key). Building a spec's model imports its factory, which runs code: ``allow`` records
 what the user said on the command line (``--model``, ``--trust-run-code``) and ``check_access`` refuses,
-before anything is imported, a factory outside torchvision and featviz that the user did not name.
+before anything is imported, a factory the user did not name that is not a torchvision model builder
+or featviz's own (``zoo.is_trusted``). Weights always come from the snapshots: nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -48,7 +50,7 @@ def build_run_model(run: Run, seed: int | None = None) -> nn.Module:
     if spec is None:
         return build_model(from_dict(ModelConfig, run.meta["configs"]["model"]), seed=seed)
     check_access(run)
-    return build(spec, seed=seed)
+    return build(dataclasses.replace(spec, pretrained=False), seed=seed)  # the snapshots hold the weights: no download
 
 
 def load_model_at(run: Run, epoch: int, device: torch.device,

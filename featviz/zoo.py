@@ -5,9 +5,10 @@ short for ``torchvision.models:X``). A run records the spec, its keyword argumen
 and the class count (``configs.model``), so every stage rebuilds the same network and loads a
 snapshot into it.
 
-Safety: importing a module runs its code. A run folder is data, so the stages import factories from
-``torchvision`` and ``featviz`` on their own, and any other module only when the user names the same
-spec on the command line (``--model``) or says ``--trust-run-code``. Weights are never downloaded
+Safety: importing a module and calling a factory run code. A run folder is data, so the stages build
+on their own only torchvision's classification model builders and featviz's small CNN (``is_trusted``),
+and any other factory only when the user names the same spec on the command line (``--model``) or
+says ``--trust-run-code``. Weights are never downloaded
 unless ``pretrained`` is asked for.
 """
 
@@ -24,7 +25,8 @@ from torch import nn
 
 from featviz.errors import ConfigError, one_line
 
-TRUSTED_ROOTS = ("torchvision", "featviz")  # packages whose factories a run folder may name by itself
+OWN_FACTORIES = ("featviz.model:small_cnn",)  # featviz's own model builders
+DOWNLOADS = ("weights", "weights_backbone", "pretrained")  # torchvision kwargs that fetch weights from the internet
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,18 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
 
 
 def is_trusted(factory: str) -> bool:
-    return factory.split(":")[0].split(".")[0] in TRUSTED_ROOTS
+    """Whether a run folder may name ``factory`` by itself: torchvision's registered model builders
+    (``torchvision.models.list_models()``, classification ones) and featviz's own. Not "anything in
+    torchvision or featviz": other callables there write files or download data when given kwargs."""
+    spec = normalize_spec(factory)
+    if spec in OWN_FACTORIES:
+        return True
+    mod, attr = spec.split(":")
+    if mod != "torchvision.models":
+        return False
+    import torchvision
+
+    return attr in torchvision.models.list_models(module=torchvision.models)
 
 
 def check_trust(factory: str, given: str | None, trust_run_code: bool) -> None:
@@ -80,8 +93,8 @@ def check_trust(factory: str, given: str | None, trust_run_code: bool) -> None:
     hint = f"pass --model {factory} if you trust it (or --trust-run-code)"
     if given is not None:
         raise ConfigError(f"this run's model is {factory}, not {normalize_spec(given)}; nothing was imported; {hint}")
-    raise ConfigError(f"this run's model comes from {factory}, which would run code from outside torchvision and "
-                      f"featviz; nothing was imported; {hint}")
+    raise ConfigError(f"this run's model comes from {factory}, which is not a torchvision model builder or featviz's "
+                      f"own; nothing was imported; {hint}")
 
 
 def resolve_factory(factory: str) -> Callable[..., nn.Module]:
@@ -111,6 +124,10 @@ def build(spec: ModelSpec, seed: int | None = None) -> nn.Module:
         kwargs["num_classes"] = spec.num_classes
     if "in_channels" in params and "in_channels" not in kwargs:
         kwargs["in_channels"] = spec.in_channels
+    asked = [k for k in DOWNLOADS if kwargs.get(k) not in (None, False)]
+    if asked and not spec.pretrained:
+        raise ConfigError(f"model kwargs ask for downloaded weights ({asked[0]}={kwargs[asked[0]]!r}); featviz never "
+                          "downloads by itself: use --pretrained (torchvision models) when you mean it")
     if spec.pretrained:
         if not spec.factory.startswith("torchvision."):
             raise ConfigError("--pretrained works for torchvision models; load your own weights in your factory")

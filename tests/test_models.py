@@ -164,3 +164,25 @@ def test_train_your_own_factory_from_the_cli(user_code: Path, tmp_path: Path, cl
     assert code == 1 and "need --model" in err
     code, out, err = cli(["train", "--model", "usernets:tiny", "--pretrained", "--out", tmp_path, "--name", "p"])
     assert code == 1 and "--pretrained works for torchvision models" in err
+
+
+@pytest.mark.parametrize("factory, kwargs", [
+    ("featviz.pipeline:train_run", {"out_dir": "/tmp/x", "force": True}),  # in featviz, but not a model builder
+    ("torchvision.datasets:MNIST", {"root": "/tmp/x", "download": True}),
+    ("torchvision.models:get_model", {"name": "resnet18"}),
+])
+def test_only_model_builders_are_trusted_by_a_run(factory: str, kwargs: dict, tiny_run: Run, tmp_path: Path, cli) -> None:
+    import shutil
+
+    path = tmp_path / "run"
+    shutil.copytree(tiny_run.path, path)
+    meta = json.loads((path / "run.json").read_text())
+    meta["configs"]["model"] = {"factory": factory, "kwargs": kwargs, "in_channels": 3, "num_classes": 10}
+    (path / "run.json").write_text(json.dumps(meta))
+    code, out, err = cli(["render", path, "--steps", "1"])
+    assert code == 1 and "not a torchvision model builder" in err and "nothing was imported" in err
+
+
+def test_a_run_never_downloads_weights() -> None:
+    with pytest.raises(ConfigError, match="never downloads"):
+        build(ModelSpec("torchvision.models:resnet18", {"weights": "DEFAULT"}))
