@@ -34,6 +34,8 @@ def import_run(
     run = import_checkpoints(folder, spec, DataConfig(name=data, data_dir=str(data_dir), size=size), out_dir=out,
                              name=name, pattern=pattern, force=force, device=device)
     files = run.meta["imported"]["files"]
+    for name in run.meta["imported"]["left_out"]:
+        console.print(f"note: {name} has no step or epoch number in its name and was left out (--pattern to include it)")
     named = "" if is_trusted(spec.factory) else f" --model {spec.factory}"  # a run folder alone imports no user code
     console.print(f"imported {len(files)} checkpoints ({files[0]} .. {files[-1]}) into {run.path} as epochs "
                   f"0..{len(files) - 1}; next: featviz render {run.path}{named}")

@@ -18,7 +18,8 @@ def runs(out: Path = typer.Option(Path("outputs"), help="Folder that holds runs.
     typer.echo(f"{'name':<32} {'data':<14} {'epochs':>7} {'val_acc':>8}  status")
     for run in found:
         recs = run.metrics(strict=False)
-        acc = f"{recs[-1]['val_acc']:.4f}" if recs else "-"
+        acc = recs[-1].get("val_acc") if recs else None  # recorded and imported runs may not have one
+        acc = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
         status = "complete" if run.complete else "interrupted"
         done = f"{max(run.epochs_done, 0)}/{run.epochs_planned}"
         typer.echo(f"{run.name:<32} {run.meta['configs']['data']['name'][:14]:<14} {done:>7} {acc:>8}  {status}")

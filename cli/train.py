@@ -12,7 +12,7 @@ from featviz.errors import ConfigError
 from featviz.gallery.live import LiveTraining
 from featviz.config import DataConfig, ModelConfig, TrainConfig
 from featviz.pipeline import resume_run, train_run
-from featviz.zoo import ModelSpec, normalize_spec, parse_kwargs
+from featviz.zoo import ModelSpec, is_trusted, normalize_spec, parse_kwargs
 
 _D, _M, _T = DataConfig(), ModelConfig(), TrainConfig()
 
@@ -84,6 +84,8 @@ def train(
                 console.print("finishing the background activation-maximization render...")
             watcher.stop()
     last = run.metrics()[-1]
+    factory = run.meta["configs"]["model"].get("factory")
+    named = f" --model {factory}" if factory and not is_trusted(factory) else ""  # a run alone imports no user code
     console.print(f"done: {run.path}  epochs {run.epochs_done}/{run.epochs_planned}  "
-                  f"val acc {last['val_acc']:.4f}  (next: featviz summary {run.path})")
+                  f"val acc {last['val_acc']:.4f}  (next: featviz render {run.path}{named})")
 

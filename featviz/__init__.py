@@ -55,10 +55,14 @@ def load_run(path: str) -> Run:
     return Run.open(Path(path))
 
 
-def load_model(run: Run, epoch: int | None = None, device: str = "cpu") -> SmallCNN:
-    """The run's CNN with the weights of ``epoch`` (default: the last committed), in eval mode."""
+def load_model(run: Run, epoch: int | None = None, device: str = "cpu", model: str | None = None,
+               trust_run_code: bool = False) -> "torch.nn.Module":
+    """The run's network with the weights of ``epoch`` (default: the last committed), in eval mode.
+    ``model``/``trust_run_code``: for a run of your own factory (see ``featviz.loading.allow``)."""
     import torch
 
-    from featviz.loading import load_model_at
+    from featviz.loading import allow, load_model_at
+
+    allow(run, model, trust_run_code)
 
     return load_model_at(run, run.epochs_done if epoch is None else epoch, torch.device(device))

@@ -129,8 +129,13 @@ def check_name(name: str, what: str = "run name") -> str:
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Save plain tensors (CPU, contiguous) as safetensors, atomically; refuse non-finite values."""
     clean = {}
+    seen: set[int] = set()
     for k, t in tensors.items():
         t = t.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:  # a weight shared by two modules: safetensors stores each tensor's own bytes
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise RunError(f"refusing to save {path.name}: tensor {k!r} has non-finite values")
         clean[k] = t

@@ -40,7 +40,8 @@ _NUMBERS = (("step", re.compile(r"(?:global_step|step|iter|iteration)[=_-]?(\d+)
 
 def checkpoint_files(folder: Path, pattern: str | None = None) -> tuple[list[tuple[int, Path]], str]:
     """The checkpoints of ``folder`` as (number, path) in number order, and what the numbers count
-    ("step", "epoch", or "number" for a bare last integer or a ``pattern``'s first group)."""
+    ("step", "epoch", or "number" for a bare last integer or a ``pattern``'s first group). Without a
+    pattern, files with no number in their name (Lightning's ``last.ckpt``) are left out (see ``unnumbered``)."""
     if not folder.is_dir():
         raise ConfigError(f"checkpoint folder {folder} does not exist or is not a folder")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in SUFFIXES)
@@ -56,14 +57,15 @@ def checkpoint_files(folder: Path, pattern: str | None = None) -> tuple[list[tup
         found = [(rx.search(p.name), p) for p in files]
         unit = "number"
     else:
+        numbered = [p for p in files if re.search(r"\d", p.stem)] or files
         for unit, rx in _NUMBERS:
-            found = [(rx.search(p.stem), p) for p in files]
+            found = [(rx.search(p.stem), p) for p in numbered]
             if all(m for m, _ in found):
                 break
         else:
-            unit, found = "number", [(re.search(r"(\d+)(?!.*\d)", p.stem), p) for p in files]
+            unit, found = "number", [(re.search(r"(\d+)(?!.*\d)", p.stem), p) for p in numbered]
     missing = [p.name for m, p in found if m is None]
-    if missing:
+    if missing and (pattern or len(missing) == len(found)):
         raise ConfigError(f"no step or epoch number in the checkpoint name {missing[0]}; pass --pattern REGEX with a "
                           "group around the number")
     numbered = sorted((int(m.group(1)), p) for m, p in found if m is not None)
@@ -71,6 +73,11 @@ def checkpoint_files(folder: Path, pattern: str | None = None) -> tuple[list[tup
     if dupes:
         raise ConfigError(f"two checkpoints have the number {dupes[0]}; pass --pattern to tell them apart")
     return numbered, unit
+
+
+def unnumbered(folder: Path) -> list[str]:
+    """Checkpoint files of ``folder`` without a number in their name (left out of an import without --pattern)."""
+    return sorted(p.name for p in folder.iterdir() if p.suffix in SUFFIXES and not re.search(r"\d", p.stem))
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -122,6 +129,13 @@ def match_keys(state: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor], 
     return state
 
 
+def _finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    bad = next((k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise ConfigError(f"{path.name}: {bad} has NaN or infinite values (training had diverged); move the file out "
+                          "of the folder or pass --pattern to skip it")
+
+
 def import_checkpoints(folder: str | Path, spec: ModelSpec, data_cfg: DataConfig = DataConfig(),
                        out_dir: str | Path = "outputs", name: str | None = None, pattern: str | None = None,
                        force: bool = False, device: str = "auto", progress: StageProgress = silent) -> Run:
@@ -139,10 +153,9 @@ def import_checkpoints(folder: str | Path, spec: ModelSpec, data_cfg: DataConfig
     model = build(spec)
     check_output(model, spec, data.size)
     wanted = model.state_dict()
-    states = []
-    for i, (_, path) in enumerate(files):
-        states.append(match_keys(read_checkpoint(path), wanted, path))
-        progress("reading checkpoints", i + 1, len(files))
+    for i, (_, path) in enumerate(files):  # every file checked before the run exists; none kept in memory
+        _finite(match_keys(read_checkpoint(path), wanted, path), path)
+        progress("checking checkpoints", i + 1, len(files))
     from featviz.optvis.param import color_matrix
 
     try:
@@ -153,14 +166,15 @@ def import_checkpoints(folder: str | Path, spec: ModelSpec, data_cfg: DataConfig
     meta = {"name": name, "seed": None, "source": "import", **provenance(dev),
             "configs": {"data": to_dict(data_cfg), "model": spec.as_dict(), "train": {"epochs": len(files) - 1}},
             "imported": {"folder": str(folder.resolve()), "unit": unit, "files": [p.name for _, p in files],
-                         "numbers": [n for n, _ in files]},
+                         "numbers": [n for n, _ in files], "left_out": [] if pattern else unnumbered(folder)},
             "data": {**data.describe(), "color_matrix": color}, "layers": trace(model, data.channels, data.size),
             "params_total": sum(p.numel() for p in model.parameters())}
     run = Run.create(out, name, meta, force=force)
     norm = Normalizer(data.mean, data.std, dev)
     model.to(dev)
     records = []
-    for i, ((number, path), state) in enumerate(zip(files, states)):
+    for i, (number, path) in enumerate(files):
+        state = match_keys(read_checkpoint(path), wanted, path)
         model.load_state_dict(state)
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y, norm)
         save_tensors(run.snapshot_file(i), state)

@@ -88,6 +88,8 @@ def trace(model: nn.Module, in_channels: int, size: int) -> list[dict[str, Any]]
             "out_px": int(shape_out[-1]) if shape_out else None, "batchnorm": response != name,
             "response": response, "activation": activation,
         })
+    if not layers:
+        raise ConfigError("no Conv2d runs in this model's forward pass; featviz shows what conv layers learn")
     rfs = receptive_fields(model, [la["name"] for la in layers], in_channels, size)
     for la in layers:
         la["rf_px"], la["rf_exceeds"] = rfs[la["name"]]
@@ -99,18 +101,31 @@ def receptive_fields(model: nn.Module, names: list[str], in_channels: int, size:
     box of input pixels that can change it. Measured as the support of the input gradient in a copy of
     the model made linear and positive (every conv weight 1/fan-in, no biases, BatchNorm the identity,
     activations the identity, max-pools average-pools), so no path is cut by a ReLU or a max; exact for
-    any wiring (branches, residual sums, grouped convs, dilation). One batch, one sample per layer.
+    any wiring of modules (branches, residual sums, grouped convs, dilation). A max-pool called as a
+    function in ``forward`` (``F.max_pool2d``) cannot be swapped and may read a pixel or so small. One
+    sample per layer, 8 layers per pass.
 
     Returns name -> (px, exceeds): the probe image is 4x the data's side, 64..128 px; a field that
     reaches the probe's border is returned as (probe side, True), meaning "at least this".
     """
     if not names:
         return {}
-    # each conv averages its inputs, so an edge pixel's gradient is about (1/k^2)^depth: float32 holds that
-    # above zero for ~40 convs (1e-38); deeper networks need float64
-    dtype = torch.float32 if len(names) <= 40 else torch.float64
+    # each conv averages its inputs, so an edge pixel's gradient is about (1/k^2) per spatial conv on the
+    # path: float32 holds that above zero for ~40 of them (1e-38); more need float64
+    spatial = sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1)
+    dtype = torch.float32 if spatial <= 40 else torch.float64
     probe = _linear_copy(model, dtype)
     side = min(max(4 * size, 64), RF_PROBE_MAX)
+    out: dict[str, tuple[int | None, bool]] = {}
+    with torch.inference_mode(False), torch.enable_grad():  # also when the caller is inside no_grad
+        for i in range(0, len(names), 8):  # 8 layers a pass: bounded memory on deep networks
+            out.update(_fields(probe, names[i:i + 8], in_channels, side, dtype))
+    return out
+
+
+def _fields(probe: nn.Module, names: list[str], in_channels: int, side: int,
+            dtype: torch.dtype) -> dict[str, tuple[int | None, bool]]:
+    """receptive_fields for ``names`` in one forward and backward pass: sample i targets layer i."""
     x = torch.ones(len(names), in_channels, side, side, dtype=dtype, requires_grad=True)
     outs: dict[str, torch.Tensor] = {}
     modules = dict(probe.named_modules())

@@ -182,8 +182,8 @@ def _commit(run: Run, epoch: int, model: torch.nn.Module, opt: torch.optim.Optim
 
 def plan_render(run: Run, cfg: RenderConfig = RenderConfig(), estimate: bool = False) -> dict[str, Any]:
     """What ``render_run`` will do, checked before any work: the layers, the moments, how many
-    activation-maximization images (counting those already rendered with these settings), and with
-    ``estimate`` the expected seconds for them (``render.estimate_seconds``: a short timed pass)."""
+    activation-maximization images, and with ``estimate`` only those not yet rendered with these
+    settings and the expected seconds for them (``render.estimate_seconds``: a short timed pass)."""
     check_access(run)  # a model factory nobody vouched for is refused before anything is imported
     layers = select_layers(run.meta["layers"], cfg.layers)
     chosen = moments(cfg.epochs, run.snapshot_points())
@@ -194,7 +194,11 @@ def plan_render(run: Run, cfg: RenderConfig = RenderConfig(), estimate: bool = F
     images = len(chosen) * sum(len(render_stage.channels_for(layer, cfg)) for layer in layers)
     plan: dict[str, Any] = {"layers": layers, "moments": chosen, "images": images}
     if estimate:
-        plan["estimate_s"] = render_stage.estimate_seconds(run, layers, chosen, cfg, resolve_device(cfg.device))
+        todo = render_stage.pending(run, layers, chosen, cfg)
+        plan["images"], plan["estimate_s"] = todo, 0.0
+        if todo:  # the estimate's timed pass costs a second or two: only when there is work
+            full = render_stage.estimate_seconds(run, layers, chosen, cfg, resolve_device(cfg.device))
+            plan["estimate_s"] = full * todo / max(1, images)
     return plan
 
 

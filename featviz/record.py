@@ -15,6 +15,7 @@ torch, Python and NumPy random state. Every write is atomic; an epoch counts onc
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 import warnings
@@ -24,13 +25,13 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from featviz.errors import ConfigError, RunError
+from featviz.errors import ConfigError, RunError, one_line
 from featviz.fileio import atomic_write_json, save_tensors
 from featviz.layers import trace
 from featviz.provenance import provenance
 from featviz.schedule import parse_schedule
 from featviz.store import Run, check_new_run, check_out_dir
-from featviz.zoo import ModelSpec, build, normalize_spec
+from featviz.zoo import ModelSpec, build, logits_of, normalize_spec
 
 
 @contextlib.contextmanager
@@ -55,32 +56,54 @@ def untouched_rng() -> Iterator[None]:
 
 
 def take_probe(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``n`` examples of ``data`` as (x float [N, C, H, W], y int64 [N], -1 where unknown).
-    ``data``: a Dataset of (x, y) or x, a DataLoader (or any iterable of batches), a tensor, or (x, y)."""
-    if torch.is_tensor(data):
-        return data[:n].float(), torch.full((min(n, len(data)),), -1, dtype=torch.int64)
-    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
-        return data[0][:n].float(), torch.as_tensor(data[1][:n]).long()
-    xs, ys = [], []
+    """Up to ``n`` examples of ``data`` as (x float [N, C, H, W], y int64 [N], -1 where unknown), evenly
+    spaced over the data (class-sorted sets stay balanced). ``data``: a map-style Dataset of (x, y) or x,
+    a DataLoader (its dataset is read, never the loader: iterating it would move its random generator),
+    an iterable of (x, y) batches, a tensor, or an (x, y) pair of tensors."""
+    dataset = getattr(data, "dataset", None)
+    if dataset is not None and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+        data = dataset  # a DataLoader over a map-style dataset
+    if torch.is_tensor(data) or (isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0])):
+        x, y = (data, None) if torch.is_tensor(data) else data
+        idx = _spread(len(x), n)
+        return x[idx].float(), torch.full((len(idx),), -1) if y is None else torch.as_tensor(y)[idx].long()
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-        items: Any = (data[i] for i in range(min(n, len(data))))
+        items: Any = (data[i] for i in _spread(len(data), n).tolist())
         batched = False
-    else:
+    elif hasattr(data, "__iter__"):
         items, batched = iter(data), True
-    count = 0
+    else:
+        raise ConfigError(f"data is a {type(data).__name__}; give a Dataset, DataLoader or tensor of images")
+    xs, ys, count = [], [], 0
     for item in items:
-        x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
-        x = torch.as_tensor(x).float()
-        x = x if batched else x.unsqueeze(0)
-        y = torch.full((len(x),), -1) if y is None else torch.as_tensor(y).long().reshape(-1)
-        xs.append(x)
-        ys.append(y)
-        count += len(x)
+        x, y = _example(item)
+        xs.append(x if batched else x.unsqueeze(0))
+        ys.append(torch.full((len(xs[-1]),), -1) if y is None else torch.as_tensor(y).long().reshape(-1))
+        count += len(xs[-1])
         if count >= n:
             break
     if not xs:
         raise ConfigError("data has no examples: give featviz.record a few validation images")
     return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def _spread(total: int, n: int) -> torch.Tensor:
+    """min(n, total) indices evenly spread over range(total)."""
+    k = min(n, total)
+    return torch.linspace(0, total - 1, k).round().long() if k > 1 else torch.arange(k)
+
+
+def _example(item: Any) -> tuple[torch.Tensor, Any]:
+    """(image tensor, label or None) of one item: x, (x,), (x, y, ...); a clear error for anything else."""
+    x, y = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
+    try:
+        return torch.as_tensor(x).float(), y
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"data gives {type(x).__name__} examples; featviz needs image tensors (apply your "
+                          "ToTensor/Normalize transform in the dataset)") from None
+
+
+RESERVED = ("epoch", "step", "wall_s", "train_loss")  # metric names the recorder writes itself
 
 
 class Recorder:
@@ -100,6 +123,11 @@ class Recorder:
             raise ConfigError(f"{type(model).__name__} is defined in the script being run; featviz rebuilds the model "
                               "from an importable factory: pass model_spec='package.module:factory'")
         self.kwargs, self.data, self.mean, self.std, self.classes = dict(model_kwargs or {}), data, mean, std, classes
+        try:
+            json.dumps(self.kwargs)
+        except (TypeError, ValueError):
+            raise ConfigError("model_kwargs must be JSON values (numbers, strings, lists, dicts): run.json keeps them "
+                              "so the model can be rebuilt") from None
         self.epochs_planned, self.probe_size = epochs, probe_size
         self.name = name or f"{type(model).__name__.lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.out = check_out_dir(Path(out_dir))
@@ -147,11 +175,17 @@ class Recorder:
     def epoch(self, **metrics: float) -> None:
         """After each epoch: snapshot, metrics line (the mean step loss and ``metrics``, e.g. val_acc=0.91),
         manifest. The epoch counts from here on."""
+        bad = [k for k in metrics if k in RESERVED]
+        if bad:  # checked before anything counts, so the loop can go on after fixing the call
+            raise ConfigError(f"rec.epoch({bad[0]}=...): {bad[0]!r} is the recorder's own; name your metric otherwise")
         self.epoch_count += 1
         rec: dict[str, Any] = {"epoch": self.epoch_count, "step": self.step_count,
                                "train_loss": sum(self.losses) / len(self.losses) if self.losses else None}
         for key, val in metrics.items():
-            rec[key] = float(val.item() if torch.is_tensor(val) else val) if val is not None else None
+            try:
+                rec[key] = None if val is None else float(val.item() if torch.is_tensor(val) else val)
+            except (TypeError, ValueError, RuntimeError):
+                warnings.warn(f"rec.epoch: {key}={val!r} is not a number; left out of metrics.jsonl", stacklevel=2)
         rec["wall_s"] = round(time.perf_counter() - self.t0, 3)
         end = self._live().step_snapshot_file(self.step_count)
         if end in self._step_files:  # the epoch snapshot is this step's snapshot
@@ -160,17 +194,19 @@ class Recorder:
         self._commit(rec)
 
     def close(self, failed: bool = False) -> None:
-        """End the run. Without a planned epoch count the run is complete with the epochs recorded; a
-        failed loop leaves every committed epoch valid and the run marked interrupted."""
+        """End the run: complete with the epochs recorded (a loop that stopped early, e.g. early stopping,
+        ends the run there). A failed loop leaves every committed epoch valid and the run interrupted."""
         if self.run is None:
             return
         run = self.run
-        if self.epochs_planned is None and not failed:
-            run.meta["configs"]["train"]["epochs"] = max(1, self.epoch_count)
-            atomic_write_json(run.path / "run.json", run.meta)
-            run.write_manifest(self.epoch_count)
         if failed:
             run.discard_uncommitted()
+            return  # run.json keeps "recording": the run reads as interrupted
+        run.meta.pop("recording", None)
+        if self.epochs_planned is None or self.epoch_count < self.epochs_planned:
+            run.meta["configs"]["train"]["epochs"] = max(1, self.epoch_count)  # the loop decided when to stop
+        atomic_write_json(run.path / "run.json", run.meta)
+        run.write_manifest(self.epoch_count)
 
     # -- inside
     def _live(self) -> Run:
@@ -218,32 +254,35 @@ class Recorder:
         try:
             self.model.eval()
             with torch.no_grad():
-                out = self.model(x[:2].to(device=device, dtype=dtype))
+                out = logits_of(self.model(x[:2].to(device=device, dtype=dtype)))
+        except Exception as e:  # noqa: BLE001 - a user's model can raise anything; say what failed
+            raise ConfigError(f"your model cannot take the data's {chans}x{size}x{size} images: {one_line(e, 200)}") from None
         finally:
             for m, t in flags.items():
                 m.training = t
         n_classes = int(out.shape[-1])
         spec = ModelSpec(normalize_spec(self.spec_text), self.kwargs, chans, n_classes)
-        _check_rebuild(self.model, spec)
+        rebuilt = _check_rebuild(self.model, spec)
         from featviz.optvis.param import color_matrix
 
         classes = self.classes or list(getattr(self.data, "classes", [])) or [str(i) for i in range(n_classes)]
         data = {"name": str(getattr(self.data, "__class__", type(self.data)).__name__), "classes": classes,
                 "channels": chans, "size": size, "n_train": None, "n_val": int(len(raw)), "mean": mean, "std": std,
                 "color_matrix": color_matrix(raw).tolist() if chans > 1 else None}
-        meta = {"name": self.name, "seed": None, "source": "record", **provenance(device),
+        meta = {"name": self.name, "seed": None, "source": "record", "recording": True, **provenance(device),
                 "configs": {"data": {"name": data["name"]}, "model": spec.as_dict(),
                             "train": {"epochs": self.epochs_planned or 0, "snapshots": self.kind + (
                                 ":" + ",".join(map(str, self.nums)) if self.nums else "")}},
-                "data": data, "layers": trace(self.model, chans, size),
+                "data": data, "layers": trace(rebuilt, chans, size),  # the same network, on the CPU: not the live one
                 "params_total": sum(p.numel() for p in self.model.parameters())}
         return meta, raw
 
 
-def _check_rebuild(model: nn.Module, spec: ModelSpec) -> None:
-    """The factory must build a network with the same tensors (names and shapes) as ``model``."""
+def _check_rebuild(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """The factory must build a network with the same tensors (names and shapes) as ``model``; returns it."""
     with untouched_rng():
-        rebuilt = build(spec).state_dict()
+        rebuilt_model = build(spec)
+    rebuilt = rebuilt_model.state_dict()
     mine = model.state_dict()
     for key, t in mine.items():
         if key not in rebuilt or rebuilt[key].shape != t.shape:
@@ -253,6 +292,7 @@ def _check_rebuild(model: nn.Module, spec: ModelSpec) -> None:
     extra = [k for k in rebuilt if k not in mine]
     if extra:
         raise ConfigError(f"model_spec {spec.factory} builds a different network: it has {extra[0]}, your model does not")
+    return rebuilt_model
 
 
 def record(model: nn.Module, name: str | None = None, **options: Any) -> Recorder:

@@ -133,6 +133,15 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
     return rendered
 
 
+def pending(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]], cfg: RenderConfig) -> int:
+    """How many activation-maximization images of ``layers`` at ``points`` are not yet rendered with
+    ``cfg``'s settings (all of them with ``cfg.force``)."""
+    sid = settings_id(am_settings(cfg, cfg.size or int(run.meta["data"]["size"])))
+    done = {r["file"] for r in run.render_index() if record_set(r) == sid} if not cfg.force else set()
+    return sum(f"renders/am/{sid}/{layer['name']}/{p['id']}/ch_{c:04d}.png" not in done
+               for layer in layers for p in points for c in channels_for(layer, cfg))
+
+
 OVERHEAD = 1.15  # the transforms, the parametrization and Adam; fitted on the default run (estimate 94 s, took ~95 s) and a ResNet-18 (69 s, took 59 s)
 
 
@@ -145,17 +154,18 @@ def estimate_seconds(run: Run, layers: list[dict[str, Any]], points: list[dict[s
 
     from featviz.layers import prefix_macs
     from featviz.loading import build_run_model
+    from featviz.zoo import logits_of
 
     size = cfg.size or int(run.meta["data"]["size"])
     chans = int(run.meta["data"]["channels"])
     model = build_run_model(run).to(device).eval()
     prefix, total = prefix_macs(model, chans, size)
-    x = torch.randn(min(cfg.chunk, 64), chans, size, size, device=device, requires_grad=True)
+    x = torch.randn(min(cfg.chunk, 8), chans, size, size, device=device, requires_grad=True)  # small: cheap on deep nets
     for p in model.parameters():
         p.requires_grad_(False)
-    model(x).float().sum().backward()  # warm-up: allocator and kernel choice
+    logits_of(model(x)).float().sum().backward()  # warm-up: allocator and kernel choice
     t0 = time.perf_counter()
-    model(x).float().sum().backward()
+    logits_of(model(x)).float().sum().backward()
     rate = 3 * total * len(x) / max(time.perf_counter() - t0, 1e-6)  # multiply-adds per second
     work = sum(3 * prefix.get(layer["name"], total) * len(channels_for(layer, cfg)) for layer in layers)
     return OVERHEAD * work * cfg.steps * len(points) / rate

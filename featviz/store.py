@@ -128,7 +128,8 @@ class Run:
         for rel in ["run.json", "metrics.jsonl", "probe.safetensors", *self._snapshot_rels(epochs_done), *extra_files]:
             p = self.path / rel
             if p.exists():
-                files[rel] = old.get(rel) if rel.startswith("snapshots/") and rel in old else sha256_file(p)
+                written_once = rel.startswith("snapshots/") or rel == "probe.safetensors"
+                files[rel] = old.get(rel) if written_once and rel in old else sha256_file(p)
         atomic_write_json(self.path / "manifest.json", {"epochs_done": epochs_done, "files": files})
 
     def _snapshot_rels(self, epochs_done: int) -> list[str]:
@@ -149,7 +150,9 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return self.epochs_done >= self.epochs_planned
+        """All planned epochs are committed (a run still being recorded from someone's loop, or whose loop
+        failed, is not complete: ``featviz.record`` clears ``recording`` when the loop ends well)."""
+        return not self.meta.get("recording") and self.epochs_done >= self.epochs_planned
 
     # -- metrics
     def read_metrics(self) -> tuple[list[dict[str, Any]], list[str]]:

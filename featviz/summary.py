@@ -21,6 +21,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from featviz.errors import ConfigError, one_line
+
 CONV_NOTE = ("A conv layer's weight count depends only on its filter count, input channels and kernel size, "
              "not on the input image size or the stride; pooling and activation layers have no weights.")
 NOT_CALLED = "not called in forward"
@@ -158,6 +160,9 @@ def _run_once(model: nn.Module, input_shape: tuple[int, ...]) -> None:
     try:
         with torch.no_grad():
             model(torch.zeros(1, *input_shape, device=first.device, dtype=dtype))
+    except Exception as e:  # noqa: BLE001 - any model: say what it could not take
+        shape = "x".join(map(str, input_shape))
+        raise ConfigError(f"the model cannot take a {shape} input: {one_line(e, 200)} (try another --size)") from None
     finally:
         for m, mode in modes:
             m.training = mode

@@ -20,6 +20,7 @@ from featviz.config import TrainConfig
 from featviz.data.base import ImageData
 from featviz.errors import TrainingDiverged
 from featviz.images import Normalizer
+from featviz.zoo import logits_of
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalize
     model.eval()
     loss_sum, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
-        logits = model(norm(x[i:i + batch_size]))
+        logits = logits_of(model(norm(x[i:i + batch_size])))
         yb = y[i:i + batch_size].to(logits.device)
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
@@ -96,8 +97,11 @@ def train_one_epoch(
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = norm(data.train_x[idx]), data.train_y[idx].to(norm.device, non_blocking=True)
-        logits = model(x)
+        out = model(x)
+        logits = logits_of(out)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if isinstance(out, tuple) and hasattr(out, "aux_logits") and out.aux_logits is not None:
+            loss = loss + 0.4 * F.cross_entropy(out.aux_logits, y)  # Inception v3's auxiliary head, as torchvision trains it
         loss_val = loss.detach().item()  # one sync per step: needed for the finite check and the progress bar
         if not math.isfinite(loss_val):
             raise TrainingDiverged(

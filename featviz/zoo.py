@@ -26,7 +26,7 @@ from torch import nn
 from featviz.errors import ConfigError, one_line
 
 OWN_FACTORIES = ("featviz.model:small_cnn",)  # featviz's own model builders
-DOWNLOADS = ("weights", "weights_backbone", "pretrained")  # torchvision kwargs that fetch weights from the internet
+DOWNLOADS = ("weights", "weights_backbone", "pretrained")  # torchvision's kwargs that fetch weights from the internet
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,13 @@ def resolve_factory(factory: str) -> Callable[..., nn.Module]:
         raise ConfigError(f"cannot import {mod_name} for model {factory}: {one_line(e)} "
                           "(is the package installed, or the folder on PYTHONPATH?)") from None
     for part in attr.split("."):
+        if part.startswith("_") or inspect.ismodule(obj) and obj.__name__ != mod_name:
+            raise ConfigError(f"model {factory}: name a function or class defined in {mod_name}, not {attr!r}")
         if not hasattr(obj, part):
             raise ConfigError(f"{mod_name} has no {attr!r} (model {factory})")
         obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"model {factory} is not callable")
+    if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj)):
+        raise ConfigError(f"model {factory} is not a function or class")
     return obj
 
 
@@ -125,7 +127,7 @@ def build(spec: ModelSpec, seed: int | None = None) -> nn.Module:
     if "in_channels" in params and "in_channels" not in kwargs:
         kwargs["in_channels"] = spec.in_channels
     asked = [k for k in DOWNLOADS if kwargs.get(k) not in (None, False)]
-    if asked and not spec.pretrained:
+    if asked and not spec.pretrained and spec.factory.startswith("torchvision."):
         raise ConfigError(f"model kwargs ask for downloaded weights ({asked[0]}={kwargs[asked[0]]!r}); featviz never "
                           "downloads by itself: use --pretrained (torchvision models) when you mean it")
     if spec.pretrained:
@@ -137,12 +139,22 @@ def build(spec: ModelSpec, seed: int | None = None) -> nn.Module:
             torch.manual_seed(seed)
         try:
             model = fn(**kwargs)
-        except (TypeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - a factory can raise anything; say which call failed
             raise ConfigError(f"model {spec.factory}({_show(kwargs)}) failed: {one_line(e, 200)}") from None
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model {spec.factory} returned {type(model).__name__}, not a torch.nn.Module")
         _adapt_input(model, spec)
     return model
+
+
+def logits_of(out: Any) -> Any:
+    """The class scores of a forward pass: the tensor itself, the first element of a tuple or list
+    (Inception/GoogLeNet auxiliary outputs, a namedtuple), or ``.logits`` (Hugging Face style)."""
+    if torch.is_tensor(out):
+        return out
+    if isinstance(out, (tuple, list)) and out:
+        return logits_of(out[0])
+    return getattr(out, "logits", out)
 
 
 def check_output(model: nn.Module, spec: ModelSpec, size: int) -> None:
@@ -158,8 +170,7 @@ def check_output(model: nn.Module, spec: ModelSpec, size: int) -> None:
     finally:
         for m, t in was.items():
             m.training = t
-    if isinstance(out, (tuple, list)):  # e.g. GoogLeNet/Inception auxiliary outputs in train mode
-        out = out[0]
+    out = logits_of(out)
     if not torch.is_tensor(out) or out.dim() != 2 or out.shape[1] != spec.num_classes:
         shape = list(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise ConfigError(f"model {spec.factory} returns {shape} for 2 images, the data has {spec.num_classes} "

@@ -127,3 +127,31 @@ def user_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "hostile.py").write_text(HOSTILE_MODULE)
     monkeypatch.syspath_prepend(str(root))
     return root
+
+
+USER_MODULE_EXTRA = '''
+
+class TwoHeads(nn.Module):
+    """Returns (logits, aux) like Inception in train mode; a shared conv runs twice."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.mix = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.mix(torch.relu(self.mix(self.conv(x)))))
+        z = self.fc(h.mean((2, 3)))
+        return z, z.detach()
+
+
+class MLP(nn.Module):
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 12 * 12, num_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+'''
+USER_MODULE += USER_MODULE_EXTRA

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from featviz.config import DataConfig
 from featviz.errors import ConfigError
-from featviz.importer import checkpoint_files, import_checkpoints, read_checkpoint
+from featviz.importer import checkpoint_files, import_checkpoints, read_checkpoint, unnumbered
 from featviz.store import Run
 from featviz.zoo import ModelSpec
 
@@ -102,9 +102,10 @@ def test_names_patterns_and_misfits(user_code: Path, tmp_path: Path) -> None:
     assert [n for n, _ in files] == [3, 7, 12]
     with pytest.raises(ConfigError, match="group around the number"):
         checkpoint_files(folder, r"snap\d+")
-    torch.save(_states(1)[0], folder / "final.pt")
+    torch.save(_states(1)[0], folder / "final.pt")  # like Lightning's last.ckpt: no number, left out and named
+    assert [n for n, _ in checkpoint_files(folder)[0]] == [3, 7, 12] and unnumbered(folder) == ["final.pt"]
     with pytest.raises(ConfigError, match="final.pt"):
-        checkpoint_files(folder)
+        checkpoint_files(folder, r"snap(\d+)")
     with pytest.raises(ConfigError, match="no checkpoints"):
         checkpoint_files(tmp_path)
     (folder / "final.pt").unlink()
@@ -114,3 +115,71 @@ def test_names_patterns_and_misfits(user_code: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no state dict"):
         torch.save({"epoch": 3}, folder / "x.pt")
         read_checkpoint(folder / "x.pt")
+
+
+def test_a_diverged_checkpoint_is_named_before_any_run_is_written(user_code: Path, tmp_path: Path, cli) -> None:
+    states = _states()
+    states[2]["fc.weight"][0, 0] = float("nan")
+    folder = _write(tmp_path / "nan", "pt", states)
+    code, out, err = cli(["import", folder, "--model", "usernets:tiny", *DATA, "--out", tmp_path / "runs", "--name", "n"])
+    assert code == 1 and "step_20.pt" in err and "fc.weight" in err and not (tmp_path / "runs" / "n").exists()
+
+
+def test_a_real_lightning_checkpoint_folder(tmp_path: Path, cli) -> None:
+    """What ModelCheckpoint writes (epoch=E-step=S.ckpt per epoch, last.ckpt, hyper-parameters, loop and
+    callback state) imports with weights_only; last.ckpt has no number and is left out, with a note."""
+    L = pytest.importorskip("lightning")
+    import sys
+
+    module = tmp_path / "litck.py"
+    module.write_text(LIT_MODULE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from litck import Lit, fit
+
+        fit(tmp_path / "ck", L)
+        code, out, err = cli(["import", tmp_path / "ck", "--model", "litck:Lit", *DATA, "--out", tmp_path / "runs",
+                              "--name", "lit"])
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("litck", None)
+    assert code == 0, err
+    run = Run.open(tmp_path / "runs" / "lit")
+    assert run.meta["imported"]["files"] == ["epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt"]
+    assert run.meta["imported"]["left_out"] == ["last.ckpt"] and "last.ckpt" in err
+    assert [m["step"] for m in run.metrics()] == [2, 4]
+
+
+LIT_MODULE = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+import lightning as L
+
+
+class Lit(L.LightningModule):
+    def __init__(self, width: int = 4, num_classes: int = 10):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, i):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(folder, L):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = DataLoader(TensorDataset(torch.rand(16, 3, 16, 16), torch.randint(0, 10, (16,))), batch_size=8)
+    ck = L.pytorch.callbacks.ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1, save_last=True)
+    L.Trainer(max_epochs=2, callbacks=[ck], logger=False, enable_progress_bar=False, enable_model_summary=False,
+              accelerator="cpu").fit(Lit(), data)
+"""

@@ -160,6 +160,9 @@ def test_train_your_own_factory_from_the_cli(user_code: Path, tmp_path: Path, cl
                           "usernets:tiny"])
     assert code == 0, err
     assert "about 2 min for 20 activation-maximization images (4 layers x 1 moment)" in err  # 4 + 4 + 4 + 8 channels
+    code, out, err = cli(["render", run.path, "--steps", "1", "--epochs", "last", "--channels", "all", "--model",
+                          "usernets:tiny"])
+    assert code == 0 and "about" not in err  # all rendered already: nothing to estimate
     code, out, err = cli(["train", "--model-kwargs", "{}", "--out", tmp_path])
     assert code == 1 and "need --model" in err
     code, out, err = cli(["train", "--model", "usernets:tiny", "--pretrained", "--out", tmp_path, "--name", "p"])
@@ -170,6 +173,8 @@ def test_train_your_own_factory_from_the_cli(user_code: Path, tmp_path: Path, cl
     ("featviz.pipeline:train_run", {"out_dir": "/tmp/x", "force": True}),  # in featviz, but not a model builder
     ("torchvision.datasets:MNIST", {"root": "/tmp/x", "download": True}),
     ("torchvision.models:get_model", {"name": "resnet18"}),
+    ("featviz.store:os.system", {"command": "touch PWNED"}),  # a dotted path through a module featviz imports
+    ("featviz.provenance:subprocess.run", {"args": ["touch", "PWNED"]}),
 ])
 def test_only_model_builders_are_trusted_by_a_run(factory: str, kwargs: dict, tiny_run: Run, tmp_path: Path, cli) -> None:
     import shutil
@@ -186,3 +191,13 @@ def test_only_model_builders_are_trusted_by_a_run(factory: str, kwargs: dict, ti
 def test_a_run_never_downloads_weights() -> None:
     with pytest.raises(ConfigError, match="never downloads"):
         build(ModelSpec("torchvision.models:resnet18", {"weights": "DEFAULT"}))
+
+
+def test_a_factory_is_a_function_or_class_of_its_own_module() -> None:
+    from featviz.zoo import resolve_factory
+
+    for bad in ("featviz.store:os.system", "featviz.zoo:importlib.import_module", "featviz.model:_private",
+                "featviz.model:torch.nn.Module.__subclasses__"):
+        with pytest.raises(ConfigError, match="name a function or class|not a function or class"):
+            resolve_factory(bad)
+    assert resolve_factory("featviz.model:small_cnn").__name__ == "small_cnn"

@@ -138,3 +138,70 @@ class _Local(torch.nn.Module):
 
 
 _Local.__module__ = "__main__"
+
+
+def test_a_dataloader_as_data_leaves_its_generator_alone(user_code: Path, tmp_path: Path) -> None:
+    """The probe is read from the loader's dataset: iterating the loader would draw from its generator."""
+    from usernets import tiny
+
+    def run(out: Path | None) -> list[float]:
+        torch.manual_seed(0)
+        model = tiny()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = DataLoader(Flips(), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(5))
+        rec = featviz.record(model, "dl", out_dir=out, model_spec="usernets:tiny", data=loader) if out else None
+        if rec:
+            rec.start()
+        losses = []
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    assert run(tmp_path) == run(None)
+
+
+def test_recorder_edge_cases(user_code: Path, tmp_path: Path, cli) -> None:
+    from usernets import MLP, TwoHeads, tiny
+
+    with torch.no_grad():  # started inside no_grad (an evaluation block): the layer trace still works
+        rec = featviz.record(TwoHeads(), "heads", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips())
+        rec.start()
+    assert [la["name"] for la in rec.run.meta["layers"]] == ["conv", "mix"]  # the shared conv once, first call
+    rec.step(loss=1.0)
+    rec.epoch()  # no metrics at all
+    with pytest.raises(ConfigError, match="recorder's own"):
+        rec.epoch(epoch=3)
+    with pytest.warns(UserWarning, match="not a number"):
+        rec.epoch(note="fine")
+    assert Run.open(rec.run.path).metrics()[-1]["epoch"] == 2 and not Run.open(rec.run.path).complete  # still recording
+    code, out, err = cli(["runs", "--out", tmp_path])
+    assert code == 0 and "heads" in out and "interrupted" in out and " - " in out  # no val_acc: a dash
+    rec.close()
+    assert Run.open(rec.run.path).complete and Run.open(rec.run.path).epochs_planned == 2
+    with pytest.raises(ConfigError, match="no Conv2d"):
+        featviz.record(MLP(), "mlp", out_dir=tmp_path, model_spec="usernets:MLP", data=Flips()).start()
+    with pytest.raises(ConfigError, match="JSON values"):
+        featviz.record(tiny(), "kw", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(),
+                       model_kwargs={"dtype": torch.float32})
+    assert not (tmp_path / "mlp").exists() and not (tmp_path / "kw").exists()
+    images = torch.rand(20, 3, 12, 12)
+    rec = featviz.record(tiny(), "bare", out_dir=tmp_path, model_spec="usernets:tiny",
+                         data=torch.utils.data.TensorDataset(images))  # 1-tuples: images without labels
+    rec.start()
+    assert rec.run.load_probe()[1].tolist() == [-1] * 20
+
+
+def test_a_failed_loop_without_a_planned_count_is_interrupted(user_code: Path, tmp_path: Path) -> None:
+    from usernets import tiny
+
+    with pytest.raises(KeyboardInterrupt):
+        with featviz.record(tiny(), "open", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips()) as rec:
+            rec.step(loss=1.0)
+            rec.epoch()
+            raise KeyboardInterrupt
+    run = Run.open(tmp_path / "open")
+    assert run.epochs_done == 1 and not run.complete

@@ -8,6 +8,7 @@ import torch
 from featviz.config import ModelConfig
 from featviz.hooks import capture, hook_count
 from featviz.model import build_model
+from featviz.errors import ConfigError
 from featviz.summary import CONV_NOTE, format_table, layer_table
 
 
@@ -243,8 +244,8 @@ def test_errors_in_forward_leave_no_hooks_and_modes_are_restored() -> None:
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(5, 2))
     model.train()
     model[1].eval()  # a frozen BatchNorm inside a training model stays frozen
-    with pytest.raises(RuntimeError):
-        layer_table(model, (3, 8, 8))  # 4x6x6 into Linear(5, 2) fails
+    with pytest.raises(ConfigError, match="cannot take a 3x8x8 input: mat1 and mat2"):
+        layer_table(model, (3, 8, 8))  # 4x6x6 into Linear(5, 2) fails: one line, no traceback
     assert hook_count(model) == 0
     layer_table(model[:2], (3, 8, 8))
     assert model.training and model[0].training and not model[1].training

@@ -135,7 +135,7 @@ def _lower_priority(idle: bool) -> None:
             pass
 
 
-def live_worker(path: str, role: str, every_s: float = 1.0) -> None:
+def live_worker(path: str, role: str, model: str = "", every_s: float = 1.0) -> None:
     """A background process of ``featviz train --live``, on one thread. ``role="frames"`` (nice 10):
     keeps the live gallery current (``LiveGallery.refresh``) until the run is complete.
     ``role="render"`` (``--live-render``, idle class): renders activation maximization (default
@@ -147,12 +147,16 @@ def live_worker(path: str, role: str, every_s: float = 1.0) -> None:
     import torch
 
     from featviz.config import RenderConfig
+    from featviz.layers import select_layers
+    from featviz.loading import allow
     from featviz.render import render_actmax
     from featviz.schedule import moments
 
     _lower_priority(idle=role == "render")
     torch.set_num_threads(1)
     run = Run.open(Path(path))
+    allow(run, model or None)  # the factory the training process was given on its command line
+    layers = select_layers(run.meta["layers"], ())  # the default selection, as featviz render makes
     live = LiveGallery(run)
     cfg = RenderConfig(filters=False)
     parent = os.getppid()
@@ -170,7 +174,7 @@ def live_worker(path: str, role: str, every_s: float = 1.0) -> None:
             continue
         rendered = 0
         for moment in moments("auto", run.snapshot_points(), planned=run.epochs_planned):
-            for layer in run.meta["layers"]:  # one layer at a time, so the rests stay short
+            for layer in layers:  # one layer at a time, so the rests stay short
                 if os.getppid() != parent:
                     return
                 t0 = time.perf_counter()
@@ -227,7 +231,9 @@ class LiveTraining:
             for role in ("frames", "render") if self.render else ("frames",):
                 worker = subprocess.Popen(
                     [sys.executable, "-c", "import sys; from featviz.gallery.live import live_worker; "
-                     "live_worker(sys.argv[1], sys.argv[2])", str(run.path), role], stdout=subprocess.PIPE, text=True,
+                     "live_worker(*sys.argv[1:])", str(run.path), role,
+                     # this process made the run from the user's own --model: the worker may build it
+                     run.meta["configs"]["model"].get("factory", "")], stdout=subprocess.PIPE, text=True,
                     start_new_session=True)  # Ctrl-C reaches the CLI, which ends the workers in stop()
                 worker.stdout.readline()  # its start-up (imports) runs before training, not during it
                 self._workers.append(worker)
