@@ -34,6 +34,20 @@ class Flips(Dataset):
         return x, self.y[i]
 
 
+def _one_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader, rec) -> list[float]:
+    """One pass of the user's plain SGD loop; each step's loss, also given to ``rec`` when recording."""
+    losses = []
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if rec:
+            rec.step(loss=loss.item())
+    return losses
+
+
 def _loop(out: Path | None, epochs: int = 2, **rec_options) -> tuple[dict, list[float], Run | None]:
     """The user's loop; recorded into ``out`` when given. Returns (final state, losses, run)."""
     from usernets import tiny
@@ -48,14 +62,7 @@ def _loop(out: Path | None, epochs: int = 2, **rec_options) -> tuple[dict, list[
     if rec:
         rec.start()
     for _ in range(epochs):
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            if rec:
-                rec.step(loss=loss.item())
+        losses += _one_epoch(model, opt, loader, rec)
         if rec:
             rec.epoch(val_acc=0.5)
     if rec:
@@ -152,14 +159,7 @@ def test_a_dataloader_as_data_leaves_its_generator_alone(user_code: Path, tmp_pa
         rec = featviz.record(model, "dl", out_dir=out, model_spec="usernets:tiny", data=loader) if out else None
         if rec:
             rec.start()
-        losses = []
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return losses
+        return _one_epoch(model, opt, loader, None)
 
     assert run(tmp_path) == run(None)
 
