@@ -24,6 +24,7 @@ from featviz.errors import ConfigError
 from featviz.hooks import capture, resolve_layers
 from featviz.optvis import param as P
 from featviz.optvis.fastpath import prepare_fast
+from featviz.optvis.memory import big_buffers
 from featviz.optvis.objectives import Objective, channel, parse
 from featviz.optvis.rng import PARAM_STREAM, TRANSFORM_STREAM, ElementRandom, element_seed
 from featviz.optvis.settings import RenderSettings, is_int, normalizer, resolve
@@ -182,7 +183,7 @@ def render(model: nn.Module, objective: Objective | str, settings: RenderSetting
     t0 = time.perf_counter()
     # the fast path: a private copy of the model and the objective that reads it (same values)
     net, work = prepare_fast(model, obj, batch, channels_last=cl) if s.optimize else (model, obj)
-    with frozen(net), forward_until(net, sorted(obj.layers)) as run:
+    with big_buffers(dev.type == "cpu"), frozen(net), forward_until(net, sorted(obj.layers)) as run:
         trace, trace_steps = _optimize(work, run, params, lambda: prep(tf(image_fn())), batch, s.steps, s.lr,
                                        s.trace_every, progress)
         with torch.no_grad():
