@@ -1,33 +1,35 @@
-"""Activation maximization: featviz's batched render vs the compute floor and a one-at-a-time loop.
+"""Activation maximization as users run it, against the machine's limit and a one-at-a-time loop.
 
 Usage::
 
-    .venv/bin/python benchmarks/actmax.py [RUN_DIR] [--steps N] [--no-loop] [--threads N]
-                                          [--set FIELD=VALUE ...] [--default-malloc] [--save DIR] [--gpu]
+    .venv/bin/python benchmarks/actmax.py [RUN_DIR] [--steps N] [--loop] [--threads N]
+                                          [--set FIELD=VALUE ...] [--save DIR] [--gpu]
 
 ``--set`` changes one ``RenderSettings`` field for every render (e.g. ``--set param=pixel``,
 ``--set transforms=none``, ``--set optimize=false``); recorded results: ``benchmarks/README.md``.
 
-For two CNNs, renders all 64 channels of a 64-channel conv layer at 64x64 px for 256 steps:
+Renders every channel of a layer at 64x64 px for 256 steps with the default (regularized) settings,
+through the API as shipped (``render_channels``, in this process as a user's would run it: no
+environment tweak, no re-exec), for three targets:
 
-* ``3-conv``: conv 3->32, 32->64, 64->128 (3x3, ReLU, 2x2 max-pool), random weights; target ``conv2``.
-* ``SmallCNN``: the default featviz model, trained weights from RUN_DIR if given (its last epoch,
-  its normalization and the colour matrix of its data), else random; target ``features.conv3``.
+* ``3-conv``: conv 3->32, 32->64, 64->128 (3x3, ReLU, 2x2 max-pool), random weights; ``conv2``
+  (64 channels) and ``conv3`` (128 channels).
+* ``SmallCNN``: the default featviz model, trained weights from RUN_DIR if given (its last epoch, its
+  normalization and the colour matrix of its data), else random; its deepest layer ``features.conv4``
+  (128 channels). Also ``featviz render`` of that layer as a subprocess (on a copy of RUN_DIR, or on a
+  one-epoch run trained here), start-up included.
 
-Columns: (a) the compute floor = 4 x (multiply-adds of the convs up to the target, one 64x64
-image) x steps x channels / conv FLOP/s, where FLOP/s = 2 x multiply-adds x 64 / time of a batched
-forward pass (64 images) of each of those convs, measured in this run (fastest of 20 calls; the
-median for CPU time). 4 = 2 FLOPs per multiply-add x (forward + input-gradient backward); weight
-gradients are not needed. (b) featviz's default ``render_channels`` time and its ratio to the floor;
-(c) a Python loop of ``render`` one channel at a time with the same settings; (d) quality: the mean
-standardized activation (z-score against 256 pink-noise images), z_rob (the same on 4 randomly
-shifted/scaled/rotated copies of each image: ``transforms.standard``) and the specificity (fraction
-of channels whose own image is their top image; spec/i: of images whose own channel is their top one).
-Times are given as wall-clock and as process CPU time (both threads), each against a floor measured
-the same way: on a shared machine other processes stretch wall time, CPU time much less; the load
-average is printed too. Peak memory: ``resource.getrusage`` for the process, and Linux's VmHWM
-(reset before each render) for each render. On Linux the script re-runs itself with glibc's malloc
-mmap/trim thresholds raised (see MALLOC_ENV), unless ``--default-malloc``.
+Columns: (a) the compute floor = 4 x (multiply-adds of the convs up to the target, one 64x64 image)
+x steps x channels / the machine's limit, the best dense fp32 FLOP/s measured in this run
+(``machine.dense_peak``: a 2048^2 matmul and large 3x3 convs). 4 = 2 FLOPs per multiply-add x
+(forward + input-gradient backward); weight gradients are not needed. (b) the render's wall and
+process CPU time and its ratio to the floor (``xfloor``; target <= 2, aim 1.5); ``xconv`` is the
+ratio to the measured speed of the same convs at the benchmark's shapes (the floor these benchmarks
+used before; it hides the inefficiency of thin convs). (c) with ``--loop``: ``render`` one channel at
+a time. (d) quality: the mean standardized activation (z-score against 256 pink-noise images), z_rob
+(the same on 4 randomly shifted/scaled/rotated copies: ``transforms.standard``) and the specificity
+(fraction of channels whose own image is their top image; spec/i: of images whose own channel is
+their top one). Peak memory: Linux's VmHWM, reset before each render.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import dense_peak  # noqa: E402
 
 from featviz.config import DataConfig, ModelConfig  # noqa: E402
 from featviz.model import build_model  # noqa: E402
@@ -54,12 +59,7 @@ from featviz.optvis.actmax import forward_until, frozen  # noqa: E402
 from featviz.optvis.quality import standardized_matrix  # noqa: E402
 from featviz.optvis.settings import resolve  # noqa: E402
 
-SIZE, BATCH = 64, 64
-# glibc maps every allocation above its mmap threshold (at most 32 MiB) afresh and unmaps it on free,
-# so each call page-faults its big buffers in again: in a fresh process that halved the measured conv
-# FLOP/s (a too-lenient floor) and cost the 3-conv render ~20%. The benchmark measures compute, so it
-# raises both thresholds (see main); --default-malloc shows the difference.
-MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+SIZE, BATCH = 64, 64  # BATCH: the channels of the --gpu and --profile comparisons
 
 
 def three_conv(seed: int = 0) -> nn.Sequential:
@@ -217,10 +217,10 @@ def phase_peak_mb() -> float:
     return _status_mb("VmHWM") or peak_mb()
 
 
-def row(label: str, what: str, wall: float, cpu: float, floor: tuple[float, float],
+def row(label: str, what: str, wall: float, cpu: float, floor: float, conv_floor: float,
         q: tuple[float, float, float, float] | None, note: str) -> str:
     qs = f"{q[0]:6.1f} {q[1]:6.1f} {q[2]:5.2f} {q[3]:6.2f}" if q else f"{'':6s} {'':6s} {'':5s} {'':6s}"
-    return (f"{label:26s} {what:8s} {wall:7.1f} {wall / floor[0]:6.2f} {cpu:7.1f} {cpu / floor[1]:6.2f} "
+    return (f"{label:26s} {what:8s} {wall:7.1f} {wall / floor:6.2f} {wall / conv_floor:6.2f} {cpu:7.1f} "
             f"{qs}  {note}")
 
 
@@ -265,33 +265,66 @@ def profile_ops(model: nn.Module, layer: str, kw: dict, steps: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
 
 
-def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: bool,
+def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: bool, peak: float,
           save: Path | None = None) -> list[str]:
-    mac, flops_w, flops_c = conv_flops(convs_until(model, layer))
-    floor = (4 * mac * steps * BATCH / flops_w, 4 * mac * steps * BATCH / flops_c)
+    """Rows for every channel of ``layer``: the floor, featviz's render, and with ``loop`` one at a time."""
+    convs = convs_until(model, layer)
+    chans = convs[-1][0].out_channels
+    mac, flops_w, _ = conv_flops(convs)
+    flops = 4 * mac * steps * chans
+    floor, conv_floor = flops / peak, flops / flops_w
     noise = noise_images(256, 3, SIZE, seed=123)
-    common = {"size": SIZE, "steps": steps, "chunk": BATCH, **kw}
-    rows = [row(name, "floor", *floor, floor, None, f"{mac / 1e6:.1f} M mult-adds/image; conv "
-                f"{flops_w / 1e9:.0f} GFLOP/s wall, {flops_c / 1e9:.0f} per CPU-s")]
+    common = {"size": SIZE, "steps": steps, **kw}
+    rows = [row(name, "floor", floor, float("nan"), floor, conv_floor, None,
+                f"{chans} channels; {mac / 1e6:.1f} M mult-adds/image; {flops / 1e12:.2f} TFLOP; the same convs "
+                f"reach {flops_w / 1e9:.0f} GFLOP/s")]
     base = reset_phase_peak()
     with Clock() as tb:
         batched = render_channels(model, layer, **common)
     mem = phase_peak_mb()
-    rows.append(row("", "featviz", tb.wall, tb.cpu, floor, quality(model, layer, batched.images, kw, noise),
+    rows.append(row("", "featviz", tb.wall, tb.cpu, floor, conv_floor,
+                    quality(model, layer, batched.images, kw, noise),
                     f"peak RSS {mem:.0f} MB (+{mem - base:.0f} during the render)"))
     if loop:
         base = reset_phase_peak()
         with Clock() as tl:
-            singles = [render(model, channel(layer, c), keys=[c], **common) for c in range(BATCH)]
+            singles = [render(model, channel(layer, c), keys=[c], **common) for c in range(chans)]
         mem = phase_peak_mb()
         images = torch.cat([s.images for s in singles])
         diff = (images - batched.images).abs()
         if save is not None:
             save_side_by_side(save / f"{layer}_batched_vs_loop.png", batched.images, images)
-        rows.append(row("", "loop", tl.wall, tl.cpu, floor, quality(model, layer, images, kw, noise),
+        rows.append(row("", "loop", tl.wall, tl.cpu, floor, conv_floor, quality(model, layer, images, kw, noise),
                         f"peak RSS {mem:.0f} MB (+{mem - base:.0f}); |loop - batched| px mean "
                         f"{diff.mean():.1e}, max {diff.max():.1e}"))
     return rows
+
+
+def cli_render(run_dir: str | None, layer: str, steps: int, peak: float, model: nn.Module) -> str:
+    """``featviz render`` of one layer at 64 px, one moment, as a subprocess (start-up included),
+    on a copy of ``run_dir`` or on a one-epoch run trained here."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if run_dir is None:
+            from featviz.pipeline import train_run
+            from featviz.config import TrainConfig
+
+            run_path = train_run(DataConfig(n_train=512, n_val=256), ModelConfig(), TrainConfig(epochs=1),
+                                 out_dir=tmp, name="bench").path
+        else:
+            run_path = Path(shutil.copytree(run_dir, Path(tmp) / "run"))
+        argv = [sys.executable, "-m", "cli.main", "render", str(run_path), "--layers", layer, "--epochs", "last",
+                "--size", str(SIZE), "--steps", str(steps), "--channels", "all", "--no-filters", "--force"]
+        with Clock() as c:
+            subprocess.run(argv, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    convs = convs_until(model, layer)
+    mac, chans = conv_flops(convs)[0], convs[-1][0].out_channels
+    floor = 4 * mac * steps * chans / peak
+    return (f"featviz render --layers {layer} --size {SIZE} --steps {steps} (subprocess, start-up included): "
+            f"{c.wall:.1f} s wall = {c.wall / floor:.2f}x the floor ({floor:.1f} s)")
 
 
 def setting(text: str) -> tuple[str, object]:
@@ -310,9 +343,8 @@ def main() -> None:  # noqa: D103
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", nargs="?", help="a featviz run directory (trained SmallCNN weights)")
     ap.add_argument("--steps", type=int, default=256)
-    ap.add_argument("--no-loop", action="store_true", help="skip the one-channel-at-a-time loop")
+    ap.add_argument("--loop", action="store_true", help="also render one channel at a time (slow)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc thresholds")
     ap.add_argument("--save", type=Path, default=None, help="write batched-vs-loop images side by side here")
     ap.add_argument("--gpu", action="store_true", help="only compare batched vs one-at-a-time on CUDA")
     ap.add_argument("--profile", action="store_true",
@@ -334,28 +366,28 @@ def main() -> None:  # noqa: D103
         print(gpu_compare(three_conv(), "conv2", sets, args.steps))
         print(gpu_compare(small, "features.conv3", {**kw, **sets}, args.steps))
         return
-    if not args.default_malloc and MALLOC_ENV[0] not in os.environ and sys.platform.startswith("linux"):
-        # Re-run this script with the thresholds set: glibc reads them only at process start.
-        os.execve(sys.executable, [sys.executable, *sys.argv],
-                  {**os.environ, **{k: str(1 << 30) for k in MALLOC_ENV}})
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}; {BATCH} channels, {SIZE}x{SIZE} px, {args.steps} steps")
-    tuned = all(k in os.environ for k in MALLOC_ENV)
-    print("glibc malloc: " + ("mmap/trim thresholds 1 GiB (big buffers are reused, not mapped and page-faulted "
-                              "afresh on every call; --default-malloc to measure without)" if tuned else "defaults"))
+          f"load average {os.getloadavg()[0]:.2f}; every channel, {SIZE}x{SIZE} px, {args.steps} steps")
+    peaks = dense_peak()
+    peak = peaks["best"]
+    print("machine limit (best dense fp32): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()) + " GFLOP/s")
     if sets:
         print(f"settings changed for every render: {sets}")
     small, kw, how = small_cnn(args.run)
-    header = (f"{'model / layer':26s} {'what':8s} {'wall s':>7s} {'xfloor':>6s} {'CPU s':>7s} {'xfloor':>6s} "
+    header = (f"{'model / layer':26s} {'what':8s} {'wall s':>7s} {'xfloor':>6s} {'xconv':>6s} {'CPU s':>7s} "
               f"{'z':>6s} {'z_rob':>6s} {'spec':>5s} {'spec/i':>6s}  notes")
-    rows = bench("3-conv random / conv2", three_conv(), "conv2", sets, args.steps, not args.no_loop, args.save)
-    rows += bench(f"SmallCNN {how.split(',')[0]} / conv3", small, "features.conv3", {**kw, **sets}, args.steps,
-                  not args.no_loop, args.save)
+    rows = []
+    for layer in ("conv2", "conv3"):
+        rows += bench(f"3-conv random / {layer}", three_conv(), layer, sets, args.steps, args.loop, peak, args.save)
+    rows += bench(f"SmallCNN {how.split(',')[0]} / conv4", small, "features.conv4", {**kw, **sets}, args.steps,
+                  args.loop, peak, args.save)
     print(header)
     print("-" * len(header))
     print("\n".join(rows))
+    if not sets:
+        print(cli_render(args.run, "features.conv4", args.steps, peak, small))
     print(f"load average at the end {os.getloadavg()[0]:.2f}; process peak RSS (getrusage, includes generating "
           f"the run's data for its colour matrix) {peak_mb():.0f} MB. z: mean standardized "
           "activation of each channel on its own image vs 256 pink-noise images; z_rob: the same on 4 randomly "
