@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cli.common import console, int_list
 from featviz.config import RenderConfig
+from featviz.distributed import setup
 from featviz.loading import allow
 from featviz.pipeline import plan_render, render_run
 from featviz.store import Run
@@ -56,14 +57,18 @@ def render(
             tasks[what] = bar.add_task(what, total=total)
         bar.update(tasks[what], completed=done)
 
-    plan = plan_render(r, cfg, estimate=True)
-    if plan["estimate_s"] > 60:
+    group = setup(device)  # under torchrun: this process's place among the renderers
+    plan = plan_render(r, cfg, estimate=group.main)
+    if plan.get("estimate_s", 0) > 60:
         console.print(f"about {plan['estimate_s'] / 60:.0f} min for {plan['images']:,} activation-maximization images "
                       f"({len(plan['layers'])} layers x {len(plan['moments'])} moment{'s' * (len(plan['moments']) != 1)}); fewer with --layers, --channels "
                       "or --epochs")
     with bar:
         out = render_run(r, cfg, progress)
-    console.print(f"rendered {len(out['moments'])} moments ({', '.join(out['moments'])}) of {len(out['layers'])} layers on {out['device']}: "
+    if not group.main:  # rank 0 reports for all processes
+        return
+    on = f"{out['processes']} processes" if out["processes"] > 1 else out["device"]
+    console.print(f"rendered {len(out['moments'])} moments ({', '.join(out['moments'])}) of {len(out['layers'])} layers on {on}: "
                   f"{out['am_images']} activation-maximization images (settings set {out['renders']}), "
                   f"{out['filter_files']} filter files")
     for msg in out["skipped"]:

@@ -20,6 +20,7 @@ import torch
 from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig, from_dict, to_dict
 from featviz.data import ImageData, load_data
 from featviz import analyze as analyze_stage
+from featviz import distributed
 from featviz import render as render_stage
 from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.faults import pause_point
@@ -207,22 +208,32 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: StageProg
     (``schedule.moments``), then the gallery.
 
     Returns a summary: the moments and layers rendered, images written, the settings set, the gallery path.
+    Under torchrun (``featviz.distributed``) the processes share the activation-maximization work; rank 0
+    draws the filters, merges the render index and builds the gallery; ``rank`` says which process this is.
     """
     plan = plan_render(run, cfg)  # every check before any work, so a bad option leaves the run as it was
     layers, chosen, points = plan["layers"], plan["moments"], run.snapshot_points()
-    device = resolve_device(cfg.device)
+    group = distributed.setup(cfg.device)
+    device = group.device or resolve_device(cfg.device)
     snaps, bad = run.load_points(points)  # each verified once, used by both halves
     for p in chosen:  # a damaged snapshot of a requested moment fails here, before anything is written
         if p["id"] in bad:
             raise RunError(bad[p["id"]])
-    written = render_stage.render_filters(run, layers, points, snaps, cfg.force, progress) if cfg.filters else 0
-    rendered = render_stage.render_actmax(run, layers, chosen, cfg, device, progress, snaps)
-    gallery = build_gallery(run)
+    written = render_stage.render_filters(run, layers, points, snaps, cfg.force, progress) \
+        if cfg.filters and group.main else 0
+    rendered = render_stage.render_actmax(run, layers, chosen, cfg, device, progress, snaps, group)
+    rendered = int(distributed.all_sum(group, torch.tensor(rendered)))
+    distributed.barrier(group)  # every rank's images and part file are written
+    if group.world > 1 and group.main:
+        run.merge_render_parts(group.world)
+    gallery = build_gallery(run) if group.main else run.path / "gallery" / "index.html"
+    distributed.finish(group)
     skipped = sorted(bad.items()) if cfg.filters else []
     sid = settings_id(am_settings(cfg, cfg.size or int(run.meta["data"]["size"])))
     return {"epochs": [p["epoch"] for p in chosen if p["kind"] == "epoch"], "moments": [p["label"] for p in chosen],
             "layers": [layer["name"] for layer in layers], "filter_files": written, "renders": sid,
-            "am_images": rendered, "gallery": gallery, "device": str(device),
+            "am_images": rendered, "gallery": gallery, "device": str(device), "rank": group.rank,
+            "processes": group.world,
             "skipped": [f"{pid} left out of the filter images: {msg}" for pid, msg in skipped]}
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from featviz.config import RenderConfig
+from featviz.distributed import SINGLE, Group
 from featviz.errors import ConfigError
 from featviz.filters import evolution_strip, filter_grid, layer_scale
 from featviz.images import gif_bytes, png_bytes, to_uint8
@@ -74,7 +75,7 @@ def render_filters(run: Run, layers: list[dict[str, Any]], points: list[dict[str
 
 def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]], cfg: RenderConfig,
                   device: torch.device, progress: StageProgress = silent,
-                  snaps: dict[str, dict[str, torch.Tensor]] | None = None) -> int:
+                  snaps: dict[str, dict[str, torch.Tensor]] | None = None, group: Group = SINGLE) -> int:
     """Activation maximization of the chosen channels of every layer at every snapshot point in
     ``points`` (``Run.snapshot_points``), batched per layer.
 
@@ -83,7 +84,10 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
 
     Writes one PNG per channel and one grid per (layer, point) under ``renders/am/<settings id>/``
     (see ``featviz.renderset``); returns how many images were rendered.
-    ``snaps``: point id -> tensors, where the caller has them loaded already.
+    ``snaps``: point id -> tensors, where the caller has them loaded already. ``group``: with several
+    processes (``featviz.distributed``) this one renders every world-th (moment, layer) item and keeps
+    its records in its own part file, which rank 0 merges; each image depends only on (seed, channel),
+    so the result equals a single process's.
     """
     from featviz.optvis import render_channels
     from torchvision.utils import make_grid
@@ -95,41 +99,50 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
     color = torch.tensor(data["color_matrix"]) if data.get("color_matrix") else None
     done = {r["file"]: r for r in run.render_index()}
     total, count, rendered = len(layers) * len(points), 0, 0
-    for point in points:
-        model = None
-        for layer in layers:
-            name = layer["name"]
-            chans = channels_for(layer, cfg)
-            base = f"am/{sid}/{name}/{point['id']}"
-            files = [f"renders/{base}/ch_{c:04d}.png" for c in chans]
-            if not cfg.force and all(f in done and record_set(done[f]) == sid for f in files):
-                count += 1
-                progress("activation maximization", count, total)
-                continue
-            if model is None:  # once per moment, for its first layer that needs rendering
-                model = load_model_at(run, point["epoch"], device, (snaps or {}).get(point["id"]) or run.load_point(point))
-            target = layer.get("response") or response_layer(model, name)  # runs before layers were traced
-            res = render_channels(model, target, chans, chunk=cfg.chunk, param=cfg.param, size=size,
-                                  image_channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
-                                  transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],
-                                  color=color, device=device)
-            imgs = to_uint8(res.images)
-            where = {"epoch": point["epoch"], "step": point["step"], "point": point["id"], "label": point["label"]}
-            recs = []
-            for c, img, val in zip(chans, imgs, res.values.tolist()):
-                path = run.write_artifact("renders", f"{base}/ch_{c:04d}.png", png_bytes(img))
-                recs.append({"kind": "am", "layer": name, "depth": layer["depth"], **where, "channel": c,
-                             "file": run.rel(path), "activation": val, "settings": settings, "settings_id": sid})
-            grid = make_grid(imgs, nrow=max(1, int(len(chans) ** 0.5)), padding=1, pad_value=255)
-            path = run.write_artifact("renders", f"{base}/grid.png", png_bytes(grid))
-            full = {k: v for k, v in res.settings.items() if k != "elapsed_s"}  # every knob, once per batch
-            recs.append({"kind": "am_grid", "layer": name, "depth": layer["depth"], **where,
-                         "file": run.rel(path), "settings": settings, "settings_id": sid, "render_settings": full,
-                         "elapsed_s": res.settings.get("elapsed_s")})
-            run.add_renders(recs)
-            rendered += len(chans)
+    mine: list[dict[str, Any]] = []
+    model, model_point = None, None  # loaded once per moment, for its first layer that needs rendering
+    for item, (point, layer) in enumerate((p, la) for p in points for la in layers):
+        if item % group.world != group.rank:
+            continue
+        if model_point is not point:
+            model, model_point = None, point
+        name = layer["name"]
+        chans = channels_for(layer, cfg)
+        base = f"am/{sid}/{name}/{point['id']}"
+        files = [f"renders/{base}/ch_{c:04d}.png" for c in chans]
+        if not cfg.force and all(f in done and record_set(done[f]) == sid for f in files):
             count += 1
             progress("activation maximization", count, total)
+            continue
+        if model is None:
+            model = load_model_at(run, point["epoch"], device, (snaps or {}).get(point["id"]) or run.load_point(point))
+        target = layer.get("response") or response_layer(model, name)  # runs before layers were traced
+        res = render_channels(model, target, chans, chunk=cfg.chunk, param=cfg.param, size=size,
+                              image_channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
+                              transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],
+                              color=color, device=device)
+        imgs = to_uint8(res.images)
+        where = {"epoch": point["epoch"], "step": point["step"], "point": point["id"], "label": point["label"]}
+        recs = []
+        for c, img, val in zip(chans, imgs, res.values.tolist()):
+            path = run.write_artifact("renders", f"{base}/ch_{c:04d}.png", png_bytes(img))
+            recs.append({"kind": "am", "layer": name, "depth": layer["depth"], **where, "channel": c,
+                         "file": run.rel(path), "activation": val, "settings": settings, "settings_id": sid})
+        grid = make_grid(imgs, nrow=max(1, int(len(chans) ** 0.5)), padding=1, pad_value=255)
+        path = run.write_artifact("renders", f"{base}/grid.png", png_bytes(grid))
+        full = {k: v for k, v in res.settings.items() if k != "elapsed_s"}  # every knob, once per batch
+        recs.append({"kind": "am_grid", "layer": name, "depth": layer["depth"], **where,
+                     "file": run.rel(path), "settings": settings, "settings_id": sid, "render_settings": full,
+                     "elapsed_s": res.settings.get("elapsed_s")})
+        if group.world > 1:
+            mine += recs
+        else:
+            run.add_renders(recs)
+        rendered += len(chans)
+        count += 1
+        progress("activation maximization", count, total)
+    if group.world > 1:
+        run.save_render_part(group.rank, mine)
     return rendered
 
 

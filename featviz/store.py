@@ -236,16 +236,8 @@ class Run:
         return good, bad
 
     def load_snapshots(self, epochs: Iterable[int]) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str]]:
-        """Load each epoch's snapshot; a damaged or missing one goes into the second dict (epoch ->
-        the error, which names the file) instead of stopping the others."""
-        good: dict[int, dict[str, torch.Tensor]] = {}
-        bad: dict[int, str] = {}
-        for e in epochs:
-            try:
-                good[e] = self.load_snapshot(e)
-            except RunError as err:
-                bad[e] = str(err)
-        return good, bad
+        """``load_points`` for epoch snapshots, keyed by epoch (a damaged or missing one: epoch -> the error)."""
+        return self.load_points([{"id": e, "kind": "epoch", "epoch": e} for e in epochs])  # type: ignore[return-value]
 
     def load_snapshot(self, epoch: int) -> dict[str, torch.Tensor]:
         """The model tensors after ``epoch``, verified against the manifest's checksum."""
@@ -334,6 +326,18 @@ class Run:
         with locked(self.path / ".renders.lock"):
             keep = [r for r in self.render_index() if r["file"] not in new]
             write_jsonl(self.path / "renders.jsonl", [*keep, *new.values()])
+
+    def save_render_part(self, rank: int, records: list[dict[str, Any]]) -> None:
+        """One process's render records when several render the run (``featviz.distributed``)."""
+        write_jsonl(self.path / f".renders.part{rank}.jsonl", records)
+
+    def merge_render_parts(self, world: int) -> None:
+        """Rank 0, once every rank has finished: every part into renders.jsonl, then the parts removed."""
+        parts = [self.path / f".renders.part{r}.jsonl" for r in range(world)]
+        records = [rec for p in parts if p.exists() for rec in read_jsonl(p, "file")[0]]
+        self.add_renders(records)
+        for p in parts:
+            p.unlink(missing_ok=True)
 
     def verify_file(self, rel: str, digest: str) -> str | None:
         """None if the run's file ``rel`` exists and has sha256 ``digest`` (snapshots: and loads as finite

@@ -25,5 +25,5 @@ def test_every_relative_link_resolves(doc: str) -> None:
 def test_modules_stay_small_and_the_library_never_imports_the_cli(module: Path) -> None:
     text = module.read_text()
     assert len(text.splitlines()) <= 400
-    if module.is_relative_to(ROOT / "featviz"):
+    if module.is_relative_to(ROOT / "featviz") and module.name != "__main__.py":  # the entry shim for -m featviz
         assert not re.search(r"^\s*(from|import) cli\b", text, re.M)

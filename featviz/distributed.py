@@ -1,0 +1,80 @@
+"""Several processes on one run, with PyTorch's own engine: ``torchrun ... -m featviz train|render``.
+
+torchrun starts the processes and sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous; ``setup``
+joins them into one process group (gloo on CPU, NCCL on CUDA), one device per process. Outside
+torchrun (WORLD_SIZE unset or 1) every function here is a no-op for a single process, so the
+stages call them unconditionally. Rank 0 alone writes a run's shared files (run.json, snapshots,
+metrics, manifest, the render index); every rank writes only its own images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Group:
+    rank: int = 0
+    world: int = 1
+    device: torch.device | None = None  # this process's device under torchrun (None: the stage decides)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = Group()
+
+
+def launched() -> bool:
+    """Whether this process is one of several started by torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: str = "auto") -> Group:
+    """Join torchrun's process group (once) and pick this rank's device: cuda:LOCAL_RANK when CUDA is
+    asked for or available (auto), else the CPU. A single process gets ``SINGLE``."""
+    if not launched():
+        return SINGLE
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    dev = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Group(dist.get_rank(), dist.get_world_size(), dev)
+
+
+def barrier(group: Group) -> None:
+    if group.world > 1:
+        dist.barrier()
+
+
+def share_text(group: Group, text: str) -> str:
+    """Rank 0's ``text`` on every rank (e.g. the run folder rank 0 created)."""
+    if group.world == 1:
+        return text
+    data = torch.zeros(4096, dtype=torch.uint8)
+    raw = text.encode()[:4096] if group.main else b""
+    data[:len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+    dist.broadcast(data, 0)
+    return bytes(data[data != 0].tolist()).decode()
+
+
+def all_sum(group: Group, value: torch.Tensor) -> torch.Tensor:
+    """The sum of ``value`` over every rank (itself for one process)."""
+    if group.world > 1:
+        dist.all_reduce(value)
+    return value
+
+
+def finish(group: Group) -> None:
+    """Leave the process group once every rank is done."""
+    if group.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
