@@ -9,6 +9,7 @@ import typer
 
 from cli.common import TrainBar, console, model_config
 from featviz.errors import ConfigError
+from featviz.distributed import main_process
 from featviz.gallery.live import LiveTraining
 from featviz.config import DataConfig, ModelConfig, TrainConfig
 from featviz.pipeline import resume_run, train_run
@@ -83,6 +84,8 @@ def train(
             if live_render:
                 console.print("finishing the background activation-maximization render...")
             watcher.stop()
+    if not main_process():  # under torchrun, rank 0 reports for every process
+        return
     last = run.metrics()[-1]
     factory = run.meta["configs"]["model"].get("factory")
     named = f" --model {factory}" if factory and not is_trusted(factory) else ""  # a run alone imports no user code

@@ -35,6 +35,12 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def main_process() -> bool:
+    """Whether this is rank 0 (or the only process), without joining any group: for reporting after a
+    stage has left its group."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device: str = "auto") -> Group:
     """Join torchrun's process group (once) and pick this rank's device: cuda:LOCAL_RANK when CUDA is
     asked for or available (auto), else the CPU. A single process gets ``SINGLE``."""
@@ -71,6 +77,29 @@ def all_sum(group: Group, value: torch.Tensor) -> torch.Tensor:
     if group.world > 1:
         dist.all_reduce(value)
     return value
+
+
+def check_batch(group: Group, batch_size: int) -> None:
+    """Each process takes an equal share of every global batch (one process's batch size)."""
+    from featviz.errors import ConfigError
+
+    if group.world > 1 and batch_size % group.world:
+        raise ConfigError(f"--batch-size {batch_size} does not split over {group.world} processes; use a multiple "
+                          f"of {group.world} (it is the global batch, the same as one process's)")
+
+
+def wrap(model: torch.nn.Module, group: Group) -> torch.nn.Module:
+    """The module to train: ``model`` itself for one process; else DistributedDataParallel around it
+    (its BatchNorms made SyncBatchNorm on CUDA, so they see the global batch; PyTorch's SyncBatchNorm
+    needs a GPU, so on CPU each process normalizes with its own share's statistics)."""
+    if group.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if group.device is not None and group.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(model, device_ids=[group.device])
+    return DistributedDataParallel(model)
 
 
 def finish(group: Group) -> None:

@@ -59,10 +59,13 @@ def train_run(
     The network is featviz's SmallCNN of ``model_cfg``, or the factory of ``model_spec`` (any
     architecture, ``featviz.zoo``); either way its input channels and class count are the data set's.
     """
-    name = name or default_run_name(data_cfg.name)
-    device = resolve_device(train_cfg.device)
+    group = distributed.setup(train_cfg.device)
+    device = group.device or resolve_device(train_cfg.device)
+    name = distributed.share_text(group, name or default_run_name(data_cfg.name))  # rank 0's timestamp
+    distributed.check_batch(group, train_cfg.batch_size)
     out = check_out_dir(Path(out_dir))
-    check_new_run(out, name, force)  # fail before spending seconds on data
+    check_new_run(out, name, force)  # fail before spending seconds on data (every rank: the same answer)
+    distributed.barrier(group)
     data = load_data(data_cfg)
     model, model_dict = _new_model(data, model_cfg, model_spec, train_cfg.seed)
     layers = trace(model, data.channels, data.size)
@@ -74,10 +77,12 @@ def train_run(
         "name": name, "seed": train_cfg.seed, **provenance(device),
         "configs": {"data": to_dict(data_cfg), "model": model_dict, "train": to_dict(train_cfg)},
         "data": {**data.describe(), "color_matrix": color}, "layers": layers,
-        "params_total": sum(p.numel() for p in model.parameters()),
+        "params_total": sum(p.numel() for p in model.parameters()), "processes": group.world,
     }
-    run = Run.create(out, name, meta, force=force)
-    return _fit(run, data, model, train_cfg, device, first_epoch=1, progress=progress or SilentTraining())
+    run = Run.create(out, name, meta, force=force) if group.main else None
+    distributed.barrier(group)
+    run = run or Run.open(out / name)
+    return _fit(run, data, model, train_cfg, device, first_epoch=1, progress=progress or SilentTraining(), group=group)
 
 
 def _new_model(data: ImageData, model_cfg: ModelConfig, spec: ModelSpec | None,
@@ -97,11 +102,14 @@ def resume_run(path: str | Path, device: str | None = None, progress: TrainProgr
     """Continue ``path`` from its last committed epoch with the run's own configuration (``model``,
     ``trust_run_code``: see ``loading.allow``, for runs of a model outside torchvision and featviz)."""
     run = Run.open(Path(path))
+    group = distributed.setup(device or run.meta["configs"]["train"].get("device", "auto"))
     if run.meta.get("source") in ("record", "import"):
         raise RunError(f"run {run.path} was {run.meta['source']}ed from your own code or checkpoints; "
                        "featviz train --resume continues only runs featviz trained")
     allow(run, model, trust_run_code)
-    run.discard_uncommitted()
+    if group.main:
+        run.discard_uncommitted()
+    distributed.barrier(group)
     done = run.epochs_done
     if done < 0:
         raise RunError(f"run {run.path} has no complete epoch to resume from; start it again with --force")
@@ -112,21 +120,28 @@ def resume_run(path: str | Path, device: str | None = None, progress: TrainProgr
     train_cfg = from_dict(TrainConfig, cfgs["train"])
     if device is not None:
         train_cfg = dataclasses.replace(train_cfg, device=device)
-    dev = resolve_device(train_cfg.device)
+    distributed.check_batch(group, train_cfg.batch_size)
+    dev = group.device or resolve_device(train_cfg.device)
     data = load_data(data_cfg)
     net = build_run_model(run)
     net.load_state_dict(run.load_snapshot(done))
-    return _fit(run, data, net, train_cfg, dev, first_epoch=done + 1, progress=progress or SilentTraining())
+    return _fit(run, data, net, train_cfg, dev, first_epoch=done + 1, progress=progress or SilentTraining(),
+                group=group)
 
 
 def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
-         first_epoch: int, progress: TrainProgress) -> Run:
+         first_epoch: int, progress: TrainProgress, group: distributed.Group = distributed.SINGLE) -> Run:
+    """The epochs from ``first_epoch``; with several processes (``group``) each trains its share of every
+    global batch under DistributedDataParallel, and rank 0 alone writes (snapshots, metrics, manifest)."""
     if device.type == "cuda":
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=fmt)
+    trained = distributed.wrap(model, group)  # model itself: the weights to save and evaluate
+    if not group.main:  # rank 0 reports and writes for every process
+        progress = SilentTraining()
     norm = Normalizer(data.mean, data.std, device, cfg.channels_last)
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(trained, cfg)
     batches = steps_per_epoch(len(data.train_x), cfg.batch_size)
     total = batches * cfg.epochs
     records = run.metrics()
@@ -135,7 +150,8 @@ def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, de
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y, norm)
         init = {"epoch": 0, "step": 0, "train_loss": None, "train_acc": None, "val_loss": val_loss,
                 "val_acc": val_acc, "lr": 0.0, "wall_s": 0.0}
-        _commit(run, 0, model, opt, records, init)
+        if group.main:
+            _commit(run, 0, model, opt, records, init)
     else:
         tensors, info = run.load_train_state(first_epoch - 1)
         load_optimizer_state(opt, {k: v.to(device) for k, v in tensors.items() if k.startswith("state.")}, info)
@@ -148,7 +164,7 @@ def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, de
     def on_step(info: StepInfo) -> None:
         progress.step(info)
         pause_point(f"step:{info.step}")  # fault-injection tests kill the process here
-        if info.step in extra and info.batch != info.batches:
+        if group.main and info.step in extra and info.batch != info.batches:
             t = time.perf_counter()
             check_finite(model, info.epoch)
             save_tensors(run.step_snapshot_file(info.step), model.state_dict())
@@ -156,13 +172,16 @@ def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, de
 
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0, spent[0] = time.perf_counter(), 0.0
-        train_loss, train_acc, step = train_one_epoch(model, opt, data, cfg, norm, epoch, step, total, on_step)
+        train_loss, train_acc, step = train_one_epoch(trained, opt, data, cfg, norm, epoch, step, total, on_step,
+                                                      shard=(group.rank, group.world))
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y, norm)
         rec = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "wall_s": round(time.perf_counter() - t0, 3),
                "step_snapshot_s": round(spent[0], 4)}
-        _commit(run, epoch, model, opt, records, rec)
+        if group.main:
+            _commit(run, epoch, model, opt, records, rec)
         progress.epoch(rec)
+    distributed.finish(group)
     return run
 
 

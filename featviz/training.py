@@ -82,27 +82,37 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalize
 def train_one_epoch(
     model: nn.Module, opt: torch.optim.Optimizer, data: ImageData, cfg: TrainConfig, norm: Normalizer,
     epoch: int, step: int, total_steps: int, on_step: Callable[[StepInfo], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[float, float, int]:
     """One pass over the training set. Returns (mean loss, accuracy, global step after the epoch).
 
+    ``shard`` = (rank, processes): each process takes every processes-th image of each global batch
+    (the batches are those of one process) and its loss is scaled so that DistributedDataParallel's
+    averaged gradient is the global batch's mean; losses and accuracy are summed over the processes.
     Raises TrainingDiverged at the first non-finite loss, before the optimizer applies it.
     """
+    rank, world = shard
     model.train()
     batches = batch_order(len(data.train_x), cfg.batch_size, cfg.seed, epoch)
     loss_sum = torch.zeros((), dtype=torch.float64, device=norm.device)
     correct = torch.zeros((), dtype=torch.int64, device=norm.device)
-    seen = 0
-    for i, idx in enumerate(batches, start=1):
+    seen = total_seen = 0
+    for i, whole in enumerate(batches, start=1):
         lr = lr_at(step, total_steps, cfg.lr)
         for group in opt.param_groups:
             group["lr"] = lr
+        idx = whole[rank::world]
         x, y = norm(data.train_x[idx]), data.train_y[idx].to(norm.device, non_blocking=True)
         out = model(x)
         logits = logits_of(out)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         if isinstance(out, tuple) and hasattr(out, "aux_logits") and out.aux_logits is not None:
             loss = loss + 0.4 * F.cross_entropy(out.aux_logits, y)  # Inception v3's auxiliary head, as torchvision trains it
-        loss_val = loss.detach().item()  # one sync per step: needed for the finite check and the progress bar
+        if world > 1:  # this share's part of the global mean; DDP averages over the processes
+            loss = loss * (len(idx) * world / len(whole))
+            loss_val = float(_sum_over(loss.detach() / world))
+        else:
+            loss_val = loss.detach().item()  # one sync per step: needed for the finite check and the progress bar
         if not math.isfinite(loss_val):
             raise TrainingDiverged(
                 f"loss became {loss_val} at epoch {epoch}, batch {i} (lr {lr:.3g}); training stopped, "
@@ -111,13 +121,23 @@ def train_one_epoch(
         loss.backward()
         opt.step()
         step += 1
-        loss_sum += loss.detach() * len(idx)
+        loss_sum += loss_val * len(whole) if world > 1 else loss.detach() * len(idx)
         correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(idx)
+        seen += len(idx)  # this process's images; len(whole) over all of them
+        total_seen += len(whole)
         if on_step is not None:
             on_step(StepInfo(epoch, i, len(batches), step, loss_val, int(correct) / seen))
     check_finite(model, epoch)
-    return float(loss_sum) / seen, int(correct) / seen, step
+    return float(loss_sum) / total_seen, int(_sum_over(correct) if world > 1 else correct) / total_seen, step
+
+
+def _sum_over(value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over every process of the group (torch.distributed.all_reduce)."""
+    import torch.distributed as dist
+
+    value = value.clone()
+    dist.all_reduce(value)
+    return value
 
 
 def check_finite(model: nn.Module, epoch: int) -> None:

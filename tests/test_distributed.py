@@ -53,8 +53,7 @@ def test_two_processes_render_what_one_renders(two_copies: tuple[Path, Path], cl
     one, two = two_copies
     code, out, err = cli(["render", one, "--steps", "4"])
     assert code == 0, err
-    done = subprocess.run([*TORCHRUN, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "featviz",
-                           "render", str(two), "--steps", "4"], env=_env(), capture_output=True, text=True, timeout=300)
+    done = _torchrun(2, ["render", two, "--steps", "4"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert "on 2 processes" in done.stderr + done.stdout
     assert _hashes(one) == _hashes(two) and len(_hashes(one)) > 40
@@ -80,3 +79,72 @@ def test_two_nodes_on_one_machine(two_copies: tuple[Path, Path]) -> None:
                             env=_env(), capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-1500:]
     assert _hashes(one) == _hashes(two) and len(_hashes(two)) > 40
+
+
+TRAIN = ["--n-train", "512", "--n-val", "64", "--size", "16", "--widths", "4,8", "--kernels", "5,3", "--pools", "1,0",
+         "--batch-size", "64"]  # 8 global batches of 64 per epoch
+
+
+def _max_diff(a: Run, b: Run) -> dict[str, float]:
+    """Per snapshot point: the largest weight difference between two runs."""
+    out = {}
+    for p in a.snapshot_points():
+        sa, sb = a.load_point(p), b.load_point(p)
+        out[p["id"]] = max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+    return out
+
+
+def _torchrun(n: int, argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run([*TORCHRUN, "--standalone", "--nproc-per-node", str(n), "-m", "featviz",
+                           *map(str, argv)], env=env or _env(), capture_output=True, text=True, timeout=300)
+    return done
+
+
+def test_two_processes_train_what_one_trains(tmp_path: Path, cli) -> None:
+    """gloo on CPU, the same global batch: every snapshot (steps 1, 2, 4, epochs 1, 2) within 1e-4 of one
+    process's, and the epoch losses too. Without BatchNorm: PyTorch's SyncBatchNorm needs a GPU."""
+    code, out, err = cli(["train", "--epochs", "2", *TRAIN, "--no-batchnorm", "--out", tmp_path, "--name", "one"])
+    assert code == 0, err
+    done = _torchrun(2, ["train", "--epochs", "2", *TRAIN, "--no-batchnorm", "--out", tmp_path, "--name", "two"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = Run.open(tmp_path / "one"), Run.open(tmp_path / "two")
+    diffs = _max_diff(one, two)
+    assert list(diffs) == ["epoch_000", "step_0000001", "step_0000002", "step_0000004", "epoch_001", "epoch_002"]
+    assert max(diffs.values()) < 1e-4, diffs
+    for a, b in zip(one.metrics()[1:], two.metrics()[1:]):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 and a["train_acc"] == b["train_acc"]
+    assert two.meta["processes"] == 2
+    code, out, err = cli(["check", two.path])
+    assert code == 0, err
+
+
+def test_resume_with_another_number_of_processes(tmp_path: Path, cli) -> None:
+    """One process killed in epoch 2, resumed by two: the run matches one uninterrupted process's."""
+    import time
+
+    code, out, err = cli(["train", "--epochs", "2", *TRAIN, "--no-batchnorm", "--out", tmp_path, "--name", "whole"])
+    assert code == 0, err
+    marker = tmp_path / "paused"
+    env = {**_env(), "FEATVIZ_PAUSE_AT": "step:12", "FEATVIZ_PAUSE_FILE": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-m", "featviz", "train", "--epochs", "2", *TRAIN, "--no-batchnorm",
+                             "--out", str(tmp_path), "--name", "cut"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        if marker.exists():
+            break
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    assert Run.open(tmp_path / "cut").epochs_done == 1
+    done = _torchrun(2, ["train", "--resume", tmp_path / "cut"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    diffs = _max_diff(Run.open(tmp_path / "whole"), Run.open(tmp_path / "cut"))
+    assert max(diffs.values()) < 1e-4, diffs
+    code, out, err = cli(["check", tmp_path / "cut"])
+    assert code == 0, err
+
+
+def test_a_batch_that_does_not_split_is_one_line(tmp_path: Path) -> None:
+    done = _torchrun(2, ["train", "--epochs", "1", *TRAIN[:-1], "63", "--out", tmp_path, "--name", "odd"])
+    assert done.returncode != 0 and "does not split over 2 processes" in done.stderr
+    assert not (tmp_path / "odd").exists()
