@@ -7,7 +7,8 @@ import sys
 import typer
 
 from cli import analyze, check, data, export, gallery, import_, render, runs, summary, train
-from featviz.errors import FeatvizError, one_line
+from featviz.distributed import launched
+from featviz.errors import ConfigError, FeatvizError, one_line
 
 app = typer.Typer(
     name="featviz", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -28,6 +29,9 @@ app.add_typer(data.app, name="data")
 def main(argv: list[str] | None = None) -> int:
     """Entry point. A user mistake prints ``featviz: error: ...`` on one line and returns non-zero."""
     try:
+        args = sys.argv[1:] if argv is None else argv
+        if launched() and args and args[0] not in ("train", "render"):  # the others write shared files from one process
+            raise ConfigError(f"featviz {args[0]} runs in one process; only train and render run under torchrun")
         rv = app(args=argv, prog_name="featviz", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except typer.TyperException as e:  # usage errors: bad option values, unknown options, missing args

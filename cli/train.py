@@ -9,7 +9,7 @@ import typer
 
 from cli.common import TrainBar, console, model_config
 from featviz.errors import ConfigError
-from featviz.distributed import main_process
+from featviz.distributed import launched, main_process
 from featviz.gallery.live import LiveTraining
 from featviz.config import DataConfig, ModelConfig, TrainConfig
 from featviz.pipeline import resume_run, train_run
@@ -59,6 +59,8 @@ def train(
     bar = TrainBar()
     if live_render and not live:
         raise ConfigError("--live-render needs --live")
+    if live and launched():
+        raise ConfigError("--live serves from one process; under torchrun, serve the run with featviz gallery RUN --serve --watch")
     watcher = LiveTraining(bar, port, on_ready=lambda url: console.print(f"live gallery: {url}"),
                            render=live_render) if live else None
     try:

@@ -148,3 +148,11 @@ def test_a_batch_that_does_not_split_is_one_line(tmp_path: Path) -> None:
     done = _torchrun(2, ["train", "--epochs", "1", *TRAIN[:-1], "63", "--out", tmp_path, "--name", "odd"])
     assert done.returncode != 0 and "does not split over 2 processes" in done.stderr
     assert not (tmp_path / "odd").exists()
+
+
+def test_commands_that_write_shared_files_refuse_torchrun(two_copies: tuple[Path, Path], monkeypatch, cli) -> None:
+    one, _ = two_copies
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before any group is joined
+    for argv in (["analyze", one], ["gallery", one], ["train", "--live", "--out", one.parent, "--name", "x"]):
+        code, out, err = cli(argv)
+        assert code == 1 and "torchrun" in err and len(err.strip().splitlines()) == 1, (argv, err)
