@@ -316,7 +316,7 @@ def cli_render(run_dir: str | None, layer: str, steps: int, peak: float, model: 
                                  out_dir=tmp, name="bench").path
         else:
             run_path = Path(shutil.copytree(run_dir, Path(tmp) / "run"))
-        argv = [sys.executable, "-m", "cli.main", "render", str(run_path), "--layers", layer, "--epochs", "last",
+        argv = [sys.executable, "-m", "featviz", "render", str(run_path), "--layers", layer, "--epochs", "last",
                 "--size", str(SIZE), "--steps", str(steps), "--channels", "all", "--no-filters", "--force"]
         with Clock() as c:
             subprocess.run(argv, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])

@@ -51,7 +51,7 @@ def main() -> None:
         t0 = time.perf_counter()
         render_channels(model, "features.bn3", **kw)
         torch.cuda.synchronize()
-        print(f"64 channels of features.conv3, 64 px, 256 steps: {time.perf_counter() - t0:.3f} s "
+        print(f"64 channels of features.conv3 (its BatchNorm response, as featviz render targets), 64 px, 256 steps: {time.perf_counter() - t0:.3f} s "
               "(target <= 0.3 s on an H100-class GPU)")
         bench = Path(__file__).with_name("actmax.py")
         subprocess.run([sys.executable, str(bench), str(run.path), "--gpu"], check=True)

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cli.common import console, int_list
 from featviz.config import RenderConfig
-from featviz.distributed import setup
+from featviz.distributed import main_process, setup
 from featviz.loading import allow
 from featviz.pipeline import plan_render, render_run
 from featviz.store import Run
@@ -49,7 +49,7 @@ def render(
                        channels=() if every else int_list(channels, "--channels") or (), all_channels=every, steps=steps, size=size, param=param,
                        transforms=transforms, lr=lr, seed=seed, chunk=chunk, device=device, filters=filters, force=force)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=console, transient=True, disable=not sys.stderr.isatty())
+                   console=console, transient=True, disable=not sys.stderr.isatty() or not main_process())
     tasks: dict[str, int] = {}
 
     def progress(what: str, done: int, total: int) -> None:

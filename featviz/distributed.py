@@ -28,6 +28,7 @@ class Group:
 
 
 SINGLE = Group()
+_ours = False  # whether featviz started the process group (then it also ends it)
 
 
 def launched() -> bool:
@@ -49,10 +50,13 @@ def setup(device: str = "auto") -> Group:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     dev = torch.device("cuda", local) if cuda else torch.device("cpu")
+    global _ours
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # NCCL for the model's CUDA tensors, gloo for the small CPU ones (the run name, counts)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+        _ours = True
     return Group(dist.get_rank(), dist.get_world_size(), dev)
 
 
@@ -103,7 +107,10 @@ def wrap(model: torch.nn.Module, group: Group) -> torch.nn.Module:
 
 
 def finish(group: Group) -> None:
-    """Leave the process group once every rank is done."""
+    """Wait for every rank; end the process group if featviz started it (a caller's own stays)."""
+    global _ours
     if group.world > 1 and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        if _ours:
+            dist.destroy_process_group()
+            _ours = False

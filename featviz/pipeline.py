@@ -234,6 +234,9 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: StageProg
     layers, chosen, points = plan["layers"], plan["moments"], run.snapshot_points()
     group = distributed.setup(cfg.device)
     device = group.device or resolve_device(cfg.device)
+    if group.main:
+        run.merge_render_parts()  # what an interrupted multi-process render left: reused, not redone
+    distributed.barrier(group)
     snaps, bad = run.load_points(points)  # each verified once, used by both halves
     for p in chosen:  # a damaged snapshot of a requested moment fails here, before anything is written
         if p["id"] in bad:
@@ -244,7 +247,7 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: StageProg
     rendered = int(distributed.all_sum(group, torch.tensor(rendered)))
     distributed.barrier(group)  # every rank's images and part file are written
     if group.world > 1 and group.main:
-        run.merge_render_parts(group.world)
+        run.merge_render_parts()
     gallery = build_gallery(run) if group.main else run.path / "gallery" / "index.html"
     distributed.finish(group)
     skipped = sorted(bad.items()) if cfg.filters else []

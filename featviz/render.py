@@ -134,15 +134,14 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
         recs.append({"kind": "am_grid", "layer": name, "depth": layer["depth"], **where,
                      "file": run.rel(path), "settings": settings, "settings_id": sid, "render_settings": full,
                      "elapsed_s": res.settings.get("elapsed_s")})
-        if group.world > 1:
+        if group.world > 1:  # the part so far, after every item: a crash keeps what is done
             mine += recs
+            run.save_render_part(group.rank, mine)
         else:
             run.add_renders(recs)
         rendered += len(chans)
         count += 1
         progress("activation maximization", count, total)
-    if group.world > 1:
-        run.save_render_part(group.rank, mine)
     return rendered
 
 

@@ -331,10 +331,13 @@ class Run:
         """One process's render records when several render the run (``featviz.distributed``)."""
         write_jsonl(self.path / f".renders.part{rank}.jsonl", records)
 
-    def merge_render_parts(self, world: int) -> None:
-        """Rank 0, once every rank has finished: every part into renders.jsonl, then the parts removed."""
-        parts = [self.path / f".renders.part{r}.jsonl" for r in range(world)]
-        records = [rec for p in parts if p.exists() for rec in read_jsonl(p, "file")[0]]
+    def merge_render_parts(self) -> None:
+        """Rank 0, once every rank has finished (or before starting: what a crashed render left): every
+        part into renders.jsonl, then the parts removed."""
+        parts = sorted(self.path.glob(".renders.part*.jsonl"))
+        if not parts:
+            return
+        records = [rec for p in parts for rec in read_jsonl(p, "file")[0]]
         self.add_renders(records)
         for p in parts:
             p.unlink(missing_ok=True)

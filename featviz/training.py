@@ -105,11 +105,14 @@ def train_one_epoch(
         x, y = norm(data.train_x[idx]), data.train_y[idx].to(norm.device, non_blocking=True)
         out = model(x)
         logits = logits_of(out)
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        # one process: the batch mean; several: this share's sum scaled so that DDP's average over the
+        # processes is the global batch's mean (an empty share, at the end of a short last batch, adds 0)
+        reduction, scale = ("mean", 1.0) if world == 1 else ("sum", world / len(whole))
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction=reduction) * scale
         if isinstance(out, tuple) and hasattr(out, "aux_logits") and out.aux_logits is not None:
-            loss = loss + 0.4 * F.cross_entropy(out.aux_logits, y)  # Inception v3's auxiliary head, as torchvision trains it
-        if world > 1:  # this share's part of the global mean; DDP averages over the processes
-            loss = loss * (len(idx) * world / len(whole))
+            aux = F.cross_entropy(out.aux_logits, y, reduction=reduction) * scale  # Inception v3's auxiliary head
+            loss = loss + 0.4 * aux
+        if world > 1:
             loss_val = float(_sum_over(loss.detach() / world))
         else:
             loss_val = loss.detach().item()  # one sync per step: needed for the finite check and the progress bar

@@ -156,3 +156,16 @@ def test_commands_that_write_shared_files_refuse_torchrun(two_copies: tuple[Path
     for argv in (["analyze", one], ["gallery", one], ["train", "--live", "--out", one.parent, "--name", "x"]):
         code, out, err = cli(argv)
         assert code == 1 and "torchrun" in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_a_short_last_batch_leaves_a_process_without_images(tmp_path: Path, cli) -> None:
+    """464 images in global batches of 66 over 3 processes: the last batch has 2 images, so one process
+    gets none in it. Its loss adds nothing (not NaN), and the run follows one process's."""
+    odd = ["--n-train", "464", "--n-val", "64", "--size", "16", "--widths", "4,8", "--kernels", "5,3", "--pools", "1,0",
+           "--batch-size", "66", "--no-batchnorm", "--epochs", "1"]
+    code, out, err = cli(["train", *odd, "--out", tmp_path, "--name", "one"])
+    assert code == 0, err
+    done = _torchrun(3, ["train", *odd, "--out", tmp_path, "--name", "three"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    diffs = _max_diff(Run.open(tmp_path / "one"), Run.open(tmp_path / "three"))
+    assert max(diffs.values()) < 1e-4, diffs

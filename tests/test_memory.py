@@ -38,7 +38,7 @@ def test_raised_for_the_block_and_restored_after(libc: FakeLibc) -> None:
         with memory.big_buffers():  # nested (a render inside a render): no second raise, no early restore
             pass
         assert len(libc.calls) == 2
-    assert libc.calls[2:] == [("mallopt", -3, 128 * 1024), ("mallopt", -1, 128 * 1024), ("trim", 0)]
+    assert libc.calls[2:] == [("mallopt", -3, 32 << 20), ("mallopt", -1, 64 << 20), ("trim", 0)]
 
 
 def test_restored_after_an_error(libc: FakeLibc) -> None:
@@ -74,3 +74,14 @@ def test_a_cpu_render_runs_inside_the_block(libc: FakeLibc) -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     render_channels(model, "0", size=16, steps=2)
     assert ("mallopt", -3, 1 << 30) in libc.calls and libc.calls[-1] == ("trim", 0)
+
+
+def test_a_refused_raise_is_reported_and_nothing_restored(libc: FakeLibc, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(libc, "mallopt", lambda p, v: libc.calls.append(("mallopt", p, v)) or 0)
+    with memory.big_buffers() as raised:
+        assert not raised
+    assert all(c[0] == "mallopt" and c[2] == 1 << 30 for c in libc.calls)  # tried, refused, left alone
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")
+    libc.calls.clear()
+    with memory.big_buffers() as raised:
+        assert not raised and libc.calls == []
