@@ -4,10 +4,10 @@ Why: glibc serves every allocation above its mmap threshold (128 KiB, rising by 
 32 MiB) with a fresh ``mmap`` and unmaps it on free, and gives heap memory back above its trim
 threshold. A render allocates the same multi-megabyte activations and gradients on every one of its
 hundreds of steps, so each step page-faults them in again; on 2 CPU cores that cost the 3-conv
-benchmark render 1.9x (18.1 s -> 9.5 s). ``big_buffers()`` raises both thresholds to 1 GiB for the block (freed
-buffers go back to the heap and the next step reuses them), then sets glibc's documented defaults
-to where glibc's own adjustment ends up (32 MiB, trim at 64 MiB) and trims the heap, so a program
-that uses featviz as a library gets its memory back and keeps its speed.
+benchmark render 1.9x (18.1 s -> 9.5 s). ``big_buffers()`` raises both thresholds to 1 GiB for the
+block (freed buffers go back to the heap and the next step reuses them), then sets them to where
+glibc's own adjustment tops out (32 MiB, trim at 64 MiB) and trims the heap, so a program that uses
+featviz as a library gets its memory back and keeps its speed.
 
 It does nothing where glibc is absent (macOS, Windows, musl), when the user set
 ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` themselves (their choice stands), on a CUDA
