@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -27,6 +28,7 @@ class Group:
         return self.rank == 0
 
 
+T = TypeVar("T")
 SINGLE = Group()
 _ours = False  # whether featviz started the process group (then it also ends it)
 
@@ -74,6 +76,18 @@ def share_text(group: Group, text: str) -> str:
     data[:len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
     dist.broadcast(data, 0)
     return bytes(data[data != 0].tolist()).decode()
+
+
+def rank0_first(group: Group, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on rank 0, then on the other ranks (e.g. a data set rank 0 downloads and the others
+    then read), so they never write the same files at once."""
+    if not group.main:
+        barrier(group)
+    try:
+        return fn(*args)
+    finally:
+        if group.main:
+            barrier(group)
 
 
 def all_sum(group: Group, value: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ def train_run(
     out = check_out_dir(Path(out_dir))
     check_new_run(out, name, force)  # fail before spending seconds on data (every rank: the same answer)
     distributed.barrier(group)
-    data = load_data(data_cfg)
+    data = distributed.rank0_first(group, load_data, data_cfg)  # one download, not one per process
     model, model_dict = _new_model(data, model_cfg, model_spec, train_cfg.seed)
     layers = trace(model, data.channels, data.size)
     try:  # the render step's decorrelated-colour matrix comes from the training images
@@ -122,7 +122,7 @@ def resume_run(path: str | Path, device: str | None = None, progress: TrainProgr
         train_cfg = dataclasses.replace(train_cfg, device=device)
     distributed.check_batch(group, train_cfg.batch_size)
     dev = group.device or resolve_device(train_cfg.device)
-    data = load_data(data_cfg)
+    data = distributed.rank0_first(group, load_data, data_cfg)  # one download, not one per process
     net = build_run_model(run)
     net.load_state_dict(run.load_snapshot(done))
     return _fit(run, data, net, train_cfg, dev, first_epoch=done + 1, progress=progress or SilentTraining(),
