@@ -10,7 +10,7 @@ import typer
 from cli.common import console
 from featviz.config import DataConfig
 from featviz.importer import import_checkpoints
-from featviz.zoo import ModelSpec, is_trusted, normalize_spec, parse_kwargs
+from featviz.zoo import ModelSpec, model_flag, normalize_spec, parse_kwargs
 
 _D = DataConfig()
 
@@ -36,6 +36,6 @@ def import_run(
     files = run.meta["imported"]["files"]
     for name in run.meta["imported"]["left_out"]:
         console.print(f"note: {name} has no step or epoch number in its name and was left out (--pattern to include it)")
-    named = "" if is_trusted(spec.factory) else f" --model {spec.factory}"  # a run folder alone imports no user code
+    named = model_flag(spec.factory)
     console.print(f"imported {len(files)} checkpoints ({files[0]} .. {files[-1]}) into {run.path} as epochs "
                   f"0..{len(files) - 1}; next: featviz render {run.path}{named}")

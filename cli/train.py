@@ -13,7 +13,7 @@ from featviz.distributed import launched, main_process
 from featviz.gallery.live import LiveTraining
 from featviz.config import DataConfig, ModelConfig, TrainConfig
 from featviz.pipeline import resume_run, train_run
-from featviz.zoo import ModelSpec, is_trusted, normalize_spec, parse_kwargs
+from featviz.zoo import ModelSpec, model_flag, normalize_spec, parse_kwargs
 
 _D, _M, _T = DataConfig(), ModelConfig(), TrainConfig()
 
@@ -89,8 +89,7 @@ def train(
     if not main_process():  # under torchrun, rank 0 reports for every process
         return
     last = run.metrics()[-1]
-    factory = run.meta["configs"]["model"].get("factory")
-    named = f" --model {factory}" if factory and not is_trusted(factory) else ""  # a run alone imports no user code
+    named = model_flag(run.meta["configs"]["model"].get("factory"))
     console.print(f"done: {run.path}  epochs {run.epochs_done}/{run.epochs_planned}  "
                   f"val acc {last['val_acc']:.4f}  (next: featviz render {run.path}{named})")
 

@@ -50,3 +50,27 @@ def capture(model: nn.Module, names: Sequence[str], detach: bool = False) -> Ite
 def hook_count(model: nn.Module) -> int:
     """Forward hooks currently registered anywhere in ``model`` (0 after every featviz call)."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no gradients inside the block; every module's own train/eval flag restored after
+    (not just the root's: a model may keep frozen BatchNorms in eval while it trains)."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def input_kind(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype an input to ``model`` needs: its first parameter's (else its first
+    buffer's; CPU float32 if it has neither)."""
+    first = next(model.parameters(), None)
+    first = next(model.buffers(), None) if first is None else first
+    if first is None:
+        return torch.device("cpu"), torch.float32
+    return first.device, first.dtype if first.is_floating_point() else torch.float32

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from featviz.errors import ConfigError
+from featviz.hooks import evaluating, input_kind
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU)
 DEEP = 8  # models with more conv layers than this get the default selection below instead of all
@@ -32,7 +33,6 @@ def _leaf_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module,
     in call order; the model's own train/eval flags are restored afterwards."""
     calls: list[tuple[str, nn.Module, tuple, tuple]] = []
     handles = []
-    flags = {m: m.training for m in model.modules()}
     try:
         for name, m in model.named_modules():
             if name and (not list(m.children()) or isinstance(m, nn.Conv2d)):
@@ -40,23 +40,19 @@ def _leaf_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module,
                     shape_in = tuple(inp[0].shape) if inp and torch.is_tensor(inp[0]) else ()
                     calls.append((name, mod, shape_in, tuple(out.shape) if torch.is_tensor(out) else ()))
                 handles.append(m.register_forward_hook(hook))
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model):
             model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, t in flags.items():
-            m.training = t
     return calls
 
 
 def trace(model: nn.Module, in_channels: int, size: int) -> list[dict[str, Any]]:
     """Every Conv2d of ``model`` in forward-execution order with its geometry (see the module docstring).
     Convs the forward pass never runs are left out. The model is not changed."""
-    first = next(model.parameters(), None)  # the input takes the model's device and dtype (bf16 models too)
-    x = torch.zeros(1, in_channels, size, size, device=first.device if first is not None else None,
-                    dtype=first.dtype if first is not None and first.is_floating_point() else None)
+    device, dtype = input_kind(model)  # bf16 models too
+    x = torch.zeros(1, in_channels, size, size, device=device, dtype=dtype)
     calls = _leaf_calls(model, x)
     runs: dict[str, int] = {}
     for name, *_ in calls:
@@ -220,8 +216,8 @@ def default_channels(n: int, cap: int = MAX_CHANNELS) -> list[int]:
 def prefix_macs(model: nn.Module, in_channels: int, size: int) -> tuple[dict[str, int], int]:
     """Multiply-adds of one image's forward pass: per conv name, those of every conv that runs up to and
     including its first call (what rendering that layer costs per step); and the whole pass's."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    calls = _leaf_calls(model, torch.zeros(1, in_channels, size, size, device=device))
+    device, dtype = input_kind(model)
+    calls = _leaf_calls(model, torch.zeros(1, in_channels, size, size, device=device, dtype=dtype))
     prefix: dict[str, int] = {}
     total = 0
     for name, m, _shape_in, shape_out in calls:

@@ -27,6 +27,7 @@ from torch import nn
 
 from featviz.errors import ConfigError, RunError, one_line
 from featviz.fileio import atomic_write_json, save_tensors
+from featviz.hooks import evaluating, input_kind
 from featviz.layers import trace
 from featviz.provenance import provenance
 from featviz.schedule import parse_schedule
@@ -247,19 +248,12 @@ class Recorder:
             warnings.warn("the data's images are not in [0, 1]: pass mean= and std= (your Normalize transform's) "
                           "so featviz can show them and render in your model's input space", stacklevel=3)
         raw = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
-        first = next(self.model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-        dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-        flags = {m: m.training for m in self.model.modules()}
+        device, dtype = input_kind(self.model)
         try:
-            self.model.eval()
-            with torch.no_grad():
+            with evaluating(self.model):
                 out = logits_of(self.model(x[:2].to(device=device, dtype=dtype)))
         except Exception as e:  # noqa: BLE001 - a user's model can raise anything; say what failed
             raise ConfigError(f"your model cannot take the data's {chans}x{size}x{size} images: {one_line(e, 200)}") from None
-        finally:
-            for m, t in flags.items():
-                m.training = t
         n_classes = int(out.shape[-1])
         spec = ModelSpec(normalize_spec(self.spec_text), self.kwargs, chans, n_classes)
         rebuilt = _check_rebuild(self.model, spec)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from featviz.errors import ConfigError, one_line
+from featviz.hooks import evaluating, input_kind
 
 CONV_NOTE = ("A conv layer's weight count depends only on its filter count, input channels and kernel size, "
              "not on the input image size or the stride; pooling and activation layers have no weights.")
@@ -149,23 +150,14 @@ def _trace(modules: dict[str, nn.Module]) -> Iterator[tuple[list[str], dict[str,
 
 
 def _run_once(model: nn.Module, input_shape: tuple[int, ...]) -> None:
-    """One eval-mode forward pass of a zero image; every module's own train/eval flag is restored after
-    (not just the root's: a model may deliberately keep frozen BatchNorms in eval while training)."""
-    first = next(iter(model.parameters()), None)
-    if first is None:
-        first = next(iter(model.buffers()), torch.zeros(()))
-    dtype = first.dtype if first.is_floating_point() else torch.float32
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    """One eval-mode forward pass of a zero image (``hooks.evaluating``: every module's flag restored)."""
+    device, dtype = input_kind(model)
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=first.device, dtype=dtype))
+        with evaluating(model):
+            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
     except Exception as e:  # noqa: BLE001 - any model: say what it could not take
         shape = "x".join(map(str, input_shape))
         raise ConfigError(f"the model cannot take a {shape} input: {one_line(e, 200)} (try another --size)") from None
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _row(name: str, m: nn.Module, shape: list[int], calls: int) -> LayerRow:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from featviz.errors import ConfigError, one_line
+from featviz.hooks import evaluating
 
 OWN_FACTORIES = ("featviz.model:small_cnn",)  # featviz's own model builders
 DOWNLOADS = ("weights", "weights_backbone", "pretrained")  # torchvision's kwargs that fetch weights from the internet
@@ -82,6 +83,12 @@ def is_trusted(factory: str) -> bool:
     import torchvision
 
     return attr in torchvision.models.list_models(module=torchvision.models)
+
+
+def model_flag(factory: str | None) -> str:
+    """' --model FACTORY' where later commands on a run of ``factory`` need it (a run alone imports no
+    user code), else ''."""
+    return f" --model {factory}" if factory and not is_trusted(factory) else ""
 
 
 def check_trust(factory: str, given: str | None, trust_run_code: bool) -> None:
@@ -159,17 +166,12 @@ def logits_of(out: Any) -> Any:
 
 def check_output(model: nn.Module, spec: ModelSpec, size: int) -> None:
     """One forward pass on zeros: the model must take [2, C, size, size] and return [2, num_classes]."""
-    was = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model):
             out = model(torch.zeros(2, spec.in_channels, size, size))
     except Exception as e:  # noqa: BLE001 - a user's model can raise anything; say what failed
         raise ConfigError(f"model {spec.factory} cannot take {spec.in_channels}x{size}x{size} images: "
                           f"{one_line(e, 200)}") from None
-    finally:
-        for m, t in was.items():
-            m.training = t
     out = logits_of(out)
     if not torch.is_tensor(out) or out.dim() != 2 or out.shape[1] != spec.num_classes:
         shape = list(out.shape) if torch.is_tensor(out) else type(out).__name__
