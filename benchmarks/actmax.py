@@ -359,7 +359,7 @@ def main() -> None:  # noqa: D103
         ap.error(str(e))
     if args.profile:
         small, kw, how = small_cnn(args.run)
-        print(profile_ops(small, "features.conv3", {**kw, **sets}, args.steps))
+        print(profile_ops(small, "features.conv4", {**kw, **sets}, args.steps))
         return
     if args.gpu:
         small, kw, how = small_cnn(args.run)

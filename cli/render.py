@@ -35,6 +35,8 @@ def render(
     seed: int = typer.Option(_R.seed, help="Seed of the parametrization and transforms."),
     chunk: int = typer.Option(_R.chunk, min=1, help="Channels optimized together per batch."),
     device: str = typer.Option(_R.device, help="auto | cpu | cuda | mps"),
+    cuda_graph: str = typer.Option(_R.cuda_graph, help="auto (on CUDA) | on | off: capture each image batch's "
+                                   "optimization step once as a CUDA graph and replay it (much less launch overhead)."),
     filters: bool = typer.Option(True, help="Also draw the filters at every epoch."),
     force: bool = typer.Option(False, help="Redo renders whose settings match existing ones."),
     model: Optional[str] = typer.Option(None, help="The run's model factory, when it is your code (package.module:factory): "
@@ -47,7 +49,7 @@ def render(
     every = (channels or "").strip().lower() == "all"
     cfg = RenderConfig(epochs=epochs, layers=tuple(x.strip() for x in layers.split(",") if x.strip()) if layers else (),
                        channels=() if every else int_list(channels, "--channels") or (), all_channels=every, steps=steps, size=size, param=param,
-                       transforms=transforms, lr=lr, seed=seed, chunk=chunk, device=device, filters=filters, force=force)
+                       transforms=transforms, lr=lr, seed=seed, chunk=chunk, device=device, cuda_graph=cuda_graph, filters=filters, force=force)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, transient=True, disable=not sys.stderr.isatty() or not main_process())
     tasks: dict[str, int] = {}

@@ -111,6 +111,9 @@ PARAMS = ("fourier", "pixel")
 TRANSFORMS = ("standard", "none")
 
 
+GRAPH_SWITCH = {"auto": None, "on": True, "off": False}  # RenderConfig.cuda_graph -> RenderSettings.cuda_graph
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     epochs: str = "auto"  # activation-maximization moments (schedule.moments): auto | snapshots | all | last | 0,5,10 | every:K
@@ -125,6 +128,7 @@ class RenderConfig:
     seed: int = 0  # seeds the parametrization and the random transforms
     device: str = "auto"  # auto | cpu | cuda | mps
     chunk: int = 64  # channels optimized together in one batch (bounds memory)
+    cuda_graph: str = "auto"  # auto (on CUDA) | on | off: replay the optimization step as one CUDA graph
     filters: bool = True  # also draw the filter grids, strips and GIFs (every epoch; milliseconds)
     force: bool = False  # redo renders whose settings match existing ones
 
@@ -137,6 +141,7 @@ class RenderConfig:
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         _check(self.chunk >= 1, f"chunk must be at least 1, got {self.chunk}")
+        _check(self.cuda_graph in GRAPH_SWITCH, f"unknown cuda_graph {self.cuda_graph!r}; choose one of {', '.join(GRAPH_SWITCH)}")
         _check(all(c >= 0 for c in self.channels), "channels must be >= 0")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from featviz.config import RenderConfig
+from featviz.config import GRAPH_SWITCH, RenderConfig
 from featviz.distributed import SINGLE, Group
 from featviz.errors import ConfigError
 from featviz.filters import evolution_strip, filter_grid, layer_scale
@@ -120,7 +120,7 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
         res = render_channels(model, target, chans, chunk=cfg.chunk, param=cfg.param, size=size,
                               image_channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
                               transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],
-                              color=color, device=device)
+                              color=color, device=device, cuda_graph=GRAPH_SWITCH[cfg.cuda_graph])
         imgs = to_uint8(res.images)
         where = {"epoch": point["epoch"], "step": point["step"], "point": point["id"], "label": point["label"]}
         recs = []

@@ -340,6 +340,8 @@ BAD_INPUTS = [
                  id="render-unknown-param"),
     pytest.param(_on_trained_run("render", "{run}", "--device", "tpu"), ("unknown device 'tpu'",),
                  id="render-unknown-device"),
+    pytest.param(_on_trained_run("render", "{run}", "--cuda-graph", "maybe"),
+                 ("unknown cuda_graph 'maybe'; choose one of auto, on, off",), id="render-unknown-cuda-graph"),
     pytest.param(lambda tmp, cli: (["render", str(_a_file(tmp))], None),
                  ("{tmp}/file.txt is a file, not a run folder",), id="render-run-is-a-file"),
     pytest.param(_on_trained_run("analyze", "{run}", "--probe", "3"), ("'--probe'", "greater than or equal to 10"),

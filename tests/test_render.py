@@ -63,6 +63,11 @@ def test_rerender_reuses_matching_settings_and_force_redoes(rendered: Run) -> No
     assert changed["am_images"] == rendered.meta["layers"][0]["out_ch"]
     forced = render_run(rendered, RenderConfig(epochs="0", layers=("features.conv2",), force=True, **FAST))
     assert forced["am_images"] == 8 and forced["filter_files"] > 0
+    # the CUDA-graph switch reaches the renderer; on a CPU it records why the loop ran eagerly
+    render_run(rendered, RenderConfig(epochs="0", layers=("features.conv2",), force=True, cuda_graph="off", **FAST))
+    grids = [r for r in rendered.render_index() if r["kind"] == "am_grid" and r["layer"] == "features.conv2"]
+    assert grids and grids[-1]["render_settings"]["cuda_graph"] is False
+    assert grids[-1]["render_settings"]["resolved"]["cuda_graph"] == "off"
 
 
 def test_learned_part_is_the_change_from_the_init(rendered: Run) -> None:

@@ -24,6 +24,7 @@ from featviz.errors import ConfigError
 from featviz.hooks import capture, resolve_layers
 from featviz.optvis import param as P
 from featviz.optvis.fastpath import prepare_fast
+from featviz.optvis.graphed import CAPTURES, Capture, Replayable, run_steps
 from featviz.optvis.memory import big_buffers
 from featviz.optvis.objectives import Objective, channel, parse
 from featviz.optvis.rng import PARAM_STREAM, TRANSFORM_STREAM, ElementRandom, element_seed
@@ -122,14 +123,30 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return t.dtype if t is not None else torch.float32
 
 
-def _transform(s: RenderSettings, keys: list[int]) -> tuple[Transform, Any]:
-    """The transform for a batch with these keys, and how to record it."""
+def _transform(s: RenderSettings, keys: list[int], replayable: bool = False) -> tuple[Transform, Any, list[Replayable]]:
+    """The transform for a batch with these keys, how to record it, and (with ``replayable``, for a
+    captured step) the random sources a graph replay must refill."""
     if s.transforms is None or s.transforms == "none":
-        return identity, "none"
+        return identity, "none", []
     if s.transforms == "standard":
         rng = ElementRandom([element_seed(s.seed, k, TRANSFORM_STREAM) for k in keys])
-        return standard(s.size, rng), standard_settings(s.size)
-    return s.transforms, "custom"
+        sources = [Replayable(rng)] if replayable else []
+        return standard(s.size, sources[0] if sources else rng), standard_settings(s.size), sources
+    return s.transforms, "custom", []
+
+
+def _graph_plan(s: RenderSettings, dev: torch.device) -> tuple[Capture | None, str]:
+    """How to capture the optimization step (None: run it eagerly) and why, from ``s.cuda_graph``:
+    None (auto) and True capture on CUDA; elsewhere, or for a custom param or transform (whose
+    randomness a replay could not refill), the eager loop runs."""
+    if s.cuda_graph is False:
+        return None, "off"
+    if not isinstance(s.param, str) or not (s.transforms is None or isinstance(s.transforms, str)):
+        return None, "off: a custom param or transform may draw randomness a graph replay cannot refill"
+    capture = CAPTURES.get(dev.type)
+    if capture is None:
+        return None, f"off: CUDA graphs need a CUDA device, the model is on {dev.type}"
+    return capture, "graph"
 
 
 def _param(s: RenderSettings, keys: list[int], device: torch.device) -> P.Param:
@@ -175,7 +192,8 @@ def render(model: nn.Module, objective: Objective | str, settings: RenderSetting
     norm = normalizer(s.mean, s.std, s.image_channels, dev, channels_last=cl)
     dtype = _model_dtype(model)
     params, image_fn = _param(s, keys, dev)
-    tf, tdesc = _transform(s, keys)
+    capture, graph_note = _graph_plan(s, dev)
+    tf, tdesc, sources = _transform(s, keys, replayable=capture is not None)
 
     def prep(img: Tensor) -> Tensor:
         return norm(img).to(dtype)
@@ -184,13 +202,13 @@ def render(model: nn.Module, objective: Objective | str, settings: RenderSetting
     # the fast path: a private copy of the model and the objective that reads it (same values)
     net, work = prepare_fast(model, obj, batch, channels_last=cl) if s.optimize else (model, obj)
     with big_buffers(dev.type == "cpu"), frozen(net), forward_until(net, sorted(obj.layers)) as run:
-        trace, trace_steps = _optimize(work, run, params, lambda: prep(tf(image_fn())), batch, s.steps, s.lr,
-                                       s.trace_every, progress)
+        trace, trace_steps, graph_note = _optimize(work, run, params, lambda: prep(tf(image_fn())), batch, s.steps,
+                                                   s.lr, s.trace_every, progress, capture, sources, graph_note)
         with torch.no_grad():
             images = image_fn()
             values = work(run(prep(images))).float()
     record = {"objective": obj.name, "batch": batch, **s.to_dict(), "optimizer": "adam",
-              "resolved": {"device": str(dev), "channels_last": cl, "transforms": tdesc},
+              "resolved": {"device": str(dev), "channels_last": cl, "transforms": tdesc, "cuda_graph": graph_note},
               "elapsed_s": round(time.perf_counter() - t0, 3)}
     return RenderResult(images=images.detach().float().cpu(), values=values.cpu(), trace=trace,
                         trace_steps=trace_steps, keys=keys, settings=record)
@@ -198,26 +216,40 @@ def render(model: nn.Module, objective: Objective | str, settings: RenderSetting
 
 def _optimize(obj: Objective, run: Callable[[Tensor], dict[str, Tensor]], params: list[Tensor],
               make_input: Callable[[], Tensor], batch: int, steps: int, lr: float, trace_every: int,
-              progress: StepCallback | None) -> tuple[Tensor, list[int]]:
-    """Adam on ``params`` for ``steps`` steps; returns the trace [T, B] (CPU) and its steps."""
+              progress: StepCallback | None, capture: Capture | None = None, sources: Sequence[Replayable] = (),
+              note: str = "off") -> tuple[Tensor, list[int], str]:
+    """Adam on ``params`` for ``steps`` steps, eagerly or (``capture``) replaying a captured step
+    (``graphed.run_steps``); returns the trace [T, B] (CPU), its steps and how the steps ran."""
     # fused: one kernel for the whole update (4x faster than the per-op path for a [B, C, H, W'] spectrum)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    opt = torch.optim.Adam(params, lr=lr, fused=fused)
+    capturable = capture is not None and all(p.is_cuda for p in params)
+    opt = torch.optim.Adam(params, lr=lr, fused=fused, capturable=capturable)
     rows: list[Tensor] = []
     trace_steps: list[int] = []
-    for step in range(steps):
+
+    def step() -> Tensor:
+        # a captured step keeps its gradient buffers: zeroed in place, not dropped
+        opt.zero_grad(set_to_none=capture is None)
         vals = obj(run(make_input()))
-        if step == 0 and tuple(vals.shape) != (batch,):
-            raise ConfigError(f"objective {obj.name} gave shape {tuple(vals.shape)}, expected ({batch},)")
-        opt.zero_grad(set_to_none=True)
         (-vals.sum()).backward()
         opt.step()
-        if step % trace_every == 0 or step == steps - 1:
-            rows.append(vals.detach().float())
-            trace_steps.append(step)
+        return vals
+
+    def after(i: int, vals: Tensor) -> None:
+        if i == 0 and tuple(vals.shape) != (batch,):
+            raise ConfigError(f"objective {obj.name} gave shape {tuple(vals.shape)}, expected ({batch},)")
+        if i % trace_every == 0 or i == steps - 1:
+            rows.append(vals.detach().float().clone())  # a replay rewrites its output buffer
+            trace_steps.append(i)
             if progress is not None:
-                progress(step, steps, rows[-1])
-    return torch.stack(rows).cpu(), trace_steps
+                progress(i, steps, rows[-1])
+
+    if capture is None:
+        for i in range(steps):
+            after(i, step())
+    else:
+        note = run_steps(step, steps, after, sources, capture)
+    return torch.stack(rows).cpu(), trace_steps, note
 
 
 def layer_channels(model: nn.Module, layer: str, size: int | Sequence[int] = 32, image_channels: int = 3) -> int:

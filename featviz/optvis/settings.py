@@ -118,6 +118,7 @@ class RenderSettings:
     optimize: bool = True  # run on ``fastpath.prepare_fast``'s copy of the model
     trace_every: int = 16  # record the objective every this many steps (and at the last)
     device: str | None = None  # must be the model's device; None = wherever the model is
+    cuda_graph: bool | None = None  # capture the optimization step as a CUDA graph; None = on CUDA only
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -142,8 +143,9 @@ class RenderSettings:
             put(self, "color", tuple(tuple(row) for row in c.tolist()))
         if not isinstance(self.optimize, bool):
             raise ConfigError(f"optimize must be True or False, got {self.optimize!r}")
-        if self.channels_last is not None and not isinstance(self.channels_last, bool):
-            raise ConfigError(f"channels_last must be True, False or None, got {self.channels_last!r}")
+        for name in ("channels_last", "cuda_graph"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True, False or None, got {getattr(self, name)!r}")
         if self.device is not None:
             try:
                 put(self, "device", str(torch.device(self.device)))
