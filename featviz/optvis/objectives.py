@@ -148,6 +148,7 @@ def channel(layer: str, c: int | Tensor) -> Objective:
     """
     idx, cmax = _channel_index(c)
     batched = isinstance(idx, Tensor)
+    on_device: dict[torch.device, Tensor] = {}  # idx copied once per device: no host copy inside a captured step
 
     def fn(acts: Acts) -> Tensor:
         act = _layer_act(acts, layer)
@@ -157,9 +158,12 @@ def channel(layer: str, c: int | Tensor) -> Objective:
         else:
             if idx.numel() != act.shape[0]:
                 raise ConfigError(f"{idx.numel()} channel indices for a batch of {act.shape[0]}")
+            where = on_device.get(act.device)
+            if where is None:
+                where = on_device[act.device] = idx.to(act.device)
             if act.dim() == 2:
-                return act[torch.arange(act.shape[0], device=act.device), idx.to(act.device)]
-            return _ChannelMean.apply(act, idx.to(act.device))
+                return act[torch.arange(act.shape[0], device=act.device), where]
+            return _ChannelMean.apply(act, where)
         return sel.flatten(1).mean(1) if sel.dim() > 1 else sel
 
     return Objective(fn, [layer], f"{layer}:{c if not batched else 'batch'}", selects=(layer, idx))
