@@ -2,7 +2,8 @@
 
 ``FEATVIZ_PAUSE_AT`` names one point, e.g. ``step:12`` (after optimizer step 12) or
 ``write:epoch_002.safetensors`` (half-way through writing that file's temp file); ``NAME#K`` pauses
-the K-th time the process reaches NAME (``write:manifest.json#3``: the third manifest write). When the process
+the K-th time the process reaches NAME (``write:manifest.json#3``: the third manifest write); ``...@R``
+pauses only the process whose ``RANK`` (torchrun's) is R (``step:12@1``). When the process
 reaches it, it writes its pid to the file named by ``FEATVIZ_PAUSE_FILE`` (if set) and sleeps until
 it is killed, or until that file is deleted (then it carries on: a paused run can be resumed). With the variable unset (always, outside fault-injection tests) a pause point costs
 one environment lookup. Nothing else in featviz reads these variables.
@@ -23,8 +24,9 @@ def pause_point(name: str) -> None:
     want = os.environ.get(ENV_AT)
     if want is None:
         return
+    want, _, rank = want.partition("@")
     point, _, nth = want.partition("#")
-    if point != name:
+    if point != name or (rank and os.environ.get("RANK", "0") != rank):
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] != (int(nth) if nth else 1):

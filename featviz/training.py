@@ -96,7 +96,7 @@ def train_one_epoch(
     batches = batch_order(len(data.train_x), cfg.batch_size, cfg.seed, epoch)
     loss_sum = torch.zeros((), dtype=torch.float64, device=norm.device)
     correct = torch.zeros((), dtype=torch.int64, device=norm.device)
-    seen = total_seen = 0
+    total_seen = 0
     for i, whole in enumerate(batches, start=1):
         lr = lr_at(step, total_steps, cfg.lr)
         for group in opt.param_groups:
@@ -112,8 +112,10 @@ def train_one_epoch(
         if isinstance(out, tuple) and hasattr(out, "aux_logits") and out.aux_logits is not None:
             aux = F.cross_entropy(out.aux_logits, y, reduction=reduction) * scale  # Inception v3's auxiliary head
             loss = loss + 0.4 * aux
-        if world > 1:
-            loss_val = float(_sum_over(loss.detach() / world))
+        hits = (logits.detach().argmax(1) == y).sum()
+        if world > 1:  # one all-reduce per step: the global batch's loss and hits (for the progress bar too)
+            both = _sum_over(torch.stack([loss.detach().float() / world, hits.float()]))
+            loss_val, hits = float(both[0]), int(both[1])
         else:
             loss_val = loss.detach().item()  # one sync per step: needed for the finite check and the progress bar
         if not math.isfinite(loss_val):
@@ -125,13 +127,12 @@ def train_one_epoch(
         opt.step()
         step += 1
         loss_sum += loss_val * len(whole) if world > 1 else loss.detach() * len(idx)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(idx)  # this process's images; len(whole) over all of them
+        correct += hits  # with several processes: every process's hits
         total_seen += len(whole)
         if on_step is not None:
-            on_step(StepInfo(epoch, i, len(batches), step, loss_val, int(correct) / seen))
+            on_step(StepInfo(epoch, i, len(batches), step, loss_val, int(correct) / total_seen))
     check_finite(model, epoch)
-    return float(loss_sum) / total_seen, int(_sum_over(correct) if world > 1 else correct) / total_seen, step
+    return float(loss_sum) / total_seen, int(correct) / total_seen, step
 
 
 def _sum_over(value: torch.Tensor) -> torch.Tensor:

@@ -144,6 +144,35 @@ def test_resume_with_another_number_of_processes(tmp_path: Path, cli) -> None:
     assert code == 0, err
 
 
+def test_a_killed_process_leaves_the_committed_run_valid(tmp_path: Path, cli) -> None:
+    """Two processes; rank 1 is killed in epoch 2 (torchrun then stops rank 0, waiting for it). Epoch 1
+    and every snapshot before it stay valid, and one process resumes the run to one process's result."""
+    import time
+
+    code, out, err = cli(["train", "--epochs", "2", *TRAIN, "--no-batchnorm", "--out", tmp_path, "--name", "whole"])
+    assert code == 0, err
+    marker = tmp_path / "paused"
+    env = {**_env(), "FEATVIZ_PAUSE_AT": "step:12@1", "FEATVIZ_PAUSE_FILE": str(marker)}
+    proc = subprocess.Popen([*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "featviz", "train", "--epochs",
+                             "2", *TRAIN, "--no-batchnorm", "--out", str(tmp_path), "--name", "cut"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(1200):
+        if marker.exists() and marker.read_text():
+            break
+        time.sleep(0.1)
+    os.kill(int(marker.read_text()), 9)  # rank 1, paused after its step 12
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    cut = Run.open(tmp_path / "cut")
+    assert cut.epochs_done == 1 and [p["id"] for p in cut.snapshot_points()][-1] == "epoch_001"
+    code, out, err = cli(["check", cut.path])
+    assert code == 0, err
+    code, out, err = cli(["train", "--resume", cut.path])
+    assert code == 0, err
+    diffs = _max_diff(Run.open(tmp_path / "whole"), Run.open(tmp_path / "cut"))
+    assert max(diffs.values()) < 1e-4, diffs
+
+
 def test_a_batch_that_does_not_split_is_one_line(tmp_path: Path) -> None:
     done = _torchrun(2, ["train", "--epochs", "1", *TRAIN[:-1], "63", "--out", tmp_path, "--name", "odd"])
     assert done.returncode != 0 and "does not split over 2 processes" in done.stderr
@@ -169,3 +198,43 @@ def test_a_short_last_batch_leaves_a_process_without_images(tmp_path: Path, cli)
     assert done.returncode == 0, done.stderr[-2000:]
     diffs = _max_diff(Run.open(tmp_path / "one"), Run.open(tmp_path / "three"))
     assert max(diffs.values()) < 1e-4, diffs
+
+
+def _one_epoch(rank: int, world: int, init: str, out: str) -> None:
+    """Worker: one epoch of train_one_epoch on its share; writes its running accuracies and the epoch's."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from featviz.config import ModelConfig, TrainConfig
+    from featviz.data.base import ImageData
+    from featviz.images import Normalizer
+    from featviz.model import build_model
+    from featviz.training import make_optimizer, train_one_epoch
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (96, 3, 8, 8), dtype=torch.uint8, generator=g)
+        y = torch.randint(0, 4, (96,), generator=g)
+        data = ImageData("t", x, y, x[:8], y[:8], ("a", "b", "c", "d"), (0.5,) * 3, (0.25,) * 3)
+        model = DistributedDataParallel(build_model(ModelConfig(widths=(4,), kernels=(3,), strides=(1,), pools=(True,),
+                                                                num_classes=4, batchnorm=False), seed=0))
+        cfg = TrainConfig(batch_size=16)
+        accs: list[float] = []
+        _, acc, _ = train_one_epoch(model, make_optimizer(model, cfg), data, cfg, Normalizer(data.mean, data.std, "cpu"),
+                                    1, 0, 6, lambda info: accs.append(info.acc), shard=(rank, world))
+        Path(out, f"{rank}.json").write_text(json.dumps({"running": accs, "epoch": acc}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_running_accuracy_counts_every_process(tmp_path: Path) -> None:
+    """The progress bar's running accuracy is the global batch's, the same on every process, and ends at
+    the epoch's accuracy (it once counted only rank 0's share)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_one_epoch, args=(2, f"file://{tmp_path / 'rdzv'}", str(tmp_path)), nprocs=2)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert len(r0["running"]) == 6 and r0 == r1
+    assert r0["running"][-1] == r0["epoch"]
