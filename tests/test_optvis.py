@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from featviz.config import ModelConfig
@@ -15,7 +16,7 @@ from featviz.optvis import (
     noise_images, pad, parse, pixel, random_rotate, random_scale, render, render_channels, specificity, standard,
     standardized_activation,
 )
-from featviz.optvis.fastpath import SelectedConv, fast_copy, select_channels
+from featviz.optvis.fastpath import PooledConv, SelectedConv, fast_copy, select_channels
 from featviz.optvis.rng import ElementRandom, element_seed
 from featviz.optvis.transforms import RandomAffine
 
@@ -350,6 +351,52 @@ def test_selected_conv_equals_the_full_conv_channel(stride: int, pad: int, dil: 
     (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
     (g_out,) = torch.autograd.grad(SelectedConv(conv, idx)(x).square().sum(), x)
     assert torch.allclose(g_out, g_ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("k, cin, hw", [(5, 3, (16, 16)), (5, 1, (12, 20)), (9, 2, (18, 14)), (5, 3, (15, 16))])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pooled_conv_equals_the_conv_then_the_pool(k: int, cin: int, hw: tuple[int, int], channels_last: bool) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, 6, k, padding=k // 2)
+    x = torch.randn(3, cin, *hw)
+    x = (x.contiguous(memory_format=torch.channels_last) if channels_last else x).requires_grad_(True)
+    ref = F.max_pool2d(conv(x), 2)
+    out = PooledConv(conv)(x)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+    g = torch.randn_like(ref)
+    (g_ref,) = torch.autograd.grad(ref, x, g)
+    (g_out,) = torch.autograd.grad(PooledConv(conv)(x), x, g)
+    assert torch.allclose(g_out, g_ref, atol=1e-5)
+
+
+def test_pooled_conv_gives_ties_to_the_first_position_as_max_pool_does() -> None:
+    conv = nn.Conv2d(3, 4, 5, padding=2)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, :, 2, 2] = 1.0  # output = sum of the pixel's channels + bias
+    x = torch.ones(2, 3, 8, 8, requires_grad=True)  # every position of every block ties
+    g = torch.rand(2, 4, 4, 4)
+    (g_ref,) = torch.autograd.grad(F.max_pool2d(conv(x), 2), x, g)
+    (g_out,) = torch.autograd.grad(PooledConv(conv)(x), x, g)
+    assert torch.equal(g_out, g_ref) and g_ref[:, :, 0::2, 0::2].abs().sum() > 0 and g_ref[:, :, 1::2].abs().sum() == 0
+
+
+def test_fast_copy_pools_into_a_thin_conv_only_where_exact() -> None:
+    model = tiny_cnn()  # conv1 3->4, 5x5, then bn1, relu1, pool1
+    x = torch.rand(2, 3, 16, 16)
+    fast = fast_copy(model, ["features.pool1", "features.conv2"])
+    assert isinstance(fast.features.conv1, PooledConv)
+    from featviz.hooks import capture
+
+    with capture(model, ["features.pool1", "features.conv2"]) as a, capture(fast, ["features.pool1", "features.conv2"]) as b, \
+            torch.no_grad():
+        model(x), fast(x)
+    assert torch.allclose(a["features.pool1"], b["features.pool1"], atol=1e-5)
+    assert torch.allclose(a["features.conv2"], b["features.conv2"], atol=1e-5)
+    for kept in ("features.conv1", "features.bn1", "features.relu1"):  # outputs before the pool stay exact
+        assert type(fast_copy(model, [kept]).features.conv1) is nn.Conv2d, kept
+    wide = build_model(ModelConfig(widths=(4, 8), kernels=(3, 3), strides=(1, 1), pools=(True, False)), seed=0)
+    assert type(fast_copy(wide, ["features.conv2"]).features.conv1) is nn.Conv2d  # 3x3: 4x the work on blocks
 
 
 def test_select_channels_applies_only_where_it_is_exact() -> None:
