@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted([*(ROOT / "featviz").rglob("*.py"), *(ROOT / "cli").rglob("*.py")])
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/metrics.md", "docs/findings.md", "docs/your_model.md", "docs/scale.md",
+@pytest.mark.parametrize("doc", ["README.md", "docs/metrics.md", "docs/findings.md", "docs/your_model.md", "docs/scale.md", "docs/layout.md",
                                  "benchmarks/README.md"])
 def test_every_relative_link_resolves(doc: str) -> None:
     path = ROOT / doc
