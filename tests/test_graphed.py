@@ -83,6 +83,12 @@ def test_when_the_loop_is_not_captured(model, cpu_graphs):
     graphed.CAPTURES["cpu"] = graphed.rerun
     custom = render_channels(model, "features.conv2", [1], transforms=jitter(1, rng=0), **{**KW, "steps": 5})
     assert custom.settings["resolved"]["cuda_graph"].startswith("off: a custom param or transform")
+    handle = model.features.relu1.register_forward_hook(lambda *a: None)
+    try:
+        hooked = render_channels(model, "features.conv2", [1], **{**KW, "steps": 5})
+    finally:
+        handle.remove()
+    assert hooked.settings["resolved"]["cuda_graph"] == "off: the model has hooks, which a graph replay would not call"
 
 
 def test_switch_values_are_checked(model):

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from featviz.errors import ConfigError
 from featviz.hooks import capture, resolve_layers
 from featviz.optvis import param as P
-from featviz.optvis.fastpath import prepare_fast
+from featviz.optvis.fastpath import hooked, prepare_fast
 from featviz.optvis.graphed import CAPTURES, Capture, Replayable, run_steps
 from featviz.optvis.memory import big_buffers
 from featviz.optvis.objectives import Objective, channel, parse
@@ -135,14 +135,17 @@ def _transform(s: RenderSettings, keys: list[int], replayable: bool = False) -> 
     return s.transforms, "custom", []
 
 
-def _graph_plan(s: RenderSettings, dev: torch.device) -> tuple[Capture | None, str]:
+def _graph_plan(s: RenderSettings, dev: torch.device, model: nn.Module) -> tuple[Capture | None, str]:
     """How to capture the optimization step (None: run it eagerly) and why, from ``s.cuda_graph``:
-    None (auto) and True capture on CUDA; elsewhere, or for a custom param or transform (whose
-    randomness a replay could not refill), the eager loop runs."""
+    None (auto) and True capture on CUDA; elsewhere, for a custom param or transform (whose
+    randomness a replay could not refill) or a model with hooks (a replay runs no Python), the
+    eager loop runs."""
     if s.cuda_graph is False:
         return None, "off"
     if not isinstance(s.param, str) or not (s.transforms is None or isinstance(s.transforms, str)):
         return None, "off: a custom param or transform may draw randomness a graph replay cannot refill"
+    if any(hooked(m) for m in model.modules()):
+        return None, "off: the model has hooks, which a graph replay would not call"
     capture = CAPTURES.get(dev.type)
     if capture is None:
         return None, f"off: CUDA graphs need a CUDA device, the model is on {dev.type}"
@@ -192,7 +195,7 @@ def render(model: nn.Module, objective: Objective | str, settings: RenderSetting
     norm = normalizer(s.mean, s.std, s.image_channels, dev, channels_last=cl)
     dtype = _model_dtype(model)
     params, image_fn = _param(s, keys, dev)
-    capture, graph_note = _graph_plan(s, dev)
+    capture, graph_note = _graph_plan(s, dev, model)
     tf, tdesc, sources = _transform(s, keys, replayable=capture is not None)
 
     def prep(img: Tensor) -> Tensor:
@@ -202,13 +205,13 @@ def render(model: nn.Module, objective: Objective | str, settings: RenderSetting
     # the fast path: a private copy of the model and the objective that reads it (same values)
     net, work = prepare_fast(model, obj, batch, channels_last=cl) if s.optimize else (model, obj)
     with big_buffers(dev.type == "cpu"), frozen(net), forward_until(net, sorted(obj.layers)) as run:
-        trace, trace_steps, graph_note = _optimize(work, run, params, lambda: prep(tf(image_fn())), batch, s.steps,
-                                                   s.lr, s.trace_every, progress, capture, sources, graph_note)
+        trace, trace_steps, ran = _optimize(work, run, params, lambda: prep(tf(image_fn())), batch, s.steps, s.lr,
+                                            s.trace_every, progress, capture, sources)
         with torch.no_grad():
             images = image_fn()
             values = work(run(prep(images))).float()
     record = {"objective": obj.name, "batch": batch, **s.to_dict(), "optimizer": "adam",
-              "resolved": {"device": str(dev), "channels_last": cl, "transforms": tdesc, "cuda_graph": graph_note},
+              "resolved": {"device": str(dev), "channels_last": cl, "transforms": tdesc, "cuda_graph": ran or graph_note},
               "elapsed_s": round(time.perf_counter() - t0, 3)}
     return RenderResult(images=images.detach().float().cpu(), values=values.cpu(), trace=trace,
                         trace_steps=trace_steps, keys=keys, settings=record)
@@ -216,10 +219,11 @@ def render(model: nn.Module, objective: Objective | str, settings: RenderSetting
 
 def _optimize(obj: Objective, run: Callable[[Tensor], dict[str, Tensor]], params: list[Tensor],
               make_input: Callable[[], Tensor], batch: int, steps: int, lr: float, trace_every: int,
-              progress: StepCallback | None, capture: Capture | None = None, sources: Sequence[Replayable] = (),
-              note: str = "off") -> tuple[Tensor, list[int], str]:
+              progress: StepCallback | None, capture: Capture | None = None,
+              sources: Sequence[Replayable] = ()) -> tuple[Tensor, list[int], str | None]:
     """Adam on ``params`` for ``steps`` steps, eagerly or (``capture``) replaying a captured step
-    (``graphed.run_steps``); returns the trace [T, B] (CPU), its steps and how the steps ran."""
+    (``graphed.run_steps``); returns the trace [T, B] (CPU), its steps and, with ``capture``, how
+    the steps ran."""
     # fused: one kernel for the whole update (4x faster than the per-op path for a [B, C, H, W'] spectrum)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     capturable = capture is not None and all(p.is_cuda for p in params)
@@ -244,12 +248,13 @@ def _optimize(obj: Objective, run: Callable[[Tensor], dict[str, Tensor]], params
             if progress is not None:
                 progress(i, steps, rows[-1])
 
+    ran = None
     if capture is None:
         for i in range(steps):
             after(i, step())
     else:
-        note = run_steps(step, steps, after, sources, capture)
-    return torch.stack(rows).cpu(), trace_steps, note
+        ran = run_steps(step, steps, after, sources, capture)
+    return torch.stack(rows).cpu(), trace_steps, ran
 
 
 def layer_channels(model: nn.Module, layer: str, size: int | Sequence[int] = 32, image_channels: int = 3) -> int:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from featviz.optvis.objectives import Objective, channel
 
-__all__ = ["fast_copy", "select_channels", "prepare_fast", "SelectedConv", "PooledConv"]
+__all__ = ["fast_copy", "select_channels", "prepare_fast", "SelectedConv", "PooledConv", "hooked"]
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -45,7 +45,7 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
             and bn.running_var is not None and bn.num_features == conv.out_channels)
 
 
-def _hooked(m: nn.Module) -> bool:
+def hooked(m: nn.Module) -> bool:
     """Modules with hooks of their own are left alone: replacing them would silently drop the hooks."""
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                 or getattr(m, "_backward_pre_hooks", None))
@@ -58,7 +58,7 @@ def _rewrite(seq: nn.Sequential, prefix: str, keep: set[str]) -> int:
     for a, b in zip(names, names[1:]):
         first, second = seq._modules[a], seq._modules[b]
         full_a = f"{prefix}{a}"
-        if full_a in keep or _hooked(first) or _hooked(second):
+        if full_a in keep or hooked(first) or hooked(second):
             continue
         if _foldable(first, second):
             _fold(first, second)
@@ -74,7 +74,7 @@ def _rewrite(seq: nn.Sequential, prefix: str, keep: set[str]) -> int:
 def _pool_of(m: nn.Module) -> nn.MaxPool2d | None:
     """The 2x2, stride-2 max-pool at the start of ``m`` (a pool, or the pool-then-ReLU made above)."""
     pool = m[0] if type(m) is nn.Sequential and len(m) == 2 and type(m[1]) is nn.ReLU else m
-    return pool if type(pool) is nn.MaxPool2d and PooledConv.pool_fits(pool) and not _hooked(pool) else None
+    return pool if type(pool) is nn.MaxPool2d and PooledConv.pool_fits(pool) and not hooked(pool) else None
 
 
 def _pool_into_thin_convs(seq: nn.Sequential, prefix: str, keep: set[str]) -> int:
@@ -85,10 +85,10 @@ def _pool_into_thin_convs(seq: nn.Sequential, prefix: str, keep: set[str]) -> in
     done = 0
     for i, name in enumerate(names):
         conv = seq._modules[name]
-        if not (type(conv) is nn.Conv2d and PooledConv.fits(conv)) or _hooked(conv):
+        if not (type(conv) is nn.Conv2d and PooledConv.fits(conv)) or hooked(conv):
             continue
         j = i + 1
-        while j < len(names) and type(seq._modules[names[j]]) is nn.Identity:
+        while j < len(names) and type(seq._modules[names[j]]) is nn.Identity and not hooked(seq._modules[names[j]]):
             j += 1
         if j == len(names) or any(f"{prefix}{n}" in keep for n in names[i:j]):  # the pool's own output stays
             continue
@@ -227,7 +227,7 @@ class PooledConv(nn.Module):
 
 
 def _selectable(m: nn.Module) -> bool:
-    return (type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros" and not _hooked(m)
+    return (type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros" and not hooked(m)
             and isinstance(m.padding, tuple))
 
 
@@ -242,7 +242,7 @@ def select_channels(copy_: nn.Module, layer: str, idx: Tensor) -> bool:
     target = mods.get(layer)
     parent_name, _, child = layer.rpartition(".")
     parent = mods.get(parent_name)
-    if target is None or parent is None or _hooked(target):
+    if target is None or parent is None or hooked(target):
         return False
     if type(target) is nn.Identity:
         if type(parent) is not nn.Sequential:

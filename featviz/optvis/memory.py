@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import threading
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ _depth = 0
 _raised = False
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     """glibc, or None elsewhere (mallopt is glibc's; gnu_get_libc_version tells glibc from musl)."""
     try:
@@ -61,7 +63,13 @@ def big_buffers(enabled: bool = True) -> Iterator[bool]:
     with _lock:
         _depth += 1
         if libc is not None and not _raised:
-            _raised = all([libc.mallopt(param, RAISED) == 1 for param in DEFAULTS])  # 0: refused
+            done = []
+            for param in DEFAULTS:  # stop at the first refusal (mallopt returns 0) and undo what was set
+                if libc.mallopt(param, RAISED) != 1:
+                    _restore(libc, done)
+                    break
+                done.append(param)
+            _raised = len(done) == len(DEFAULTS)
         raised = _raised
     try:
         yield raised
@@ -70,7 +78,11 @@ def big_buffers(enabled: bool = True) -> Iterator[bool]:
             _depth -= 1
             if _depth == 0 and _raised:
                 lib = _libc()
-                for param, value in DEFAULTS.items():
-                    lib.mallopt(param, value)
+                _restore(lib, list(DEFAULTS))
                 lib.malloc_trim(0)
                 _raised = False
+
+
+def _restore(libc: ctypes.CDLL, params: list[int]) -> None:
+    for param in params:
+        libc.mallopt(param, DEFAULTS[param])

@@ -95,6 +95,20 @@ def _layer_act(acts: Acts, layer: str) -> Tensor:
     return act
 
 
+def _per_device(t: Tensor) -> Callable[[torch.device, torch.dtype], Tensor]:
+    """``get(device, dtype)``: ``t`` there, copied once per (device, dtype), so an objective's constants
+    cause no host-to-device copy per step (none may happen inside a captured CUDA graph)."""
+    copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def get(device: torch.device, dtype: torch.dtype) -> Tensor:
+        key = (device, dtype)
+        if key not in copies:
+            copies[key] = t.to(device, dtype)
+        return copies[key]
+
+    return get
+
+
 def _check_channel(layer: str, cmax: int, act: Tensor) -> None:
     if cmax >= act.shape[1]:
         raise ConfigError(f"channel {cmax} out of range for layer {layer!r} with {act.shape[1]} channels")
@@ -148,7 +162,7 @@ def channel(layer: str, c: int | Tensor) -> Objective:
     """
     idx, cmax = _channel_index(c)
     batched = isinstance(idx, Tensor)
-    on_device: dict[torch.device, Tensor] = {}  # idx copied once per device: no host copy inside a captured step
+    idx_on = _per_device(idx) if batched else None
 
     def fn(acts: Acts) -> Tensor:
         act = _layer_act(acts, layer)
@@ -158,9 +172,7 @@ def channel(layer: str, c: int | Tensor) -> Objective:
         else:
             if idx.numel() != act.shape[0]:
                 raise ConfigError(f"{idx.numel()} channel indices for a batch of {act.shape[0]}")
-            where = on_device.get(act.device)
-            if where is None:
-                where = on_device[act.device] = idx.to(act.device)
+            where = idx_on(act.device, idx.dtype)
             if act.dim() == 2:
                 return act[torch.arange(act.shape[0], device=act.device), where]
             return _ChannelMean.apply(act, where)
@@ -203,12 +215,13 @@ def direction(layer: str, vec: Tensor, cosine: bool = False) -> Objective:
     if not isinstance(vec, Tensor) or vec.dim() != 1:
         raise ConfigError("direction needs a 1-D tensor [C]")
     v = vec.detach().float()
+    v_on = _per_device(v)
 
     def fn(acts: Acts) -> Tensor:
         act = _layer_act(acts, layer)
         if act.shape[1] != v.numel():
             raise ConfigError(f"direction has {v.numel()} entries; layer {layer!r} has {act.shape[1]} channels")
-        vv = v.to(act.device, act.dtype).view(1, -1, *([1] * (act.dim() - 2)))
+        vv = v_on(act.device, act.dtype).view(1, -1, *([1] * (act.dim() - 2)))
         dot = (act * vv).sum(1)
         if cosine:
             dot = dot / (act.norm(dim=1) * vv.norm() + 1e-8)
