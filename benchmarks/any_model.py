@@ -63,7 +63,7 @@ def loop(data, out: Path | None, epochs: int = 2, batch: int = 128) -> tuple[flo
             loss.backward()
             opt.step()
             if rec:
-                rec.step(loss=loss.item())
+                rec.step(loss=loss)
         if rec:
             rec.epoch()
     if rec:

@@ -7,7 +7,7 @@ Public API::
     run = featviz.load_run("outputs/shapes-...")  # open an existing run
     weights = run.load_snapshot(0)                # dict of tensors at the random init
     with featviz.record(model, name="mine", model_spec="pkg.mod:factory", data=val_set) as rec:
-        ...; rec.step(loss=loss.item()) ...; rec.epoch(val_acc=acc)   # your own loop, recorded
+        ...; rec.step(loss=loss) ...; rec.epoch(val_acc=acc)   # your own loop, recorded
 """
 
 __version__ = "0.1.0"

@@ -68,18 +68,20 @@ def train_run(
     distributed.barrier(group)
     data = distributed.rank0_first(group, load_data, data_cfg)  # one download, not one per process
     model, model_dict = _new_model(data, model_cfg, model_spec, train_cfg.seed)
-    layers = trace(model, data.channels, data.size)
-    try:  # the render step's decorrelated-colour matrix comes from the training images
-        color = color_matrix(data.train_x[:: max(1, len(data.train_x) // 5000)]).tolist()  # even subsample: folders come class by class
-    except FeatvizError:  # images without colour variance (e.g. a constant folder)
-        color = None
-    meta = {
-        "name": name, "seed": train_cfg.seed, **provenance(device),
-        "configs": {"data": to_dict(data_cfg), "model": model_dict, "train": to_dict(train_cfg)},
-        "data": {**data.describe(), "color_matrix": color}, "layers": layers,
-        "params_total": sum(p.numel() for p in model.parameters()), "processes": group.world,
-    }
-    run = Run.create(out, name, meta, force=force) if group.main else None
+    run = None
+    if group.main:  # rank 0 alone describes and creates the run
+        layers = trace(model, data.channels, data.size)
+        try:  # the render step's decorrelated-colour matrix comes from the training images
+            color = color_matrix(data.train_x[:: max(1, len(data.train_x) // 5000)]).tolist()  # even subsample: folders come class by class
+        except FeatvizError:  # images without colour variance (e.g. a constant folder)
+            color = None
+        meta = {
+            "name": name, "seed": train_cfg.seed, **provenance(device),
+            "configs": {"data": to_dict(data_cfg), "model": model_dict, "train": to_dict(train_cfg)},
+            "data": {**data.describe(), "color_matrix": color}, "layers": layers,
+            "params_total": sum(p.numel() for p in model.parameters()), "processes": group.world,
+        }
+        run = Run.create(out, name, meta, force=force)
     distributed.barrier(group)
     run = run or Run.open(out / name)
     return _fit(run, data, model, train_cfg, device, first_epoch=1, progress=progress or SilentTraining(), group=group)
@@ -147,7 +149,7 @@ def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, de
     records = run.metrics()
     torch.manual_seed(cfg.seed)  # dropout, if any, draws from the global generator
     if first_epoch == 1:
-        val_loss, val_acc = evaluate(model, data.val_x, data.val_y, norm)
+        val_loss, val_acc = _validate(model, data, norm, group)
         init = {"epoch": 0, "step": 0, "train_loss": None, "train_acc": None, "val_loss": val_loss,
                 "val_acc": val_acc, "lr": 0.0, "wall_s": 0.0}
         if group.main:
@@ -174,7 +176,7 @@ def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, de
         t0, spent[0] = time.perf_counter(), 0.0
         train_loss, train_acc, step = train_one_epoch(trained, opt, data, cfg, norm, epoch, step, total, on_step,
                                                       shard=(group.rank, group.world))
-        val_loss, val_acc = evaluate(model, data.val_x, data.val_y, norm)
+        val_loss, val_acc = _validate(model, data, norm, group)
         rec = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "wall_s": round(time.perf_counter() - t0, 3),
                "step_snapshot_s": round(spent[0], 4)}
@@ -183,6 +185,12 @@ def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, de
         progress.epoch(rec)
     distributed.finish(group)
     return run
+
+
+def _validate(model: torch.nn.Module, data: ImageData, norm: Normalizer,
+              group: distributed.Group) -> tuple[float | None, float | None]:
+    """Validation loss and accuracy, on rank 0 only: it alone writes them (no collective runs here)."""
+    return evaluate(model, data.val_x, data.val_y, norm) if group.main else (None, None)
 
 
 def _commit(run: Run, epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -237,7 +245,8 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: StageProg
     if group.main:
         run.merge_render_parts()  # what an interrupted multi-process render left: reused, not redone
     distributed.barrier(group)
-    snaps, bad = run.load_points(points)  # each verified once, used by both halves
+    # each verified once, used by both halves; the filters (rank 0) need every point, the rest only the moments
+    snaps, bad = run.load_points(points if cfg.filters and group.main else chosen)
     for p in chosen:  # a damaged snapshot of a requested moment fails here, before anything is written
         if p["id"] in bad:
             raise RunError(bad[p["id"]])

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.utils.data import IterableDataset
 
 from featviz.errors import ConfigError, RunError, one_line
 from featviz.fileio import atomic_write_json, save_tensors
@@ -60,19 +61,20 @@ def take_probe(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``n`` examples of ``data`` as (x float [N, C, H, W], y int64 [N], -1 where unknown), evenly
     spaced over the data (class-sorted sets stay balanced). ``data``: a map-style Dataset of (x, y) or x,
     a DataLoader (its dataset is read, never the loader: iterating it would move its random generator),
-    an iterable of (x, y) batches, a tensor, or an (x, y) pair of tensors."""
+    an iterable of (x, y) batches (a DataLoader over an IterableDataset is iterated), an IterableDataset of
+    examples, a tensor, or an (x, y) pair of tensors."""
     dataset = getattr(data, "dataset", None)
-    if dataset is not None and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+    if _map_style(dataset):
         data = dataset  # a DataLoader over a map-style dataset
     if torch.is_tensor(data) or (isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0])):
         x, y = (data, None) if torch.is_tensor(data) else data
         idx = _spread(len(x), n)
         return x[idx].float(), torch.full((len(idx),), -1) if y is None else torch.as_tensor(y)[idx].long()
-    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+    if _map_style(data):
         items: Any = (data[i] for i in _spread(len(data), n).tolist())
         batched = False
     elif hasattr(data, "__iter__"):
-        items, batched = iter(data), True
+        items, batched = iter(data), not isinstance(data, IterableDataset)  # a dataset gives examples
     else:
         raise ConfigError(f"data is a {type(data).__name__}; give a Dataset, DataLoader or tensor of images")
     xs, ys, count = [], [], 0
@@ -86,6 +88,12 @@ def take_probe(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not xs:
         raise ConfigError("data has no examples: give featviz.record a few validation images")
     return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def _map_style(data: Any) -> bool:
+    """Indexable with a length (an IterableDataset has ``__getitem__`` too, but only to raise)."""
+    return (data is not None and not isinstance(data, IterableDataset) and hasattr(data, "__getitem__")
+            and hasattr(data, "__len__"))
 
 
 def _spread(total: int, n: int) -> torch.Tensor:
@@ -104,7 +112,7 @@ def _example(item: Any) -> tuple[torch.Tensor, Any]:
                           "ToTensor/Normalize transform in the dataset)") from None
 
 
-RESERVED = ("epoch", "step", "wall_s", "train_loss")  # metric names the recorder writes itself
+OWN = ("epoch", "step", "wall_s")  # metrics.jsonl fields the recorder always writes itself
 
 
 class Recorder:
@@ -136,7 +144,7 @@ class Recorder:
         self.force = force
         self.run: Run | None = None
         self.step_count = self.epoch_count = 0
-        self.losses: list[float] = []
+        self.losses: list[float | torch.Tensor] = []
         self.records: list[dict[str, Any]] = []
         self.t0 = time.perf_counter()
         self.snapshot_s = 0.0  # seconds spent writing snapshots (the recorder's cost to the loop)
@@ -160,12 +168,13 @@ class Recorder:
         self._commit({"epoch": 0, "step": 0, "train_loss": None, "wall_s": 0.0})
         return self.run
 
-    def step(self, loss: float | None = None) -> None:
-        """After each optimizer step: counts it, keeps ``loss`` for the epoch's mean, writes a step
+    def step(self, loss: float | torch.Tensor | None = None) -> None:
+        """After each optimizer step: counts it, keeps ``loss`` (a number or a one-element tensor, kept
+        on its device until the epoch ends: no GPU sync per step) for the epoch's mean, writes a step
         snapshot where the schedule has one."""
         self.step_count += 1
         if loss is not None:
-            self.losses.append(float(loss))
+            self.losses.append(loss.detach() if torch.is_tensor(loss) else float(loss))
         if self._wants(self.step_count):
             t = time.perf_counter()
             path = self._live().step_snapshot_file(self.step_count)
@@ -176,12 +185,13 @@ class Recorder:
     def epoch(self, **metrics: float) -> None:
         """After each epoch: snapshot, metrics line (the mean step loss and ``metrics``, e.g. val_acc=0.91),
         manifest. The epoch counts from here on."""
-        bad = [k for k in metrics if k in RESERVED]
+        bad = [k for k in metrics if k in OWN or (k == "train_loss" and self.losses)]
         if bad:  # checked before anything counts, so the loop can go on after fixing the call
             raise ConfigError(f"rec.epoch({bad[0]}=...): {bad[0]!r} is the recorder's own; name your metric otherwise")
         self.epoch_count += 1
+        losses = [float(v) for v in self.losses]
         rec: dict[str, Any] = {"epoch": self.epoch_count, "step": self.step_count,
-                               "train_loss": sum(self.losses) / len(self.losses) if self.losses else None}
+                               "train_loss": sum(losses) / len(losses) if losses else metrics.pop("train_loss", None)}
         for key, val in metrics.items():
             try:
                 rec[key] = None if val is None else float(val.item() if torch.is_tensor(val) else val)

@@ -18,6 +18,7 @@ from torch import nn
 
 from featviz.config import TrainConfig
 from featviz.data.base import ImageData
+from featviz.distributed import Group, all_sum
 from featviz.errors import TrainingDiverged
 from featviz.images import Normalizer
 from featviz.zoo import logits_of
@@ -94,8 +95,10 @@ def train_one_epoch(
     rank, world = shard
     model.train()
     batches = batch_order(len(data.train_x), cfg.batch_size, cfg.seed, epoch)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=norm.device)
-    correct = torch.zeros((), dtype=torch.int64, device=norm.device)
+    # one process: running sums on the device (no sync beyond the loss's); several: host numbers, since
+    # the step's all-reduce brings the global loss and hits to the host anyway
+    loss_sum = 0.0 if world > 1 else torch.zeros((), dtype=torch.float64, device=norm.device)
+    correct = 0 if world > 1 else torch.zeros((), dtype=torch.int64, device=norm.device)
     total_seen = 0
     for i, whole in enumerate(batches, start=1):
         lr = lr_at(step, total_steps, cfg.lr)
@@ -114,8 +117,9 @@ def train_one_epoch(
             loss = loss + 0.4 * aux
         hits = (logits.detach().argmax(1) == y).sum()
         if world > 1:  # one all-reduce per step: the global batch's loss and hits (for the progress bar too)
-            both = _sum_over(torch.stack([loss.detach().float() / world, hits.float()]))
-            loss_val, hits = float(both[0]), int(both[1])
+            both = all_sum(Group(rank, world), torch.stack([loss.detach().float() / world, hits.float()]))
+            loss_val, hits = both.tolist()  # one device-to-host copy
+            hits = int(hits)
         else:
             loss_val = loss.detach().item()  # one sync per step: needed for the finite check and the progress bar
         if not math.isfinite(loss_val):
@@ -133,15 +137,6 @@ def train_one_epoch(
             on_step(StepInfo(epoch, i, len(batches), step, loss_val, int(correct) / total_seen))
     check_finite(model, epoch)
     return float(loss_sum) / total_seen, int(correct) / total_seen, step
-
-
-def _sum_over(value: torch.Tensor) -> torch.Tensor:
-    """``value`` summed over every process of the group (torch.distributed.all_reduce)."""
-    import torch.distributed as dist
-
-    value = value.clone()
-    dist.all_reduce(value)
-    return value
 
 
 def check_finite(model: nn.Module, epoch: int) -> None:

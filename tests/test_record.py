@@ -205,3 +205,38 @@ def test_a_failed_loop_without_a_planned_count_is_interrupted(user_code: Path, t
             raise KeyboardInterrupt
     run = Run.open(tmp_path / "open")
     assert run.epochs_done == 1 and not run.complete
+
+
+def test_train_loss_comes_from_the_loop_only_when_it_gives_no_step_losses(user_code: Path, tmp_path: Path) -> None:
+    from usernets import TwoHeads
+
+    rec = featviz.record(TwoHeads(), "tl", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips())
+    rec.start()
+    rec.step()
+    rec.epoch(train_loss=0.5)  # e.g. Lightning's manual optimization: the loop logs its own
+    rec.step(loss=torch.tensor(2.0))
+    rec.step(loss=torch.tensor([4.0], requires_grad=True))  # tensors are kept on their device until the epoch ends
+    rec.epoch()
+    rec.step(loss=1.0)
+    with pytest.raises(ConfigError, match="recorder's own"):
+        rec.epoch(train_loss=1.0)
+    rec.close()
+    assert [m["train_loss"] for m in Run.open(rec.run.path).metrics()] == [None, 0.5, 3.0]
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __len__(self) -> int:  # a length does not make it indexable
+        return 10
+
+    def __iter__(self):
+        for i in range(10):
+            yield torch.full((3, 4, 4), float(i)), i % 2
+
+
+def test_probe_from_an_iterable_dataset() -> None:
+    from featviz.record import take_probe
+
+    for data, n in ((_Stream(), 4), (DataLoader(_Stream(), batch_size=3), 5)):
+        x, y = take_probe(data, n)
+        assert x.shape == (n, 3, 4, 4) and y.tolist() == [i % 2 for i in range(n)]
+        assert x[:, 0, 0, 0].tolist() == [float(i) for i in range(n)]

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import IterableDataset
 
 from featviz.errors import ConfigError
-from featviz.record import Recorder, untouched_rng
+from featviz.record import OWN, Recorder, untouched_rng
 
 try:
     import lightning.pytorch as pl
@@ -32,9 +31,6 @@ except ImportError:
     raise ConfigError("featviz.integrations.lightning needs Lightning: pip install 'featviz[lightning]'") from None
 
 __all__ = ["FeatvizCallback"]
-
-RESERVED = ("epoch", "step", "wall_s")  # metrics.jsonl fields the recorder owns
-
 
 class FeatvizCallback(pl.Callback):
     """Writes a featviz run from ``Trainer.fit``; see the module docstring for the contract."""
@@ -93,7 +89,7 @@ class FeatvizCallback(pl.Callback):
         step_loss = None
         if self._pending:  # automatic optimization divides each batch's loss by the accumulation count
             total = torch.stack(self._pending).float()
-            step_loss = float(total.sum() if pl_module.automatic_optimization else total.mean())
+            step_loss = total.sum() if pl_module.automatic_optimization else total.mean()  # stays on the device
         self._global_step, self._pending = trainer.global_step, []
         for i in range(stepped):  # several optimizers can step on one batch
             self.rec.step(loss=step_loss if i == 0 else None)
@@ -103,8 +99,8 @@ class FeatvizCallback(pl.Callback):
             return
         metrics: dict[str, float] = {}
         for key, val in trainer.callback_metrics.items():
-            if key in RESERVED or (key == "train_loss" and self.rec.losses):
-                continue  # the recorder's train_loss is the mean loss per optimizer step
+            if key in OWN or (key == "train_loss" and self.rec.losses):
+                continue  # the recorder's train_loss is the mean loss per optimizer step (else the one logged)
             if torch.is_tensor(val) and val.dim() == 0:
                 metrics[key] = float(val.item())
             elif isinstance(val, (int, float)) and not isinstance(val, bool):
@@ -125,7 +121,7 @@ class FeatvizCallback(pl.Callback):
 
 def _val_data(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
     """The validation data: the trainer's loaders, else the datamodule's or module's ``val_dataloader()``; the
-    first loader's map-style dataset when it has one (examples, not batches), else the loader."""
+    first loader."""
     loaders: Any = trainer.val_dataloaders
     if loaders is None:
         source = trainer.datamodule if trainer.datamodule is not None else pl_module
@@ -136,5 +132,4 @@ def _val_data(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         loaders = next(iter(loaders.values())) if isinstance(loaders, dict) else loaders[0]
     if loaders is None or isinstance(loaders, (list, tuple, dict)):
         raise ConfigError("FeatvizCallback found no validation dataloader: pass data= (a few validation images)")
-    dataset = getattr(loaders, "dataset", None)
-    return dataset if dataset is not None and not isinstance(dataset, IterableDataset) else loaders
+    return loaders  # featviz.record reads a map-style loader's dataset, never the loader
