@@ -22,7 +22,7 @@ import torch
 from featviz.config import DataConfig, to_dict
 from featviz.data import load_data
 from featviz.device import resolve_device
-from featviz.errors import ConfigError, FeatvizError, one_line
+from featviz.errors import ConfigError, one_line
 from featviz.fileio import load_tensors, save_tensors
 from featviz.images import Normalizer
 from featviz.layers import trace
@@ -156,12 +156,9 @@ def import_checkpoints(folder: str | Path, spec: ModelSpec, data_cfg: DataConfig
     for i, (_, path) in enumerate(files):  # every file checked before the run exists; none kept in memory
         _finite(match_keys(read_checkpoint(path), wanted, path), path)
         progress("checking checkpoints", i + 1, len(files))
-    from featviz.optvis.param import color_matrix
+    from featviz.optvis.param import color_matrix_or_none
 
-    try:
-        color = color_matrix(data.train_x[:: max(1, len(data.train_x) // 5000)]).tolist()
-    except FeatvizError:
-        color = None
+    color = color_matrix_or_none(data.train_x)
     dev = resolve_device(device)
     meta = {"name": name, "seed": None, "source": "import", **provenance(dev),
             "configs": {"data": to_dict(data_cfg), "model": spec.as_dict(), "train": {"epochs": len(files) - 1}},

@@ -22,13 +22,13 @@ from featviz.data import ImageData, load_data
 from featviz import analyze as analyze_stage
 from featviz import distributed
 from featviz import render as render_stage
-from featviz.errors import ConfigError, FeatvizError, RunError
+from featviz.errors import ConfigError, RunError
 from featviz.faults import pause_point
 from featviz.gallery.build import build_gallery
 from featviz.layers import select_layers, trace
 from featviz.loading import allow, build_run_model, check_access
 from featviz.model import build_model
-from featviz.optvis.param import color_matrix
+from featviz.optvis.param import color_matrix_or_none
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
 from featviz.provenance import provenance
 from featviz.renderset import am_settings, settings_id
@@ -71,10 +71,7 @@ def train_run(
     run = None
     if group.main:  # rank 0 alone describes and creates the run
         layers = trace(model, data.channels, data.size)
-        try:  # the render step's decorrelated-colour matrix comes from the training images
-            color = color_matrix(data.train_x[:: max(1, len(data.train_x) // 5000)]).tolist()  # even subsample: folders come class by class
-        except FeatvizError:  # images without colour variance (e.g. a constant folder)
-            color = None
+        color = color_matrix_or_none(data.train_x)  # the render step's decorrelated colour, from the training images
         meta = {
             "name": name, "seed": train_cfg.seed, **provenance(device),
             "configs": {"data": to_dict(data_cfg), "model": model_dict, "train": to_dict(train_cfg)},

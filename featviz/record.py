@@ -267,12 +267,12 @@ class Recorder:
         n_classes = int(out.shape[-1])
         spec = ModelSpec(normalize_spec(self.spec_text), self.kwargs, chans, n_classes)
         rebuilt = _check_rebuild(self.model, spec)
-        from featviz.optvis.param import color_matrix
+        from featviz.optvis.param import color_matrix_or_none
 
         classes = self.classes or list(getattr(self.data, "classes", [])) or [str(i) for i in range(n_classes)]
         data = {"name": str(getattr(self.data, "__class__", type(self.data)).__name__), "classes": classes,
                 "channels": chans, "size": size, "n_train": None, "n_val": int(len(raw)), "mean": mean, "std": std,
-                "color_matrix": color_matrix(raw).tolist() if chans > 1 else None}
+                "color_matrix": color_matrix_or_none(raw) if chans > 1 else None}
         meta = {"name": self.name, "seed": None, "source": "record", "recording": True, **provenance(device),
                 "configs": {"data": {"name": data["name"]}, "model": spec.as_dict(),
                             "train": {"epochs": self.epochs_planned or 0, "snapshots": self.kind + (

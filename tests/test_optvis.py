@@ -515,3 +515,11 @@ def test_prepare_fast_returns_the_copy_and_the_objective_to_use_on_it() -> None:
         assert torch.allclose(obj(run_a(x)), work(run_b(x)), atol=1e-5)
     same_net, same = prepare_fast(model, neuron("features.bn2", 1), batch=2)
     assert same_net is not model and same.name == "features.bn2:1@None,None"  # not a channel mean: unchanged
+
+
+def test_color_matrix_or_none_for_run_json() -> None:
+    from featviz.optvis.param import color_matrix, color_matrix_or_none
+
+    assert color_matrix_or_none(torch.full((4, 3, 5, 5), 128, dtype=torch.uint8)) is None  # no colour variance
+    imgs = torch.randint(0, 256, (12, 3, 5, 5), dtype=torch.uint8)
+    assert color_matrix_or_none(imgs, max_images=4) == color_matrix(imgs[::3]).tolist()  # an even subsample

@@ -21,7 +21,8 @@ from featviz.optvis.rng import PARAM_STREAM, element_seed, generator
 
 Param = tuple[list[Tensor], Callable[[], Tensor]]
 
-__all__ = ["Param", "pixel", "fourier", "color_matrix", "check_color", "spectrum_scale", "element_seeds"]
+__all__ = ["Param", "pixel", "fourier", "color_matrix", "color_matrix_or_none", "check_color", "spectrum_scale",
+           "element_seeds"]
 
 
 def element_seeds(batch: int, seed: int | Sequence[int]) -> list[int]:
@@ -147,3 +148,12 @@ def color_matrix(images: Tensor, max_pixels: int = 2_000_000) -> Tensor:
     if not torch.isfinite(norm) or norm <= 0:
         raise ConfigError("images have no colour variance; cannot build a colour matrix")
     return (root / norm).float()
+
+
+def color_matrix_or_none(images: Tensor, max_images: int = 5000) -> list[list[float]] | None:
+    """``color_matrix`` of an even subsample of at most about ``max_images`` of ``images`` (folders come
+    class by class) as lists, for run.json; None when the images have no colour variance."""
+    try:
+        return color_matrix(images[:: max(1, len(images) // max_images)]).tolist()
+    except ConfigError:
+        return None
