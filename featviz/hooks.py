@@ -53,24 +53,33 @@ def hook_count(model: nn.Module) -> int:
 
 
 @contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no gradients inside the block; every module's own train/eval flag restored after
-    (not just the root's: a model may keep frozen BatchNorms in eval while it trains)."""
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block; every module's own train/eval flag restored after (not just the
+    root's: a model may keep frozen BatchNorms in eval while it trains)."""
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        with torch.no_grad():
-            yield model
+        yield model
     finally:
         for m, flag in flags:
             m.training = flag
 
 
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``eval_mode`` and no gradients inside the block."""
+    with eval_mode(model), torch.no_grad():
+        yield model
+
+
 def input_kind(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """The device and floating dtype an input to ``model`` needs: its first parameter's (else its first
-    buffer's; CPU float32 if it has neither)."""
+    """The device and floating dtype an input to ``model`` needs: the device of its first parameter
+    (else first buffer; CPU if it has neither) and the dtype of its first floating parameter (else
+    floating buffer; float32 if none)."""
     first = next(model.parameters(), None)
     first = next(model.buffers(), None) if first is None else first
     if first is None:
         return torch.device("cpu"), torch.float32
-    return first.device, first.dtype if first.is_floating_point() else torch.float32
+    floating = next((t for t in model.parameters() if t.is_floating_point()), None)
+    floating = next((t for t in model.buffers() if t.is_floating_point()), None) if floating is None else floating
+    return first.device, floating.dtype if floating is not None else torch.float32

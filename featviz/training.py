@@ -20,6 +20,7 @@ from featviz.config import TrainConfig
 from featviz.data.base import ImageData
 from featviz.distributed import Group, all_sum
 from featviz.errors import TrainingDiverged
+from featviz.hooks import evaluating
 from featviz.images import Normalizer
 from featviz.zoo import logits_of
 
@@ -65,18 +66,16 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return len(batch_order(n, batch_size, 0, 0))
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer, batch_size: int = 512) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (eval mode) on uint8 images ``x`` [N, C, H, W]."""
-    was_training = model.training
-    model.eval()
+    """Mean cross-entropy and accuracy of ``model`` (eval mode, every module's flag restored after) on
+    uint8 images ``x`` [N, C, H, W]."""
     loss_sum, correct = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        logits = logits_of(model(norm(x[i:i + batch_size])))
-        yb = y[i:i + batch_size].to(logits.device)
-        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(1) == yb).sum())
-    model.train(was_training)
+    with evaluating(model):
+        for i in range(0, len(x), batch_size):
+            logits = logits_of(model(norm(x[i:i + batch_size])))
+            yb = y[i:i + batch_size].to(logits.device)
+            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
     return loss_sum / max(1, len(x)), correct / max(1, len(x))
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from featviz.errors import ConfigError
-from featviz.hooks import capture, resolve_layers
+from featviz.hooks import capture, eval_mode, input_kind, resolve_layers
 from featviz.optvis import param as P
 from featviz.optvis.fastpath import hooked, prepare_fast
 from featviz.optvis.graphed import CAPTURES, Capture, Replayable, run_steps
@@ -58,16 +58,13 @@ class _StopForward(Exception):
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and ``requires_grad=False`` inside the block; each module's and parameter's flag restored."""
-    modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        model.eval()
-        for p, _ in grads:
-            p.requires_grad_(False)
-        yield model
+        with eval_mode(model):
+            for p, _ in grads:
+                p.requires_grad_(False)
+            yield model
     finally:
-        for m, mode in modes:
-            m.training = mode
         for p, flag in grads:
             p.requires_grad_(flag)
 
@@ -108,10 +105,7 @@ def forward_until(model: nn.Module, names: Sequence[str]) -> Iterator[Callable[[
 
 
 def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    t = next(iter(model.parameters()), None)
-    if t is None:
-        t = next(iter(model.buffers()), None)
-    own = t.device if t is not None else torch.device("cpu")
+    own = input_kind(model)[0]
     if device is not None and torch.device(device) != own and not (
             torch.device(device).type == own.type and torch.device(device).index is None):
         raise ConfigError(f"device {device} differs from the model's {own}; move the model first")
@@ -119,8 +113,7 @@ def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:
-    t = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return t.dtype if t is not None else torch.float32
+    return input_kind(model)[1]
 
 
 def _transform(s: RenderSettings, keys: list[int], replayable: bool = False) -> tuple[Transform, Any, list[Replayable]]:
