@@ -321,7 +321,7 @@ def cli_render(run_dir: str | None, layer: str, steps: int, peak: float, model: 
         with Clock() as c:
             subprocess.run(argv, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
     convs = convs_until(model, layer)
-    mac, chans = conv_flops(convs)[0], convs[-1][0].out_channels
+    mac, chans = sum(macs(c, shape) for c, shape in convs), convs[-1][0].out_channels  # as bench() counts them
     floor = 4 * mac * steps * chans / peak
     return (f"featviz render --layers {layer} --size {SIZE} --steps {steps} (subprocess, start-up included): "
             f"{c.wall:.1f} s wall = {c.wall / floor:.2f}x the floor ({floor:.1f} s)")

@@ -21,10 +21,11 @@ from featviz.device import resolve_device
 from featviz.errors import FeatvizError, RunError
 from featviz.filters import layer_scale
 from featviz.images import Normalizer, decode_png, png_bytes
+from featviz.layers import run_fields
 from featviz.loading import build_run_model, load_model_at
 from featviz.metrics import (
     crop_around, effective_receptive_field, filter_bits, layer_stats, linear_cka, per_filter_change,
-    relative_change, rotation, spectrum_slope, theoretical_receptive_fields, zlib_bits_per_pixel,
+    relative_change, rotation, spectrum_slope, zlib_bits_per_pixel,
 )
 from featviz.model import activation_layer, recalibrate_batchnorm, response_layer
 from featviz.plots import PLOTS, available
@@ -69,14 +70,9 @@ def updates_by_step(run: Run, points: list[dict[str, Any]], states: dict[str, di
 
 
 def theoretical_fields(run: Run) -> list[int]:
-    """Each conv layer's theoretical receptive field in px: traced when the run was made
-    (``layers.receptive_fields``; a lower bound where ``rf_exceeds``), or for runs made before layers
-    were traced, the chain formula of the SmallCNN config."""
-    layers = run.meta["layers"]
-    if all("rf_px" in layer for layer in layers):
-        return [layer["rf_px"] or int(run.meta["data"]["size"]) for layer in layers]
-    cfg = run.meta["configs"]["model"]
-    return theoretical_receptive_fields(cfg["kernels"], cfg["strides"], cfg["pools"])
+    """Each conv layer's theoretical receptive field in px (``layers.run_fields``), the image size
+    where it is unknown."""
+    return [rf or int(run.meta["data"]["size"]) for rf in run_fields(run.meta)]
 
 
 def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:

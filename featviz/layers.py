@@ -21,6 +21,7 @@ from torch import nn
 
 from featviz.errors import ConfigError
 from featviz.hooks import evaluating, input_kind
+from featviz.metrics import theoretical_receptive_fields
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU)
 DEEP = 8  # models with more conv layers than this get the default selection below instead of all
@@ -228,3 +229,15 @@ def prefix_macs(model: nn.Module, in_channels: int, size: int) -> tuple[dict[str
         elif isinstance(m, nn.Linear) and shape_out:
             total += int(torch.tensor(shape_out).prod()) * m.in_features
     return prefix, total
+
+
+def run_fields(meta: dict[str, Any]) -> list[int | None]:
+    """Each of a run's conv layers' theoretical receptive field in px, from its run.json: the traced
+    ``rf_px`` (a lower bound where ``rf_exceeds``), else, for runs made before layers were traced,
+    the chain formula of featviz's conv/pool stack config; None where neither is known."""
+    model = meta["configs"].get("model", {})
+    chain = (theoretical_receptive_fields(model["kernels"], model["strides"], model["pools"])
+             if "kernels" in model else [])
+    return [int(layer["rf_px"]) if layer.get("rf_px") is not None
+            else chain[layer["depth"] - 1] if layer["depth"] - 1 < len(chain) else None
+            for layer in meta["layers"]]

@@ -175,9 +175,12 @@ def estimate_seconds(run: Run, layers: list[dict[str, Any]], points: list[dict[s
     x = torch.randn(min(cfg.chunk, 8), chans, size, size, device=device, requires_grad=True)  # small: cheap on deep nets
     for p in model.parameters():
         p.requires_grad_(False)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # time the work, not its queueing
     logits_of(model(x)).float().sum().backward()  # warm-up: allocator and kernel choice
+    sync()
     t0 = time.perf_counter()
     logits_of(model(x)).float().sum().backward()
+    sync()
     rate = 3 * total * len(x) / max(time.perf_counter() - t0, 1e-6)  # multiply-adds per second
     work = sum(3 * prefix.get(layer["name"], total) * len(channels_for(layer, cfg)) for layer in layers)
     return OVERHEAD * work * cfg.steps * len(points) / rate

@@ -14,7 +14,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from featviz.errors import ConfigError
-from featviz.metrics import theoretical_receptive_fields
+from featviz.layers import run_fields
 from featviz.plots import available, training_curves
 from featviz.renderset import am_sets, choose_set, record_set
 from featviz.schedule import label
@@ -100,20 +100,6 @@ def _timing(run: Run) -> Any:
     return when
 
 
-def _receptive_fields(run: Run) -> Any:
-    """layer -> its theoretical receptive field in px, or None: run.json's ``rf_px`` where the model
-    recorded one (any architecture), else computed from featviz's own conv/pool stack config."""
-    model = run.meta["configs"].get("model", {})
-    rfs = (theoretical_receptive_fields(model["kernels"], model["strides"], model["pools"])
-           if "kernels" in model else [])
-
-    def rf(layer: dict[str, Any]) -> int | None:
-        if layer.get("rf_px") is not None:
-            return int(layer["rf_px"])
-        return rfs[layer["depth"] - 1] if layer["depth"] - 1 < len(rfs) else None
-    return rf
-
-
 def _explain(layer: dict[str, Any], model: dict[str, Any]) -> str:
     """The weights text plus the pool that follows, from the layer's own keys where run.json has them
     (models other than featviz's stack record ``batchnorm`` per layer and have no ``pools`` list)."""
@@ -151,7 +137,7 @@ def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | No
             sid: str | None = None) -> list[dict[str, Any]]:
     when = _timing(run)
     model = run.meta["configs"].get("model", {})
-    rf_of = _receptive_fields(run)
+    rf_of = dict(zip([layer["name"] for layer in run.meta["layers"]], run_fields(run.meta)))
     size = run.meta["data"]["size"]
     by_layer: dict[str, list[dict[str, Any]]] = {}
     for r in index:  # one pass over the index, not one per layer (10,000s of records for a ResNet)
@@ -164,7 +150,7 @@ def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | No
         learned = {r["step"]: r for r in recs if r["kind"] == "filters_learned"}
         am = [r for r in recs if r["kind"] == "am" and record_set(r) == sid]
         extra = {r["kind"]: "../" + r["file"] for r in recs if r["kind"].endswith(("_strip", "_gif"))}
-        rf = rf_of(layer)
+        rf = rf_of[layer["name"]]
         out.append({
             "name": name, "depth": layer["depth"], "filters": layer["out_ch"], "explain": _explain(layer, model),
             "rf": rf, "rf_note": (f"larger than the {size} px image" if rf and rf > size else f"of {size} px"),

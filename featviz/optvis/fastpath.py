@@ -18,6 +18,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 from featviz.optvis.objectives import Objective, channel
 
@@ -177,7 +178,7 @@ class PooledConv(nn.Module):
             raise ValueError("PooledConv needs a stride-1, 'same'-padded, ungrouped 2-D conv with zero padding")
         self.conv = conv
         k, p = conv.kernel_size[0], conv.padding[0]
-        d = (p + 1) // 2  # block offsets -d..d reach every tap (kernel index 2*offset + b - a + p)
+        d = self.radius(k)
         w = conv.weight.detach()
         o, c = w.shape[:2]
         big = w.new_zeros(2, 2, o, 2, 2, c, 2 * d + 1, 2 * d + 1)  # (a_y, a_x, out, b_y, b_x, in, dy, dx)
@@ -198,18 +199,22 @@ class PooledConv(nn.Module):
         and at most 1.5x the multiply-adds on blocks: 16 (2d+1)^2 / (4 k^2) with d = (k//2 + 1) // 2,
         1.44 for 5x5 (3x3: 4, 7x7: 2.04, 9x9: 1.23)."""
         k = conv.kernel_size
-        d = (k[0] // 2 + 1) // 2
+        d = PooledConv.radius(k[0])
         return (k[0] == k[1] and k[0] % 2 == 1 and 16 * (2 * d + 1) ** 2 <= 1.5 * 4 * k[0] ** 2
                 and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
                 and conv.padding_mode == "zeros" and conv.padding == (k[0] // 2, k[0] // 2)
                 and conv.in_channels <= 4 and conv.weight.device.type == "cpu")
 
     @staticmethod
+    def radius(k: int) -> int:
+        """Block offsets -d..d reach every tap of a k x k 'same' kernel (tap 2 * offset + b - a + k // 2)."""
+        return (k // 2 + 1) // 2
+
+    @staticmethod
     def pool_fits(pool: nn.MaxPool2d) -> bool:
         """A plain 2x2 pool with stride 2 (no padding, dilation, ceil mode or indices)."""
-        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-        return (pair(pool.kernel_size) == (2, 2) and pair(pool.stride) == (2, 2) and pair(pool.padding) == (0, 0)
-                and pair(pool.dilation) == (1, 1) and not pool.ceil_mode and not pool.return_indices)
+        return (_pair(pool.kernel_size) == (2, 2) and _pair(pool.stride) == (2, 2) and _pair(pool.padding) == (0, 0)
+                and _pair(pool.dilation) == (1, 1) and not pool.ceil_mode and not pool.return_indices)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         n, c, h, w = x.shape
