@@ -109,7 +109,7 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
         name = layer["name"]
         chans = channels_for(layer, cfg)
         base = f"am/{sid}/{name}/{point['id']}"
-        files = [f"renders/{base}/ch_{c:04d}.png" for c in chans]
+        files = am_files(sid, name, point, chans)
         if not cfg.force and all(f in done and record_set(done[f]) == sid for f in files):
             count += 1
             progress("activation maximization", count, total)
@@ -124,8 +124,8 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
         imgs = to_uint8(res.images)
         where = {"epoch": point["epoch"], "step": point["step"], "point": point["id"], "label": point["label"]}
         recs = []
-        for c, img, val in zip(chans, imgs, res.values.tolist()):
-            path = run.write_artifact("renders", f"{base}/ch_{c:04d}.png", png_bytes(img))
+        for c, file, img, val in zip(chans, files, imgs, res.values.tolist()):
+            path = run.write_artifact("renders", file.removeprefix("renders/"), png_bytes(img))
             recs.append({"kind": "am", "layer": name, "depth": layer["depth"], **where, "channel": c,
                          "file": run.rel(path), "activation": val, "settings": settings, "settings_id": sid})
         grid = make_grid(imgs, nrow=max(1, int(len(chans) ** 0.5)), padding=1, pad_value=255)
@@ -145,13 +145,18 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
     return rendered
 
 
+def am_files(sid: str, layer: str, point: dict[str, Any], chans: list[int]) -> list[str]:
+    """The run-relative files of one (layer, snapshot point) batch of activation-maximization images."""
+    return [f"renders/am/{sid}/{layer}/{point['id']}/ch_{c:04d}.png" for c in chans]
+
+
 def pending(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]], cfg: RenderConfig) -> int:
     """How many activation-maximization images of ``layers`` at ``points`` are not yet rendered with
     ``cfg``'s settings (all of them with ``cfg.force``)."""
     sid = settings_id(am_settings(cfg, cfg.size or int(run.meta["data"]["size"])))
     done = {r["file"] for r in run.render_index() if record_set(r) == sid} if not cfg.force else set()
-    return sum(f"renders/am/{sid}/{layer['name']}/{p['id']}/ch_{c:04d}.png" not in done
-               for layer in layers for p in points for c in channels_for(layer, cfg))
+    return sum(f not in done for layer in layers for p in points
+               for f in am_files(sid, layer["name"], p, channels_for(layer, cfg)))
 
 
 OVERHEAD = 1.15  # the transforms, the parametrization and Adam; fitted on the default run (estimate 94 s, took ~95 s) and a ResNet-18 (69 s, took 59 s)
