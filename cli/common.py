@@ -1,14 +1,17 @@
-"""Shared CLI helpers: list parsing and the training progress bar. No featviz logic lives here."""
+"""Shared CLI helpers: list parsing, refusing options that would not apply, and the training progress bar.
+No featviz logic lives here."""
 
 from __future__ import annotations
 
 import sys
+from typing import Iterable
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from featviz.config import ModelConfig
+from featviz.errors import ConfigError
 
 console = Console(stderr=True)
 
@@ -47,6 +50,21 @@ def model_config(widths: str | None, kernels: str | None, strides: str | None, p
     return ModelConfig(widths=w, kernels=int_list(kernels, "--kernels") or stretch(d.kernels),
                        strides=int_list(strides, "--strides") or (1,) * n,
                        pools=bool_list(pools, "--pools") or stretch(d.pools), batchnorm=batchnorm, **fixed)
+
+
+def given(ctx: typer.Context, names: Iterable[str]) -> list[str]:
+    """The options among ``names`` (parameter names) that the user set, as flags: '--n-train'."""
+    # by the source's name: click's ParameterSource enum, which newer typer versions vendor privately
+    own = ("COMMANDLINE", "ENVIRONMENT")
+    return [f"--{n.replace('_', '-')}" for n in names if getattr(ctx.get_parameter_source(n), "name", None) in own]
+
+
+def reject(ctx: typer.Context, names: Iterable[str], why: str) -> None:
+    """A one-line usage error when the user set any of the options ``names``: an option that would be
+    silently ignored is refused instead: '--widths, --pools: WHY'."""
+    flags = given(ctx, names)
+    if flags:
+        raise ConfigError(f"{', '.join(flags)}: {why}")
 
 
 class TrainBar:

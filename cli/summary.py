@@ -8,16 +8,19 @@ from typing import Optional
 
 import typer
 
-from cli.common import model_config
+from cli.common import model_config, reject
 from featviz.loading import allow, build_run_model
 from featviz.model import build_model
 from featviz.zoo import ModelSpec, build, normalize_spec, parse_kwargs
 from featviz.store import Run
 from featviz.summary import format_table, layer_table
 
+SMALL_CNN = ("widths", "kernels", "strides", "pools", "batchnorm")
+ANY_MODEL = ("in_channels", "classes", "size", "model_kwargs")
 
 
 def summary(
+    ctx: typer.Context,
     run: Optional[Path] = typer.Argument(None, help="A run folder; omit to describe a model config."),
     widths: Optional[str] = typer.Option(None, help="Conv widths per depth (without RUN)."),
     kernels: Optional[str] = typer.Option(None, help="Kernel side per depth (without RUN)."),
@@ -35,13 +38,17 @@ def summary(
 ) -> None:
     """Per-layer table: output shape, weights with their formula, biases, trainable total."""
     if run is not None:
+        reject(ctx, SMALL_CNN + ANY_MODEL, "not with RUN, whose table follows the run's own configuration")
         r = Run.open(run)
         allow(r, model, trust_run_code)
         net, chans, size = build_run_model(r), int(r.meta["data"]["channels"]), int(r.meta["data"]["size"])
     elif model is not None:
+        reject(ctx, SMALL_CNN, "only for the small CNN, not with --model")
         spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs), in_channels=in_channels, num_classes=classes)
         net, chans = build(spec), in_channels
     else:
+        reject(ctx, ["model_kwargs"], "only with --model")
+        reject(ctx, ["trust_run_code"], "only with RUN")
         cfg = model_config(widths, kernels, strides, pools, batchnorm, in_channels=in_channels, num_classes=classes)
         net, chans = build_model(cfg), cfg.in_channels
     rows = layer_table(net, (chans, size, size))

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import TrainBar, console, model_config
+from cli.common import TrainBar, console, model_config, reject
 from featviz.errors import ConfigError
 from featviz.distributed import launched, main_process
 from featviz.gallery.live import LiveTraining
@@ -18,7 +18,13 @@ from featviz.zoo import ModelSpec, model_flag, normalize_spec, parse_kwargs
 _D, _M, _T = DataConfig(), ModelConfig(), TrainConfig()
 
 
+SMALL_CNN = ("widths", "kernels", "strides", "pools", "batchnorm")
+SHAPES_ONLY = ("n_train", "n_val")
+RESUME_MAY_SET = {"resume", "device", "model", "trust_run_code", "live", "port", "live_render"}
+
+
 def train(
+    ctx: typer.Context,
     data: str = typer.Option(_D.name, help="shapes | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH"),
     data_dir: Path = typer.Option(Path(_D.data_dir), help="Folder holding torchvision data sets."),
     download: bool = typer.Option(False, help="Let torchvision download a missing data set into --data-dir."),
@@ -56,6 +62,18 @@ def train(
                                      "commit, in a background process at the lowest CPU priority."),
 ) -> None:
     """Train a small CNN (or --model ARCH) and snapshot every conv filter at every epoch (epoch 0 = the random init)."""
+    if resume is not None:
+        reject(ctx, [p.name for p in ctx.command.params if p.name not in RESUME_MAY_SET],
+               "not with --resume, which continues with the run's recorded configuration "
+               "(only --device may change)")
+    else:
+        reject(ctx, ["trust_run_code"], "only with --resume")
+    if model is not None:
+        reject(ctx, SMALL_CNN, "only for the small CNN, not with --model")
+    else:
+        reject(ctx, ["model_kwargs", "pretrained"], "only with --model")
+    if data != "shapes":
+        reject(ctx, SHAPES_ONLY, "only for --data shapes (the generated data set)")
     bar = TrainBar()
     if live_render and not live:
         raise ConfigError("--live-render needs --live")
@@ -76,8 +94,6 @@ def train(
                                     snapshots=snapshots, snapshot_every_steps=snapshot_every_steps,
                                     channels_last=channels_last)
             spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs), pretrained=pretrained) if model else None
-            if spec is None and (model_kwargs or pretrained):
-                raise ConfigError("--model-kwargs and --pretrained need --model")
             run = train_run(data_cfg, model_cfg, train_cfg, out_dir=out, name=name, force=force,
                             progress=watcher or bar, model_spec=spec)
     finally:

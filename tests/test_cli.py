@@ -360,6 +360,22 @@ BAD_INPUTS = [
                  ("output folder {tmp}/file.txt is a file",), id="runs-out-is-a-file"),
     pytest.param(lambda tmp, cli: (["data", "preview", "--size", "2"], None),
                  ("'--size'", "greater than or equal to 8"), id="preview-size-too-small"),
+    # an option that would be silently ignored is refused, naming it
+    pytest.param(lambda tmp, cli: (["train", "--resume", str(tmp / "out" / "r"), "--epochs", "3", "--lr", "0.1"], None),
+                 ("--epochs, --lr: not with --resume", "only --device may change"), id="resume-with-new-config"),
+    pytest.param(_train_with("--model", "torchvision:resnet18", "--no-batchnorm"),
+                 ("--widths, --kernels, --strides, --pools, --batchnorm: only for the small CNN, not with --model",),
+                 id="train-model-with-small-cnn-options"),
+    pytest.param(_train_with("--pretrained"), ("--pretrained: only with --model",), id="train-pretrained-alone"),
+    pytest.param(_train_with("--data", "mnist", "--n-val", "50"), ("--n-val: only for --data shapes",),
+                 id="train-n-val-not-shapes"),
+    pytest.param(_train_with("--trust-run-code"), ("--trust-run-code: only with --resume",), id="train-trust-alone"),
+    pytest.param(lambda tmp, cli: (["summary", str(tmp / "out" / "r"), "--widths", "8", "--no-batchnorm"], None),
+                 ("--widths, --batchnorm: not with RUN",), id="summary-run-with-config"),
+    pytest.param(lambda tmp, cli: (["summary", "--model", "torchvision:resnet18", "--kernels", "3"], None),
+                 ("--kernels: only for the small CNN, not with --model",), id="summary-model-with-kernels"),
+    pytest.param(lambda tmp, cli: (["summary", "--model-kwargs", "{}"], None), ("--model-kwargs: only with --model",),
+                 id="summary-kwargs-alone"),
 ]
 
 

@@ -164,7 +164,7 @@ def test_train_your_own_factory_from_the_cli(user_code: Path, tmp_path: Path, cl
                           "usernets:tiny"])
     assert code == 0 and "about" not in err  # all rendered already: nothing to estimate
     code, out, err = cli(["train", "--model-kwargs", "{}", "--out", tmp_path])
-    assert code == 1 and "need --model" in err
+    assert code == 1 and "--model-kwargs: only with --model" in err
     code, out, err = cli(["train", "--model", "usernets:tiny", "--pretrained", "--out", tmp_path, "--name", "p"])
     assert code == 1 and "--pretrained works for torchvision models" in err
 
