@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import console
+from cli.common import console, reject
 from featviz.errors import ConfigError
 from featviz.gallery.build import build_gallery
 from featviz.gallery.live import serve_live
@@ -16,6 +16,7 @@ from featviz.store import Run
 
 
 def gallery(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="A run folder."),
     serve: bool = typer.Option(False, help="Serve the run folder on http://127.0.0.1:PORT until Ctrl-C."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port for --serve (0 = any free port)."),
@@ -26,6 +27,8 @@ def gallery(
                                 "default: the one featviz analyze measured, else the default settings' set)."),
 ) -> None:
     """Rebuild the static HTML gallery from the run's files (no model is loaded)."""
+    if not serve:
+        reject(ctx, ["port"], "only with --serve")
     r = Run.open(run)
     if watch and not serve:
         raise ConfigError("--watch needs --serve (the live page reads live.json over http)")

@@ -72,6 +72,8 @@ def train(
         reject(ctx, SMALL_CNN, "only for the small CNN, not with --model")
     else:
         reject(ctx, ["model_kwargs", "pretrained"], "only with --model")
+    if not live:
+        reject(ctx, ["port"], "only with --live")
     if data != "shapes":
         reject(ctx, SHAPES_ONLY, "only for --data shapes (the generated data set)")
     bar = TrainBar()
