@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from safetensors.torch import load as st_load
@@ -126,6 +126,11 @@ def check_name(name: str, what: str = "run name") -> str:
 
 
 # ----------------------------------------------------------------------------- tensors
+def nonfinite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor with a NaN or infinite value, else None."""
+    return next((k for k, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Save plain tensors (CPU, contiguous) as safetensors, atomically; refuse non-finite values."""
     clean = {}
@@ -136,14 +141,16 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         if ptr in seen:  # a weight shared by two modules: safetensors stores each tensor's own bytes
             t = t.clone()
         seen.add(t.untyped_storage().data_ptr())
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise RunError(f"refusing to save {path.name}: tensor {k!r} has non-finite values")
         clean[k] = t
+    bad = nonfinite(clean.items())
+    if bad is not None:
+        raise RunError(f"refusing to save {path.name}: tensor {bad!r} has non-finite values")
     atomic_write_bytes(path, st_save(clean))
 
 
-def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
-    """Load a safetensors file without pickle; any damage is a RunError that names the file."""
+def load_tensors(path: Path, expected_sha256: str | None = None, finite: bool = True) -> dict[str, torch.Tensor]:
+    """Load a safetensors file without pickle; any damage is a RunError that names the file, and so is a
+    NaN or infinite value unless ``finite`` is False (the caller checks and explains it)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -159,9 +166,9 @@ def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, to
         tensors = st_load(data)
     except Exception as e:  # safetensors raises several types for truncated/garbled headers
         raise RunError(f"{path}: not a valid safetensors file ({one_line(e, 200)})") from None
-    for k, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise RunError(f"{path}: tensor {k!r} has non-finite values")
+    bad = nonfinite(tensors.items()) if finite else None
+    if bad is not None:
+        raise RunError(f"{path}: tensor {bad!r} has non-finite values")
     return tensors
 
 

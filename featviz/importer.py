@@ -23,7 +23,7 @@ from featviz.config import DataConfig, to_dict
 from featviz.data import load_data
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, one_line
-from featviz.fileio import load_tensors, save_tensors
+from featviz.fileio import load_tensors, nonfinite, save_tensors
 from featviz.images import Normalizer
 from featviz.layers import trace
 from featviz.progress import StageProgress, silent
@@ -83,7 +83,7 @@ def unnumbered(folder: Path) -> list[str]:
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The state dict in ``path``, without unpickling anything but tensors and plain containers."""
     if path.suffix == ".safetensors":
-        return load_tensors(path)  # a damaged file is a RunError naming it
+        return load_tensors(path, finite=False)  # a damaged file is a RunError naming it; NaNs: _finite
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises pickle's error for refused objects, others for damage
@@ -130,7 +130,7 @@ def match_keys(state: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor], 
 
 
 def _finite(state: dict[str, torch.Tensor], path: Path) -> None:
-    bad = next((k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    bad = nonfinite(state.items())
     if bad is not None:
         raise ConfigError(f"{path.name}: {bad} has NaN or infinite values (training had diverged); move the file out "
                           "of the folder or pass --pattern to skip it")

@@ -20,6 +20,7 @@ from featviz.config import TrainConfig
 from featviz.data.base import ImageData
 from featviz.distributed import Group, all_sum
 from featviz.errors import TrainingDiverged
+from featviz.fileio import nonfinite
 from featviz.hooks import evaluating
 from featviz.images import Normalizer
 from featviz.zoo import logits_of
@@ -140,11 +141,10 @@ def train_one_epoch(
 
 def check_finite(model: nn.Module, epoch: int) -> None:
     """Raise TrainingDiverged if any parameter or buffer became NaN or infinite (the last step can do it)."""
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise TrainingDiverged(
-                f"{name} became non-finite during epoch {epoch}; training stopped, "
-                f"the last good snapshot is epoch {epoch - 1}; try a smaller --lr")
+    name = nonfinite([*model.named_parameters(), *model.named_buffers()])
+    if name is not None:
+        raise TrainingDiverged(f"{name} became non-finite during epoch {epoch}; training stopped, "
+                               f"the last good snapshot is epoch {epoch - 1}; try a smaller --lr")
 
 
 def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

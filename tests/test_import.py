@@ -117,12 +117,16 @@ def test_names_patterns_and_misfits(user_code: Path, tmp_path: Path) -> None:
         read_checkpoint(folder / "x.pt")
 
 
-def test_a_diverged_checkpoint_is_named_before_any_run_is_written(user_code: Path, tmp_path: Path, cli) -> None:
+@pytest.mark.parametrize("fmt, name", [("pt", "step_20.pt"), ("safetensors", "weights_00020.safetensors")])
+def test_a_diverged_checkpoint_is_named_before_any_run_is_written(user_code: Path, tmp_path: Path, cli, fmt: str,
+                                                                  name: str) -> None:
     states = _states()
     states[2]["fc.weight"][0, 0] = float("nan")
-    folder = _write(tmp_path / "nan", "pt", states)
+    folder = _write(tmp_path / "nan", fmt, states)
     code, out, err = cli(["import", folder, "--model", "usernets:tiny", *DATA, "--out", tmp_path / "runs", "--name", "n"])
-    assert code == 1 and "step_20.pt" in err and "fc.weight" in err and not (tmp_path / "runs" / "n").exists()
+    assert code == 1 and not (tmp_path / "runs" / "n").exists()
+    # the same message whatever the format: the file, the tensor, and what to do
+    assert f"{name}: fc.weight has NaN or infinite values" in err and "--pattern to skip it" in err
 
 
 def test_a_real_lightning_checkpoint_folder(tmp_path: Path, cli) -> None:
