@@ -7,12 +7,13 @@ exception in the forward pass (or in the caller's body) never leaves a hook behi
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from featviz.errors import ConfigError
+from featviz.errors import ConfigError, one_line
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
@@ -83,3 +84,53 @@ def input_kind(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     floating = next((t for t in model.parameters() if t.is_floating_point()), None)
     floating = next((t for t in model.buffers() if t.is_floating_point()), None) if floating is None else floating
     return first.device, floating.dtype if floating is not None else torch.float32
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a module during ``record_calls``' forward pass."""
+
+    name: str
+    module: nn.Module
+    began: int  # the order in which calls began: a container's call begins before its children's
+    shape_in: tuple[int, ...]  # the first input's shape; () if it is not a tensor
+    shape_out: tuple[int, ...]  # the output's shape (of its first tensor for a tuple/list); () if none
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    if isinstance(x, (tuple, list)):
+        x = next((t for t in x if isinstance(t, torch.Tensor)), None)
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else ()
+
+
+def record_calls(model: nn.Module, modules: dict[str, nn.Module], input_shape: Sequence[int]) -> list[Call]:
+    """Every call of ``modules`` (dotted name -> module of ``model``) during one eval-mode, no-grad
+    forward pass of a zero input [1, *input_shape] (the model's device and dtype), in the order the
+    calls returned. Flags are restored and hooks removed whatever happens; a model that cannot take
+    the input is a ConfigError saying so."""
+    calls: list[Call] = []
+    started: dict[str, list[int]] = {}
+    count = iter(range(1 << 62))
+    handles = []
+
+    def pre(name: str):
+        return lambda _m, _inp: started.setdefault(name, []).append(next(count))
+
+    def post(name: str):
+        def hook(m: nn.Module, inp: tuple, out: Any) -> None:
+            calls.append(Call(name, m, started[name].pop(), _shape(inp[0]) if inp else (), _shape(out)))
+        return hook
+
+    device, dtype = input_kind(model)
+    try:
+        for name, m in modules.items():
+            handles += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name))]
+        with evaluating(model):
+            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+    except Exception as e:  # noqa: BLE001 - any model: say what it could not take
+        shape = "x".join(map(str, input_shape))
+        raise ConfigError(f"the model cannot take a {shape} input: {one_line(e, 200)} (try another --size)") from None
+    finally:
+        for h in handles:
+            h.remove()
+    return calls

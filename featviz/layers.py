@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from featviz.errors import ConfigError
-from featviz.hooks import evaluating, input_kind
+from featviz.hooks import Call, record_calls
 from featviz.metrics import theoretical_receptive_fields
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU)
@@ -29,52 +30,39 @@ MAX_CHANNELS = 64  # default channels per layer: all up to this many, else this 
 RF_PROBE_MAX = 128  # largest input the receptive-field probe uses; larger fields are reported as "> this"
 
 
-def _leaf_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, tuple, tuple]]:
-    """(name, module, input shape, output shape) of every leaf-module call of one eval-mode forward pass,
-    in call order; the model's own train/eval flags are restored afterwards."""
-    calls: list[tuple[str, nn.Module, tuple, tuple]] = []
-    handles = []
-    try:
-        for name, m in model.named_modules():
-            if name and (not list(m.children()) or isinstance(m, nn.Conv2d)):
-                def hook(mod: nn.Module, inp: tuple, out: Any, name: str = name) -> None:
-                    shape_in = tuple(inp[0].shape) if inp and torch.is_tensor(inp[0]) else ()
-                    calls.append((name, mod, shape_in, tuple(out.shape) if torch.is_tensor(out) else ()))
-                handles.append(m.register_forward_hook(hook))
-        with evaluating(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
+def _leaf_calls(model: nn.Module, in_channels: int, size: int) -> list[Call]:
+    """Every call of a leaf module (or a Conv2d) in one eval-mode forward pass of zeros, in call order."""
+    leaves = {name: m for name, m in model.named_modules()
+              if name and (not list(m.children()) or isinstance(m, nn.Conv2d))}
+    return record_calls(model, leaves, (in_channels, size, size))
 
 
 def trace(model: nn.Module, in_channels: int, size: int) -> list[dict[str, Any]]:
     """Every Conv2d of ``model`` in forward-execution order with its geometry (see the module docstring).
     Convs the forward pass never runs are left out. The model is not changed."""
-    device, dtype = input_kind(model)  # bf16 models too
-    x = torch.zeros(1, in_channels, size, size, device=device, dtype=dtype)
-    calls = _leaf_calls(model, x)
+    calls = _leaf_calls(model, in_channels, size)
     runs: dict[str, int] = {}
-    for name, *_ in calls:
-        runs[name] = runs.get(name, 0) + 1
+    for c in calls:
+        runs[c.name] = runs.get(c.name, 0) + 1
     layers: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for i, (name, m, _shape_in, shape_out) in enumerate(calls):
+    for i, call in enumerate(calls):
+        name, m, shape_out = call.name, call.module, call.shape_out
         if not isinstance(m, nn.Conv2d) or name in seen:
             continue
         seen.add(name)
-        after = [c for c in calls[i + 1:]]
+        after = calls[i + 1:]
         nxt = after[0] if after else None
         response = name
-        if nxt is not None and isinstance(nxt[1], nn.modules.batchnorm._BatchNorm) and nxt[1].num_features == m.out_channels:
-            response = nxt[0]
+        if (nxt is not None and isinstance(nxt.module, nn.modules.batchnorm._BatchNorm)
+                and nxt.module.num_features == m.out_channels):
+            response = nxt.name
         activation = response
-        for cname, cm, *_ in after:
-            if isinstance(cm, nn.Conv2d):
+        for c in after:
+            if isinstance(c.module, nn.Conv2d):
                 break
-            if isinstance(cm, ACTIVATIONS):
-                activation = cname if runs[cname] == 1 else response
+            if isinstance(c.module, ACTIVATIONS):
+                activation = c.name if runs[c.name] == 1 else response
                 break
         kh, kw = m.kernel_size
         layers.append({
@@ -217,17 +205,16 @@ def default_channels(n: int, cap: int = MAX_CHANNELS) -> list[int]:
 def prefix_macs(model: nn.Module, in_channels: int, size: int) -> tuple[dict[str, int], int]:
     """Multiply-adds of one image's forward pass: per conv name, those of every conv that runs up to and
     including its first call (what rendering that layer costs per step); and the whole pass's."""
-    device, dtype = input_kind(model)
-    calls = _leaf_calls(model, torch.zeros(1, in_channels, size, size, device=device, dtype=dtype))
     prefix: dict[str, int] = {}
     total = 0
-    for name, m, _shape_in, shape_out in calls:
-        if isinstance(m, nn.Conv2d) and shape_out:
+    for c in _leaf_calls(model, in_channels, size):
+        m, out = c.module, math.prod(c.shape_out)
+        if isinstance(m, nn.Conv2d) and c.shape_out:
             kh, kw = m.kernel_size
-            total += int(torch.tensor(shape_out).prod()) * (m.in_channels // m.groups) * kh * kw
-            prefix.setdefault(name, total)
-        elif isinstance(m, nn.Linear) and shape_out:
-            total += int(torch.tensor(shape_out).prod()) * m.in_features
+            total += out * (m.in_channels // m.groups) * kh * kw
+            prefix.setdefault(c.name, total)
+        elif isinstance(m, nn.Linear) and c.shape_out:
+            total += out * m.in_features
     return prefix, total
 
 

@@ -14,15 +14,12 @@ one ``relu`` module several times), and a container that holds parameters of its
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
 
-from featviz.errors import ConfigError, one_line
-from featviz.hooks import evaluating, input_kind
+from featviz.hooks import record_calls
 
 CONV_NOTE = ("A conv layer's weight count depends only on its filter count, input channels and kernel size, "
              "not on the input image size or the stride; pooling and activation layers have no weights.")
@@ -112,54 +109,6 @@ def _row_modules(model: nn.Module) -> dict[str, nn.Module]:
             if not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False))}
 
 
-def _first_shape(out: object) -> list[int]:
-    """Per-image shape of a module's output; the first tensor of a tuple/list output (LSTM-style)."""
-    if isinstance(out, (tuple, list)):
-        out = next((o for o in out if isinstance(o, torch.Tensor)), None)
-    return list(out.shape[1:]) if isinstance(out, torch.Tensor) else []
-
-
-@contextmanager
-def _trace(modules: dict[str, nn.Module]) -> Iterator[tuple[list[str], dict[str, int], dict[str, list[int]]]]:
-    """Record the order of first calls (a pre-hook, so a container precedes its children), call counts,
-    and the output shape of each module's first call; hooks are removed even when forward raises."""
-    order: list[str] = []
-    calls: dict[str, int] = {}
-    shapes: dict[str, list[int]] = {}
-    handles = []
-
-    def pre(name: str):
-        def hook(_m, _inp) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            if calls[name] == 1:
-                order.append(name)
-        return hook
-
-    def post(name: str):
-        def hook(_m, _inp, out) -> None:
-            shapes.setdefault(name, _first_shape(out))
-        return hook
-
-    try:
-        for name, m in modules.items():
-            handles += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name))]
-        yield order, calls, shapes
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _run_once(model: nn.Module, input_shape: tuple[int, ...]) -> None:
-    """One eval-mode forward pass of a zero image (``hooks.evaluating``: every module's flag restored)."""
-    device, dtype = input_kind(model)
-    try:
-        with evaluating(model):
-            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
-    except Exception as e:  # noqa: BLE001 - any model: say what it could not take
-        shape = "x".join(map(str, input_shape))
-        raise ConfigError(f"the model cannot take a {shape} input: {one_line(e, 200)} (try another --size)") from None
-
-
 def _row(name: str, m: nn.Module, shape: list[int], calls: int) -> LayerRow:
     weights, formula, note = _weights(m)
     bias = getattr(m, "bias", None)
@@ -177,9 +126,12 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow
     in the order the forward pass first calls them, with the output shape of that first call.
     Modules the forward pass never calls come last, in definition order, with output shape []."""
     modules = _row_modules(model)
-    with _trace(modules) as (order, calls, shapes):
-        _run_once(model, input_shape)
-    names = order + [n for n in modules if n not in calls]
+    calls: dict[str, int] = {}
+    shapes: dict[str, list[int]] = {}
+    for c in sorted(record_calls(model, modules, input_shape), key=lambda c: c.began):
+        calls[c.name] = calls.get(c.name, 0) + 1
+        shapes.setdefault(c.name, list(c.shape_out[1:]))
+    names = list(calls) + [n for n in modules if n not in calls]
     return [_row(n, modules[n], shapes.get(n, []), calls.get(n, 0)) for n in names]
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from featviz.config import ModelConfig
-from featviz.hooks import capture, hook_count
+from featviz.hooks import capture, hook_count, record_calls
 from featviz.model import build_model
 from featviz.errors import ConfigError
 from featviz.summary import CONV_NOTE, format_table, layer_table
@@ -249,6 +249,38 @@ def test_errors_in_forward_leave_no_hooks_and_modes_are_restored() -> None:
     assert hook_count(model) == 0
     layer_table(model[:2], (3, 8, 8))
     assert model.training and model[0].training and not model[1].training
+    from featviz.layers import trace
+
+    with pytest.raises(ConfigError, match="cannot take a 3x8x8 input"):  # the conv list: the same one line
+        trace(model, 3, 8)
+    assert hook_count(model) == 0 and model.training
+
+
+class _Reused(torch.nn.Module):
+    """A container, then one ReLU module called twice (as torchvision's ResNet blocks do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2))
+        self.act = torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.act(self.body(x)).flatten(1))
+
+
+def test_record_calls_order_counts_and_shapes() -> None:
+    model = _Reused()
+    modules = {n: m for n, m in model.named_modules() if n}
+    calls = record_calls(model, modules, (3, 8, 8))
+    assert [c.name for c in calls] == ["body.0", "body.1", "body", "act", "act"]  # as the calls returned
+    assert [c.name for c in sorted(calls, key=lambda c: c.began)] == ["body", "body.0", "body.1", "act", "act"]
+    shapes = {(c.name, c.shape_in, c.shape_out) for c in calls}
+    assert shapes == {("body.0", (1, 3, 8, 8), (1, 4, 6, 6)), ("body.1", (1, 4, 6, 6), (1, 4, 3, 3)),
+                      ("body", (1, 3, 8, 8), (1, 4, 3, 3)), ("act", (1, 4, 3, 3), (1, 4, 3, 3)),
+                      ("act", (1, 36), (1, 36))}
+    assert hook_count(model) == 0 and model.training
+    rows = {r.name: r for r in layer_table(model, (3, 8, 8))}
+    assert rows["act"].output_shape == [4, 3, 3] and "called 2 times" in rows["act"].note
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "resnext50_32x4d"])
