@@ -68,14 +68,17 @@ def barrier(group: Group) -> None:
 
 
 def share_text(group: Group, text: str) -> str:
-    """Rank 0's ``text`` on every rank (e.g. the run folder rank 0 created)."""
+    """Rank 0's ``text`` on every rank (e.g. the run folder rank 0 created), whole: its length goes
+    first, then its UTF-8 bytes (CPU tensors: the gloo side of the group)."""
     if group.world == 1:
         return text
-    data = torch.zeros(4096, dtype=torch.uint8)
-    raw = text.encode()[:4096] if group.main else b""
-    data[:len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
-    dist.broadcast(data, 0)
-    return bytes(data[data != 0].tolist()).decode()
+    raw = text.encode() if group.main else b""
+    size = torch.tensor([len(raw)], dtype=torch.int64)
+    dist.broadcast(size, 0)
+    data = torch.tensor(list(raw), dtype=torch.uint8) if group.main else torch.empty(int(size), dtype=torch.uint8)
+    if data.numel():
+        dist.broadcast(data, 0)
+    return bytes(data.tolist()).decode()
 
 
 def rank0_first(group: Group, fn: Callable[..., T], *args: Any) -> T:

@@ -238,3 +238,28 @@ def test_the_running_accuracy_counts_every_process(tmp_path: Path) -> None:
     r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
     assert len(r0["running"]) == 6 and r0 == r1
     assert r0["running"][-1] == r0["epoch"]
+
+
+def _share(rank: int, world: int, init: str, out: str) -> None:
+    """Worker: every rank receives rank 0's texts through share_text and writes them down."""
+    import torch.distributed as dist
+
+    from featviz.distributed import Group, share_text
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        group = Group(rank, world)
+        texts = ["outputs/run-é" * 800, "", "ok"] if rank == 0 else ["wrong"] * 3
+        got = [share_text(group, t) for t in texts]
+        Path(out, f"{rank}.json").write_text(json.dumps(got))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_share_text_passes_long_and_empty_texts_whole(tmp_path: Path) -> None:
+    """More than 4 KB of UTF-8 (it was once cut at 4096 bytes, mid-character) and an empty text."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_share, args=(2, f"file://{tmp_path / 'rdzv'}", str(tmp_path)), nprocs=2)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1 == ["outputs/run-é" * 800, "", "ok"]
