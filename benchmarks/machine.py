@@ -14,8 +14,11 @@ import torch
 import torch.nn.functional as F
 
 
-def _best_rate(fn, flops: float, repeats: int = 5) -> float:
-    fn()  # warm-up: allocation, kernel choice
+def _best_rate(fn, flops: float, repeats: int = 20) -> float:
+    """``flops`` over the fastest of ``repeats`` calls after 3 warm-ups (allocation, kernel choice): as
+    many as the renders' own timings get, so that noise cannot lower the limit and flatter the ratios."""
+    for _ in range(3):
+        fn()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
