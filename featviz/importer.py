@@ -142,6 +142,7 @@ def import_checkpoints(folder: str | Path, spec: ModelSpec, data_cfg: DataConfig
     """Build a run from the checkpoints in ``folder`` (see the module docstring); every check, and
     every checkpoint's reading, happens before the run folder is created."""
     folder = Path(folder)
+    dev = resolve_device(device)  # every check before any work
     files, unit = checkpoint_files(folder, pattern)
     if len(files) < 2:
         raise ConfigError(f"{folder} has one checkpoint; a run compares at least two (the first and a later one)")
@@ -159,7 +160,6 @@ def import_checkpoints(folder: str | Path, spec: ModelSpec, data_cfg: DataConfig
     from featviz.optvis.param import color_matrix_or_none
 
     color = color_matrix_or_none(data.train_x)
-    dev = resolve_device(device)
     meta = {"name": name, "seed": None, "source": "import", **provenance(dev),
             "configs": {"data": to_dict(data_cfg), "model": spec.as_dict(), "train": {"epochs": len(files) - 1}},
             "imported": {"folder": str(folder.resolve()), "unit": unit, "files": [p.name for _, p in files],
