@@ -7,6 +7,10 @@ that a bad value fails before any work starts, with a one-line ConfigError.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import numbers
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +25,65 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the field type ``hint``: int (not bool), float (any real number), bool
+    (or 0/1), str, None, ``X | Y`` and ``tuple[X, ...]``."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool) or (isinstance(value, numbers.Integral) and value in (0, 1))
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "None"}
+_PLURAL = {int: "integers", float: "numbers", bool: "true/false values", str: "strings"}
+
+
+def _words(hint: Any) -> str:
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_words(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"a tuple of {_PLURAL.get(typing.get_args(hint)[0], 'values')}"
+    return _WORDS.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plain(value: Any) -> Any:
+    """numpy and other number types as Python's own (run.json is written from these fields)."""
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value) if isinstance(value, numbers.Real) else value
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_types(cfg: Any) -> None:
+    """Every field of a config dataclass has its declared type, so that a wrong one (``epochs=2.5``,
+    ``widths=16``, ``seed="a"``) is a one-line ConfigError before any work, never a TypeError later."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _fits(value, hints[f.name]):
+            raise ConfigError(f"{type(cfg).__name__}.{f.name} must be {_words(hints[f.name])}, got {value!r}")
+        if hints[f.name] is bool or hints[f.name] == tuple[bool, ...]:
+            value = bool(value) if not isinstance(value, tuple) else tuple(bool(v) for v in value)
+        object.__setattr__(cfg, f.name, _plain(value))  # frozen: set once, before anyone reads it
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "shapes"  # shapes | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH
@@ -33,6 +96,7 @@ class DataConfig:
     seed: int = 0  # shapes generation and folder split; independent of the training seed
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(bool(self.name), "data set name is empty")
         _check(self.size is None or 8 <= self.size <= 512, f"image size must be 8..512 px, got {self.size}")
         _check(self.n_train >= 10 and self.n_val >= 10, "n_train and n_val must be at least 10")
@@ -51,6 +115,7 @@ class ModelConfig:
     dropout: float = 0.0  # dropout before the linear head
 
     def __post_init__(self) -> None:
+        _check_types(self)
         n = len(self.widths)
         _check(n >= 1, "the model needs at least one conv depth")
         for name in ("kernels", "strides", "pools"):
@@ -77,6 +142,7 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format (several times faster for small CNNs on CPU)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
         _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
@@ -133,6 +199,7 @@ class RenderConfig:
     force: bool = False  # redo renders whose settings match existing ones
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(bool(self.epochs.strip()), "--epochs is empty")
         _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         _check(self.size is None or 8 <= self.size <= 512, f"size must be 8..512 px, got {self.size}")

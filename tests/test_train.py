@@ -14,8 +14,8 @@ import torch
 import featviz
 import featviz.training as train_mod  # the training loop (featviz.train is the public function)
 from conftest import TINY_BATCHES, make_png_folder
-from featviz.config import DataConfig, TrainConfig
-from featviz.errors import FeatvizError, RunError, TrainingDiverged
+from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig
+from featviz.errors import ConfigError, FeatvizError, RunError, TrainingDiverged
 from featviz.model import build_model
 from featviz.pipeline import resume_run, train_run
 from featviz.fileio import load_tensors
@@ -399,3 +399,31 @@ def test_bad_train_config_fails_before_creating_a_run(tmp_path: Path) -> None:
     with pytest.raises(FeatvizError, match="CUDA"):
         train_run(DataConfig(n_train=20, n_val=10), train_cfg=TrainConfig(device="cuda"), out_dir=tmp_path, name="c")
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TrainConfig(epochs=2.5), "TrainConfig.epochs must be an integer, got 2.5"),
+    (lambda: TrainConfig(seed="a"), "TrainConfig.seed must be an integer, got 'a'"),
+    (lambda: TrainConfig(lr=None), "TrainConfig.lr must be a number, got None"),
+    (lambda: TrainConfig(snapshots=3), "TrainConfig.snapshots must be a string, got 3"),
+    (lambda: ModelConfig(widths=16), "ModelConfig.widths must be a tuple of integers, got 16"),
+    (lambda: ModelConfig(pools=(2, 0, 0, 0)), "ModelConfig.pools must be a tuple of true/false values"),
+    (lambda: DataConfig(size=16.5), "DataConfig.size must be an integer or None, got 16.5"),
+    (lambda: RenderConfig(steps=2.5), "RenderConfig.steps must be an integer, got 2.5"),
+    (lambda: RenderConfig(channels=("a",)), "RenderConfig.channels must be a tuple of integers"),
+])
+def test_a_config_field_of_the_wrong_type_is_one_line(make, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert str(info.value).startswith(message)
+
+
+def test_config_numbers_become_python_numbers_and_a_wrong_type_leaves_no_run(tmp_path: Path) -> None:
+    import numpy as np
+
+    cfg = TrainConfig(epochs=np.int64(2), lr=np.float32(0.5), batch_size=64)
+    assert (type(cfg.epochs), type(cfg.lr)) == (int, float) and cfg.lr == 0.5
+    assert ModelConfig(pools=(1, 1, 1, 0)).pools == (True, True, True, False)  # as run.json stores them
+    with pytest.raises(ConfigError, match="must be an integer"):
+        featviz.train(epochs=2.5, out_dir=str(tmp_path), name="half", **TINY_API)
+    assert not (tmp_path / "half").exists()
