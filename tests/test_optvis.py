@@ -277,6 +277,18 @@ def test_unknown_layer_and_bad_channel() -> None:
     assert hook_count(model) == 0
 
 
+@pytest.mark.parametrize("optimize", [True, False])
+def test_images_the_model_cannot_take_are_one_line(optimize: bool) -> None:
+    """The same message from render and render_channels, before any optimization (it was a raw torch error
+    from whichever layer met the image first: on the fast path, the one-channel conv's batched matmul)."""
+    model = tiny_cnn()
+    for call in (lambda: render(model, "features.conv2:1", steps=2, size=8, image_channels=1, optimize=optimize),
+                 lambda: render_channels(model, "features.conv2", [0], steps=2, size=8, image_channels=1)):
+        with pytest.raises(ConfigError, match=r"model cannot run on images of shape \[1, 1, 8, 8\]: .*3 channels"):
+            call()
+    assert hook_count(model) == 0 and all(p.requires_grad for p in model.parameters())
+
+
 def test_model_state_restored_and_hooks_removed_after_errors() -> None:
     model = tiny_cnn()
     model.train()
@@ -304,7 +316,7 @@ def test_model_state_restored_and_hooks_removed_after_errors() -> None:
             raise RuntimeError("hook failed")
 
         h = model.features.relu1.register_forward_hook(bad_hook)
-        with pytest.raises(RuntimeError, match="hook failed"):
+        with pytest.raises((RuntimeError, ConfigError), match="hook failed"):  # ConfigError: caught by the probe
             render(model, "features.conv2:1", steps=3, size=8, optimize=optimize)
         h.remove()
         check()

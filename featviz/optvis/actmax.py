@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from featviz.errors import ConfigError
+from featviz.errors import ConfigError, one_line
 from featviz.hooks import capture, eval_mode, input_kind, resolve_layers
 from featviz.optvis import param as P
 from featviz.optvis.fastpath import hooked, prepare_fast
@@ -195,6 +195,8 @@ def render(model: nn.Module, objective: Objective | str, settings: RenderSetting
         return norm(img).to(dtype)
 
     t0 = time.perf_counter()
+    if isinstance(s.param, str) and (s.transforms is None or isinstance(s.transforms, str)):
+        _probe(model, sorted(obj.layers), s.size, s.image_channels)  # custom ones may reshape: theirs to check
     # the fast path: a private copy of the model and the objective that reads it (same values)
     net, work = prepare_fast(model, obj, batch, channels_last=cl) if s.optimize else (model, obj)
     with big_buffers(dev.type == "cpu"), frozen(net), forward_until(net, sorted(obj.layers)) as run:
@@ -250,17 +252,22 @@ def _optimize(obj: Objective, run: Callable[[Tensor], dict[str, Tensor]], params
     return torch.stack(rows).cpu(), trace_steps, ran
 
 
-def layer_channels(model: nn.Module, layer: str, size: int | Sequence[int] = 32, image_channels: int = 3) -> int:
-    """Channel count of ``layer``'s output, from one stopped forward pass of a grey image."""
+def _probe(model: nn.Module, layers: Sequence[str], size: int | Sequence[int], image_channels: int) -> dict[str, Tensor]:
+    """The ``layers``' outputs for one grey image, from a stopped forward pass: a model that cannot take
+    images of this shape (e.g. 3 colour channels into a grayscale model) is a ConfigError saying so."""
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     dev = _model_device(model, None)
     shape = (1, image_channels, h, w)
-    with frozen(model), forward_until(model, [layer]) as run, torch.no_grad():
+    with frozen(model), forward_until(model, list(layers)) as run, torch.no_grad():
         try:
-            act = run(torch.zeros(shape, device=dev, dtype=_model_dtype(model)))[layer]
-        except RuntimeError as e:  # e.g. 3 colour channels into a grayscale model
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"model cannot run on images of shape {list(shape)}: {msg}") from None
+            return run(torch.zeros(shape, device=dev, dtype=_model_dtype(model)))
+        except RuntimeError as e:
+            raise ConfigError(f"model cannot run on images of shape {list(shape)}: {one_line(e, 200)}") from e
+
+
+def layer_channels(model: nn.Module, layer: str, size: int | Sequence[int] = 32, image_channels: int = 3) -> int:
+    """Channel count of ``layer``'s output, from one stopped forward pass of a grey image."""
+    act = _probe(model, [layer], size, image_channels)[layer]
     if not isinstance(act, Tensor) or act.dim() < 2:
         raise ConfigError(f"layer {layer!r} output has no channel dimension")
     return int(act.shape[1])
