@@ -14,6 +14,7 @@ import errno
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -96,8 +97,26 @@ def _os_error(path: Path, e: OSError) -> RunError:
     return RunError(f"cannot write {path}: {e.strerror or e}")
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None: JSON has no such numbers (Python writes
+    NaN, which browsers' JSON.parse and strict readers refuse), and null already means "not measured"
+    in featviz's records (e.g. a loss from a mixed-precision step the scaler skipped)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of ``finite_json(obj)``: always valid JSON."""
+    return json.dumps(finite_json(obj), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(path, (json_text(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def read_json(path: Path) -> Any:
@@ -195,7 +214,7 @@ def read_jsonl(path: Path, required: str) -> tuple[list[dict[str, Any]], list[st
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     """Rewrite a JSON-lines file whole, atomically (so a crash never leaves half a line)."""
-    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+    atomic_write_bytes(path, "".join(json_text(r) + "\n" for r in records).encode())
 
 
 @contextlib.contextmanager

@@ -240,3 +240,26 @@ def test_probe_from_an_iterable_dataset() -> None:
         x, y = take_probe(data, n)
         assert x.shape == (n, 3, 4, 4) and y.tolist() == [i % 2 for i in range(n)]
         assert x[:, 0, 0, 0].tolist() == [float(i) for i in range(n)]
+
+
+def test_a_nan_loss_is_written_as_null_and_every_file_stays_valid_json(user_code: Path, tmp_path: Path, cli) -> None:
+    """A mixed-precision loop logs NaN or inf for the steps its scaler skips; Python would write NaN, which
+    is not JSON (browsers' JSON.parse refuses it). Non-finite numbers are stored as null, "not measured"."""
+    from usernets import TwoHeads
+
+    rec = featviz.record(TwoHeads(), "nan", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips())
+    rec.start()
+    rec.step(loss=float("nan"))
+    rec.epoch(val_acc=0.5, val_loss=float("inf"))
+    rec.close()
+    run = Run.open(rec.run.path)
+    assert run.metrics()[1]["train_loss"] is None and run.metrics()[1]["val_loss"] is None
+    assert cli(["gallery", run.path])[0] == 0
+
+    def strict(text: str) -> None:
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} written into JSON"))
+
+    for line in (run.path / "metrics.jsonl").read_text().splitlines():
+        strict(line)
+    html = (run.path / "gallery" / "index.html").read_text()
+    assert "NaN" not in html and "Infinity" not in html

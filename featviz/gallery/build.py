@@ -14,6 +14,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from featviz.errors import ConfigError
+from featviz.fileio import json_text
 from featviz.layers import run_fields
 from featviz.plots import available, training_curves
 from featviz.renderset import am_sets, choose_set, record_set
@@ -28,6 +29,7 @@ THUMB_PX = 64  # thumbnail width/height attributes when the settings do not say:
 def _env() -> Environment:
     env = Environment(loader=PackageLoader("featviz.gallery", "templates"),
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+    env.policies["json.dumps_function"] = json_text  # NaN as null: valid JSON for the page's scripts
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "separators": (",", ":")}  # 10,000 tiles: no spaces
     return env
 

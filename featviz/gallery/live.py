@@ -10,7 +10,6 @@ one scale across the whole run. Nothing uncommitted is read; every file is writt
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from featviz.errors import RunError
+from featviz.fileio import json_text
 from featviz.filters import filter_grid, layer_scale
 from featviz.gallery.build import build_gallery
 from featviz.gallery.serve import make_server, serve
@@ -92,7 +92,7 @@ class LiveGallery:
         state = {"version": self.version, "labels": [p["label"] for p in shown], "layers": layers,
                  "epochs_done": self.run.epochs_done, "epochs_planned": self.run.epochs_planned,
                  "complete": self.run.complete, "last": metrics[-1] if metrics else None}
-        self.run.write_artifact("gallery", "live.json", json.dumps(state).encode())
+        self.run.write_artifact("gallery", "live.json", json_text(state).encode())
 
 
 def watch(live: LiveGallery, stop: threading.Event, every_s: float = 1.0) -> None:
