@@ -68,6 +68,11 @@ def checkpoint_files(folder: Path, pattern: str | None = None) -> tuple[list[tup
     if missing and (pattern or len(missing) == len(found)):
         raise ConfigError(f"no step or epoch number in the checkpoint name {missing[0]}; pass --pattern REGEX with a "
                           "group around the number")
+    bad = next((f"{p.name} (group: {m.group(1)!r})" for m, p in found if m is not None
+                and not (m.group(1) or "").strip().isdigit()), None)
+    if bad is not None:
+        raise ConfigError(f"--pattern {pattern!r}: its group must capture the file's number, not {bad}; "
+                          "e.g. 'ckpt_(\\d+)'")
     numbered = sorted((int(m.group(1)), p) for m, p in found if m is not None)
     dupes = [n for (n, _), (m, _) in zip(numbered, numbered[1:]) if n == m]
     if dupes:
@@ -87,12 +92,15 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises pickle's error for refused objects, others for damage
-        if "weights only load failed" in str(e).lower():
-            why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), one_line(e, 120))
-            why = why.split(" Please")[0].replace("WeightsUnpickler error: ", "")
+        refused = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), None)
+        if refused is not None:  # a pickled object that is not a tensor or a plain container
+            why = refused.split(" Please")[0].replace("WeightsUnpickler error: ", "")
             raise ConfigError(f"{path}: holds more than plain tensors ({one_line(why, 160)}); refusing to unpickle "
                               "it; save model.state_dict() or use safetensors") from None
-        raise ConfigError(f"{path}: not a readable PyTorch checkpoint ({one_line(e, 120)})") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((b for a, b in zip(lines, lines[1:]) if a.endswith("WeightsUnpickler error:")), one_line(e, 120))
+        raise ConfigError(f"{path}: not a readable PyTorch checkpoint (damaged, or not written by torch.save: "
+                          f"{one_line(detail, 120)})") from None
     state = _find_state(obj)
     if state is None:
         raise ConfigError(f"{path}: no state dict found (a dict of tensors, or one under {', '.join(STATE_KEYS)})")
@@ -123,6 +131,9 @@ def match_keys(state: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor], 
         raise ConfigError(f"{path.name} does not fit the model: it {what} ({len(missing)} missing, {len(extra)} "
                           "unexpected); check --model and --model-kwargs")
     for k, t in wanted.items():
+        if state[k].is_floating_point() != t.is_floating_point():
+            raise ConfigError(f"{path.name}: {k} holds {str(state[k].dtype).replace('torch.', '')} values, the model's "
+                              f"{str(t.dtype).replace('torch.', '')}; the file does not hold this model's weights")
         if state[k].shape != t.shape:
             raise ConfigError(f"{path.name}: {k} is {list(state[k].shape)}, the model's is {list(t.shape)}; "
                               "check --model-kwargs and --data")

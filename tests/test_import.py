@@ -187,3 +187,20 @@ def fit(folder, L):
     L.Trainer(max_epochs=2, callbacks=[ck], logger=False, enable_progress_bar=False, enable_model_summary=False,
               accelerator="cpu").fit(Lit(), data)
 """
+
+
+def test_checkpoints_that_are_not_this_models_weights(user_code: Path, tmp_path: Path, cli) -> None:
+    """Integer tensors where the model has floats (they once imported as all-zero weights), a text file
+    with a checkpoint's name, and a --pattern whose group does not capture the number: one line each."""
+    states = _states()
+    states[1] = {k: v.to(torch.int64) for k, v in states[1].items()}
+    folder = _write(tmp_path / "ints", "pt", states)
+    code, _, err = cli(["import", folder, "--model", "usernets:tiny", *DATA, "--out", tmp_path / "runs"])
+    assert code == 1 and "step_10.pt" in err and "holds int64 values, the model's float32" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "epoch_9.pt").write_text("hello")
+    with pytest.raises(ConfigError, match="epoch_9.pt: not a readable PyTorch checkpoint .damaged, or not written by"):
+        read_checkpoint(tmp_path / "text" / "epoch_9.pt")
+    with pytest.raises(ConfigError, match="its group must capture the file's number, not step_0.pt .group: 'step'."):
+        checkpoint_files(_write(tmp_path / "named", "pt", _states()), r"(step)_\d+")
