@@ -16,6 +16,7 @@ from featviz.optvis import (
     noise_images, pad, parse, pixel, random_rotate, random_scale, render, render_channels, specificity, standard,
     standardized_activation,
 )
+from featviz.optvis.quality import channel_activations
 from featviz.optvis.fastpath import PooledConv, SelectedConv, fast_copy, select_channels
 from featviz.optvis.rng import ElementRandom, element_seed
 from featviz.optvis.transforms import RandomAffine
@@ -449,6 +450,11 @@ def test_quality_measures() -> None:
     with pytest.raises(ConfigError):
         specificity(model, "2", r.images, None, None, noise, by="nope")
     assert noise_images(2, 1, 8, kind="uniform").shape == (2, 1, 8, 8)
+    # uint8 images are 0..255 and get divided by 255 (they were once taken as 0..255 floats: z in the thousands)
+    as_bytes = (r.images * 255).round().to(torch.uint8)
+    assert torch.allclose(channel_activations(model, "2", as_bytes), channel_activations(model, "2", as_bytes / 255))
+    with pytest.raises(ConfigError, match="floats in \\[0, 1\\] or uint8, got int64"):
+        channel_activations(model, "2", as_bytes.long())
 
 
 # --------------------------------------------------------------------------------- settings

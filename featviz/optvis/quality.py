@@ -30,13 +30,18 @@ __all__ = ["channel_activations", "standardized_matrix", "standardized_activatio
 def channel_activations(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None = None,
                         std: Sequence[float] | None = None, batch_size: int = 128,
                         transform: Transform | None = None, repeats: int = 1) -> Tensor:
-    """Channel-mean activation of ``layer`` on each image: images [N, C, H, W] in [0, 1] -> [N, K] float32.
+    """Channel-mean activation of ``layer`` on each image: images [N, C, H, W] in [0, 1] (or uint8 0..255,
+    divided by 255 here) -> [N, K] float32.
 
     With ``transform`` (e.g. ``transforms.standard(size, rng=seed)``) each image is randomly
     transformed first and the activation averaged over ``repeats`` draws: a robustness measure.
     """
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
         raise ConfigError("images must be a non-empty tensor [N, C, H, W]")
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    elif not images.is_floating_point():
+        raise ConfigError(f"images must be floats in [0, 1] or uint8, got {str(images.dtype).replace('torch.', '')}")
     dev = _model_device(model, None)
     norm = normalizer(mean, std, images.shape[1], dev)
     tf = transform or identity
