@@ -113,6 +113,34 @@ def test_objective_errors() -> None:
         direction("l", torch.ones(4))(acts)
     with pytest.raises(ConfigError):
         channel("l", 0) / 0
+    with pytest.raises(ConfigError, match="layer names are strings"):
+        channel(0, 1)
+    with pytest.raises(ConfigError, match="channel index 1000000000000000000000000000000 is out of range"):
+        channel("l", 10 ** 30)
+    assert Objective(lambda a: a["conv"].mean((1, 2, 3)), "conv").layers == {"conv"}  # one name, not c, o, n, v
+
+
+def test_objectives_that_cannot_be_optimized_are_one_line() -> None:
+    model = seq_model()
+    cases = [
+        (Objective(lambda a: {"v": a["2"]}, ["2"], "dict"), "objective dict returned dict; it must return a tensor"),
+        (Objective(lambda a: a["0"].mean((1, 2, 3)), ["2"], "sly"), "layer '0' was not recorded: list every layer"),
+        (Objective(lambda a: torch.zeros(1), ["2"], "const"), "objective const does not depend on the images"),
+        (Objective(lambda a: a["2"].mean(1), ["2"], "map"), r"gave shape \(1, 12, 12\), expected \(1,\)"),
+    ]
+    for obj, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            render(model, obj, steps=2, size=16)
+    assert hook_count(model) == 0
+
+
+def test_diversity_for_one_image_and_for_vector_layers() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    one = render(model, channel("1", 0) + diversity("1"), steps=2, size=12)  # batch 1: diversity is 0
+    plain = render(model, channel("1", 0), steps=2, size=12)
+    assert torch.allclose(one.images, plain.images)
+    two = render(model, diversity("3"), batch=2, steps=2, size=12)  # [B, C] outputs: a Gram matrix of 1 pixel
+    assert two.values.shape == (2,) and torch.isfinite(two.values).all()
 
 
 def test_parse_forms() -> None:

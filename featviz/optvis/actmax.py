@@ -51,6 +51,14 @@ class RenderResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+class _Outputs(dict):
+    """Layer outputs by name; reading a layer nobody asked for is an error that says what to do."""
+
+    def __missing__(self, key: object) -> Tensor:
+        raise ConfigError(f"layer {key!r} was not recorded: list every layer an objective reads in its layers "
+                          f"(recorded: {', '.join(self)})")
+
+
 class _StopForward(Exception):
     """Raised by a forward hook once every needed layer has produced its output."""
 
@@ -96,7 +104,7 @@ def forward_until(model: nn.Module, names: Sequence[str]) -> Iterator[Callable[[
                 missing = [n for n in names if n not in acts]
                 if missing:
                     raise ConfigError(f"layer(s) {', '.join(missing)} did not run in the model's forward pass")
-                return dict(acts)
+                return _Outputs(acts)
 
             yield run
         finally:
@@ -226,17 +234,20 @@ def _optimize(obj: Objective, run: Callable[[Tensor], dict[str, Tensor]], params
     rows: list[Tensor] = []
     trace_steps: list[int] = []
 
+    checked = []
+
     def step() -> Tensor:
         # a captured step keeps its gradient buffers: zeroed in place, not dropped
         opt.zero_grad(set_to_none=capture is None)
         vals = obj(run(make_input()))
+        if not checked:  # the first step only: a Python check, no device sync
+            _check_values(obj, vals, batch)
+            checked.append(True)
         (-vals.sum()).backward()
         opt.step()
         return vals
 
     def after(i: int, vals: Tensor) -> None:
-        if i == 0 and tuple(vals.shape) != (batch,):
-            raise ConfigError(f"objective {obj.name} gave shape {tuple(vals.shape)}, expected ({batch},)")
         if i % trace_every == 0 or i == steps - 1:
             rows.append(vals.detach().float().clone())  # a replay rewrites its output buffer
             trace_steps.append(i)
@@ -263,6 +274,16 @@ def _probe(model: nn.Module, layers: Sequence[str], size: int | Sequence[int], i
             return run(torch.zeros(shape, device=dev, dtype=_model_dtype(model)))
         except RuntimeError as e:
             raise ConfigError(f"model cannot run on images of shape {list(shape)}: {one_line(e, 200)}") from e
+
+
+def _check_values(obj: Objective, vals: Any, batch: int) -> None:
+    """An objective's values: a tensor [batch] that depends on the images (else nothing can be optimized)."""
+    if not isinstance(vals, Tensor):
+        raise ConfigError(f"objective {obj.name} returned {type(vals).__name__}; it must return a tensor [batch]")
+    if tuple(vals.shape) != (batch,):
+        raise ConfigError(f"objective {obj.name} gave shape {tuple(vals.shape)}, expected ({batch},)")
+    if not vals.requires_grad:
+        raise ConfigError(f"objective {obj.name} does not depend on the images (its values carry no gradient)")
 
 
 def layer_channels(model: nn.Module, layer: str, size: int | Sequence[int] = 32, image_channels: int = 3) -> int:

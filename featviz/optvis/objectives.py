@@ -32,6 +32,10 @@ class Objective:
 
     def __init__(self, fn: Callable[[Acts], Tensor], layers: Iterable[str], name: str = "objective",
                  selects: tuple[str, int | Tensor] | None = None) -> None:
+        layers = [layers] if isinstance(layers, str) else list(layers)  # one name, not its characters
+        bad = next((n for n in layers if not isinstance(n, str)), None)
+        if bad is not None:
+            raise ConfigError(f"layer names are strings (PyTorch's dotted module names), got {bad!r}")
         self.fn = fn
         self.layers: frozenset[str] = frozenset(layers)
         self.name = name
@@ -125,7 +129,12 @@ def _channel_index(c: int | Tensor) -> tuple[int | Tensor, int]:
         return c.long(), hi
     if isinstance(c, bool) or not isinstance(c, int) or c < 0:
         raise ConfigError(f"channel index must be a non-negative integer, got {c!r}")
+    if c >= MAX_CHANNEL:
+        raise ConfigError(f"channel index {c} is out of range")
     return c, c
+
+
+MAX_CHANNEL = 2 ** 31  # above any layer's channel count, and within every index type
 
 
 class _ChannelMean(torch.autograd.Function):
@@ -239,8 +248,8 @@ def diversity(layer: str) -> Objective:
         act = _layer_act(acts, layer)
         b = act.shape[0]
         if b < 2:
-            return act.new_zeros(b)
-        flat = act.flatten(2)  # [B, C, HW]
+            return act.flatten(1).sum(1) * 0  # zero, and still a function of the image
+        flat = act.flatten(2) if act.dim() > 2 else act.unsqueeze(2)  # [B, C, HW]; [B, C, 1] for a vector
         gram = torch.bmm(flat, flat.transpose(1, 2)) / flat.shape[-1]
         g = F.normalize(gram.flatten(1), dim=1)
         sim = g @ g.T
