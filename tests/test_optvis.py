@@ -12,7 +12,8 @@ from featviz.errors import ConfigError
 from featviz.hooks import hook_count
 from featviz.model import build_model
 from featviz.optvis import (
-    Objective, channel, color_matrix, compose, direction, diversity, fourier, jitter, layer_objective, neuron,
+    Objective, channel, color_matrix, compose, direction, diversity, fourier, jitter, layer_channels,
+    layer_objective, neuron,
     noise_images, pad, parse, pixel, random_rotate, random_scale, render, render_channels, specificity, standard,
     standardized_activation,
 )
@@ -569,3 +570,19 @@ def test_color_matrix_or_none_for_run_json() -> None:
     assert color_matrix_or_none(torch.full((4, 3, 5, 5), 128, dtype=torch.uint8)) is None  # no colour variance
     imgs = torch.randint(0, 256, (12, 3, 5, 5), dtype=torch.uint8)
     assert color_matrix_or_none(imgs, max_images=4) == color_matrix(imgs[::3]).tolist()  # an even subsample
+
+
+def test_seeds_sizes_and_counts_out_of_range_are_one_line() -> None:
+    """Seeds beyond 64 bits would collide with smaller ones (the element seeds hash them modulo 2**64)."""
+    model = seq_model()
+    with pytest.raises(ConfigError, match="seed must be <= 9223372036854775807"):
+        render(model, "2:1", steps=1, size=12, seed=5 + 2 ** 64)
+    with pytest.raises(ConfigError, match="seed must be an integer in"):
+        noise_images(2, 3, 8, seed=2 ** 70)
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="noise_images needs n >= 1"):
+            noise_images(bad, 3, 8)
+    for size, message in ((-4, "at least 2x2 px, got -4x-4"), (16.5, "an integer or .height, width. integers"),
+                          ((16, 16, 3), "an integer or .height, width. integers")):
+        with pytest.raises(ConfigError, match=message):
+            layer_channels(model, "2", size=size)

@@ -266,7 +266,7 @@ def _optimize(obj: Objective, run: Callable[[Tensor], dict[str, Tensor]], params
 def _probe(model: nn.Module, layers: Sequence[str], size: int | Sequence[int], image_channels: int) -> dict[str, Tensor]:
     """The ``layers``' outputs for one grey image, from a stopped forward pass: a model that cannot take
     images of this shape (e.g. 3 colour channels into a grayscale model) is a ConfigError saying so."""
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = P._hw(size)  # a ConfigError for sizes that are not one or two integers >= 2
     dev = _model_device(model, None)
     shape = (1, image_channels, h, w)
     with frozen(model), forward_until(model, list(layers)) as run, torch.no_grad():

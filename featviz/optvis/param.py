@@ -36,7 +36,12 @@ def element_seeds(batch: int, seed: int | Sequence[int]) -> list[int]:
 
 
 def _hw(size: int | Sequence[int]) -> tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        size = (size, size)
+    if not (isinstance(size, Sequence) and len(size) == 2 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size)):
+        raise ConfigError(f"image size must be an integer or (height, width) integers, got {size!r}")
+    h, w = size
     if h < 2 or w < 2:
         raise ConfigError(f"image size must be at least 2x2 px, got {h}x{w}")
     return int(h), int(w)

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from featviz.errors import ConfigError
 from featviz.optvis.actmax import _model_device, _model_dtype, forward_until, frozen
-from featviz.optvis.param import spectrum_scale
+from featviz.optvis.param import _hw, spectrum_scale
 from featviz.optvis.rng import generator
-from featviz.optvis.settings import normalizer
+from featviz.optvis.settings import is_int, normalizer
 from featviz.optvis.transforms import Transform, identity
 
 __all__ = ["channel_activations", "standardized_matrix", "standardized_activation", "specificity", "noise_images"]
@@ -108,7 +108,9 @@ def specificity(model: nn.Module, layer: str, images: Tensor, mean: Sequence[flo
 def noise_images(n: int, image_channels: int, size: int | Sequence[int], seed: int = 0, kind: str = "pink") -> Tensor:
     """Reference images [n, image_channels, H, W] in (0, 1): ``pink`` (1/f spectrum, like natural images) or
     ``uniform``."""
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = _hw(size)
+    if not is_int(n) or not is_int(image_channels) or n < 1 or image_channels < 1:
+        raise ConfigError(f"noise_images needs n >= 1 images of image_channels >= 1, got {n!r} and {image_channels!r}")
     g = generator(seed)
     if kind == "uniform":
         return torch.rand(n, image_channels, h, w, generator=g)

@@ -36,12 +36,12 @@ def is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _count(name: str, v: object, lo: int) -> int:
+def _count(name: str, v: object, lo: int, hi: int | None = None) -> int:
     if not is_int(v):
         hint = "; channel indices go to render_channels(..., channels=[...])" if name == "image_channels" else ""
         raise ConfigError(f"{name} must be an integer, got {v!r}{hint}")
-    if int(v) < lo:
-        raise ConfigError(f"{name} must be >= {lo}, got {v}")
+    if int(v) < lo or (hi is not None and int(v) > hi):
+        raise ConfigError(f"{name} must be >= {lo}, got {v}" if int(v) < lo else f"{name} must be <= {hi}, got {v}")
     return int(v)
 
 
@@ -128,7 +128,8 @@ class RenderSettings:
             put(self, "size", _count("size", self.size, 2))
         for name, lo in (("steps", 1), ("image_channels", 1), ("chunk", 1), ("trace_every", 1)):
             put(self, name, _count(name, getattr(self, name), lo))
-        put(self, "seed", _count("seed", self.seed, -(1 << 63)))
+        # a signed 64-bit seed: element seeds hash it modulo 2**64, so wider ones would collide with these
+        put(self, "seed", _count("seed", self.seed, -(1 << 63), (1 << 63) - 1))
         put(self, "lr", _real("lr", self.lr, positive=True))
         put(self, "decay_power", _real("decay_power", self.decay_power))
         if not _is_param(self.param):
