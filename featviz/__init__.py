@@ -55,14 +55,16 @@ def load_run(path: str) -> Run:
     return Run.open(Path(path))
 
 
-def load_model(run: Run, epoch: int | None = None, device: str = "cpu", model: str | None = None,
+def load_model(run: "Run | str", epoch: int | None = None, device: str = "cpu", model: str | None = None,
                trust_run_code: bool = False) -> "torch.nn.Module":
-    """The run's network with the weights of ``epoch`` (default: the last committed), in eval mode.
-    ``model``/``trust_run_code``: for a run of your own factory (see ``featviz.loading.allow``)."""
-    import torch
-
+    """The run's network (a Run or its folder) with the weights of ``epoch`` (default: the last committed),
+    in eval mode. ``model``/``trust_run_code``: for a run of your own factory (see ``featviz.loading.allow``)."""
+    from featviz.device import resolve_device
+    from featviz.errors import ConfigError
     from featviz.loading import allow, load_model_at
 
+    run = Run.of(run)
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        raise ConfigError(f"epoch must be an integer (a committed epoch of the run), got {epoch!r}")
     allow(run, model, trust_run_code)
-
-    return load_model_at(run, run.epochs_done if epoch is None else epoch, torch.device(device))
+    return load_model_at(run, run.epochs_done if epoch is None else epoch, resolve_device(device))

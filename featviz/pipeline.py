@@ -227,7 +227,7 @@ def plan_render(run: Run, cfg: RenderConfig = RenderConfig(), estimate: bool = F
     return plan
 
 
-def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: StageProgress = silent) -> dict[str, Any]:
+def render_run(run: Run | str | Path, cfg: RenderConfig = RenderConfig(), progress: StageProgress = silent) -> dict[str, Any]:
     """Filters at every snapshot, activation maximization at the moments ``cfg.epochs`` chooses
     (``schedule.moments``), then the gallery.
 
@@ -235,6 +235,9 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: StageProg
     Under torchrun (``featviz.distributed``) the processes share the activation-maximization work; rank 0
     draws the filters, merges the render index and builds the gallery; ``rank`` says which process this is.
     """
+    run = Run.of(run)
+    if not isinstance(cfg, RenderConfig):
+        raise ConfigError(f"cfg must be a RenderConfig, got {type(cfg).__name__}")
     plan = plan_render(run, cfg)  # every check before any work, so a bad option leaves the run as it was
     layers, chosen, points = plan["layers"], plan["moments"], run.snapshot_points()
     group = distributed.setup(cfg.device)
@@ -265,9 +268,12 @@ def render_run(run: Run, cfg: RenderConfig = RenderConfig(), progress: StageProg
             "skipped": [f"{pid} left out of the filter images: {msg}" for pid, msg in skipped]}
 
 
-def analyze_run(run: Run, probe_size: int = 1000, device: str = "auto", progress: StageProgress = silent,
+def analyze_run(run: Run | str | Path, probe_size: int = 1000, device: str = "auto", progress: StageProgress = silent,
                 renders: str | None = None) -> dict[str, Any]:
     """``featviz.analyze.analyze`` (analysis.json and plots), then the gallery; returns the analysis."""
+    run = Run.of(run)
+    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 10:
+        raise ConfigError(f"probe_size must be an integer >= 10 (validation images measured), got {probe_size!r}")
     check_access(run)
     result = analyze_stage.analyze(run, probe_size, device, progress, renders)
     build_gallery(run)

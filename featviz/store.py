@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import torch
 
-from featviz.errors import RunError
+from featviz.errors import ConfigError, RunError
 from featviz.fileio import (
     atomic_write_bytes, atomic_write_json, check_name, load_tensors, locked, not_a_file, read_json, read_jsonl,
     save_tensors, sha256_file, write_jsonl,
@@ -101,7 +101,22 @@ class Run:
             raise RunError(f"{path / 'run.json'}: schema_version is not an integer")
         if meta["schema_version"] > SCHEMA_VERSION:
             raise RunError(f"{path / 'run.json'}: schema {meta['schema_version']} is newer than this featviz")
+        cfgs = meta["configs"]
+        parts = ("data", "model", "train")
+        if not isinstance(cfgs, dict) or not all(isinstance(cfgs.get(k), dict) for k in parts) \
+                or isinstance(cfgs["train"].get("epochs"), bool) or not isinstance(cfgs["train"].get("epochs"), int):
+            raise RunError(f"{path / 'run.json'}: configs must hold data, model and train sections, with "
+                           "train.epochs an integer (the file was edited or damaged)")
         return cls(path, meta)
+
+    @classmethod
+    def of(cls, run: "Run | str | os.PathLike[str]") -> "Run":
+        """``run`` itself, or the run opened at that path: the API's functions take either."""
+        if isinstance(run, Run):
+            return run
+        if isinstance(run, (str, os.PathLike)):
+            return cls.open(Path(run))
+        raise ConfigError(f"expected a Run or a run folder's path, got {type(run).__name__}")
 
     @property
     def name(self) -> str:
@@ -117,7 +132,8 @@ class Run:
         if not p.exists():
             return {"epochs_done": -1, "files": {}}
         m = read_json(p)
-        if not isinstance(m, dict) or "epochs_done" not in m or "files" not in m:
+        if not isinstance(m, dict) or not isinstance(m.get("epochs_done"), int) or isinstance(m["epochs_done"], bool) \
+                or not isinstance(m.get("files"), dict):
             raise RunError(f"{p}: malformed manifest")
         return m
 

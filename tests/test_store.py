@@ -14,7 +14,7 @@ from safetensors.torch import save as st_save
 
 import featviz.fileio as fileio
 import featviz.store as store
-from featviz.errors import RunError
+from featviz.errors import ConfigError, RunError
 from featviz.fileio import atomic_write_bytes, check_name, load_tensors, save_tensors
 from featviz.store import Run, check_out_dir, list_runs
 
@@ -264,6 +264,20 @@ def test_open_rejects_non_runs(tmp_path: Path) -> None:
     (bad / "run.json").write_text(json.dumps({"schema_version": 99, "configs": {}}))
     with pytest.raises(RunError, match="newer"):
         Run.open(bad)
+    for configs in ({}, {"data": {}, "model": {}}, {"data": {}, "model": {}, "train": {"epochs": "x"}}, []):
+        (bad / "run.json").write_text(json.dumps({"schema_version": 1, "configs": configs}))
+        with pytest.raises(RunError, match="configs must hold data, model and train sections"):
+            Run.open(bad)  # an edited run.json: one line here, not a KeyError in whichever command reads it
+
+
+def test_a_malformed_manifest_and_run_of(tmp_path: Path) -> None:
+    run = Run.create(tmp_path, "r", _meta())
+    assert Run.of(run) is run and Run.of(str(run.path)).path == run.path and Run.of(run.path).name == "r"
+    with pytest.raises(ConfigError, match="expected a Run or a run folder's path, got int"):
+        Run.of(3)
+    (run.path / "manifest.json").write_text(json.dumps({"epochs_done": "two", "files": {}}))
+    with pytest.raises(RunError, match="malformed manifest"):
+        run.epochs_done
 
 
 def test_list_runs_skips_non_runs(tmp_path: Path) -> None:

@@ -427,3 +427,22 @@ def test_config_numbers_become_python_numbers_and_a_wrong_type_leaves_no_run(tmp
     with pytest.raises(ConfigError, match="must be an integer"):
         featviz.train(epochs=2.5, out_dir=str(tmp_path), name="half", **TINY_API)
     assert not (tmp_path / "half").exists()
+
+
+def test_the_api_takes_a_run_or_its_path(tmp_path: Path) -> None:
+    from featviz.config import RenderConfig
+
+    run = featviz.train(epochs=1, out_dir=str(tmp_path), name="p", **TINY_API)
+    a, b = featviz.load_model(str(run.path)), featviz.load_model(run)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        featviz.load_model(run, device="gpu")
+    with pytest.raises(ConfigError, match="epoch must be an integer"):
+        featviz.load_model(run, epoch="1")
+    with pytest.raises(ConfigError, match="cfg must be a RenderConfig, got dict"):
+        featviz.render_run(str(run.path), {"steps": 2})
+    with pytest.raises(ConfigError, match="probe_size must be an integer >= 10"):
+        featviz.analyze_run(run.path, probe_size=-5)
+    summary = featviz.render_run(run.path, RenderConfig(steps=2, epochs="last", layers=("features.conv1",),
+                                                        channels=(0,), filters=False))
+    assert summary["am_images"] >= 1 and summary["layers"] == ["features.conv1"]
