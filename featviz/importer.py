@@ -28,7 +28,8 @@ from featviz.images import Normalizer
 from featviz.layers import trace
 from featviz.progress import StageProgress, silent
 from featviz.provenance import provenance
-from featviz.store import Run, check_new_run, check_out_dir
+from featviz.outputs import check_new_run, check_out_dir
+from featviz.store import Run
 from featviz.training import evaluate
 from featviz.zoo import ModelSpec, build, check_output
 

@@ -34,7 +34,8 @@ from featviz.provenance import provenance
 from featviz.renderset import am_settings, settings_id
 from featviz.schedule import extra_steps, moments
 from featviz.fileio import save_tensors
-from featviz.store import Run, check_new_run, check_out_dir
+from featviz.outputs import check_new_run, check_out_dir
+from featviz.store import Run
 from featviz.device import resolve_device
 from featviz.images import Normalizer
 from featviz.zoo import ModelSpec, build as build_spec, check_output

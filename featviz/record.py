@@ -32,7 +32,8 @@ from featviz.hooks import evaluating, input_kind
 from featviz.layers import trace
 from featviz.provenance import provenance
 from featviz.schedule import parse_schedule
-from featviz.store import Run, check_new_run, check_out_dir
+from featviz.outputs import check_new_run, check_out_dir
+from featviz.store import Run
 from featviz.zoo import ModelSpec, build, logits_of, normalize_spec
 
 

@@ -27,37 +27,12 @@ from featviz.fileio import (
     atomic_write_bytes, atomic_write_json, check_name, load_tensors, locked, not_a_file, read_json, read_jsonl,
     save_tensors, sha256_file, write_jsonl,
 )
+from featviz.outputs import check_new_run, remove_tree
 
 SCHEMA_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- the run
-def check_out_dir(out_dir: Path) -> Path:
-    """Create ``out_dir`` if needed and make sure runs can be written there (fails before any work)."""
-    out_dir = not_a_file(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise RunError(f"output folder {out_dir} is not writable")
-    return out_dir
-
-
-def check_new_run(out_dir: Path, name: str, force: bool) -> Path:
-    """Where a new run ``name`` goes; an existing run there is an error unless ``force``, and anything
-    that is not a run (a file, a non-empty foreign folder) is never replaced. Checks only, writes nothing."""
-    path = not_a_file(out_dir) / check_name(name)
-    if path.exists() and not path.is_dir():
-        raise RunError(f"{path} exists and is a file, not a run; refusing to replace it")
-    if path.exists():
-        if not force:
-            raise RunError(f"run {path} already exists; use --resume to continue it or --force to replace it")
-        if not (path / "run.json").is_file() and any(path.iterdir()):
-            raise RunError(f"{path} exists and is not a featviz run; refusing to replace it")
-    return path
-
-
 class Run:
     """A run directory. ``Run.create`` starts one, ``Run.open`` validates and opens one."""
 
@@ -72,7 +47,7 @@ class Run:
         """Make ``out_dir/name`` and write run.json. An existing run is an error unless ``force``."""
         path = check_new_run(out_dir, name, force)
         if path.exists():
-            _remove_tree(path)
+            remove_tree(path)
         try:
             path.mkdir(parents=True)
         except OSError as e:
@@ -389,15 +364,6 @@ class Run:
         if self.path.resolve() not in p.parents:
             raise RunError(f"{rel!r} is outside the run folder")
         return p.read_bytes()
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    try:
-        shutil.rmtree(path)
-    except OSError as e:
-        raise RunError(f"cannot remove {path}: {e.strerror or e}") from None
 
 
 def list_runs(out_dir: Path) -> list[Run]:

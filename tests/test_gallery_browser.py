@@ -54,7 +54,11 @@ def _open(browser, url: str):
 
 def test_gallery_in_chromium(browser, gallery_run: Run, tmp_path: Path) -> None:
     page, errors = _open(browser, (gallery_run.path / "gallery/index.html").as_uri())
-    # every image loads
+    # every image loads (lazy ones once near the viewport: scroll through, then wait, however busy the machine)
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_function("Array.from(document.images).every(i => !i.getAttribute('src') || i.complete)",
+                           timeout=30_000)
     images = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete && e.naturalWidth])")
     assert len(images) > 10
     assert all(w and w > 0 for _, w in images), [s for s, w in images if not w]

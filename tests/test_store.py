@@ -16,7 +16,8 @@ import featviz.fileio as fileio
 import featviz.store as store
 from featviz.errors import ConfigError, RunError
 from featviz.fileio import atomic_write_bytes, check_name, load_tensors, save_tensors
-from featviz.store import Run, check_out_dir, list_runs
+from featviz.outputs import check_out_dir
+from featviz.store import Run, list_runs
 
 
 def _temp_files(folder: Path) -> list[Path]:
