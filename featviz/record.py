@@ -69,6 +69,9 @@ def take_probe(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         data = dataset  # a DataLoader over a map-style dataset
     if torch.is_tensor(data) or (isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0])):
         x, y = (data, None) if torch.is_tensor(data) else data
+        if len(x) == 0 or (y is not None and len(y) != len(x)):
+            raise ConfigError(f"data has {len(x)} images" + ("" if y is None else f" and {len(y)} labels") +
+                              "; give featviz.record a few validation images (and one label each)")
         idx = _spread(len(x), n)
         return x[idx].float(), torch.full((len(idx),), -1) if y is None else torch.as_tensor(y)[idx].long()
     if _map_style(data):
@@ -124,8 +127,15 @@ class Recorder:
                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
                  classes: list[str] | None = None, epochs: int | None = None, snapshots: str = "log",
                  probe_size: int = 1000, force: bool = False) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"featviz.record needs the torch.nn.Module being trained, got {type(model).__name__}")
         if data is None:
             raise ConfigError("featviz.record needs data=: a few validation images (a Dataset, DataLoader or tensor)")
+        for what, v, lo in (("probe_size", probe_size, 1), ("epochs", epochs, 1)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+                raise ConfigError(f"featviz.record: {what} must be an integer >= {lo}, got {v!r}")
+        if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
+            raise ConfigError(f"featviz.record: classes must be a list of class names, got {classes!r}")
         kind, nums = parse_schedule(snapshots)
         self.model, self.kind, self.nums = model, kind, nums
         self.spec_text = model_spec or f"{type(model).__module__}:{type(model).__qualname__}"
@@ -144,6 +154,7 @@ class Recorder:
         check_new_run(self.out, self.name, force)
         self.force = force
         self.run: Run | None = None
+        self.closed = False
         self.step_count = self.epoch_count = 0
         self.losses: list[float | torch.Tensor] = []
         self.records: list[dict[str, Any]] = []
@@ -173,12 +184,19 @@ class Recorder:
         """After each optimizer step: counts it, keeps ``loss`` (a number or a one-element tensor, kept
         on its device until the epoch ends: no GPU sync per step) for the epoch's mean, writes a step
         snapshot where the schedule has one."""
-        self.step_count += 1
+        run = self._live()
         if loss is not None:
-            self.losses.append(loss.detach() if torch.is_tensor(loss) else float(loss))
+            try:
+                if torch.is_tensor(loss) and loss.numel() != 1:
+                    raise ValueError
+                loss = loss.detach() if torch.is_tensor(loss) else float(loss)
+            except (TypeError, ValueError):
+                raise ConfigError(f"rec.step(loss=...) takes one number or a one-element tensor, got {loss!r:.60}") from None
+            self.losses.append(loss)
+        self.step_count += 1
         if self._wants(self.step_count):
             t = time.perf_counter()
-            path = self._live().step_snapshot_file(self.step_count)
+            path = run.step_snapshot_file(self.step_count)
             save_tensors(path, self.model.state_dict())
             self._step_files.append(path)
             self.snapshot_s += time.perf_counter() - t
@@ -189,6 +207,7 @@ class Recorder:
         bad = [k for k in metrics if k in OWN or (k == "train_loss" and self.losses)]
         if bad:  # checked before anything counts, so the loop can go on after fixing the call
             raise ConfigError(f"rec.epoch({bad[0]}=...): {bad[0]!r} is the recorder's own; name your metric otherwise")
+        self._live()
         self.epoch_count += 1
         losses = [float(v) for v in self.losses]
         rec: dict[str, Any] = {"epoch": self.epoch_count, "step": self.step_count,
@@ -208,9 +227,9 @@ class Recorder:
     def close(self, failed: bool = False) -> None:
         """End the run: complete with the epochs recorded (a loop that stopped early, e.g. early stopping,
         ends the run there). A failed loop leaves every committed epoch valid and the run interrupted."""
-        if self.run is None:
+        if self.run is None or self.closed:
             return
-        run = self.run
+        run, self.closed = self.run, True
         if failed:
             run.discard_uncommitted()
             return  # run.json keeps "recording": the run reads as interrupted
@@ -224,6 +243,8 @@ class Recorder:
     def _live(self) -> Run:
         if self.run is None:
             raise RunError("the recorder is not started: use it as `with featviz.record(...) as rec:`")
+        if self.closed:
+            raise RunError(f"the recorder of {self.run.path} is closed: the run ended with epoch {self.epoch_count}")
         return self.run
 
     def _wants(self, step: int) -> bool:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import featviz
-from featviz.errors import ConfigError
+from featviz.errors import ConfigError, RunError
 from featviz.store import Run
 
 
@@ -182,6 +182,11 @@ def test_recorder_edge_cases(user_code: Path, tmp_path: Path, cli) -> None:
     assert code == 0 and "heads" in out and "interrupted" in out and " - " in out  # no val_acc: a dash
     rec.close()
     assert Run.open(rec.run.path).complete and Run.open(rec.run.path).epochs_planned == 2
+    with pytest.raises(RunError, match="is closed: the run ended with epoch 2"):
+        rec.epoch()  # after close: nothing more is committed (it once went on to epoch 3)
+    with pytest.raises(RunError, match="is closed"):
+        rec.step(loss=1.0)
+    assert Run.open(rec.run.path).epochs_done == 2
     with pytest.raises(ConfigError, match="no Conv2d"):
         featviz.record(MLP(), "mlp", out_dir=tmp_path, model_spec="usernets:MLP", data=Flips()).start()
     with pytest.raises(ConfigError, match="JSON values"):
@@ -263,3 +268,33 @@ def test_a_nan_loss_is_written_as_null_and_every_file_stays_valid_json(user_code
         strict(line)
     html = (run.path / "gallery" / "index.html").read_text()
     assert "NaN" not in html and "Infinity" not in html
+
+
+def test_recorder_arguments_are_checked_before_the_loop(user_code: Path, tmp_path: Path) -> None:
+    from usernets import tiny
+
+    x, y = torch.rand(8, 3, 12, 12), torch.zeros(8, dtype=torch.long)
+    ok = dict(out_dir=tmp_path, model_spec="usernets:tiny")
+    for kwargs, message in (
+        (dict(model=None, data=x), "needs the torch.nn.Module being trained, got NoneType"),
+        (dict(data=x, probe_size=0), "probe_size must be an integer >= 1, got 0"),
+        (dict(data=x, epochs="3"), "epochs must be an integer >= 1, got '3'"),
+        (dict(data=x, classes="abcd"), "classes must be a list of class names"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            featviz.record(kwargs.pop("model", tiny()), "bad", **ok, **kwargs)
+    for data, message in ((x[:0], "data has 0 images"), ((x, y[:3]), "data has 8 images and 3 labels")):
+        with pytest.raises(ConfigError, match=message):
+            featviz.record(tiny(), "bad", **ok, data=data).start()
+    rec = featviz.record(tiny(), "steps", **ok, data=(x, y))
+    with pytest.raises(RunError, match="not started"):
+        rec.step(loss=1.0)
+    rec.start()
+    for loss in ("abc", torch.tensor([1.0, 2.0])):
+        with pytest.raises(ConfigError, match="takes one number or a one-element tensor"):
+            rec.step(loss=loss)
+    rec.step(loss=2.0)
+    rec.epoch()
+    rec.close()
+    assert [m["train_loss"] for m in Run.open(rec.run.path).metrics()] == [None, 2.0]
+    assert not (tmp_path / "bad").exists()
