@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from featviz.errors import ConfigError, RunError, one_line
-from featviz.fileio import atomic_write_json, save_tensors
+from featviz.fileio import atomic_write_json, check_name, save_tensors
 from featviz.hooks import evaluating, input_kind
 from featviz.layers import trace
 from featviz.provenance import provenance
@@ -116,6 +116,20 @@ def _example(item: Any) -> tuple[torch.Tensor, Any]:
                           "ToTensor/Normalize transform in the dataset)") from None
 
 
+def check_options(name: str | None, snapshots: str, probe_size: int, classes: list[str] | None,
+                  epochs: int | None) -> tuple[str, tuple[int, ...]]:
+    """The options of ``featviz.record`` that need neither model nor data, checked (the Lightning callback
+    checks them when it is built, not once fit has started); returns the parsed snapshot schedule."""
+    for what, v in (("probe_size", probe_size), ("epochs", epochs)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"featviz.record: {what} must be an integer >= 1, got {v!r}")
+    if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
+        raise ConfigError(f"featviz.record: classes must be a list of class names, got {classes!r}")
+    if name is not None:
+        check_name(name)
+    return parse_schedule(snapshots)
+
+
 OWN = ("epoch", "step", "wall_s")  # metrics.jsonl fields the recorder always writes itself
 
 
@@ -131,12 +145,7 @@ class Recorder:
             raise ConfigError(f"featviz.record needs the torch.nn.Module being trained, got {type(model).__name__}")
         if data is None:
             raise ConfigError("featviz.record needs data=: a few validation images (a Dataset, DataLoader or tensor)")
-        for what, v, lo in (("probe_size", probe_size, 1), ("epochs", epochs, 1)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
-                raise ConfigError(f"featviz.record: {what} must be an integer >= {lo}, got {v!r}")
-        if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
-            raise ConfigError(f"featviz.record: classes must be a list of class names, got {classes!r}")
-        kind, nums = parse_schedule(snapshots)
+        kind, nums = check_options(name, snapshots, probe_size, classes, epochs)
         self.model, self.kind, self.nums = model, kind, nums
         self.spec_text = model_spec or f"{type(model).__module__}:{type(model).__qualname__}"
         if self.spec_text.startswith("__main__:"):

@@ -199,6 +199,15 @@ def test_mistakes_are_config_errors(litcode: Path, tmp_path: Path, monkeypatch: 
 
     with pytest.raises(ConfigError, match="needs model_spec"):
         FeatvizCallback(submodule="net")
+    from featviz.errors import RunError
+
+    # checked when the callback is built, not minutes later inside Trainer.fit
+    with pytest.raises(ConfigError, match="unknown snapshot schedule .every:0."):
+        FeatvizCallback("x", snapshots="every:0")
+    with pytest.raises(ConfigError, match="probe_size must be an integer >= 1, got -1"):
+        FeatvizCallback("x", probe_size=-1)
+    with pytest.raises(RunError, match="invalid run name 'a/b'"):
+        FeatvizCallback("a/b")
     trainer = lightning.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                                 callbacks=[FeatvizCallback("nodata", out_dir=tmp_path / "out")])

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from featviz.errors import ConfigError
-from featviz.record import OWN, Recorder, untouched_rng
+from featviz.record import OWN, Recorder, check_options, untouched_rng
 
 try:
     import lightning.pytorch as pl
@@ -43,6 +43,7 @@ class FeatvizCallback(pl.Callback):
         if submodule is not None and model_spec is None:
             raise ConfigError(f"FeatvizCallback(submodule={submodule!r}) needs model_spec='package.module:factory', "
                               f"a factory that builds pl_module.{submodule}")
+        check_options(name, snapshots, probe_size, classes, None)  # here, not inside Trainer.fit
         self.submodule = submodule
         self.options: dict[str, Any] = dict(
             name=name, out_dir=out_dir, model_spec=model_spec, model_kwargs=model_kwargs, data=data, mean=mean, std=std,
