@@ -586,3 +586,15 @@ def test_seeds_sizes_and_counts_out_of_range_are_one_line() -> None:
                           ((16, 16, 3), "an integer or .height, width. integers")):
         with pytest.raises(ConfigError, match=message):
             layer_channels(model, "2", size=size)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: pad(1.5), "pad must be a whole number of pixels >= 0, got 1.5"),
+    (lambda: random_rotate("5"), "degrees must be a finite number, got '5'"),
+    (lambda: RandomAffine(scale=1.0), r"scale is a \(lo, hi\) range, got 1.0"),
+    (lambda: jitter(float("nan")), "translate must be a finite number, got nan"),
+    (lambda: random_scale(1, float("inf")), "scale must be a finite number, got inf"),
+])
+def test_transform_settings_are_checked_when_built(make, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make()

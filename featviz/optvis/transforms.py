@@ -13,6 +13,7 @@ aligned. Scale, rotation, translation and padding are one per-element affine map
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -33,6 +34,18 @@ def _source(rng: RandomSource | torch.Generator | int | None) -> RandomSource:
     if rng is None or isinstance(rng, (int, torch.Generator)):
         return SharedRandom(0 if rng is None else rng)
     return rng
+
+
+def _finite(name: str, v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise ConfigError(f"{name} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _pixels(px: object) -> int:
+    if isinstance(px, bool) or not isinstance(px, numbers.Integral) or px < 0:
+        raise ConfigError(f"pad must be a whole number of pixels >= 0, got {px!r}")
+    return int(px)
 
 
 def _check_mode(mode: str) -> None:
@@ -58,11 +71,15 @@ class RandomAffine:
                  pad: int = 0, mode: str = "reflect", value: float = 0.5,
                  rng: RandomSource | torch.Generator | int | None = None) -> None:
         _check_mode(mode)
-        lo, hi = scale
+        if not (isinstance(scale, (tuple, list)) and len(scale) == 2):
+            raise ConfigError(f"scale is a (lo, hi) range, got {scale!r}")
+        lo, hi = _finite("scale", scale[0]), _finite("scale", scale[1])
         if not 0 < lo <= hi:
             raise ConfigError(f"scale range must satisfy 0 < lo <= hi, got ({lo}, {hi})")
-        if degrees < 0 or translate < 0 or pad < 0:
-            raise ConfigError("degrees, translate and pad must be >= 0")
+        degrees, translate, value = _finite("degrees", degrees), _finite("translate", translate), _finite("value", value)
+        _pixels(pad)
+        if degrees < 0 or translate < 0:
+            raise ConfigError("degrees and translate must be >= 0")
         self.lo, self.hi, self.degrees = float(lo), float(hi), float(degrees)
         self.translate, self.pad = float(translate), int(pad)
         self.mode, self.value, self.rng = mode, float(value), _source(rng)
@@ -105,8 +122,7 @@ class RandomAffine:
 def pad(px: int, mode: str = "reflect", value: float = 0.5) -> Transform:
     """Pad every side by ``px``: [B, C, H, W] -> [B, C, H + 2px, W + 2px] (reflect | edge | constant)."""
     _check_mode(mode)
-    if px < 0:
-        raise ConfigError(f"pad must be >= 0, got {px}")
+    px = _pixels(px)
     torch_mode = {"reflect": "reflect", "edge": "replicate", "replicate": "replicate", "constant": "constant"}[mode]
 
     def t(images: Tensor) -> Tensor:
