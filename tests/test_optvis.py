@@ -598,3 +598,16 @@ def test_seeds_sizes_and_counts_out_of_range_are_one_line() -> None:
 def test_transform_settings_are_checked_when_built(make, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make()
+
+
+def test_render_inside_no_grad_and_inference_mode() -> None:
+    """Called from an evaluation block (a validation hook, a notebook cell under no_grad): the same images."""
+    model = seq_model()
+    plain = render(model, "2:1", steps=3, size=12)
+    with torch.no_grad():
+        quiet = render(model, "2:1", steps=3, size=12)
+        assert not torch.is_grad_enabled()  # the caller's mode is back
+    with torch.inference_mode():
+        frozen_mode = render_channels(model, "2", [1], steps=3, size=12)
+    assert torch.equal(plain.images, quiet.images)
+    assert torch.equal(render_channels(model, "2", [1], steps=3, size=12).images, frozen_mode.images)

@@ -179,6 +179,8 @@ _RENDER_HINTS = {"channels": "the colour channel count is image_channels; to ren
                              "use channel(layer, c) or render_channels(model, layer, channels=[...])"}
 
 
+@torch.enable_grad()  # also when called inside no_grad or inference_mode (an evaluation loop)
+@torch.inference_mode(False)
 def render(model: nn.Module, objective: Objective | str, settings: RenderSettings | None = None, *,
            batch: int = 1, keys: Sequence[int] | None = None, progress: StepCallback | None = None,
            **overrides: Any) -> RenderResult:
