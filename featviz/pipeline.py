@@ -107,14 +107,18 @@ def resume_run(path: str | Path, device: str | None = None, progress: TrainProgr
         raise RunError(f"run {run.path} was {run.meta['source']}ed from your own code or checkpoints; "
                        "featviz train --resume continues only runs featviz trained")
     allow(run, model, trust_run_code)
-    if group.main:
-        run.discard_uncommitted()
-    distributed.barrier(group)
+    # every refusal before anything is removed: a run that cannot be resumed is left exactly as it was
+    if not (run.path / "manifest.json").is_file():
+        raise RunError(f"run {run.path} has no manifest.json, so no epoch can be trusted as committed; nothing was "
+                       "changed (featviz check RUN tells what is there)")
     done = run.epochs_done
     if done < 0:
         raise RunError(f"run {run.path} has no complete epoch to resume from; start it again with --force")
     if run.complete:
         raise RunError(f"run {run.path} is already complete ({done} epochs)")
+    if group.main:
+        run.discard_uncommitted()
+    distributed.barrier(group)
     cfgs = run.meta["configs"]
     data_cfg = from_dict(DataConfig, cfgs["data"])
     train_cfg = from_dict(TrainConfig, cfgs["train"])

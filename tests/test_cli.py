@@ -230,6 +230,21 @@ def _complete_run(tmp: Path, cli) -> tuple[list[str], Callable[[], None]]:
     return ["train", "--resume", str(tmp / "out" / "r")], lambda: _same_run_files(tmp / "out" / "r", before)
 
 
+def _no_manifest(tmp: Path, cli) -> tuple[list[str], Callable[[], None]]:
+    """A run whose manifest.json is gone: resuming it once deleted every snapshot before refusing."""
+    assert cli(_train_argv(tmp / "out", epochs=2))[0] == 0
+    (tmp / "out" / "r" / "manifest.json").unlink()
+    before = _files(tmp / "out" / "r")
+    return ["train", "--resume", str(tmp / "out" / "r")], lambda: _same_run_files(tmp / "out" / "r", before)
+
+
+def _complete_with_stray_snapshot(tmp: Path, cli) -> tuple[list[str], Callable[[], None]]:
+    assert cli(_train_argv(tmp / "out"))[0] == 0
+    (tmp / "out" / "r" / "snapshots" / "epoch_002.safetensors").write_bytes(b"left by a crash")
+    before = _files(tmp / "out" / "r")
+    return ["train", "--resume", str(tmp / "out" / "r")], lambda: _same_run_files(tmp / "out" / "r", before)
+
+
 def _resume_plain_folder(tmp: Path, cli) -> tuple[list[str], None]:
     (tmp / "plain").mkdir()
     return ["train", "--resume", str(tmp / "plain")], None
@@ -308,6 +323,10 @@ BAD_INPUTS = [
     pytest.param(lambda tmp, cli: (["train", "--resume", str(_a_file(tmp))], None),
                  ("{tmp}/file.txt is a file, not a run folder",), id="resume-a-file"),
     pytest.param(_complete_run, ("run {tmp}/out/r is already complete",), id="resume-complete-run"),
+    pytest.param(_no_manifest, ("run {tmp}/out/r has no manifest.json", "nothing was changed"),
+                 id="resume-without-manifest"),
+    pytest.param(_complete_with_stray_snapshot, ("run {tmp}/out/r is already complete",),
+                 id="resume-complete-run-with-a-stray-file"),
     pytest.param(_out_is_file, ("output folder {tmp}/file.txt is a file",), id="out-is-a-file"),
     pytest.param(_train_with("--name", "../evil"), ("invalid run name '../evil'",), id="name-escapes"),
     pytest.param(_train_with("--name", "a/b"), ("invalid run name 'a/b'",), id="name-with-slash"),
@@ -396,7 +415,8 @@ def test_bad_input_is_one_line_error(setup: Setup, expect: tuple[str, ...], cli,
     if check is not None:
         check()
     # nothing half-made: no run folder unless the setup made one, and no temp files anywhere
-    if setup not in (_existing_run, _complete_run, _force_over_a_file) and not argv[0] in ("render", "analyze"):
+    if setup not in (_existing_run, _complete_run, _force_over_a_file, _no_manifest, _complete_with_stray_snapshot) \
+            and not argv[0] in ("render", "analyze"):
         assert not (tmp_path / "out" / "r").exists()
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
