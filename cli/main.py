@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         if launched() and args and args[0] not in ("train", "render"):  # the others write shared files from one process
             raise ConfigError(f"featviz {args[0]} runs in one process; only train and render run under torchrun")
         rv = app(args=argv, prog_name="featviz", standalone_mode=False)
+        if rv == 130:  # Ctrl-C: typer turns the KeyboardInterrupt into exit code 130 itself
+            raise KeyboardInterrupt
         return rv if isinstance(rv, int) else 0
     except typer.TyperException as e:  # usage errors: bad option values, unknown options, missing args
         ctx = getattr(e, "ctx", None)
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("featviz: aborted", err=True)
         return 130
     except KeyboardInterrupt:
-        typer.echo("featviz: interrupted; completed epochs are kept (resume with --resume RUN)", err=True)
+        typer.echo("featviz: interrupted; everything committed is kept (train: continue with --resume RUN; render: "
+                   "run it again, finished images are reused)", err=True)
         return 130
 
 

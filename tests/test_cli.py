@@ -509,3 +509,27 @@ def test_resume_in_read_only_run_folder(cli, tmp_path: Path, monkeypatch: pytest
     assert str(run) in err and ("Permission denied" in err or "not writable" in err), err
     assert _files(run) == before  # the interrupted run can still be resumed once the folder is writable
     assert cli(["train", "--resume", str(run)])[0] == 0
+
+
+def test_ctrl_c_says_what_is_kept(cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """typer answers a Ctrl-C inside a command with exit code 130 instead of raising KeyboardInterrupt, so the
+    message once never printed; a real SIGINT to `featviz train` takes this path."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "train", "--epochs", "200", "--n-train", "2000",
+                             "--out", str(tmp_path / "out"), "--name", "cut", *TINY_CLI_MODEL[:8]],
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    run = tmp_path / "out" / "cut"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err[-500:]
+    assert "featviz: interrupted; everything committed is kept" in err and "Traceback" not in err
+    code, out, _ = cli(["check", run])
+    assert code == 0 and "epochs committed" in out
