@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -54,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("featviz: interrupted; everything committed is kept (train: continue with --resume RUN; render: "
                    "run it again, finished images are reused)", err=True)
         return 130
+    except Exception as e:  # noqa: BLE001 - not a mistake featviz knows: a damaged or hand-edited run file, or a bug
+        if os.environ.get("FEATVIZ_TRACEBACK"):
+            raise
+        typer.echo(f"featviz: error: unexpected {type(e).__name__}: {one_line(str(e), 200)} (a damaged or edited run "
+                   "file, or a bug; `featviz check RUN` looks for damage, FEATVIZ_TRACEBACK=1 shows where it happened)",
+                   err=True)
+        return 1
 
 
 if __name__ == "__main__":

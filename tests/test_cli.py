@@ -533,3 +533,18 @@ def test_ctrl_c_says_what_is_kept(cli, monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "featviz: interrupted; everything committed is kept" in err and "Traceback" not in err
     code, out, _ = cli(["check", run])
     assert code == 0 and "epochs committed" in out
+
+
+def test_an_unexpected_error_is_one_line_unless_asked(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-edited run.json that featviz does not check field by field (here: no layer list) ends in one line
+    naming the exception; FEATVIZ_TRACEBACK=1 lets the traceback through for a bug report."""
+    assert cli(_train_argv(tmp_path / "out"))[0] == 0
+    meta_file = tmp_path / "out" / "r" / "run.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["layers"]
+    meta_file.write_text(json.dumps(meta))
+    code, out, err = cli(["gallery", tmp_path / "out" / "r"])
+    assert code == 1 and err.startswith("featviz: error: unexpected KeyError: 'layers'") and len(err.splitlines()) == 1
+    monkeypatch.setenv("FEATVIZ_TRACEBACK", "1")
+    with pytest.raises(KeyError):
+        cli(["gallery", tmp_path / "out" / "r"])
