@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featviz.errors import RunError
+from featviz.fileio import tensor_header
 from featviz.store import Run
 
 
@@ -48,6 +49,9 @@ def check_run(path: str | Path) -> CheckReport:
         rep.problems.append(str(e))  # a run whose run.json is damaged: reported
         return rep
     rep.files_checked += 1
+    if not (run.path / "manifest.json").is_file():
+        rep.problems.append(f"{run.path / 'manifest.json'}: file is missing, so no epoch can be trusted as committed")
+        return rep
     try:
         manifest = run.manifest()
         rep.epochs_done = int(manifest["epochs_done"])
@@ -57,6 +61,7 @@ def check_run(path: str | Path) -> CheckReport:
         return rep
     rep.files_checked += 1
     _check_manifest_files(run, files, rep)
+    _check_tensor_names(run, files, rep)
     _check_epochs(run, files, rep)
     _check_renders(run, rep)
     _notes(run, files, rep)
@@ -70,6 +75,32 @@ def _check_manifest_files(run: Run, files: dict[str, str], rep: CheckReport) -> 
             _check_metrics_hash(run, rel, digest, rep)
         elif problem := run.verify_file(rel, digest):
             rep.problems.append(problem)
+
+
+def _check_tensor_names(run: Run, files: dict[str, str], rep: CheckReport) -> None:
+    """Every snapshot holds the same tensors (names, dtypes, shapes) as the first, whose conv weights
+    have the shapes run.json's layer list gives: a snapshot with its hash recomputed after an edit, or
+    written by another network, is caught here rather than by a renderer's KeyError."""
+    first: tuple[str, dict] | None = None
+    for rel in sorted(r for r in files if r.startswith("snapshots/") and r.endswith(".safetensors")):
+        try:
+            head = tensor_header(run.path / rel)
+        except RunError:
+            continue  # a damaged or missing file is already reported by its hash
+        if first is None:
+            first = (rel, head)
+            for layer in run.meta.get("layers", []):
+                if not {"name", "kernel", "out_ch", "in_ch"} <= set(layer):
+                    continue  # an older run's layer record: nothing to compare
+                key, (kh, kw) = f"{layer['name']}.weight", layer["kernel"]
+                want = (layer["out_ch"], layer["in_ch"] // layer.get("groups", 1), kh, kw)
+                if key not in head or head[key][1] != want:
+                    got = "missing" if key not in head else list(head[key][1])
+                    rep.problems.append(f"{run.path / rel}: {key} is {got}, run.json's layer list says {list(want)}")
+        elif head != first[1]:
+            name = next(k for k in sorted(set(head) | set(first[1])) if head.get(k) != first[1].get(k))
+            rep.problems.append(f"{run.path / rel}: tensor {name} differs from {first[0]} (names, dtypes and shapes "
+                                "must match in every snapshot)")
 
 
 def _check_metrics_hash(run: Run, rel: str, digest: str, rep: CheckReport) -> None:

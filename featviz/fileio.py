@@ -191,6 +191,20 @@ def load_tensors(path: Path, expected_sha256: str | None = None, finite: bool = 
     return tensors
 
 
+def tensor_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) of every tensor in a safetensors file, from its header alone (the 8-byte
+    length, then JSON): cheap for any file size. A file without a readable header is a RunError."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                raise ValueError(f"header length {size}")
+            head = json.loads(f.read(size))
+        return {k: (v["dtype"], tuple(v["shape"])) for k, v in head.items() if k != "__metadata__"}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise RunError(f"{path}: not a valid safetensors file ({one_line(e, 120)})") from None
+
+
 def read_jsonl(path: Path, required: str) -> tuple[list[dict[str, Any]], list[str]]:
     """The records of a JSON-lines file in file order, and one message per damaged line (not JSON, not
     an object, or without the ``required`` key), naming the file and the line. A missing file has none."""

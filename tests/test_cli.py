@@ -548,3 +548,30 @@ def test_an_unexpected_error_is_one_line_unless_asked(cli, tmp_path: Path, monke
     monkeypatch.setenv("FEATVIZ_TRACEBACK", "1")
     with pytest.raises(KeyError):
         cli(["gallery", tmp_path / "out" / "r"])
+
+
+def test_check_finds_edited_snapshots_and_a_missing_manifest(cli, tmp_path: Path) -> None:
+    """Damage whose hashes were recomputed (an edited file re-registered in the manifest) used to pass check
+    and then crash render with a KeyError; a missing manifest was reported as 'ok: -1 epochs committed'."""
+    from featviz.fileio import load_tensors, save_tensors
+    from featviz.store import Run
+
+    assert cli(_train_argv(tmp_path / "out", epochs=2))[0] == 0
+    run = Run.open(tmp_path / "out" / "r")
+    snap = run.snapshot_file(1)
+    tensors = load_tensors(snap)
+    del tensors["features.conv2.weight"]
+    save_tensors(snap, tensors)
+    run.write_manifest(run.epochs_done)  # the edit, re-registered: every hash matches
+    code, out, err = cli(["check", run.path])
+    assert code == 1 and f"{snap}: tensor features.conv2.weight differs from snapshots/epoch_000" in out + err
+    first = run.snapshot_file(0)
+    tensors = load_tensors(first)
+    tensors["features.conv1.weight"] = tensors["features.conv1.weight"][:, :2]
+    save_tensors(first, tensors)
+    run.write_manifest(run.epochs_done)
+    code, out, err = cli(["check", run.path])
+    assert code == 1 and "features.conv1.weight is [4, 2, 5, 5], run.json's layer list says [4, 3, 5, 5]" in out + err
+    (run.path / "manifest.json").unlink()
+    code, out, err = cli(["check", run.path])
+    assert code == 1 and "manifest.json: file is missing" in out + err
