@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from featviz.errors import RunError
 from featviz.store import list_runs
 
 
@@ -17,9 +18,13 @@ def runs(out: Path = typer.Option(Path("outputs"), help="Folder that holds runs.
         return
     typer.echo(f"{'name':<32} {'data':<14} {'epochs':>7} {'val_acc':>8}  status")
     for run in found:
-        recs = run.metrics(strict=False)
-        acc = recs[-1].get("val_acc") if recs else None  # recorded and imported runs may not have one
-        acc = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
-        status = "complete" if run.complete else "interrupted"
-        done = f"{max(run.epochs_done, 0)}/{run.epochs_planned}"
-        typer.echo(f"{run.name:<32} {run.meta['configs']['data']['name'][:14]:<14} {done:>7} {acc:>8}  {status}")
+        data = str(run.meta["configs"]["data"].get("name", "?"))[:14]
+        try:
+            recs = run.metrics(strict=False)
+            acc = recs[-1].get("val_acc") if recs else None  # recorded and imported runs may not have one
+            acc = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
+            status = "complete" if run.complete else "interrupted"
+            done = f"{max(run.epochs_done, 0)}/{run.epochs_planned}"
+        except RunError:  # one damaged run does not stop the list
+            acc, done, status = "-", "?", "damaged (featviz check RUN)"
+        typer.echo(f"{run.name:<32} {data:<14} {done:>7} {acc:>8}  {status}")

@@ -179,6 +179,16 @@ def test_runs_on_empty_folder(cli, tmp_path: Path) -> None:
     assert code == 0 and "no runs under" in stdout
 
 
+def test_one_damaged_run_does_not_stop_the_list(cli, tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        assert cli(_train_argv(tmp_path, name))[0] == 0
+    (tmp_path / "a" / "manifest.json").write_text("{")  # sorted first: the listing once stopped here
+    code, stdout, _ = cli(["runs", "--out", str(tmp_path)])
+    lines = {line.split()[0]: line for line in stdout.splitlines()[1:]}
+    assert code == 0 and set(lines) == {"a", "b", "c"}
+    assert lines["a"].endswith("damaged (featviz check RUN)") and lines["c"].endswith("complete")
+
+
 # ----------------------------------------------------------------------------- user mistakes
 Setup = Callable[[Path, Callable], tuple[list[str], Callable[[], None] | None]]
 
