@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import console
+from cli.common import console, not_empty
 from featviz.loading import allow
 from featviz.pipeline import analyze_run
 from featviz.store import Run
@@ -23,6 +23,7 @@ def analyze(
     trust_run_code: bool = typer.Option(False, help="Import the model factory the run names, whatever it is."),
 ) -> None:
     """Filter updates, CKA to the final snapshot, image complexity and receptive fields -> RUN/analysis.json, then the gallery."""
+    not_empty(renders=renders)
     r = Run.open(run)
     allow(r, model, trust_run_code)
     res = analyze_run(r, probe_size=probe, device=device, renders=renders)

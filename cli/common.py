@@ -4,6 +4,7 @@ No featviz logic lives here."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Iterable
 
 import typer
@@ -20,8 +21,10 @@ def int_list(text: str | None, option: str) -> tuple[int, ...] | None:
     """'16,32,64' -> (16, 32, 64); a bad list is a usage error naming the option."""
     if text is None:
         return None
+    if not all(x.strip() for x in text.split(",")):  # "" or "4,,8": an empty entry is a typo, not a default
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option)
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
 
@@ -32,7 +35,7 @@ def bool_list(text: str | None, option: str) -> tuple[bool, ...] | None:
         return None
     table = {"1": True, "y": True, "yes": True, "true": True, "0": False, "n": False, "no": False, "false": False}
     try:
-        return tuple(table[x.strip().lower()] for x in text.split(",") if x.strip())
+        return tuple(table[x.strip().lower()] for x in text.split(","))
     except KeyError:
         raise typer.BadParameter(f"expected comma-separated 1/0 values, got {text!r}", param_hint=option) from None
 
@@ -50,6 +53,14 @@ def model_config(widths: str | None, kernels: str | None, strides: str | None, p
     return ModelConfig(widths=w, kernels=int_list(kernels, "--kernels") or stretch(d.kernels),
                        strides=int_list(strides, "--strides") or (1,) * n,
                        pools=bool_list(pools, "--pools") or stretch(d.pools), batchnorm=batchnorm, **fixed)
+
+
+def not_empty(**options: object) -> None:
+    """An option given as an empty string (``--name ""``, ``--layers " "``) is a typo: a one-line error,
+    rather than the default it would otherwise fall back to."""
+    for name, value in options.items():
+        if isinstance(value, (str, Path)) and not str(value).strip():
+            raise ConfigError(f"--{name.replace('_', '-')} is empty")
 
 
 def given(ctx: typer.Context, names: Iterable[str]) -> list[str]:

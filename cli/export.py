@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import console
+from cli.common import console, not_empty
 from featviz.export import export_tensorboard
 from featviz.store import Run
 
@@ -18,6 +18,7 @@ def export(
     renders: Optional[str] = typer.Option(None, help="Render settings set whose activation-maximization grids to export."),
 ) -> None:
     """Write a run as TensorBoard events: metrics, analysis, filter and activation-maximization images, weight histograms."""
+    not_empty(renders=renders)
     r = Run.open(run)
     counts = export_tensorboard(r, tensorboard, renders)
     console.print(f"wrote {counts['scalars']} scalars, {counts['images']} images and {counts['histograms']} "

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import console, reject
+from cli.common import console, not_empty, reject
 from featviz.errors import ConfigError
 from featviz.gallery.build import build_gallery
 from featviz.gallery.live import serve_live
@@ -29,6 +29,7 @@ def gallery(
     """Rebuild the static HTML gallery from the run's files (no model is loaded)."""
     if not serve:
         reject(ctx, ["port"], "only with --serve")
+    not_empty(renders=renders)
     r = Run.open(run)
     if watch and not serve:
         raise ConfigError("--watch needs --serve (the live page reads live.json over http)")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import console
+from cli.common import console, not_empty
 from featviz.config import DataConfig
 from featviz.importer import import_checkpoints
 from featviz.zoo import ModelSpec, model_flag, normalize_spec, parse_kwargs
@@ -30,6 +30,7 @@ def import_run(
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps (for each checkpoint's validation accuracy)."),
 ) -> None:
     """Make a run from checkpoints you already saved (never unpickles anything but tensors), ready to render."""
+    not_empty(model=model, model_kwargs=model_kwargs, name=name, pattern=pattern)
     spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs))
     run = import_checkpoints(folder, spec, DataConfig(name=data, data_dir=str(data_dir), size=size), out_dir=out,
                              name=name, pattern=pattern, force=force, device=device)

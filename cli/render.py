@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.common import console, int_list
+from cli.common import console, int_list, not_empty
 from featviz.config import RenderConfig
 from featviz.distributed import main_process, setup
 from featviz.loading import allow
@@ -44,6 +44,7 @@ def render(
     trust_run_code: bool = typer.Option(False, help="Import the model factory the run names, whatever it is."),
 ) -> None:
     """Draw the learned filters and activation-maximization images, then build the gallery."""
+    not_empty(layers=layers, channels=channels, model=model)
     r = Run.open(run)
     allow(r, model, trust_run_code)
     every = (channels or "").strip().lower() == "all"

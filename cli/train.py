@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import TrainBar, console, model_config, reject
+from cli.common import TrainBar, console, model_config, not_empty, reject
 from featviz.errors import ConfigError
 from featviz.distributed import launched, main_process
 from featviz.gallery.live import LiveTraining
@@ -62,6 +62,7 @@ def train(
                                      "commit, in a background process at the lowest CPU priority."),
 ) -> None:
     """Train a small CNN (or --model ARCH) and snapshot every conv filter at every epoch (epoch 0 = the random init)."""
+    not_empty(name=name, model=model, model_kwargs=model_kwargs, out=out)
     if resume is not None:
         reject(ctx, [p.name for p in ctx.command.params if p.name not in RESUME_MAY_SET],
                "not with --resume, which continues with the run's recorded configuration "

@@ -151,6 +151,9 @@ class TrainConfig:
         _check(0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)")
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         _check(self.snapshot_every_steps >= 0, "snapshot_every_steps must be >= 0")
+        _check(not (self.snapshot_every_steps and self.snapshots not in ("log", f"every:{self.snapshot_every_steps}")),
+               f"snapshots {self.snapshots!r} and snapshot_every_steps {self.snapshot_every_steps} disagree; give one "
+               "(--snapshots every:K is the same as --snapshot-every-steps K)")
         from featviz.schedule import parse_schedule
 
         parse_schedule(self.schedule)
