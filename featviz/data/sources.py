@@ -109,7 +109,8 @@ def _load_named(key: str, cfg: DataConfig) -> ImageData:
             msg = one_line(err)
             if "Dataset not found" in msg or "not found or corrupted" in msg:
                 where = _expected_folder(key, root)
-                hint = "the files there may be incomplete" if cfg.download else "pass --download to fetch it"
+                hint = ("the files there may be incomplete" if cfg.download else
+                        f"fetch it with featviz train --data {key} --download, or DataConfig(download=True)")
                 raise DataError(f"{key} not found (or corrupted) in {where}; {hint}") from None
             if cfg.download and "download" in msg.lower():
                 raise DataError(f"could not download {key} into {root}: {msg}") from None
