@@ -18,6 +18,7 @@ from torch import nn
 from featviz.config import ModelConfig, from_dict
 from featviz.model import build_model
 from featviz.store import Run
+from featviz.errors import ConfigError
 from featviz.zoo import ModelSpec, build, check_trust, normalize_spec
 
 def spec_of(meta: dict[str, Any]) -> ModelSpec | None:
@@ -38,8 +39,14 @@ def allow(run: Run, model: str | None = None, trust_run_code: bool = False) -> N
 
 
 def check_access(run: Run) -> None:
-    """ConfigError if building ``run``'s model would import a factory nobody vouched for."""
+    """ConfigError if building ``run``'s model would import a factory nobody vouched for, or if ``--model``
+    names another model than the run's (it would otherwise be ignored)."""
     spec = spec_of(run.meta)
+    given = run.model_access[0]
+    if given is not None and (spec is None or normalize_spec(given) != spec.factory):
+        mine = spec.factory if spec is not None else "featviz's small CNN"
+        raise ConfigError(f"this run's model is {mine}, not {given}; nothing was imported; --model only vouches "
+                          "for a run's own factory")
     if spec is not None:
         check_trust(spec.factory, *run.model_access)
 
