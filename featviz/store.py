@@ -269,18 +269,25 @@ class Run:
                 p.unlink(missing_ok=True)
 
     def discard_uncommitted(self) -> None:
-        """Before resuming: drop temp files and anything written after the last committed epoch."""
+        """Before resuming: drop temp files and anything written after the last committed epoch. Every
+        check comes first: a metrics record it cannot read is a RunError before anything is removed."""
         done = self.epochs_done
-        for p in self.path.rglob(".*.tmp"):
+        records = self.metrics(strict=False)
+        bad = next((r for r in records if type(r.get("epoch")) is not int or type(r.get("step", 0)) is not int), None)
+        if bad is not None:
+            raise RunError(f"{self.path / 'metrics.jsonl'}: a record has epoch {bad.get('epoch')!r}, step "
+                           f"{bad.get('step')!r}, not whole numbers (edited or damaged); nothing was removed")
+        keep = [r for r in records if r["epoch"] <= done]
+        last_step = max((r.get("step", 0) for r in keep), default=0)
+
+        def numbered(pattern: str, limit: int) -> list[Path]:  # only files named as featviz names them
+            return [p for p in (self.path / "snapshots").glob(pattern) if p.is_file()
+                    and p.stem.split("_")[1].isdigit() and int(p.stem.split("_")[1]) > limit]
+
+        stale = [*self.path.rglob(".*.tmp"), *numbered("epoch_*.safetensors", done),
+                 *numbered("step_*.safetensors", last_step)]
+        for p in stale:
             p.unlink(missing_ok=True)
-        for p in (self.path / "snapshots").glob("epoch_*.safetensors"):
-            if int(p.stem.split("_")[1]) > done:
-                p.unlink()
-        keep = [r for r in self.metrics(strict=False) if r["epoch"] <= done]
-        last_step = max((r["step"] for r in keep), default=0)
-        for p in (self.path / "snapshots").glob("step_*.safetensors"):
-            if int(p.stem.split("_")[1]) > last_step:
-                p.unlink()
         self.write_metrics(keep)
 
     # -- renders (PNGs/GIFs under renders/, one JSON line per image in renders.jsonl)

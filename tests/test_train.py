@@ -446,3 +446,25 @@ def test_the_api_takes_a_run_or_its_path(tmp_path: Path) -> None:
     summary = featviz.render_run(run.path, RenderConfig(steps=2, epochs="last", layers=("features.conv1",),
                                                         channels=(0,), filters=False))
     assert summary["am_images"] >= 1 and summary["layers"] == ["features.conv1"]
+
+
+def test_resume_leaves_strange_files_alone_and_refuses_unreadable_metrics(tmp_path: Path) -> None:
+    """What --resume removes first (Run.discard_uncommitted): files featviz did not name (step_abc, a folder
+    called epoch_005.safetensors) once crashed it; an unreadable metrics record stops it before any removal."""
+    run = featviz.train(epochs=2, out_dir=str(tmp_path), name="r", **TINY_API)
+    run.write_manifest(1)  # as if killed after epoch 1: epoch 2's snapshot is uncommitted
+    snaps = run.path / "snapshots"
+    (snaps / "step_abc.safetensors").write_bytes(b"not ours")
+    (snaps / "epoch_005.safetensors").mkdir()
+    metrics = (run.path / "metrics.jsonl").read_text()
+    (run.path / "metrics.jsonl").write_text(metrics.replace('"epoch": 1,', '"epoch": "one",', 1))
+    before = sorted(p.name for p in snaps.iterdir())
+    with pytest.raises(RunError, match="a record has epoch 'one'.*nothing was removed"):
+        run.discard_uncommitted()
+    assert sorted(p.name for p in snaps.iterdir()) == before
+    (run.path / "metrics.jsonl").write_text(metrics)
+    run.discard_uncommitted()
+    left = sorted(p.name for p in snaps.iterdir())
+    assert "epoch_002.safetensors" not in left and "epoch_001.safetensors" in left
+    assert "step_abc.safetensors" in left and (snaps / "epoch_005.safetensors").is_dir()
+    assert [m["epoch"] for m in run.metrics()] == [0, 1]
