@@ -540,7 +540,10 @@ def test_ctrl_c_says_what_is_kept(cli, monkeypatch: pytest.MonkeyPatch, tmp_path
 
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "train", "--epochs", "200", "--n-train", "2000",
                              "--out", str(tmp_path / "out"), "--name", "cut", *TINY_CLI_MODEL[:8]],
-                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1],
+                            # as from a terminal: an ignored SIGINT (inherited from whatever started pytest) would
+                            # be kept by the child, and Python would then install no KeyboardInterrupt handler
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = tmp_path / "out" / "cut"
     deadline = time.time() + 60
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
