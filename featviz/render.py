@@ -189,6 +189,14 @@ def estimate_seconds(run: Run, layers: list[dict[str, Any]], points: list[dict[s
         logits_of(model(x)).float().sum().backward()
         sync()
         best = min(best, time.perf_counter() - t0)
-    rate = 3 * total * len(x) / max(best, 1e-6)  # multiply-adds per second
     work = sum(3 * prefix.get(layer["name"], total) * len(channels_for(layer, cfg)) for layer in layers)
-    return OVERHEAD * work * cfg.steps * len(points) / rate
+    batches = sum(-(-len(channels_for(layer, cfg)) // cfg.chunk) for layer in layers)
+    return expected_seconds(work * cfg.steps * len(points), 3 * total * len(x), best,
+                            batches * cfg.steps * len(points))
+
+
+def expected_seconds(work: float, timed_work: float, timed_s: float, batch_steps: int) -> float:
+    """``work`` multiply-adds at the rate a timed pass of ``timed_work`` reached in ``timed_s`` (x OVERHEAD),
+    but never less than ``batch_steps`` such passes: on tiny images a step costs its fixed per-step time
+    (launching the ops, the optimizer), whatever its multiply-adds."""
+    return max(OVERHEAD * work * max(timed_s, 1e-6) / timed_work, batch_steps * timed_s)

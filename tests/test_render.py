@@ -192,3 +192,12 @@ def test_cli_render_bad_inputs(rendered: Run, cli, tmp_path: Path, argv: list[st
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("featviz: error:") and needle in lines[0]
     assert "Traceback" not in out + err
+
+
+def test_expected_seconds_by_work_and_by_steps() -> None:
+    """Known answers: 1e9 multiply-adds where a pass of 1e8 took 0.01 s is 0.1 s x OVERHEAD; 100000 steps of one
+    batch cost at least 100000 passes (1000 s), however few multiply-adds each has (tiny images)."""
+    from featviz.render import OVERHEAD, expected_seconds
+
+    assert expected_seconds(1e9, 1e8, 0.01, batch_steps=1) == pytest.approx(0.1 * OVERHEAD)
+    assert expected_seconds(1e9, 1e8, 0.01, batch_steps=100_000) == pytest.approx(1000.0)
