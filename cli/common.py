@@ -15,6 +15,7 @@ from featviz.config import ModelConfig
 from featviz.errors import ConfigError
 
 console = Console(stderr=True)
+SMALL_CNN = ("widths", "kernels", "strides", "pools", "batchnorm")  # the options that describe featviz's own CNN
 
 
 def int_list(text: str | None, option: str) -> tuple[int, ...] | None:

@@ -8,14 +8,13 @@ from typing import Optional
 
 import typer
 
-from cli.common import model_config, reject
+from cli.common import SMALL_CNN, model_config, reject
 from featviz.loading import allow, build_run_model
 from featviz.model import build_model
 from featviz.zoo import ModelSpec, build, normalize_spec, parse_kwargs
 from featviz.store import Run
 from featviz.summary import format_table, layer_table
 
-SMALL_CNN = ("widths", "kernels", "strides", "pools", "batchnorm")
 ANY_MODEL = ("in_channels", "classes", "size", "model_kwargs")
 
 

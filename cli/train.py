@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import TrainBar, console, model_config, not_empty, reject
+from cli.common import SMALL_CNN, TrainBar, console, model_config, not_empty, reject
 from featviz.errors import ConfigError
 from featviz.distributed import launched, main_process
 from featviz.gallery.live import LiveTraining
@@ -16,9 +16,6 @@ from featviz.pipeline import resume_run, train_run
 from featviz.zoo import ModelSpec, model_flag, normalize_spec, parse_kwargs
 
 _D, _M, _T = DataConfig(), ModelConfig(), TrainConfig()
-
-
-SMALL_CNN = ("widths", "kernels", "strides", "pools", "batchnorm")
 SHAPES_ONLY = ("n_train", "n_val")
 RESUME_MAY_SET = {"resume", "device", "model", "trust_run_code", "live", "port", "live_render"}
 

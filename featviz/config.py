@@ -14,10 +14,11 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from featviz.device import NAMES
 from featviz.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = NAMES  # featviz.device: one list of device names
 
 
 def _check(cond: bool, msg: str) -> None:

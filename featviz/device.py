@@ -8,11 +8,13 @@ import torch
 
 from featviz.errors import ConfigError
 
+NAMES = ("auto", "cpu", "cuda", "mps")  # what a config's device may be; resolve_device also takes cuda:N
+
 
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda, then mps, then cpu; cpu, cuda, cuda:N or mps as named. A name that is none of
     these, or a device that is not there, is a ConfigError."""
-    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name.strip()):
+    if not isinstance(name, str) or not (name.strip() in NAMES or re.fullmatch(r"cuda:\d+", name.strip())):
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     name = name.strip()
     if name == "auto":

@@ -6,6 +6,7 @@ exception in the forward pass (or in the caller's body) never leaves a hook behi
 
 from __future__ import annotations
 
+import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -110,7 +111,7 @@ def record_calls(model: nn.Module, modules: dict[str, nn.Module], input_shape: S
     the input is a ConfigError saying so."""
     calls: list[Call] = []
     started: dict[str, list[int]] = {}
-    count = iter(range(1 << 62))
+    count = itertools.count()
     handles = []
 
     def pre(name: str):

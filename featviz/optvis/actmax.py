@@ -179,8 +179,6 @@ _RENDER_HINTS = {"channels": "the colour channel count is image_channels; to ren
                              "use channel(layer, c) or render_channels(model, layer, channels=[...])"}
 
 
-@torch.enable_grad()  # also when called inside no_grad or inference_mode (an evaluation loop)
-@torch.inference_mode(False)
 def render(model: nn.Module, objective: Objective | str, settings: RenderSettings | None = None, *,
            batch: int = 1, keys: Sequence[int] | None = None, progress: StepCallback | None = None,
            **overrides: Any) -> RenderResult:
@@ -193,6 +191,17 @@ def render(model: nn.Module, objective: Objective | str, settings: RenderSetting
     """
     s = resolve(settings, overrides, "render", _RENDER_HINTS)
     obj, keys = _check_call(objective, batch, keys)
+    if isinstance(s.param, str) and (s.transforms is None or isinstance(s.transforms, str)):
+        _probe(model, sorted(obj.layers), s.size, s.image_channels)  # custom ones may reshape: theirs to check
+    return _render(model, obj, s, keys, progress)
+
+
+@torch.enable_grad()  # also when called inside no_grad or inference_mode (an evaluation loop)
+@torch.inference_mode(False)
+def _render(model: nn.Module, obj: Objective, s: RenderSettings, keys: list[int],
+            progress: StepCallback | None) -> RenderResult:
+    """``render`` once its arguments are checked (``render_channels`` calls it for each chunk)."""
+    batch = len(keys)
     dev = _model_device(model, s.device)
     cl = dev.type == "cpu" if s.channels_last is None else s.channels_last
     norm = normalizer(s.mean, s.std, s.image_channels, dev, channels_last=cl)
@@ -205,8 +214,6 @@ def render(model: nn.Module, objective: Objective | str, settings: RenderSetting
         return norm(img).to(dtype)
 
     t0 = time.perf_counter()
-    if isinstance(s.param, str) and (s.transforms is None or isinstance(s.transforms, str)):
-        _probe(model, sorted(obj.layers), s.size, s.image_channels)  # custom ones may reshape: theirs to check
     # the fast path: a private copy of the model and the objective that reads it (same values)
     net, work = prepare_fast(model, obj, batch, channels_last=cl) if s.optimize else (model, obj)
     with big_buffers(dev.type == "cpu"), frozen(net), forward_until(net, sorted(obj.layers)) as run:
@@ -333,8 +340,7 @@ def render_channels(model: nn.Module, layer: str, channels: Sequence[int] | Tens
     parts = []
     for i in range(0, len(chans), s.chunk):
         part = chans[i:i + s.chunk]
-        parts.append(render(model, channel(layer, torch.tensor(part)), s, batch=len(part), keys=part,
-                            progress=progress))
+        parts.append(_render(model, channel(layer, torch.tensor(part)), s, part, progress))  # probed once above
     settings_out = {**parts[0].settings, "kind": "channels", "layer": layer, "objective": f"{layer}:<channel>",
                     "batch": len(chans), "elapsed_s": round(sum(p.settings["elapsed_s"] for p in parts), 3)}
     return RenderResult(images=torch.cat([p.images for p in parts]), values=torch.cat([p.values for p in parts]),
