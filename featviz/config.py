@@ -26,6 +26,11 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def is_int(v: object) -> bool:
+    """An integer (Python, NumPy), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def _fits(value: Any, hint: Any) -> bool:
     """Whether ``value`` is of the field type ``hint``: int (not bool), float (any real number), bool
     (or 0/1), str, None, ``X | Y`` and ``tuple[X, ...]``."""
@@ -38,7 +43,7 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool) or (isinstance(value, numbers.Integral) and value in (0, 1))
     if hint is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return is_int(value)
     if hint is float:
         return isinstance(value, numbers.Real) and not isinstance(value, bool)
     return isinstance(value, hint) if isinstance(hint, type) else True

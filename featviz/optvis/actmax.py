@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from featviz.config import is_int
 from featviz.errors import ConfigError, one_line
 from featviz.hooks import capture, eval_mode, input_kind, resolve_layers
 from featviz.optvis import param as P
@@ -28,7 +29,7 @@ from featviz.optvis.graphed import CAPTURES, Capture, Replayable, run_steps
 from featviz.optvis.memory import big_buffers
 from featviz.optvis.objectives import Objective, channel, parse
 from featviz.optvis.rng import PARAM_STREAM, TRANSFORM_STREAM, ElementRandom, element_seed
-from featviz.optvis.settings import RenderSettings, is_int, normalizer, resolve
+from featviz.optvis.settings import RenderSettings, normalizer, resolve
 from featviz.optvis.transforms import Transform, identity, standard, standard_settings
 
 StepCallback = Callable[[int, int, Tensor], None]  # (step, steps, objective values [B] on the step's images)

@@ -10,12 +10,12 @@ seed per element (the renderer passes these so that batched and single renders a
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from featviz.config import is_int
 from featviz.errors import ConfigError
 from featviz.optvis.rng import PARAM_STREAM, element_seed, generator
 
@@ -36,10 +36,9 @@ def element_seeds(batch: int, seed: int | Sequence[int]) -> list[int]:
 
 
 def _hw(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+    if is_int(size):
         size = (size, size)
-    if not (isinstance(size, Sequence) and len(size) == 2 and all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size)):
+    if not (isinstance(size, Sequence) and len(size) == 2 and all(is_int(v) for v in size)):
         raise ConfigError(f"image size must be an integer or (height, width) integers, got {size!r}")
     h, w = size
     if h < 2 or w < 2:
@@ -48,7 +47,7 @@ def _hw(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _check(batch: int, image_channels: int) -> None:
-    if isinstance(image_channels, bool) or not isinstance(image_channels, numbers.Integral):
+    if not is_int(image_channels):
         raise ConfigError(f"image_channels must be an integer (the colour channel count), got {image_channels!r}")
     if batch < 1 or image_channels < 1:
         raise ConfigError(f"batch and image_channels must be >= 1, got {batch} and {image_channels}")

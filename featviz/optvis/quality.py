@@ -17,11 +17,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from featviz.config import is_int
 from featviz.errors import ConfigError
 from featviz.optvis.actmax import _model_device, _model_dtype, forward_until, frozen
 from featviz.optvis.param import _hw, spectrum_scale
 from featviz.optvis.rng import generator
-from featviz.optvis.settings import is_int, normalizer
+from featviz.optvis.settings import normalizer
 from featviz.optvis.transforms import Transform, identity
 
 __all__ = ["channel_activations", "standardized_matrix", "standardized_activation", "specificity", "noise_images"]

@@ -8,12 +8,12 @@ generators seeded by ``element_seed(seed, key_b, stream)``, where ``key_b`` name
 
 from __future__ import annotations
 
-import numbers
 from typing import Protocol, Sequence
 
 import torch
 from torch import Tensor
 
+from featviz.config import is_int
 from featviz.errors import ConfigError
 
 _MASK = (1 << 64) - 1
@@ -38,7 +38,7 @@ def element_seed(seed: int, key: int, stream: int = PARAM_STREAM) -> int:
 def generator(seed: int) -> torch.Generator:
     """A CPU generator seeded ``seed`` (CPU so the numbers are the same on every device); a seed that is
     not a signed 64-bit integer is a ConfigError."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -(1 << 63) <= seed < (1 << 63):
+    if not is_int(seed) or not -(1 << 63) <= seed < (1 << 63):
         raise ConfigError(f"seed must be an integer in [-2**63, 2**63), got {seed!r}")
     g = torch.Generator(device="cpu")
     g.manual_seed(int(seed))

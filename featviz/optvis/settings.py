@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from featviz.config import is_int
 from featviz.errors import ConfigError
 from featviz.images import Normalizer
 from featviz.optvis.param import Param, check_color
@@ -29,11 +30,6 @@ __all__ = ["RenderSettings", "resolve", "normalizer", "norm_values", "is_int"]
 
 PARAMS = ("fourier", "pixel")
 TRANSFORMS = ("standard", "none")
-
-
-def is_int(v: object) -> bool:
-    """An integer (Python, NumPy), not a bool."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _count(name: str, v: object, lo: int, hi: int | None = None) -> int:

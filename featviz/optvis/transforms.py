@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from featviz.config import is_int
 from featviz.errors import ConfigError
 from featviz.optvis.rng import RandomSource, SharedRandom
 
@@ -43,7 +44,7 @@ def _finite(name: str, v: object) -> float:
 
 
 def _pixels(px: object) -> int:
-    if isinstance(px, bool) or not isinstance(px, numbers.Integral) or px < 0:
+    if not is_int(px) or px < 0:
         raise ConfigError(f"pad must be a whole number of pixels >= 0, got {px!r}")
     return int(px)
 
