@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import console, not_empty
+from cli.common import console, echo, not_empty
 from featviz.loading import allow
 from featviz.pipeline import analyze_run
 from featviz.store import Run
@@ -29,7 +29,7 @@ def analyze(
     res = analyze_run(r, probe_size=probe, device=device, renders=renders)
     conv = res.get("convergence", {})
     comp = res.get("complexity", {})
-    typer.echo(f"{'layer':<22} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} "
+    echo(f"{'layer':<22} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} "
                f"{'bpp init':>8} {'bpp last':>8}")
     for name in res["layers"]:
         upd = res["filter_updates"][name]
@@ -40,12 +40,12 @@ def analyze(
         bpp0 = f"{c[keys[0]]['bpp']['mean']:.2f}" if keys else "-"
         bpp1 = f"{c[keys[-1]]['bpp']['mean']:.2f}" if keys else "-"
         eff = rf.get(f"effective_px_epoch_{res['epochs'][-1]}", "-")
-        typer.echo(f"{name:<22} {upd['rotation_from_init'][-1]:8.3f} "
+        echo(f"{name:<22} {upd['rotation_from_init'][-1]:8.3f} "
                    f"{(cka[1] if len(cka) > 1 else float('nan')):6.2f} {(cka[len(cka) // 2] if cka else float('nan')):7.2f} "
                    f"{len(conv.get(name, {}).get('dead_channels', [])):5d} {str(rf.get('theoretical_px', '-')) + '/' + str(eff):>10} "
                    f"{bpp0:>8} {bpp1:>8}")
     for e, msg in res.get("skipped_epochs", {}).items():
-        typer.echo(f"featviz: warning: epoch {e} left out: {msg}", err=True)
+        echo(f"featviz: warning: epoch {e} left out: {msg}", err=True)
     for key in ("convergence", "complexity"):
         if isinstance(res.get(key), dict) and "skipped" in res[key]:
             console.print(f"note: {key} skipped: {res[key]['skipped']}")

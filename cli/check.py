@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cli.common import echo
+
 from featviz.check import check_run
 
 
@@ -14,11 +16,11 @@ def check(run: Path = typer.Argument(..., help="A run folder.")) -> int:
     parse); print each problem and exit 1 if there is any."""
     rep = check_run(run)
     for note in rep.notes:
-        typer.echo(f"note: {note}")
+        echo(f"note: {note}")
     for problem in rep.problems:
-        typer.echo(f"problem: {problem}", err=True)
+        echo(f"problem: {problem}", err=True)
     if rep.ok:
-        typer.echo(f"ok: {rep.path}: {rep.epochs_done} epochs committed, {rep.files_checked} files verified")
+        echo(f"ok: {rep.path}: {rep.epochs_done} epochs committed, {rep.files_checked} files verified")
         return 0
-    typer.echo(f"featviz: error: {len(rep.problems)} problem(s) in {rep.path}", err=True)
+    echo(f"featviz: error: {len(rep.problems)} problem(s) in {rep.path}", err=True)
     return 1

@@ -12,9 +12,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from featviz.config import ModelConfig
-from featviz.errors import ConfigError
+from featviz.errors import ConfigError, printable
 
-console = Console(stderr=True)
+class SafeConsole(Console):
+    """rich's Console for featviz's messages: text is printed as it is (no markup, so a name holding
+    '[' stays text) and terminal-safe (``errors.printable``: names come from files and checkpoints)."""
+
+    def print(self, *objects: object, **kwargs: object) -> None:  # noqa: A003 - rich's name
+        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+console = SafeConsole(stderr=True, markup=False)
+
+
+def echo(text: str, err: bool = False) -> None:
+    """``typer.echo`` of terminal-safe text (``errors.printable``)."""
+    typer.echo(printable(str(text)), err=err)
 SMALL_CNN = ("widths", "kernels", "strides", "pools", "batchnorm")  # the options that describe featviz's own CNN
 
 

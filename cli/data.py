@@ -9,7 +9,7 @@ import typer
 from cli.common import console
 from featviz.config import DataConfig
 from featviz.data import load_data
-from featviz.data.preview import write_preview
+from featviz.data.preview import check_png_target, default_path, write_preview
 
 app = typer.Typer(help="Look at data sets.", no_args_is_help=True)
 
@@ -23,8 +23,8 @@ def preview(
     out: Path = typer.Option(None, help="PNG to write (default outputs/preview-DATA.png)."),
 ) -> None:
     """Write a PNG grid of training samples, one row per class."""
+    target = check_png_target(out or default_path(data))  # before the data are loaded
     cfg = DataConfig(name=data, data_dir=str(data_dir), size=size, n_train=max(100, per_class * 40), n_val=10)
     images = load_data(cfg)
-    safe = "".join(c if c.isalnum() else "-" for c in data.split("/")[-1])
-    path = write_preview(images, out or Path("outputs") / f"preview-{safe}.png", per_class)
+    path = write_preview(images, target, per_class)
     console.print(f"wrote {path}")

@@ -10,7 +10,7 @@ import typer
 from cli.common import console, not_empty, reject
 from featviz.errors import ConfigError
 from featviz.gallery.build import build_gallery
-from featviz.gallery.live import serve_live
+from featviz.gallery.live import serve_live, training
 from featviz.gallery.serve import serve as serve_run
 from featviz.store import Run
 
@@ -33,11 +33,15 @@ def gallery(
     r = Run.open(run)
     if watch and not serve:
         raise ConfigError("--watch needs --serve (the live page reads live.json over http)")
-    if watch:
+    if watch and training(r):
         serve_live(r, port, open_browser, on_ready=lambda url: console.print(f"serving {url} live  (Ctrl-C stops)"))
         return
-    index = Path(build_gallery(r, renders))
-    console.print(f"gallery: {index}")
+    if watch:  # nothing will change: the run is served as it is, and --watch writes nothing to it
+        console.print(f"{r.path} is not being trained; serving it as it is")
+    index = r.path / "gallery" / "index.html"
+    if not (watch and index.is_file()):
+        index = Path(build_gallery(r, renders))
+        console.print(f"gallery: {index}")
     if serve:
         serve_run(r, port, open_browser, on_ready=lambda url: console.print(f"serving {url}  (Ctrl-C stops)"))
     elif open_browser:

@@ -9,7 +9,7 @@ import typer
 
 from cli import analyze, check, data, export, gallery, import_, render, runs, summary, train
 from featviz.distributed import launched
-from featviz.errors import ConfigError, FeatvizError, one_line
+from featviz.errors import ConfigError, FeatvizError, error_line, one_line, printable
 
 app = typer.Typer(
     name="featviz", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo(ctx.get_help())
             return 0
         cmd = ctx.command_path if ctx is not None else "featviz"
-        typer.echo(f"featviz: error: {one_line(e.format_message())} (see '{cmd} --help')", err=True)
+        typer.echo(f"featviz: error: {error_line(e.format_message())} (see '{printable(cmd)} --help')", err=True)
         return getattr(e, "exit_code", 2)
     except FeatvizError as e:
-        typer.echo(f"featviz: error: {one_line(str(e))}", err=True)
+        typer.echo(f"featviz: error: {error_line(e)}", err=True)
         return 1
     except typer.Abort:
         typer.echo("featviz: aborted", err=True)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - not a mistake featviz knows: a damaged or hand-edited run file, or a bug
         if os.environ.get("FEATVIZ_TRACEBACK"):
             raise
-        typer.echo(f"featviz: error: unexpected {type(e).__name__}: {one_line(str(e), 200)} (a damaged or edited run "
+        typer.echo(f"featviz: error: unexpected {type(e).__name__}: {error_line(one_line(e, 200))} (a damaged or edited run "
                    "file, or a bug; `featviz check RUN` looks for damage, FEATVIZ_TRACEBACK=1 shows where it happened)",
                    err=True)
         return 1

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.common import console, int_list, not_empty
+from cli.common import console, echo, int_list, not_empty
+from featviz.errors import printable
 from featviz.config import RenderConfig
 from featviz.distributed import main_process, setup
 from featviz.loading import allow
@@ -57,7 +58,7 @@ def render(
 
     def progress(what: str, done: int, total: int) -> None:
         if what not in tasks:
-            tasks[what] = bar.add_task(what, total=total)
+            tasks[what] = bar.add_task(printable(what), total=total)  # labels may hold checkpoint names
         bar.update(tasks[what], completed=done)
 
     group = setup(device)  # under torchrun: this process's place among the renderers
@@ -75,7 +76,7 @@ def render(
                   f"{out['am_images']} activation-maximization images (settings set {out['renders']}), "
                   f"{out['filter_files']} filter files")
     for msg in out["skipped"]:
-        typer.echo(f"featviz: warning: {msg}", err=True)
+        echo(f"featviz: warning: {msg}", err=True)
     console.print(f"gallery: {out['gallery']}  (featviz gallery {r.path} --open)")
     console.print(f"peak memory {_peak_mb():.0f} MB")
 

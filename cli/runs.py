@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cli.common import echo
+
 from featviz.errors import RunError
 from featviz.store import list_runs
 
@@ -14,9 +16,9 @@ def runs(out: Path = typer.Option(Path("outputs"), help="Folder that holds runs.
     """List runs: name, data set, epochs done, final validation accuracy, complete or interrupted."""
     found = list_runs(out)
     if not found:
-        typer.echo(f"no runs under {out}")
+        echo(f"no runs under {out}")
         return
-    typer.echo(f"{'name':<32} {'data':<14} {'epochs':>7} {'val_acc':>8}  status")
+    echo(f"{'name':<32} {'data':<14} {'epochs':>7} {'val_acc':>8}  status")
     for run in found:
         data = str(run.meta["configs"]["data"].get("name", "?"))[:14]
         try:
@@ -27,4 +29,4 @@ def runs(out: Path = typer.Option(Path("outputs"), help="Folder that holds runs.
             done = f"{max(run.epochs_done, 0)}/{run.epochs_planned}"
         except RunError:  # one damaged run does not stop the list
             acc, done, status = "-", "?", "damaged (featviz check RUN)"
-        typer.echo(f"{run.name:<32} {data:<14} {done:>7} {acc:>8}  {status}")
+        echo(f"{run.name:<32} {data:<14} {done:>7} {acc:>8}  {status}")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import SMALL_CNN, model_config, reject
+from cli.common import SMALL_CNN, echo, model_config, reject
 from featviz.loading import allow, build_run_model
 from featviz.model import build_model
 from featviz.zoo import ModelSpec, build, normalize_spec, parse_kwargs
@@ -53,7 +53,7 @@ def summary(
     rows = layer_table(net, (chans, size, size))
     if as_json:
         total = sum(r.trainable for r in rows)
-        typer.echo(json.dumps({"input": [chans, size, size], "layers": [r.as_dict() for r in rows],
+        echo(json.dumps({"input": [chans, size, size], "layers": [r.as_dict() for r in rows],
                                "trainable_total": total}, indent=2))
     else:
-        typer.echo(format_table(rows))
+        echo(format_table(rows))

@@ -16,6 +16,7 @@ committed (``featviz train --resume`` discards both).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,12 +45,12 @@ def check_run(path: str | Path) -> CheckReport:
     try:
         run = Run.open(rep.path)
     except RunError as e:
-        if not (rep.path / "run.json").is_file():
+        if not rep.path.is_dir() or not os.path.lexists(rep.path / "run.json"):
             raise  # not a run folder at all: the usual one-line error
         rep.problems.append(str(e))  # a run whose run.json is damaged: reported
         return rep
     rep.files_checked += 1
-    if not (run.path / "manifest.json").is_file():
+    if not os.path.lexists(run.path / "manifest.json"):
         rep.problems.append(f"{run.path / 'manifest.json'}: file is missing, so no epoch can be trusted as committed")
         return rep
     try:
@@ -60,18 +61,18 @@ def check_run(path: str | Path) -> CheckReport:
         rep.problems.append(str(e) if isinstance(e, RunError) else f"{run.path / 'manifest.json'}: malformed ({e})")
         return rep
     rep.files_checked += 1
-    _check_manifest_files(run, files, rep)
-    _check_tensor_names(run, files, rep)
-    _check_epochs(run, files, rep)
-    _check_renders(run, rep)
-    _notes(run, files, rep)
+    for part in (_check_manifest_files, _check_tensor_names, _check_epochs, _check_renders, _notes):
+        try:
+            part(run, files, rep)
+        except RunError as e:  # e.g. a folder of the run replaced by a symlink: a problem, and the rest goes on
+            rep.problems.append(str(e))
     return rep
 
 
 def _check_manifest_files(run: Run, files: dict[str, str], rep: CheckReport) -> None:
     for rel, digest in sorted(files.items()):
         rep.files_checked += 1
-        if rel == "metrics.jsonl" and (run.path / rel).is_file():
+        if rel == "metrics.jsonl" and run.has_file(rel):
             _check_metrics_hash(run, rel, digest, rep)
         elif problem := run.verify_file(rel, digest):
             rep.problems.append(problem)
@@ -84,7 +85,7 @@ def _check_tensor_names(run: Run, files: dict[str, str], rep: CheckReport) -> No
     first: tuple[str, dict] | None = None
     for rel in sorted(r for r in files if r.startswith("snapshots/") and r.endswith(".safetensors")):
         try:
-            head = tensor_header(run.path / rel)
+            head = tensor_header(run.file(rel))
         except RunError:
             continue  # a damaged or missing file is already reported by its hash
         if first is None:
@@ -107,7 +108,7 @@ def _check_metrics_hash(run: Run, rel: str, digest: str, rep: CheckReport) -> No
     """metrics.jsonl is rewritten just before the manifest: a process killed between the two leaves
     the committed lines (one per epoch 0..epochs_done) intact, followed by the uncommitted epoch's
     line. That is a note, not damage."""
-    p = run.path / rel
+    p = run.file(rel)
     lines = run.read_file_bytes(rel).splitlines(keepends=True)
     committed = rep.epochs_done + 1
     if hashlib.sha256(b"".join(lines)).hexdigest() == digest:
@@ -120,12 +121,14 @@ def _check_metrics_hash(run: Run, rel: str, digest: str, rep: CheckReport) -> No
 
 
 def _check_epochs(run: Run, files: dict[str, str], rep: CheckReport) -> None:
+    """Every committed epoch has its snapshot in the manifest and its metrics line (the manifest's
+    count is bounded by ``Run.manifest``, so this loop is too)."""
     for e in range(rep.epochs_done + 1):
         rel = f"snapshots/{run.snapshot_file(e).name}"
         if rel not in files:
             rep.problems.append(f"{run.path / rel}: snapshot of committed epoch {e} is not in the manifest")
-    p = run.path / "metrics.jsonl"
-    if not p.exists():
+    p = run.file("metrics.jsonl")
+    if not os.path.lexists(p):
         if rep.epochs_done >= 0:
             rep.problems.append(f"{p}: file is missing")
         return
@@ -137,18 +140,20 @@ def _check_epochs(run: Run, files: dict[str, str], rep: CheckReport) -> None:
         rep.problems.append(f"{p}: no record for committed epoch(s) {', '.join(map(str, missing))}")
 
 
-def _check_renders(run: Run, rep: CheckReport) -> None:
-    records, damaged = run.read_renders()
+def _check_renders(run: Run, files: dict[str, str], rep: CheckReport) -> None:
+    records, damaged = run.read_renders()  # a file outside renders/ or the run is a damaged line
     rep.problems.extend(damaged)
     for rec in records:
-        if not (run.path / rec["file"]).is_file():
-            rep.problems.append(f"{run.path / rec['file']}: render file is missing (listed in renders.jsonl)")
+        if not run.has_file(rec["file"]):
+            rep.problems.append(f"{run.path / rec['file']}: render file is missing or not a regular file (listed "
+                                "in renders.jsonl)")
 
 
 def _notes(run: Run, files: dict[str, str], rep: CheckReport) -> None:
-    for p in sorted(run.path.rglob(".*.tmp")):
-        rep.notes.append(f"{p}: temp file of an interrupted write (never read; --resume removes it)")
-    snaps = run.path / "snapshots"
+    for root, dirs, names in os.walk(run.path):  # never follows a symlink out of the run
+        for name in sorted(n for n in names if n.startswith(".") and n.endswith(".tmp")):
+            rep.notes.append(f"{Path(root, name)}: temp file of an interrupted write (never read; --resume removes it)")
+    snaps = run.file("snapshots")
     if snaps.is_dir():
         for p in sorted(snaps.glob("*.safetensors")):
             rel = f"snapshots/{p.name}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from featviz.errors import ConfigError
+from featviz.errors import ConfigError, RunError
 from featviz.fileio import not_a_file
 from featviz.images import decode_png
 from featviz.renderset import choose_set, records_of
@@ -33,7 +33,12 @@ def _writer(out_dir: Path) -> Any:
 def export_tensorboard(run: Run, out_dir: Path, renders: str | None = None) -> dict[str, int]:
     """Write ``run`` as TensorBoard events into ``out_dir``; returns how many scalars, images and
     histograms were written."""
-    writer = _writer(not_a_file(Path(out_dir), "tensorboard folder"))
+    out_dir = not_a_file(Path(out_dir), "tensorboard folder")
+    try:  # here, not inside tensorboard's writer, so a folder that cannot be made is one line
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create tensorboard folder {out_dir}: {e.strerror or e}") from None
+    writer = _writer(out_dir)
     counts = {"scalars": 0, "images": 0, "histograms": 0}
 
     def scalar(tag: str, value: Any, step: int) -> None:

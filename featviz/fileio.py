@@ -17,19 +17,23 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load as st_load
+from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 
 from featviz.errors import RunError, one_line
 from featviz.faults import pause_point
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_JSON = 64 << 20  # bytes: run.json, manifest.json, analysis.json (the largest real one is well under 1 MiB)
+MAX_JSONL = 256 << 20  # bytes: metrics.jsonl, renders.jsonl (a deep model's renders index is a few MiB)
+MAX_DEPTH = 64  # JSON nesting: featviz writes at most about 6; a model's kwargs rarely more than 3
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,8 +52,10 @@ def _umask() -> int:
 
 # ----------------------------------------------------------------------------- atomic primitives
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one. Only a
+    regular file is ever replaced: a device node, FIFO, folder or symlink at ``path`` is a RunError."""
     path = Path(path)
+    replaceable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -120,22 +126,132 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json_text(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; any problem is a RunError naming the file."""
+def read_json(path: Path, limit: int = MAX_JSON) -> Any:
+    """Parse a JSON file (a regular file of at most ``limit`` bytes, nested at most ``MAX_DEPTH`` deep);
+    any problem is a RunError naming the file."""
+    return parse_json(read_regular(path, limit), str(path))
+
+
+def parse_json(text: str | bytes, what: str) -> Any:
+    """``json.loads`` with featviz's bounds: nesting deeper than ``MAX_DEPTH`` (which would overflow the
+    parser's or a later reader's recursion) and invalid JSON are one RunError naming ``what``."""
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise RunError(f"{path}: file is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"{path}: not valid JSON ({one_line(e, 200)})") from None
+        obj = json.loads(text)
+    except RecursionError:
+        raise RunError(f"{what}: nested deeper than {MAX_DEPTH} levels") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise RunError(f"{what}: not valid JSON ({one_line(e, 200)})") from None
+    if json_depth(obj) > MAX_DEPTH:
+        raise RunError(f"{what}: nested deeper than {MAX_DEPTH} levels")
+    return obj
+
+
+def json_depth(obj: Any) -> int:
+    """How deeply lists and dicts nest in ``obj`` (a scalar: 0, ``[[1]]``: 2), without recursion; counting
+    stops past ``MAX_DEPTH``."""
+    depth, level = 0, [obj]
+    while depth <= MAX_DEPTH:
+        containers = [o for o in level if isinstance(o, (list, dict))]
+        if not containers:
+            break
+        depth += 1
+        level = [v for o in containers for v in (o.values() if isinstance(o, dict) else o)]
+    return depth
 
 
 def sha256_file(path: Path) -> str:
+    """The sha256 of a regular file, read in blocks (any size, bounded memory)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- bounded, confined access
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+@contextlib.contextmanager
+def open_regular(path: Path) -> Iterator[Any]:
+    """``path`` opened for reading in binary mode if it is a regular file; a FIFO, device, folder or
+    missing file is a RunError naming it. Opening never blocks (a FIFO would wait for a writer)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise RunError(f"{path}: file is missing") from None
+    except OSError as e:
+        raise RunError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise RunError(f"{path}: is {_kind(mode)}, not a regular file; featviz reads only regular files")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (see ``open_regular``); a larger one is a
+    RunError before it is read, so a hostile or runaway file cannot exhaust memory."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(limit + 1) if size <= limit else b""
+        if size > limit or len(data) > limit:
+            raise RunError(f"{path}: larger than {limit >> 20} MiB, more than featviz ever writes there "
+                           "(damaged or not featviz's file)")
+        return data
+
+
+def replaceable(path: Path) -> None:
+    """A RunError unless ``path`` is missing or a regular file (not a symlink): featviz replaces only
+    its own files, never a device node, FIFO, folder or link that stands where one should be."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise RunError(f"{path} is {_kind(mode)}; featviz replaces only regular files it wrote, refusing to write")
+
+
+def confined(root: Path, rel: str, what: str = "file") -> Path:
+    """``root/rel`` for reading or writing a run's file: ``rel`` is a relative path of plain names
+    (``check_name``), and neither the file nor any folder between ``root`` and it is a symlink (or a
+    non-folder), so nothing featviz reads or writes through it leaves ``root`` (``root`` itself may be
+    a link: the user chose it)."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not parts or not all(isinstance(p, str) and _NAME_RE.fullmatch(p) and p not in (".", "..") for p in parts):
+        raise RunError(f"{str(rel)[:120]!r} is not a {what} inside the run folder")
+    path = Path(root)
+    for part in parts[:-1]:
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return Path(root, *parts)  # nothing below it exists yet: nothing to escape through
+        except OSError as e:
+            raise RunError(f"cannot reach {path}: {e.strerror or e}") from None
+        if not stat.S_ISDIR(mode):
+            raise RunError(f"{path} is {_kind(mode)}, not a folder of the run; featviz never follows it out of the run")
+    path = path / parts[-1]
+    if os.path.islink(path):
+        raise RunError(f"{path} is a symlink; featviz reads and writes only the run's own files, never through a link")
+    return path
 
 
 def check_name(name: str, what: str = "run name") -> str:
@@ -172,18 +288,13 @@ def load_tensors(path: Path, expected_sha256: str | None = None, finite: bool = 
     """Load a safetensors file without pickle; any damage is a RunError that names the file, and so is a
     NaN or infinite value unless ``finite`` is False (the caller checks and explains it)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise RunError(f"{path}: snapshot file is missing") from None
-    except OSError as e:
-        raise RunError(f"{path}: cannot read ({one_line(e, 200)})") from None
-    if not data:
-        raise RunError(f"{path}: file is empty (zero bytes)")
-    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+    with open_regular(path) as f:  # the type check first: a FIFO or device is never mapped or read
+        if os.fstat(f.fileno()).st_size == 0:
+            raise RunError(f"{path}: file is empty (zero bytes)")
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
         raise RunError(f"{path}: checksum does not match the manifest (file is damaged or was edited)")
-    try:
-        tensors = st_load(data)
+    try:  # memory-mapped: the file's bytes are never held twice
+        tensors = st_load_file(str(path))
     except Exception as e:  # safetensors raises several types for truncated/garbled headers
         raise RunError(f"{path}: not a valid safetensors file ({one_line(e, 200)})") from None
     bad = nonfinite(tensors.items()) if finite else None
@@ -195,6 +306,8 @@ def load_tensors(path: Path, expected_sha256: str | None = None, finite: bool = 
 def tensor_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (dtype, shape) of every tensor in a safetensors file, from its header alone (safetensors'
     ``safe_open`` reads no tensor data): cheap for any file size. An unreadable file is a RunError."""
+    with open_regular(path):
+        pass  # safe_open would block on a FIFO and map a device
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
@@ -202,21 +315,27 @@ def tensor_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         raise RunError(f"{path}: not a valid safetensors file ({one_line(e, 120)})") from None
 
 
-def read_jsonl(path: Path, required: str) -> tuple[list[dict[str, Any]], list[str]]:
+def read_jsonl(path: Path, required: str,
+               valid: Callable[[dict[str, Any]], str | None] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """The records of a JSON-lines file in file order, and one message per damaged line (not JSON, not
-    an object, or without the ``required`` key), naming the file and the line. A missing file has none."""
+    an object, without the ``required`` key, or refused by ``valid``, which returns what is wrong or
+    None), naming the file and the line. A missing file has none; a file that is not a regular file of
+    at most ``MAX_JSONL`` bytes is a RunError."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         return [], []
     out, damaged = [], []
-    for i, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    for i, line in enumerate(read_regular(path, MAX_JSONL).decode(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = parse_json(line, "record")
             if not isinstance(rec, dict) or required not in rec:
                 raise ValueError(f"no {required} field")
-        except ValueError as e:
+            problem = valid(rec) if valid is not None else None
+            if problem:
+                raise ValueError(problem)
+        except (ValueError, RunError) as e:
             damaged.append(f"{path}: line {i} is damaged ({one_line(e, 200)})")
             continue
         out.append(rec)
@@ -230,20 +349,25 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if needed) for the block, so that two
-    processes updating the same index (a live gallery and a background render) never lose each other's
-    lines. Where ``fcntl`` is missing (Windows), the block runs unlocked."""
+    """Hold an exclusive advisory lock on ``path`` (created if needed; never a symlink or special file)
+    for the block, so that two processes updating the same index (a live gallery and a background
+    render) never lose each other's lines. Where ``fcntl`` is missing (Windows), the block runs unlocked."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise RunError(f"cannot lock {path}: {e.strerror or e}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunError(f"{path} is not a regular file; cannot lock it")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
 
 
 def not_a_file(folder: Path, what: str = "output folder") -> Path:

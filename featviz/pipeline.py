@@ -65,7 +65,8 @@ def train_run(
     name = distributed.share_text(group, name or default_run_name(data_cfg.name))  # rank 0's timestamp
     distributed.check_batch(group, train_cfg.batch_size)
     out = check_out_dir(Path(out_dir))
-    check_new_run(out, name, force)  # fail before spending seconds on data (every rank: the same answer)
+    reading = data_folders(data_cfg)
+    check_new_run(out, name, force, reading)  # fail before spending seconds on data (every rank: the same answer)
     distributed.barrier(group)
     data = distributed.rank0_first(group, load_data, data_cfg)  # one download, not one per process
     model, model_dict = _new_model(data, model_cfg, model_spec, train_cfg.seed)
@@ -79,10 +80,19 @@ def train_run(
             "data": {**data.describe(), "color_matrix": color}, "layers": layers,
             "params_total": sum(p.numel() for p in model.parameters()), "processes": group.world,
         }
-        run = Run.create(out, name, meta, force=force)
+        run = Run.create(out, name, meta, force=force, reading=reading)  # holds the run's train lock
     distributed.barrier(group)
     run = run or Run.open(out / name)
-    return _fit(run, data, model, train_cfg, device, first_epoch=1, progress=progress or SilentTraining(), group=group)
+    try:
+        return _fit(run, data, model, train_cfg, device, first_epoch=1, progress=progress or SilentTraining(),
+                    group=group)
+    finally:
+        run.release()
+
+
+def data_folders(cfg: DataConfig) -> list[Path]:
+    """The folders a data config reads images from: a run that holds one is never replaced by ``--force``."""
+    return [Path(cfg.name.split(":", 1)[1])] if cfg.name.startswith("folder:") else [Path(cfg.data_dir)]
 
 
 def _new_model(data: ImageData, model_cfg: ModelConfig, spec: ModelSpec | None,
@@ -117,8 +127,21 @@ def resume_run(path: str | Path, device: str | None = None, progress: TrainProgr
     if run.complete:
         raise RunError(f"run {run.path} is already complete ({done} epochs)")
     if group.main:
-        run.discard_uncommitted()
+        run.hold("train")  # one writer: a second resume, or a train --force of the same run, is refused
+        try:
+            run.discard_uncommitted()
+        except BaseException:
+            run.release()
+            raise
     distributed.barrier(group)
+    try:
+        return _resume(run, device, progress, group, done)
+    finally:
+        run.release()
+
+
+def _resume(run: Run, device: str | None, progress: TrainProgress | None, group: distributed.Group,
+            done: int) -> Run:
     cfgs = run.meta["configs"]
     data_cfg = from_dict(DataConfig, cfgs["data"])
     train_cfg = from_dict(TrainConfig, cfgs["train"])
@@ -244,11 +267,21 @@ def render_run(run: Run | str | Path, cfg: RenderConfig = RenderConfig(), progre
     if not isinstance(cfg, RenderConfig):
         raise ConfigError(f"cfg must be a RenderConfig, got {type(cfg).__name__}")
     plan = plan_render(run, cfg)  # every check before any work, so a bad option leaves the run as it was
-    layers, chosen, points = plan["layers"], plan["moments"], run.snapshot_points()
     group = distributed.setup(cfg.device)
     device = group.device or resolve_device(cfg.device)
     if group.main:
-        run.merge_render_parts()  # what an interrupted multi-process render left: reused, not redone
+        run.hold("outputs")  # one render or analysis at a time (training may go on beside it)
+    try:
+        if group.main:
+            run.merge_render_parts()  # what an interrupted multi-process render left: reused, not redone
+        return _render(run, cfg, plan, group, device, progress)
+    finally:
+        run.release()
+
+
+def _render(run: Run, cfg: RenderConfig, plan: dict[str, Any], group: distributed.Group,
+            device: torch.device, progress: StageProgress) -> dict[str, Any]:
+    layers, chosen, points = plan["layers"], plan["moments"], run.snapshot_points()
     distributed.barrier(group)
     # each verified once, used by both halves; the filters (rank 0) need every point, the rest only the moments
     snaps, bad = run.load_points(points if cfg.filters and group.main else chosen)
@@ -280,6 +313,7 @@ def analyze_run(run: Run | str | Path, probe_size: int = 1000, device: str = "au
     if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 10:
         raise ConfigError(f"probe_size must be an integer >= 10 (validation images measured), got {probe_size!r}")
     check_access(run)
-    result = analyze_stage.analyze(run, probe_size, device, progress, renders)
-    build_gallery(run)
+    with run.hold("outputs"):  # one render or analysis at a time
+        result = analyze_stage.analyze(run, probe_size, device, progress, renders)
+        build_gallery(run)
     return result

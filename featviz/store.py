@@ -17,6 +17,8 @@ done only once the manifest says so; names from users never leave the run folder
 from __future__ import annotations
 
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,12 +26,57 @@ import torch
 
 from featviz.errors import ConfigError, RunError
 from featviz.fileio import (
-    atomic_write_bytes, atomic_write_json, check_name, load_tensors, locked, not_a_file, read_json, read_jsonl,
-    save_tensors, sha256_file, write_jsonl,
+    MAX_JSONL, atomic_write_bytes, atomic_write_json, confined, load_tensors, locked, not_a_file, read_json,
+    read_jsonl, read_regular, save_tensors, sha256_file, write_jsonl,
 )
-from featviz.outputs import check_new_run, remove_tree
+from featviz.outputs import check_new_run, empty_run_folder
+from featviz.runlock import RunLock
 
 SCHEMA_VERSION = 1
+TRAIN_FILES = ("run.json", "metrics.jsonl", "manifest.json", "probe.safetensors")  # the top-level files training writes
+MAX_COUNT = 2**53  # the largest epoch, step or channel a record may hold (exact as a float and in JavaScript)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _inside(root: Path, rel: Any) -> bool:
+    try:
+        confined(root, rel)
+    except RunError:
+        return False
+    return True
+
+
+def _count(v: Any) -> bool:
+    return type(v) is int and 0 <= v <= MAX_COUNT
+
+
+def metric_problem(rec: dict[str, Any]) -> str | None:
+    """What is wrong with a metrics.jsonl record, else None: ``epoch`` a whole number, ``step`` one or
+    null, ``label`` text or null."""
+    if not _count(rec.get("epoch")):
+        return "epoch is not a whole number from 0"
+    if rec.get("step") is not None and not _count(rec["step"]):
+        return "step is not a whole number from 0"
+    if rec.get("label") is not None and not isinstance(rec["label"], str):
+        return "label is not text"
+    return None
+
+
+def render_problem(root: Path, rec: dict[str, Any]) -> str | None:
+    """What is wrong with a renders.jsonl record, else None: ``file`` a path of plain names under
+    ``renders/`` inside the run, numbers whole, names text, settings an object."""
+    f = rec.get("file")
+    if not isinstance(f, str) or not f.startswith("renders/") or not _inside(root, f):
+        return "file is not a path under the run's renders/ folder"
+    for key in ("epoch", "step", "depth", "channel"):
+        if rec.get(key) is not None and not _count(rec[key]):
+            return f"{key} is not a whole number from 0"
+    for key in ("kind", "layer", "label", "point"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            return f"{key} is not text"
+    if rec.get("settings") is not None and not isinstance(rec["settings"], dict):
+        return "settings is not an object"
+    return None
 
 
 # ----------------------------------------------------------------------------- the run
@@ -40,24 +87,48 @@ class Run:
         self.path = Path(path)
         self.meta = meta
         self.model_access: tuple[str | None, bool] = (None, False)  # --model / --trust-run-code (featviz.loading)
+        self._locks: list[RunLock] = []  # the writer locks this object holds (create, hold)
 
     # -- creation / opening
     @classmethod
-    def create(cls, out_dir: Path, name: str, meta: dict[str, Any], force: bool = False) -> "Run":
-        """Make ``out_dir/name`` and write run.json. An existing run is an error unless ``force``."""
-        path = check_new_run(out_dir, name, force)
-        if path.exists():
-            remove_tree(path)
+    def create(cls, out_dir: Path, name: str, meta: dict[str, Any], force: bool = False,
+               reading: Iterable[Path] = ()) -> "Run":
+        """Make ``out_dir/name`` and write run.json. An existing run is an error unless ``force``, which
+        replaces only a run featviz made and none that holds a path in ``reading`` (``outputs``). The
+        returned run holds the run's ``train`` lock (``featviz.runlock``) until ``release()``: a second
+        writer, or a second replacement, is refused in one line while this one writes."""
+        path = check_new_run(out_dir, name, force, reading)
         try:
-            path.mkdir(parents=True)
+            path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunError(f"cannot create {path}: {e.strerror or e}") from None
         if not os.access(path, os.W_OK):
             raise RunError(f"cannot write {path}: folder is not writable")
-        run = cls(path, {"schema_version": SCHEMA_VERSION, **meta})
-        atomic_write_json(path / "run.json", run.meta)
-        run.write_manifest(-1)
+        train = RunLock(path, "train")
+        try:
+            with RunLock(path, "outputs"):  # nobody renders into the run being replaced
+                check_new_run(out_dir, name, force, reading)  # again: nobody else can change it now
+                empty_run_folder(path)
+                run = cls(path, {"schema_version": SCHEMA_VERSION, **meta})
+                atomic_write_json(path / "run.json", run.meta)
+                run.write_manifest(-1)
+        except BaseException:
+            train.release()
+            raise
+        run._locks.append(train)
         return run
+
+    def hold(self, role: str) -> RunLock:
+        """Take the run's ``role`` lock (``featviz.runlock``: "train" or "outputs") until ``release()``;
+        a RunError naming the holder if another writer has it."""
+        lock = RunLock(self.path, role)
+        self._locks.append(lock)
+        return lock
+
+    def release(self) -> None:
+        """Release every lock this object holds (idempotent)."""
+        while self._locks:
+            self._locks.pop().release()
 
     @classmethod
     def open(cls, path: Path) -> "Run":
@@ -67,9 +138,9 @@ class Run:
             raise RunError(f"run {path} does not exist")
         if not path.is_dir():
             raise RunError(f"{path} is a file, not a run folder")
-        if not (path / "run.json").is_file():
+        if not os.path.lexists(path / "run.json"):
             raise RunError(f"{path} is not a featviz run (no run.json)")
-        meta = read_json(path / "run.json")
+        meta = read_json(confined(path, "run.json"))
         if not isinstance(meta, dict) or "configs" not in meta or "schema_version" not in meta:
             raise RunError(f"{path / 'run.json'}: not a featviz run description (missing configs/schema_version)")
         if not isinstance(meta["schema_version"], int):
@@ -101,15 +172,29 @@ class Run:
     def epochs_planned(self) -> int:
         return int(self.meta["configs"]["train"]["epochs"])
 
+    def file(self, rel: str) -> Path:
+        """The run's file ``rel`` (a POSIX path of plain names), reached without any symlink: a RunError
+        for a path that would leave the run folder (``fileio.confined``)."""
+        return confined(self.path, rel)
+
     # -- manifest: the commit point of every epoch
     def manifest(self) -> dict[str, Any]:
-        p = self.path / "manifest.json"
-        if not p.exists():
+        """``{"epochs_done": int, "files": {rel: sha256}}``, checked: every listed file lies inside the
+        run, and ``epochs_done`` is no more than the files it lists can hold (so no reader loops over
+        an edited count); anything else is a RunError naming the file."""
+        p = self.file("manifest.json")
+        if not os.path.lexists(p):
             return {"epochs_done": -1, "files": {}}
         m = read_json(p)
-        if not isinstance(m, dict) or not isinstance(m.get("epochs_done"), int) or isinstance(m["epochs_done"], bool) \
-                or not isinstance(m.get("files"), dict):
+        if not isinstance(m, dict) or type(m.get("epochs_done")) is not int or not isinstance(m.get("files"), dict):
             raise RunError(f"{p}: malformed manifest")
+        files = m["files"]
+        bad = next((k for k, v in files.items() if not (isinstance(v, str) and _SHA256.fullmatch(v))
+                    or not _inside(self.path, k)), None)
+        if bad is not None:
+            raise RunError(f"{p}: malformed manifest (entry {bad[:120]!r} is not a file of the run with a sha256)")
+        if not -1 <= m["epochs_done"] < max(1, len(files)):
+            raise RunError(f"{p}: malformed manifest (epochs_done {m['epochs_done']} but {len(files)} files listed)")
         return m
 
     def write_manifest(self, epochs_done: int, extra_files: Iterable[str] = ()) -> None:
@@ -117,14 +202,14 @@ class Run:
         old = self.manifest()["files"] if (self.path / "manifest.json").exists() else {}
         files = {}
         for rel in ["run.json", "metrics.jsonl", "probe.safetensors", *self._snapshot_rels(epochs_done), *extra_files]:
-            p = self.path / rel
+            p = self.file(rel)
             if p.exists():
                 written_once = rel.startswith("snapshots/") or rel == "probe.safetensors"
                 files[rel] = old.get(rel) if written_once and rel in old else sha256_file(p)
-        atomic_write_json(self.path / "manifest.json", {"epochs_done": epochs_done, "files": files})
+        atomic_write_json(self.file("manifest.json"), {"epochs_done": epochs_done, "files": files})
 
     def _snapshot_rels(self, epochs_done: int) -> list[str]:
-        snaps = self.path / "snapshots"
+        snaps = self.file("snapshots")
         if not snaps.is_dir():
             return []
         rels = [f"snapshots/{self.snapshot_file(e).name}" for e in range(epochs_done + 1)]
@@ -148,7 +233,7 @@ class Run:
     # -- metrics
     def read_metrics(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Metric records in file order, and one message per damaged line (naming the file and line)."""
-        return read_jsonl(self.path / "metrics.jsonl", "epoch")
+        return read_jsonl(self.file("metrics.jsonl"), "epoch", metric_problem)
 
     def metrics(self, strict: bool = True) -> list[dict[str, Any]]:
         """Metric records in epoch order. ``strict=False`` skips a damaged line instead of failing."""
@@ -159,14 +244,14 @@ class Run:
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Rewrite metrics.jsonl whole (it is small) so a crash never leaves half a line."""
-        write_jsonl(self.path / "metrics.jsonl", records)
+        write_jsonl(self.file("metrics.jsonl"), records)
 
     # -- snapshots
     def snapshot_file(self, epoch: int) -> Path:
-        return self.path / "snapshots" / f"epoch_{epoch:03d}.safetensors"
+        return self.file(f"snapshots/epoch_{epoch:03d}.safetensors")
 
     def step_snapshot_file(self, step: int) -> Path:
-        return self.path / "snapshots" / f"step_{step:07d}.safetensors"
+        return self.file(f"snapshots/step_{step:07d}.safetensors")
 
     def snapshot_epochs(self) -> list[int]:
         """Epochs whose snapshot is committed by the manifest (0 = the random init)."""
@@ -183,7 +268,7 @@ class Run:
         files = self.manifest()["files"]
         if rel not in files:
             raise RunError(f"step {step} has no committed snapshot in run {self.name}")
-        return load_tensors(self.path / rel, files[rel])
+        return load_tensors(self.file(rel), files[rel])
 
     def steps_per_epoch(self) -> int | None:
         """Optimizer steps in one epoch (from the metrics of epoch 1), None before epoch 1 is committed."""
@@ -237,55 +322,57 @@ class Run:
         if not 0 <= epoch <= done:
             raise RunError(f"epoch {epoch} is not in run {self.name} (epochs 0..{done} are available)")
         rel = f"snapshots/{self.snapshot_file(epoch).name}"
-        return load_tensors(self.path / rel, manifest["files"].get(rel))
+        return load_tensors(self.file(rel), manifest["files"].get(rel))
 
     # -- the probe images of a run recorded from someone's loop (featviz.record); trained runs reload their data
     def save_probe(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """uint8 images [N, C, H, W] and int64 labels [N] (-1 = unknown), atomically."""
-        save_tensors(self.path / "probe.safetensors", {"images": images, "labels": labels})
+        save_tensors(self.file("probe.safetensors"), {"images": images, "labels": labels})
 
     def load_probe(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The stored probe (images, labels), verified against the manifest; None if the run has none."""
-        p = self.path / "probe.safetensors"
-        if not p.exists():
+        p = self.file("probe.safetensors")
+        if not os.path.lexists(p):
             return None
         t = load_tensors(p, self.manifest()["files"].get("probe.safetensors"))
         return t["images"], t["labels"]
 
     # -- resume state (optimizer tensors in safetensors, their structure in JSON)
     def save_train_state(self, epoch: int, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
-        base = self.path / "state" / f"epoch_{epoch:03d}"
+        base = self.file(f"state/epoch_{epoch:03d}")
         save_tensors(base.with_suffix(".safetensors"), tensors)
         atomic_write_json(base.with_suffix(".json"), info)
 
     def load_train_state(self, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        base = self.path / "state" / f"epoch_{epoch:03d}"
+        base = self.file(f"state/epoch_{epoch:03d}")
         return load_tensors(base.with_suffix(".safetensors")), read_json(base.with_suffix(".json"))
 
     def prune_train_state(self, keep_epoch: int) -> None:
         """Remove resume state of other epochs once ``keep_epoch`` is committed."""
-        for p in (self.path / "state").glob("epoch_*"):
+        for p in self.file("state").glob("epoch_*"):
             if not p.name.startswith(f"epoch_{keep_epoch:03d}."):
                 p.unlink(missing_ok=True)
 
     def discard_uncommitted(self) -> None:
-        """Before resuming: drop temp files and anything written after the last committed epoch. Every
-        check comes first: a metrics record it cannot read is a RunError before anything is removed."""
+        """Before resuming (the caller holds the ``train`` lock): drop the training's own temp files and
+        anything written after the last committed epoch. Every check comes first: a metrics record it
+        cannot read is a RunError before anything is removed. Files of other writers (a render's temp
+        files) are never touched."""
         done = self.epochs_done
-        records = self.metrics(strict=False)
-        bad = next((r for r in records if type(r.get("epoch")) is not int or type(r.get("step", 0)) is not int), None)
-        if bad is not None:
-            raise RunError(f"{self.path / 'metrics.jsonl'}: a record has epoch {bad.get('epoch')!r}, step "
-                           f"{bad.get('step')!r}, not whole numbers (edited or damaged); nothing was removed")
+        records, damaged = self.read_metrics()
+        if damaged:
+            raise RunError(f"{damaged[0]}; nothing was removed (featviz check RUN lists every problem)")
         keep = [r for r in records if r["epoch"] <= done]
-        last_step = max((r.get("step", 0) for r in keep), default=0)
+        last_step = max((r.get("step") or 0 for r in keep), default=0)
 
         def numbered(pattern: str, limit: int) -> list[Path]:  # only files named as featviz names them
-            return [p for p in (self.path / "snapshots").glob(pattern) if p.is_file()
+            return [p for p in self.file("snapshots").glob(pattern) if p.is_file() and not p.is_symlink()
                     and p.stem.split("_")[1].isdigit() and int(p.stem.split("_")[1]) > limit]
 
-        stale = [*self.path.rglob(".*.tmp"), *numbered("epoch_*.safetensors", done),
-                 *numbered("step_*.safetensors", last_step)]
+        own = [*TRAIN_FILES, "snapshots", "state"]
+        temps = [p for rel in own for p in self.file(rel).parent.glob(f".{Path(rel).name}*.tmp")]
+        temps += [p for folder in ("snapshots", "state") for p in self.file(folder).glob(".*.tmp")]
+        stale = [*temps, *numbered("epoch_*.safetensors", done), *numbered("step_*.safetensors", last_step)]
         for p in stale:
             p.unlink(missing_ok=True)
         self.write_metrics(keep)
@@ -294,14 +381,12 @@ class Run:
     def write_artifact(self, area: str, rel: str, data: bytes) -> Path:
         """Write ``<area>/<rel>`` (area: renders | gallery | analysis) atomically.
 
-        Every part of ``rel`` must be a safe name, so layer or run names never escape the run folder.
+        Every part of ``rel`` must be a safe name and no folder on the way a symlink, so layer or run
+        names never escape the run folder.
         """
         if area not in ("renders", "gallery", "analysis"):
             raise RunError(f"unknown run area {area!r}")
-        parts = rel.split("/")
-        for part in parts:
-            check_name(part, "file name part")
-        path = self.path / area / Path(*parts)
+        path = self.file(f"{area}/{rel}")
         atomic_write_bytes(path, data)
         return path
 
@@ -311,11 +396,18 @@ class Run:
 
     def read_renders(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Records of renders.jsonl in file order, and one message per damaged line."""
-        return read_jsonl(self.path / "renders.jsonl", "file")
+        return read_jsonl(self.file("renders.jsonl"), "file", lambda r: render_problem(self.path, r))
 
     def render_index(self) -> list[dict[str, Any]]:
         """Records of renders.jsonl whose file still exists; damaged lines are skipped."""
-        return [r for r in self.read_renders()[0] if (self.path / r["file"]).is_file()]
+        return [r for r in self.read_renders()[0] if self.has_file(r["file"])]
+
+    def has_file(self, rel: str) -> bool:
+        """``rel`` is a regular file of the run, reached without a symlink."""
+        try:
+            return stat.S_ISREG(os.lstat(self.file(rel)).st_mode)
+        except (RunError, OSError):
+            return False
 
     def add_renders(self, records: list[dict[str, Any]]) -> None:
         """Add or replace (by file) records in renders.jsonl, atomically, under a lock (several processes
@@ -323,7 +415,7 @@ class Run:
         new = {r["file"]: r for r in records}
         with locked(self.path / ".renders.lock"):
             keep = [r for r in self.render_index() if r["file"] not in new]
-            write_jsonl(self.path / "renders.jsonl", [*keep, *new.values()])
+            write_jsonl(self.file("renders.jsonl"), [*keep, *new.values()])
 
     def save_render_part(self, rank: int, records: list[dict[str, Any]]) -> None:
         """One process's render records when several render the run (``featviz.distributed``)."""
@@ -343,9 +435,10 @@ class Run:
     def verify_file(self, rel: str, digest: str) -> str | None:
         """None if the run's file ``rel`` exists and has sha256 ``digest`` (snapshots: and loads as finite
         safetensors); else what is wrong, naming the file."""
-        p = self.path / rel
-        if not p.is_file():
-            return f"{p}: file is missing (the manifest lists it)"
+        p = self.file(rel)
+        if not self.has_file(rel):
+            return f"{p}: file is missing (the manifest lists it)" if not os.path.lexists(p) else \
+                f"{p}: not a regular file (the manifest lists it)"
         if rel.endswith(".safetensors"):
             try:
                 load_tensors(p, digest)
@@ -358,19 +451,16 @@ class Run:
 
     def write_analysis(self, result: dict[str, Any]) -> None:
         """RUN/analysis.json, atomically (featviz analyze)."""
-        atomic_write_json(self.path / "analysis.json", result)
+        atomic_write_json(self.file("analysis.json"), result)
 
     def read_analysis(self) -> dict[str, Any] | None:
         """The last analysis, or None if the run was never analyzed."""
-        p = self.path / "analysis.json"
-        return read_json(p) if p.exists() else None
+        p = self.file("analysis.json")
+        return read_json(p) if os.path.lexists(p) else None
 
     def read_file_bytes(self, rel: str) -> bytes:
         """Bytes of a file inside the run (for the gallery); the path may not leave the run folder."""
-        p = (self.path / rel).resolve()
-        if self.path.resolve() not in p.parents:
-            raise RunError(f"{rel!r} is outside the run folder")
-        return p.read_bytes()
+        return read_regular(self.file(rel), MAX_JSONL)
 
 
 def list_runs(out_dir: Path) -> list[Run]:
@@ -381,7 +471,7 @@ def list_runs(out_dir: Path) -> list[Run]:
         return []
     runs = []
     for p in sorted(out_dir.iterdir()):
-        if (p / "run.json").is_file():
+        if p.is_dir() and os.path.lexists(p / "run.json"):
             try:
                 runs.append(Run.open(p))
             except RunError:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from featviz.errors import ConfigError, one_line
+from featviz.fileio import MAX_DEPTH, json_depth
 from featviz.hooks import evaluating
 
 OWN_FACTORIES = ("featviz.model:small_cnn",)  # featviz's own model builders
@@ -65,6 +66,10 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"--model-kwargs is not valid JSON: {e.msg} at character {e.pos}") from None
+    except RecursionError:
+        raise ConfigError(f"--model-kwargs is nested deeper than {MAX_DEPTH} levels") from None
+    if json_depth(value) > MAX_DEPTH:
+        raise ConfigError(f"--model-kwargs is nested deeper than {MAX_DEPTH} levels")
     if not isinstance(value, dict):
         raise ConfigError("--model-kwargs must be a JSON object, e.g. '{\"width_mult\": 0.5}'")
     return value
@@ -135,7 +140,7 @@ def build(spec: ModelSpec, seed: int | None = None) -> nn.Module:
         kwargs["in_channels"] = spec.in_channels
     asked = [k for k in DOWNLOADS if kwargs.get(k) not in (None, False)]
     if asked and not spec.pretrained and spec.factory.startswith("torchvision."):
-        raise ConfigError(f"model kwargs ask for downloaded weights ({asked[0]}={kwargs[asked[0]]!r}); featviz never "
+        raise ConfigError(f"model kwargs ask for downloaded weights ({asked[0]}={_short(kwargs[asked[0]])}); featviz never "
                           "downloads by itself: use --pretrained (torchvision models) when you mean it")
     if spec.pretrained:
         if not spec.factory.startswith("torchvision."):
@@ -209,4 +214,11 @@ def _adapt_input(model: nn.Module, spec: ModelSpec) -> None:
 
 
 def _show(kwargs: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    """The kwargs as a call's arguments, each value cut to 60 characters and the whole to 200 (error messages)."""
+    text = ", ".join(f"{str(k)[:40]}={_short(v)}" for k, v in kwargs.items())
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:59] + "…"

@@ -132,10 +132,12 @@ def test_interrupted_cli_run_resumes_to_identical_snapshots(cli, tmp_path: Path,
 def test_force_replaces_a_run(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert cli(_train_argv(out))[0] == 0
-    (out / "r" / "stale.txt").write_text("x")
+    (out / "r" / ".metrics.jsonl.x1.tmp").write_text("x")  # featviz's own leftovers go with the run
+    (out / "r" / "snapshots" / "epoch_009.safetensors").write_text("x")
     code, _, err = cli([*_train_argv(out, epochs=2), "--force"])
     assert code == 0, err
-    assert not (out / "r" / "stale.txt").exists()
+    assert not (out / "r" / ".metrics.jsonl.x1.tmp").exists()
+    assert not (out / "r" / "snapshots" / "epoch_009.safetensors").exists()
     assert json.loads((out / "r" / "manifest.json").read_text())["epochs_done"] == 2
 
 

@@ -221,9 +221,13 @@ def test_create_existing_without_force_leaves_it_untouched(tmp_path: Path) -> No
 
 def test_create_with_force_replaces_a_run_but_not_a_foreign_folder(tmp_path: Path) -> None:
     run = Run.create(tmp_path, "r", _meta())
-    (run.path / "keep.txt").write_text("old")
-    Run.create(tmp_path, "r", {**_meta(), "name": "new"}, force=True)
-    assert not (run.path / "keep.txt").exists()
+    (run.path / "snapshots").mkdir()
+    (run.path / "snapshots" / "epoch_000.safetensors").write_bytes(b"old")
+    with pytest.raises(RunError, match="being written by pid"):  # its writer still holds it
+        Run.create(tmp_path, "r", {**_meta(), "name": "new"}, force=True)
+    run.release()
+    Run.create(tmp_path, "r", {**_meta(), "name": "new"}, force=True).release()
+    assert not (run.path / "snapshots").exists()
     assert Run.open(run.path).meta["name"] == "new"
     foreign = tmp_path / "photos"
     foreign.mkdir()

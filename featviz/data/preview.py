@@ -9,7 +9,8 @@ import torch
 from torchvision.utils import make_grid
 
 from featviz.data.base import ImageData
-from featviz.fileio import atomic_write_bytes
+from featviz.errors import ConfigError
+from featviz.fileio import atomic_write_bytes, replaceable
 
 
 def sample_grid(data: ImageData, per_class: int = 8) -> torch.Tensor:
@@ -24,8 +25,32 @@ def sample_grid(data: ImageData, per_class: int = 8) -> torch.Tensor:
     return make_grid(torch.cat(rows), nrow=per_class, padding=2, pad_value=255)
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def default_path(data_name: str) -> Path:
+    """outputs/preview-NAME.png for a data set's name (any character but letters and digits: '-')."""
+    return Path("outputs") / f"preview-{''.join(c if c.isalnum() else '-' for c in data_name.split('/')[-1])}.png"
+
+
+def check_png_target(path: Path) -> Path:
+    """``path`` if a preview may be written there: a ``.png`` name, and nothing there yet or a regular
+    PNG file (an earlier preview). Any other file (a run's run.json, a device node) is never replaced."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--out {path}: the preview is a PNG; give a file name ending in .png")
+    replaceable(path)  # a folder, device node, FIFO or symlink there: refused
+    if path.exists():
+        with open(path, "rb") as f:
+            if f.read(len(PNG_MAGIC)) != PNG_MAGIC:
+                raise ConfigError(f"--out {path} exists and is not a PNG image; refusing to replace it")
+    return path
+
+
 def write_preview(data: ImageData, path: Path, per_class: int = 8, scale: int = 3) -> Path:
-    """Write the grid with class names on the left as a PNG (atomically) and return its path."""
+    """Write the grid with class names on the left as a PNG (atomically) and return its path; the target
+    is checked first (``check_png_target``)."""
+    path = check_png_target(path)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -24,6 +24,7 @@ from featviz.gallery.build import build_gallery
 from featviz.gallery.serve import make_server, serve
 from featviz.images import png_bytes
 from featviz.plots import training_curves
+from featviz.runlock import held
 from featviz.store import Run
 
 LIVE = {"live": True}  # the settings of live frames: featviz render replaces them
@@ -93,6 +94,12 @@ class LiveGallery:
                  "epochs_done": self.run.epochs_done, "epochs_planned": self.run.epochs_planned,
                  "complete": self.run.complete, "last": metrics[-1] if metrics else None}
         self.run.write_artifact("gallery", "live.json", json_text(state).encode())
+
+
+def training(run: Run) -> bool:
+    """Whether ``run`` is being written by a training process now (it holds the run's ``train`` lock,
+    ``featviz.runlock``): only then does a live gallery draw frames into it."""
+    return not run.complete and held(run.path, "train")
 
 
 def watch(live: LiveGallery, stop: threading.Event, every_s: float = 1.0) -> None:
