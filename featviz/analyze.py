@@ -22,7 +22,7 @@ from featviz.errors import FeatvizError, RunError
 from featviz.filters import layer_scale
 from featviz.images import Normalizer, decode_png, png_bytes
 from featviz.layers import run_fields
-from featviz.loading import build_run_model, load_model_at
+from featviz.loading import build_run_model, fitting, load_model_at
 from featviz.metrics import (
     crop_around, effective_receptive_field, filter_bits, layer_stats, linear_cka, per_filter_change,
     relative_change, rotation, spectrum_slope, zlib_bits_per_pixel,
@@ -256,7 +256,7 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
         raise RunError(f"run {run.name} has {max(len(epochs) - 1, 0)} trained epochs; analysis compares epochs, "
                        "train at least one (featviz train --resume RUN)")
     dev = resolve_device(device)
-    loaded, bad = run.load_snapshots(epochs)  # a damaged snapshot leaves its epoch out, named in the result
+    loaded, bad = fitting(run, *run.load_snapshots(epochs))  # a damaged or misfit snapshot: left out, named
     if len(loaded) < 2:
         raise RunError(f"run {run.name} has fewer than two readable snapshots: {'; '.join(bad.values())}")
     epochs = sorted(loaded)
@@ -270,7 +270,7 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
         result["steps_per_epoch"] = recs[1]["step"]
     result["filter_updates"] = filter_updates(run, snaps)
     points = [p for p in run.snapshot_points() if p["kind"] == "step" or p["epoch"] in loaded]
-    steps_loaded, _ = run.load_points([p for p in points if p["kind"] == "step"])
+    steps_loaded, _ = fitting(run, *run.load_points([p for p in points if p["kind"] == "step"]))
     states = {**steps_loaded, **{f"epoch_{e:03d}": s for e, s in loaded.items()}}
     result["updates_by_step"] = updates_by_step(run, points, states)
     progress("filter updates", 1, 1)

@@ -19,6 +19,7 @@ from featviz.config import ModelConfig, from_dict
 from featviz.model import build_model
 from featviz.store import Run
 from featviz.errors import ConfigError
+from featviz.signature import first_difference, signature
 from featviz.zoo import ModelSpec, build, check_trust, normalize_spec
 
 def spec_of(meta: dict[str, Any]) -> ModelSpec | None:
@@ -66,3 +67,36 @@ def load_model_at(run: Run, epoch: int, device: torch.device,
     model = build_run_model(run)
     model.load_state_dict(run.load_snapshot(epoch) if state is None else state)
     return model.to(device).eval()
+
+
+def fitting(run: Run, snaps: dict[str, dict[str, torch.Tensor]],
+            bad: dict[str, str] | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """``Run.load_points``'s (snaps, bad) with every snapshot whose tensors do not fit the run's network (a
+    tensor missing, extra or of another shape: a model changed during the run) moved from ``snaps`` into
+    ``bad`` (point id -> the reason, naming the snapshot): a caller treats it as it treats a damaged one.
+    Builds the network once (no weights loaded) when there is any snapshot to check."""
+    bad = dict(bad or {})
+    if not snaps:
+        return snaps, bad
+    net = build_run_model(run).state_dict()
+    good = {}
+    for pid, state in snaps.items():
+        why = difference(net, state)
+        if why:
+            bad[pid] = misfit(pid, why)
+        else:
+            good[pid] = state
+    return good, bad
+
+
+def difference(net: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """The first tensor whose name or shape differs between the run's network and a snapshot, in words."""
+    change = first_difference(signature(net, dtypes=False), signature(state, dtypes=False))
+    return None if change is None else f"{change[0]} is {change[2]} in it, {change[1]} in the run's network"
+
+
+def misfit(point_id: str | int, why: str) -> str:
+    """The one-line reason a snapshot is left out because its tensors do not fit the run's network."""
+    name = point_id if isinstance(point_id, str) else f"epoch_{point_id:03d}"  # load_snapshots keys by epoch
+    return (f"snapshots/{name}.safetensors does not fit the run's network: {why} (another network's weights: a "
+            "model changed during the run?)")

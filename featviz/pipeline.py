@@ -26,7 +26,7 @@ from featviz.errors import ConfigError, RunError
 from featviz.faults import pause_point
 from featviz.gallery.build import build_gallery
 from featviz.layers import select_layers, trace
-from featviz.loading import allow, build_run_model, check_access
+from featviz.loading import allow, build_run_model, check_access, fitting
 from featviz.model import build_model
 from featviz.optvis.param import color_matrix_or_none
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
@@ -284,7 +284,7 @@ def _render(run: Run, cfg: RenderConfig, plan: dict[str, Any], group: distribute
     layers, chosen, points = plan["layers"], plan["moments"], run.snapshot_points()
     distributed.barrier(group)
     # each verified once, used by both halves; the filters (rank 0) need every point, the rest only the moments
-    snaps, bad = run.load_points(points if cfg.filters and group.main else chosen)
+    snaps, bad = fitting(run, *run.load_points(points if cfg.filters and group.main else chosen))
     for p in chosen:  # a damaged snapshot of a requested moment fails here, before anything is written
         if p["id"] in bad:
             raise RunError(bad[p["id"]])

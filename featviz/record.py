@@ -32,6 +32,7 @@ from featviz.hooks import evaluating, input_kind
 from featviz.layers import trace
 from featviz.provenance import provenance
 from featviz.schedule import parse_schedule
+from featviz.signature import Signature, first_difference, signature
 from featviz.outputs import check_new_run, check_out_dir
 from featviz.store import Run
 from featviz.zoo import ModelSpec, build, logits_of, normalize_spec
@@ -62,8 +63,9 @@ def take_probe(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``n`` examples of ``data`` as (x float [N, C, H, W], y int64 [N], -1 where unknown), evenly
     spaced over the data (class-sorted sets stay balanced). ``data``: a map-style Dataset of (x, y) or x,
     a DataLoader (its dataset is read, never the loader: iterating it would move its random generator),
-    an iterable of (x, y) batches (a DataLoader over an IterableDataset is iterated), an IterableDataset of
-    examples, a tensor, or an (x, y) pair of tensors."""
+    any other iterable of items (a DataLoader over an IterableDataset, an IterableDataset, a generator),
+    a tensor, or an (x, y) pair of tensors. An item's image tensor says what it is: [C, H, W] one example,
+    [N, C, H, W] a batch (``_examples``)."""
     dataset = getattr(data, "dataset", None)
     if _map_style(dataset):
         data = dataset  # a DataLoader over a map-style dataset
@@ -76,17 +78,16 @@ def take_probe(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return x[idx].float(), torch.full((len(idx),), -1) if y is None else torch.as_tensor(y)[idx].long()
     if _map_style(data):
         items: Any = (data[i] for i in _spread(len(data), n).tolist())
-        batched = False
     elif hasattr(data, "__iter__"):
-        items, batched = iter(data), not isinstance(data, IterableDataset)  # a dataset gives examples
+        items = iter(data)
     else:
         raise ConfigError(f"data is a {type(data).__name__}; give a Dataset, DataLoader or tensor of images")
     xs, ys, count = [], [], 0
     for item in items:
-        x, y = _example(item)
-        xs.append(x if batched else x.unsqueeze(0))
-        ys.append(torch.full((len(xs[-1]),), -1) if y is None else torch.as_tensor(y).long().reshape(-1))
-        count += len(xs[-1])
+        x, y = _examples(item)
+        xs.append(x)
+        ys.append(y)
+        count += len(x)
         if count >= n:
             break
     if not xs:
@@ -106,14 +107,28 @@ def _spread(total: int, n: int) -> torch.Tensor:
     return torch.linspace(0, total - 1, k).round().long() if k > 1 else torch.arange(k)
 
 
-def _example(item: Any) -> tuple[torch.Tensor, Any]:
-    """(image tensor, label or None) of one item: x, (x,), (x, y, ...); a clear error for anything else."""
+def _examples(item: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """One item of the data as (images float [N, C, H, W], labels int64 [N], -1 where unknown). The item is
+    x, (x,) or (x, y, ...); x is one image [C, H, W] or a batch [N, C, H, W], told apart by its dimensions
+    (the same for every kind of data: a generator of single examples is not read as batches); anything
+    else, or a label count other than the image count, is a one-line ConfigError."""
     x, y = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
     try:
-        return torch.as_tensor(x).float(), y
+        x = torch.as_tensor(x).float()
     except (TypeError, ValueError, RuntimeError):
         raise ConfigError(f"data gives {type(x).__name__} examples; featviz needs image tensors (apply your "
                           "ToTensor/Normalize transform in the dataset)") from None
+    if x.dim() not in (3, 4):
+        raise ConfigError(f"data gives image tensors shaped {list(x.shape)}; featviz reads one image [C, H, W] or "
+                          "a batch [N, C, H, W] per item")
+    x = x if x.dim() == 4 else x.unsqueeze(0)
+    try:
+        labels = torch.full((len(x),), -1) if y is None else torch.as_tensor(y).long().reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"data gives {type(y).__name__} labels; featviz needs class indices") from None
+    if len(labels) != len(x):
+        raise ConfigError(f"data gives {len(x)} image(s) with {len(labels)} labels; give one class index per image")
+    return x, labels
 
 
 def check_options(name: str | None, snapshots: str, probe_size: int, classes: list[str] | None,
@@ -130,7 +145,8 @@ def check_options(name: str | None, snapshots: str, probe_size: int, classes: li
     return parse_schedule(snapshots)
 
 
-OWN = ("epoch", "step", "wall_s")  # metrics.jsonl fields the recorder always writes itself
+# metrics.jsonl fields featviz writes itself: the recorder's, a snapshot's label and an imported checkpoint's file
+OWN = ("epoch", "step", "wall_s", "label", "checkpoint")
 
 
 class Recorder:
@@ -165,6 +181,7 @@ class Recorder:
         self.run: Run | None = None
         self.closed = False
         self.step_count = self.epoch_count = 0
+        self.tensors: Signature | None = None  # (name, shape, dtype) of the first snapshot: every later one matches
         self.losses: list[float | torch.Tensor] = []
         self.records: list[dict[str, Any]] = []
         self.t0 = time.perf_counter()
@@ -180,13 +197,26 @@ class Recorder:
         self.close(failed=exc_type is not None)
 
     def start(self) -> Run:
-        """Create the run: layers traced, the probe stored, the model as it is now committed as epoch 0."""
+        """Create the run: layers traced, the probe stored, the model as it is now committed as epoch 0.
+        A recorder starts once (a second start would replace, with ``force``, the run it recorded): then a
+        RunError, and nothing is touched. Every check comes before the run folder is created."""
+        if self.run is not None:
+            raise RunError(f"this recorder already recorded {self.run.path}; a recorder starts once: use a new "
+                           "featviz.record(...) for another run")
+        state = self.model.state_dict()
+        check_materialized(state)
         with untouched_rng():
             x, y = take_probe(self.data, self.probe_size)
             meta, raw = self._describe(x, y)
-        self.run = Run.create(self.out, self.name, meta, force=self.force)
-        self.run.save_probe(raw, y)
-        self._commit({"epoch": 0, "step": 0, "train_loss": None, "wall_s": 0.0})
+        self.tensors = signature(state)
+        self.run = Run.create(self.out, self.name, meta, force=self.force)  # holds the run's train lock
+        try:
+            self.run.save_probe(raw, y)
+            self._commit({"epoch": 0, "step": 0, "train_loss": None, "wall_s": 0.0}, state)
+        except BaseException:  # e.g. a full disk: the run stays interrupted, and is no longer locked
+            self.closed = True
+            self.run.release()
+            raise
         return self.run
 
     def step(self, loss: float | torch.Tensor | None = None) -> None:
@@ -201,14 +231,16 @@ class Recorder:
                 loss = loss.detach() if torch.is_tensor(loss) else float(loss)
             except (TypeError, ValueError):
                 raise ConfigError(f"rec.step(loss=...) takes one number or a one-element tensor, got {loss!r:.60}") from None
-            self.losses.append(loss)
-        self.step_count += 1
-        if self._wants(self.step_count):
+        step = self.step_count + 1
+        if self._wants(step):  # before anything counts: a refused snapshot leaves the recorder as it was
             t = time.perf_counter()
-            path = run.step_snapshot_file(self.step_count)
-            save_tensors(path, self.model.state_dict())
+            path = run.step_snapshot_file(step)
+            save_tensors(path, self._state(f"step {step}"))
             self._step_files.append(path)
             self.snapshot_s += time.perf_counter() - t
+        if loss is not None:
+            self.losses.append(loss)
+        self.step_count = step
 
     def epoch(self, **metrics: float) -> None:
         """After each epoch: snapshot, metrics line (the mean step loss and ``metrics``, e.g. val_acc=0.91),
@@ -217,6 +249,7 @@ class Recorder:
         if bad:  # checked before anything counts, so the loop can go on after fixing the call
             raise ConfigError(f"rec.epoch({bad[0]}=...): {bad[0]!r} is the recorder's own; name your metric otherwise")
         self._live()
+        state = self._state(f"epoch {self.epoch_count + 1}")  # a model that changed: refused before it counts
         self.epoch_count += 1
         losses = [float(v) for v in self.losses]
         rec: dict[str, Any] = {"epoch": self.epoch_count, "step": self.step_count,
@@ -231,7 +264,7 @@ class Recorder:
         if end in self._step_files:  # the epoch snapshot is this step's snapshot
             end.unlink(missing_ok=True)
         self.losses, self.t0 = [], time.perf_counter()
-        self._commit(rec)
+        self._commit(rec, state)
 
     def close(self, failed: bool = False) -> None:
         """End the run: complete with the epochs recorded (a loop that stopped early, e.g. early stopping,
@@ -239,14 +272,17 @@ class Recorder:
         if self.run is None or self.closed:
             return
         run, self.closed = self.run, True
-        if failed:
-            run.discard_uncommitted()
-            return  # run.json keeps "recording": the run reads as interrupted
-        run.meta.pop("recording", None)
-        if self.epochs_planned is None or self.epoch_count < self.epochs_planned:
-            run.meta["configs"]["train"]["epochs"] = max(1, self.epoch_count)  # the loop decided when to stop
-        atomic_write_json(run.path / "run.json", run.meta)
-        run.write_manifest(self.epoch_count)
+        try:
+            if failed:
+                run.discard_uncommitted()
+                return  # run.json keeps "recording": the run reads as interrupted
+            run.meta.pop("recording", None)
+            if self.epochs_planned is None or self.epoch_count < self.epochs_planned:
+                run.meta["configs"]["train"]["epochs"] = max(1, self.epoch_count)  # the loop decided when to stop
+            atomic_write_json(run.file("run.json"), run.meta)
+            run.write_manifest(self.epoch_count)
+        finally:
+            run.release()  # the next writer (render, a new recorder with force) may start
 
     # -- inside
     def _live(self) -> Run:
@@ -263,10 +299,25 @@ class Recorder:
             return step % self.nums[0] == 0
         return step in self.nums
 
-    def _commit(self, rec: dict[str, Any]) -> None:
+    def _state(self, where: str) -> dict[str, torch.Tensor]:
+        """The model's state dict for the snapshot of ``where``; a ConfigError naming the tensor if its names,
+        shapes or dtypes are not the first snapshot's (a layer replaced mid-loop: the run's snapshots must
+        all load into one network, so that snapshot is not written and the committed epochs stay valid)."""
+        state = self.model.state_dict()
+        now = signature(state)
+        change = first_difference(self.tensors or (), now) if now != self.tensors else None  # words only on a change
+        if change:
+            key, was, has = change
+            raise ConfigError(f"the model changed since the first snapshot: {key} is {has}, was {was}; featviz records "
+                              f"one network, so the {where} snapshot was not written (epochs up to {self.epoch_count} "
+                              "stay valid)")
+        return state
+
+    def _commit(self, rec: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+        """Snapshot ``state`` as epoch ``rec["epoch"]``, append ``rec`` to the metrics, then the manifest."""
         t = time.perf_counter()
         run = self._live()
-        save_tensors(run.snapshot_file(rec["epoch"]), self.model.state_dict())
+        save_tensors(run.snapshot_file(rec["epoch"]), state)
         self.records.append(rec)
         run.write_metrics(self.records)
         run.write_manifest(rec["epoch"])
@@ -311,6 +362,15 @@ class Recorder:
                 "data": data, "layers": trace(rebuilt, chans, size),  # the same network, on the CPU: not the live one
                 "params_total": sum(p.numel() for p in self.model.parameters())}
         return meta, raw
+
+
+def check_materialized(state: dict[str, torch.Tensor]) -> None:
+    """ConfigError if a tensor of the model's state has no values (the meta device: a model built for its
+    shapes only), which no snapshot can store."""
+    meta = next((k for k, t in state.items() if t.is_meta), None)
+    if meta is not None:
+        raise ConfigError(f"your model's {meta} is on the meta device (shapes without values); featviz records "
+                          "real weights: materialize the model first (e.g. model.to_empty(device=...), then initialize it)")
 
 
 def _check_rebuild(model: nn.Module, spec: ModelSpec) -> nn.Module:

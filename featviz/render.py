@@ -3,7 +3,9 @@
 In: a Run, its loaded snapshots, the layers and epochs to draw. Out: files under ``RUN/renders/`` and
 one record per file in ``renders.jsonl`` (written through the store). Activation-maximization images
 live in one folder per render settings set (``featviz.renderset``). Re-running reuses every file whose
-record matches, unless ``force``. ``featviz.pipeline.render_run`` runs this stage and rebuilds the gallery.
+record matches, unless ``force``. A snapshot whose tensors do not fit the run's network is set aside
+like a damaged one (``loading.fitting``) and named. ``featviz.pipeline.render_run`` runs this stage and rebuilds
+the gallery.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import torch
 
 from featviz.config import GRAPH_SWITCH, RenderConfig
 from featviz.distributed import SINGLE, Group
-from featviz.errors import ConfigError
+from featviz.errors import RunError, one_line
 from featviz.filters import evolution_strip, filter_grid, layer_scale
 from featviz.images import gif_bytes, png_bytes, to_uint8
 from featviz.layers import default_channels
-from featviz.loading import load_model_at
+from featviz.loading import build_run_model, difference, misfit
 from featviz.model import response_layer
 from featviz.progress import StageProgress, silent
 from featviz.renderset import am_settings, record_set, settings_id
@@ -31,6 +33,19 @@ def channels_for(layer: dict[str, Any], cfg: RenderConfig) -> list[int]:
     if cfg.channels:
         return list(cfg.channels)
     return list(range(layer["out_ch"])) if cfg.all_channels else default_channels(layer["out_ch"])
+
+
+def _check_filters(layer: dict[str, Any], weights: list[torch.Tensor | None], usable: list[dict[str, Any]]) -> None:
+    """RunError naming the first snapshot whose weights of ``layer`` are not the traced conv's shape
+    [out, in / groups, kh, kw] (``fitting`` sets such snapshots aside before; this keeps a caller that did
+    not from failing inside the drawing). An older run's layer record without the shape: any weights."""
+    if not {"kernel", "out_ch", "in_ch"} <= set(layer):
+        return
+    want = [layer["out_ch"], layer["in_ch"] // layer.get("groups", 1), *layer["kernel"]]
+    for p, w in zip(usable, weights):
+        if w is None or list(w.shape) != want:
+            have = "absent" if w is None else list(w.shape)
+            raise RunError(misfit(p["id"], f"{layer['name']}.weight is {have} in it, {want} in the run's network"))
 
 
 def render_filters(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]],
@@ -51,7 +66,8 @@ def render_filters(run: Run, layers: list[dict[str, Any]], points: list[dict[str
         if not force and all(done.get(f, {}).get("settings") == settings for f in files):
             progress("filters", i + 1, len(layers))
             continue
-        weights = [snaps[p["id"]][key] for p in usable]
+        weights = [snaps[p["id"]].get(key) for p in usable]
+        _check_filters(layer, weights, usable)
         learned = [w - weights[0] for w in weights]  # the first readable point: the init unless it is damaged
         recs = []
         for view, sub, ws in (("filters", "", weights), ("filters_learned", "learned/", learned)):
@@ -115,7 +131,7 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
             progress("activation maximization", count, total)
             continue
         if model is None:
-            model = load_model_at(run, point["epoch"], device, (snaps or {}).get(point["id"]) or run.load_point(point))
+            model = _model_at(run, point, (snaps or {}).get(point["id"]), device)
         target = layer.get("response") or response_layer(model, name)  # runs before layers were traced
         res = render_channels(model, target, chans, chunk=cfg.chunk, param=cfg.param, size=size,
                               image_channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
@@ -143,6 +159,19 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
         count += 1
         progress("activation maximization", count, total)
     return rendered
+
+
+def _model_at(run: Run, point: dict[str, Any], state: dict[str, torch.Tensor] | None,
+              device: torch.device) -> torch.nn.Module:
+    """The run's network with the weights of ``point`` (``state``, if the caller has loaded them), in eval mode
+    on ``device``; a snapshot that does not fit the network is a RunError naming it, like a damaged one."""
+    model = build_run_model(run)
+    state = run.load_point(point) if state is None else state
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # load_state_dict's missing, unexpected or mis-shaped tensors
+        raise RunError(misfit(point["id"], difference(model.state_dict(), state) or one_line(err, 200))) from None
+    return model.to(device).eval()
 
 
 def am_files(sid: str, layer: str, point: dict[str, Any], chans: list[int]) -> list[str]:
