@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featviz.errors import RunError
-from featviz.fileio import tensor_header
+from featviz.fileio import load_tensors, sha256_file, tensor_header
 from featviz.store import Run
 
 
@@ -74,8 +74,26 @@ def _check_manifest_files(run: Run, files: dict[str, str], rep: CheckReport) -> 
         rep.files_checked += 1
         if rel == "metrics.jsonl" and run.has_file(rel):
             _check_metrics_hash(run, rel, digest, rep)
-        elif problem := run.verify_file(rel, digest):
+        elif problem := verify_file(run, rel, digest):
             rep.problems.append(problem)
+
+
+def verify_file(run: Run, rel: str, digest: str) -> str | None:
+    """None if the run's file ``rel`` exists and has sha256 ``digest`` (snapshots: and loads as finite
+    safetensors); else what is wrong, naming the file."""
+    p = run.file(rel)
+    if not run.has_file(rel):
+        return f"{p}: file is missing (the manifest lists it)" if not os.path.lexists(p) else \
+            f"{p}: not a regular file (the manifest lists it)"
+    if rel.endswith(".safetensors"):
+        try:
+            load_tensors(p, digest)
+        except RunError as e:
+            return str(e)
+        return None
+    if sha256_file(p) != digest:
+        return f"{p}: checksum does not match the manifest (file is damaged or was edited)"
+    return None
 
 
 def _check_tensor_names(run: Run, files: dict[str, str], rep: CheckReport) -> None:

@@ -14,11 +14,14 @@ import re
 import shutil
 import stat
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from featviz.errors import RunError
 from featviz.fileio import check_name, not_a_file
 from featviz.runlock import FILES as LOCK_FILES
+
+if TYPE_CHECKING:
+    from featviz.store import Run
 
 # what a run folder holds: top-level files and folders featviz writes, and the names inside its folders
 _TOP_FILES = {"run.json", "manifest.json", "metrics.jsonl", "probe.safetensors", "renders.jsonl", "analysis.json",
@@ -124,3 +127,21 @@ def empty_run_folder(path: Path) -> None:
                 os.unlink(entry.path)
     except OSError as e:
         raise RunError(f"cannot empty {path} to replace it: {e.strerror or e}") from None
+
+
+def list_runs(out_dir: Path) -> list["Run"]:
+    """Every run directly under ``out_dir`` (folders with a run.json), sorted by name; none if the
+    folder does not exist yet. A file where the folder should be is a RunError."""
+    from featviz.store import Run  # store creates runs in this folder through this module: imported here
+
+    out_dir = not_a_file(out_dir)
+    if not out_dir.is_dir():
+        return []
+    runs = []
+    for p in sorted(out_dir.iterdir()):
+        if p.is_dir() and os.path.lexists(p / "run.json"):
+            try:
+                runs.append(Run.open(p))
+            except RunError:
+                continue
+    return runs

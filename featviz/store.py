@@ -17,7 +17,6 @@ done only once the manifest says so; names from users never leave the run folder
 from __future__ import annotations
 
 import os
-import re
 import stat
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,57 +25,15 @@ import torch
 
 from featviz.errors import ConfigError, RunError
 from featviz.fileio import (
-    MAX_JSONL, atomic_write_bytes, atomic_write_json, confined, load_tensors, locked, not_a_file, read_json,
+    MAX_JSONL, atomic_write_bytes, atomic_write_json, confined, load_tensors, locked, read_json,
     read_jsonl, read_regular, save_tensors, sha256_file, write_jsonl,
 )
 from featviz.outputs import check_new_run, empty_run_folder
+from featviz.records import manifest_problem, metric_problem, render_problem
 from featviz.runlock import RunLock
 
 SCHEMA_VERSION = 1
 TRAIN_FILES = ("run.json", "metrics.jsonl", "manifest.json", "probe.safetensors")  # the top-level files training writes
-MAX_COUNT = 2**53  # the largest epoch, step or channel a record may hold (exact as a float and in JavaScript)
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _inside(root: Path, rel: Any) -> bool:
-    try:
-        confined(root, rel)
-    except RunError:
-        return False
-    return True
-
-
-def _count(v: Any) -> bool:
-    return type(v) is int and 0 <= v <= MAX_COUNT
-
-
-def metric_problem(rec: dict[str, Any]) -> str | None:
-    """What is wrong with a metrics.jsonl record, else None: ``epoch`` a whole number, ``step`` one or
-    null, ``label`` text or null."""
-    if not _count(rec.get("epoch")):
-        return "epoch is not a whole number from 0"
-    if rec.get("step") is not None and not _count(rec["step"]):
-        return "step is not a whole number from 0"
-    if rec.get("label") is not None and not isinstance(rec["label"], str):
-        return "label is not text"
-    return None
-
-
-def render_problem(root: Path, rec: dict[str, Any]) -> str | None:
-    """What is wrong with a renders.jsonl record, else None: ``file`` a path of plain names under
-    ``renders/`` inside the run, numbers whole, names text, settings an object."""
-    f = rec.get("file")
-    if not isinstance(f, str) or not f.startswith("renders/") or not _inside(root, f):
-        return "file is not a path under the run's renders/ folder"
-    for key in ("epoch", "step", "depth", "channel"):
-        if rec.get(key) is not None and not _count(rec[key]):
-            return f"{key} is not a whole number from 0"
-    for key in ("kind", "layer", "label", "point"):
-        if rec.get(key) is not None and not isinstance(rec[key], str):
-            return f"{key} is not text"
-    if rec.get("settings") is not None and not isinstance(rec["settings"], dict):
-        return "settings is not an object"
-    return None
 
 
 # ----------------------------------------------------------------------------- the run
@@ -186,15 +143,9 @@ class Run:
         if not os.path.lexists(p):
             return {"epochs_done": -1, "files": {}}
         m = read_json(p)
-        if not isinstance(m, dict) or type(m.get("epochs_done")) is not int or not isinstance(m.get("files"), dict):
-            raise RunError(f"{p}: malformed manifest")
-        files = m["files"]
-        bad = next((k for k, v in files.items() if not (isinstance(v, str) and _SHA256.fullmatch(v))
-                    or not _inside(self.path, k)), None)
-        if bad is not None:
-            raise RunError(f"{p}: malformed manifest (entry {bad[:120]!r} is not a file of the run with a sha256)")
-        if not -1 <= m["epochs_done"] < max(1, len(files)):
-            raise RunError(f"{p}: malformed manifest (epochs_done {m['epochs_done']} but {len(files)} files listed)")
+        problem = manifest_problem(self.path, m)
+        if problem is not None:
+            raise RunError(f"{p}: malformed manifest{problem}")
         return m
 
     def write_manifest(self, epochs_done: int, extra_files: Iterable[str] = ()) -> None:
@@ -432,23 +383,6 @@ class Run:
         for p in parts:
             p.unlink(missing_ok=True)
 
-    def verify_file(self, rel: str, digest: str) -> str | None:
-        """None if the run's file ``rel`` exists and has sha256 ``digest`` (snapshots: and loads as finite
-        safetensors); else what is wrong, naming the file."""
-        p = self.file(rel)
-        if not self.has_file(rel):
-            return f"{p}: file is missing (the manifest lists it)" if not os.path.lexists(p) else \
-                f"{p}: not a regular file (the manifest lists it)"
-        if rel.endswith(".safetensors"):
-            try:
-                load_tensors(p, digest)
-            except RunError as e:
-                return str(e)
-            return None
-        if sha256_file(p) != digest:
-            return f"{p}: checksum does not match the manifest (file is damaged or was edited)"
-        return None
-
     def write_analysis(self, result: dict[str, Any]) -> None:
         """RUN/analysis.json, atomically (featviz analyze)."""
         atomic_write_json(self.file("analysis.json"), result)
@@ -462,18 +396,3 @@ class Run:
         """Bytes of a file inside the run (for the gallery); the path may not leave the run folder."""
         return read_regular(self.file(rel), MAX_JSONL)
 
-
-def list_runs(out_dir: Path) -> list[Run]:
-    """Every run directly under ``out_dir`` (folders with a run.json), sorted by name; none if the
-    folder does not exist yet. A file where the folder should be is a RunError."""
-    out_dir = not_a_file(out_dir)
-    if not out_dir.is_dir():
-        return []
-    runs = []
-    for p in sorted(out_dir.iterdir()):
-        if p.is_dir() and os.path.lexists(p / "run.json"):
-            try:
-                runs.append(Run.open(p))
-            except RunError:
-                continue
-    return runs

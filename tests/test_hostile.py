@@ -23,7 +23,8 @@ from conftest import TINY_CLI_MODEL
 from featviz.check import check_run
 from featviz.errors import RunError, error_line, printable
 from featviz.faults import ENV_AT, ENV_FILE
-from featviz.store import Run, list_runs
+from featviz.outputs import list_runs
+from featviz.store import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -355,3 +356,21 @@ def test_error_lines_are_cut(cli) -> None:
                         json.dumps({"bogus": "x" * 120_000}), "--epochs", "1", "--n-train", 32, "--n-val", 10])
     assert code == 1 and len(err) < 1200 and len(err.strip().splitlines()) == 1, len(err)
     assert len(error_line("y" * 5000)) == 1000
+
+
+def test_import_never_replaces_the_run_it_reads_checkpoints_from(cli, tmp_path: Path, tiny_cfgs) -> None:
+    """F9: `featviz import RUN/snapshots --out runs --name RUN --force` destroyed RUN, and check then said ok."""
+    import dataclasses
+
+    from featviz.pipeline import train_run
+
+    data, model, train = tiny_cfgs
+    run = train_run(data, model, dataclasses.replace(train, snapshots="epoch"), out_dir=tmp_path / "runs", name="r")
+    before = _tree(run.path)
+    kwargs = json.dumps({"widths": [4, 8], "kernels": [5, 3], "strides": [1, 1], "pools": [True, False]})
+    argv = ["import", run.path / "snapshots", "--model", "featviz.model:small_cnn", "--model-kwargs", kwargs,
+            "--size", 16, "--out", tmp_path / "runs"]
+    assert cli([*argv, "--name", "copy"])[0] == 0  # these checkpoints fit the model: the import itself works
+    code, _, err = cli([*argv, "--name", "r", "--force"])
+    assert code == 1 and "lies inside" in err and len(err.strip().splitlines()) == 1, err
+    assert _tree(run.path) == before and check_run(run.path).ok

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
+import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from featviz import importer
+from featviz.check import check_run
 from featviz.config import DataConfig
 from featviz.errors import ConfigError
-from featviz.importer import checkpoint_files, import_checkpoints, read_checkpoint, unnumbered
+from featviz.importer import checkpoint_files, import_checkpoints, unnumbered
 from featviz.store import Run
 from featviz.zoo import ModelSpec
 
@@ -114,7 +121,7 @@ def test_names_patterns_and_misfits(user_code: Path, tmp_path: Path) -> None:
                            out_dir=tmp_path / "runs")
     with pytest.raises(ConfigError, match="no state dict"):
         torch.save({"epoch": 3}, folder / "x.pt")
-        read_checkpoint(folder / "x.pt")
+        importer.open_checkpoint(folder / "x.pt")
 
 
 @pytest.mark.parametrize("fmt, name", [("pt", "step_20.pt"), ("safetensors", "weights_00020.safetensors")])
@@ -201,6 +208,240 @@ def test_checkpoints_that_are_not_this_models_weights(user_code: Path, tmp_path:
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "epoch_9.pt").write_text("hello")
     with pytest.raises(ConfigError, match="epoch_9.pt: not a readable PyTorch checkpoint .damaged, or not written by"):
-        read_checkpoint(tmp_path / "text" / "epoch_9.pt")
+        importer.open_checkpoint(tmp_path / "text" / "epoch_9.pt")
     with pytest.raises(ConfigError, match="its group must capture the file's number, not step_0.pt .group: 'step'."):
         checkpoint_files(_write(tmp_path / "named", "pt", _states()), r"(step)_\d+")
+
+
+SMALL_DATA = DataConfig(name="shapes", n_train=20, n_val=20, size=16)
+
+
+def _import(folder: Path, tmp_path: Path, model: str = "usernets:tiny", **kwargs) -> Run:
+    return import_checkpoints(folder, ModelSpec(model), SMALL_DATA, out_dir=tmp_path / "runs", **kwargs)
+
+
+@pytest.fixture
+def deadline():
+    """``deadline(s)``: the test fails with TimeoutError if it is still running ``s`` seconds later (a
+    search that takes exponential time would otherwise hang the suite)."""
+    def expire(*_):
+        raise TimeoutError("still running at the deadline")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    yield lambda s: signal.setitimer(signal.ITIMER_REAL, s)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_nested_dicts_are_searched_in_bounded_time(user_code: Path, tmp_path: Path, deadline) -> None:
+    """A state dict a few levels down is found; one nested 40 levels under "model" (a 2 KB file) is a
+    one-line error at once, and so is a dict that contains itself."""
+    states = _states(2)
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for i, sd in enumerate(states):
+        torch.save({"epoch": i, "model": {"net": {"state_dict": sd}}, "optimizer": {"state": {}}}, folder / f"step_{i}.pt")
+    run = _import(folder, tmp_path)
+    assert torch.equal(run.load_snapshot(1)["fc.weight"], states[1]["fc.weight"])
+    deep: dict = {"w": torch.zeros(2)}
+    for _ in range(40):
+        deep = {"model": deep}
+    torch.save(deep, folder / "step_2.pt")
+    assert (folder / "step_2.pt").stat().st_size < 10_000
+    deadline(10)
+    with pytest.raises(ConfigError, match=r"step_2\.pt: no state dict within 5 levels") as e:
+        _import(folder, tmp_path, name="deep")
+    assert len(str(e.value).splitlines()) == 1
+    loop: dict = {"epoch": 1}
+    loop["model"] = loop
+    torch.save(loop, folder / "step_2.pt")
+    with pytest.raises(ConfigError, match=r"step_2\.pt: no state dict found"):
+        _import(folder, tmp_path, name="loop")
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_half_precision_checkpoints_are_stored_in_the_networks_dtypes(user_code: Path, tmp_path: Path, fmt: str) -> None:
+    """float16 and bfloat16 weights and an int32 BatchNorm counter become the network's float32 and
+    int64 exactly, so every snapshot has the same dtypes and `featviz check` finds the run sound."""
+    states = _states()
+    half = {k: v.half() if v.is_floating_point() else v.int() for k, v in states[1].items()}
+    bf16 = {k: v.bfloat16() if v.is_floating_point() else v for k, v in states[2].items()}
+    run = _import(_write(tmp_path / "ckpts", fmt, [states[0], half, bf16]), tmp_path)
+    rep = check_run(run.path)
+    assert rep.ok, rep.problems
+    for i, sd in enumerate([states[0], half, bf16]):
+        snap = run.load_snapshot(i)
+        assert all(snap[k].dtype == states[0][k].dtype for k in sd), i
+        assert all(torch.equal(snap[k], sd[k].to(states[0][k].dtype)) for k in sd), i
+
+
+class _System:
+    """Unpickling this calls os.system with a command that leaves a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"echo ran > {shlex.quote(str(self.marker))}",))
+
+
+def test_a_pickle_that_calls_os_system_is_refused_by_name(user_code: Path, tmp_path: Path) -> None:
+    folder = _write(tmp_path / "ckpts", "pt", _states(2))
+    marker = tmp_path / "RAN"
+    torch.save({"model": _states(1)[0], "hook": _System(marker)}, folder / "step_30.pt")
+    with pytest.raises(ConfigError) as e:
+        _import(folder, tmp_path)
+    msg = str(e.value)
+    assert f"step_30.pt: holds more than plain tensors (its pickle asks for {os.system.__module__}.system)" in msg
+    assert "refusing to unpickle" in msg and len(msg.splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "runs" / "import-ckpts").exists()
+
+
+def test_a_damaged_checkpoint_is_described_in_whole_words(user_code: Path, tmp_path: Path) -> None:
+    """Torch's long error about a truncated zip is cut at a word boundary and marked, never mid-word."""
+    folder = _write(tmp_path / "ckpts", "pt", _states(2))
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "whole.pt")  # cut in half, its zip directory is lost
+    data = (tmp_path / "whole.pt").read_bytes()
+    (folder / "step_10.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception) as raw:
+        torch.load(folder / "step_10.pt", weights_only=True)
+    with pytest.raises(ConfigError, match="step_10.pt: not a readable PyTorch checkpoint") as e:
+        _import(folder, tmp_path)
+    detail = str(e.value).split("torch.save: ", 1)[1].removesuffix(")")
+    assert detail.endswith("…") and len(detail) <= 120
+    shown, words = detail.removesuffix("…").split(), str(raw.value).split()
+    assert shown and shown == words[: len(shown)]
+
+
+class _SpyOpen:
+    """safetensors' safe_open, recording each read of tensor data as (name, index)."""
+
+    reads: ClassVar[list[tuple[str, object]]] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        from safetensors import safe_open
+
+        self._f = safe_open(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        _SpyOpen.reads.append((name, ...))
+        return self._f.get_tensor(name)
+
+    def get_slice(self, name: str):
+        return _SpySlice(self._f.get_slice(name), name)
+
+
+class _SpySlice:
+    def __init__(self, sl, name: str) -> None:
+        self._sl, self._name = sl, name
+
+    def __getattr__(self, name: str):
+        return getattr(self._sl, name)
+
+    def __getitem__(self, index):
+        _SpyOpen.reads.append((self._name, index))
+        return self._sl[index]
+
+
+def test_safetensors_names_dtypes_and_shapes_are_checked_before_any_data_is_read(
+        user_code: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong shape is refused from the header alone; a fitting file is read tensor by tensor, a tensor
+    larger than a block in blocks of rows, into the network's own tensors."""
+    states = _states()
+    states[2]["fc.weight"] = torch.zeros(10, 15)
+    folder = _write(tmp_path / "ckpts", "safetensors", states)
+    monkeypatch.setattr(importer, "safe_open", _SpyOpen)
+    monkeypatch.setattr(_SpyOpen, "reads", [])
+    header, _ = importer.open_checkpoint(folder / "weights_00020.safetensors")
+    assert header["fc.weight"] == (torch.float32, (10, 15)) and _SpyOpen.reads == []
+    net = {k: torch.zeros_like(v) for k, v in states[0].items()}
+    with pytest.raises(ConfigError, match=r"weights_00020.safetensors: fc.weight is \[10, 15\], the model's is \[10, 16\]"):
+        importer.load_checkpoint(folder / "weights_00020.safetensors", net)
+    assert _SpyOpen.reads == []  # refused before any tensor data was read
+    monkeypatch.setattr(importer, "_BLOCK", 4 * 16 * 4)  # 4 rows of fc.weight [10, 16] float32
+    importer.load_checkpoint(folder / "weights_00010.safetensors", net)
+    assert all(torch.equal(net[k], states[1][k]) for k in net)
+    fc = [index for name, index in _SpyOpen.reads if name == "fc.weight"]
+    assert fc == [slice(0, 4), slice(4, 8), slice(8, 12)]
+    assert {name for name, _ in _SpyOpen.reads} == set(net)
+
+
+def test_torch_zip_checkpoints_are_memory_mapped(user_code: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's zip format is mapped (tensor data read only when used); the legacy format, which cannot
+    be, is read whole and imports the same."""
+    states = _states(2)
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    torch.save(states[0], folder / "step_0.pt")
+    torch.save(states[1], folder / "step_10.pt", _use_new_zipfile_serialization=False)
+    calls: list[tuple[str, bool]] = []
+    load = torch.load
+
+    def spy(f, *args, **kwargs):
+        calls.append((Path(f).name, kwargs.get("mmap", False)))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    run = _import(folder, tmp_path)
+    assert set(calls) == {("step_0.pt", True), ("step_10.pt", False)}
+    assert all(torch.equal(run.load_snapshot(i)[k], sd[k]) for i, sd in enumerate(states) for k in sd)
+
+
+HEADS_MODULE = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    """A backbone under "features" and a head, as VGG and AlexNet name them."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+'''
+
+
+def _write_all(folder: Path, sd: dict[str, torch.Tensor]) -> Path:
+    """``folder`` with two checkpoints (step_1.pt, step_2.pt) that both hold ``sd``."""
+    folder.mkdir(parents=True)
+    for n in (1, 2):
+        torch.save(sd, folder / f"step_{n}.pt")
+    return folder
+
+
+def _misfit(folder: Path, tmp_path: Path, sd: dict[str, torch.Tensor]) -> str:
+    """The error of importing two checkpoints holding ``sd`` into headsnet:Net."""
+    with pytest.raises(ConfigError, match="does not fit the model") as e:
+        _import(_write_all(folder, sd), tmp_path, "headsnet:Net")
+    return str(e.value)
+
+
+def test_a_prefix_is_dropped_only_when_the_names_then_fit_better(user_code: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every key of a backbone-only file starts with "features.": dropping it would make none fit, so the
+    error names the head it really lacks. With Lightning's "model." in front, the prefix is dropped and
+    the error says so; either way the key named is really absent from the file."""
+    (user_code / "headsnet.py").write_text(HEADS_MODULE)
+    monkeypatch.delitem(sys.modules, "headsnet", raising=False)
+    from headsnet import Net
+
+    full = Net().state_dict()
+    backbone = {k: v for k, v in full.items() if k.startswith("features.")}
+    msg = _misfit(tmp_path / "backbone", tmp_path, backbone)
+    assert "it lacks classifier.weight (2 missing, 0 unexpected)" in msg and "dropping" not in msg
+    lit = {f"model.{k}": v for k, v in full.items() if k != "classifier.bias"}
+    msg = _misfit(tmp_path / "lit", tmp_path, lit)
+    assert "it lacks classifier.bias (1 missing, 0 unexpected, after dropping 'model.' from its names)" in msg
+    extra = {**full, "features.9.weight": torch.zeros(1)}
+    msg = _misfit(tmp_path / "extra", tmp_path, extra)
+    assert "it has features.9.weight, which the model does not (0 missing, 1 unexpected)" in msg
+    wrapped = {f"model.module.{k}": v for k, v in full.items()}  # Lightning around DataParallel
+    run = _import(_write_all(tmp_path / "ok", wrapped), tmp_path, "headsnet:Net")
+    assert torch.equal(run.load_snapshot(1)["classifier.weight"], full["classifier.weight"])
+

@@ -17,7 +17,8 @@ import featviz.store as store
 from featviz.errors import ConfigError, RunError
 from featviz.fileio import atomic_write_bytes, check_name, load_tensors, save_tensors
 from featviz.outputs import check_out_dir
-from featviz.store import Run, list_runs
+from featviz.outputs import list_runs
+from featviz.store import Run
 
 
 def _temp_files(folder: Path) -> list[Path]:
