@@ -374,3 +374,19 @@ def test_import_never_replaces_the_run_it_reads_checkpoints_from(cli, tmp_path: 
     code, _, err = cli([*argv, "--name", "r", "--force"])
     assert code == 1 and "lies inside" in err and len(err.strip().splitlines()) == 1, err
     assert _tree(run.path) == before and check_run(run.path).ok
+
+
+def test_labels_from_files_are_text_and_printed_escaped(cli, tmp_path: Path, tiny_run: Run) -> None:
+    """F16 and F19: a numeric label in metrics.jsonl (rec.epoch(label=2.0)) made render fail with an
+    unexpected TypeError; a checkpoint name holding escape sequences was printed raw by every render."""
+    run = _damaged(tiny_run, tmp_path)
+    recs = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    recs[1]["label"] = 2.0
+    recs[-1]["label"] = "epoch 2 · \x1b[2J\x1b]0;owned\x07ckpt.pt"
+    (run.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    run.write_manifest(run.epochs_done)  # as the writer would have committed it
+    labels = [p["label"] for p in run.snapshot_points()]
+    assert all(isinstance(x, str) for x in labels) and any("\x1b[2J" in x for x in labels)
+    code, out, err = cli(["render", run.path, "--steps", 2, "--size", 16, "--epochs", "last", "--channels", "0"])
+    assert code == 0 and "unexpected" not in err, err
+    assert "\x1b" not in out + err and "\\x1b[2J" in out + err
