@@ -20,7 +20,7 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import torch
 from safetensors import safe_open
@@ -179,10 +179,10 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-@contextlib.contextmanager
-def open_regular(path: Path) -> Iterator[Any]:
-    """``path`` opened for reading in binary mode if it is a regular file; a FIFO, device, folder or
-    missing file is a RunError naming it. Opening never blocks (a FIFO would wait for a writer)."""
+def open_file(path: Path) -> BinaryIO:
+    """``path`` opened for reading in binary mode if it is a regular file (the caller closes it); a FIFO,
+    device, folder or missing file is a RunError naming it. Opening never blocks (a FIFO would wait
+    for a writer), and the type is checked on the open file, so a name swapped in between cannot slip by."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
@@ -196,11 +196,16 @@ def open_regular(path: Path) -> Iterator[Any]:
             raise RunError(f"{path}: is {_kind(mode)}, not a regular file; featviz reads only regular files")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        f = os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
-    with f:
+
+
+@contextlib.contextmanager
+def open_regular(path: Path) -> Iterator[BinaryIO]:
+    """``open_file`` as a context manager that closes the file."""
+    with open_file(path) as f:
         yield f
 
 

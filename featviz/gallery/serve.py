@@ -16,15 +16,16 @@ import email.utils
 import functools
 import http.server
 import os
-import stat
 import sys
 import threading
 import urllib.parse
+from pathlib import Path
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import BinaryIO
 
 from featviz.errors import RunError
+from featviz.fileio import open_file
 from featviz.store import Run
 
 # A client closing or resetting the connection mid-reply (a reload, a closed tab) is routine.
@@ -149,24 +150,14 @@ def _resolve_inside(root: str, request_path: str) -> str | None:
 
 
 def _open_regular(path: str) -> BinaryIO | None:
-    """``path`` opened for reading, or None unless it is a regular file."""
-    try:
-        # The type is checked before opening (opening a FIFO would block the thread) and again on the
-        # open descriptor, in case the name was replaced in between; O_NONBLOCK keeps that open from
-        # blocking and O_NOFOLLOW refuses a symlink swapped in at the last component.
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except (OSError, ValueError):
+    """``path`` opened for reading, or None unless it is a regular file (``fileio.open_file``: never
+    blocks on a FIFO, checks the open file's type); a symlink swapped in at the last moment is refused."""
+    if os.path.islink(path):
         return None
     try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError:
-        regular = False
-    if not regular:
-        os.close(fd)
+        return open_file(Path(path))
+    except RunError:
         return None
-    return os.fdopen(fd, "rb")
 
 
 def make_server(run: Run, port: int = 0) -> http.server.ThreadingHTTPServer:
