@@ -97,7 +97,7 @@ def resnet_render(peak: float) -> None:
         steps = RenderConfig().steps
         flops = sum(4 * prefix[la["name"]] * len(default_channels(la["out_ch"])) * steps for la in layers)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cli.main", "render", str(run.path), "--epochs", "last", "--no-filters"],
+        subprocess.run([sys.executable, "-m", "featviz", "render", str(run.path), "--epochs", "last", "--no-filters"],
                        check=True, capture_output=True)
         wall = time.perf_counter() - t0
     floor = flops / peak

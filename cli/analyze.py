@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import console, echo, not_empty
+from .common import console, echo, not_empty
 from featviz.loading import allow
 from featviz.pipeline import analyze_run
 from featviz.store import Run

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console
+from .common import console
 from featviz.config import DataConfig
 from featviz.data import load_data
 from featviz.data.preview import check_png_target, default_path, write_preview

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import console, not_empty
+from .common import console, not_empty
 from featviz.export import export_tensorboard
 from featviz.store import Run
 

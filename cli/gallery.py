@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import console, not_empty, reject
+from .common import console, not_empty, reject
 from featviz.errors import ConfigError
 from featviz.gallery.build import build_gallery
 from featviz.gallery.live import serve_live, training

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import console, not_empty
+from .common import console, not_empty
 from featviz.config import DataConfig
 from featviz.importer import import_checkpoints
 from featviz.zoo import ModelSpec, model_flag, normalize_spec, parse_kwargs

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from cli import analyze, check, data, export, gallery, import_, render, runs, summary, train
+from . import analyze, check, data, export, gallery, import_, render, runs, summary, train
 from featviz.distributed import launched
 from featviz.errors import ConfigError, FeatvizError, error_line, one_line, printable
 

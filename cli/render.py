@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.common import console, echo, int_list, not_empty
+from .common import console, echo, int_list, not_empty
 from featviz.errors import printable
 from featviz.config import RenderConfig
 from featviz.distributed import main_process, setup

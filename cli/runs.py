@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import echo
+from .common import echo
 
 from featviz.errors import RunError
 from featviz.outputs import list_runs

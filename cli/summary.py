@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import SMALL_CNN, echo, model_config, reject
+from .common import SMALL_CNN, echo, model_config, reject
 from featviz.loading import allow, build_run_model
 from featviz.model import build_model
 from featviz.zoo import ModelSpec, build, normalize_spec, parse_kwargs

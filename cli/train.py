@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import SMALL_CNN, TrainBar, console, model_config, not_empty, reject
+from .common import SMALL_CNN, TrainBar, console, model_config, not_empty, reject
 from featviz.errors import ConfigError
 from featviz.distributed import launched, main_process
 from featviz.gallery.live import LiveTraining

@@ -42,8 +42,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_cfgs):
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Call ``cli.main.main(argv)`` in-process; returns (exit code, stdout, stderr) of that call only."""
-    from cli.main import main
+    """Call ``featviz.cli.main.main(argv)`` in-process; returns (exit code, stdout, stderr) of that call only."""
+    from featviz.cli.main import main
 
     capsys.readouterr()  # drop anything printed before
     code = main([str(a) for a in argv])

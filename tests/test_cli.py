@@ -1,4 +1,4 @@
-"""The command line, in-process through cli.main.main: happy paths and a table of user mistakes."""
+"""The command line, in-process through featviz.cli.main.main: happy paths and a table of user mistakes."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_summary_options(cli) -> None:
 
 
 def test_interrupted_cli_run_resumes_to_identical_snapshots(cli, tmp_path: Path, monkeypatch) -> None:
-    from cli.common import TrainBar
+    from featviz.cli.common import TrainBar
 
     out = tmp_path / "out"
     assert cli(_train_argv(out, "whole", epochs=2))[0] == 0
@@ -508,7 +508,7 @@ def test_out_folder_not_writable(cli, tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_resume_in_read_only_run_folder(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cli.common import TrainBar
+    from featviz.cli.common import TrainBar
 
     out = tmp_path / "out"
     real_epoch = TrainBar.epoch
@@ -540,7 +540,7 @@ def test_ctrl_c_says_what_is_kept(cli, monkeypatch: pytest.MonkeyPatch, tmp_path
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "train", "--epochs", "200", "--n-train", "2000",
+    proc = subprocess.Popen([sys.executable, "-m", "featviz", "train", "--epochs", "200", "--n-train", "2000",
                              "--out", str(tmp_path / "out"), "--name", "cut", *TINY_CLI_MODEL[:8]],
                             stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1],
                             # as from a terminal: an ignored SIGINT (inherited from whatever started pytest) would

@@ -150,7 +150,7 @@ def test_live_gallery_shows_new_snapshots_while_training(browser, tmp_path: Path
 
     data = make_png_folder(tmp_path / "pngs", classes=3, per_class=10, size=16)
     marker = tmp_path / "paused"
-    cmd = [sys.executable, "-m", "cli.main", "train", "--data", f"folder:{data}", "--size", "16", "--epochs", "3",
+    cmd = [sys.executable, "-m", "featviz", "train", "--data", f"folder:{data}", "--size", "16", "--epochs", "3",
            "--batch-size", "8", "--widths", "4,8", "--kernels", "5,3", "--strides", "1,1", "--pools", "1,0",
            "--out", str(tmp_path / "out"), "--name", "live"]
     env = {**os.environ, ENV_AT: "write:epoch_002.safetensors", ENV_FILE: str(marker), "OMP_NUM_THREADS": "1"}

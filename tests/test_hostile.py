@@ -248,7 +248,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _start_paused(argv: list, at: str, marker: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, argv)], cwd=ROOT, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "featviz", *map(str, argv)], cwd=ROOT, text=True,
                             env=_env(**{ENV_AT: at, ENV_FILE: str(marker)}), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90
@@ -319,7 +319,7 @@ def test_watch_never_writes_to_a_run_that_is_not_training(tmp_path: Path, tiny_r
     run = _copy(tiny_run, tmp_path / "run")
     render_run(run, RenderConfig(steps=2, size=16, epochs="last", channels=(0,)))
     before = _tree(run.path)
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "gallery", str(run.path), "--serve", "--watch",
+    proc = subprocess.Popen([sys.executable, "-m", "featviz", "gallery", str(run.path), "--serve", "--watch",
                              "--port", "0"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

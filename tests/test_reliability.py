@@ -1,7 +1,7 @@
 """Fault injection: killed training, damaged files, rendering during training, unsafe loading.
 
 Each test would fail if the guarantee it names (README, "Guarantees") broke. Training runs in a
-subprocess (``python -m cli.main train``) on a tiny PNG folder, so it can be SIGKILLed; featviz's
+subprocess (``python -m featviz train``) on a tiny PNG folder, so it can be SIGKILLed; featviz's
 pause points (``featviz.faults``) stop it at an exact moment first: after optimizer step N, or
 half-way through writing a file's temp file.
 """
@@ -44,7 +44,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _train_cmd(data: Path, out: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", "train", "--data", f"folder:{data}", "--size", "16",
+    return [sys.executable, "-m", "featviz", "train", "--data", f"folder:{data}", "--size", "16",
             "--epochs", str(EPOCHS), "--batch-size", "8", "--widths", "4,8", "--kernels", "5,3",
             "--strides", "1,1", "--pools", "1,0", "--out", str(out), "--name", name, "--seed", "3"]
 
@@ -121,7 +121,7 @@ def test_sigkill_then_resume_equals_uninterrupted(at: str, data: Path, reference
         report = check_run(run.path)
         assert report.ok, report.problems
         assert any(str(temps[0]) in n for n in report.notes)
-    res = _run([sys.executable, "-m", "cli.main", "train", "--resume", str(run.path)])
+    res = _run([sys.executable, "-m", "featviz", "train", "--resume", str(run.path)])
     assert res.returncode == 0, res.stderr
     run = Run.open(run.path)
     assert run.complete and not list(run.path.rglob("*.tmp"))
@@ -148,7 +148,7 @@ def test_render_while_training_reads_only_complete_epochs(data: Path, tmp_path: 
         assert proc.poll() is None  # training was still running (paused) all along
     finally:
         _kill(proc)
-    res = _run([sys.executable, "-m", "cli.main", "train", "--resume", str(tmp_path / "live")])
+    res = _run([sys.executable, "-m", "featviz", "train", "--resume", str(tmp_path / "live")])
     assert res.returncode == 0, res.stderr
     assert Run.open(tmp_path / "live").complete
     assert check_run(tmp_path / "live").ok  # the renders written meanwhile are intact too
