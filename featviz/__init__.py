@@ -10,7 +10,11 @@ Public API::
         ...; rec.step(loss=loss) ...; rec.epoch(val_acc=acc)   # your own loop, recorded
 """
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING
+
+from featviz.provenance import featviz_version
+
+__version__ = featviz_version()  # pyproject.toml's, as installed: one place for the number
 
 from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig  # noqa: E402
 from featviz.data import ImageData, load_data, make_shapes  # noqa: E402
@@ -20,6 +24,9 @@ from featviz.pipeline import analyze_run, render_run, resume_run, train_run  # n
 from featviz.record import Recorder, record  # noqa: E402
 from featviz.outputs import list_runs  # noqa: E402
 from featviz.store import Run  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DataConfig", "ModelConfig", "RenderConfig", "TrainConfig", "ImageData", "load_data", "make_shapes", "FeatvizError",

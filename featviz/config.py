@@ -14,8 +14,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from featviz.checks import is_int
 from featviz.device import NAMES
 from featviz.errors import ConfigError
+from featviz.schedule import parse_schedule
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = NAMES  # featviz.device: one list of device names
@@ -24,11 +26,6 @@ DEVICES = NAMES  # featviz.device: one list of device names
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
-
-
-def is_int(v: object) -> bool:
-    """An integer (Python, NumPy), not a bool."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -160,7 +157,6 @@ class TrainConfig:
         _check(not (self.snapshot_every_steps and self.snapshots not in ("log", f"every:{self.snapshot_every_steps}")),
                f"snapshots {self.snapshots!r} and snapshot_every_steps {self.snapshot_every_steps} disagree; give one "
                "(--snapshots every:K is the same as --snapshot-every-steps K)")
-        from featviz.schedule import parse_schedule
 
         parse_schedule(self.schedule)
 
@@ -219,31 +215,3 @@ class RenderConfig:
         _check(self.chunk >= 1, f"chunk must be at least 1, got {self.chunk}")
         _check(self.cuda_graph in GRAPH_SWITCH, f"unknown cuda_graph {self.cuda_graph!r}; choose one of {', '.join(GRAPH_SWITCH)}")
         _check(all(c >= 0 for c in self.channels), "channels must be >= 0")
-
-
-def parse_epochs(spec: str, available: list[int]) -> list[int]:
-    """'auto' | 'all' | 'last' | '0,5,10' | 'every:K' -> sorted epochs, each checked against ``available``."""
-    spec = spec.strip().lower()
-    if not available:
-        raise ConfigError("the run has no complete epoch yet")
-    last = available[-1]
-    if spec == "auto":
-        return sorted({0, last // 2, last})
-    if spec == "all":
-        return list(available)
-    if spec == "last":
-        return [last]
-    if spec.startswith("every:"):
-        try:
-            k = int(spec[6:])
-        except ValueError:
-            raise ConfigError(f"bad --epochs {spec!r}: expected every:K with an integer K") from None
-        _check(k >= 1, f"bad --epochs {spec!r}: K must be at least 1")
-        return sorted({*range(0, last + 1, k), last})
-    try:
-        wanted = sorted({int(x) for x in spec.split(",") if x.strip()})
-    except ValueError:
-        raise ConfigError(f"bad --epochs {spec!r}: use auto, all, last, every:K or a list like 0,5,10") from None
-    missing = [e for e in wanted if e not in available]
-    _check(not missing, f"epoch(s) {', '.join(map(str, missing))} not in the run (available: 0..{last})")
-    return wanted

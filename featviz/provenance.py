@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+import torchvision
 
 
 def git_sha() -> str | None:
@@ -25,13 +27,17 @@ def git_sha() -> str | None:
         return None
 
 
+def featviz_version() -> str:
+    """The installed distribution's version (the package front is above this module: not imported here)."""
+    try:
+        return importlib.metadata.version("featviz")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def versions() -> dict[str, str]:
-    import torchvision
-
-    from featviz import __version__
-
     return {
-        "featviz": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "featviz": featviz_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
         "python": sys.version.split()[0], "platform": platform.platform(),
     }
 

@@ -58,11 +58,9 @@ def moments(spec: str, points: list[dict], planned: int | None = None) -> list[d
     nearest to E^(1/4), E^(1/2), E^(3/4) steps on a log scale, E = steps per epoch); the end of epoch 1;
     the middle epoch; the final epoch (of ``planned`` epochs, when given: then a run still training gets
     only the moments it has already reached). ``snapshots``: every point. Otherwise an epoch spec of
-    ``config.parse_epochs`` (all | last | 0,5,10 | every:K), which selects epoch snapshots.
+    ``parse_epochs`` (all | last | 0,5,10 | every:K), which selects epoch snapshots.
     """
     import math
-
-    from featviz.config import parse_epochs
 
     epochs = {p["epoch"]: p for p in points if p["kind"] == "epoch"}
     text = spec.strip().lower()
@@ -80,3 +78,33 @@ def moments(spec: str, points: list[dict], planned: int | None = None) -> list[d
             best = min(inside, key=lambda p: abs(math.log(p["step"]) - target))
             chosen[id(best)] = best
     return sorted(chosen.values(), key=lambda p: p["step"])
+
+
+def parse_epochs(spec: str, available: list[int]) -> list[int]:
+    """'auto' | 'all' | 'last' | '0,5,10' | 'every:K' -> sorted epochs, each checked against ``available``."""
+    spec = spec.strip().lower()
+    if not available:
+        raise ConfigError("the run has no complete epoch yet")
+    last = available[-1]
+    if spec == "auto":
+        return sorted({0, last // 2, last})
+    if spec == "all":
+        return list(available)
+    if spec == "last":
+        return [last]
+    if spec.startswith("every:"):
+        try:
+            k = int(spec[6:])
+        except ValueError:
+            raise ConfigError(f"bad --epochs {spec!r}: expected every:K with an integer K") from None
+        if k < 1:
+            raise ConfigError(f"bad --epochs {spec!r}: K must be at least 1")
+        return sorted({*range(0, last + 1, k), last})
+    try:
+        wanted = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"bad --epochs {spec!r}: use auto, all, last, every:K or a list like 0,5,10") from None
+    missing = [e for e in wanted if e not in available]
+    if missing:
+        raise ConfigError(f"epoch(s) {', '.join(map(str, missing))} not in the run (available: 0..{last})")
+    return wanted

@@ -146,7 +146,7 @@ def test_a_real_lightning_checkpoint_folder(tmp_path: Path, cli) -> None:
     module.write_text(LIT_MODULE)
     sys.path.insert(0, str(tmp_path))
     try:
-        from litck import Lit, fit
+        from litck import fit
 
         fit(tmp_path / "ck", L)
         code, out, err = cli(["import", tmp_path / "ck", "--model", "litck:Lit", *DATA, "--out", tmp_path / "runs",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from featviz.config import RenderConfig, parse_epochs
+from featviz.config import RenderConfig
+from featviz.schedule import parse_epochs
 from featviz.errors import ConfigError, RunError
 from featviz.gallery.build import build_gallery
 from featviz.gallery.serve import make_server

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from featviz.config import is_int
+from featviz.checks import is_int
 from featviz.errors import ConfigError, one_line
 from featviz.hooks import capture, eval_mode, input_kind, resolve_layers
 from featviz.optvis import param as P

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from featviz.config import is_int
+from featviz.checks import is_int
 from featviz.errors import ConfigError
 from featviz.optvis.rng import PARAM_STREAM, element_seed, generator
 

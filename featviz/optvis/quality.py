@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from featviz.config import is_int
+from featviz.checks import is_int
 from featviz.errors import ConfigError
 from featviz.optvis.actmax import _model_device, _model_dtype, forward_until, frozen
 from featviz.optvis.param import _hw, spectrum_scale

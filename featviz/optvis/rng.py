@@ -13,7 +13,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor
 
-from featviz.config import is_int
+from featviz.checks import is_int
 from featviz.errors import ConfigError
 
 _MASK = (1 << 64) - 1

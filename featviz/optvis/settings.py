@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from featviz.config import is_int
+from featviz.checks import is_int
 from featviz.errors import ConfigError
 from featviz.images import Normalizer
 from featviz.optvis.param import Param, check_color

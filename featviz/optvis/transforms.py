@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from featviz.config import is_int
+from featviz.checks import is_int
 from featviz.errors import ConfigError
 from featviz.optvis.rng import RandomSource, SharedRandom
 
