@@ -1,14 +1,14 @@
 """What a run's JSON-lines records may hold: one check per kind of record, used by the readers so a
 hostile or damaged record is a damaged line (named and skipped), never a crash later in a reader.
 
-``manifest_problem``, ``metric_problem`` and ``render_problem`` return what is wrong with a record, or None.
+``run_problem``, ``manifest_problem``, ``metric_problem`` and ``render_problem`` return what is wrong with a record, or None.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from featviz.errors import RunError
 from featviz.fileio import confined
@@ -71,4 +71,61 @@ def manifest_problem(root: Path, m: Any) -> str | None:
         return f" (entry {bad[:120]!r} is not a file of the run with a sha256)"
     if not -1 <= m["epochs_done"] < max(1, len(files)):
         return f" (epochs_done {m['epochs_done']} but {len(files)} files listed)"
+    return None
+
+
+def _whole(v: Any, low: int = 0) -> bool:
+    return type(v) is int and low <= v <= MAX_COUNT
+
+
+def _numbers(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+
+_LAYER_TYPES: dict[str, Callable[[Any], bool]] = {
+    "name": lambda v: isinstance(v, str) and bool(v), "depth": lambda v: _whole(v, 1), "in_ch": lambda v: _whole(v, 1),
+    "out_ch": lambda v: _whole(v, 1), "groups": lambda v: _whole(v, 1), "stride": lambda v: _whole(v, 1),
+    "kernel": lambda v: isinstance(v, list) and len(v) == 2 and all(_whole(k, 1) for k in v),
+    "weights": _whole, "biases": _whole, "params": _whole, "out_px": _whole, "rf_px": _whole,
+    "batchnorm": lambda v: isinstance(v, bool), "rf_exceeds": lambda v: isinstance(v, bool),
+    "response": lambda v: v is None or isinstance(v, str), "activation": lambda v: v is None or isinstance(v, str),
+}
+_REQUIRED_LAYER = ("name", "depth", "in_ch", "out_ch", "kernel")
+_DATA_TYPES: dict[str, Callable[[Any], bool]] = {
+    "size": lambda v: _whole(v, 1), "channels": lambda v: _whole(v, 1), "mean": _numbers, "std": _numbers,
+    "classes": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+    "color_matrix": lambda v: v is None or (isinstance(v, list) and all(_numbers(r) for r in v)),
+}
+
+
+def run_problem(meta: Any) -> str | None:
+    """What is wrong with a parsed run.json, else None: the configs' data, model and train sections (train
+    epochs a whole number), and, where present, the layer list and data description with the types the
+    stages read (so an edited run.json is one line here, not a TypeError in whichever stage reads it)."""
+    if not isinstance(meta, dict) or "configs" not in meta or "schema_version" not in meta:
+        return "not a featviz run description (missing configs/schema_version)"
+    if type(meta["schema_version"]) is not int:
+        return "schema_version is not an integer"
+    cfgs = meta["configs"]
+    if not isinstance(cfgs, dict) or not all(isinstance(cfgs.get(k), dict) for k in ("data", "model", "train")) \
+            or type(cfgs["train"].get("epochs")) is not int:
+        return "configs must hold data, model and train sections, with train.epochs an integer (the file was " \
+               "edited or damaged)"
+    layers = meta.get("layers", [])
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+        return "layers is not a list of layer descriptions"
+    for i, layer in enumerate(layers):
+        bad = next((k for k in _REQUIRED_LAYER if k not in layer), None) or \
+            next((k for k, ok in _LAYER_TYPES.items() if k in layer and not ok(layer[k])), None)
+        if bad is not None:
+            return f"layer {i}: {bad} is missing or of the wrong type"
+    data = meta.get("data", {})
+    if not isinstance(data, dict):
+        return "data is not an object"
+    bad = next((k for k, ok in _DATA_TYPES.items() if k in data and not ok(data[k])), None)
+    if bad is not None:
+        return f"data.{bad} is of the wrong type"
+    for key in ("name", "source"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            return f"{key} is not text"
     return None

@@ -29,7 +29,7 @@ from featviz.fileio import (
     read_jsonl, read_regular, save_tensors, sha256_file, write_jsonl,
 )
 from featviz.outputs import check_new_run, empty_run_folder
-from featviz.records import manifest_problem, metric_problem, render_problem
+from featviz.records import manifest_problem, metric_problem, render_problem, run_problem
 from featviz.runlock import RunLock
 
 SCHEMA_VERSION = 1
@@ -98,18 +98,12 @@ class Run:
         if not os.path.lexists(path / "run.json"):
             raise RunError(f"{path} is not a featviz run (no run.json)")
         meta = read_json(confined(path, "run.json"))
-        if not isinstance(meta, dict) or "configs" not in meta or "schema_version" not in meta:
-            raise RunError(f"{path / 'run.json'}: not a featviz run description (missing configs/schema_version)")
-        if not isinstance(meta["schema_version"], int):
-            raise RunError(f"{path / 'run.json'}: schema_version is not an integer")
-        if meta["schema_version"] > SCHEMA_VERSION:
-            raise RunError(f"{path / 'run.json'}: schema {meta['schema_version']} is newer than this featviz")
-        cfgs = meta["configs"]
-        parts = ("data", "model", "train")
-        if not isinstance(cfgs, dict) or not all(isinstance(cfgs.get(k), dict) for k in parts) \
-                or isinstance(cfgs["train"].get("epochs"), bool) or not isinstance(cfgs["train"].get("epochs"), int):
-            raise RunError(f"{path / 'run.json'}: configs must hold data, model and train sections, with "
-                           "train.epochs an integer (the file was edited or damaged)")
+        version = meta.get("schema_version") if isinstance(meta, dict) else None
+        if type(version) is int and version > SCHEMA_VERSION:  # first: a newer run may hold anything
+            raise RunError(f"{path / 'run.json'}: schema {version} is newer than this featviz")
+        problem = run_problem(meta)
+        if problem is not None:
+            raise RunError(f"{path / 'run.json'}: {problem}")
         return cls(path, meta)
 
     @classmethod

@@ -390,3 +390,21 @@ def test_labels_from_files_are_text_and_printed_escaped(cli, tmp_path: Path, tin
     code, out, err = cli(["render", run.path, "--steps", 2, "--size", 16, "--epochs", "last", "--channels", "0"])
     assert code == 0 and "unexpected" not in err, err
     assert "\x1b" not in out + err and "\\x1b[2J" in out + err
+
+
+@pytest.mark.parametrize("edit", [("layers", 1, "depth", ""), ("layers", 0, "kernel", [5]), ("data", "size", "16"),
+                                  ("data", "mean", "x"), ("layers", "conv"), ("name", 5)])
+def test_an_edited_run_json_is_one_line_naming_the_field(cli, tmp_path: Path, tiny_run: Run, edit: tuple) -> None:
+    """A run.json whose layer depth became text made the gallery fail with an unexpected TypeError (found
+    by the property-based search): run.json's layer list and data description are typed when opened."""
+    run = _damaged(tiny_run, tmp_path)
+    meta = json.loads((run.path / "run.json").read_text())
+    *where, key, value = edit
+    node = meta
+    for k in where:
+        node = node[k]
+    node[key] = value
+    (run.path / "run.json").write_text(json.dumps(meta))
+    for argv in (["gallery", run.path], ["render", run.path, "--steps", 2], ["check", run.path]):
+        code, _, err = cli(argv)
+        assert code == 1 and "unexpected" not in err and "run.json" in err, (argv, err)
