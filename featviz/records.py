@@ -29,16 +29,21 @@ def _count(v: Any) -> bool:
     return type(v) is int and 0 <= v <= MAX_COUNT
 
 
+NUMBERS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "wall_s", "snapshot_s", "step_snapshot_s")
+
+
 def metric_problem(rec: dict[str, Any]) -> str | None:
     """What is wrong with a metrics.jsonl record, else None: ``epoch`` a whole number, ``step`` one or
-    null, ``label`` text or null."""
+    null, ``label`` text or null, the metrics featviz plots (``NUMBERS``) numbers or null."""
     if not _count(rec.get("epoch")):
         return "epoch is not a whole number from 0"
     if rec.get("step") is not None and not _count(rec["step"]):
         return "step is not a whole number from 0"
     if rec.get("label") is not None and not isinstance(rec["label"], str):
         return "label is not text"
-    return None
+    bad = next((k for k in NUMBERS if rec.get(k) is not None and (isinstance(rec[k], bool)
+                                                                   or not isinstance(rec[k], (int, float)))), None)
+    return f"{bad} is not a number" if bad else None
 
 
 def render_problem(root: Path, rec: dict[str, Any]) -> str | None:
@@ -50,7 +55,9 @@ def render_problem(root: Path, rec: dict[str, Any]) -> str | None:
     for key in ("epoch", "step", "depth", "channel"):
         if rec.get(key) is not None and not _count(rec[key]):
             return f"{key} is not a whole number from 0"
-    for key in ("kind", "layer", "label", "point"):
+    if not isinstance(rec.get("kind"), str) or ("layer" in rec and not isinstance(rec["layer"], str)):
+        return "kind or layer is not text"
+    for key in ("label", "point"):
         if rec.get(key) is not None and not isinstance(rec[key], str):
             return f"{key} is not text"
     if rec.get("settings") is not None and not isinstance(rec["settings"], dict):

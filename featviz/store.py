@@ -17,6 +17,7 @@ done only once the manifest says so; names from users never leave the run folder
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any, Iterable
@@ -33,6 +34,7 @@ from featviz.records import manifest_problem, metric_problem, render_problem, ru
 from featviz.runlock import RunLock
 
 SCHEMA_VERSION = 1
+_STEP_FILE = re.compile(r"snapshots/step_(\d+)\.safetensors")
 TRAIN_FILES = ("run.json", "metrics.jsonl", "manifest.json", "probe.safetensors")  # the top-level files training writes
 
 
@@ -205,7 +207,7 @@ class Run:
     def snapshot_steps(self) -> list[int]:
         """Optimizer steps of the committed within-epoch snapshots (--snapshot-every-steps), sorted."""
         files = self.manifest()["files"]
-        return sorted(int(rel.rsplit("_", 1)[1].split(".")[0]) for rel in files if rel.startswith("snapshots/step_"))
+        return sorted(int(m.group(1)) for rel in files if (m := _STEP_FILE.fullmatch(rel)))
 
     def load_step_snapshot(self, step: int) -> dict[str, torch.Tensor]:
         """The model tensors after optimizer step ``step``, verified against the manifest."""
