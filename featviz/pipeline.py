@@ -23,7 +23,6 @@ from featviz import analyze as analyze_stage
 from featviz import distributed
 from featviz import render as render_stage
 from featviz.errors import ConfigError, RunError
-from featviz.faults import pause_point
 from featviz.gallery.build import build_gallery
 from featviz.layers import select_layers, trace
 from featviz.loading import allow, build_run_model, check_access, fitting
@@ -32,17 +31,13 @@ from featviz.optvis.param import color_matrix_or_none
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
 from featviz.provenance import provenance
 from featviz.renderset import am_settings, settings_id
-from featviz.schedule import extra_steps, moments
+from featviz.schedule import moments
 from featviz.fileio import save_tensors
 from featviz.outputs import check_new_run, check_out_dir
 from featviz.store import Run
 from featviz.device import resolve_device
-from featviz.images import Normalizer
 from featviz.zoo import ModelSpec, build as build_spec, check_output
-from featviz.training import (
-    StepInfo, check_finite, evaluate, load_optimizer_state, make_optimizer, optimizer_state, steps_per_epoch,
-    train_one_epoch,
-)
+from featviz.training import fit, optimizer_state
 
 
 def default_run_name(data_name: str) -> str:
@@ -158,79 +153,35 @@ def _resume(run: Run, device: str | None, progress: TrainProgress | None, group:
 
 def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
          first_epoch: int, progress: TrainProgress, group: distributed.Group = distributed.SINGLE) -> Run:
-    """The epochs from ``first_epoch``; with several processes (``group``) each trains its share of every
-    global batch under DistributedDataParallel, and rank 0 alone writes (snapshots, metrics, manifest)."""
-    if device.type == "cuda":
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=fmt)
-    trained = distributed.wrap(model, group)  # model itself: the weights to save and evaluate
-    if not group.main:  # rank 0 reports and writes for every process
-        progress = SilentTraining()
-    norm = Normalizer(data.mean, data.std, device, cfg.channels_last)
-    opt = make_optimizer(trained, cfg)
-    batches = steps_per_epoch(len(data.train_x), cfg.batch_size)
-    total = batches * cfg.epochs
-    records = run.metrics()
-    torch.manual_seed(cfg.seed)  # dropout, if any, draws from the global generator
-    if first_epoch == 1:
-        val_loss, val_acc = _validate(model, data, norm, group)
-        init = {"epoch": 0, "step": 0, "train_loss": None, "train_acc": None, "val_loss": val_loss,
-                "val_acc": val_acc, "lr": 0.0, "wall_s": 0.0}
-        if group.main:
-            _commit(run, 0, model, opt, records, init)
-    else:
-        tensors, info = run.load_train_state(first_epoch - 1)
-        load_optimizer_state(opt, {k: v.to(device) for k, v in tensors.items() if k.startswith("state.")}, info)
-        torch.set_rng_state(tensors["rng.cpu"])
-    step = (first_epoch - 1) * batches
-    progress.start(run, first_epoch, cfg.epochs, batches)
-    extra = set(extra_steps(cfg.schedule, batches, total))
-    spent = [0.0]  # seconds spent writing this epoch's step snapshots
-
-    def on_step(info: StepInfo) -> None:
-        progress.step(info)
-        pause_point(f"step:{info.step}")  # fault-injection tests kill the process here
-        if group.main and info.step in extra and info.batch != info.batches:
-            t = time.perf_counter()
-            check_finite(model, info.epoch)
-            save_tensors(run.step_snapshot_file(info.step), model.state_dict())
-            spent[0] += time.perf_counter() - t
-
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        t0, spent[0] = time.perf_counter(), 0.0
-        train_loss, train_acc, step = train_one_epoch(trained, opt, data, cfg, norm, epoch, step, total, on_step,
-                                                      shard=(group.rank, group.world))
-        val_loss, val_acc = _validate(model, data, norm, group)
-        rec = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-               "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "wall_s": round(time.perf_counter() - t0, 3),
-               "step_snapshot_s": round(spent[0], 4)}
-        if group.main:
-            _commit(run, epoch, model, opt, records, rec)
-        progress.epoch(rec)
-    distributed.finish(group)
+    """``training.fit`` from ``first_epoch``, committing into ``run`` (rank 0 alone writes)."""
+    fit(RunWriter(run), data, model, cfg, device, first_epoch, progress, group)
     return run
 
 
-def _validate(model: torch.nn.Module, data: ImageData, norm: Normalizer,
-              group: distributed.Group) -> tuple[float | None, float | None]:
-    """Validation loss and accuracy, on rank 0 only: it alone writes them (no collective runs here)."""
-    return evaluate(model, data.val_x, data.val_y, norm) if group.main else (None, None)
+class RunWriter:
+    """What ``training.fit`` writes, into a run folder: the snapshot, resume state, metrics line and then
+    the manifest of each epoch (the epoch counts only after the last), and step snapshots."""
 
+    def __init__(self, run: Run) -> None:
+        self.run, self.records = run, run.metrics()
 
-def _commit(run: Run, epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
-            records: list[dict], rec: dict) -> None:
-    """Snapshot, resume state, metrics line, then the manifest: the epoch counts only after the last."""
-    t0 = time.perf_counter()
-    save_tensors(run.snapshot_file(epoch), model.state_dict())
-    tensors, info = optimizer_state(opt)
-    tensors["rng.cpu"] = torch.get_rng_state()
-    run.save_train_state(epoch, tensors, {**info, "epoch": epoch, "step": rec["step"]})
-    rec["snapshot_s"] = round(time.perf_counter() - t0, 4)
-    records.append(rec)
-    run.write_metrics(records)
-    run.write_manifest(epoch)
-    run.prune_train_state(epoch)
+    def commit(self, epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer, rec: dict) -> None:
+        run, t0 = self.run, time.perf_counter()
+        save_tensors(run.snapshot_file(epoch), model.state_dict())
+        tensors, info = optimizer_state(opt)
+        tensors["rng.cpu"] = torch.get_rng_state()
+        run.save_train_state(epoch, tensors, {**info, "epoch": epoch, "step": rec["step"]})
+        rec["snapshot_s"] = round(time.perf_counter() - t0, 4)
+        self.records.append(rec)
+        run.write_metrics(self.records)
+        run.write_manifest(epoch)
+        run.prune_train_state(epoch)
+
+    def step_snapshot(self, step: int, model: torch.nn.Module) -> None:
+        save_tensors(self.run.step_snapshot_file(step), model.state_dict())
+
+    def resume_state(self, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return self.run.load_train_state(epoch)
 
 
 def plan_render(run: Run, cfg: RenderConfig = RenderConfig(), estimate: bool = False) -> dict[str, Any]:

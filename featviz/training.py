@@ -1,4 +1,5 @@
-"""Training: fit / train_one_epoch / evaluate. No file I/O: the caller saves through callbacks.
+"""Training: fit / train_one_epoch / evaluate. No file I/O: ``fit`` commits each epoch through an
+``EpochWriter`` (``pipeline.RunWriter`` writes the run folder).
 
 Determinism: the initial weights come from ``build_model(cfg, seed)``; the batch order of epoch e
 is a permutation drawn from a generator seeded with (seed, e); the learning rate is a pure
@@ -9,8 +10,9 @@ state and k, and reproduces the uninterrupted run exactly on the same machine.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +20,14 @@ from torch import nn
 
 from featviz.config import TrainConfig
 from featviz.data.base import ImageData
-from featviz.distributed import Group, all_sum
+from featviz.distributed import SINGLE, Group, all_sum, finish, wrap
 from featviz.errors import TrainingDiverged
+from featviz.faults import pause_point
 from featviz.fileio import nonfinite
 from featviz.hooks import evaluating
 from featviz.images import Normalizer
+from featviz.progress import SilentTraining
+from featviz.schedule import extra_steps
 from featviz.zoo import logits_of
 
 
@@ -171,3 +176,73 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = val
     opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+class EpochWriter(Protocol):
+    """Where ``fit`` commits its epochs (``pipeline.RunWriter``: a run folder); called on rank 0 only."""
+
+    run: Any
+
+    def commit(self, epoch: int, model: nn.Module, opt: torch.optim.Optimizer, rec: dict) -> None: ...
+    def step_snapshot(self, step: int, model: nn.Module) -> None: ...
+    def resume_state(self, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
+
+
+def fit(writer: EpochWriter, data: ImageData, model: nn.Module, cfg: TrainConfig, device: torch.device,
+        first_epoch: int, progress: Any, group: Group = SINGLE) -> None:
+    """The epochs from ``first_epoch`` (1 = a new run: the init is committed as epoch 0; later = resumed
+    from ``writer.resume_state``). With several processes (``group``) each trains its share of every
+    global batch under DistributedDataParallel, and rank 0 alone validates, reports and writes."""
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=fmt)
+    trained = wrap(model, group)  # model itself: the weights to save and evaluate
+    if not group.main:  # rank 0 reports and writes for every process
+        progress = SilentTraining()
+    norm = Normalizer(data.mean, data.std, device, cfg.channels_last)
+    opt = make_optimizer(trained, cfg)
+    batches = steps_per_epoch(len(data.train_x), cfg.batch_size)
+    total = batches * cfg.epochs
+    torch.manual_seed(cfg.seed)  # dropout, if any, draws from the global generator
+    if first_epoch == 1:
+        val_loss, val_acc = _validate(model, data, norm, group)
+        init = {"epoch": 0, "step": 0, "train_loss": None, "train_acc": None, "val_loss": val_loss,
+                "val_acc": val_acc, "lr": 0.0, "wall_s": 0.0}
+        if group.main:
+            writer.commit(0, model, opt, init)
+    else:
+        tensors, info = writer.resume_state(first_epoch - 1)
+        load_optimizer_state(opt, {k: v.to(device) for k, v in tensors.items() if k.startswith("state.")}, info)
+        torch.set_rng_state(tensors["rng.cpu"])
+    step = (first_epoch - 1) * batches
+    progress.start(writer.run, first_epoch, cfg.epochs, batches)
+    extra = set(extra_steps(cfg.schedule, batches, total))
+    spent = [0.0]  # seconds spent writing this epoch's step snapshots
+
+    def on_step(info: StepInfo) -> None:
+        progress.step(info)
+        pause_point(f"step:{info.step}")  # fault-injection tests kill the process here
+        if group.main and info.step in extra and info.batch != info.batches:
+            t = time.perf_counter()
+            check_finite(model, info.epoch)
+            writer.step_snapshot(info.step, model)
+            spent[0] += time.perf_counter() - t
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        t0, spent[0] = time.perf_counter(), 0.0
+        train_loss, train_acc, step = train_one_epoch(trained, opt, data, cfg, norm, epoch, step, total, on_step,
+                                                      shard=(group.rank, group.world))
+        val_loss, val_acc = _validate(model, data, norm, group)
+        rec = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+               "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "wall_s": round(time.perf_counter() - t0, 3),
+               "step_snapshot_s": round(spent[0], 4)}
+        if group.main:
+            writer.commit(epoch, model, opt, rec)
+        progress.epoch(rec)
+    finish(group)
+
+
+def _validate(model: nn.Module, data: ImageData, norm: Normalizer, group: Group) -> tuple[float | None, float | None]:
+    """Validation loss and accuracy, on rank 0 only: it alone writes them (no collective runs here)."""
+    return evaluate(model, data.val_x, data.val_y, norm) if group.main else (None, None)
