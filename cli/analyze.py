@@ -10,7 +10,7 @@ import typer
 from .common import console, echo, not_empty
 from featviz.loading import allow
 from featviz.pipeline import analyze_run
-from featviz.store import Run
+from featviz.run.store import Run
 
 
 def analyze(

@@ -1,4 +1,4 @@
-"""featviz check: featviz.check.check_run, one line per problem; exit code 1 when there is any."""
+"""featviz check: featviz.run.check.check_run, one line per problem; exit code 1 when there is any."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 
 from .common import echo
 
-from featviz.check import check_run
+from featviz.run.check import check_run
 
 
 def check(run: Path = typer.Argument(..., help="A run folder.")) -> int:

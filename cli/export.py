@@ -9,7 +9,7 @@ import typer
 
 from .common import console, not_empty
 from featviz.export import export_tensorboard
-from featviz.store import Run
+from featviz.run.store import Run
 
 
 def export(

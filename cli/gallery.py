@@ -12,7 +12,7 @@ from featviz.errors import ConfigError
 from featviz.gallery.build import build_gallery
 from featviz.gallery.live import serve_live, training
 from featviz.gallery.serve import serve as serve_run
-from featviz.store import Run
+from featviz.run.store import Run
 
 
 def gallery(

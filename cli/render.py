@@ -15,7 +15,7 @@ from featviz.config import RenderConfig
 from featviz.distributed import main_process, setup
 from featviz.loading import allow
 from featviz.pipeline import plan_render, render_run
-from featviz.store import Run
+from featviz.run.store import Run
 
 _R = RenderConfig()
 

@@ -9,7 +9,7 @@ import typer
 from .common import echo
 
 from featviz.errors import RunError
-from featviz.outputs import list_runs
+from featviz.run.outputs import list_runs
 
 
 def runs(out: Path = typer.Option(Path("outputs"), help="Folder that holds runs.")) -> None:

@@ -12,7 +12,7 @@ from .common import SMALL_CNN, echo, model_config, reject
 from featviz.loading import allow, build_run_model
 from featviz.model import build_model
 from featviz.zoo import ModelSpec, build, normalize_spec, parse_kwargs
-from featviz.store import Run
+from featviz.run.store import Run
 from featviz.summary import format_table, layer_table
 
 ANY_MODEL = ("in_channels", "classes", "size", "model_kwargs")

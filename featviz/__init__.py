@@ -22,8 +22,8 @@ from featviz.errors import FeatvizError  # noqa: E402
 from featviz.model import SmallCNN, build_model, conv_layers  # noqa: E402
 from featviz.pipeline import analyze_run, render_run, resume_run, train_run  # noqa: E402
 from featviz.record import Recorder, record  # noqa: E402
-from featviz.outputs import list_runs  # noqa: E402
-from featviz.store import Run  # noqa: E402
+from featviz.run.outputs import list_runs  # noqa: E402
+from featviz.run.store import Run  # noqa: E402
 
 if TYPE_CHECKING:
     import torch

@@ -31,8 +31,8 @@ from featviz.model import activation_layer, recalibrate_batchnorm, response_laye
 from featviz.plots import PLOTS, available
 from featviz.progress import StageProgress, silent
 from featviz.reading import first_epoch_above, reading
-from featviz.renderset import choose_set, records_of
-from featviz.store import Run
+from featviz.run.renderset import choose_set, records_of
+from featviz.run.store import Run
 
 DEAD_CHANGE = 1e-6  # a filter whose rotation from init stays below this never learned
 
@@ -247,7 +247,7 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
     """Compute every metric above and write RUN/analysis.json and the plots; returns the same dict.
 
     Needs at least one trained epoch. Complexity and faithfulness use one render settings set:
-    ``renders`` (an id from ``featviz.renderset``), else the default settings' set, else the only one;
+    ``renders`` (an id from ``featviz.run.renderset``), else the default settings' set, else the only one;
     without renders those sections say which command to run instead of holding empty numbers.
     """
     sid = choose_set(run.render_index(), int(run.meta["data"]["size"]), renders)  # a bad choice fails first

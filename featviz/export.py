@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from featviz.errors import ConfigError, RunError
-from featviz.fileio import not_a_file
+from featviz.run.fileio import not_a_file
 from featviz.images import decode_png
-from featviz.renderset import choose_set, records_of
-from featviz.store import Run
+from featviz.run.renderset import choose_set, records_of
+from featviz.run.store import Run
 
 
 def _writer(out_dir: Path) -> Any:

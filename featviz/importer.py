@@ -36,13 +36,13 @@ from featviz.config import DataConfig, to_dict
 from featviz.data import load_data
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, one_line
-from featviz.fileio import nonfinite, save_tensors
+from featviz.run.fileio import nonfinite, save_tensors
 from featviz.images import Normalizer
 from featviz.layers import trace
 from featviz.progress import StageProgress, silent
 from featviz.provenance import provenance
-from featviz.outputs import check_new_run, check_out_dir
-from featviz.store import Run
+from featviz.run.outputs import check_new_run, check_out_dir
+from featviz.run.store import Run
 from featviz.training import evaluate
 from featviz.zoo import ModelSpec, build, check_output
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from featviz.config import ModelConfig, from_dict
 from featviz.model import build_model
-from featviz.store import Run
+from featviz.run.store import Run
 from featviz.errors import ConfigError
 from featviz.signature import first_difference, signature
 from featviz.zoo import ModelSpec, build, check_trust, normalize_spec

@@ -30,11 +30,11 @@ from featviz.model import build_model
 from featviz.optvis.param import color_matrix_or_none
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
 from featviz.provenance import provenance
-from featviz.renderset import am_settings, settings_id
+from featviz.run.renderset import am_settings, settings_id
 from featviz.schedule import moments
-from featviz.fileio import save_tensors
-from featviz.outputs import check_new_run, check_out_dir
-from featviz.store import Run
+from featviz.run.fileio import save_tensors
+from featviz.run.outputs import check_new_run, check_out_dir
+from featviz.run.store import Run
 from featviz.device import resolve_device
 from featviz.zoo import ModelSpec, build as build_spec, check_output
 from featviz.training import fit, optimizer_state

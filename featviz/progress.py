@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Protocol
 
 if TYPE_CHECKING:
-    from featviz.store import Run
+    from featviz.run.store import Run
     from featviz.training import StepInfo
 
 StageProgress = Callable[[str, int, int], None]  # (what, done, total)

@@ -27,14 +27,14 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from featviz.errors import ConfigError, RunError, one_line
-from featviz.fileio import atomic_write_json, check_name, save_tensors
+from featviz.run.fileio import atomic_write_json, check_name, save_tensors
 from featviz.hooks import evaluating, input_kind
 from featviz.layers import trace
 from featviz.provenance import provenance
 from featviz.schedule import parse_schedule
 from featviz.signature import Signature, first_difference, signature
-from featviz.outputs import check_new_run, check_out_dir
-from featviz.store import Run
+from featviz.run.outputs import check_new_run, check_out_dir
+from featviz.run.store import Run
 from featviz.zoo import ModelSpec, build, logits_of, normalize_spec
 
 

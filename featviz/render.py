@@ -2,7 +2,7 @@
 
 In: a Run, its loaded snapshots, the layers and epochs to draw. Out: files under ``RUN/renders/`` and
 one record per file in ``renders.jsonl`` (written through the store). Activation-maximization images
-live in one folder per render settings set (``featviz.renderset``). Re-running reuses every file whose
+live in one folder per render settings set (``featviz.run.renderset``). Re-running reuses every file whose
 record matches, unless ``force``. A snapshot whose tensors do not fit the run's network is set aside
 like a damaged one (``loading.fitting``) and named. ``featviz.pipeline.render_run`` runs this stage and rebuilds
 the gallery.
@@ -23,8 +23,8 @@ from featviz.layers import default_channels
 from featviz.loading import build_run_model, difference, misfit
 from featviz.model import response_layer
 from featviz.progress import StageProgress, silent
-from featviz.renderset import am_settings, record_set, settings_id
-from featviz.store import Run
+from featviz.run.renderset import am_settings, record_set, settings_id
+from featviz.run.store import Run
 
 
 def channels_for(layer: dict[str, Any], cfg: RenderConfig) -> list[int]:
@@ -99,7 +99,7 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
     there is one (see ``model.response_layer``), else the conv's output.
 
     Writes one PNG per channel and one grid per (layer, point) under ``renders/am/<settings id>/``
-    (see ``featviz.renderset``); returns how many images were rendered.
+    (see ``featviz.run.renderset``); returns how many images were rendered.
     ``snaps``: point id -> tensors, where the caller has them loaded already. ``group``: with several
     processes (``featviz.distributed``) this one renders every world-th (moment, layer) item and keeps
     its records in its own part file, which rank 0 merges; each image depends only on (seed, channel),

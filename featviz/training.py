@@ -23,7 +23,7 @@ from featviz.data.base import ImageData
 from featviz.distributed import SINGLE, Group, all_sum, finish, wrap
 from featviz.errors import TrainingDiverged
 from featviz.faults import pause_point
-from featviz.fileio import nonfinite
+from featviz.run.fileio import nonfinite
 from featviz.hooks import evaluating
 from featviz.images import Normalizer
 from featviz.progress import SilentTraining

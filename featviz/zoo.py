@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from featviz.errors import ConfigError, one_line
-from featviz.fileio import MAX_DEPTH, json_depth
+from featviz.run.fileio import MAX_DEPTH, json_depth
 from featviz.hooks import evaluating
 
 OWN_FACTORIES = ("featviz.model:small_cnn",)  # featviz's own model builders

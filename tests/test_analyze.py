@@ -17,7 +17,7 @@ from featviz.errors import RunError
 from featviz.gallery.build import build_gallery
 from featviz.reading import first_epoch_above
 from featviz.pipeline import render_run
-from featviz.store import Run
+from featviz.run.store import Run
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_cli_analyze(analyzed, cli, tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- runs with known answers
 def _rebuild(run_src: Run, dst: Path, states: list[dict[str, torch.Tensor]]) -> Run:
-    from featviz.fileio import save_tensors
+    from featviz.run.fileio import save_tensors
 
     """A copy of ``run_src`` whose epoch snapshots are ``states`` (hashes recorded anew), without renders."""
     shutil.copytree(run_src.path, dst, ignore=shutil.ignore_patterns("renders*", "analysis*", "gallery"))
@@ -153,7 +153,7 @@ def _rebuild(run_src: Run, dst: Path, states: list[dict[str, torch.Tensor]]) -> 
 
 def _add_am(run: Run, layer: str, depth: int, channel: int, epoch: int, img: torch.Tensor, settings: dict) -> None:
     from featviz.images import png_bytes
-    from featviz.renderset import settings_id
+    from featviz.run.renderset import settings_id
 
     sid = settings_id(settings)
     path = run.write_artifact("renders", f"am/{sid}/{layer}/epoch_{epoch:03d}/ch_{channel:04d}.png", png_bytes(img))
@@ -266,7 +266,7 @@ def test_running_statistics_alone_do_not_move_cka(analyzed) -> None:
 
 # ----------------------------------------------------------------------------- renders never mix
 def test_other_render_settings_never_overwrite_or_mix(tiny_run, tmp_path: Path, cli) -> None:
-    from featviz.renderset import am_settings, settings_id
+    from featviz.run.renderset import am_settings, settings_id
 
     dst = tmp_path / "mix"
     shutil.copytree(tiny_run.path, dst)

@@ -577,8 +577,8 @@ def test_an_unexpected_error_is_one_line_unless_asked(cli, tmp_path: Path, monke
 def test_check_finds_edited_snapshots_and_a_missing_manifest(cli, tmp_path: Path) -> None:
     """Damage whose hashes were recomputed (an edited file re-registered in the manifest) used to pass check
     and then crash render with a KeyError; a missing manifest was reported as 'ok: -1 epochs committed'."""
-    from featviz.fileio import load_tensors, save_tensors
-    from featviz.store import Run
+    from featviz.run.fileio import load_tensors, save_tensors
+    from featviz.run.store import Run
 
     assert cli(_train_argv(tmp_path / "out", epochs=2))[0] == 0
     run = Run.open(tmp_path / "out" / "r")

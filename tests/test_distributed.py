@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from featviz.store import Run
+from featviz.run.store import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]

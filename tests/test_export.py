@@ -9,7 +9,7 @@ import pytest
 
 from featviz.config import RenderConfig
 from featviz.pipeline import analyze_run, render_run
-from featviz.store import Run
+from featviz.run.store import Run
 
 pytest.importorskip("tensorboard", reason="the tensorboard package is missing: pip install -e '.[test]'")
 

@@ -14,7 +14,7 @@ import pytest
 from featviz.config import RenderConfig
 from featviz.gallery.build import build_gallery
 from featviz.pipeline import render_run
-from featviz.store import Run
+from featviz.run.store import Run
 
 CHROMIUM = Path("/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing: pip install -e '.[test]'")
@@ -144,7 +144,7 @@ def test_live_gallery_shows_new_snapshots_while_training(browser, tmp_path: Path
     import time
 
     from conftest import make_png_folder
-    from featviz.check import check_run
+    from featviz.run.check import check_run
     from featviz.faults import ENV_AT, ENV_FILE
     from featviz.gallery.live import serve_live
 

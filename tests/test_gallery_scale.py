@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from featviz.gallery.build import build_gallery
-from featviz.renderset import settings_id
-from featviz.store import Run
+from featviz.run.renderset import settings_id
+from featviz.run.store import Run
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

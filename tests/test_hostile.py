@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_CLI_MODEL
-from featviz.check import check_run
+from featviz.run.check import check_run
 from featviz.errors import RunError, error_line, printable
 from featviz.faults import ENV_AT, ENV_FILE
-from featviz.outputs import list_runs
-from featviz.store import Run
+from featviz.run.outputs import list_runs
+from featviz.run.store import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_a_symlinked_gallery_folder_is_never_written_through(cli, tmp_path: Path
 
 
 def test_atomic_write_refuses_special_files(tmp_path: Path) -> None:
-    from featviz.fileio import atomic_write_bytes
+    from featviz.run.fileio import atomic_write_bytes
 
     fifo = tmp_path / "f"
     os.mkfifo(fifo)
@@ -286,7 +286,7 @@ def test_render_and_resume_run_side_by_side_without_touching_each_other(tmp_path
     render of the same run is refused while one runs."""
     import dataclasses
 
-    from featviz.fileio import atomic_write_json
+    from featviz.run.fileio import atomic_write_json
     from featviz.pipeline import resume_run, train_run
 
     data, model, train = tiny_cfgs
@@ -412,7 +412,7 @@ def test_an_edited_run_json_is_one_line_naming_the_field(cli, tmp_path: Path, ti
 
 def test_record_checks_on_constructed_records(tmp_path: Path) -> None:
     """The record checks, each on a record whose answer is known (cases the property-based search found)."""
-    from featviz.records import metric_problem, render_problem
+    from featviz.run.records import metric_problem, render_problem
 
     assert metric_problem({"epoch": 1, "step": 7, "val_acc": 0.5, "label": "x", "train_loss": None}) is None
     assert metric_problem({"epoch": 1, "val_acc": [0.5]}) == "val_acc is not a number"

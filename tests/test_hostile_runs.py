@@ -576,7 +576,7 @@ def _project_dirs() -> tuple[str, ...]:
 
 
 def _project_frame(filename: str, func: str, line: int | None = None) -> str | None:
-    """'featviz/fileio.py:187 read_jsonl' (or without the line) for featviz's or the CLI's code, else None."""
+    """'featviz/run/fileio.py:187 read_jsonl' (or without the line) for featviz's or the CLI's code, else None."""
     for folder in _project_dirs():
         if filename.startswith(folder):
             return f"{Path(folder).name}/{filename[len(folder):]}{'' if line is None else f':{line}'} {func}"
@@ -617,9 +617,9 @@ def _short(text: str, limit: int = 300) -> str:
 
 
 def _library_call(reader: str, world: World) -> Callable[[], Any]:
-    from featviz.check import check_run
-    from featviz.outputs import list_runs
-    from featviz.store import Run
+    from featviz.run.check import check_run
+    from featviz.run.outputs import list_runs
+    from featviz.run.store import Run
 
     run = world.run
     return {
@@ -745,7 +745,7 @@ def _child(world: World, readers: list[str], fd: int, timeout: float) -> None:
     os.environ.pop("FEATVIZ_TRACEBACK", None)  # the CLI must report, not re-raise
     _redirect(world.capture / "library-output")  # warnings a library reader prints stay out of pytest's
     import featviz.cli.main  # noqa: F401 - before the memory cap: mapping torch's libraries needs more than it leaves
-    import featviz.check  # noqa: F401
+    import featviz.run.check  # noqa: F401
 
     _limit_memory()
     signal.signal(signal.SIGALRM, _on_alarm)
@@ -1015,7 +1015,7 @@ def template(tiny_run, tmp_path_factory) -> Path:
     """The tiny run, copied and rendered once (a few AM images, every filter image, the gallery)."""
     from featviz.config import RenderConfig
     from featviz.pipeline import render_run
-    from featviz.store import Run
+    from featviz.run.store import Run
 
     dst = tmp_path_factory.mktemp("hostile_template") / "tiny"
     shutil.copytree(tiny_run.path, dst)

@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import save_file
 
 from featviz import importer
-from featviz.check import check_run
+from featviz.run.check import check_run
 from featviz.config import DataConfig
 from featviz.errors import ConfigError
 from featviz.importer import checkpoint_files, import_checkpoints, unnumbered
-from featviz.store import Run
+from featviz.run.store import Run
 from featviz.zoo import ModelSpec
 
 DATA = ["--data", "shapes", "--size", "16"]

@@ -16,7 +16,7 @@ import lightning  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from featviz.errors import ConfigError  # noqa: E402
-from featviz.store import Run  # noqa: E402
+from featviz.run.store import Run  # noqa: E402
 
 LIT_MODULE = '''
 """A user's LightningModule (written by the test fixture)."""

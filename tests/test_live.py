@@ -32,7 +32,7 @@ def test_watch_needs_serve(cli, tiny_run) -> None:
 
 
 def test_render_replaces_live_frames_with_one_scale_across_the_run(cli, png_folder: Path, tmp_path: Path) -> None:
-    from featviz.store import Run
+    from featviz.run.store import Run
 
     out = tmp_path / "out"
     assert cli(["train", "--data", f"folder:{png_folder}", "--epochs", "1", *SMALL, "--out", out, "--name", "r",
@@ -46,7 +46,7 @@ def test_render_replaces_live_frames_with_one_scale_across_the_run(cli, png_fold
 
 def test_live_render_renders_the_moments_in_the_background(cli, png_folder: Path, tmp_path: Path) -> None:
     from featviz.schedule import moments
-    from featviz.store import Run
+    from featviz.run.store import Run
 
     out = tmp_path / "out"
     code, _, err = cli(["train", "--data", f"folder:{png_folder}", "--epochs", "2", *SMALL, "--out", out, "--name", "r",
@@ -70,10 +70,10 @@ def test_a_run_written_before_snapshot_schedules_still_renders_and_analyzes(tiny
     import dataclasses
 
     from featviz.config import RenderConfig
-    from featviz.fileio import atomic_write_json, read_json
+    from featviz.run.fileio import atomic_write_json, read_json
     from featviz.gallery.build import build_gallery
     from featviz.pipeline import analyze_run, render_run, train_run
-    from featviz.store import Run
+    from featviz.run.store import Run
 
     data, model, train = tiny_cfgs
     run = train_run(data, model, dataclasses.replace(train, snapshots="epoch"), out_dir=tmp_path, name="old")

@@ -14,7 +14,7 @@ from featviz.layers import default_channels, default_layers, receptive_fields, s
 from featviz.metrics import theoretical_receptive_fields
 from featviz.model import build_model
 from featviz.config import ModelConfig
-from featviz.store import Run
+from featviz.run.store import Run
 from featviz.zoo import ModelSpec, build, check_output, normalize_spec, parse_kwargs
 
 
@@ -173,7 +173,7 @@ def test_train_your_own_factory_from_the_cli(user_code: Path, tmp_path: Path, cl
     ("featviz.pipeline:train_run", {"out_dir": "/tmp/x", "force": True}),  # in featviz, but not a model builder
     ("torchvision.datasets:MNIST", {"root": "/tmp/x", "download": True}),
     ("torchvision.models:get_model", {"name": "resnet18"}),
-    ("featviz.store:os.system", {"command": "touch PWNED"}),  # a dotted path through a module featviz imports
+    ("featviz.run.store:os.system", {"command": "touch PWNED"}),  # a dotted path through a module featviz imports
     ("featviz.provenance:subprocess.run", {"args": ["touch", "PWNED"]}),
 ])
 def test_only_model_builders_are_trusted_by_a_run(factory: str, kwargs: dict, tiny_run: Run, tmp_path: Path, cli) -> None:
@@ -196,7 +196,7 @@ def test_a_run_never_downloads_weights() -> None:
 def test_a_factory_is_a_function_or_class_of_its_own_module() -> None:
     from featviz.zoo import resolve_factory
 
-    for bad in ("featviz.store:os.system", "featviz.zoo:importlib.import_module", "featviz.model:_private",
+    for bad in ("featviz.run.store:os.system", "featviz.zoo:importlib.import_module", "featviz.model:_private",
                 "featviz.model:torch.nn.Module.__subclasses__"):
         with pytest.raises(ConfigError, match="name a function or class|not a function or class"):
             resolve_factory(bad)

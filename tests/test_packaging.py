@@ -3,6 +3,7 @@ top-level ``cli`` that another distribution could clash with), and its entry poi
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,8 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("wheel", reason="building the wheel offline needs setuptools and wheel (the test extra)")
     out = tmp_path_factory.mktemp("wheel")
+    src = out / "src"  # a copy: building in place would leave build/ in the checkout, stale files and all
+    for name in ("featviz", "cli"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                          str(out), str(ROOT)], capture_output=True, text=True, timeout=300)
+                          str(out), str(src)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     (found,) = out.glob("featviz-*.whl")
     return found
@@ -26,6 +32,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_wheel_installs_featviz_and_nothing_else_at_the_top(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
+    assert "featviz/run/store.py" in names  # every subpackage is listed in pyproject.toml
     tops = {n.split("/")[0] for n in names}
     assert tops == {"featviz", next(t for t in tops if t.endswith(".dist-info"))}, tops
     assert "featviz/cli/main.py" in names and "featviz/gallery/templates/index.html.j2" in names

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import featviz
 from featviz.errors import ConfigError, RunError
-from featviz.store import Run
+from featviz.run.store import Run
 
 
 class Flips(Dataset):
@@ -371,7 +371,7 @@ def _run_with_another_network_at_epoch_2(tmp_path: Path) -> Run:
     """A recorded run whose epoch 2 snapshot holds a wider conv (written by hand, as an unchecked recorder did)."""
     from usernets import TwoHeads
 
-    from featviz.fileio import save_tensors
+    from featviz.run.fileio import save_tensors
 
     model = TwoHeads()
     with featviz.record(model, "changed", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips(),
@@ -462,7 +462,7 @@ def test_a_nested_recorder_of_the_same_run_is_refused(user_code: Path, tmp_path:
                 pytest.fail("the nested recorder started")
         rec.step(loss=1.0)
         rec.epoch()
-    from featviz.check import check_run
+    from featviz.run.check import check_run
 
     rep = check_run(tmp_path / "x")
     assert rep.ok and rep.epochs_done == 1, rep.problems

@@ -16,7 +16,7 @@ from featviz.errors import ConfigError, RunError
 from featviz.gallery.build import build_gallery
 from featviz.gallery.serve import make_server
 from featviz.pipeline import render_run
-from featviz.store import Run
+from featviz.run.store import Run
 
 FAST = dict(steps=6, chunk=64)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from featviz.gallery.serve import make_server
-from featviz.store import Run
+from featviz.run.store import Run
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="FIFOs, unix sockets, device nodes: POSIX")
 

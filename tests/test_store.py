@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-import featviz.fileio as fileio
-import featviz.store as store
+import featviz.run.fileio as fileio
+import featviz.run.store as store
 from featviz.errors import ConfigError, RunError
-from featviz.fileio import atomic_write_bytes, check_name, load_tensors, save_tensors
-from featviz.outputs import check_out_dir
-from featviz.outputs import list_runs
-from featviz.store import Run
+from featviz.run.fileio import atomic_write_bytes, check_name, load_tensors, save_tensors
+from featviz.run.outputs import check_out_dir
+from featviz.run.outputs import list_runs
+from featviz.run.store import Run
 
 
 def _temp_files(folder: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig
 from featviz.errors import ConfigError, FeatvizError, RunError, TrainingDiverged
 from featviz.model import build_model
 from featviz.pipeline import resume_run, train_run
-from featviz.fileio import load_tensors
+from featviz.run.fileio import load_tensors
 
 
 METRIC_KEYS = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "wall_s"}

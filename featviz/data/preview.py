@@ -10,7 +10,7 @@ from torchvision.utils import make_grid
 
 from featviz.data.base import ImageData
 from featviz.errors import ConfigError
-from featviz.fileio import atomic_write_bytes, replaceable
+from featviz.run.fileio import atomic_write_bytes, replaceable
 
 
 def sample_grid(data: ImageData, per_class: int = 8) -> torch.Tensor:

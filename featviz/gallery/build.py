@@ -14,12 +14,12 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from featviz.errors import ConfigError
-from featviz.fileio import json_text
+from featviz.run.fileio import json_text
 from featviz.layers import run_fields
 from featviz.plots import available, training_curves
-from featviz.renderset import am_sets, choose_set, record_set
+from featviz.run.renderset import am_sets, choose_set, record_set
 from featviz.schedule import label
-from featviz.store import Run
+from featviz.run.store import Run
 
 
 OPEN_ALL_UP_TO = 6  # layers; a deeper model's page opens only its first section, so 10,000 tiles cost no layout

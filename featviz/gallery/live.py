@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from featviz.errors import RunError
-from featviz.fileio import json_text
+from featviz.run.fileio import json_text
 from featviz.filters import filter_grid, layer_scale
 from featviz.gallery.build import build_gallery
 from featviz.gallery.serve import make_server, serve
 from featviz.images import png_bytes
 from featviz.plots import training_curves
-from featviz.runlock import held
-from featviz.store import Run
+from featviz.run.lock import held
+from featviz.run.store import Run
 
 LIVE = {"live": True}  # the settings of live frames: featviz render replaces them
 
@@ -98,7 +98,7 @@ class LiveGallery:
 
 def training(run: Run) -> bool:
     """Whether ``run`` is being written by a training process now (it holds the run's ``train`` lock,
-    ``featviz.runlock``): only then does a live gallery draw frames into it."""
+    ``featviz.run.lock``): only then does a live gallery draw frames into it."""
     return not run.complete and held(run.path, "train")
 
 

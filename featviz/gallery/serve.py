@@ -25,8 +25,8 @@ from http import HTTPStatus
 from typing import BinaryIO
 
 from featviz.errors import RunError
-from featviz.fileio import open_file
-from featviz.store import Run
+from featviz.run.fileio import open_file
+from featviz.run.store import Run
 
 # A client closing or resetting the connection mid-reply (a reload, a closed tab) is routine.
 _CLIENT_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from featviz.errors import RunError
-from featviz.fileio import confined
+from featviz.run.fileio import confined
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_COUNT = 2**53  # the largest epoch, step or channel a record may hold (exact as a float and in JavaScript)

@@ -1,6 +1,6 @@
 """The folder that holds runs (``outputs/`` by default): whether runs can be written there, where a new
-run may go, and emptying the one ``--force`` replaces. Checks write nothing; ``featviz.store`` creates
-runs (under ``featviz.runlock``'s locks, so the replacement itself never races another writer).
+run may go, and emptying the one ``--force`` replaces. Checks write nothing; ``featviz.run.store`` creates
+runs (under ``featviz.run.lock``'s locks, so the replacement itself never races another writer).
 
 ``--force`` replaces only a folder featviz made: a run whose run.json and manifest.json are featviz's,
 holding nothing but the files and folders featviz names (no symlink anywhere in it), and never a folder
@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from featviz.errors import RunError
-from featviz.fileio import check_name, not_a_file
-from featviz.runlock import FILES as LOCK_FILES
+from featviz.run.fileio import check_name, not_a_file
+from featviz.run.lock import FILES as LOCK_FILES
 
 if TYPE_CHECKING:
-    from featviz.store import Run
+    from featviz.run.store import Run
 
 # what a run folder holds: top-level files and folders featviz writes, and the names inside its folders
 _TOP_FILES = {"run.json", "manifest.json", "metrics.jsonl", "probe.safetensors", "renders.jsonl", "analysis.json",
@@ -73,7 +73,7 @@ def is_empty(path: Path) -> bool:
 def check_replaceable(path: Path) -> None:
     """A RunError unless ``path`` is a run folder featviz made and holds nothing else (see the module
     docstring): anything a user put there is never deleted by ``--force``."""
-    from featviz.store import Run  # the run's own check of run.json
+    from featviz.run.store import Run  # the run's own check of run.json
 
     Run.open(path)
     if not os.path.isfile(path / "manifest.json"):
@@ -132,7 +132,7 @@ def empty_run_folder(path: Path) -> None:
 def list_runs(out_dir: Path) -> list["Run"]:
     """Every run directly under ``out_dir`` (folders with a run.json), sorted by name; none if the
     folder does not exist yet. A file where the folder should be is a RunError."""
-    from featviz.store import Run  # store creates runs in this folder through this module: imported here
+    from featviz.run.store import Run  # store creates runs in this folder through this module: imported here
 
     out_dir = not_a_file(out_dir)
     if not out_dir.is_dir():

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featviz.errors import RunError
-from featviz.fileio import load_tensors, sha256_file, tensor_header
-from featviz.store import Run
+from featviz.run.fileio import load_tensors, sha256_file, tensor_header
+from featviz.run.store import Run
 
 
 @dataclass

@@ -10,7 +10,7 @@ Layout (schema 1)::
     RUN/manifest.json                 written LAST after each epoch: epochs done + sha256 of every file
     RUN/renders.jsonl, renders/, analysis.json, analysis/, gallery/   written by render, analyze, gallery
 
-Invariants: every byte goes through ``featviz.fileio`` (atomic writes, no pickle); an epoch counts as
+Invariants: every byte goes through ``featviz.run.fileio`` (atomic writes, no pickle); an epoch counts as
 done only once the manifest says so; names from users never leave the run folder.
 """
 
@@ -25,13 +25,13 @@ from typing import Any, Iterable
 import torch
 
 from featviz.errors import ConfigError, RunError
-from featviz.fileio import (
+from featviz.run.fileio import (
     MAX_JSONL, atomic_write_bytes, atomic_write_json, confined, load_tensors, locked, read_json,
     read_jsonl, read_regular, save_tensors, sha256_file, write_jsonl,
 )
-from featviz.outputs import check_new_run, empty_run_folder
-from featviz.records import manifest_problem, metric_problem, render_problem, run_problem
-from featviz.runlock import RunLock
+from featviz.run.outputs import check_new_run, empty_run_folder
+from featviz.run.records import manifest_problem, metric_problem, render_problem, run_problem
+from featviz.run.lock import RunLock
 
 SCHEMA_VERSION = 1
 _STEP_FILE = re.compile(r"snapshots/step_(\d+)\.safetensors")
@@ -54,7 +54,7 @@ class Run:
                reading: Iterable[Path] = ()) -> "Run":
         """Make ``out_dir/name`` and write run.json. An existing run is an error unless ``force``, which
         replaces only a run featviz made and none that holds a path in ``reading`` (``outputs``). The
-        returned run holds the run's ``train`` lock (``featviz.runlock``) until ``release()``: a second
+        returned run holds the run's ``train`` lock (``featviz.run.lock``) until ``release()``: a second
         writer, or a second replacement, is refused in one line while this one writes."""
         path = check_new_run(out_dir, name, force, reading)
         try:
@@ -78,7 +78,7 @@ class Run:
         return run
 
     def hold(self, role: str) -> RunLock:
-        """Take the run's ``role`` lock (``featviz.runlock``: "train" or "outputs") until ``release()``;
+        """Take the run's ``role`` lock (``featviz.run.lock``: "train" or "outputs") until ``release()``;
         a RunError naming the holder if another writer has it."""
         lock = RunLock(self.path, role)
         self._locks.append(lock)
