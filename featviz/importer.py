@@ -40,7 +40,7 @@ from featviz.run.fileio import nonfinite, save_tensors
 from featviz.images import Normalizer
 from featviz.layers import trace
 from featviz.progress import StageProgress, silent
-from featviz.provenance import provenance
+from featviz.run.records import describe_run
 from featviz.run.outputs import check_new_run, check_out_dir
 from featviz.run.store import Run
 from featviz.training import evaluate
@@ -326,12 +326,11 @@ def import_checkpoints(folder: str | Path, spec: ModelSpec, data_cfg: DataConfig
     from featviz.optvis.param import color_matrix_or_none
 
     color = color_matrix_or_none(data.train_x)
-    meta = {"name": name, "seed": None, "source": "import", **provenance(dev),
-            "configs": {"data": to_dict(data_cfg), "model": spec.as_dict(), "train": {"epochs": len(files) - 1}},
-            "imported": {"folder": str(folder.resolve()), "unit": unit, "files": [p.name for _, p in files],
-                         "numbers": [n for n, _ in files], "left_out": [] if pattern else unnumbered(folder)},
-            "data": {**data.describe(), "color_matrix": color}, "layers": trace(model, data.channels, data.size),
-            "params_total": sum(p.numel() for p in model.parameters())}
+    meta = describe_run(name, {"data": to_dict(data_cfg), "model": spec.as_dict(), "train": {"epochs": len(files) - 1}},
+                        {**data.describe(), "color_matrix": color}, trace(model, data.channels, data.size), model,
+                        dev, source="import",
+                        imported={"folder": str(folder.resolve()), "unit": unit, "files": [p.name for _, p in files],
+                                  "numbers": [n for n, _ in files], "left_out": [] if pattern else unnumbered(folder)})
     run = Run.create(out, name, meta, force=force, reading=[folder])  # holds the run's train lock
     try:
         _import_into(run, model, files, unit, data, dev, progress)

@@ -29,7 +29,7 @@ from featviz.loading import allow, build_run_model, check_access, fitting
 from featviz.model import build_model
 from featviz.optvis.param import color_matrix_or_none
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
-from featviz.provenance import provenance
+from featviz.run.records import describe_run
 from featviz.run.renderset import am_settings, settings_id
 from featviz.schedule import moments
 from featviz.run.fileio import save_tensors
@@ -69,12 +69,9 @@ def train_run(
     if group.main:  # rank 0 alone describes and creates the run
         layers = trace(model, data.channels, data.size)
         color = color_matrix_or_none(data.train_x)  # the render step's decorrelated colour, from the training images
-        meta = {
-            "name": name, "seed": train_cfg.seed, **provenance(device),
-            "configs": {"data": to_dict(data_cfg), "model": model_dict, "train": to_dict(train_cfg)},
-            "data": {**data.describe(), "color_matrix": color}, "layers": layers,
-            "params_total": sum(p.numel() for p in model.parameters()), "processes": group.world,
-        }
+        meta = describe_run(name, {"data": to_dict(data_cfg), "model": model_dict, "train": to_dict(train_cfg)},
+                            {**data.describe(), "color_matrix": color}, layers, model, device, seed=train_cfg.seed,
+                            processes=group.world)
         run = Run.create(out, name, meta, force=force, reading=reading)  # holds the run's train lock
     distributed.barrier(group)
     run = run or Run.open(out / name)

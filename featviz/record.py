@@ -30,7 +30,7 @@ from featviz.errors import ConfigError, RunError, one_line
 from featviz.run.fileio import atomic_write_json, check_name, save_tensors
 from featviz.hooks import evaluating, input_kind
 from featviz.layers import trace
-from featviz.provenance import provenance
+from featviz.run.records import describe_run
 from featviz.schedule import parse_schedule
 from featviz.signature import Signature, first_difference, signature
 from featviz.run.outputs import check_new_run, check_out_dir
@@ -355,12 +355,11 @@ class Recorder:
         data = {"name": str(getattr(self.data, "__class__", type(self.data)).__name__), "classes": classes,
                 "channels": chans, "size": size, "n_train": None, "n_val": int(len(raw)), "mean": mean, "std": std,
                 "color_matrix": color_matrix_or_none(raw) if chans > 1 else None}
-        meta = {"name": self.name, "seed": None, "source": "record", "recording": True, **provenance(device),
-                "configs": {"data": {"name": data["name"]}, "model": spec.as_dict(),
-                            "train": {"epochs": self.epochs_planned or 0, "snapshots": self.kind + (
-                                ":" + ",".join(map(str, self.nums)) if self.nums else "")}},
-                "data": data, "layers": trace(rebuilt, chans, size),  # the same network, on the CPU: not the live one
-                "params_total": sum(p.numel() for p in self.model.parameters())}
+        schedule = self.kind + (":" + ",".join(map(str, self.nums)) if self.nums else "")
+        meta = describe_run(self.name, {"data": {"name": data["name"]}, "model": spec.as_dict(),
+                                        "train": {"epochs": self.epochs_planned or 0, "snapshots": schedule}},
+                            data, trace(rebuilt, chans, size),  # the same network, on the CPU: not the live one
+                            self.model, device, source="record", recording=True)
         return meta, raw
 
 

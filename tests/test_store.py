@@ -339,3 +339,21 @@ def test_manifest_hashes_match_files(tiny_run) -> None:
     modes = {tiny_run.rel(p): p.stat().st_mode & 0o777 for p in tiny_run.path.rglob("*") if p.is_file()}
     assert {"run.json", "manifest.json", "state/epoch_002.json"} <= set(modes)
     assert modes == dict.fromkeys(modes, 0o666 & ~fileio._umask())
+
+
+def test_one_builder_describes_every_run(tmp_path: Path, tiny_run: Run) -> None:
+    """run.json comes from one builder (records.describe_run), which refuses a description its own reader
+    would refuse; a trained run holds the keys every run holds."""
+    from torch import nn
+
+    from featviz.run.records import describe_run
+
+    net = nn.Conv2d(3, 4, 3)
+    configs = {"data": {"name": "shapes"}, "model": {}, "train": {"epochs": 1}}
+    layer = {"name": "conv", "depth": 1, "in_ch": 3, "out_ch": 4, "kernel": [3, 3]}
+    meta = describe_run("r", configs, {"size": 8, "channels": 3}, [layer], net, torch.device("cpu"), source="record")
+    assert meta["params_total"] == 4 * 3 * 9 + 4 and meta["source"] == "record" and "versions" in meta
+    with pytest.raises(RunError, match="layer 0: depth is missing or of the wrong type"):
+        describe_run("r", configs, {}, [{**layer, "depth": "1"}], net, torch.device("cpu"))
+    common = {"name", "seed", "configs", "data", "layers", "params_total", "versions", "schema_version"}
+    assert common <= set(tiny_run.meta) and common - {"schema_version"} <= set(meta)

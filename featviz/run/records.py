@@ -1,7 +1,7 @@
 """What a run's JSON-lines records may hold: one check per kind of record, used by the readers so a
 hostile or damaged record is a damaged line (named and skipped), never a crash later in a reader.
 
-``run_problem``, ``manifest_problem``, ``metric_problem`` and ``render_problem`` return what is wrong with a record, or None.
+``describe_run`` builds run.json for every way a run is made; ``run_problem``, ``manifest_problem``, ``metric_problem`` and ``render_problem`` return what is wrong with a record, or None.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from featviz.errors import RunError
+from featviz.provenance import provenance
 from featviz.run.fileio import confined
 
+SCHEMA_VERSION = 1  # the on-disk shape of a run; bump it when that shape changes
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_COUNT = 2**53  # the largest epoch, step or channel a record may hold (exact as a float and in JavaScript)
 
@@ -136,3 +138,19 @@ def run_problem(meta: Any) -> str | None:
         if meta.get(key) is not None and not isinstance(meta[key], str):
             return f"{key} is not text"
     return None
+
+
+def describe_run(name: str, configs: dict[str, Any], data: dict[str, Any], layers: list[dict[str, Any]],
+                 model: Any, device: Any, *, seed: int | None = None, source: str | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """run.json's content (without the schema version, which ``Run.create`` adds): the one builder that
+    train, record and import use. ``configs``: the data, model and train sections; ``data``: the data
+    description (``ImageData.describe`` and the colour matrix); ``layers``: ``layers.trace``; ``model``:
+    the network (its parameter count); ``source``: "record" or "import" for runs featviz did not train."""
+    meta = {"name": name, "seed": seed, **({"source": source} if source else {}), **provenance(device),
+            "configs": configs, "data": data, "layers": layers,
+            "params_total": sum(p.numel() for p in model.parameters()), **extra}
+    problem = run_problem({"schema_version": SCHEMA_VERSION, **meta})
+    if problem is not None:  # featviz's own description must pass its own reader's checks
+        raise RunError(f"the run description for {name} is malformed: {problem}")
+    return meta

@@ -30,10 +30,9 @@ from featviz.run.fileio import (
     read_jsonl, read_regular, save_tensors, sha256_file, write_jsonl,
 )
 from featviz.run.outputs import check_new_run, empty_run_folder
-from featviz.run.records import manifest_problem, metric_problem, render_problem, run_problem
+from featviz.run.records import SCHEMA_VERSION, manifest_problem, metric_problem, render_problem, run_problem
 from featviz.run.lock import RunLock
 
-SCHEMA_VERSION = 1
 _STEP_FILE = re.compile(r"snapshots/step_(\d+)\.safetensors")
 TRAIN_FILES = ("run.json", "metrics.jsonl", "manifest.json", "probe.safetensors")  # the top-level files training writes
 
