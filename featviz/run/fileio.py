@@ -352,29 +352,6 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json_text(r) + "\n" for r in records).encode())
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if needed; never a symlink or special file)
-    for the block, so that two processes updating the same index (a live gallery and a background
-    render) never lose each other's lines. Where ``fcntl`` is missing (Windows), the block runs unlocked."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK, 0o644)
-    except OSError as e:
-        raise RunError(f"cannot lock {path}: {e.strerror or e}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RunError(f"{path} is not a regular file; cannot lock it")
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # drops the lock
-
-
 def not_a_file(folder: Path, what: str = "output folder") -> Path:
     """``folder`` unless it exists as a file (then a RunError saying so)."""
     folder = Path(folder)

@@ -20,12 +20,14 @@ are not locked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
 from pathlib import Path
+from typing import Iterator
 
-from featviz.errors import RunError
+from featviz.errors import RunError, one_line, printable
 
 ROLES = ("train", "outputs")
 FILES = tuple(f".lock-{role}" for role in ROLES)  # what a run folder may hold besides featviz's data
@@ -52,19 +54,13 @@ class RunLock:
         except ImportError:
             return
         file = self.path / f".lock-{self.role}"
+        fd = open_lock_file(file)
         try:
-            fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
-                         0o644)
-        except OSError as e:
-            raise RunError(f"cannot lock {self.path} for writing ({file}: {e.strerror or e})") from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RunError(f"{file} is not a regular file; cannot lock the run")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                raise RunError(f"run {self.path} is being written by {printable_holder(holder)}; wait for it to "
+                raise RunError(f"run {self.path} is being written by {printable(one_line(holder, 160))}; wait for it to "
                                "finish (or stop it) and try again") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} ({what})\n".encode(), 0)
@@ -93,11 +89,6 @@ class RunLock:
         self.release()
 
 
-def printable_holder(text: str) -> str:
-    """The holder line from a lock file, one line and without control characters."""
-    return "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))[:160]
-
-
 def held(path: Path, role: str) -> bool:
     """Whether some process holds ``role``'s lock on the run at ``path`` (e.g. a run being trained).
     Only reads: a run whose lock file does not exist is not held, and none is created."""
@@ -116,3 +107,35 @@ def held(path: Path, role: str) -> bool:
     finally:
         os.close(fd)  # also drops the shared lock just taken
     return False
+
+
+def open_lock_file(file: Path) -> int:
+    """A descriptor of the lock file ``file``, created if needed; never a symlink or special file (a FIFO
+    planted there would block the open, a link would lock something else): a RunError naming it."""
+    try:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
+                     0o644)
+    except OSError as e:
+        raise RunError(f"cannot lock {file.parent} for writing ({file}: {e.strerror or e})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunError(f"{file} is not a regular file; cannot lock it")
+    return fd
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` for the block, waiting for it if another process has
+    it, so that two processes updating the same index (a live gallery and a background render) never
+    lose each other's lines. Where ``fcntl`` is missing (Windows), the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = open_lock_file(Path(path))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock

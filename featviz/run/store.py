@@ -26,12 +26,12 @@ import torch
 
 from featviz.errors import ConfigError, RunError
 from featviz.run.fileio import (
-    MAX_JSONL, atomic_write_bytes, atomic_write_json, confined, load_tensors, locked, read_json,
+    MAX_JSONL, atomic_write_bytes, atomic_write_json, confined, load_tensors, read_json,
     read_jsonl, read_regular, save_tensors, sha256_file, write_jsonl,
 )
 from featviz.run.outputs import check_new_run, empty_run_folder
 from featviz.run.records import SCHEMA_VERSION, manifest_problem, metric_problem, render_problem, run_problem
-from featviz.run.lock import RunLock
+from featviz.run.lock import RunLock, locked
 
 _STEP_FILE = re.compile(r"snapshots/step_(\d+)\.safetensors")
 TRAIN_FILES = ("run.json", "metrics.jsonl", "manifest.json", "probe.safetensors")  # the top-level files training writes
