@@ -410,7 +410,7 @@ def test_an_edited_run_json_is_one_line_naming_the_field(cli, tmp_path: Path, ti
         assert code == 1 and "unexpected" not in err and "run.json" in err, (argv, err)
 
 
-def test_record_checks_on_constructed_records(tmp_path: Path) -> None:
+def test_record_checks_on_constructed_records() -> None:
     """The record checks, each on a record whose answer is known (cases the property-based search found)."""
     from featviz.run.records import metric_problem, render_problem
 
@@ -420,8 +420,8 @@ def test_record_checks_on_constructed_records(tmp_path: Path) -> None:
     assert metric_problem({"epoch": 2**63}) == "epoch is not a whole number from 0"
     assert metric_problem({"epoch": 1, "step": -1}) == "step is not a whole number from 0"
     good = {"file": "renders/am/x/conv1/epoch_001/c0.png", "kind": "am", "layer": "conv1", "channel": 0}
-    assert render_problem(tmp_path, good) is None
-    assert render_problem(tmp_path, {**good, "kind": None}) == "kind or layer is not text"
-    assert render_problem(tmp_path, {**good, "layer": ["conv1"]}) == "kind or layer is not text"
-    assert render_problem(tmp_path, {**good, "file": False}) == "file is not a path under the run's renders/ folder"
-    assert render_problem(tmp_path, {**good, "settings": "x"}) == "settings is not an object"
+    assert render_problem(good) is None
+    assert render_problem({**good, "kind": None}) == "kind or layer is not text"
+    assert render_problem({**good, "layer": ["conv1"]}) == "kind or layer is not text"
+    assert render_problem({**good, "file": False}) == "file is not a path under the run's renders/ folder"
+    assert render_problem({**good, "settings": "x"}) == "settings is not an object"

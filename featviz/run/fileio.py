@@ -234,14 +234,20 @@ def replaceable(path: Path) -> None:
         raise RunError(f"{path} is {_kind(mode)}; featviz replaces only regular files it wrote, refusing to write")
 
 
+def plain_rel(rel: Any) -> bool:
+    """``rel`` is a relative POSIX path of plain names (``check_name``'s): it cannot leave the folder it is
+    joined to, by its spelling alone (``confined`` also refuses symlinks on the way, on disk)."""
+    return isinstance(rel, str) and all(_NAME_RE.fullmatch(p) and p not in (".", "..") for p in rel.split("/"))
+
+
 def confined(root: Path, rel: str, what: str = "file") -> Path:
     """``root/rel`` for reading or writing a run's file: ``rel`` is a relative path of plain names
     (``check_name``), and neither the file nor any folder between ``root`` and it is a symlink (or a
     non-folder), so nothing featviz reads or writes through it leaves ``root`` (``root`` itself may be
     a link: the user chose it)."""
-    parts = rel.split("/") if isinstance(rel, str) else []
-    if not parts or not all(isinstance(p, str) and _NAME_RE.fullmatch(p) and p not in (".", "..") for p in parts):
+    if not plain_rel(rel):
         raise RunError(f"{str(rel)[:120]!r} is not a {what} inside the run folder")
+    parts = rel.split("/")
     path = Path(root)
     for part in parts[:-1]:
         path = path / part

@@ -7,24 +7,15 @@ hostile or damaged record is a damaged line (named and skipped), never a crash l
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Callable
 
 from featviz.errors import RunError
 from featviz.provenance import provenance
-from featviz.run.fileio import confined
+from featviz.run.fileio import plain_rel
 
 SCHEMA_VERSION = 1  # the on-disk shape of a run; bump it when that shape changes
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_COUNT = 2**53  # the largest epoch, step or channel a record may hold (exact as a float and in JavaScript)
-
-
-def inside(root: Path, rel: Any) -> bool:
-    try:
-        confined(root, rel)
-    except RunError:
-        return False
-    return True
 
 
 def _count(v: Any) -> bool:
@@ -48,11 +39,11 @@ def metric_problem(rec: dict[str, Any]) -> str | None:
     return f"{bad} is not a number" if bad else None
 
 
-def render_problem(root: Path, rec: dict[str, Any]) -> str | None:
+def render_problem(rec: dict[str, Any]) -> str | None:
     """What is wrong with a renders.jsonl record, else None: ``file`` a path of plain names under
     ``renders/`` inside the run, numbers whole, names text, settings an object."""
     f = rec.get("file")
-    if not isinstance(f, str) or not f.startswith("renders/") or not inside(root, f):
+    if not isinstance(f, str) or not f.startswith("renders/") or not plain_rel(f):
         return "file is not a path under the run's renders/ folder"
     for key in ("epoch", "step", "depth", "channel"):
         if rec.get(key) is not None and not _count(rec[key]):
@@ -67,15 +58,15 @@ def render_problem(root: Path, rec: dict[str, Any]) -> str | None:
     return None
 
 
-def manifest_problem(root: Path, m: Any) -> str | None:
-    """What is wrong with a parsed manifest.json of the run at ``root`` ("" when its shape is wrong),
+def manifest_problem(m: Any) -> str | None:
+    """What is wrong with a parsed manifest.json ("" when its shape is wrong),
     else None: ``files`` maps paths of the run's files to sha256 digests, and ``epochs_done`` is no more
     than the files listed can hold, so no reader loops over an edited count."""
     if not isinstance(m, dict) or type(m.get("epochs_done")) is not int or not isinstance(m.get("files"), dict):
         return ""
     files = m["files"]
     bad = next((k for k, v in files.items() if not (isinstance(v, str) and _SHA256.fullmatch(v))
-                or not inside(root, k)), None)
+                or not plain_rel(k)), None)
     if bad is not None:
         return f" (entry {bad[:120]!r} is not a file of the run with a sha256)"
     if not -1 <= m["epochs_done"] < max(1, len(files)):

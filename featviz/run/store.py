@@ -138,7 +138,7 @@ class Run:
         if not os.path.lexists(p):
             return {"epochs_done": -1, "files": {}}
         m = read_json(p)
-        problem = manifest_problem(self.path, m)
+        problem = manifest_problem(m)
         if problem is not None:
             raise RunError(f"{p}: malformed manifest{problem}")
         return m
@@ -342,7 +342,7 @@ class Run:
 
     def read_renders(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Records of renders.jsonl in file order, and one message per damaged line."""
-        return read_jsonl(self.file("renders.jsonl"), "file", lambda r: render_problem(self.path, r))
+        return read_jsonl(self.file("renders.jsonl"), "file", render_problem)
 
     def render_index(self) -> list[dict[str, Any]]:
         """Records of renders.jsonl whose file still exists; damaged lines are skipped."""
