@@ -1,4 +1,4 @@
-"""build_model and conv_layers."""
+"""featviz's own CNN (model.py): build_model and conv_layers."""
 
 from __future__ import annotations
 
