@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from featviz.config import DataConfig, to_dict
 from featviz.data import load_data
 from featviz.device import resolve_device
-from featviz.errors import ConfigError, one_line
-from featviz.run.fileio import nonfinite, save_tensors
+from featviz.errors import ConfigError, RunError, one_line
+from featviz.run.fileio import nonfinite, open_safetensors, save_tensors
 from featviz.images import Normalizer
 from featviz.layers import trace
 from featviz.progress import StageProgress, silent
@@ -118,10 +117,9 @@ def open_checkpoint(path: Path) -> tuple[Header, Callable[[str], Any]]:
     is ever unpickled; anything else, or damage, is a ConfigError naming the file."""
     if path.suffix == ".safetensors":
         try:
-            f = safe_open(str(path), framework="pt")
-            header = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
-        except Exception as e:  # noqa: BLE001 - safetensors raises several types for damaged files
-            raise ConfigError(f"{path}: not a valid safetensors file ({_clip(e, 120)})") from None
+            header, f = open_safetensors(path)
+        except RunError as e:  # one kind of error for every bad checkpoint
+            raise ConfigError(str(e)) from None
         return {k: (_st_dtype(d, k, path), s) for k, (d, s) in header.items()}, f.get_slice
     state = _find_state(_torch_load(path), path)
     return {k: (v.dtype, tuple(v.shape)) for k, v in state.items()}, state.__getitem__

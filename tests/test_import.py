@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import featviz.run.fileio
 from featviz import importer
 from featviz.run.check import check_run
 from featviz.config import DataConfig
@@ -353,7 +354,7 @@ def test_safetensors_names_dtypes_and_shapes_are_checked_before_any_data_is_read
     states = _states()
     states[2]["fc.weight"] = torch.zeros(10, 15)
     folder = _write(tmp_path / "ckpts", "safetensors", states)
-    monkeypatch.setattr(importer, "safe_open", _SpyOpen)
+    monkeypatch.setattr(featviz.run.fileio, "safe_open", _SpyOpen)  # where every safetensors header is read
     monkeypatch.setattr(_SpyOpen, "reads", [])
     header, _ = importer.open_checkpoint(folder / "weights_00020.safetensors")
     assert header["fc.weight"] == (torch.float32, (10, 15)) and _SpyOpen.reads == []

@@ -314,16 +314,23 @@ def load_tensors(path: Path, expected_sha256: str | None = None, finite: bool = 
     return tensors
 
 
-def tensor_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """name -> (dtype, shape) of every tensor in a safetensors file, from its header alone (safetensors'
-    ``safe_open`` reads no tensor data): cheap for any file size. An unreadable file is a RunError."""
+def open_safetensors(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], Any]:
+    """(header, handle) of a safetensors file: name -> (safetensors dtype name, shape) of every tensor, from
+    the header alone (no tensor data is read), and safetensors' memory-mapped ``safe_open`` handle for
+    reading tensors or slices of them later. A FIFO or device is refused before it is mapped; an
+    unreadable file is a RunError naming it."""
     with open_regular(path):
         pass  # safe_open would block on a FIFO and map a device
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+        handle = safe_open(str(path), framework="pt")
+        return {k: (handle.get_slice(k).get_dtype(), tuple(handle.get_slice(k).get_shape())) for k in handle.keys()}, handle
     except Exception as e:  # safetensors raises several types for truncated/garbled headers
         raise RunError(f"{path}: not a valid safetensors file ({one_line(e, 120)})") from None
+
+
+def tensor_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) of every tensor in a safetensors file (``open_safetensors``): cheap for any size."""
+    return open_safetensors(path)[0]
 
 
 def read_jsonl(path: Path, required: str,
