@@ -120,13 +120,10 @@ def resume_run(path: str | Path, device: str | None = None, progress: TrainProgr
         raise RunError(f"run {run.path} is already complete ({done} epochs)")
     if group.main:
         run.hold("train")  # one writer: a second resume, or a train --force of the same run, is refused
-        try:
-            run.discard_uncommitted()
-        except BaseException:
-            run.release()
-            raise
-    distributed.barrier(group)
     try:
+        if group.main:
+            run.discard_uncommitted()
+        distributed.barrier(group)
         return _resume(run, device, progress, group, done)
     finally:
         run.release()
