@@ -112,7 +112,11 @@ def watch(live: LiveGallery, stop: threading.Event, every_s: float = 1.0) -> Non
 def serve_live(run: Run, port: int = 8000, open_browser: bool = False,
                on_ready: Callable[[str], None] | None = None, stop: threading.Event | None = None,
                every_s: float = 1.0) -> None:
-    """Serve the run on 127.0.0.1 and keep its gallery live until Ctrl-C or ``stop``."""
+    """Serve the run on 127.0.0.1 and keep its gallery live until Ctrl-C or ``stop``, while a training
+    process writes it (``training``); any other run is served as it is, and nothing is written to it."""
+    if not training(run):
+        serve(run, port, open_browser, on_ready, stop)
+        return
     stop = stop or threading.Event()
     live = LiveGallery(run)
     live.start()  # the live page and live.json exist before the URL is announced
