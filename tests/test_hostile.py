@@ -1,9 +1,9 @@
 """Hostile and careless use loses nothing: each test is one failure a probe of featviz once found
 (F-numbers in the closing notes of that work), and fails if the failure comes back.
 
-Writes stay inside featviz's own files, reads are bounded, one writer per run, terminal-safe output.
-The server's own tests are in test_serve.py, the importer's in test_import.py, the recorder's in
-test_record.py, and the property-based search over damaged runs in test_hostile_runs.py.
+Writes stay inside featviz's own files, reads are bounded, one writer per run; terminal-safe output is in
+test_hostile_output.py. The server's own tests are in test_serve.py, the importer's in test_import.py, the
+recorder's in test_record.py, and the property-based search over damaged runs in test_hostile_runs.py.
 """
 
 from __future__ import annotations
@@ -21,17 +21,14 @@ import pytest
 
 from conftest import TINY_CLI_MODEL
 from featviz.run.check import check_run
-from featviz.errors import RunError, error_line, printable
+from featviz.errors import RunError
 from featviz.faults import ENV_AT, ENV_FILE
 from featviz.run.outputs import list_runs
 from featviz.run.store import Run
+from hostile_helpers import _copy, _damaged
+
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _copy(run: Run, dest: Path) -> Run:
-    shutil.copytree(run.path, dest)
-    return Run.open(dest)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -132,11 +129,25 @@ def test_atomic_write_refuses_special_files(tmp_path: Path) -> None:
     assert fifo.is_fifo() and (tmp_path / "d").is_dir()
 
 
+def test_import_never_replaces_the_run_it_reads_checkpoints_from(cli, tmp_path: Path, tiny_cfgs) -> None:
+    """F9: `featviz import RUN/snapshots --out runs --name RUN --force` destroyed RUN, and check then said ok."""
+    import dataclasses
+
+    from featviz.pipeline import train_run
+
+    data, model, train = tiny_cfgs
+    run = train_run(data, model, dataclasses.replace(train, snapshots="epoch"), out_dir=tmp_path / "runs", name="r")
+    before = _tree(run.path)
+    kwargs = json.dumps({"widths": [4, 8], "kernels": [5, 3], "strides": [1, 1], "pools": [True, False]})
+    argv = ["import", run.path / "snapshots", "--model", "featviz.model:small_cnn", "--model-kwargs", kwargs,
+            "--size", 16, "--out", tmp_path / "runs"]
+    assert cli([*argv, "--name", "copy"])[0] == 0  # these checkpoints fit the model: the import itself works
+    code, _, err = cli([*argv, "--name", "r", "--force"])
+    assert code == 1 and "lies inside" in err and len(err.strip().splitlines()) == 1, err
+    assert _tree(run.path) == before and check_run(run.path).ok
+
+
 # ----------------------------------------------------------------------------- reads are bounded
-def _damaged(tiny_run: Run, tmp_path: Path, name: str = "run") -> Run:
-    return _copy(tiny_run, tmp_path / "out" / name)
-
-
 @pytest.mark.parametrize("special", ["devzero", "fifo"])
 @pytest.mark.parametrize("file", ["metrics.jsonl", "manifest.json", "renders.jsonl", "run.json"])
 def test_special_files_in_a_run_are_named_not_read(cli, tmp_path: Path, tiny_run: Run, special: str,
@@ -240,6 +251,23 @@ def test_an_uncreatable_tensorboard_folder_is_one_line(cli, tmp_path: Path, tiny
     assert code == 1 and "cannot create tensorboard folder" in err and "unexpected" not in err
 
 
+def test_record_checks_on_constructed_records() -> None:
+    """The record checks, each on a record whose answer is known (cases the property-based search found)."""
+    from featviz.run.records import metric_problem, render_problem
+
+    assert metric_problem({"epoch": 1, "step": 7, "val_acc": 0.5, "label": "x", "train_loss": None}) is None
+    assert metric_problem({"epoch": 1, "val_acc": [0.5]}) == "val_acc is not a number"
+    assert metric_problem({"epoch": 1, "lr": True}) == "lr is not a number"
+    assert metric_problem({"epoch": 2**63}) == "epoch is not a whole number from 0"
+    assert metric_problem({"epoch": 1, "step": -1}) == "step is not a whole number from 0"
+    good = {"file": "renders/am/x/conv1/epoch_001/c0.png", "kind": "am", "layer": "conv1", "channel": 0}
+    assert render_problem(good) is None
+    assert render_problem({**good, "kind": None}) == "kind or layer is not text"
+    assert render_problem({**good, "layer": ["conv1"]}) == "kind or layer is not text"
+    assert render_problem({**good, "file": False}) == "file is not a path under the run's renders/ folder"
+    assert render_problem({**good, "settings": "x"}) == "settings is not an object"
+
+
 # ----------------------------------------------------------------------------- one writer per run
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (ENV_AT, ENV_FILE)}
@@ -336,92 +364,3 @@ def test_watch_never_writes_to_a_run_that_is_not_training(tmp_path: Path, tiny_r
         proc.stderr.close()
     assert "not being trained" in " ".join(" ".join(lines).split()), lines
     assert _tree(run.path) == before
-
-
-# ----------------------------------------------------------------------------- terminal-safe output
-def test_names_from_files_are_printed_escaped(cli, tmp_path: Path, tiny_run: Run) -> None:
-    """F19: escape sequences in names read from files (clear screen, set title) were printed raw."""
-    run = _damaged(tiny_run, tmp_path)
-    meta = json.loads((run.path / "run.json").read_text())
-    meta["configs"]["data"]["name"] = "\x1b[2J\x1b]0;owned\x07"
-    (run.path / "run.json").write_text(json.dumps(meta))
-    code, out, err = cli(["runs", "--out", run.path.parent])
-    assert code == 0 and "\x1b" not in out + err and "\\x1b[2J" in out
-    assert printable("a\x1b[2Jb\x07\u202e\n") == "a\\x1b[2Jb\\x07\\u202e\n"
-
-
-def test_error_lines_are_cut(cli) -> None:
-    """F21: large --model-kwargs were echoed into a 120 KB error line."""
-    code, _, err = cli(["train", "--model", "torchvision:resnet18", "--model-kwargs",
-                        json.dumps({"bogus": "x" * 120_000}), "--epochs", "1", "--n-train", 32, "--n-val", 10])
-    assert code == 1 and len(err) < 1200 and len(err.strip().splitlines()) == 1, len(err)
-    assert len(error_line("y" * 5000)) == 1000
-
-
-def test_import_never_replaces_the_run_it_reads_checkpoints_from(cli, tmp_path: Path, tiny_cfgs) -> None:
-    """F9: `featviz import RUN/snapshots --out runs --name RUN --force` destroyed RUN, and check then said ok."""
-    import dataclasses
-
-    from featviz.pipeline import train_run
-
-    data, model, train = tiny_cfgs
-    run = train_run(data, model, dataclasses.replace(train, snapshots="epoch"), out_dir=tmp_path / "runs", name="r")
-    before = _tree(run.path)
-    kwargs = json.dumps({"widths": [4, 8], "kernels": [5, 3], "strides": [1, 1], "pools": [True, False]})
-    argv = ["import", run.path / "snapshots", "--model", "featviz.model:small_cnn", "--model-kwargs", kwargs,
-            "--size", 16, "--out", tmp_path / "runs"]
-    assert cli([*argv, "--name", "copy"])[0] == 0  # these checkpoints fit the model: the import itself works
-    code, _, err = cli([*argv, "--name", "r", "--force"])
-    assert code == 1 and "lies inside" in err and len(err.strip().splitlines()) == 1, err
-    assert _tree(run.path) == before and check_run(run.path).ok
-
-
-def test_labels_from_files_are_text_and_printed_escaped(cli, tmp_path: Path, tiny_run: Run) -> None:
-    """F16 and F19: a numeric label in metrics.jsonl (rec.epoch(label=2.0)) made render fail with an
-    unexpected TypeError; a checkpoint name holding escape sequences was printed raw by every render."""
-    run = _damaged(tiny_run, tmp_path)
-    recs = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
-    recs[1]["label"] = 2.0
-    recs[-1]["label"] = "epoch 2 · \x1b[2J\x1b]0;owned\x07ckpt.pt"
-    (run.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    run.write_manifest(run.epochs_done)  # as the writer would have committed it
-    labels = [p["label"] for p in run.snapshot_points()]
-    assert all(isinstance(x, str) for x in labels) and any("\x1b[2J" in x for x in labels)
-    code, out, err = cli(["render", run.path, "--steps", 2, "--size", 16, "--epochs", "last", "--channels", "0"])
-    assert code == 0 and "unexpected" not in err, err
-    assert "\x1b" not in out + err and "\\x1b[2J" in out + err
-
-
-@pytest.mark.parametrize("edit", [("layers", 1, "depth", ""), ("layers", 0, "kernel", [5]), ("data", "size", "16"),
-                                  ("data", "mean", "x"), ("layers", "conv"), ("name", 5)])
-def test_an_edited_run_json_is_one_line_naming_the_field(cli, tmp_path: Path, tiny_run: Run, edit: tuple) -> None:
-    """A run.json whose layer depth became text made the gallery fail with an unexpected TypeError (found
-    by the property-based search): run.json's layer list and data description are typed when opened."""
-    run = _damaged(tiny_run, tmp_path)
-    meta = json.loads((run.path / "run.json").read_text())
-    *where, key, value = edit
-    node = meta
-    for k in where:
-        node = node[k]
-    node[key] = value
-    (run.path / "run.json").write_text(json.dumps(meta))
-    for argv in (["gallery", run.path], ["render", run.path, "--steps", 2], ["check", run.path]):
-        code, _, err = cli(argv)
-        assert code == 1 and "unexpected" not in err and "run.json" in err, (argv, err)
-
-
-def test_record_checks_on_constructed_records() -> None:
-    """The record checks, each on a record whose answer is known (cases the property-based search found)."""
-    from featviz.run.records import metric_problem, render_problem
-
-    assert metric_problem({"epoch": 1, "step": 7, "val_acc": 0.5, "label": "x", "train_loss": None}) is None
-    assert metric_problem({"epoch": 1, "val_acc": [0.5]}) == "val_acc is not a number"
-    assert metric_problem({"epoch": 1, "lr": True}) == "lr is not a number"
-    assert metric_problem({"epoch": 2**63}) == "epoch is not a whole number from 0"
-    assert metric_problem({"epoch": 1, "step": -1}) == "step is not a whole number from 0"
-    good = {"file": "renders/am/x/conv1/epoch_001/c0.png", "kind": "am", "layer": "conv1", "channel": 0}
-    assert render_problem(good) is None
-    assert render_problem({**good, "kind": None}) == "kind or layer is not text"
-    assert render_problem({**good, "layer": ["conv1"]}) == "kind or layer is not text"
-    assert render_problem({**good, "file": False}) == "file is not a path under the run's renders/ folder"
-    assert render_problem({**good, "settings": "x"}) == "settings is not an object"
