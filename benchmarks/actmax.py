@@ -9,7 +9,7 @@ Usage::
 ``--set transforms=none``, ``--set optimize=false``); recorded results: ``benchmarks/README.md``.
 
 Renders every channel of a layer at 64x64 px for 256 steps with the default (regularized) settings,
-through the API as shipped (``render_channels``, in this process as a user's would run it: no
+through the API as shipped (``maximize_channels``, in this process as a user's would run it: no
 environment tweak, no re-exec), for three targets:
 
 * ``3-conv``: conv 3->32, 32->64, 64->128 (3x3, ReLU, 2x2 max-pool), random weights; ``conv2``
@@ -54,7 +54,7 @@ from machine import dense_peak  # noqa: E402
 from featviz.config import DataConfig, ModelConfig  # noqa: E402
 from featviz.model import build_model  # noqa: E402
 from featviz.errors import ConfigError  # noqa: E402
-from featviz.optvis import channel, color_matrix, noise_images, render, render_channels, standard  # noqa: E402
+from featviz.optvis import channel, color_matrix, noise_images, maximize, maximize_channels, standard  # noqa: E402
 from featviz.optvis.actmax import forward_until, frozen  # noqa: E402
 from featviz.optvis.quality import standardized_matrix  # noqa: E402
 from featviz.optvis.settings import resolve  # noqa: E402
@@ -239,15 +239,15 @@ def gpu_compare(model: nn.Module, layer: str, kw: dict, steps: int) -> str:
     dev = torch.device("cuda")
     model = model.to(dev)
     common = {"size": SIZE, "steps": steps, "chunk": BATCH, **kw}
-    render_channels(model, layer, range(4), **{**common, "steps": 4})  # warm-up (cuDNN, allocator)
+    maximize_channels(model, layer, range(4), **{**common, "steps": 4})  # warm-up (cuDNN, allocator)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    render_channels(model, layer, **common)
+    maximize_channels(model, layer, **common)
     torch.cuda.synchronize()
     tb = time.perf_counter() - t0
     t0 = time.perf_counter()
     for c in range(BATCH):
-        render(model, channel(layer, c), keys=[c], **common)
+        maximize(model, channel(layer, c), keys=[c], **common)
     torch.cuda.synchronize()
     tl = time.perf_counter() - t0
     return (f"{torch.cuda.get_device_name(dev)}: {layer}, {BATCH} channels, {SIZE}x{SIZE}, {steps} steps: "
@@ -259,9 +259,9 @@ def profile_ops(model: nn.Module, layer: str, kw: dict, steps: int) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     common = {"size": SIZE, "chunk": BATCH, **kw}
-    render_channels(model, layer, **{**common, "steps": 2})  # warm-up
+    maximize_channels(model, layer, **{**common, "steps": 2})  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        render_channels(model, layer, **{**common, "steps": steps})
+        maximize_channels(model, layer, **{**common, "steps": steps})
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
 
 
@@ -280,7 +280,7 @@ def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: b
                 f"reach {flops_w / 1e9:.0f} GFLOP/s")]
     base = reset_phase_peak()
     with Clock() as tb:
-        batched = render_channels(model, layer, **common)
+        batched = maximize_channels(model, layer, **common)
     mem = phase_peak_mb()
     rows.append(row("", "featviz", tb.wall, tb.cpu, floor, conv_floor,
                     quality(model, layer, batched.images, kw, noise),
@@ -288,7 +288,7 @@ def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: b
     if loop:
         base = reset_phase_peak()
         with Clock() as tl:
-            singles = [render(model, channel(layer, c), keys=[c], **common) for c in range(chans)]
+            singles = [maximize(model, channel(layer, c), keys=[c], **common) for c in range(chans)]
         mem = phase_peak_mb()
         images = torch.cat([s.images for s in singles])
         diff = (images - batched.images).abs()

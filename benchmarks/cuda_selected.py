@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from featviz.config import ModelConfig  # noqa: E402
 from featviz.model import build_model  # noqa: E402
-from featviz.optvis import render_channels  # noqa: E402
+from featviz.optvis import maximize_channels  # noqa: E402
 from featviz.optvis.fastpath import SelectedConv  # noqa: E402
 
 
@@ -30,8 +30,8 @@ def main() -> None:  # noqa: D103
     print(f"SelectedConv on {torch.cuda.get_device_name(dev)}: max |out - ref| {(out - ref).abs().max():.2e}, "
           f"max |grad - ref| {(g_out - g_ref).abs().max():.2e} (ref max {g_ref.abs().max():.2e})")
     model = build_model(ModelConfig(), seed=0).eval().to(dev)
-    a = render_channels(model, "features.bn3", size=64, steps=64)
-    b = render_channels(model, "features.bn3", size=64, steps=64, optimize=False)
+    a = maximize_channels(model, "features.bn3", size=64, steps=64)
+    b = maximize_channels(model, "features.bn3", size=64, steps=64, optimize=False)
     print(f"render with vs without selection: max |values| diff {(a.values - b.values).abs().max():.2e}, "
           f"mean |px| diff {(a.images - b.images).abs().mean():.2e}, device {a.settings['resolved']['device']}")
 

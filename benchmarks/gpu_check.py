@@ -41,17 +41,17 @@ def main() -> None:
           f"images at {len(out['moments'])} moments, GPU peak {peak:.0f} MiB")
     if torch.cuda.is_available():
         from featviz.loading import load_model_at
-        from featviz.optvis import render_channels
+        from featviz.optvis import maximize_channels
 
         model = load_model_at(run, run.epochs_done, torch.device("cuda"))
         kw = {"size": 64, "steps": 256, "mean": run.meta["data"]["mean"], "std": run.meta["data"]["std"],
               "color": torch.tensor(run.meta["data"]["color_matrix"])}
-        render_channels(model, "features.bn3", **{**kw, "steps": 8})  # warm-up: cuDNN, cuFFT, allocator
+        maximize_channels(model, "features.bn3", **{**kw, "steps": 8})  # warm-up: cuDNN, cuFFT, allocator
         results = {}
         for graph in (None, False):  # the default (a captured CUDA graph) and the eager loop
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            res = render_channels(model, "features.bn3", cuda_graph=graph, **kw)
+            res = maximize_channels(model, "features.bn3", cuda_graph=graph, **kw)
             torch.cuda.synchronize()
             results[graph] = (time.perf_counter() - t0, res)
         (tg, rg), (te, re_) = results[None], results[False]

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, echo, not_empty
+from .common import console, echo, not_empty, renamed
 from featviz.loading import allow
 from featviz.pipeline import analyze_run
 from featviz.run.store import Run
@@ -17,16 +17,18 @@ def analyze(
     run: Path = typer.Argument(..., help="A run folder (rendered, for the complexity numbers)."),
     probe: int = typer.Option(1000, min=10, help="Validation images in the fixed probe set (CKA, receptive field)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
-    renders: Optional[str] = typer.Option(None, help="Render settings set to measure (a folder name under RUN/renders/am/; "
-                                "default: the default settings' set, else the only one)."),
+    settings_set: Optional[str] = typer.Option(None, help="Activation-maximization settings set to measure (a folder "
+                                               "name under RUN/renders/am/; default: the default settings' set, else the only one)."),
+    renders: Optional[str] = typer.Option(None, hidden=True, help="Old name of --settings-set (kept for one release)."),
     model: Optional[str] = typer.Option(None, help="The run's model factory, when it is your code (package.module:factory)."),
     trust_run_code: bool = typer.Option(False, help="Import the model factory the run names, whatever it is."),
 ) -> None:
     """Filter updates, CKA to the final snapshot, image complexity and receptive fields -> RUN/analysis.json, then the gallery."""
-    not_empty(renders=renders)
+    not_empty(settings_set=settings_set, renders=renders)
+    settings_set = renamed(settings_set, renders, "--settings-set", "--renders")
     r = Run.open(run)
     allow(r, model, trust_run_code)
-    res = analyze_run(r, probe_size=probe, device=device, renders=renders)
+    res = analyze_run(r, probe_size=probe, device=device, settings_set=settings_set)
     conv = res.get("convergence", {})
     comp = res.get("complexity", {})
     echo(f"{'layer':<22} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} "
@@ -49,6 +51,6 @@ def analyze(
     for key in ("convergence", "complexity"):
         if isinstance(res.get(key), dict) and "skipped" in res[key]:
             console.print(f"note: {key} skipped: {res[key]['skipped']}")
-    if res.get("renders"):
-        console.print(f"renders measured: {res['renders']}")
+    if res.get("settings_set"):
+        console.print(f"settings set measured: {res['settings_set']}")
     console.print(f"wrote {r.path / 'analysis.json'}")

@@ -77,6 +77,14 @@ def not_empty(**options: object) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} is empty")
 
 
+def renamed(value: str | None, old: str | None, flag: str, old_flag: str) -> str | None:
+    """An option given by its name or by its old spelling (a hidden alias, kept for one release); both
+    at once is a one-line error."""
+    if old is not None and value is not None:
+        raise ConfigError(f"{old_flag} is the old name of {flag}: give only {flag}")
+    return value if old is None else old
+
+
 def given(ctx: typer.Context, names: Iterable[str]) -> list[str]:
     """The options among ``names`` (parameter names) that the user set, as flags: '--n-train'."""
     # by the source's name: click's ParameterSource enum, which newer typer versions vendor privately

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, not_empty
+from .common import console, not_empty, renamed
 from featviz.export import export_tensorboard
 from featviz.run.store import Run
 
@@ -15,11 +15,14 @@ from featviz.run.store import Run
 def export(
     run: Path = typer.Argument(..., help="A run folder."),
     tensorboard: Path = typer.Option(..., help="Folder for the TensorBoard event files (created if needed)."),
-    renders: Optional[str] = typer.Option(None, help="Render settings set whose activation-maximization grids to export."),
+    settings_set: Optional[str] = typer.Option(None, help="Activation-maximization settings set to export the grids of (a folder "
+                                               "name under RUN/renders/am/; default: the default settings' set, else the only one)."),
+    renders: Optional[str] = typer.Option(None, hidden=True, help="Old name of --settings-set (kept for one release)."),
 ) -> None:
     """Write a run as TensorBoard events: metrics, analysis, filter and activation-maximization images, weight histograms."""
-    not_empty(renders=renders)
+    not_empty(settings_set=settings_set, renders=renders)
+    settings_set = renamed(settings_set, renders, "--settings-set", "--renders")
     r = Run.open(run)
-    counts = export_tensorboard(r, tensorboard, renders)
+    counts = export_tensorboard(r, tensorboard, settings_set)
     console.print(f"wrote {counts['scalars']} scalars, {counts['images']} images and {counts['histograms']} "
                   f"histograms to {tensorboard}  (tensorboard --logdir {tensorboard})")

@@ -7,11 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import console, not_empty, reject
-from featviz.errors import ConfigError
-from featviz.gallery.build import build_gallery
-from featviz.gallery.live import serve_live, training
-from featviz.gallery.serve import serve as serve_run
+from .common import console, not_empty, renamed, reject
+from featviz.gallery.show import show
 from featviz.run.store import Run
 
 
@@ -23,28 +20,14 @@ def gallery(
     open_browser: bool = typer.Option(False, "--open", help="Open the gallery in the default browser."),
     watch: bool = typer.Option(False, help="With --serve: keep the page live while the run trains (new committed "
                                "snapshots and curves appear without a reload)."),
-    renders: Optional[str] = typer.Option(None, help="Render settings set to show (a folder name under RUN/renders/am/; "
-                                "default: the one featviz analyze measured, else the default settings' set)."),
+    settings_set: Optional[str] = typer.Option(None, help="Activation-maximization settings set to show (a folder "
+                                               "name under RUN/renders/am/; default: the one featviz analyze measured, else the default settings' set)."),
+    renders: Optional[str] = typer.Option(None, hidden=True, help="Old name of --settings-set (kept for one release)."),
 ) -> None:
     """Rebuild the static HTML gallery from the run's files (no model is loaded)."""
     if not serve:
         reject(ctx, ["port"], "only with --serve")
-    not_empty(renders=renders)
-    r = Run.open(run)
-    if watch and not serve:
-        raise ConfigError("--watch needs --serve (the live page reads live.json over http)")
-    if watch and training(r):
-        serve_live(r, port, open_browser, on_ready=lambda url: console.print(f"serving {url} live  (Ctrl-C stops)"))
-        return
-    if watch:  # nothing will change: the run is served as it is, and --watch writes nothing to it
-        console.print(f"{r.path} is not being trained; serving it as it is")
-    index = r.path / "gallery" / "index.html"
-    if not (watch and index.is_file()):
-        index = Path(build_gallery(r, renders))
-        console.print(f"gallery: {index}")
-    if serve:
-        serve_run(r, port, open_browser, on_ready=lambda url: console.print(f"serving {url}  (Ctrl-C stops)"))
-    elif open_browser:
-        import webbrowser
-
-        webbrowser.open(index.resolve().as_uri())
+    not_empty(settings_set=settings_set, renders=renders)
+    settings_set = renamed(settings_set, renders, "--settings-set", "--renders")
+    show(Run.open(run), serve_http=serve, watch=watch, port=port, open_browser=open_browser,
+         settings_set=settings_set, say=console.print)

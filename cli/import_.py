@@ -34,8 +34,8 @@ def import_run(
     spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs))
     run = import_checkpoints(folder, spec, DataConfig(name=data, data_dir=str(data_dir), size=size), out_dir=out,
                              name=name, pattern=pattern, force=force, device=device)
-    files = run.meta["imported"]["files"]
-    for name in run.meta["imported"]["left_out"]:
+    files = (run.info.imported or {})["files"]
+    for name in (run.info.imported or {})["left_out"]:
         console.print(f"note: {name} has no step or epoch number in its name and was left out (--pattern to include it)")
     named = model_flag(spec.factory)
     console.print(f"imported {len(files)} checkpoints ({files[0]} .. {files[-1]}) into {run.path} as epochs "

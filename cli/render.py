@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import sys
 from pathlib import Path
 from typing import Optional
@@ -22,7 +23,7 @@ _R = RenderConfig()
 
 def render(
     run: Path = typer.Argument(..., help="A run folder written by featviz train."),
-    epochs: str = typer.Option(_R.epochs, help="Activation-maximization moments: auto (init, 3 log-spaced steps of epoch 1, epoch 1, middle, final) | snapshots (every snapshot) | all (every epoch) | last | 0,5,10 | every:K."),
+    moments: str = typer.Option(_R.moments, help="Activation-maximization moments: auto (init, 3 log-spaced steps of epoch 1, epoch 1, middle, final) | snapshots (every snapshot) | all (every epoch) | last | 0,5,10 | every:K."),
     layers: Optional[str] = typer.Option(None, help="all | conv layers by dotted name or glob, comma-separated, e.g. "
                                          "'layer*.1.conv2' (default: every conv of a model with up to 8; for deeper "
                                          "models the first conv and the last before each downsampling)."),
@@ -43,13 +44,15 @@ def render(
     model: Optional[str] = typer.Option(None, help="The run's model factory, when it is your code (package.module:factory): "
                                         "a run folder alone never imports code outside torchvision and featviz."),
     trust_run_code: bool = typer.Option(False, help="Import the model factory the run names, whatever it is."),
+    epochs: Optional[str] = typer.Option(None, hidden=True, help="Old name of --moments (kept for one release)."),
 ) -> None:
     """Draw the learned filters and activation-maximization images, then build the gallery."""
-    not_empty(layers=layers, channels=channels, model=model)
+    not_empty(layers=layers, channels=channels, model=model, epochs=epochs)
+    moments = moments if epochs is None else epochs  # the old spelling, kept for one release
     r = Run.open(run)
     allow(r, model, trust_run_code)
     every = (channels or "").strip().lower() == "all"
-    cfg = RenderConfig(epochs=epochs, layers=tuple(x.strip() for x in layers.split(",") if x.strip()) if layers else (),
+    cfg = RenderConfig(moments=moments, layers=tuple(x.strip() for x in layers.split(",") if x.strip()) if layers else (),
                        channels=() if every else int_list(channels, "--channels") or (), all_channels=every, steps=steps, size=size, param=param,
                        transforms=transforms, lr=lr, seed=seed, chunk=chunk, device=device, cuda_graph=cuda_graph, filters=filters, force=force)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -66,14 +69,14 @@ def render(
     if plan.get("estimate_s", 0) > 60:
         console.print(f"about {plan['estimate_s'] / 60:.0f} min for {plan['images']:,} activation-maximization images "
                       f"({len(plan['layers'])} layers x {len(plan['moments'])} moment{'s' * (len(plan['moments']) != 1)}); fewer with --layers, --channels "
-                      "or --epochs")
+                      "or --moments")
     with bar:
         out = render_run(r, cfg, progress)
     if not group.main:  # rank 0 reports for all processes
         return
     on = f"{out['processes']} processes" if out["processes"] > 1 else out["device"]
     console.print(f"rendered {len(out['moments'])} moments ({', '.join(out['moments'])}) of {len(out['layers'])} layers on {on}: "
-                  f"{out['am_images']} activation-maximization images (settings set {out['renders']}), "
+                  f"{out['am_images']} activation-maximization images (settings set {out['settings_set']}), "
                   f"{out['filter_files']} filter files")
     for msg in out["skipped"]:
         echo(f"featviz: warning: {msg}", err=True)
@@ -83,8 +86,5 @@ def render(
 
 def _peak_mb() -> float:
     """Peak resident memory of this process (MB; ru_maxrss is KiB on Linux, bytes on macOS)."""
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024

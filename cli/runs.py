@@ -9,7 +9,7 @@ import typer
 from .common import echo
 
 from featviz.errors import RunError
-from featviz.run.outputs import list_runs
+from featviz.run.store import list_runs
 
 
 def runs(out: Path = typer.Option(Path("outputs"), help="Folder that holds runs.")) -> None:
@@ -20,7 +20,7 @@ def runs(out: Path = typer.Option(Path("outputs"), help="Folder that holds runs.
         return
     echo(f"{'name':<32} {'data':<14} {'epochs':>7} {'val_acc':>8}  status")
     for run in found:
-        data = str(run.meta["configs"]["data"].get("name", "?"))[:14]
+        data = str(run.info.configs["data"].get("name", "?"))[:14]
         try:
             recs = run.metrics(strict=False)
             acc = recs[-1].get("val_acc") if recs else None  # recorded and imported runs may not have one

@@ -40,7 +40,7 @@ def summary(
         reject(ctx, SMALL_CNN + ANY_MODEL, "not with RUN, whose table follows the run's own configuration")
         r = Run.open(run)
         allow(r, model, trust_run_code)
-        net, chans, size = build_run_model(r), int(r.meta["data"]["channels"]), int(r.meta["data"]["size"])
+        net, chans, size = build_run_model(r), r.info.data.image_channels, r.info.data.size
     elif model is not None:
         reject(ctx, SMALL_CNN, "only for the small CNN, not with --model")
         spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs), in_channels=in_channels, num_classes=classes)

@@ -10,7 +10,7 @@ import typer
 from .common import SMALL_CNN, TrainBar, console, model_config, not_empty, reject
 from featviz.errors import ConfigError
 from featviz.distributed import launched, main_process
-from featviz.gallery.live import LiveTraining
+from featviz.livetrain import LiveTraining
 from featviz.config import DataConfig, ModelConfig, TrainConfig
 from featviz.pipeline import resume_run, train_run
 from featviz.zoo import ModelSpec, model_flag, normalize_spec, parse_kwargs
@@ -105,7 +105,7 @@ def train(
     if not main_process():  # under torchrun, rank 0 reports for every process
         return
     last = run.metrics()[-1]
-    named = model_flag(run.meta["configs"]["model"].get("factory"))
+    named = model_flag(run.info.model_config.get("factory"))
     console.print(f"done: {run.path}  epochs {run.epochs_done}/{run.epochs_planned}  "
                   f"val acc {last['val_acc']:.4f}  (next: featviz render {run.path}{named})")
 

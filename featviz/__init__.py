@@ -10,28 +10,29 @@ Public API::
         ...; rec.step(loss=loss) ...; rec.epoch(val_acc=acc)   # your own loop, recorded
 """
 
-from typing import TYPE_CHECKING
+import dataclasses
+from pathlib import Path
 
+import torch
+
+from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig
+from featviz.data import ImageData, load_data, make_shapes
+from featviz.device import resolve_device
+from featviz.errors import ConfigError, FeatvizError
+from featviz.loading import allow, load_model_at
+from featviz.model import SmallCNN, build_model, conv_layers
+from featviz.pipeline import analyze_run, render_run, resume_run, train_run
 from featviz.provenance import featviz_version
+from featviz.record import Recorder, record
+from featviz.run.schema import ConvLayer, DataInfo, RenderRecord, RunInfo, SnapshotPoint
+from featviz.run.store import Run, list_runs
 
 __version__ = featviz_version()  # pyproject.toml's, as installed: one place for the number
-
-from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig  # noqa: E402
-from featviz.data import ImageData, load_data, make_shapes  # noqa: E402
-from featviz.errors import FeatvizError  # noqa: E402
-from featviz.model import SmallCNN, build_model, conv_layers  # noqa: E402
-from featviz.pipeline import analyze_run, render_run, resume_run, train_run  # noqa: E402
-from featviz.record import Recorder, record  # noqa: E402
-from featviz.run.outputs import list_runs  # noqa: E402
-from featviz.run.store import Run  # noqa: E402
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = [
     "DataConfig", "ModelConfig", "RenderConfig", "TrainConfig", "ImageData", "load_data", "make_shapes", "FeatvizError",
     "SmallCNN", "build_model", "conv_layers", "train_run", "resume_run", "render_run", "analyze_run", "Run", "list_runs", "train", "load_run",
-    "load_model", "record", "Recorder",
+    "load_model", "record", "Recorder", "RunInfo", "DataInfo", "ConvLayer", "SnapshotPoint", "RenderRecord",
 ]
 
 
@@ -41,8 +42,6 @@ def train(data: str = "shapes", epochs: int | None = None, out_dir: str = "outpu
 
     Example: ``featviz.train(epochs=2, lr=1e-3, widths=(8, 16, 32, 64))``.
     """
-    import dataclasses
-
     # TrainConfig first: ``seed`` means the training seed (the data seed is DataConfig's default)
     buckets: dict[type, dict] = {TrainConfig: {}, ModelConfig: {}, DataConfig: {"name": data}}
     if epochs is not None:
@@ -58,19 +57,13 @@ def train(data: str = "shapes", epochs: int | None = None, out_dir: str = "outpu
 
 def load_run(path: str) -> Run:
     """Open a run directory written by ``featviz train``."""
-    from pathlib import Path
-
     return Run.open(Path(path))
 
 
 def load_model(run: "Run | str", epoch: int | None = None, device: str = "cpu", model: str | None = None,
-               trust_run_code: bool = False) -> "torch.nn.Module":
+               trust_run_code: bool = False) -> torch.nn.Module:
     """The run's network (a Run or its folder) with the weights of ``epoch`` (default: the last committed),
     in eval mode. ``model``/``trust_run_code``: for a run of your own factory (see ``featviz.loading.allow``)."""
-    from featviz.device import resolve_device
-    from featviz.errors import ConfigError
-    from featviz.loading import allow, load_model_at
-
     run = Run.of(run)
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
         raise ConfigError(f"epoch must be an integer (a committed epoch of the run), got {epoch!r}")

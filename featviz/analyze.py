@@ -5,7 +5,7 @@ updates, convergence, receptive fields, complexity, faithfulness, a generated re
 ``RUN/analysis/``. Every metric's definition, biases and tests are in docs/metrics.md; the pure
 computations live in ``featviz.metrics``. Invariants: representations are measured with BatchNorm
 statistics recomputed on the probe images; complexity and faithfulness use one settings set, named
-in the result (``renders``). Written through the store; reads no file itself.
+in the result (``settings_set``). Written through the store; reads no file itself.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 import torch
+from torchvision.utils import make_grid
 
 from featviz.config import DataConfig, from_dict
 from featviz.data import load_data
@@ -31,7 +32,8 @@ from featviz.model import activation_layer, recalibrate_batchnorm, response_laye
 from featviz.plots import PLOTS, available
 from featviz.progress import StageProgress, silent
 from featviz.reading import first_epoch_above, reading
-from featviz.run.renderset import choose_set, records_of
+from featviz.run.renderset import choose_settings_set, records_of
+from featviz.run.schema import SnapshotPoint
 from featviz.run.store import Run
 
 DEAD_CHANGE = 1e-6  # a filter whose rotation from init stays below this never learned
@@ -41,11 +43,10 @@ DEAD_CHANGE = 1e-6  # a filter whose rotation from init stays below this never l
 def filter_updates(run: Run, snaps: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Relative change per epoch, rotation from init per epoch, per-filter change init -> final, dead filters."""
     out = {}
-    for layer in run.meta["layers"]:
-        key = f"{layer['name']}.weight"
-        ws = [s[key] for s in snaps]
+    for layer in run.info.layers:
+        ws = [s[f"{layer.name}.weight"] for s in snaps]
         per_filter = [rotation(ws[0][i], ws[-1][i]) for i in range(ws[0].shape[0])]
-        out[layer["name"]] = {
+        out[layer.name] = {
             "relative_change": [None] + [relative_change(a, b) for a, b in zip(ws, ws[1:])],
             "rotation_from_init": [rotation(ws[0], w) for w in ws],
             "filter_relative_change": per_filter_change(ws[0], ws[-1]).tolist(),
@@ -56,14 +57,14 @@ def filter_updates(run: Run, snaps: list[dict[str, torch.Tensor]]) -> dict[str, 
     return out
 
 
-def updates_by_step(run: Run, points: list[dict[str, Any]], states: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+def updates_by_step(run: Run, points: list[SnapshotPoint], states: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
     """At every readable snapshot point in step order: rotation from init and the relative change from
     the previous snapshot (how much a filter picture changes from one slider notch to the next)."""
-    usable = [p for p in points if p["id"] in states]
+    usable = [p for p in points if p.id in states]
     out = {}
-    for layer in run.meta["layers"]:
-        ws = [states[p["id"]][f"{layer['name']}.weight"] for p in usable]
-        out[layer["name"]] = {"steps": [p["step"] for p in usable],
+    for layer in run.info.layers:
+        ws = [states[p.id][f"{layer.name}.weight"] for p in usable]
+        out[layer.name] = {"steps": [p.step for p in usable],
                               "rotation_from_init": [rotation(ws[0], w) for w in ws],
                               "change_from_previous": [None] + [relative_change(a, b) for a, b in zip(ws, ws[1:])]}
     return out
@@ -72,7 +73,7 @@ def updates_by_step(run: Run, points: list[dict[str, Any]], states: dict[str, di
 def theoretical_fields(run: Run) -> list[int]:
     """Each conv layer's theoretical receptive field in px (``layers.run_fields``), the image size
     where it is unknown."""
-    return [rf or int(run.meta["data"]["size"]) for rf in run_fields(run.meta)]
+    return [rf or run.info.data.size for rf in run_fields(run.info)]
 
 
 def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,9 +81,9 @@ def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     normalized like training (float [n, C, H, W]) and raw (uint8)."""
     stored = run.load_probe()  # runs recorded from someone's loop keep theirs; trained runs reload the data
     if stored is not None:
-        val_x, mean, std = stored[0], run.meta["data"]["mean"], run.meta["data"]["std"]
+        val_x, mean, std = stored[0], run.info.data.mean, run.info.data.std
     else:
-        data = load_data(from_dict(DataConfig, run.meta["configs"]["data"]))
+        data = load_data(from_dict(DataConfig, run.info.configs["data"]))
         val_x, mean, std = data.val_x, data.mean, data.std
     raw = val_x if n is None else val_x[:n]
     return Normalizer(mean, std)(raw), raw
@@ -105,7 +106,7 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: S
     points += [(s, "step", s) for s in run.snapshot_steps() if s <= last_step]
     points.sort()
     model = build_run_model(run).to(device).eval()
-    names = [layer.get("activation") or activation_layer(model, layer["name"]) for layer in run.meta["layers"]]
+    names = [layer.activation or activation_layer(model, layer.name) for layer in run.info.layers]
     probe = probe.to(device)
     acts: list[tuple[int, str, int, dict]] = []
     for i, (step, kind, key) in enumerate(points):
@@ -122,9 +123,9 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: S
         progress("activations", i + 1, len(points))
     final = acts[-1][3]
     out = {}
-    for layer, n in zip(run.meta["layers"], names):
+    for layer, n in zip(run.info.layers, names):
         cka = [(step, kind, linear_cka(a[n]["mean"], final[n]["mean"])) for step, kind, _, a in acts]
-        out[layer["name"]] = {
+        out[layer.name] = {
             "activation_layer": n,
             "cka_to_final": [c for _, kind, c in cka if kind == "epoch"],
             "cka_at_init": cka[0][2],  # the baseline: how much of the final form the random init already has
@@ -132,7 +133,7 @@ def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: S
             "formed_at_step": first_epoch_above([c for _, _, c in cka], 0.9, [s for s, _, _ in cka]),
         }
         if run.snapshot_steps():
-            out[layer["name"]]["by_step"] = {"steps": [s for s, _, _ in cka], "cka_to_final": [c for _, _, c in cka]}
+            out[layer.name]["by_step"] = {"steps": [s for s, _, _ in cka], "cka_to_final": [c for _, _, c in cka]}
     return out
 
 
@@ -144,11 +145,11 @@ def complexity(run: Run, sid: str | None, by: str = "epoch") -> dict[str, Any]:
     out: dict[str, Any] = {}
     step_of = run.step_of_epoch()
     for rec in records_of(run.render_index(), sid):
-        key = rec.get("epoch") if by == "epoch" else rec.get("step", step_of.get(rec.get("epoch")))
-        if rec["kind"] != "am" or key is None:
+        key = rec.epoch if by == "epoch" else rec.step if rec.step is not None else step_of.get(rec.epoch)  # type: ignore[arg-type]
+        if rec.kind != "am" or key is None:
             continue
-        img = decode_png(run.read_file_bytes(rec["file"]))
-        per = out.setdefault(rec["layer"], {}).setdefault(str(key), {"bpp": [], "slope": [], "flat": 0})
+        img = decode_png(run.read_file_bytes(rec.file))
+        per = out.setdefault(rec.layer, {}).setdefault(str(key), {"bpp": [], "slope": [], "flat": 0})
         per["bpp"].append(zlib_bits_per_pixel(img))
         try:
             slope = spectrum_slope(img)
@@ -185,38 +186,36 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
     the channel's strongest position, saved as one strip PNG. ``snaps``: epoch -> snapshot of the
     readable epochs (then only those are considered).
     """
-    from torchvision.utils import make_grid
-
     am = [r for r in records_of(run.render_index(), sid)  # epoch snapshots only: the last is the final model
-          if r["kind"] == "am" and r.get("epoch") is not None and (snaps is None or r["epoch"] in snaps)]
+          if r.kind == "am" and r.epoch is not None and (snaps is None or r.epoch in snaps)]
     if not am:
         return {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
-    epoch = max(r["epoch"] for r in am)
-    am = [r for r in am if r["epoch"] == epoch]
+    epoch = max(r.epoch for r in am)  # type: ignore[type-var]
+    am = [r for r in am if r.epoch == epoch]
     model = load_model_at(run, epoch, device, (snaps or {}).get(epoch))
-    rfs = dict(zip([layer["name"] for layer in run.meta["layers"]], theoretical_fields(run)))
-    names = sorted({r["layer"] for r in am})
-    layers = {layer["name"]: layer for layer in run.meta["layers"]}
-    targets = {n: layers.get(n, {}).get("response") or response_layer(model, n) for n in names}  # what the renders maximized
+    rfs = dict(zip([layer.name for layer in run.info.layers], theoretical_fields(run)))
+    names = sorted({r.layer for r in am if r.layer is not None})
+    responses = {layer.name: layer.response for layer in run.info.layers}
+    targets = {n: responses.get(n) or response_layer(model, n) for n in names}  # what the renders maximized
     stats = layer_stats(model, list(targets.values()), images.to(device))
     size = raw.shape[-1]
-    data = run.meta["data"]
-    am_imgs = torch.stack([decode_png(run.read_file_bytes(r["file"])) for r in am])
+    data = run.info.data
+    am_imgs = torch.stack([decode_png(run.read_file_bytes(r.file)) for r in am])
     am_size = int(am_imgs.shape[-1])
-    am_x = _normalize(am_imgs, data["mean"], data["std"], size)
+    am_x = _normalize(am_imgs, data.mean, data.std, size)
     am_stats = layer_stats(model, list(targets.values()), am_x.to(device))
-    am_index = {(r["layer"], r["channel"]): i for i, r in enumerate(am)}
-    out: dict[str, Any] = {"epoch": epoch, "renders": sid, "am_size_px": am_size, "measured_at_px": size}
+    am_index = {(r.layer, r.channel): i for i, r in enumerate(am)}
+    out: dict[str, Any] = {"epoch": epoch, "settings_set": sid, "am_size_px": am_size, "measured_at_px": size}
     for name in names:
         means, where = stats[targets[name]]["mean"], stats[targets[name]]["argmax"]
         top = means.topk(min(k, len(means)), dim=0).indices  # [k, C]
         data_max = means.max(0).values
         side = min(rfs.get(name, size), size)
         feat = stats[targets[name]]["width"]
-        recs = sorted((r for r in am if r["layer"] == name), key=lambda r: r["channel"])
+        recs = sorted((r for r in am if r.layer == name), key=lambda r: r.channel or 0)
         rows = []
         for rec in recs:
-            c = rec["channel"]
+            c = rec.channel
             crops = [crop_around(raw[i], int(where[i, c]), feat, side) for i in top[:, c].tolist()]
             strip = make_grid(torch.stack(crops), nrow=len(crops), padding=1, pad_value=255)
             path = run.write_artifact("renders", f"top9/{name}/ch_{c:04d}.png", png_bytes(strip))
@@ -228,7 +227,7 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
     return out
 
 
-def _normalize(imgs: torch.Tensor, mean: list[float], std: list[float], size: int) -> torch.Tensor:
+def _normalize(imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int) -> torch.Tensor:
     """uint8 [N, C, H, W] -> the model's input at ``size`` px, normalized: resized when needed (area
     averaging to shrink, bilinear to enlarge), channels matched to the data (an RGB render of a
     grayscale model is averaged)."""
@@ -243,14 +242,14 @@ def _normalize(imgs: torch.Tensor, mean: list[float], std: list[float], size: in
 
 
 def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: StageProgress = silent,
-            renders: str | None = None) -> dict[str, Any]:
+            settings_set: str | None = None) -> dict[str, Any]:
     """Compute every metric above and write RUN/analysis.json and the plots; returns the same dict.
 
     Needs at least one trained epoch. Complexity and faithfulness use one render settings set:
-    ``renders`` (an id from ``featviz.run.renderset``), else the default settings' set, else the only one;
+    ``settings_set`` (an id from ``featviz.run.renderset``), else the default settings' set, else the only one;
     without renders those sections say which command to run instead of holding empty numbers.
     """
-    sid = choose_set(run.render_index(), int(run.meta["data"]["size"]), renders)  # a bad choice fails first
+    sid = choose_settings_set(run.render_index(), run.info.data.size, settings_set)  # a bad choice fails first
     epochs = run.snapshot_epochs()
     if len(epochs) < 2:
         raise RunError(f"run {run.name} has {max(len(epochs) - 1, 0)} trained epochs; analysis compares epochs, "
@@ -261,16 +260,16 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
         raise RunError(f"run {run.name} has fewer than two readable snapshots: {'; '.join(bad.values())}")
     epochs = sorted(loaded)
     snaps = [loaded[e] for e in epochs]
-    result: dict[str, Any] = {"epochs": epochs, "layers": [layer["name"] for layer in run.meta["layers"]],
-                              "renders": sid}
+    result: dict[str, Any] = {"epochs": epochs, "layers": [layer.name for layer in run.info.layers],
+                              "settings_set": sid}
     if bad:
         result["skipped_epochs"] = {str(e): msg for e, msg in sorted(bad.items())}
     recs = run.metrics(strict=False)
     if len(recs) > 1 and recs[1].get("step"):
         result["steps_per_epoch"] = recs[1]["step"]
     result["filter_updates"] = filter_updates(run, snaps)
-    points = [p for p in run.snapshot_points() if p["kind"] == "step" or p["epoch"] in loaded]
-    steps_loaded, _ = fitting(run, *run.load_points([p for p in points if p["kind"] == "step"]))
+    points = [p for p in run.snapshot_points() if p.kind == "step" or p.epoch in loaded]
+    steps_loaded, _ = fitting(run, *run.load_points([p for p in points if p.kind == "step"]))
     states = {**steps_loaded, **{f"epoch_{e:03d}": s for e, s in loaded.items()}}
     result["updates_by_step"] = updates_by_step(run, points, states)
     progress("filter updates", 1, 1)
@@ -285,20 +284,20 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
         result["convergence"] = result["faithfulness"] = {"skipped": "fewer than 4 validation images: CKA needs at least 4"}
     if probe is not None:
         result["probe_images"] = int(probe.shape[0])
-        steps = {p["step"]: states[p["id"]] for p in points if p["kind"] == "step" and p["id"] in states}
+        steps = {p.step: states[p.id] for p in points if p.kind == "step" and p.id in states}
         result["convergence"] = convergence(run, probe, dev, progress, loaded, steps)
         rfs = theoretical_fields(run)
         rf: dict[str, Any] = {}
         for e in (epochs[0], epochs[-1]):
             model = load_model_at(run, e, dev, loaded[e])
             recalibrate_batchnorm(model, probe.to(dev))  # as for CKA: the statistics of the probe images
-            for layer, theo in zip(run.meta["layers"], rfs):
-                eff = effective_receptive_field(model, layer["name"], probe[:64].to(dev))
-                rf.setdefault(layer["name"], {"theoretical_px": theo, "theoretical_at_least": bool(layer.get("rf_exceeds")),
-                                              "image_px": run.meta["data"]["size"]})
-                rf[layer["name"]][f"effective_px_epoch_{e}"] = eff["effective_px"]  # raw: never clamped
-                rf[layer["name"]][f"outside_fraction_epoch_{e}"] = eff["outside_fraction"]
-                rf[layer["name"]][f"centre_px_epoch_{e}"] = eff["centre_px"]
+            for layer, theo in zip(run.info.layers, rfs):
+                eff = effective_receptive_field(model, layer.name, probe[:64].to(dev))
+                row = rf.setdefault(layer.name, {"theoretical_px": theo, "theoretical_at_least": layer.rf_exceeds,
+                                                 "image_px": run.info.data.size})
+                row[f"effective_px_epoch_{e}"] = eff["effective_px"]  # raw: never clamped
+                row[f"outside_fraction_epoch_{e}"] = eff["outside_fraction"]
+                row[f"centre_px_epoch_{e}"] = eff["centre_px"]
         result["receptive_field"] = rf
         progress("receptive fields", 1, 1)
         result["faithfulness"] = faithfulness(run, val, raw, dev, sid, snaps=loaded)
@@ -307,7 +306,7 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
     result["complexity"] = comp or {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     if comp:
         result["complexity_by_step"] = complexity(run, sid, by="step")
-    result["reading"] = reading(result, run.meta["data"]["size"])
+    result["reading"] = reading(result, run.info.data.size)
     run.write_analysis(result)
     for key in available(result):
         for fmt, data in PLOTS[key](result).items():

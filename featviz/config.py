@@ -187,7 +187,7 @@ GRAPH_SWITCH = {"auto": None, "on": True, "off": False}  # RenderConfig.cuda_gra
 
 @dataclass(frozen=True)
 class RenderConfig:
-    epochs: str = "auto"  # activation-maximization moments (schedule.moments): auto | snapshots | all | last | 0,5,10 | every:K
+    moments: str = "auto"  # activation-maximization moments (schedule.moments): auto | snapshots | all | last | 0,5,10 | every:K
     layers: tuple[str, ...] = ()  # conv layers: dotted names or globs, or ("all",); empty = the default selection (featviz.layers)
     channels: tuple[int, ...] = ()  # channel indices; empty = all up to 64 per layer, else 64 evenly spaced
     all_channels: bool = False  # every channel of each layer (--channels all)
@@ -205,7 +205,7 @@ class RenderConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _check(bool(self.epochs.strip()), "--epochs is empty")
+        _check(bool(self.moments.strip()), "--moments is empty")
         _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         _check(self.size is None or 8 <= self.size <= 512, f"size must be 8..512 px, got {self.size}")
         _check(self.param in PARAMS, f"unknown parametrization {self.param!r}; choose one of {', '.join(PARAMS)}")

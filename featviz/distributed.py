@@ -16,6 +16,8 @@ from typing import Any, Callable, TypeVar
 import torch
 import torch.distributed as dist
 
+from featviz.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Group:
@@ -102,8 +104,6 @@ def all_sum(group: Group, value: torch.Tensor) -> torch.Tensor:
 
 def check_batch(group: Group, batch_size: int) -> None:
     """Each process takes an equal share of every global batch (one process's batch size)."""
-    from featviz.errors import ConfigError
-
     if group.world > 1 and batch_size % group.world:
         raise ConfigError(f"--batch-size {batch_size} does not split over {group.world} processes; use a multiple "
                           f"of {group.world} (it is the global batch, the same as one process's)")

@@ -17,7 +17,7 @@ from typing import Any
 from featviz.errors import ConfigError, RunError
 from featviz.run.fileio import not_a_file
 from featviz.images import decode_png
-from featviz.run.renderset import choose_set, records_of
+from featviz.run.renderset import choose_settings_set, records_of
 from featviz.run.store import Run
 
 
@@ -30,7 +30,7 @@ def _writer(out_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(out_dir))
 
 
-def export_tensorboard(run: Run, out_dir: Path, renders: str | None = None) -> dict[str, int]:
+def export_tensorboard(run: Run, out_dir: Path, settings_set: str | None = None) -> dict[str, int]:
     """Write ``run`` as TensorBoard events into ``out_dir``; returns how many scalars, images and
     histograms were written."""
     out_dir = not_a_file(Path(out_dir), "tensorboard folder")
@@ -63,22 +63,21 @@ def export_tensorboard(run: Run, out_dir: Path, renders: str | None = None) -> d
             for step, stats in per.items():
                 scalar(f"am_bits_per_pixel/{name}", stats["bpp"]["mean"], int(step))
         index = run.render_index()
-        sid = choose_set(index, int(run.meta["data"]["size"]), renders)
-        pictures = [r for r in index if r["kind"] in ("filters", "filters_learned")] + \
-            [r for r in records_of(index, sid) if r["kind"] == "am_grid"]
+        sid = choose_settings_set(index, run.info.data.size, settings_set)
+        pictures = [r for r in index if r.kind in ("filters", "filters_learned")] + \
+            [r for r in records_of(index, sid) if r.kind == "am_grid"]
         for rec in pictures:
-            step = rec.get("step")
-            if step is None:  # a record written before snapshots carried their step
+            if rec.step is None:  # a record written before snapshots carried their step
                 continue
-            tag = {"filters": "filters", "filters_learned": "filters_learned", "am_grid": "actmax"}[rec["kind"]]
-            img = decode_png(run.read_file_bytes(rec["file"]))
-            writer.add_image(f"{tag}/{rec['layer']}", img if img.shape[0] == 3 else img.expand(3, -1, -1), int(step),
+            tag = {"filters": "filters", "filters_learned": "filters_learned", "am_grid": "actmax"}[rec.kind]
+            img = decode_png(run.read_file_bytes(rec.file))
+            writer.add_image(f"{tag}/{rec.layer}", img if img.shape[0] == 3 else img.expand(3, -1, -1), rec.step,
                              dataformats="CHW")
             counts["images"] += 1
         for point in run.snapshot_points():
             state = run.load_point(point)
-            for layer in run.meta["layers"]:
-                writer.add_histogram(f"weights/{layer['name']}", state[f"{layer['name']}.weight"].float(), point["step"])
+            for layer in run.info.layers:
+                writer.add_histogram(f"weights/{layer.name}", state[f"{layer.name}.weight"].float(), point.step)
                 counts["histograms"] += 1
     finally:
         writer.close()

@@ -39,6 +39,7 @@ from featviz.run.fileio import nonfinite, open_safetensors, save_tensors
 from featviz.images import Normalizer
 from featviz.layers import trace
 from featviz.progress import StageProgress, silent
+from featviz.optvis.param import color_matrix_or_none
 from featviz.run.records import describe_run
 from featviz.run.outputs import check_new_run, check_out_dir
 from featviz.run.store import Run
@@ -315,21 +316,18 @@ def import_checkpoints(folder: str | Path, spec: ModelSpec, data_cfg: DataConfig
     out = check_out_dir(Path(out_dir))
     check_new_run(out, name, force, reading=[folder])  # never replaces the run it reads checkpoints from
     data = load_data(data_cfg)
-    spec = dataclasses.replace(spec, in_channels=data.channels, num_classes=len(data.classes))
+    spec = dataclasses.replace(spec, in_channels=data.image_channels, num_classes=len(data.classes))
     model = build(spec)
     check_output(model, spec, data.size)
     for i, (_, path) in enumerate(files):  # every file read and checked before the run exists
         load_checkpoint(path, model.state_dict())
         progress("checking checkpoints", i + 1, len(files))
-    from featviz.optvis.param import color_matrix_or_none
-
     color = color_matrix_or_none(data.train_x)
-    meta = describe_run(name, {"data": to_dict(data_cfg), "model": spec.as_dict(), "train": {"epochs": len(files) - 1}},
-                        {**data.describe(), "color_matrix": color}, trace(model, data.channels, data.size), model,
-                        dev, source="import",
+    info = describe_run(name, {"data": to_dict(data_cfg), "model": spec.as_dict(), "train": {"epochs": len(files) - 1}},
+                        data.describe(color), trace(model, data.image_channels, data.size), model, dev, source="import",
                         imported={"folder": str(folder.resolve()), "unit": unit, "files": [p.name for _, p in files],
                                   "numbers": [n for n, _ in files], "left_out": [] if pattern else unnumbered(folder)})
-    run = Run.create(out, name, meta, force=force, reading=[folder])  # holds the run's train lock
+    run = Run.create(out, name, info, force=force, reading=[folder])  # holds the run's train lock
     try:
         _import_into(run, model, files, unit, data, dev, progress)
     finally:

@@ -2,20 +2,20 @@
 
 ``trace(model, in_channels, size)`` runs the model once on zeros and lists every ``Conv2d`` in the
 order it first runs (not the order of definition, not by name patterns): depth d is the d-th conv to
-run. Each entry is the dict stored in run.json ``layers``: name, depth, channels, kernel, stride,
-groups, weight counts, the output map's side at the run's image size (``out_px``), the module whose
-output activation maximization targets (``response``: the BatchNorm that runs right after the conv,
-else the conv), the layer's activation (``activation``: the first activation module to run after it,
-when that module runs once per pass; else the response) and the theoretical receptive field
-(``rf_px``, see ``receptive_fields``).
+run. Each entry is a ``ConvLayer`` (``featviz.run.schema``, stored in run.json ``layers``): name, depth,
+channels, kernel, stride, groups, weight counts, the output map's side at the run's image size
+(``out_px``), the module whose output activation maximization targets (``response``: the BatchNorm that
+runs right after the conv, else the conv), the layer's activation (``activation``: the first activation
+module to run after it, when that module runs once per pass; else the response) and the theoretical
+receptive field (``rf_px``, see ``receptive_fields``).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import math
-from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from torch import nn
 from featviz.errors import ConfigError
 from featviz.hooks import Call, record_calls
 from featviz.metrics import theoretical_receptive_fields
+from featviz.run.schema import ConvLayer, RunInfo
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU)
 DEEP = 8  # models with more conv layers than this get the default selection below instead of all
@@ -37,14 +38,14 @@ def _leaf_calls(model: nn.Module, in_channels: int, size: int) -> list[Call]:
     return record_calls(model, leaves, (in_channels, size, size))
 
 
-def trace(model: nn.Module, in_channels: int, size: int) -> list[dict[str, Any]]:
+def trace(model: nn.Module, in_channels: int, size: int) -> list[ConvLayer]:
     """Every Conv2d of ``model`` in forward-execution order with its geometry (see the module docstring).
     Convs the forward pass never runs are left out. The model is not changed."""
     calls = _leaf_calls(model, in_channels, size)
     runs: dict[str, int] = {}
     for c in calls:
         runs[c.name] = runs.get(c.name, 0) + 1
-    layers: list[dict[str, Any]] = []
+    layers: list[ConvLayer] = []
     seen: set[str] = set()
     for i, call in enumerate(calls):
         name, m, shape_out = call.name, call.module, call.shape_out
@@ -65,20 +66,16 @@ def trace(model: nn.Module, in_channels: int, size: int) -> list[dict[str, Any]]
                 activation = c.name if runs[c.name] == 1 else response
                 break
         kh, kw = m.kernel_size
-        layers.append({
-            "name": name, "depth": len(layers) + 1, "in_ch": m.in_channels, "out_ch": m.out_channels,
-            "kernel": [kh, kw], "stride": int(m.stride[0]), "groups": m.groups, "weights": m.weight.numel(),
-            "biases": 0 if m.bias is None else m.bias.numel(),
-            "params": m.weight.numel() + (0 if m.bias is None else m.bias.numel()),
-            "out_px": int(shape_out[-1]) if shape_out else None, "batchnorm": response != name,
-            "response": response, "activation": activation,
-        })
+        biases = 0 if m.bias is None else m.bias.numel()
+        layers.append(ConvLayer(
+            name=name, depth=len(layers) + 1, in_ch=m.in_channels, out_ch=m.out_channels, kernel=(kh, kw),
+            stride=int(m.stride[0]), groups=m.groups, weights=m.weight.numel(), biases=biases,
+            params=m.weight.numel() + biases, out_px=int(shape_out[-1]) if shape_out else None,
+            batchnorm=response != name, response=response, activation=activation))
     if not layers:
         raise ConfigError("no Conv2d runs in this model's forward pass; featviz shows what conv layers learn")
-    rfs = receptive_fields(model, [la["name"] for la in layers], in_channels, size)
-    for la in layers:
-        la["rf_px"], la["rf_exceeds"] = rfs[la["name"]]
-    return layers
+    rfs = receptive_fields(model, [la.name for la in layers], in_channels, size)
+    return [dataclasses.replace(la, rf_px=rfs[la.name][0], rf_exceeds=rfs[la.name][1]) for la in layers]
 
 
 def receptive_fields(model: nn.Module, names: list[str], in_channels: int, size: int) -> dict[str, tuple[int | None, bool]]:
@@ -163,21 +160,21 @@ def _linear_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- what to show
-def default_layers(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def default_layers(layers: list[ConvLayer] | tuple[ConvLayer, ...]) -> list[ConvLayer]:
     """All conv layers of a model with at most ``DEEP`` of them; for deeper models the first conv and the
     last conv before each downsampling (the next conv's map is smaller), plus the last conv."""
-    if len(layers) <= DEEP or any(la.get("out_px") is None for la in layers):
+    if len(layers) <= DEEP or any(la.out_px is None for la in layers):
         return list(layers)
     keep = [layers[0]]
     for a, b in zip(layers, layers[1:]):
-        if b["out_px"] < a["out_px"] and a is not keep[-1]:
+        if b.out_px < a.out_px and a is not keep[-1]:  # type: ignore[operator]
             keep.append(a)
     if layers[-1] is not keep[-1]:
         keep.append(layers[-1])
     return keep
 
 
-def select_layers(layers: list[dict[str, Any]], spec: str | tuple[str, ...] | None) -> list[dict[str, Any]]:
+def select_layers(layers: list[ConvLayer] | tuple[ConvLayer, ...], spec: str | tuple[str, ...] | None) -> list[ConvLayer]:
     """``--layers``: empty/None = ``default_layers``; 'all'; or comma-separated names and globs
     (``layer*.0.conv1``), kept in forward order. A name or glob that matches nothing is a ConfigError."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else (spec or ())) if s.strip()]
@@ -185,14 +182,14 @@ def select_layers(layers: list[dict[str, Any]], spec: str | tuple[str, ...] | No
         return default_layers(layers)
     if items == ["all"]:
         return list(layers)
-    names = [la["name"] for la in layers]
+    names = [la.name for la in layers]
     chosen: set[str] = set()
     for item in items:
         hits = fnmatch.filter(names, item) if any(ch in item for ch in "*?[") else [n for n in names if n == item]
         if not hits:
             raise ConfigError(f"--layers {item!r} matches no conv layer; valid conv layers: {', '.join(names)}")
         chosen.update(hits)
-    return [la for la in layers if la["name"] in chosen]
+    return [la for la in layers if la.name in chosen]
 
 
 def default_channels(n: int, cap: int = MAX_CHANNELS) -> list[int]:
@@ -218,13 +215,13 @@ def prefix_macs(model: nn.Module, in_channels: int, size: int) -> tuple[dict[str
     return prefix, total
 
 
-def run_fields(meta: dict[str, Any]) -> list[int | None]:
-    """Each of a run's conv layers' theoretical receptive field in px, from its run.json: the traced
-    ``rf_px`` (a lower bound where ``rf_exceeds``), else, for runs made before layers were traced,
-    the chain formula of featviz's conv/pool stack config; None where neither is known."""
-    model = meta["configs"].get("model", {})
+def run_fields(info: RunInfo) -> list[int | None]:
+    """Each of a run's conv layers' theoretical receptive field in px: the traced ``rf_px`` (a lower
+    bound where ``rf_exceeds``), else, for runs made before layers were traced, the chain formula of
+    featviz's conv/pool stack config; None where neither is known."""
+    model = info.model_config
     chain = (theoretical_receptive_fields(model["kernels"], model["strides"], model["pools"])
              if "kernels" in model else [])
-    return [int(layer["rf_px"]) if layer.get("rf_px") is not None
-            else chain[layer["depth"] - 1] if layer["depth"] - 1 < len(chain) else None
-            for layer in meta["layers"]]
+    return [layer.rf_px if layer.rf_px is not None
+            else chain[layer.depth - 1] if layer.depth - 1 < len(chain) else None
+            for layer in info.layers]

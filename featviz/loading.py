@@ -10,21 +10,21 @@ or featviz's own (``zoo.is_trusted``). Weights always come from the snapshots: n
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 from torch import nn
 
 from featviz.config import ModelConfig, from_dict
 from featviz.model import build_model
+from featviz.run.schema import RunInfo
 from featviz.run.store import Run
 from featviz.errors import ConfigError
 from featviz.signature import first_difference, signature
 from featviz.zoo import ModelSpec, build, check_trust, normalize_spec
 
-def spec_of(meta: dict[str, Any]) -> ModelSpec | None:
+def spec_of(info: RunInfo) -> ModelSpec | None:
     """The run's model spec, or None for featviz's own SmallCNN."""
-    cfg = meta["configs"]["model"]
+    cfg = info.model_config
     if "factory" not in cfg:
         return None
     return ModelSpec(factory=normalize_spec(cfg["factory"]), kwargs=dict(cfg.get("kwargs") or {}),
@@ -42,7 +42,7 @@ def allow(run: Run, model: str | None = None, trust_run_code: bool = False) -> N
 def check_access(run: Run) -> None:
     """ConfigError if building ``run``'s model would import a factory nobody vouched for, or if ``--model``
     names another model than the run's (it would otherwise be ignored)."""
-    spec = spec_of(run.meta)
+    spec = spec_of(run.info)
     given = run.model_access[0]
     if given is not None and (spec is None or normalize_spec(given) != spec.factory):
         mine = spec.factory if spec is not None else "featviz's small CNN"
@@ -54,9 +54,9 @@ def check_access(run: Run) -> None:
 
 def build_run_model(run: Run, seed: int | None = None) -> nn.Module:
     """The run's network with a fresh init (``seed``: a pure function of it), after ``check_access``."""
-    spec = spec_of(run.meta)
+    spec = spec_of(run.info)
     if spec is None:
-        return build_model(from_dict(ModelConfig, run.meta["configs"]["model"]), seed=seed)
+        return build_model(from_dict(ModelConfig, run.info.model_config), seed=seed)
     check_access(run)
     return build(dataclasses.replace(spec, pretrained=False), seed=seed)  # the snapshots hold the weights: no download
 

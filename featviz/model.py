@@ -9,12 +9,12 @@ own ``named_modules()`` names and match the state-dict keys in every snapshot.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from featviz.config import ModelConfig
+from featviz.config import ModelConfig, from_dict
+from featviz.run.schema import ConvLayer
 
 
 class SmallCNN(nn.Sequential):
@@ -50,46 +50,21 @@ def build_model(cfg: ModelConfig, seed: int | None = None) -> SmallCNN:
 def small_cnn(num_classes: int = 10, in_channels: int = 3, **fields: object) -> SmallCNN:
     """SmallCNN from plain keyword arguments (ModelConfig's fields): the model-spec factory
     ``featviz.model:small_cnn``, e.g. for ``featviz.record`` around a loop that trains a SmallCNN."""
-    from featviz.config import from_dict
-
     return SmallCNN(from_dict(ModelConfig, {**fields, "num_classes": num_classes, "in_channels": in_channels}))
 
 
-@dataclass(frozen=True)
-class ConvLayer:
-    name: str  # dotted module name, e.g. "features.conv2"
-    depth: int  # 1-based conv depth
-    in_ch: int
-    out_ch: int
-    kernel: tuple[int, int]
-    stride: int
-    groups: int
-    weights: int  # out_ch * in_ch/groups * kh * kw
-    biases: int
-
-    @property
-    def params(self) -> int:
-        return self.weights + self.biases
-
-    def as_dict(self) -> dict:
-        return {
-            "name": self.name, "depth": self.depth, "in_ch": self.in_ch, "out_ch": self.out_ch,
-            "kernel": list(self.kernel), "stride": self.stride, "groups": self.groups,
-            "weights": self.weights, "biases": self.biases, "params": self.params,
-        }
-
-
 def conv_layers(model: nn.Module) -> list[ConvLayer]:
-    """Every Conv2d of ``model`` in forward-definition order, numbered by depth from 1."""
-    out = []
+    """Every Conv2d of ``model`` in definition order, numbered by depth from 1, with its shape and weight
+    counts (no forward pass: ``featviz.layers.trace`` adds what a pass tells, in the order it runs)."""
+    out: list[ConvLayer] = []
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             kh, kw = m.kernel_size
+            biases = 0 if m.bias is None else m.bias.numel()
             out.append(ConvLayer(
-                name=name, depth=len(out) + 1, in_ch=m.in_channels, out_ch=m.out_channels,
-                kernel=(kh, kw), stride=int(m.stride[0]), groups=m.groups,
-                weights=m.weight.numel(), biases=0 if m.bias is None else m.bias.numel(),
-            ))
+                name=name, depth=len(out) + 1, in_ch=m.in_channels, out_ch=m.out_channels, kernel=(kh, kw),
+                stride=int(m.stride[0]), groups=m.groups, weights=m.weight.numel(), biases=biases,
+                params=m.weight.numel() + biases))
     return out
 
 

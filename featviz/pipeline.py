@@ -13,15 +13,15 @@ import dataclasses
 import datetime as _dt
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig, from_dict, to_dict
 from featviz.data import ImageData, load_data
-from featviz import analyze as analyze_stage
-from featviz import distributed
-from featviz import render as render_stage
+import featviz.analyze as analyze_stage
+import featviz.distributed as distributed
+import featviz.render as render_stage
 from featviz.errors import ConfigError, RunError
 from featviz.gallery.build import build_gallery
 from featviz.layers import select_layers, trace
@@ -30,7 +30,7 @@ from featviz.model import build_model
 from featviz.optvis.param import color_matrix_or_none
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
 from featviz.run.records import describe_run
-from featviz.run.renderset import am_settings, settings_id
+from featviz.run.renderset import am_settings, settings_set_of
 from featviz.schedule import moments
 from featviz.run.fileio import save_tensors
 from featviz.run.outputs import check_new_run, check_out_dir
@@ -67,12 +67,11 @@ def train_run(
     model, model_dict = _new_model(data, model_cfg, model_spec, train_cfg.seed)
     run = None
     if group.main:  # rank 0 alone describes and creates the run
-        layers = trace(model, data.channels, data.size)
+        layers = trace(model, data.image_channels, data.size)
         color = color_matrix_or_none(data.train_x)  # the render step's decorrelated colour, from the training images
-        meta = describe_run(name, {"data": to_dict(data_cfg), "model": model_dict, "train": to_dict(train_cfg)},
-                            {**data.describe(), "color_matrix": color}, layers, model, device, seed=train_cfg.seed,
-                            processes=group.world)
-        run = Run.create(out, name, meta, force=force, reading=reading)  # holds the run's train lock
+        info = describe_run(name, {"data": to_dict(data_cfg), "model": model_dict, "train": to_dict(train_cfg)},
+                            data.describe(color), layers, model, device, seed=train_cfg.seed, processes=group.world)
+        run = Run.create(out, name, info, force=force, reading=reading)  # holds the run's train lock
     distributed.barrier(group)
     run = run or Run.open(out / name)
     try:
@@ -91,9 +90,9 @@ def _new_model(data: ImageData, model_cfg: ModelConfig, spec: ModelSpec | None,
                seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The network to train, adapted to the data, and its run.json description."""
     if spec is None:
-        model_cfg = dataclasses.replace(model_cfg, in_channels=data.channels, num_classes=len(data.classes))
+        model_cfg = dataclasses.replace(model_cfg, in_channels=data.image_channels, num_classes=len(data.classes))
         return build_model(model_cfg, seed=seed), to_dict(model_cfg)
-    spec = dataclasses.replace(spec, in_channels=data.channels, num_classes=len(data.classes))
+    spec = dataclasses.replace(spec, in_channels=data.image_channels, num_classes=len(data.classes))
     model = build_spec(spec, seed=seed)
     check_output(model, spec, data.size)
     return model, spec.as_dict()
@@ -104,9 +103,9 @@ def resume_run(path: str | Path, device: str | None = None, progress: TrainProgr
     """Continue ``path`` from its last committed epoch with the run's own configuration (``model``,
     ``trust_run_code``: see ``loading.allow``, for runs of a model outside torchvision and featviz)."""
     run = Run.open(Path(path))
-    group = distributed.setup(device or run.meta["configs"]["train"].get("device", "auto"))
-    if run.meta.get("source") in ("record", "import"):
-        raise RunError(f"run {run.path} was {run.meta['source']}ed from your own code or checkpoints; "
+    group = distributed.setup(device or run.info.configs["train"].get("device", "auto"))
+    if run.info.source in ("record", "import"):
+        raise RunError(f"run {run.path} was {run.info.source}ed from your own code or checkpoints; "
                        "featviz train --resume continues only runs featviz trained")
     allow(run, model, trust_run_code)
     # every refusal before anything is removed: a run that cannot be resumed is left exactly as it was
@@ -131,7 +130,7 @@ def resume_run(path: str | Path, device: str | None = None, progress: TrainProgr
 
 def _resume(run: Run, device: str | None, progress: TrainProgress | None, group: distributed.Group,
             done: int) -> Run:
-    cfgs = run.meta["configs"]
+    cfgs = run.info.configs
     data_cfg = from_dict(DataConfig, cfgs["data"])
     train_cfg = from_dict(TrainConfig, cfgs["train"])
     if device is not None:
@@ -183,12 +182,12 @@ def plan_render(run: Run, cfg: RenderConfig = RenderConfig(), estimate: bool = F
     activation-maximization images, and with ``estimate`` only those not yet rendered with these
     settings and the expected seconds for them (``render.estimate_seconds``: a short timed pass)."""
     check_access(run)  # a model factory nobody vouched for is refused before anything is imported
-    layers = select_layers(run.meta["layers"], cfg.layers)
-    chosen = moments(cfg.epochs, run.snapshot_points())
+    layers = select_layers(run.info.layers, cfg.layers)
+    chosen = moments(cfg.moments, run.snapshot_points())
     for layer in layers:
-        if cfg.channels and max(cfg.channels) >= layer["out_ch"]:
-            raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer['name']} (it has "
-                              f"{layer['out_ch']} channels: 0..{layer['out_ch'] - 1})")
+        if cfg.channels and max(cfg.channels) >= layer.out_ch:
+            raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer.name} (it has "
+                              f"{layer.out_ch} channels: 0..{layer.out_ch - 1})")
     images = len(chosen) * sum(len(render_stage.channels_for(layer, cfg)) for layer in layers)
     plan: dict[str, Any] = {"layers": layers, "moments": chosen, "images": images}
     if estimate:
@@ -201,7 +200,7 @@ def plan_render(run: Run, cfg: RenderConfig = RenderConfig(), estimate: bool = F
 
 
 def render_run(run: Run | str | Path, cfg: RenderConfig = RenderConfig(), progress: StageProgress = silent) -> dict[str, Any]:
-    """Filters at every snapshot, activation maximization at the moments ``cfg.epochs`` chooses
+    """Filters at every snapshot, activation maximization at the moments ``cfg.moments`` chooses
     (``schedule.moments``), then the gallery.
 
     Returns a summary: the moments and layers rendered, images written, the settings set, the gallery path.
@@ -231,11 +230,11 @@ def _render(run: Run, cfg: RenderConfig, plan: dict[str, Any], group: distribute
     # each verified once, used by both halves; the filters (rank 0) need every point, the rest only the moments
     snaps, bad = fitting(run, *run.load_points(points if cfg.filters and group.main else chosen))
     for p in chosen:  # a damaged snapshot of a requested moment fails here, before anything is written
-        if p["id"] in bad:
-            raise RunError(bad[p["id"]])
-    written = render_stage.render_filters(run, layers, points, snaps, cfg.force, progress) \
+        if p.id in bad:
+            raise RunError(bad[p.id])
+    written = render_stage.draw_filters(run, layers, points, snaps, cfg.force, progress) \
         if cfg.filters and group.main else 0
-    rendered = render_stage.render_actmax(run, layers, chosen, cfg, device, progress, snaps, group)
+    rendered = render_stage.maximize_layers(run, layers, chosen, cfg, device, progress, snaps, group)
     rendered = int(distributed.all_sum(group, torch.tensor(rendered)))
     distributed.barrier(group)  # every rank's images and part file are written
     if group.world > 1 and group.main:
@@ -243,22 +242,42 @@ def _render(run: Run, cfg: RenderConfig, plan: dict[str, Any], group: distribute
     gallery = build_gallery(run) if group.main else run.path / "gallery" / "index.html"
     distributed.finish(group)
     skipped = sorted(bad.items()) if cfg.filters else []
-    sid = settings_id(am_settings(cfg, cfg.size or int(run.meta["data"]["size"])))
-    return {"epochs": [p["epoch"] for p in chosen if p["kind"] == "epoch"], "moments": [p["label"] for p in chosen],
-            "layers": [layer["name"] for layer in layers], "filter_files": written, "renders": sid,
+    sid = settings_set_of(am_settings(cfg, cfg.size or run.info.data.size))
+    return {"epochs": [p.epoch for p in chosen if p.epoch is not None], "moments": [p.label for p in chosen],
+            "layers": [layer.name for layer in layers], "filter_files": written, "settings_set": sid,
             "am_images": rendered, "gallery": gallery, "device": str(device), "rank": group.rank,
             "processes": group.world,
             "skipped": [f"{pid} left out of the filter images: {msg}" for pid, msg in skipped]}
 
 
+def render_reached(run: Run, cfg: RenderConfig = RenderConfig(filters=False), device: torch.device | None = None,
+                   rest: Callable[[float], bool] = lambda _s: True) -> int:
+    """Activation maximization of ``cfg``'s layers at each ``auto`` moment of the planned run whose snapshot
+    is committed, one (moment, layer) item at a time (for a run still training: ``featviz train
+    --live-render``). After each item ``rest(seconds it took)`` is called; it returns False to stop.
+    Images already rendered with these settings are reused. Returns how many images were rendered."""
+    check_access(run)
+    device = device or resolve_device(cfg.device)
+    layers = select_layers(run.info.layers, cfg.layers)
+    rendered = 0
+    for moment in moments("auto", run.snapshot_points(), planned=run.epochs_planned):
+        for layer in layers:  # one layer at a time, so each rest is short
+            t0 = time.perf_counter()
+            n = render_stage.maximize_layers(run, [layer], [moment], cfg, device)
+            rendered += n
+            if not rest(time.perf_counter() - t0 if n else 0.0):
+                return rendered
+    return rendered
+
+
 def analyze_run(run: Run | str | Path, probe_size: int = 1000, device: str = "auto", progress: StageProgress = silent,
-                renders: str | None = None) -> dict[str, Any]:
+                settings_set: str | None = None) -> dict[str, Any]:
     """``featviz.analyze.analyze`` (analysis.json and plots), then the gallery; returns the analysis."""
     run = Run.of(run)
     if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 10:
         raise ConfigError(f"probe_size must be an integer >= 10 (validation images measured), got {probe_size!r}")
     check_access(run)
     with run.hold("outputs"):  # one render or analysis at a time
-        result = analyze_stage.analyze(run, probe_size, device, progress, renders)
+        result = analyze_stage.analyze(run, probe_size, device, progress, settings_set)
         build_gallery(run)
     return result

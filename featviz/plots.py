@@ -129,7 +129,7 @@ def complexity(a: dict[str, Any]) -> dict[str, bytes]:
                [comp[n][str(e)]["bpp"]["mean"] for n in layers], style,
                [comp[n][str(e)]["bpp"]["std"] for n in layers])
               for e, style in ((epochs[0], "s--"), (epochs[-1], "o-"))]
-    title = "Complexity of activation-maximization images" + (f"\n{a['renders']}" if a.get("renders") else "")
+    title = "Complexity of activation-maximization images" + (f"\n{a['settings_set']}" if a.get("settings_set") else "")
     return _by_depth(a, title, "zlib bits per pixel", series)
 
 

@@ -109,8 +109,8 @@ def _complexity(a: dict[str, Any]) -> str:
         if all(x < y for x, y in zip(init, init[1:])):
             text += ("; the random init's images rise with depth as well, so this ordering does not need training"
                      if rising else "; the random init's images do rise with depth")
-    if a.get("renders"):
-        text += f" (renders: {a['renders']})"
+    if a.get("settings_set"):
+        text += f" (settings set: {a['settings_set']})"
     return text + "."
 
 

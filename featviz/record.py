@@ -15,6 +15,7 @@ torch, Python and NumPy random state. Every write is atomic; an epoch counts onc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import time
@@ -22,15 +23,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy
 import torch
 from torch import nn
 from torch.utils.data import IterableDataset
 
 from featviz.errors import ConfigError, RunError, one_line
-from featviz.run.fileio import atomic_write_json, check_name, save_tensors
+from featviz.run.fileio import check_name, save_tensors
 from featviz.hooks import evaluating, input_kind
 from featviz.layers import trace
+from featviz.optvis.param import color_matrix_or_none
 from featviz.run.records import describe_run
+from featviz.run.schema import DataInfo, RunInfo
 from featviz.schedule import parse_schedule
 from featviz.signature import Signature, first_difference, signature
 from featviz.run.outputs import check_new_run, check_out_dir
@@ -42,21 +46,14 @@ from featviz.zoo import ModelSpec, build, logits_of, normalize_spec
 def untouched_rng() -> Iterator[None]:
     """Run the block with torch's (CPU and initialized CUDA), Python's and NumPy's random state restored after."""
     py = random.getstate()
-    np_state = None
-    try:
-        import numpy
-
-        np_state = numpy.random.get_state()
-    except ImportError:  # pragma: no cover - numpy ships with torch
-        numpy = None  # type: ignore[assignment]
+    np_state = numpy.random.get_state()
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
         with torch.random.fork_rng(devices=cuda):
             yield
     finally:
         random.setstate(py)
-        if numpy is not None and np_state is not None:
-            numpy.random.set_state(np_state)
+        numpy.random.set_state(np_state)
 
 
 def take_probe(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,9 +204,9 @@ class Recorder:
         check_materialized(state)
         with untouched_rng():
             x, y = take_probe(self.data, self.probe_size)
-            meta, raw = self._describe(x, y)
+            info, raw = self._describe(x, y)
         self.tensors = signature(state)
-        self.run = Run.create(self.out, self.name, meta, force=self.force)  # holds the run's train lock
+        self.run = Run.create(self.out, self.name, info, force=self.force)  # holds the run's train lock
         try:
             self.run.save_probe(raw, y)
             self._commit({"epoch": 0, "step": 0, "train_loss": None, "wall_s": 0.0}, state)
@@ -276,10 +273,11 @@ class Recorder:
             if failed:
                 run.discard_uncommitted()
                 return  # run.json keeps "recording": the run reads as interrupted
-            run.meta.pop("recording", None)
+            train = run.info.configs["train"]
             if self.epochs_planned is None or self.epoch_count < self.epochs_planned:
-                run.meta["configs"]["train"]["epochs"] = max(1, self.epoch_count)  # the loop decided when to stop
-            atomic_write_json(run.file("run.json"), run.meta)
+                train = {**train, "epochs": max(1, self.epoch_count)}  # the loop decided when to stop
+            run.update_info(dataclasses.replace(run.info, recording=False,
+                                                configs={**run.info.configs, "train": train}))
             run.write_manifest(self.epoch_count)
         finally:
             run.release()  # the next writer (render, a new recorder with force) may start
@@ -323,7 +321,7 @@ class Recorder:
         run.write_manifest(rec["epoch"])
         self.snapshot_s += time.perf_counter() - t
 
-    def _describe(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
+    def _describe(self, x: torch.Tensor, y: torch.Tensor) -> tuple[RunInfo, torch.Tensor]:
         """run.json for the model and probe ``x`` (model input), and the probe as uint8 pixels."""
         if x.dim() != 4:
             raise ConfigError(f"data gives images shaped {list(x.shape[1:])}; featviz needs [C, H, W] images")
@@ -349,14 +347,13 @@ class Recorder:
         n_classes = int(out.shape[-1])
         spec = ModelSpec(normalize_spec(self.spec_text), self.kwargs, chans, n_classes)
         rebuilt = _check_rebuild(self.model, spec)
-        from featviz.optvis.param import color_matrix_or_none
-
         classes = self.classes or list(getattr(self.data, "classes", [])) or [str(i) for i in range(n_classes)]
-        data = {"name": str(getattr(self.data, "__class__", type(self.data)).__name__), "classes": classes,
-                "channels": chans, "size": size, "n_train": None, "n_val": int(len(raw)), "mean": mean, "std": std,
-                "color_matrix": color_matrix_or_none(raw) if chans > 1 else None}
+        color = color_matrix_or_none(raw) if chans > 1 else None
+        data = DataInfo(name=str(getattr(self.data, "__class__", type(self.data)).__name__), classes=tuple(classes),
+                        image_channels=chans, size=size, n_val=int(len(raw)), mean=tuple(mean), std=tuple(std),
+                        color_matrix=None if color is None else tuple(tuple(r) for r in color))
         schedule = self.kind + (":" + ",".join(map(str, self.nums)) if self.nums else "")
-        meta = describe_run(self.name, {"data": {"name": data["name"]}, "model": spec.as_dict(),
+        meta = describe_run(self.name, {"data": {"name": data.name}, "model": spec.as_dict(),
                                         "train": {"epochs": self.epochs_planned or 0, "snapshots": schedule}},
                             data, trace(rebuilt, chans, size),  # the same network, on the CPU: not the live one
                             self.model, device, source="record", recording=True)

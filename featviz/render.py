@@ -10,86 +10,88 @@ the gallery.
 
 from __future__ import annotations
 
-from typing import Any
+import time
 
 import torch
+from torchvision.utils import make_grid
 
 from featviz.config import GRAPH_SWITCH, RenderConfig
 from featviz.distributed import SINGLE, Group
 from featviz.errors import RunError, one_line
 from featviz.filters import evolution_strip, filter_grid, layer_scale
 from featviz.images import gif_bytes, png_bytes, to_uint8
-from featviz.layers import default_channels
+from featviz.layers import default_channels, prefix_macs
 from featviz.loading import build_run_model, difference, misfit
 from featviz.model import response_layer
+from featviz.optvis import maximize_channels
 from featviz.progress import StageProgress, silent
-from featviz.run.renderset import am_settings, record_set, settings_id
+from featviz.run.renderset import am_settings
+from featviz.run.schema import ConvLayer, RenderRecord, SnapshotPoint, settings_set_of
 from featviz.run.store import Run
+from featviz.zoo import logits_of
 
 
-def channels_for(layer: dict[str, Any], cfg: RenderConfig) -> list[int]:
+def channels_for(layer: ConvLayer, cfg: RenderConfig) -> list[int]:
     """The channels to render of ``layer``: ``cfg.channels``; else all with ``cfg.all_channels``; else
     all up to 64, or 64 evenly spaced (``layers.default_channels``)."""
     if cfg.channels:
         return list(cfg.channels)
-    return list(range(layer["out_ch"])) if cfg.all_channels else default_channels(layer["out_ch"])
+    return list(range(layer.out_ch)) if cfg.all_channels else default_channels(layer.out_ch)
 
 
-def _check_filters(layer: dict[str, Any], weights: list[torch.Tensor | None], usable: list[dict[str, Any]]) -> None:
+def _check_filters(layer: ConvLayer, weights: list[torch.Tensor | None], usable: list[SnapshotPoint]) -> None:
     """RunError naming the first snapshot whose weights of ``layer`` are not the traced conv's shape
     [out, in / groups, kh, kw] (``fitting`` sets such snapshots aside before; this keeps a caller that did
-    not from failing inside the drawing). An older run's layer record without the shape: any weights."""
-    if not {"kernel", "out_ch", "in_ch"} <= set(layer):
-        return
-    want = [layer["out_ch"], layer["in_ch"] // layer.get("groups", 1), *layer["kernel"]]
+    not from failing inside the drawing)."""
+    want = layer.weight_shape
     for p, w in zip(usable, weights):
         if w is None or list(w.shape) != want:
             have = "absent" if w is None else list(w.shape)
-            raise RunError(misfit(p["id"], f"{layer['name']}.weight is {have} in it, {want} in the run's network"))
+            raise RunError(misfit(p.id, f"{layer.name}.weight is {have} in it, {want} in the run's network"))
 
 
-def render_filters(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]],
+def draw_filters(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint],
                    snaps: dict[str, dict[str, torch.Tensor]], force: bool = False,
                    progress: StageProgress = silent) -> int:
     """Per layer and snapshot point (``Run.snapshot_points``; ``snaps``: point id -> its tensors, the
     readable ones), two views: the filters W_t, and what training added to the init, W_t - W_0
     (``learned/``), each with one colour scale per layer across time; plus an evolution strip and a
     GIF per view. Returns how many files were written."""
-    usable = [p for p in points if p["id"] in snaps]
-    settings = {"points": [p["id"] for p in usable]}
-    done = {r["file"]: r for r in run.render_index()}
+    usable = [p for p in points if p.id in snaps]
+    settings = {"points": [p.id for p in usable]}
+    done = {r.file: r.settings for r in run.render_index()}
     written = 0
     for i, layer in enumerate(layers):
-        name, key = layer["name"], f"{layer['name']}.weight"
+        name, key = layer.name, f"{layer.name}.weight"
         base = f"filters/{name}"
-        files = [f"renders/{base}/{sub}{p['id']}.png" for sub in ("", "learned/") for p in usable]
-        if not force and all(done.get(f, {}).get("settings") == settings for f in files):
+        files = [f"renders/{base}/{sub}{p.id}.png" for sub in ("", "learned/") for p in usable]
+        if not force and all(done.get(f) == settings for f in files):
             progress("filters", i + 1, len(layers))
             continue
-        weights = [snaps[p["id"]].get(key) for p in usable]
+        weights = [snaps[p.id].get(key) for p in usable]
         _check_filters(layer, weights, usable)
         learned = [w - weights[0] for w in weights]  # the first readable point: the init unless it is damaged
         recs = []
         for view, sub, ws in (("filters", "", weights), ("filters_learned", "learned/", learned)):
             scale = layer_scale(ws)
-            meta = {"layer": name, "depth": layer["depth"], "scale": scale, "settings": settings}
-            rgb = layer["depth"] == 1  # only the first conv sees the image's colours; 3 inputs deeper are features
+            meta = {"layer": name, "depth": layer.depth, "scale": scale, "settings": settings}
+            rgb = layer.depth == 1  # only the first conv sees the image's colours; 3 inputs deeper are features
             frames = [filter_grid(w, scale, rgb=rgb) for w in ws]
             for p, grid in zip(usable, frames):
-                path = run.write_artifact("renders", f"{base}/{sub}{p['id']}.png", png_bytes(grid))
-                recs.append({"kind": view, "epoch": p["epoch"], "step": p["step"], "point": p["id"],
-                             "label": p["label"], "file": run.rel(path), **meta})
+                path = run.write_artifact("renders", f"{base}/{sub}{p.id}.png", png_bytes(grid))
+                recs.append(RenderRecord(run.rel(path), view, epoch=p.epoch, step=p.step, point=p.id, label=p.label,
+                                         **meta))
             path = run.write_artifact("renders", f"{base}/{sub}strip.png", png_bytes(evolution_strip(ws, scale, rgb=rgb)))
-            recs.append({"kind": f"{view}_strip", "file": run.rel(path), **meta})
+            recs.append(RenderRecord(run.rel(path), f"{view}_strip", **meta))
             path = run.write_artifact("renders", f"{base}/{sub}evolution.gif", gif_bytes(frames))
-            recs.append({"kind": f"{view}_gif", "file": run.rel(path), **meta})
+            recs.append(RenderRecord(run.rel(path), f"{view}_gif", **meta))
         run.add_renders(recs)
         written += len(recs)
         progress("filters", i + 1, len(layers))
     return written
 
 
-def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]], cfg: RenderConfig,
+def maximize_layers(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg: RenderConfig,
                   device: torch.device, progress: StageProgress = silent,
                   snaps: dict[str, dict[str, torch.Tensor]] | None = None, group: Group = SINGLE) -> int:
     """Activation maximization of the chosen channels of every layer at every snapshot point in
@@ -105,51 +107,47 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
     its records in its own part file, which rank 0 merges; each image depends only on (seed, channel),
     so the result equals a single process's.
     """
-    from featviz.optvis import render_channels
-    from torchvision.utils import make_grid
-
-    data = run.meta["data"]
-    size = cfg.size or int(data["size"])
+    data = run.info.data
+    size = cfg.size or data.size
     settings = am_settings(cfg, size)
-    sid = settings_id(settings)  # one folder per settings set: other settings never overwrite these
-    color = torch.tensor(data["color_matrix"]) if data.get("color_matrix") else None
-    done = {r["file"]: r for r in run.render_index()}
+    sid = settings_set_of(settings)  # one folder per settings set: other settings never overwrite these
+    color = torch.tensor(data.color_matrix) if data.color_matrix else None
+    done = {r.file: r.settings_set for r in run.render_index()}
     total, count, rendered = len(layers) * len(points), 0, 0
-    mine: list[dict[str, Any]] = []
+    mine: list[RenderRecord] = []
     model, model_point = None, None  # loaded once per moment, for its first layer that needs rendering
     for item, (point, layer) in enumerate((p, la) for p in points for la in layers):
         if item % group.world != group.rank:
             continue
         if model_point is not point:
             model, model_point = None, point
-        name = layer["name"]
+        name = layer.name
         chans = channels_for(layer, cfg)
-        base = f"am/{sid}/{name}/{point['id']}"
+        base = f"am/{sid}/{name}/{point.id}"
         files = am_files(sid, name, point, chans)
-        if not cfg.force and all(f in done and record_set(done[f]) == sid for f in files):
+        if not cfg.force and all(done.get(f) == sid for f in files):
             count += 1
             progress("activation maximization", count, total)
             continue
         if model is None:
-            model = _model_at(run, point, (snaps or {}).get(point["id"]), device)
-        target = layer.get("response") or response_layer(model, name)  # runs before layers were traced
-        res = render_channels(model, target, chans, chunk=cfg.chunk, param=cfg.param, size=size,
-                              image_channels=int(data["channels"]), steps=cfg.steps, lr=cfg.lr,
-                              transforms=cfg.transforms, seed=cfg.seed, mean=data["mean"], std=data["std"],
+            model = _model_at(run, point, (snaps or {}).get(point.id), device)
+        target = layer.response or response_layer(model, name)  # runs before layers were traced
+        res = maximize_channels(model, target, chans, chunk=cfg.chunk, param=cfg.param, size=size,
+                              image_channels=data.image_channels, steps=cfg.steps, lr=cfg.lr,
+                              transforms=cfg.transforms, seed=cfg.seed, mean=data.mean, std=data.std,
                               color=color, device=device, cuda_graph=GRAPH_SWITCH[cfg.cuda_graph])
         imgs = to_uint8(res.images)
-        where = {"epoch": point["epoch"], "step": point["step"], "point": point["id"], "label": point["label"]}
+        where = {"layer": name, "depth": layer.depth, "epoch": point.epoch, "step": point.step, "point": point.id,
+                 "label": point.label, "settings": settings, "settings_set": sid}
         recs = []
         for c, file, img, val in zip(chans, files, imgs, res.values.tolist()):
             path = run.write_artifact("renders", file.removeprefix("renders/"), png_bytes(img))
-            recs.append({"kind": "am", "layer": name, "depth": layer["depth"], **where, "channel": c,
-                         "file": run.rel(path), "activation": val, "settings": settings, "settings_id": sid})
+            recs.append(RenderRecord(run.rel(path), "am", channel=c, activation=val, **where))
         grid = make_grid(imgs, nrow=max(1, int(len(chans) ** 0.5)), padding=1, pad_value=255)
         path = run.write_artifact("renders", f"{base}/grid.png", png_bytes(grid))
         full = {k: v for k, v in res.settings.items() if k != "elapsed_s"}  # every knob, once per batch
-        recs.append({"kind": "am_grid", "layer": name, "depth": layer["depth"], **where,
-                     "file": run.rel(path), "settings": settings, "settings_id": sid, "render_settings": full,
-                     "elapsed_s": res.settings.get("elapsed_s")})
+        recs.append(RenderRecord(run.rel(path), "am_grid", render_settings=full,
+                                 elapsed_s=res.settings.get("elapsed_s"), **where))
         if group.world > 1:  # the part so far, after every item: a crash keeps what is done
             mine += recs
             run.save_render_part(group.rank, mine)
@@ -161,7 +159,7 @@ def render_actmax(run: Run, layers: list[dict[str, Any]], points: list[dict[str,
     return rendered
 
 
-def _model_at(run: Run, point: dict[str, Any], state: dict[str, torch.Tensor] | None,
+def _model_at(run: Run, point: SnapshotPoint, state: dict[str, torch.Tensor] | None,
               device: torch.device) -> torch.nn.Module:
     """The run's network with the weights of ``point`` (``state``, if the caller has loaded them), in eval mode
     on ``device``; a snapshot that does not fit the network is a RunError naming it, like a damaged one."""
@@ -170,40 +168,34 @@ def _model_at(run: Run, point: dict[str, Any], state: dict[str, torch.Tensor] | 
     try:
         model.load_state_dict(state)
     except RuntimeError as err:  # load_state_dict's missing, unexpected or mis-shaped tensors
-        raise RunError(misfit(point["id"], difference(model.state_dict(), state) or one_line(err, 200))) from None
+        raise RunError(misfit(point.id, difference(model.state_dict(), state) or one_line(err, 200))) from None
     return model.to(device).eval()
 
 
-def am_files(sid: str, layer: str, point: dict[str, Any], chans: list[int]) -> list[str]:
+def am_files(sid: str, layer: str, point: SnapshotPoint, chans: list[int]) -> list[str]:
     """The run-relative files of one (layer, snapshot point) batch of activation-maximization images."""
-    return [f"renders/am/{sid}/{layer}/{point['id']}/ch_{c:04d}.png" for c in chans]
+    return [f"renders/am/{sid}/{layer}/{point.id}/ch_{c:04d}.png" for c in chans]
 
 
-def pending(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]], cfg: RenderConfig) -> int:
+def pending(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg: RenderConfig) -> int:
     """How many activation-maximization images of ``layers`` at ``points`` are not yet rendered with
     ``cfg``'s settings (all of them with ``cfg.force``)."""
-    sid = settings_id(am_settings(cfg, cfg.size or int(run.meta["data"]["size"])))
-    done = {r["file"] for r in run.render_index() if record_set(r) == sid} if not cfg.force else set()
+    sid = settings_set_of(am_settings(cfg, cfg.size or run.info.data.size))
+    done = {r.file for r in run.render_index() if r.settings_set == sid} if not cfg.force else set()
     return sum(f not in done for layer in layers for p in points
-               for f in am_files(sid, layer["name"], p, channels_for(layer, cfg)))
+               for f in am_files(sid, layer.name, p, channels_for(layer, cfg)))
 
 
 OVERHEAD = 1.15  # the transforms, the parametrization and Adam; fitted on the default run (estimate 94 s, took ~95 s) and a ResNet-18 (69 s, took 59 s)
 
 
-def estimate_seconds(run: Run, layers: list[dict[str, Any]], points: list[dict[str, Any]], cfg: RenderConfig,
+def estimate_seconds(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg: RenderConfig,
                      device: torch.device) -> float:
     """Expected seconds for the activation-maximization images of ``layers`` at ``points``: per layer the
     multiply-adds of the network up to it (``layers.prefix_macs``), x3 for the backward pass, x channels x
     steps x moments, at the rate a timed forward and backward pass of the whole network reaches here."""
-    import time
-
-    from featviz.layers import prefix_macs
-    from featviz.loading import build_run_model
-    from featviz.zoo import logits_of
-
-    size = cfg.size or int(run.meta["data"]["size"])
-    chans = int(run.meta["data"]["channels"])
+    size = cfg.size or run.info.data.size
+    chans = run.info.data.image_channels
     model = build_run_model(run).to(device).eval()
     prefix, total = prefix_macs(model, chans, size)
     x = torch.randn(min(cfg.chunk, 8), chans, size, size, device=device, requires_grad=True)  # small: cheap on deep nets
@@ -218,7 +210,7 @@ def estimate_seconds(run: Run, layers: list[dict[str, Any]], points: list[dict[s
         logits_of(model(x)).float().sum().backward()
         sync()
         best = min(best, time.perf_counter() - t0)
-    work = sum(3 * prefix.get(layer["name"], total) * len(channels_for(layer, cfg)) for layer in layers)
+    work = sum(3 * prefix.get(layer.name, total) * len(channels_for(layer, cfg)) for layer in layers)
     batches = sum(-(-len(channels_for(layer, cfg)) // cfg.chunk) for layer in layers)
     return expected_seconds(work * cfg.steps * len(points), 3 * total * len(x), best,
                             batches * cfg.steps * len(points))

@@ -9,7 +9,10 @@ after ``--resume``, so a resumed run writes exactly the snapshots of an uninterr
 
 from __future__ import annotations
 
+import math
+
 from featviz.errors import ConfigError
+from featviz.run.schema import SnapshotPoint
 
 KINDS = ("log", "epoch", "every:K", "steps:LIST")
 
@@ -51,7 +54,7 @@ def label(step: int, steps_per_epoch: int) -> str:
     return f"step {step} · epoch {step / max(1, steps_per_epoch):.2f}".replace(".00", "")
 
 
-def moments(spec: str, points: list[dict], planned: int | None = None) -> list[dict]:
+def moments(spec: str, points: list[SnapshotPoint], planned: int | None = None) -> list[SnapshotPoint]:
     """The snapshot points (``Run.snapshot_points``) to render activation maximization at.
 
     ``auto`` (default): the init; up to three step snapshots inside the first epoch, log-spaced (those
@@ -60,9 +63,7 @@ def moments(spec: str, points: list[dict], planned: int | None = None) -> list[d
     only the moments it has already reached). ``snapshots``: every point. Otherwise an epoch spec of
     ``parse_epochs`` (all | last | 0,5,10 | every:K), which selects epoch snapshots.
     """
-    import math
-
-    epochs = {p["epoch"]: p for p in points if p["kind"] == "epoch"}
+    epochs = {p.epoch: p for p in points if p.epoch is not None}
     text = spec.strip().lower()
     if text == "snapshots":
         return list(points)
@@ -70,14 +71,14 @@ def moments(spec: str, points: list[dict], planned: int | None = None) -> list[d
         return [epochs[e] for e in parse_epochs(spec, sorted(epochs))]
     last = planned if planned is not None else (max(epochs) if epochs else 0)
     chosen = {id(epochs[e]): epochs[e] for e in sorted({0, min(1, last), last // 2, last}) if e in epochs}
-    spe = epochs[1]["step"] if 1 in epochs else None
-    inside = [p for p in points if p["kind"] == "step" and spe and 0 < p["step"] < spe]
+    spe = epochs[1].step if 1 in epochs else None
+    inside = [p for p in points if p.kind == "step" and spe and 0 < p.step < spe]
     for q in (0.25, 0.5, 0.75):
         if inside:
             target = math.log(spe) * q
-            best = min(inside, key=lambda p: abs(math.log(p["step"]) - target))
+            best = min(inside, key=lambda p: abs(math.log(p.step) - target))
             chosen[id(best)] = best
-    return sorted(chosen.values(), key=lambda p: p["step"])
+    return sorted(chosen.values(), key=lambda p: p.step)
 
 
 def parse_epochs(spec: str, available: list[int]) -> list[int]:
@@ -96,14 +97,14 @@ def parse_epochs(spec: str, available: list[int]) -> list[int]:
         try:
             k = int(spec[6:])
         except ValueError:
-            raise ConfigError(f"bad --epochs {spec!r}: expected every:K with an integer K") from None
+            raise ConfigError(f"bad --moments {spec!r}: expected every:K with an integer K") from None
         if k < 1:
-            raise ConfigError(f"bad --epochs {spec!r}: K must be at least 1")
+            raise ConfigError(f"bad --moments {spec!r}: K must be at least 1")
         return sorted({*range(0, last + 1, k), last})
     try:
         wanted = sorted({int(x) for x in spec.split(",") if x.strip()})
     except ValueError:
-        raise ConfigError(f"bad --epochs {spec!r}: use auto, all, last, every:K or a list like 0,5,10") from None
+        raise ConfigError(f"bad --moments {spec!r}: use auto, all, last, every:K or a list like 0,5,10") from None
     missing = [e for e in wanted if e not in available]
     if missing:
         raise ConfigError(f"epoch(s) {', '.join(map(str, missing))} not in the run (available: 0..{last})")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torchvision
 from torch import nn
 
 from featviz.errors import ConfigError, one_line
@@ -85,8 +86,6 @@ def is_trusted(factory: str) -> bool:
     mod, attr = spec.split(":")
     if mod != "torchvision.models":
         return False
-    import torchvision
-
     return attr in torchvision.models.list_models(module=torchvision.models)
 
 

@@ -136,7 +136,7 @@ def _short(text: str, limit: int = 300) -> str:
 
 def _library_call(reader: str, world: World) -> Callable[[], Any]:
     from featviz.run.check import check_run
-    from featviz.run.outputs import list_runs
+    from featviz.run.store import list_runs
     from featviz.run.store import Run
 
     run = world.run

@@ -25,7 +25,7 @@ def analyzed(tiny_run, tmp_path_factory) -> tuple[Run, dict]:
     dst = tmp_path_factory.mktemp("analyzed") / "tiny"
     shutil.copytree(tiny_run.path, dst)
     run = Run.open(dst)
-    render_run(run, RenderConfig(epochs="all", steps=6))
+    render_run(run, RenderConfig(moments="all", steps=6))
     return run, analyze_run(run, probe_size=40)
 
 
@@ -47,9 +47,9 @@ def test_analysis_sections_hold_checked_values(analyzed) -> None:
         assert 0 < rf["effective_px_epoch_2"] <= rf["theoretical_px"]  # no clamp: this can fail
         assert rf["centre_px_epoch_2"] == [7.5, 7.5] or max(abs(c - 7.5) for c in rf["centre_px_epoch_2"]) <= 0.5
         comp = a["complexity"][name]
-        assert set(comp) == {"0", "1", "2"} and comp["2"]["bpp"]["n"] == run.meta["layers"][a["layers"].index(name)]["out_ch"]
+        assert set(comp) == {"0", "1", "2"} and comp["2"]["bpp"]["n"] == run.info.layers[a["layers"].index(name)].out_ch
         rows = a["faithfulness"][name]["channels"]
-        out_ch = run.meta["layers"][a["layers"].index(name)]["out_ch"]
+        out_ch = run.info.layers[a["layers"].index(name)].out_ch
         assert [row["channel"] for row in rows] == list(range(out_ch))  # every rendered channel, once
         for row in rows:
             assert (run.path / row["file"]).is_file() and len(row["top"]) == 9
@@ -153,12 +153,13 @@ def _rebuild(run_src: Run, dst: Path, states: list[dict[str, torch.Tensor]]) -> 
 
 def _add_am(run: Run, layer: str, depth: int, channel: int, epoch: int, img: torch.Tensor, settings: dict) -> None:
     from featviz.images import png_bytes
-    from featviz.run.renderset import settings_id
+    from featviz.run.renderset import settings_set_of
+    from featviz.run.schema import RenderRecord
 
-    sid = settings_id(settings)
+    sid = settings_set_of(settings)
     path = run.write_artifact("renders", f"am/{sid}/{layer}/epoch_{epoch:03d}/ch_{channel:04d}.png", png_bytes(img))
-    run.add_renders([{"kind": "am", "layer": layer, "depth": depth, "epoch": epoch, "channel": channel,
-                      "file": run.rel(path), "activation": 123.0, "settings": settings, "settings_id": sid}])
+    run.add_renders([RenderRecord(run.rel(path), "am", layer=layer, depth=depth, epoch=epoch, channel=channel,
+                                  activation=123.0, settings=settings, settings_set=sid)])
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +240,7 @@ def test_complexity_values_of_the_stored_images(known) -> None:
     assert c1["bpp"]["n"] == 2 and c1["flat"] == 1 and c1["slope"]["n"] == 1  # the grey image has no slope
     from featviz.images import decode_png
 
-    files = sorted(r["file"] for r in run.render_index() if r["layer"] == "features.conv1")
+    files = sorted(r.file for r in run.render_index() if r.layer == "features.conv1")
     bits = [zlib_bits_per_pixel(decode_png(run.read_file_bytes(f))) for f in files]
     assert c1["bpp"]["mean"] == pytest.approx(sum(bits) / 2) and min(bits) < 0.5 < 2 < max(bits)
     from featviz.metrics import spectrum_slope
@@ -266,33 +267,33 @@ def test_running_statistics_alone_do_not_move_cka(analyzed) -> None:
 
 # ----------------------------------------------------------------------------- renders never mix
 def test_other_render_settings_never_overwrite_or_mix(tiny_run, tmp_path: Path, cli) -> None:
-    from featviz.run.renderset import am_settings, settings_id
+    from featviz.run.renderset import am_settings, settings_set_of
 
     dst = tmp_path / "mix"
     shutil.copytree(tiny_run.path, dst)
     run = Run.open(dst)
-    render_run(run, RenderConfig(epochs="all", steps=4))
-    default = settings_id(am_settings(RenderConfig(steps=4), 16))
+    render_run(run, RenderConfig(moments="all", steps=4))
+    default = settings_set_of(am_settings(RenderConfig(steps=4), 16))
     first = {p: p.read_bytes() for p in (dst / "renders/am").rglob("*.png")}
     assert first and all(f"renders/am/{default}/" in p.as_posix() for p in first)
-    render_run(run, RenderConfig(epochs="0,2", steps=4, param="pixel"))
-    pixel = settings_id(am_settings(RenderConfig(steps=4, param="pixel"), 16))
+    render_run(run, RenderConfig(moments="0,2", steps=4, param="pixel"))
+    pixel = settings_set_of(am_settings(RenderConfig(steps=4, param="pixel"), 16))
     assert all(p.read_bytes() == b for p, b in first.items())  # the first set is untouched
     assert len(list((dst / f"renders/am/{pixel}").rglob("ch_*.png"))) == 2 * (4 + 8)
     # two sets, neither is the default settings' set (steps=4): analyze must be told which
     with pytest.raises(Exception, match="several render settings sets"):
         analyze_run(run, probe_size=20)
-    a = analyze_run(run, probe_size=20, renders=default)
-    assert a["renders"] == default and set(a["complexity"]["features.conv1"]) == {"0", "1", "2"}
-    assert a["faithfulness"]["renders"] == default
-    b = analyze_run(run, probe_size=20, renders=pixel)
-    assert b["renders"] == pixel and set(b["complexity"]["features.conv1"]) == {"0", "2"}
+    a = analyze_run(run, probe_size=20, settings_set=default)
+    assert a["settings_set"] == default and set(a["complexity"]["features.conv1"]) == {"0", "1", "2"}
+    assert a["faithfulness"]["settings_set"] == default
+    b = analyze_run(run, probe_size=20, settings_set=pixel)
+    assert b["settings_set"] == pixel and set(b["complexity"]["features.conv1"]) == {"0", "2"}
     assert b["complexity"]["features.conv1"]["2"]["bpp"]["n"] == 4  # only that set's images
     html = Path(build_gallery(run)).read_text()  # follows the analysis: the pixel set
     assert f"am/{pixel}/" in html and f"am/{default}/" not in html and default in html  # named as another set
     html = Path(build_gallery(run, default)).read_text()
     assert f"am/{default}/" in html and f"am/{pixel}/" not in html
-    code, _, err = cli(["analyze", dst, "--renders", "nope"])
+    code, _, err = cli(["analyze", dst, "--settings-set", "nope"])
     assert code != 0 and "'nope'" in err and pixel in err and len(err.strip().splitlines()) == 1
 
 

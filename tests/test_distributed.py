@@ -90,7 +90,7 @@ def _max_diff(a: Run, b: Run) -> dict[str, float]:
     out = {}
     for p in a.snapshot_points():
         sa, sb = a.load_point(p), b.load_point(p)
-        out[p["id"]] = max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+        out[p.id] = max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
     return out
 
 
@@ -164,7 +164,7 @@ def test_a_killed_process_leaves_the_committed_run_valid(tmp_path: Path, cli) ->
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     cut = Run.open(tmp_path / "cut")
-    assert cut.epochs_done == 1 and [p["id"] for p in cut.snapshot_points()][-1] == "epoch_001"
+    assert cut.epochs_done == 1 and [p.id for p in cut.snapshot_points()][-1] == "epoch_001"
     code, out, err = cli(["check", cut.path])
     assert code == 0, err
     code, out, err = cli(["train", "--resume", cut.path])

@@ -38,7 +38,7 @@ def test_export_writes_metrics_analysis_images_and_histograms(exported, cli) -> 
     assert code == 0, err
     acc = _events(out)
     tags = acc.Tags()
-    steps = [p["step"] for p in run.snapshot_points()]  # 0, 1, 2, 4, 7, 14
+    steps = [p.step for p in run.snapshot_points()]  # 0, 1, 2, 4, 7, 14
     assert {"train/loss", "val/acc", "lr"} <= set(tags["scalars"])
     assert [e.step for e in acc.Scalars("val/acc")] == [0, 7, 14]
     assert [round(e.value, 6) for e in acc.Scalars("val/acc")] == [round(r["val_acc"], 6) for r in run.metrics()]

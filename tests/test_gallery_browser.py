@@ -38,7 +38,7 @@ def gallery_run(tiny_run, tmp_path_factory) -> Run:
     dst = tmp_path_factory.mktemp("browser") / "tiny"
     shutil.copytree(tiny_run.path, dst)
     run = Run.open(dst)
-    render_run(run, RenderConfig(epochs="all", steps=5))
+    render_run(run, RenderConfig(moments="all", steps=5))
     return run
 
 
@@ -63,7 +63,7 @@ def test_gallery_in_chromium(browser, gallery_run: Run, tmp_path: Path) -> None:
     assert len(images) > 10
     assert all(w and w > 0 for _, w in images), [s for s, w in images if not w]
     # one section per depth
-    assert page.locator("section.depth").count() == len(gallery_run.meta["layers"])
+    assert page.locator("section.depth").count() == len(gallery_run.info.layers)
     # the filter slider has one notch per snapshot (the log schedule's steps 1, 2, 4 inside epoch 1)
     section = page.locator("#depth-1")
     img = section.locator(".filter-img")

@@ -16,8 +16,10 @@ import pytest
 from PIL import Image
 
 from featviz.gallery.build import build_gallery
-from featviz.run.renderset import settings_id
+from featviz.run.renderset import settings_set_of
+from featviz.run.schema import RenderRecord, RunInfo
 from featviz.run.store import Run
+from run_helpers import run_info
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -39,36 +41,37 @@ def _layer(depth: int, out_ch: int, in_ch: int, **extra) -> dict:
             "stride": 1, "groups": groups, "weights": weights, "biases": 0, "params": weights, **extra}
 
 
-def _meta(layers: list[dict], model: dict | None = None) -> dict:
-    data = {"name": "synthetic", "channels": 3, "size": 32, "classes": [f"c{i}" for i in range(10)]}
-    return {"name": "scale", "seed": 0, "data": data, "layers": layers, "params_total": 0,
-            "configs": {"data": {"name": "synthetic", "size": 32}, "model": model or {"arch": "resnet18"},
-                        "train": {"epochs": 1}}}
+def _meta(layers: list[dict], model: dict | None = None) -> RunInfo:
+    data = {"name": "synthetic", "image_channels": 3, "size": 32, "classes": [f"c{i}" for i in range(10)],
+            "mean": [0.5] * 3, "std": [0.25] * 3}
+    return run_info("scale", 1, seed=0, data=data, layers=layers, params_total=0,
+                    configs={"data": {"name": "synthetic", "size": 32}, "model": model or {"arch": "resnet18"},
+                             "train": {"epochs": 1}})
 
 
 def synthetic_run(root: Path, layers: list[dict], moments_of_first: int = 2, model: dict | None = None) -> Run:
     """A run whose renders.jsonl lists one thumbnail per channel of every layer at the init, and a second
     moment for the first layer (so its slider has somewhere to go); filter frames at the same moments."""
     run = Run.create(root, "scale", _meta(layers, model))
-    sid = settings_id(SETTINGS)
+    sid = settings_set_of(SETTINGS)
     pngs = [_png(0), _png(255)]
     records = []
-    for layer in layers:
-        for m, (epoch, step, lab) in enumerate(MOMENTS[:moments_of_first if layer["depth"] == 1 else 1]):
+    for layer in run.info.layers:
+        for m, (epoch, step, lab) in enumerate(MOMENTS[:moments_of_first if layer.depth == 1 else 1]):
             when = {"epoch": epoch, "step": step, "point": f"epoch_{epoch:03d}", "label": lab}
-            folder = run.path / "renders" / "am" / sid / layer["name"] / when["point"]
+            folder = run.path / "renders" / "am" / sid / layer.name / when["point"]
             folder.mkdir(parents=True, exist_ok=True)
-            for c in range(layer["out_ch"]):
+            for c in range(layer.out_ch):
                 # plain writes, not Run.write_artifact: its fsync per file would take ~6 s for 10,000 files
                 (folder / f"ch_{c:04d}.png").write_bytes(pngs[m])
-                records.append({"kind": "am", "layer": layer["name"], "depth": layer["depth"], "channel": c, **when,
+                records.append({"kind": "am", "layer": layer.name, "depth": layer.depth, "channel": c, **when,
                                 "file": run.rel(folder / f"ch_{c:04d}.png"), "settings": SETTINGS,
-                                "settings_id": sid, "activation": 1.0 + c})
+                                "settings_set": sid, "activation": 1.0 + c})
             for kind, sub in (("filters", ""), ("filters_learned", "learned/")):
-                path = run.write_artifact("renders", f"filters/{layer['name']}/{sub}{when['point']}.png", pngs[m])
-                records.append({"kind": kind, "layer": layer["name"], "depth": layer["depth"], **when,
+                path = run.write_artifact("renders", f"filters/{layer.name}/{sub}{when['point']}.png", pngs[m])
+                records.append({"kind": kind, "layer": layer.name, "depth": layer.depth, **when,
                                 "file": run.rel(path), "scale": 1.0, "settings": {"points": ["epoch_000", "epoch_001"]}})
-    run.add_renders(records)
+    run.add_renders([RenderRecord.from_json(r) for r in records])
     return run
 
 

@@ -14,7 +14,7 @@ import torch
 from featviz.config import ModelConfig, RenderConfig
 from featviz.errors import ConfigError
 from featviz.model import build_model
-from featviz.optvis import graphed, render_channels
+from featviz.optvis import graphed, maximize_channels
 from featviz.optvis.rng import ElementRandom
 from featviz.optvis.transforms import jitter
 
@@ -41,8 +41,8 @@ def _same(a, b):
 
 @pytest.mark.parametrize("transforms", ["standard", "none"])
 def test_captured_loop_gives_the_eager_images(model, cpu_graphs, transforms):
-    eager = render_channels(model, "features.conv2", CHANS, transforms=transforms, cuda_graph=False, **KW)
-    graph = render_channels(model, "features.conv2", CHANS, transforms=transforms, **KW)
+    eager = maximize_channels(model, "features.conv2", CHANS, transforms=transforms, cuda_graph=False, **KW)
+    graph = maximize_channels(model, "features.conv2", CHANS, transforms=transforms, **KW)
     assert eager.settings["resolved"]["cuda_graph"] == "off"
     assert graph.settings["resolved"]["cuda_graph"] == "graph"
     _same(eager, graph)
@@ -51,9 +51,9 @@ def test_captured_loop_gives_the_eager_images(model, cpu_graphs, transforms):
 
 def test_replays_use_fresh_random_numbers(model, cpu_graphs, monkeypatch):
     """If a replay reused the capture's numbers (no refill), the images would differ from eager ones."""
-    eager = render_channels(model, "features.conv2", CHANS, cuda_graph=False, **KW)
+    eager = maximize_channels(model, "features.conv2", CHANS, cuda_graph=False, **KW)
     monkeypatch.setattr(graphed.Replayable, "refill", lambda self: setattr(self, "_i", 0))
-    stale = render_channels(model, "features.conv2", CHANS, **KW)
+    stale = maximize_channels(model, "features.conv2", CHANS, **KW)
     assert not torch.equal(eager.images, stale.images)
 
 
@@ -62,30 +62,30 @@ def test_a_failed_capture_falls_back_to_the_eager_loop(model, monkeypatch):
         raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
 
     monkeypatch.setitem(graphed.CAPTURES, "cpu", broken)
-    eager = render_channels(model, "features.conv2", CHANS, cuda_graph=False, **KW)
-    fell = render_channels(model, "features.conv2", CHANS, **KW)
+    eager = maximize_channels(model, "features.conv2", CHANS, cuda_graph=False, **KW)
+    fell = maximize_channels(model, "features.conv2", CHANS, **KW)
     _same(eager, fell)
     assert fell.settings["resolved"]["cuda_graph"] == (
         "eager: capture failed (RuntimeError: operation not permitted when stream is capturing)")
 
 
 def test_too_few_steps_to_capture(model, cpu_graphs):
-    res = render_channels(model, "features.conv2", [1], **{**KW, "steps": graphed.WARMUP})
+    res = maximize_channels(model, "features.conv2", [1], **{**KW, "steps": graphed.WARMUP})
     assert res.settings["resolved"]["cuda_graph"] == "eager: too few steps to capture"
 
 
 def test_when_the_loop_is_not_captured(model, cpu_graphs):
-    on_cpu = render_channels(model, "features.conv2", [1], **{**KW, "steps": 5})
+    on_cpu = maximize_channels(model, "features.conv2", [1], **{**KW, "steps": 5})
     assert on_cpu.settings["resolved"]["cuda_graph"] == "graph"
     graphed.CAPTURES.pop("cpu")
-    asked = render_channels(model, "features.conv2", [1], cuda_graph=True, **{**KW, "steps": 5})
+    asked = maximize_channels(model, "features.conv2", [1], cuda_graph=True, **{**KW, "steps": 5})
     assert asked.settings["resolved"]["cuda_graph"] == "off: CUDA graphs need a CUDA device, the model is on cpu"
     graphed.CAPTURES["cpu"] = graphed.rerun
-    custom = render_channels(model, "features.conv2", [1], transforms=jitter(1, rng=0), **{**KW, "steps": 5})
+    custom = maximize_channels(model, "features.conv2", [1], transforms=jitter(1, rng=0), **{**KW, "steps": 5})
     assert custom.settings["resolved"]["cuda_graph"].startswith("off: a custom param or transform")
     handle = model.features.relu1.register_forward_hook(lambda *a: None)
     try:
-        hooked = render_channels(model, "features.conv2", [1], **{**KW, "steps": 5})
+        hooked = maximize_channels(model, "features.conv2", [1], **{**KW, "steps": 5})
     finally:
         handle.remove()
     assert hooked.settings["resolved"]["cuda_graph"] == "off: the model has hooks, which a graph replay would not call"
@@ -93,7 +93,7 @@ def test_when_the_loop_is_not_captured(model, cpu_graphs):
 
 def test_switch_values_are_checked(model):
     with pytest.raises(ConfigError, match="cuda_graph must be True, False or None"):
-        render_channels(model, "features.conv2", [1], cuda_graph="yes", **KW)
+        maximize_channels(model, "features.conv2", [1], cuda_graph="yes", **KW)
     with pytest.raises(ConfigError, match="unknown cuda_graph 'maybe'"):
         RenderConfig(cuda_graph="maybe")
 
@@ -117,8 +117,8 @@ def test_replayable_serves_the_wrapped_stream():
 def test_cuda_graph_matches_the_eager_loop_on_a_gpu(model):
     gpu = build_model(ModelConfig(), seed=0).eval().cuda()
     kw = {**KW, "steps": 32}
-    eager = render_channels(gpu, "features.conv2", CHANS, cuda_graph=False, **kw)
-    graph = render_channels(gpu, "features.conv2", CHANS, **kw)
+    eager = maximize_channels(gpu, "features.conv2", CHANS, cuda_graph=False, **kw)
+    graph = maximize_channels(gpu, "features.conv2", CHANS, **kw)
     assert graph.settings["resolved"]["cuda_graph"] == "graph"
     assert (eager.images - graph.images).abs().max() < 1e-3
     assert torch.allclose(eager.values, graph.values, rtol=1e-3, atol=1e-3)

@@ -23,7 +23,7 @@ from conftest import TINY_CLI_MODEL
 from featviz.run.check import check_run
 from featviz.errors import RunError
 from featviz.faults import ENV_AT, ENV_FILE
-from featviz.run.outputs import list_runs
+from featviz.run.store import list_runs
 from featviz.run.store import Run
 from hostile_helpers import _copy, _damaged
 
@@ -253,7 +253,8 @@ def test_an_uncreatable_tensorboard_folder_is_one_line(cli, tmp_path: Path, tiny
 
 def test_record_checks_on_constructed_records() -> None:
     """The record checks, each on a record whose answer is known (cases the property-based search found)."""
-    from featviz.run.records import metric_problem, render_problem
+    from featviz.run.records import metric_problem
+    from featviz.run.schema import render_problem
 
     assert metric_problem({"epoch": 1, "step": 7, "val_acc": 0.5, "label": "x", "train_loss": None}) is None
     assert metric_problem({"epoch": 1, "val_acc": [0.5]}) == "val_acc is not a number"
@@ -345,7 +346,7 @@ def test_watch_never_writes_to_a_run_that_is_not_training(tmp_path: Path, tiny_r
     from featviz.pipeline import render_run
 
     run = _copy(tiny_run, tmp_path / "run")
-    render_run(run, RenderConfig(steps=2, size=16, epochs="last", channels=(0,)))
+    render_run(run, RenderConfig(steps=2, size=16, moments="last", channels=(0,)))
     before = _tree(run.path)
     proc = subprocess.Popen([sys.executable, "-m", "featviz", "gallery", str(run.path), "--serve", "--watch",
                              "--port", "0"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -40,9 +40,9 @@ def test_labels_from_files_are_text_and_printed_escaped(cli, tmp_path: Path, tin
     recs[-1]["label"] = "epoch 2 · \x1b[2J\x1b]0;owned\x07ckpt.pt"
     (run.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     run.write_manifest(run.epochs_done)  # as the writer would have committed it
-    labels = [p["label"] for p in run.snapshot_points()]
+    labels = [p.label for p in run.snapshot_points()]
     assert all(isinstance(x, str) for x in labels) and any("\x1b[2J" in x for x in labels)
-    code, out, err = cli(["render", run.path, "--steps", 2, "--size", 16, "--epochs", "last", "--channels", "0"])
+    code, out, err = cli(["render", run.path, "--steps", 2, "--size", 16, "--moments", "last", "--channels", "0"])
     assert code == 0 and "unexpected" not in err, err
     assert "\x1b" not in out + err and "\\x1b[2J" in out + err
 

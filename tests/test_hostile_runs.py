@@ -263,7 +263,7 @@ def template(tiny_run, tmp_path_factory) -> Path:
 
     dst = tmp_path_factory.mktemp("hostile_template") / "tiny"
     shutil.copytree(tiny_run.path, dst)
-    render_run(Run.open(dst), RenderConfig(steps=4, chunk=64, epochs="last"))
+    render_run(Run.open(dst), RenderConfig(steps=4, chunk=64, moments="last"))
     import featviz.cli.main  # noqa: F401 - imported before forking, so each child starts warm
 
     return dst

@@ -37,10 +37,10 @@ def test_each_format_imports_renders_and_analyzes(fmt: str, user_code: Path, tmp
     assert unit == {"pt": "step", "pth": "epoch", "safetensors": "number", "ckpt": "step"}[fmt]  # from the names
     assert [m["step"] for m in run.metrics()] == ([0, 10, 20] if unit == "step" else [0, 1, 2])
     assert all(0 <= m["val_acc"] <= 1 for m in run.metrics())
-    assert run.snapshot_points()[0]["label"].startswith(f"{unit} 0 · ")  # named by its file, not "init"
+    assert run.snapshot_points()[0].label.startswith(f"{unit} 0 · ")  # named by its file, not "init"
     code, out, err = cli(["check", run.path])
     assert code == 0, err
-    code, out, err = cli(["render", run.path, "--steps", "2", "--epochs", "last", "--model", "usernets:tiny"])
+    code, out, err = cli(["render", run.path, "--steps", "2", "--moments", "last", "--model", "usernets:tiny"])
     assert code == 0, err
     code, out, err = cli(["analyze", run.path, "--probe", "16", "--model", "usernets:tiny"])
     assert code == 0, err

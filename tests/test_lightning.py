@@ -132,7 +132,7 @@ def test_a_lightning_fit_is_recorded_and_renders(litcode: Path, tmp_path: Path, 
     assert run.meta["configs"]["model"]["factory"] == "litnets:LitTiny"
     assert run.meta["configs"]["model"]["kwargs"] == {"width": 4, "lr": 0.1}  # save_hyperparameters
     # 64 images / 8 = 8 optimizer steps (the sanity check's validation is none): log-schedule steps 1, 2, 4
-    assert [p["id"] for p in run.snapshot_points()] == [
+    assert [p.id for p in run.snapshot_points()] == [
         "epoch_000", "step_0000001", "step_0000002", "step_0000004", "epoch_001"]
     metrics = run.metrics()
     assert [m["step"] for m in metrics] == [0, 8]
@@ -144,7 +144,7 @@ def test_a_lightning_fit_is_recorded_and_renders(litcode: Path, tmp_path: Path, 
     assert snap.keys() == state.keys() and all(torch.equal(snap[k], state[k]) for k in state)  # bit for bit
     images, _ = run.load_probe()
     assert images.shape == (32, 3, 12, 12)  # the validation loader's dataset
-    assert [la["name"] for la in run.meta["layers"]] == ["net.conv1", "net.conv2"]
+    assert [la.name for la in run.info.layers] == ["net.conv1", "net.conv2"]
     code, out, err = cli(["check", run.path])
     assert code == 0, err
 
@@ -180,12 +180,12 @@ def test_a_submodule_with_accumulation_and_a_datamodule(litcode: Path, tmp_path:
     assert run.epochs_done == 2 and run.complete and run.meta["configs"]["model"]["factory"] == "litnets:net"
     assert model.trainer.global_step == 8  # 8 batches an epoch, one optimizer step every 2
     assert [m["step"] for m in run.metrics()] == [0, 4, 8]  # optimizer steps, not batches
-    assert [p["id"] for p in run.snapshot_points()] == ["epoch_000", "step_0000001", "step_0000002", "epoch_001",
+    assert [p.id for p in run.snapshot_points()] == ["epoch_000", "step_0000001", "step_0000002", "epoch_001",
                                                         "epoch_002"]
     snap = run.load_snapshot(2)
     inner = {k[len("net."):]: v for k, v in state.items()}
     assert snap.keys() == inner.keys() and all(torch.equal(snap[k], inner[k]) for k in inner)
-    assert [la["name"] for la in run.meta["layers"]] == ["conv1", "conv2"]
+    assert [la.name for la in run.info.layers] == ["conv1", "conv2"]
     # with accumulation, a step's loss is its batches' mean (about ln 3 here), not half of it: Lightning's
     # outputs carry each batch's loss divided by the accumulation count
     assert 0.8 < run.metrics()[1]["train_loss"] < 1.5
@@ -240,4 +240,4 @@ def test_a_crash_leaves_the_run_interrupted(litcode: Path, tmp_path: Path) -> No
         trainer.fit(LitTiny(), DataLoader(train, batch_size=8), DataLoader(val, batch_size=16))
     run = Run.open(tmp_path / "out" / "crash")
     assert run.epochs_done == 1 and not run.complete and run.meta["configs"]["train"]["epochs"] == 3
-    assert [p["id"] for p in run.snapshot_points()][-1] == "epoch_001"
+    assert [p.id for p in run.snapshot_points()][-1] == "epoch_001"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from conftest import TINY_CLI_MODEL
+from featviz.run.schema import RenderRecord
 
 SMALL = ["--size", "16", *TINY_CLI_MODEL[:-2], "--batch-size", "8"]  # a 36-image folder: 4 steps per epoch
 
@@ -38,10 +39,10 @@ def test_render_replaces_live_frames_with_one_scale_across_the_run(cli, png_fold
     assert cli(["train", "--data", f"folder:{png_folder}", "--epochs", "1", *SMALL, "--out", out, "--name", "r",
                 "--live", "--port", "0"])[0] == 0
     run = Run.open(out / "r")
-    assert {r["settings"].get("live") for r in run.render_index() if r["kind"] == "filters"} == {True}
-    assert cli(["render", out / "r", "--steps", "2", "--epochs", "last"])[0] == 0
-    assert {json.dumps(r["settings"]) for r in run.render_index() if r["kind"] == "filters"} == {
-        json.dumps({"points": [p["id"] for p in run.snapshot_points()]})}
+    assert {r.settings.get("live") for r in run.render_index() if r.kind == "filters"} == {True}
+    assert cli(["render", out / "r", "--steps", "2", "--moments", "last"])[0] == 0
+    assert {json.dumps(r.settings) for r in run.render_index() if r.kind == "filters"} == {
+        json.dumps({"points": [p.id for p in run.snapshot_points()]})}
 
 
 def test_live_render_renders_the_moments_in_the_background(cli, png_folder: Path, tmp_path: Path) -> None:
@@ -53,9 +54,9 @@ def test_live_render_renders_the_moments_in_the_background(cli, png_folder: Path
                         "--live", "--port", "0", "--live-render"])
     assert code == 0, err
     run = Run.open(out / "r")
-    expected = {p["id"] for p in moments("auto", run.snapshot_points())}
-    am = [r for r in run.render_index() if r["kind"] == "am"]
-    assert {r["point"] for r in am} == expected  # every auto moment of the finished run, and nothing else
+    expected = {p.id for p in moments("auto", run.snapshot_points())}
+    am = [r for r in run.render_index() if r.kind == "am"]
+    assert {r.point for r in am} == expected  # every auto moment of the finished run, and nothing else
     assert len(am) == len(expected) * (4 + 8)
     html = (out / "r/gallery/index.html").read_text()
     assert "/am/" in html and "live.json" in html
@@ -87,7 +88,7 @@ def test_a_run_written_before_snapshot_schedules_still_renders_and_analyzes(tiny
            "file": "renders/filters/features.conv1/epoch_001.png"}
     (run.path / "renders/filters/features.conv1").mkdir(parents=True)
     (run.path / old["file"]).write_bytes((run.path / "snapshots/epoch_000.safetensors").read_bytes()[:0] or b"x")
-    run.add_renders([old])
+    run.add_renders([RenderRecord.from_json(old)])
     html = Path(build_gallery(run)).read_text()
     assert "step 7 · epoch 1" in html  # an old record's epoch is shown as its step and epoch
     out = render_run(run, RenderConfig(steps=2))

@@ -69,10 +69,10 @@ def test_real_glibc_round_trip() -> None:
 def test_a_cpu_render_runs_inside_the_block(libc: FakeLibc) -> None:
     from torch import nn
 
-    from featviz.optvis import render_channels
+    from featviz.optvis import maximize_channels
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-    render_channels(model, "0", size=16, steps=2)
+    maximize_channels(model, "0", size=16, steps=2)
     assert ("mallopt", -3, 1 << 30) in libc.calls and libc.calls[-1] == ("trim", 0)
 
 

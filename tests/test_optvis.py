@@ -11,7 +11,7 @@ from featviz.errors import ConfigError
 from featviz.hooks import hook_count
 from featviz.optvis import (
     Objective, channel, color_matrix, jitter, layer_channels,
-    noise_images, pad, random_rotate, random_scale, render, render_channels, specificity, standardized_activation,
+    noise_images, pad, random_rotate, random_scale, maximize, maximize_channels, specificity, standardized_activation,
 )
 from featviz.optvis.quality import channel_activations
 from featviz.optvis.transforms import RandomAffine
@@ -21,8 +21,8 @@ from optvis_models import seq_model, tiny_cnn
 
 # ----------------------------------------------------------------------------------- render
 def _initial_and_final(model: nn.Module, obj: Objective, **kw) -> tuple[torch.Tensor, torch.Tensor]:
-    r0 = render(model, obj, **{**kw, "steps": 1, "lr": 1e-12})  # the initial image's value
-    r = render(model, obj, **kw)
+    r0 = maximize(model, obj, **{**kw, "steps": 1, "lr": 1e-12})  # the initial image's value
+    r = maximize(model, obj, **kw)
     return r0.values, r.values
 
 
@@ -37,7 +37,7 @@ def test_target_activation_rises(param: str, transforms: str) -> None:
 
 def test_render_result_contents() -> None:
     seen = []
-    r = render(seq_model(), "2:3", size=12, steps=20, trace_every=8, progress=lambda s, n, v: seen.append(s))
+    r = maximize(seq_model(), "2:3", size=12, steps=20, trace_every=8, progress=lambda s, n, v: seen.append(s))
     assert r.images.shape == (1, 3, 12, 12) and r.images.device.type == "cpu"
     assert r.trace.shape == (4, 1) and r.trace_steps == [0, 8, 16, 19] and seen == [0, 8, 16, 19]
     assert r.settings["objective"] == "2:3" and r.settings["steps"] == 20 and r.settings["lr"] == 0.05
@@ -48,10 +48,10 @@ def test_render_result_contents() -> None:
 def test_batched_channels_match_one_at_a_time(make, layer: str) -> None:
     model = make()
     kw = dict(size=16, steps=12, seed=3)
-    batched = render_channels(model, layer, chunk=3, **kw)  # chunking does not matter either
+    batched = maximize_channels(model, layer, chunk=3, **kw)  # chunking does not matter either
     assert batched.images.shape[0] == 8 and batched.keys == list(range(8))
     for c in (0, 4, 7):
-        single = render(model, channel(layer, c), keys=[c], **kw)
+        single = maximize(model, channel(layer, c), keys=[c], **kw)
         assert torch.allclose(single.images, batched.images[c:c + 1], atol=1e-4)
         assert torch.allclose(single.values, batched.values[c:c + 1], atol=1e-4)
     assert batched.settings["layer"] == layer and batched.settings["steps"] == 12
@@ -71,7 +71,7 @@ def test_recorded_activation_is_the_channel_mean_on_the_returned_image(layer: st
     model = tiny_cnn(in_channels=1)
     mean, std = 0.4, 0.2
     chans = [0, 2, 3] if layer == "features.pool1" else [1, 5, 6, 7]
-    r = render_channels(model, layer, chans, image_channels=1, size=16, steps=10, mean=[mean], std=[std])
+    r = maximize_channels(model, layer, chans, image_channels=1, size=16, steps=10, mean=[mean], std=[std])
     assert r.images.shape == (len(chans), 1, 16, 16) and r.keys == chans
 
     out = {}
@@ -91,23 +91,23 @@ def test_recorded_activation_is_the_channel_mean_on_the_returned_image(layer: st
 def test_unknown_layer_and_bad_channel() -> None:
     model = tiny_cnn()
     with pytest.raises(ConfigError, match="valid layers: .*features.conv1"):
-        render(model, channel("features.nope", 0), steps=2, size=8)
+        maximize(model, channel("features.nope", 0), steps=2, size=8)
     with pytest.raises(ConfigError, match="out of range"):
-        render(model, channel("features.conv2", 8), steps=2, size=8)
+        maximize(model, channel("features.conv2", 8), steps=2, size=8)
     with pytest.raises(ConfigError, match="out of range"):
-        render_channels(model, "features.conv1", [0, 4], steps=2, size=8)
+        maximize_channels(model, "features.conv1", [0, 4], steps=2, size=8)
     with pytest.raises(ConfigError, match="valid layers"):
-        render_channels(model, "conv9", steps=2, size=8)
+        maximize_channels(model, "conv9", steps=2, size=8)
     assert hook_count(model) == 0
 
 
 @pytest.mark.parametrize("optimize", [True, False])
 def test_images_the_model_cannot_take_are_one_line(optimize: bool) -> None:
-    """The same message from render and render_channels, before any optimization (it was a raw torch error
+    """The same message from render and maximize_channels, before any optimization (it was a raw torch error
     from whichever layer met the image first: on the fast path, the one-channel conv's batched matmul)."""
     model = tiny_cnn()
-    for call in (lambda: render(model, "features.conv2:1", steps=2, size=8, image_channels=1, optimize=optimize),
-                 lambda: render_channels(model, "features.conv2", [0], steps=2, size=8, image_channels=1)):
+    for call in (lambda: maximize(model, "features.conv2:1", steps=2, size=8, image_channels=1, optimize=optimize),
+                 lambda: maximize_channels(model, "features.conv2", [0], steps=2, size=8, image_channels=1)):
         with pytest.raises(ConfigError, match=r"model cannot run on images of shape \[1, 1, 8, 8\]: .*3 channels"):
             call()
     assert hook_count(model) == 0 and all(p.requires_grad for p in model.parameters())
@@ -126,14 +126,14 @@ def test_model_state_restored_and_hooks_removed_after_errors() -> None:
         assert not model.features.conv1.weight.requires_grad and model.features.conv2.weight.requires_grad
 
     for optimize in (True, False):
-        render(model, "features.conv2:1", steps=3, size=8, optimize=optimize)
+        maximize(model, "features.conv2:1", steps=3, size=8, optimize=optimize)
         check()
 
         def boom(acts):
             raise RuntimeError("objective failed")
 
         with pytest.raises(RuntimeError, match="objective failed"):
-            render(model, Objective(boom, ["features.conv2"]), steps=3, size=8, optimize=optimize)
+            maximize(model, Objective(boom, ["features.conv2"]), steps=3, size=8, optimize=optimize)
         check()
 
         def bad_hook(*_):
@@ -141,7 +141,7 @@ def test_model_state_restored_and_hooks_removed_after_errors() -> None:
 
         h = model.features.relu1.register_forward_hook(bad_hook)
         with pytest.raises((RuntimeError, ConfigError), match="hook failed"):  # ConfigError: caught by the probe
-            render(model, "features.conv2:1", steps=3, size=8, optimize=optimize)
+            maximize(model, "features.conv2:1", steps=3, size=8, optimize=optimize)
         h.remove()
         check()
     after = model.state_dict()
@@ -154,17 +154,17 @@ def test_one_channel_model() -> None:
     v0, v1 = _initial_and_final(model, channel("features.conv2", 0), image_channels=1, size=16, steps=30,
                                 color=color, mean=[0.5], std=[0.25])
     assert (v1 > v0).all()
-    r = render_channels(model, "features.conv1", [0, 2], image_channels=1, size=12, steps=3)
+    r = maximize_channels(model, "features.conv1", [0, 2], image_channels=1, size=12, steps=3)
     assert r.images.shape == (2, 1, 12, 12) and r.keys == [0, 2]
     with pytest.raises(ConfigError, match="1, 3, 12, 12"):  # 3 colour channels into a 1-channel model
-        render_channels(model, "features.conv1", size=12, steps=2)
-    assert render_channels(seq_model(), "0", channels=[1], size=12, steps=2).keys == [1]  # channels = indices
+        maximize_channels(model, "features.conv1", size=12, steps=2)
+    assert maximize_channels(seq_model(), "0", channels=[1], size=12, steps=2).keys == [1]  # channels = indices
 
 
 # ---------------------------------------------------------------------------------- quality
 def test_quality_measures() -> None:
     model = seq_model()
-    r = render_channels(model, "2", size=16, steps=30)
+    r = maximize_channels(model, "2", size=16, steps=30)
     noise = noise_images(16, 3, 16, seed=1)
     z = standardized_activation(model, "2", r.images, None, None, noise)
     assert z.shape == (8,) and (z > 0).all()
@@ -191,13 +191,13 @@ def test_render_settings_are_checked_recorded_and_overridable() -> None:
     base = RenderSettings(size=12, steps=4, mean=[0.5], std=(0.25,))
     with pytest.raises(dataclasses.FrozenInstanceError):
         base.steps = 5
-    r = render(seq_model(), "2:1", base, steps=3, trace_every=2)
+    r = maximize(seq_model(), "2:1", base, steps=3, trace_every=2)
     assert r.settings["steps"] == 3 and r.settings["size"] == 12 and r.settings["mean"] == [0.5]
     assert r.settings["resolved"]["device"] == "cpu" and r.settings["resolved"]["transforms"]["mode"] == "reflect"
     assert json.loads(json.dumps(r.settings)) == r.settings
     fields = [f.name for f in dataclasses.fields(RenderSettings)]
     assert RenderSettings(**{k: r.settings[k] for k in fields}) == dataclasses.replace(base, steps=3, trace_every=2)
-    again = render(seq_model(), "2:1", RenderSettings(size=12, steps=3, mean=0.5, std=0.25, trace_every=2))
+    again = maximize(seq_model(), "2:1", RenderSettings(size=12, steps=3, mean=0.5, std=0.25, trace_every=2))
     assert torch.equal(again.images, r.images)  # the settings object and keywords are the same thing
 
 
@@ -222,22 +222,22 @@ def test_render_settings_reject_bad_values(kw: dict, match: str) -> None:
         RenderSettings(**kw)
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=match):
-        render(seq_model(), "2:1", **kw)
+        maximize(seq_model(), "2:1", **kw)
 
 
 def test_counts_and_indices_are_not_confused() -> None:
     model = seq_model()
     with pytest.raises(ConfigError, match="unknown keyword 'channels'.*image_channels"):
-        render(model, "2:1", channels=3, steps=2, size=8)
+        maximize(model, "2:1", channels=3, steps=2, size=8)
     with pytest.raises(ConfigError, match="unknown keyword 'stepz'"):
-        render(model, "2:1", stepz=2)
+        maximize(model, "2:1", stepz=2)
     with pytest.raises(ConfigError, match="channel indices"):
-        render_channels(model, "2", 3, steps=2, size=8)  # an int where indices are expected
+        maximize_channels(model, "2", 3, steps=2, size=8)  # an int where indices are expected
     with pytest.raises(ConfigError, match="image_channels must be an integer"):
-        render_channels(model, "2", image_channels=[0, 1], steps=2, size=8)
-    with pytest.raises(ConfigError, match="render_channels sets 'batch' itself"):
-        render_channels(model, "2", batch=2, steps=2, size=8)
-    r = render_channels(model, "2", torch.tensor([3, 1]), steps=2, size=8)
+        maximize_channels(model, "2", image_channels=[0, 1], steps=2, size=8)
+    with pytest.raises(ConfigError, match="maximize_channels sets 'batch' itself"):
+        maximize_channels(model, "2", batch=2, steps=2, size=8)
+    r = maximize_channels(model, "2", torch.tensor([3, 1]), steps=2, size=8)
     assert r.keys == [3, 1] and r.settings["kind"] == "channels" and r.settings["batch"] == 2
 
 
@@ -253,7 +253,7 @@ def test_seeds_sizes_and_counts_out_of_range_are_one_line() -> None:
     """Seeds beyond 64 bits would collide with smaller ones (the element seeds hash them modulo 2**64)."""
     model = seq_model()
     with pytest.raises(ConfigError, match="seed must be <= 9223372036854775807"):
-        render(model, "2:1", steps=1, size=12, seed=5 + 2 ** 64)
+        maximize(model, "2:1", steps=1, size=12, seed=5 + 2 ** 64)
     with pytest.raises(ConfigError, match="seed must be an integer in"):
         noise_images(2, 3, 8, seed=2 ** 70)
     for bad in (0, -1):
@@ -280,11 +280,11 @@ def test_transform_settings_are_checked_when_built(make, message: str) -> None:
 def test_render_inside_no_grad_and_inference_mode() -> None:
     """Called from an evaluation block (a validation hook, a notebook cell under no_grad): the same images."""
     model = seq_model()
-    plain = render(model, "2:1", steps=3, size=12)
+    plain = maximize(model, "2:1", steps=3, size=12)
     with torch.no_grad():
-        quiet = render(model, "2:1", steps=3, size=12)
+        quiet = maximize(model, "2:1", steps=3, size=12)
         assert not torch.is_grad_enabled()  # the caller's mode is back
     with torch.inference_mode():
-        frozen_mode = render_channels(model, "2", [1], steps=3, size=12)
+        frozen_mode = maximize_channels(model, "2", [1], steps=3, size=12)
     assert torch.equal(plain.images, quiet.images)
-    assert torch.equal(render_channels(model, "2", [1], steps=3, size=12).images, frozen_mode.images)
+    assert torch.equal(maximize_channels(model, "2", [1], steps=3, size=12).images, frozen_mode.images)

@@ -9,7 +9,7 @@ from torch import nn
 
 from featviz.config import ModelConfig
 from featviz.model import build_model
-from featviz.optvis import channel, neuron, render_channels
+from featviz.optvis import channel, neuron, maximize_channels
 from featviz.optvis.fastpath import PooledConv, SelectedConv, fast_copy, select_channels
 from optvis_models import tiny_cnn
 
@@ -107,8 +107,8 @@ def test_select_channels_applies_only_where_it_is_exact() -> None:
 
 def test_render_with_and_without_channel_selection_agree() -> None:
     model = tiny_cnn()
-    a = render_channels(model, "features.bn2", size=16, steps=12)
-    b = render_channels(model, "features.bn2", size=16, steps=12, optimize=False)
+    a = maximize_channels(model, "features.bn2", size=16, steps=12)
+    b = maximize_channels(model, "features.bn2", size=16, steps=12, optimize=False)
     assert torch.allclose(a.values, b.values, rtol=1e-3, atol=1e-3)
     assert (a.images - b.images).abs().max() < 1e-3
 

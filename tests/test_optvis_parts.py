@@ -10,7 +10,7 @@ from featviz.errors import ConfigError
 from featviz.hooks import hook_count
 from featviz.optvis import (
     Objective, channel, color_matrix, compose, direction, diversity, fourier, jitter, layer_objective, neuron,
-    pad, parse, pixel, random_rotate, random_scale, render, standard,
+    pad, parse, pixel, random_rotate, random_scale, maximize, standard,
 )
 from featviz.optvis.rng import ElementRandom, element_seed
 from featviz.optvis.transforms import RandomAffine
@@ -105,16 +105,16 @@ def test_objectives_that_cannot_be_optimized_are_one_line() -> None:
     ]
     for obj, message in cases:
         with pytest.raises(ConfigError, match=message):
-            render(model, obj, steps=2, size=16)
+            maximize(model, obj, steps=2, size=16)
     assert hook_count(model) == 0
 
 
 def test_diversity_for_one_image_and_for_vector_layers() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
-    one = render(model, channel("1", 0) + diversity("1"), steps=2, size=12)  # batch 1: diversity is 0
-    plain = render(model, channel("1", 0), steps=2, size=12)
+    one = maximize(model, channel("1", 0) + diversity("1"), steps=2, size=12)  # batch 1: diversity is 0
+    plain = maximize(model, channel("1", 0), steps=2, size=12)
     assert torch.allclose(one.images, plain.images)
-    two = render(model, diversity("3"), batch=2, steps=2, size=12)  # [B, C] outputs: a Gram matrix of 1 pixel
+    two = maximize(model, diversity("3"), batch=2, steps=2, size=12)  # [B, C] outputs: a Gram matrix of 1 pixel
     assert two.values.shape == (2,) and torch.isfinite(two.values).all()
 
 

@@ -42,7 +42,7 @@ def test_recorder_edge_cases(user_code: Path, tmp_path: Path, cli) -> None:
     with torch.no_grad():  # started inside no_grad (an evaluation block): the layer trace still works
         rec = featviz.record(TwoHeads(), "heads", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips())
         rec.start()
-    assert [la["name"] for la in rec.run.meta["layers"]] == ["conv", "mix"]  # the shared conv once, first call
+    assert [la.name for la in rec.run.info.layers] == ["conv", "mix"]  # the shared conv once, first call
     rec.step(loss=1.0)
     rec.epoch()  # no metrics at all
     with pytest.raises(ConfigError, match="recorder's own"):
@@ -155,7 +155,7 @@ def test_a_model_that_changes_its_tensors_is_refused_at_the_snapshot(user_code: 
             rec.epoch()
     run = Run.open(tmp_path / "grown")
     assert run.epochs_done == 1 and not run.complete and not run.snapshot_file(2).exists()
-    assert [p["id"] for p in run.snapshot_points()] == ["epoch_000", "epoch_001"]
+    assert [p.id for p in run.snapshot_points()] == ["epoch_000", "epoch_001"]
 
     model = TwoHeads()
     rec = featviz.record(model, "halved", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips(),
@@ -205,12 +205,12 @@ def test_render_names_a_snapshot_of_another_network(user_code: Path, tmp_path: P
     snaps, bad = fitting(run, *run.load_points(points))
     assert set(snaps) == {"epoch_000", "epoch_001"} and list(bad) == ["epoch_002"]
     assert "conv.weight is [6, 3, 3, 3] in it, [4, 3, 3, 3] in the run's network" in bad["epoch_002"]
-    assert render.render_filters(run, run.meta["layers"], points, snaps) > 0
-    assert not [r for r in run.render_index() if "epoch_002" in r["file"]]
+    assert render.draw_filters(run, run.info.layers, points, snaps) > 0
+    assert not [r for r in run.render_index() if "epoch_002" in r.file]
     cfg = RenderConfig(steps=2, size=12, filters=False)
     with pytest.raises(RunError, match=r"epoch_002.safetensors does not fit the run's network: conv.weight is \[6"):
-        render.render_actmax(run, run.meta["layers"], points[-1:], cfg, torch.device("cpu"))
-    code, out, err = cli(["render", run.path, "--steps", "2", "--size", "12", "--epochs", "0,1",
+        render.maximize_layers(run, run.info.layers, points[-1:], cfg, torch.device("cpu"))
+    code, out, err = cli(["render", run.path, "--steps", "2", "--size", "12", "--moments", "0,1",
                           "--model", "usernets:TwoHeads"])
     assert code == 0 and "epoch_002 left out of the filter images" in err, err
     result = featviz.analyze_run(run, probe_size=10)

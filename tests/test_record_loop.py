@@ -67,17 +67,17 @@ def test_recorded_run_has_the_trained_run_layout(user_code: Path, tmp_path: Path
     run = Run.open(run.path)
     assert run.epochs_done == 2 and run.complete and run.meta["source"] == "record"
     # 96 images / 16 = 6 steps per epoch: the log schedule adds steps 1, 2, 4 inside epoch 1
-    assert [p["id"] for p in run.snapshot_points()] == [
+    assert [p.id for p in run.snapshot_points()] == [
         "epoch_000", "step_0000001", "step_0000002", "step_0000004", "epoch_001", "epoch_002"]
     metrics = run.metrics()
     assert [m["step"] for m in metrics] == [0, 6, 12] and metrics[2]["val_acc"] == 0.5
     assert metrics[1]["train_loss"] == pytest.approx(sum(losses[:6]) / 6)
     # layers in forward-execution order, with the geometry of the user's network
-    layers = run.meta["layers"]
-    assert [la["name"] for la in layers] == ["stem", "grouped", "depthwise", "down"]
-    assert [la["groups"] for la in layers] == [1, 2, 8, 1]
-    assert [la["response"] for la in layers] == ["bn", "grouped", "depthwise", "down"]
-    assert [la["rf_px"] for la in layers] == [3, 5, 7, 9]  # 3, +2, +2, +2 (the stride widens only what comes after)
+    layers = run.info.layers
+    assert [la.name for la in layers] == ["stem", "grouped", "depthwise", "down"]
+    assert [la.groups for la in layers] == [1, 2, 8, 1]
+    assert [la.response for la in layers] == ["bn", "grouped", "depthwise", "down"]
+    assert [la.rf_px for la in layers] == [3, 5, 7, 9]  # 3, +2, +2, +2 (the stride widens only what comes after)
     assert run.meta["data"]["classes"] == ["low", "mid", "high"] and run.meta["data"]["size"] == 12
     images, labels = run.load_probe()
     assert images.dtype == torch.uint8 and images.shape == (96, 3, 12, 12) and labels.tolist()[:3] == Flips().y[:3].tolist()
@@ -106,7 +106,7 @@ def test_a_failed_loop_keeps_committed_epochs(user_code: Path, tmp_path: Path) -
             raise RuntimeError("out of memory, say")
     run = Run.open(tmp_path / "crash")
     assert run.epochs_done == 1 and not run.complete
-    assert [p["id"] for p in run.snapshot_points()] == ["epoch_000", "step_0000001", "step_0000002", "epoch_001"]
+    assert [p.id for p in run.snapshot_points()] == ["epoch_000", "step_0000001", "step_0000002", "epoch_001"]
     assert not run.step_snapshot_file(4).exists()
 
 

@@ -139,12 +139,12 @@ def test_render_while_training_reads_only_complete_epochs(data: Path, tmp_path: 
     try:
         run = Run.open(tmp_path / "live")
         assert run.epochs_done == 2 and list(run.path.rglob(".epoch_003.safetensors.*.tmp"))
-        out = render_run(run, RenderConfig(epochs="all", **FAST))
+        out = render_run(run, RenderConfig(moments="all", **FAST))
         assert out["epochs"] == [0, 1, 2] and not out["skipped"]
-        rendered = {r["epoch"] for r in run.render_index() if r.get("epoch") is not None}
+        rendered = {r.epoch for r in run.render_index() if r.epoch is not None}
         assert rendered == {0, 1, 2}
         last_committed = run.metrics()[-1]["step"]  # step snapshots of the unfinished epoch are not read
-        assert {r["step"] for r in run.render_index() if "step" in r} <= set(range(last_committed + 1))
+        assert {r.step for r in run.render_index() if r.step is not None} <= set(range(last_committed + 1))
         assert proc.poll() is None  # training was still running (paused) all along
     finally:
         _kill(proc)
@@ -184,14 +184,14 @@ def test_damaged_snapshot_is_named_and_the_other_epochs_still_work(how: str, dam
     damage(target)
     code, out, err = cli(["check", run.path])
     assert code == 1 and target.name in err and what in err
-    code, out, err = cli(["render", run.path, "--epochs", "1", "--steps", "2", "--size", "16"])
+    code, out, err = cli(["render", run.path, "--moments", "1", "--steps", "2", "--size", "16"])
     assert code != 0 and len(err.splitlines()) == 1 and target.name in err and what in err
     assert "Traceback" not in out + err
-    code, out, err = cli(["render", run.path, "--epochs", "0,2", "--steps", "2", "--size", "16"])
+    code, out, err = cli(["render", run.path, "--moments", "0,2", "--steps", "2", "--size", "16"])
     assert code == 0, err
     assert target.name in err and "warning" in err  # left out of the filter images, and said so
-    am = {r["epoch"] for r in run.render_index() if r["kind"] == "am"}
-    filt = {r["point"] for r in run.render_index() if r["kind"] == "filters"}
+    am = {r.epoch for r in run.render_index() if r.kind == "am"}
+    filt = {r.point for r in run.render_index() if r.kind == "filters"}
     assert am == {0, 2} and filt == {"epoch_000", "epoch_002", "step_0000001", "step_0000002", "step_0000004"}
     code, out, err = cli(["analyze", run.path, "--probe", "20"])
     assert code == 0, err
@@ -213,7 +213,7 @@ def test_truncated_last_metrics_line(damaged_copy: Run, cli) -> None:
     p.write_bytes(p.read_bytes()[:-20])
     code, out, err = cli(["check", damaged_copy.path])
     assert code == 1 and "metrics.jsonl" in err and "line 3 is damaged" in err
-    code, out, err = cli(["render", damaged_copy.path, "--epochs", "0,2", "--steps", "2", "--size", "16"])
+    code, out, err = cli(["render", damaged_copy.path, "--moments", "0,2", "--steps", "2", "--size", "16"])
     assert code == 0, err
     a = analyze_run(damaged_copy, probe_size=20)
     assert a["epochs"] == [0, 1, 2]

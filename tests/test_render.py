@@ -16,6 +16,7 @@ from featviz.errors import ConfigError, RunError
 from featviz.gallery.build import build_gallery
 from featviz.gallery.serve import make_server
 from featviz.pipeline import render_run
+from featviz.run.schema import SnapshotPoint
 from featviz.run.store import Run
 
 FAST = dict(steps=6, chunk=64)
@@ -27,48 +28,48 @@ def rendered(tiny_run, tmp_path_factory) -> Run:
     dst = tmp_path_factory.mktemp("rendered") / "tiny"
     shutil.copytree(tiny_run.path, dst)
     run = Run.open(dst)
-    render_run(run, RenderConfig(epochs="all", **FAST))
+    render_run(run, RenderConfig(moments="all", **FAST))
     return run
 
 
 def test_render_writes_filters_and_actmax_for_every_depth_and_epoch(rendered: Run) -> None:
     index = rendered.render_index()
-    layers = rendered.meta["layers"]
+    layers = rendered.info.layers
     epochs = rendered.snapshot_epochs()
     assert epochs == [0, 1, 2]
     for layer in layers:
-        name, n = layer["name"], layer["out_ch"]
+        name, n = layer.name, layer.out_ch
         for e in epochs:
             grid = rendered.path / f"renders/filters/{name}/epoch_{e:03d}.png"
             assert Image.open(grid).size[0] > 0
-            am = [r for r in index if r["kind"] == "am" and r["layer"] == name and r["epoch"] == e]
-            assert sorted(r["channel"] for r in am) == list(range(n))
+            am = [r for r in index if r.kind == "am" and r.layer == name and r.epoch == e]
+            assert sorted(r.channel for r in am) == list(range(n))
             for r in am:
-                img = Image.open(rendered.path / r["file"])
+                img = Image.open(rendered.path / r.file)
                 assert img.size == (16, 16)  # the run's image size
-                assert r["settings"]["steps"] == 6 and r["settings"]["param"] == "fourier"
-                assert isinstance(r["activation"], float)
+                assert r.settings["steps"] == 6 and r.settings["param"] == "fourier"
+                assert isinstance(r.activation, float)
         points = rendered.snapshot_points()  # filters at every snapshot: 3 epochs and the log schedule's 3 steps
         assert len(points) == 6
         for sub in ("", "learned/"):
             assert Image.open(rendered.path / f"renders/filters/{name}/{sub}evolution.gif").n_frames == len(points)
             assert (rendered.path / f"renders/filters/{name}/{sub}strip.png").is_file()
             for p in points:
-                assert (rendered.path / f"renders/filters/{name}/{sub}{p['id']}.png").is_file()
+                assert (rendered.path / f"renders/filters/{name}/{sub}{p.id}.png").is_file()
 
 
 def test_rerender_reuses_matching_settings_and_force_redoes(rendered: Run) -> None:
-    again = render_run(rendered, RenderConfig(epochs="all", **FAST))
+    again = render_run(rendered, RenderConfig(moments="all", **FAST))
     assert again["am_images"] == 0 and again["filter_files"] == 0
-    changed = render_run(rendered, RenderConfig(epochs="last", layers=("features.conv1",), **{**FAST, "steps": 7}))
-    assert changed["am_images"] == rendered.meta["layers"][0]["out_ch"]
-    forced = render_run(rendered, RenderConfig(epochs="0", layers=("features.conv2",), force=True, **FAST))
+    changed = render_run(rendered, RenderConfig(moments="last", layers=("features.conv1",), **{**FAST, "steps": 7}))
+    assert changed["am_images"] == rendered.info.layers[0].out_ch
+    forced = render_run(rendered, RenderConfig(moments="0", layers=("features.conv2",), force=True, **FAST))
     assert forced["am_images"] == 8 and forced["filter_files"] > 0
     # the CUDA-graph switch reaches the renderer; on a CPU it records why the loop ran eagerly
-    render_run(rendered, RenderConfig(epochs="0", layers=("features.conv2",), force=True, cuda_graph="off", **FAST))
-    grids = [r for r in rendered.render_index() if r["kind"] == "am_grid" and r["layer"] == "features.conv2"]
-    assert grids and grids[-1]["render_settings"]["cuda_graph"] is False
-    assert grids[-1]["render_settings"]["resolved"]["cuda_graph"] == "off"
+    render_run(rendered, RenderConfig(moments="0", layers=("features.conv2",), force=True, cuda_graph="off", **FAST))
+    grids = [r for r in rendered.render_index() if r.kind == "am_grid" and r.layer == "features.conv2"]
+    assert grids and grids[-1].render_settings["cuda_graph"] is False
+    assert grids[-1].render_settings["resolved"]["cuda_graph"] == "off"
 
 
 def test_learned_part_is_the_change_from_the_init(rendered: Run) -> None:
@@ -76,28 +77,28 @@ def test_learned_part_is_the_change_from_the_init(rendered: Run) -> None:
     not zero later, and its records carry the snapshot's step and label."""
     import numpy as np
 
-    recs = {r["point"]: r for r in rendered.render_index() if r["kind"] == "filters_learned"
-            and r["layer"] == "features.conv1"}
-    init = np.array(Image.open(rendered.path / recs["epoch_000"]["file"]))
-    last = np.array(Image.open(rendered.path / recs["epoch_002"]["file"]))
+    recs = {r.point: r for r in rendered.render_index() if r.kind == "filters_learned"
+            and r.layer == "features.conv1"}
+    init = np.array(Image.open(rendered.path / recs["epoch_000"].file))
+    last = np.array(Image.open(rendered.path / recs["epoch_002"].file))
     plain = np.array(Image.open(rendered.path / "renders/filters/features.conv1/epoch_000.png"))
     assert len(np.unique(init.reshape(-1, init.shape[-1]), axis=0)) <= 2  # grey tiles on the white grid only
     assert len(np.unique(last.reshape(-1, last.shape[-1]), axis=0)) > 10 and not np.array_equal(init, plain)
-    assert len({r["scale"] for r in recs.values()}) == 1  # one colour scale for all snapshots
-    assert recs["step_0000002"]["step"] == 2 and recs["step_0000002"]["label"] == "step 2 · epoch 0.29"
+    assert len({r.scale for r in recs.values()}) == 1  # one colour scale for all snapshots
+    assert recs["step_0000002"].step == 2 and recs["step_0000002"].label == "step 2 · epoch 0.29"
 
 
 def test_auto_moments_follow_learning() -> None:
     from featviz.schedule import moments
 
     spe = 157
-    points = [{"id": f"epoch_{e:03d}", "kind": "epoch", "epoch": e, "step": e * spe} for e in range(9)]
-    points += [{"id": f"step_{s:07d}", "kind": "step", "epoch": None, "step": s} for s in (1, 2, 4, 8, 16, 32, 64, 128)]
-    points.sort(key=lambda p: p["step"])
-    chosen = [p["id"] for p in moments("auto", points)]
+    points = [SnapshotPoint(f"epoch_{e:03d}", "epoch", e * spe, e) for e in range(9)]
+    points += [SnapshotPoint(f"step_{s:07d}", "step", s) for s in (1, 2, 4, 8, 16, 32, 64, 128)]
+    points.sort(key=lambda p: p.step)
+    chosen = [p.id for p in moments("auto", points)]
     # the init, steps near 157^(1/4), 157^(1/2), 157^(3/4) on a log scale, epoch 1, the middle, the end
     assert chosen == ["epoch_000", "step_0000004", "step_0000016", "step_0000032", "epoch_001", "epoch_004", "epoch_008"]
-    assert [p["id"] for p in moments("0,8", points)] == ["epoch_000", "epoch_008"]
+    assert [p.id for p in moments("0,8", points)] == ["epoch_000", "epoch_008"]
     assert len(moments("snapshots", points)) == len(points)
 
 
@@ -117,7 +118,7 @@ def test_bad_render_inputs_name_the_problem(rendered: Run, tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="valid conv layers: features.conv1, features.conv2"):
         render_run(rendered, RenderConfig(layers=("features.conv9",), **FAST))
     with pytest.raises(ConfigError, match="not in the run"):
-        render_run(rendered, RenderConfig(epochs="7", **FAST))
+        render_run(rendered, RenderConfig(moments="7", **FAST))
     with pytest.raises(ConfigError, match="out of range"):
         render_run(rendered, RenderConfig(channels=(99,), filters=False, **FAST))
 
@@ -130,9 +131,9 @@ def test_corrupt_snapshot_is_named_and_other_renders_survive(rendered: Run, tmp_
     snap = dst / "snapshots/epoch_001.safetensors"
     snap.write_bytes(snap.read_bytes()[:100])
     with pytest.raises(RunError, match="epoch_001.safetensors"):
-        render_run(run, RenderConfig(epochs="1", force=True, **FAST))
+        render_run(run, RenderConfig(moments="1", force=True, **FAST))
     assert (dst / "renders.jsonl").read_bytes() == before
-    assert render_run(run, RenderConfig(epochs="0", filters=False, force=True, **FAST))["am_images"] == 12
+    assert render_run(run, RenderConfig(moments="0", filters=False, force=True, **FAST))["am_images"] == 12
 
 
 def test_gallery_is_static_relative_and_escaped(rendered: Run, tmp_path: Path) -> None:
@@ -169,7 +170,7 @@ def test_serve_answers_on_loopback(rendered: Run) -> None:
 def test_cli_render_and_gallery(rendered: Run, cli, tmp_path: Path) -> None:
     dst = tmp_path / "clirun"
     shutil.copytree(rendered.path, dst)
-    code, out, err = cli(["render", dst, "--epochs", "last", "--steps", "5", "--layers", "features.conv2"])
+    code, out, err = cli(["render", dst, "--moments", "last", "--steps", "5", "--layers", "features.conv2"])
     assert code == 0, err
     assert "gallery:" in err
     code, out, err = cli(["gallery", dst])
@@ -178,7 +179,7 @@ def test_cli_render_and_gallery(rendered: Run, cli, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv, needle", [
     (["render", "{run}", "--layers", "nope"], "valid conv layers"),
-    (["render", "{run}", "--epochs", "99"], "not in the run"),
+    (["render", "{run}", "--moments", "99"], "not in the run"),
     (["render", "{run}", "--channels", "50"], "out of range"),
     (["render", "{run}", "--param", "cppn"], "unknown parametrization"),
     (["render", "{run}", "--steps", "0"], "--steps"),

@@ -15,6 +15,7 @@ import featviz.training as train_mod  # the training loop (featviz.train is the 
 from conftest import TINY_BATCHES
 from featviz.errors import RunError, TrainingDiverged
 from featviz.pipeline import resume_run, train_run
+from run_helpers import run_info
 from train_helpers import LOG_STEPS, TINY_API, _snapshot_bytes
 
 
@@ -74,7 +75,7 @@ def test_resume_is_byte_identical_to_an_uninterrupted_run(tiny_cfgs, tmp_path: P
 
 
 def test_resume_without_a_committed_epoch(tmp_path: Path) -> None:
-    run = featviz.Run.create(tmp_path, "empty", {"configs": {"data": {}, "model": {}, "train": {"epochs": 2}}})
+    run = featviz.Run.create(tmp_path, "empty", run_info("empty"))
     with pytest.raises(RunError, match="no complete epoch"):
         resume_run(run.path)
     with pytest.raises(RunError, match="does not exist"):

@@ -15,6 +15,7 @@ import pytest
 
 from featviz.gallery.serve import make_server
 from featviz.run.store import Run
+from run_helpers import run_info
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="FIFOs, unix sockets, device nodes: POSIX")
 
@@ -29,7 +30,7 @@ class Served:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.server = make_server(Run(root, {}), 0)
+        self.server = make_server(Run(root, run_info()), 0)
         self.port = self.server.server_address[1]
         # a short poll interval keeps shutdown (and so each test) fast
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

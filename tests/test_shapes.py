@@ -44,7 +44,7 @@ def test_shapes_and_dtypes(shapes_small) -> None:
     assert d.val_x.shape == (50, 3, 16, 16) and d.val_x.dtype == torch.uint8
     assert d.train_y.shape == (200,) and d.train_y.dtype == torch.int64
     assert d.val_y.shape == (50,) and d.val_y.dtype == torch.int64
-    assert d.channels == 3 and d.size == 16
+    assert d.image_channels == 3 and d.size == 16
     # the images use the range (not all black / all white)
     assert int(d.train_x.min()) < 30 and int(d.train_x.max()) > 225
 
@@ -94,9 +94,9 @@ def test_stats_recorded(shapes_small) -> None:
     assert d.mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-9)
     assert d.std == pytest.approx(x.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-6)
     desc = d.describe()
-    assert desc["classes"] == list(SHAPE_CLASSES)
-    assert (desc["channels"], desc["size"], desc["n_train"], desc["n_val"]) == (3, 16, 200, 50)
-    assert desc["mean"] == pytest.approx(d.mean, abs=1e-6) and desc["std"] == pytest.approx(d.std, abs=1e-6)
+    assert desc.classes == SHAPE_CLASSES
+    assert (desc.image_channels, desc.size, desc.n_train, desc.n_val) == (3, 16, 200, 50)
+    assert desc.mean == pytest.approx(d.mean, abs=1e-6) and desc.std == pytest.approx(d.std, abs=1e-6)
 
 
 def test_paint_one_polarity_and_mean_independent_of_cover() -> None:

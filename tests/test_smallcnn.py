@@ -43,7 +43,7 @@ def test_conv_layers_default_model() -> None:
         assert layer.biases == 0  # batchnorm: convs have no bias
         assert layer.params == layer.weights
     assert layers[1].weights == 4608
-    d = layers[0].as_dict()
+    d = layers[0].to_json()
     assert d["name"] == "features.conv1" and d["kernel"] == [5, 5] and d["params"] == 16 * 3 * 25
 
 

@@ -74,7 +74,7 @@ def test_mnist_family_loads_idx_files(tmp_path: Path, name: str, folder: str) ->
 
     assert data.train_x.shape == (20, 1, 28, 28) and data.val_x.shape == (10, 1, 28, 28)
     assert data.train_x.dtype == torch.uint8 and data.train_y.dtype == torch.int64
-    assert data.channels == 1 and data.size == 28 and len(data.classes) == 10
+    assert data.image_channels == 1 and data.size == 28 and len(data.classes) == 10
     assert torch.equal(data.train_x[:, 0], torch.from_numpy(arrays["train_x"]))
     assert torch.equal(data.val_x[:, 0], torch.from_numpy(arrays["test_x"]))
     assert data.train_y.tolist() == arrays["train_y"].tolist()
@@ -136,7 +136,7 @@ def test_folder_split_resize_and_classes(tmp_path: Path) -> None:
 def test_folder_default_size_and_small_classes(tmp_path: Path) -> None:
     root = _make_folder(tmp_path / "imgs", {"a": 2, "b": 3, "c": 1})
     data = load_data(DataConfig(name=f"folder:{root}"))
-    assert data.size == 32 and data.channels == 3
+    assert data.size == 32 and data.image_channels == 3
     # val_fraction 0.1 would hold out nobody; classes with >= 2 images still give one
     assert torch.bincount(data.val_y, minlength=3).tolist() == [1, 1, 0]
     assert torch.bincount(data.train_y, minlength=3).tolist() == [1, 2, 1]

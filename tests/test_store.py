@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -13,20 +14,21 @@ import torch
 from safetensors.torch import save as st_save
 
 import featviz.run.fileio as fileio
-import featviz.run.store as store
 from featviz.errors import ConfigError, RunError
 from featviz.run.fileio import atomic_write_bytes, check_name, load_tensors, save_tensors
 from featviz.run.outputs import check_out_dir
-from featviz.run.outputs import list_runs
+from featviz.run.store import list_runs
+from featviz.run.schema import SCHEMA_VERSION, ConvLayer, DataInfo, RunInfo
 from featviz.run.store import Run
+from run_helpers import run_info
 
 
 def _temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
 
 
-def _meta() -> dict:
-    return {"name": "r", "configs": {"data": {"name": "shapes"}, "model": {}, "train": {"epochs": 2}}}
+def _meta(name: str = "r") -> RunInfo:
+    return run_info(name)
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -205,7 +207,7 @@ def test_check_name_accepts(name: str) -> None:
 def test_create_writes_run_json_and_empty_manifest(tmp_path: Path) -> None:
     run = Run.create(tmp_path, "r", _meta())
     meta = json.loads((run.path / "run.json").read_text())
-    assert meta["schema_version"] == store.SCHEMA_VERSION and meta["configs"]["train"]["epochs"] == 2
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["configs"]["train"]["epochs"] == 2
     assert run.epochs_done == -1 and not run.complete and run.snapshot_epochs() == []
     assert run.manifest()["files"].keys() == {"run.json"}
     assert Run.open(run.path).meta == run.meta
@@ -216,7 +218,7 @@ def test_create_existing_without_force_leaves_it_untouched(tmp_path: Path) -> No
     (run.path / "keep.txt").write_text("mine")
     before = {p.name: p.read_bytes() for p in run.path.iterdir()}
     with pytest.raises(RunError, match="already exists"):
-        Run.create(tmp_path, "r", {**_meta(), "name": "other"})
+        Run.create(tmp_path, "r", _meta(name="other"))
     assert {p.name: p.read_bytes() for p in run.path.iterdir()} == before
 
 
@@ -225,9 +227,9 @@ def test_create_with_force_replaces_a_run_but_not_a_foreign_folder(tmp_path: Pat
     (run.path / "snapshots").mkdir()
     (run.path / "snapshots" / "epoch_000.safetensors").write_bytes(b"old")
     with pytest.raises(RunError, match="being written by pid"):  # its writer still holds it
-        Run.create(tmp_path, "r", {**_meta(), "name": "new"}, force=True)
+        Run.create(tmp_path, "r", _meta(name="new"), force=True)
     run.release()
-    Run.create(tmp_path, "r", {**_meta(), "name": "new"}, force=True).release()
+    Run.create(tmp_path, "r", _meta(name="new"), force=True).release()
     assert not (run.path / "snapshots").exists()
     assert Run.open(run.path).meta["name"] == "new"
     foreign = tmp_path / "photos"
@@ -350,10 +352,11 @@ def test_one_builder_describes_every_run(tmp_path: Path, tiny_run: Run) -> None:
 
     net = nn.Conv2d(3, 4, 3)
     configs = {"data": {"name": "shapes"}, "model": {}, "train": {"epochs": 1}}
-    layer = {"name": "conv", "depth": 1, "in_ch": 3, "out_ch": 4, "kernel": [3, 3]}
-    meta = describe_run("r", configs, {"size": 8, "channels": 3}, [layer], net, torch.device("cpu"), source="record")
-    assert meta["params_total"] == 4 * 3 * 9 + 4 and meta["source"] == "record" and "versions" in meta
+    layer = ConvLayer("conv", 1, 3, 4, (3, 3))
+    data = DataInfo(size=8, image_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+    info = describe_run("r", configs, data, [layer], net, torch.device("cpu"), source="record")
+    assert info.params_total == 4 * 3 * 9 + 4 and info.source == "record" and "versions" in info.provenance
     with pytest.raises(RunError, match="layer 0: depth is missing or of the wrong type"):
-        describe_run("r", configs, {}, [{**layer, "depth": "1"}], net, torch.device("cpu"))
+        describe_run("r", configs, data, [dataclasses.replace(layer, depth="1")], net, torch.device("cpu"))
     common = {"name", "seed", "configs", "data", "layers", "params_total", "versions", "schema_version"}
-    assert common <= set(tiny_run.meta) and common - {"schema_version"} <= set(meta)
+    assert common <= set(tiny_run.meta) and common <= set(info.to_json())

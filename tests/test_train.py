@@ -84,7 +84,7 @@ def test_metrics(tiny_run) -> None:
 def test_run_json(tiny_run, tiny_cfgs) -> None:
     data_cfg, model_cfg, train_cfg = tiny_cfgs
     meta = json.loads((tiny_run.path / "run.json").read_text())
-    assert meta["name"] == "tiny" and meta["schema_version"] == 1
+    assert meta["name"] == "tiny" and meta["schema_version"] == 2
     assert meta["seed"] == train_cfg.seed
     cfgs = meta["configs"]
     assert cfgs["data"] == featviz.config.to_dict(data_cfg)

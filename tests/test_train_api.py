@@ -100,6 +100,6 @@ def test_the_api_takes_a_run_or_its_path(tmp_path: Path) -> None:
         featviz.render_run(str(run.path), {"steps": 2})
     with pytest.raises(ConfigError, match="probe_size must be an integer >= 10"):
         featviz.analyze_run(run.path, probe_size=-5)
-    summary = featviz.render_run(run.path, RenderConfig(steps=2, epochs="last", layers=("features.conv1",),
+    summary = featviz.render_run(run.path, RenderConfig(steps=2, moments="last", layers=("features.conv1",),
                                                         channels=(0,), filters=False))
     assert summary["am_images"] >= 1 and summary["layers"] == ["features.conv1"]

@@ -57,11 +57,11 @@ def test_layers_in_forward_order_with_traced_fields() -> None:
             return self.late(self.early(x)).mean((2, 3))
 
     layers = trace(Backwards(), 3, 16)
-    assert [la["name"] for la in layers] == ["early", "late"] and [la["depth"] for la in layers] == [1, 2]
-    assert [la["rf_px"] for la in layers] == [5, 7]
+    assert [la.name for la in layers] == ["early", "late"] and [la.depth for la in layers] == [1, 2]
+    assert [la.rf_px for la in layers] == [5, 7]
     # the traced field equals the chain formula of the small CNN, for several configs
     for cfg in (ModelConfig(), ModelConfig(widths=(4, 8, 8), kernels=(3, 5, 3), strides=(2, 1, 1), pools=(False, True, False))):
-        traced = [la["rf_px"] for la in trace(build_model(cfg), 3, 32)]
+        traced = [la.rf_px for la in trace(build_model(cfg), 3, 32)]
         assert traced == theoretical_receptive_fields(cfg.kernels, cfg.strides, cfg.pools)
 
 
@@ -69,13 +69,13 @@ def test_resnet18_fields_and_default_selection() -> None:
     import torchvision
 
     layers = trace(torchvision.models.resnet18(num_classes=10), 3, 32)
-    assert len(layers) == 20 and layers[7]["name"] == "layer2.0.downsample.0"  # after conv2: the order it runs in
-    rf = {la["name"]: (la["rf_px"], la["rf_exceeds"]) for la in layers}
+    assert len(layers) == 20 and layers[7].name == "layer2.0.downsample.0"  # after conv2: the order it runs in
+    rf = {la.name: (la.rf_px, la.rf_exceeds) for la in layers}
     assert rf["conv1"] == (7, False) and rf["layer1.1.conv2"] == (43, False) and rf["layer2.1.conv2"] == (99, False)
     assert rf["layer4.1.conv2"] == (128, True)  # 435 px in truth: beyond the 128 px probe, reported as "at least"
-    assert [la["name"] for la in default_layers(layers)] == [
+    assert [la.name for la in default_layers(layers)] == [
         "conv1", "layer1.1.conv2", "layer2.1.conv2", "layer3.1.conv2", "layer4.1.conv2"]
-    assert [la["name"] for la in select_layers(layers, "layer4.*.conv2,conv1")] == ["conv1", "layer4.0.conv2", "layer4.1.conv2"]
+    assert [la.name for la in select_layers(layers, "layer4.*.conv2,conv1")] == ["conv1", "layer4.0.conv2", "layer4.1.conv2"]
     assert len(select_layers(layers, "all")) == 20
     with pytest.raises(ConfigError, match="matches no conv layer"):
         select_layers(layers, "layer9.*")
@@ -109,8 +109,8 @@ def test_train_render_analyze_a_resnet18_from_the_cli(cli, tmp_path: Path) -> No
                           "--batch-size", "64", "--out", tmp_path, "--name", "r18"])
     assert code == 0, err
     run = Run.open(tmp_path / "r18")
-    assert run.meta["configs"]["model"]["factory"] == "torchvision.models:resnet18" and len(run.meta["layers"]) == 20
-    code, out, err = cli(["render", run.path, "--steps", "2", "--epochs", "last"])
+    assert run.meta["configs"]["model"]["factory"] == "torchvision.models:resnet18" and len(run.info.layers) == 20
+    code, out, err = cli(["render", run.path, "--steps", "2", "--moments", "last"])
     assert code == 0, err
     am = list((run.path / "renders" / "am").rglob("ch_*.png"))
     assert len(am) == 64 + 64 + 64 + 64 + 64  # 5 default layers; 128-512 channels -> 64 evenly spaced
@@ -156,11 +156,11 @@ def test_train_your_own_factory_from_the_cli(user_code: Path, tmp_path: Path, cl
     import featviz.render
 
     monkeypatch.setattr(featviz.render, "estimate_seconds", lambda *a, **k: 150.0)
-    code, out, err = cli(["render", run.path, "--steps", "1", "--epochs", "last", "--channels", "all", "--model",
+    code, out, err = cli(["render", run.path, "--steps", "1", "--moments", "last", "--channels", "all", "--model",
                           "usernets:tiny"])
     assert code == 0, err
     assert "about 2 min for 20 activation-maximization images (4 layers x 1 moment)" in err  # 4 + 4 + 4 + 8 channels
-    code, out, err = cli(["render", run.path, "--steps", "1", "--epochs", "last", "--channels", "all", "--model",
+    code, out, err = cli(["render", run.path, "--steps", "1", "--moments", "last", "--channels", "all", "--model",
                           "usernets:tiny"])
     assert code == 0 and "about" not in err  # all rendered already: nothing to estimate
     code, out, err = cli(["train", "--model-kwargs", "{}", "--out", tmp_path])

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from featviz.run.schema import DataInfo
+
 
 @dataclass(frozen=True)
 class ImageData:
@@ -24,25 +26,21 @@ class ImageData:
     std: tuple[float, ...]  # per-channel std of train_x / 255
 
     @property
-    def channels(self) -> int:
+    def image_channels(self) -> int:
+        """Colour channels of the images (1 grey, 3 RGB)."""
         return int(self.train_x.shape[1])
 
     @property
     def size(self) -> int:
         return int(self.train_x.shape[-1])
 
-    def describe(self) -> dict:
-        """JSON-able summary recorded in run.json."""
-        return {
-            "name": self.name,
-            "classes": list(self.classes),
-            "channels": self.channels,
-            "size": self.size,
-            "n_train": int(self.train_x.shape[0]),
-            "n_val": int(self.val_x.shape[0]),
-            "mean": [round(m, 6) for m in self.mean],
-            "std": [round(s, 6) for s in self.std],
-        }
+    def describe(self, color_matrix: list[list[float]] | None = None) -> DataInfo:
+        """What run.json records of the data; ``color_matrix``: activation maximization's colour basis."""
+        return DataInfo(
+            name=self.name, classes=tuple(self.classes), image_channels=self.image_channels, size=self.size,
+            n_train=int(self.train_x.shape[0]), n_val=int(self.val_x.shape[0]),
+            mean=tuple(round(m, 6) for m in self.mean), std=tuple(round(s, 6) for s in self.std),
+            color_matrix=None if color_matrix is None else tuple(tuple(r) for r in color_matrix))
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

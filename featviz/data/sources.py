@@ -25,6 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from featviz.config import DataConfig
 from featviz.data.base import ImageData, channel_stats
+from featviz.data.shapes import make_shapes
 from featviz.errors import DataError, one_line
 
 KNOWN_SOURCES: tuple[str, ...] = ("shapes", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "folder:PATH")
@@ -219,8 +220,6 @@ def load_source(cfg: DataConfig) -> ImageData:
         return _load_folder(cfg)
     key = cfg.name.strip().lower()
     if key == "shapes":  # normally handled by load_data; delegated so a direct call still works
-        from featviz.data.shapes import make_shapes
-
         return make_shapes(n_train=cfg.n_train, n_val=cfg.n_val, size=cfg.size or 32, seed=cfg.seed)
     if key not in KNOWN_SOURCES:
         raise DataError(f"unknown data set {cfg.name!r}; choose one of {', '.join(KNOWN_SOURCES)}")

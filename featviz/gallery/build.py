@@ -7,9 +7,10 @@ autoescaping (HTML) or ``tojson`` (data for the scripts), so a run or layer name
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -17,9 +18,10 @@ from featviz.errors import ConfigError
 from featviz.run.fileio import json_text
 from featviz.layers import run_fields
 from featviz.plots import available, training_curves
-from featviz.run.renderset import am_sets, choose_set, record_set
-from featviz.schedule import label
+from featviz.run.renderset import choose_settings_set, settings_sets
+from featviz.run.schema import ConvLayer, RenderRecord
 from featviz.run.store import Run
+from featviz.schedule import label
 
 
 OPEN_ALL_UP_TO = 6  # layers; a deeper model's page opens only its first section, so 10,000 tiles cost no layout
@@ -34,9 +36,9 @@ def _env() -> Environment:
     return env
 
 
-def _bias_text(layer: dict[str, Any], batchnorm: bool | None) -> str:
-    if layer["biases"]:
-        return f"{layer['biases']:,} biases"
+def _bias_text(layer: ConvLayer, batchnorm: bool | None) -> str:
+    if layer.biases:
+        return f"{layer.biases:,} biases"
     if batchnorm:
         return "no biases (the BatchNorm after it shifts instead)"
     if batchnorm is False:  # e.g. a conv feeding a ReLU directly: worth saying, nothing can shift it
@@ -44,19 +46,20 @@ def _bias_text(layer: dict[str, Any], batchnorm: bool | None) -> str:
     return "no biases"  # the run does not say whether a BatchNorm follows
 
 
-def _weights_text(layer: dict[str, Any], batchnorm: bool | None) -> str:
+def _weights_text(layer: ConvLayer, batchnorm: bool | None) -> str:
     """What the layer's weight count means, for plain, grouped and depthwise convs alike.
     ``batchnorm``: whether a BatchNorm follows the conv (None: the run does not say)."""
-    kh, kw = layer["kernel"]
-    groups = int(layer.get("groups") or 1)
-    cin = layer["in_ch"] // groups
-    text = (f"{layer['out_ch']} filters x {cin} input channel{'s' if cin != 1 else ''} x {kh} x {kw} = "
-            f"{layer['weights']:,} weights, {_bias_text(layer, batchnorm)}. ")
-    if groups > 1 and groups == layer["in_ch"]:
+    kh, kw = layer.kernel
+    groups = layer.groups
+    cin = layer.in_ch // groups
+    weights = layer.weights if layer.weights is not None else layer.out_ch * cin * kh * kw
+    text = (f"{layer.out_ch} filters x {cin} input channel{'s' if cin != 1 else ''} x {kh} x {kw} = "
+            f"{weights:,} weights, {_bias_text(layer, batchnorm)}. ")
+    if groups > 1 and groups == layer.in_ch:
         text += (f"Depthwise: one {kh}x{kw} kernel per channel (groups={groups}): each filter sees only its own "
                  "input channel, so it mixes no channels. ")
     elif groups > 1:
-        text += (f"Each filter sees {cin} of the {layer['in_ch']} input channels (groups={groups}) and has "
+        text += (f"Each filter sees {cin} of the {layer.in_ch} input channels (groups={groups}) and has "
                  f"{cin * kh * kw:,} weights of its own: one {kh}x{kw} kernel per input channel it sees. ")
     else:
         text += f"Each filter has {cin * kh * kw:,} weights of its own: one {kh}x{kw} kernel per input channel. "
@@ -88,39 +91,39 @@ def _png_size(path: Path) -> tuple[int, int] | None:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def _timing(run: Run) -> Any:
-    """record -> {"step", "label"}: records written before snapshots had steps carry only an epoch."""
+def _timing(run: Run) -> Callable[[RenderRecord], RenderRecord]:
+    """The record with its step and label: records written before snapshots had steps carry only an epoch."""
     spe = run.steps_per_epoch() or 1
     step_of = run.step_of_epoch()
 
-    def when(rec: dict[str, Any]) -> dict[str, Any]:
-        if rec.get("step") is not None and rec.get("label"):
-            return {"step": rec["step"], "label": rec["label"]}
-        e = rec.get("epoch") or 0
+    def when(rec: RenderRecord) -> RenderRecord:
+        if rec.step is not None and rec.label:
+            return rec
+        e = rec.epoch or 0
         step = step_of.get(e, e * spe)
-        return {"step": step, "label": label(step, spe) if e else "step 0 · init"}
+        return dataclasses.replace(rec, step=step, label=label(step, spe) if e else "step 0 · init")
     return when
 
 
-def _explain(layer: dict[str, Any], model: dict[str, Any]) -> str:
-    """The weights text plus the pool that follows, from the layer's own keys where run.json has them
-    (models other than featviz's stack record ``batchnorm`` per layer and have no ``pools`` list)."""
-    bn = layer["batchnorm"] if isinstance(layer.get("batchnorm"), bool) else model.get("batchnorm")
+def _explain(layer: ConvLayer, model: dict[str, Any]) -> str:
+    """The weights text plus the pool that follows (featviz's conv stack lists its pools in the model
+    config; other models have none there)."""
+    bn = layer.batchnorm if layer.batchnorm is not None else model.get("batchnorm")  # traced, or an older run's config
     pools = model.get("pools") or []
-    pooled = layer["depth"] - 1 < len(pools) and pools[layer["depth"] - 1]
+    pooled = layer.depth - 1 < len(pools) and pools[layer.depth - 1]
     return _weights_text(layer, bn) + (" The 2x2 max-pool after it has no weights: it only keeps the largest "
                                        "of each 4 values." if pooled else "")
 
 
-def _tiles(am: list[dict[str, Any]], analysis: dict[str, Any] | None, name: str) -> dict[str, Any]:
+def _tiles(am: list[RenderRecord], analysis: dict[str, Any] | None, name: str) -> dict[str, Any]:
     """The activation-maximization grid of one layer: one tile per channel (its image at the last
     moment) and ``am_data``, what the slider and the evolution dialog need, as one JSON blob per layer:
     each channel's files relative to the layer's common folder (``base``), so a 10,000-tile page stays
     a few MB and the browser parses that data only when a section's slider or a tile is used."""
-    am_points = sorted({(r["step"], r["label"]) for r in am})
-    by = {(r["channel"], r["step"]): r for r in am}
-    channels = sorted({r["channel"] for r in am})
-    files = [["../" + by[(c, s)]["file"] if (c, s) in by else "" for s, _ in am_points] for c in channels]
+    am_points = sorted({(r.step, r.label) for r in am})
+    by = {(r.channel, r.step): r for r in am}
+    channels = sorted({r.channel for r in am})
+    files = [["../" + by[(c, s)].file if (c, s) in by else "" for s, _ in am_points] for c in channels]
     base = os.path.commonprefix([f for fs in files for f in fs if f]).rpartition("/")[0] + "/"
     faith, dead = _faith(analysis, name)
     tiles, data = [], []
@@ -128,38 +131,38 @@ def _tiles(am: list[dict[str, Any]], analysis: dict[str, Any] | None, name: str)
         r = None if faith.get(c, {}).get("r") is None else round(faith[c]["r"], 2)
         tiles.append({"channel": c, "dead": c in dead, "r": r, "src": fs[-1]})
         row = {"channel": c, "srcs": [f[len(base):] if f else "" for f in fs],
-               "acts": [round(by[(c, s)].get("activation", 0.0), 4) if (c, s) in by else None for s, _ in am_points]}
+               "acts": [round(by[(c, s)].activation or 0.0, 4) if (c, s) in by else None for s, _ in am_points]}
         if c in faith:  # top-9 strip; r only where the channel responds at all (no r: dead)
             row.update({"top": "../" + faith[c]["file"], **({"r": r} if r is not None else {})})
         data.append(row)
     return {"am_labels": [lab for _, lab in am_points], "tiles": tiles, "am_data": {"base": base, "tiles": data}}
 
 
-def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | None = None,
+def _depths(run: Run, index: list[RenderRecord], analysis: dict[str, Any] | None = None,
             sid: str | None = None) -> list[dict[str, Any]]:
     when = _timing(run)
-    model = run.meta["configs"].get("model", {})
-    rf_of = dict(zip([layer["name"] for layer in run.meta["layers"]], run_fields(run.meta)))
-    size = run.meta["data"]["size"]
-    by_layer: dict[str, list[dict[str, Any]]] = {}
+    model = run.info.model_config
+    rf_of = dict(zip([layer.name for layer in run.info.layers], run_fields(run.info)))
+    size = run.info.data.size
+    by_layer: dict[str | None, list[RenderRecord]] = {}
     for r in index:  # one pass over the index, not one per layer (10,000s of records for a ResNet)
-        by_layer.setdefault(r.get("layer"), []).append(r)
+        by_layer.setdefault(r.layer, []).append(r)
     out = []
-    for layer in run.meta["layers"]:
-        name = layer["name"]
-        recs = [{**r, **when(r)} for r in by_layer.get(name, [])]
-        filters = sorted((r for r in recs if r["kind"] == "filters"), key=lambda r: r["step"])
-        learned = {r["step"]: r for r in recs if r["kind"] == "filters_learned"}
-        am = [r for r in recs if r["kind"] == "am" and record_set(r) == sid]
-        extra = {r["kind"]: "../" + r["file"] for r in recs if r["kind"].endswith(("_strip", "_gif"))}
-        rf = rf_of[layer["name"]]
+    for layer in run.info.layers:
+        name = layer.name
+        recs = [when(r) for r in by_layer.get(name, [])]
+        filters = sorted((r for r in recs if r.kind == "filters"), key=lambda r: r.step or 0)
+        learned = {r.step: r for r in recs if r.kind == "filters_learned"}
+        am = [r for r in recs if r.kind == "am" and r.settings_set == sid]
+        extra = {r.kind: "../" + r.file for r in recs if r.kind.endswith(("_strip", "_gif"))}
+        rf = rf_of[name]
         out.append({
-            "name": name, "depth": layer["depth"], "filters": layer["out_ch"], "explain": _explain(layer, model),
+            "name": name, "depth": layer.depth, "filters": layer.out_ch, "explain": _explain(layer, model),
             "rf": rf, "rf_note": (f"larger than the {size} px image" if rf and rf > size else f"of {size} px"),
-            "rf_at_least": bool(layer.get("rf_exceeds")),  # traced fields that reach the probe's border
-            "filter_px": _png_size(run.path / filters[-1]["file"]) if filters else None,
-            "filter_srcs": ["../" + r["file"] for r in filters], "filter_labels": [r["label"] for r in filters],
-            "learned_srcs": ["../" + learned[r["step"]]["file"] if r["step"] in learned else "" for r in filters],
+            "rf_at_least": layer.rf_exceeds,  # traced fields that reach the probe's border
+            "filter_px": _png_size(run.path / filters[-1].file) if filters else None,
+            "filter_srcs": ["../" + r.file for r in filters], "filter_labels": [r.label for r in filters],
+            "learned_srcs": ["../" + learned[r.step].file if r.step in learned else "" for r in filters],
             **_tiles(am, analysis, name),
             "strip": extra.get("filters_strip"), "gif": extra.get("filters_gif"),
             "learned_strip": extra.get("filters_learned_strip"), "learned_gif": extra.get("filters_learned_gif"),
@@ -167,46 +170,46 @@ def _depths(run: Run, index: list[dict[str, Any]], analysis: dict[str, Any] | No
     return out
 
 
-def gallery_set(index: list[dict[str, Any]], size: int, analysis: dict[str, Any] | None,
+def gallery_settings_set(index: list[RenderRecord], size: int, analysis: dict[str, Any] | None,
                 requested: str | None = None) -> str | None:
     """The render settings set the gallery shows: ``requested`` (must exist), else the one the analysis
-    used, else ``renderset.choose_set``'s choice, else (several sets, none the default) the first by name."""
+    used, else ``renderset.choose_settings_set``'s choice, else (several sets, none the default) the first by name."""
     if requested:
-        return choose_set(index, size, requested)
-    sets = am_sets(index)
-    if analysis and analysis.get("renders") in sets:
-        return analysis["renders"]
+        return choose_settings_set(index, size, requested)
+    sets = settings_sets(index)
+    if analysis and analysis.get("settings_set") in sets:
+        return analysis["settings_set"]
     try:
-        return choose_set(index, size)
+        return choose_settings_set(index, size)
     except ConfigError:
         return sorted(sets)[0]
 
 
-def build_gallery(run: Run, renders: str | None = None, live: bool = False) -> str:
+def build_gallery(run: Run, settings_set: str | None = None, live: bool = False) -> str:
     """Write RUN/gallery/index.html (+ curves.png) and return the index path.
 
-    ``renders``: the activation-maximization settings set to show (see ``gallery_set``). ``live``: the
+    ``settings_set``: the activation-maximization settings set to show (see ``gallery_settings_set``). ``live``: the
     page polls ``live.json`` and applies new snapshots without a reload (``featviz.gallery.live``)."""
     metrics = run.metrics(strict=False)
     index = run.render_index()
     analysis = run.read_analysis()
-    sid = gallery_set(index, int(run.meta["data"]["size"]), analysis, renders)
+    sid = gallery_settings_set(index, run.info.data.size, analysis, settings_set)
     if metrics:
         run.write_artifact("gallery", "curves.png", training_curves(metrics))
     last = metrics[-1] if metrics else {}
-    sets = am_sets(index)
+    sets = settings_sets(index)
     am_settings = sets.get(sid) if sid else None
-    if analysis and analysis.get("renders", sid) != sid:
+    if analysis and analysis.get("settings_set", sid) != sid:
         analysis = {k: v for k, v in analysis.items() if k not in ("faithfulness",)}  # r belongs to another set
     plots = [f"../analysis/{k}.png" for k in available(analysis)] if analysis else []
     depths = _depths(run, index, analysis, sid)
     for i, d in enumerate(depths):
         d["open"] = i == 0 or len(depths) <= OPEN_ALL_UP_TO
     html = _env().get_template("index.html.j2").render(
-        run=run.meta, name=run.name, last=last, metrics=metrics, depths=depths,
+        run=run.info, name=run.name, last=last, metrics=metrics, depths=depths,
         thumb_px=int((am_settings or {}).get("size") or THUMB_PX),
         reading=analysis.get("reading") if analysis else None, plots=plots,
-        has_curves=bool(metrics), am_settings=am_settings, am_set=sid,
+        has_curves=bool(metrics), am_settings=am_settings, settings_set=sid,
         other_sets=sorted(x for x in sets if x != sid), live=live, epochs_done=run.epochs_done, complete=run.complete,
     )
     return str(run.write_artifact("gallery", "index.html", html.encode()))

@@ -1,4 +1,4 @@
-"""Activation maximization on any ``nn.Module``: ``render`` one objective, ``render_channels`` a whole layer.
+"""Activation maximization on any ``nn.Module``: ``maximize`` one objective, ``maximize_channels`` a whole layer.
 
 In: a model, an objective (``featviz.optvis.objectives``; layers are PyTorch dotted names) and a
 ``RenderSettings`` (``featviz.optvis.settings``) or its fields as keywords. Out: a ``RenderResult``
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from featviz.checks import is_int
 from featviz.errors import ConfigError, one_line
 from featviz.hooks import capture, eval_mode, input_kind, resolve_layers
-from featviz.optvis import param as P
+import featviz.optvis.param as P
 from featviz.optvis.fastpath import hooked, prepare_fast
 from featviz.optvis.graphed import CAPTURES, Capture, Replayable, run_steps
 from featviz.optvis.memory import big_buffers
@@ -34,7 +34,7 @@ from featviz.optvis.transforms import Transform, identity, standard, standard_se
 
 StepCallback = Callable[[int, int, Tensor], None]  # (step, steps, objective values [B] on the step's images)
 
-__all__ = ["RenderResult", "StepCallback", "render", "render_channels", "layer_channels", "frozen",
+__all__ = ["RenderResult", "StepCallback", "maximize", "maximize_channels", "layer_channels", "frozen",
            "forward_until"]
 
 
@@ -46,7 +46,7 @@ class RenderResult:
     values: Tensor  # [B] objective on the final, untransformed images, eval mode
     trace: Tensor  # [T, B] objective on the (transformed) images seen at trace_steps
     trace_steps: list[int]  # optimizer step of each trace row (0-based; the last is steps - 1)
-    keys: list[int]  # element keys: the seed key of each image (the channel for render_channels)
+    keys: list[int]  # element keys: the seed key of each image (the channel for maximize_channels)
     # JSON-able: RenderSettings.to_dict() as given, plus objective, batch, optimizer, what the defaults
     # resolved to (``resolved``: device, channels_last, transform recipe) and elapsed_s
     settings: dict[str, Any] = field(default_factory=dict)
@@ -177,10 +177,10 @@ def _check_call(objective: Objective | str, batch: int, keys: Sequence[int] | No
 
 
 _RENDER_HINTS = {"channels": "the colour channel count is image_channels; to render channels of a layer "
-                             "use channel(layer, c) or render_channels(model, layer, channels=[...])"}
+                             "use channel(layer, c) or maximize_channels(model, layer, channels=[...])"}
 
 
-def render(model: nn.Module, objective: Objective | str, settings: RenderSettings | None = None, *,
+def maximize(model: nn.Module, objective: Objective | str, settings: RenderSettings | None = None, *,
            batch: int = 1, keys: Sequence[int] | None = None, progress: StepCallback | None = None,
            **overrides: Any) -> RenderResult:
     """Optimize ``batch`` images [B, image_channels, H, W] in (0, 1) to maximize ``objective``.
@@ -190,18 +190,18 @@ def render(model: nn.Module, objective: Objective | str, settings: RenderSetting
     every ``trace_every`` steps. With ``optimize`` the work runs on ``fastpath.prepare_fast``'s copy
     of the model; ``model`` itself is never changed. Returns images, final values and trace on CPU.
     """
-    s = resolve(settings, overrides, "render", _RENDER_HINTS)
+    s = resolve(settings, overrides, "maximize", _RENDER_HINTS)
     obj, keys = _check_call(objective, batch, keys)
     if isinstance(s.param, str) and (s.transforms is None or isinstance(s.transforms, str)):
         _probe(model, sorted(obj.layers), s.size, s.image_channels)  # custom ones may reshape: theirs to check
-    return _render(model, obj, s, keys, progress)
+    return _maximize(model, obj, s, keys, progress)
 
 
 @torch.enable_grad()  # also when called inside no_grad or inference_mode (an evaluation loop)
 @torch.inference_mode(False)
-def _render(model: nn.Module, obj: Objective, s: RenderSettings, keys: list[int],
+def _maximize(model: nn.Module, obj: Objective, s: RenderSettings, keys: list[int],
             progress: StepCallback | None) -> RenderResult:
-    """``render`` once its arguments are checked (``render_channels`` calls it for each chunk)."""
+    """``maximize`` once its arguments are checked (``maximize_channels`` calls it for each chunk)."""
     batch = len(keys)
     dev = _model_device(model, s.device)
     cl = dev.type == "cpu" if s.channels_last is None else s.channels_last
@@ -305,7 +305,7 @@ def layer_channels(model: nn.Module, layer: str, size: int | Sequence[int] = 32,
 
 
 def _channel_ids(channels: Any) -> list[int] | None:
-    """``render_channels``'s channel indices as ints (None = all); ConfigError for anything else."""
+    """``maximize_channels``'s channel indices as ints (None = all); ConfigError for anything else."""
     if channels is None:
         return None
     if is_int(channels) or isinstance(channels, (str, bytes)) or (isinstance(channels, Tensor) and channels.dim() != 1):
@@ -318,19 +318,19 @@ def _channel_ids(channels: Any) -> list[int] | None:
     return [int(c) for c in ids]
 
 
-_CHANNELS_HINTS = {k: f"render_channels sets {k!r} itself" for k in ("batch", "keys", "objective")}
+_CHANNELS_HINTS = {k: f"maximize_channels sets {k!r} itself" for k in ("batch", "keys", "objective")}
 
 
-def render_channels(model: nn.Module, layer: str, channels: Sequence[int] | Tensor | None = None,
+def maximize_channels(model: nn.Module, layer: str, channels: Sequence[int] | Tensor | None = None,
                     settings: RenderSettings | None = None, *, progress: StepCallback | None = None,
                     **overrides: Any) -> RenderResult:
     """Render every channel of ``layer`` (or the indices in ``channels``), ``chunk`` per batch: key = channel.
 
-    ``settings``/``overrides`` as for ``render``. Image c is the same whichever chunk renders it and
-    equals ``render(model, channel(layer, c), keys=[c], ...)`` with the same settings (up to float
+    ``settings``/``overrides`` as for ``maximize``. Image c is the same whichever chunk renders it and
+    equals ``maximize(model, channel(layer, c), keys=[c], ...)`` with the same settings (up to float
     rounding). ``values`` are each channel's mean activation on its final untransformed image (eval mode).
     """
-    s = resolve(settings, overrides, "render_channels", _CHANNELS_HINTS)
+    s = resolve(settings, overrides, "maximize_channels", _CHANNELS_HINTS)
     ids = _channel_ids(channels)
     n = layer_channels(model, layer, s.size, s.image_channels)
     chans = list(range(n)) if ids is None else ids
@@ -341,7 +341,7 @@ def render_channels(model: nn.Module, layer: str, channels: Sequence[int] | Tens
     parts = []
     for i in range(0, len(chans), s.chunk):
         part = chans[i:i + s.chunk]
-        parts.append(_render(model, channel(layer, torch.tensor(part)), s, part, progress))  # probed once above
+        parts.append(_maximize(model, channel(layer, torch.tensor(part)), s, part, progress))  # probed once above
     settings_out = {**parts[0].settings, "kind": "channels", "layer": layer, "objective": f"{layer}:<channel>",
                     "batch": len(chans), "elapsed_s": round(sum(p.settings["elapsed_s"] for p in parts), 3)}
     return RenderResult(images=torch.cat([p.images for p in parts]), values=torch.cat([p.values for p in parts]),

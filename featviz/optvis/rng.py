@@ -2,7 +2,7 @@
 
 Contract: batch element b draws ALL its randomness (initial parameters, every transform) from
 generators seeded by ``element_seed(seed, key_b, stream)``, where ``key_b`` names the element
-(``render_channels`` uses the channel index). Element b's numbers therefore depend only on
+(``maximize_channels`` uses the channel index). Element b's numbers therefore depend only on
 (seed, key_b), never on the batch size or on b's position in the batch.
 """
 

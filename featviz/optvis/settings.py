@@ -5,7 +5,7 @@ value with a one-line ``ConfigError`` and stores values in plain form (ints, flo
 strings), so ``to_dict()`` is JSON-able and records exactly what was asked for. ``resolve`` builds
 the settings of a call from an optional settings object plus keyword overrides (an unknown keyword
 is a ConfigError naming it). ``image_channels`` is the colour channel count of the images;
-channel indices of a layer are never a setting (``render_channels(..., channels=[...])``).
+channel indices of a layer are never a setting (``maximize_channels(..., channels=[...])``).
 ``normalizer`` checks a training normalization and applies it with ``featviz.images.Normalizer``.
 """
 
@@ -34,7 +34,7 @@ TRANSFORMS = ("standard", "none")
 
 def _count(name: str, v: object, lo: int, hi: int | None = None) -> int:
     if not is_int(v):
-        hint = "; channel indices go to render_channels(..., channels=[...])" if name == "image_channels" else ""
+        hint = "; channel indices go to maximize_channels(..., channels=[...])" if name == "image_channels" else ""
         raise ConfigError(f"{name} must be an integer, got {v!r}{hint}")
     if int(v) < lo or (hi is not None and int(v) > hi):
         raise ConfigError(f"{name} must be >= {lo}, got {v}" if int(v) < lo else f"{name} must be <= {hi}, got {v}")
@@ -109,7 +109,7 @@ class RenderSettings:
     std: tuple[float, ...] | None = None
     color: tuple[tuple[float, ...], ...] | None = None  # [C, C] colour matrix (``param.color_matrix``)
     decay_power: float = 1.0  # fourier spectrum falls as 1 / f**decay_power
-    chunk: int = 64  # render_channels: channels per batch
+    chunk: int = 64  # maximize_channels: channels per batch
     channels_last: bool | None = None  # NHWC activations; None = on CPU only
     optimize: bool = True  # run on ``fastpath.prepare_fast``'s copy of the model
     trace_every: int = 16  # record the objective every this many steps (and at the last)

@@ -108,11 +108,8 @@ def _check_tensor_names(run: Run, files: dict[str, str], rep: CheckReport) -> No
             continue  # a damaged or missing file is already reported by its hash
         if first is None:
             first = (rel, head)
-            for layer in run.meta.get("layers", []):
-                if not {"name", "kernel", "out_ch", "in_ch"} <= set(layer):
-                    continue  # an older run's layer record: nothing to compare
-                key, (kh, kw) = f"{layer['name']}.weight", layer["kernel"]
-                want = (layer["out_ch"], layer["in_ch"] // layer.get("groups", 1), kh, kw)
+            for layer in run.info.layers:
+                key, want = f"{layer.name}.weight", tuple(layer.weight_shape)
                 if key not in head or head[key][1] != want:
                     got = "missing" if key not in head else list(head[key][1])
                     rep.problems.append(f"{run.path / rel}: {key} is {got}, run.json's layer list says {list(want)}")
@@ -162,8 +159,8 @@ def _check_renders(run: Run, files: dict[str, str], rep: CheckReport) -> None:
     records, damaged = run.read_renders()  # a file outside renders/ or the run is a damaged line
     rep.problems.extend(damaged)
     for rec in records:
-        if not run.has_file(rec["file"]):
-            rep.problems.append(f"{run.path / rec['file']}: render file is missing or not a regular file (listed "
+        if not run.has_file(rec.file):
+            rep.problems.append(f"{run.path / rec.file}: render file is missing or not a regular file (listed "
                                 "in renders.jsonl)")
 
 

@@ -14,14 +14,12 @@ import re
 import shutil
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from featviz.errors import RunError
 from featviz.run.fileio import check_name, not_a_file
 from featviz.run.lock import FILES as LOCK_FILES
-
-if TYPE_CHECKING:
-    from featviz.run.store import Run
+from featviz.run.records import read_run_info
 
 # what a run folder holds: top-level files and folders featviz writes, and the names inside its folders
 _TOP_FILES = {"run.json", "manifest.json", "metrics.jsonl", "probe.safetensors", "renders.jsonl", "analysis.json",
@@ -73,9 +71,7 @@ def is_empty(path: Path) -> bool:
 def check_replaceable(path: Path) -> None:
     """A RunError unless ``path`` is a run folder featviz made and holds nothing else (see the module
     docstring): anything a user put there is never deleted by ``--force``."""
-    from featviz.run.store import Run  # the run's own check of run.json
-
-    Run.open(path)
+    read_run_info(path)
     if not os.path.isfile(path / "manifest.json"):
         raise RunError(f"{path} has no manifest.json, so it is not a run featviz finished writing; "
                        "refusing to replace it (remove it yourself if it should go)")
@@ -127,21 +123,3 @@ def empty_run_folder(path: Path) -> None:
                 os.unlink(entry.path)
     except OSError as e:
         raise RunError(f"cannot empty {path} to replace it: {e.strerror or e}") from None
-
-
-def list_runs(out_dir: Path) -> list["Run"]:
-    """Every run directly under ``out_dir`` (folders with a run.json), sorted by name; none if the
-    folder does not exist yet. A file where the folder should be is a RunError."""
-    from featviz.run.store import Run  # store creates runs in this folder through this module: imported here
-
-    out_dir = not_a_file(out_dir)
-    if not out_dir.is_dir():
-        return []
-    runs = []
-    for p in sorted(out_dir.iterdir()):
-        if p.is_dir() and os.path.lexists(p / "run.json"):
-            try:
-                runs.append(Run.open(p))
-            except RunError:
-                continue
-    return runs

@@ -13,6 +13,7 @@ from typing import Any
 
 from featviz.config import RenderConfig, to_dict
 from featviz.errors import ConfigError
+from featviz.run.schema import RenderRecord, settings_set_of
 
 KEYS = ("steps", "param", "transforms", "lr", "seed")
 
@@ -22,34 +23,20 @@ def am_settings(cfg: RenderConfig, size: int) -> dict[str, Any]:
     return {**{k: v for k, v in to_dict(cfg).items() if k in KEYS}, "size": size, "target": "response"}
 
 
-def settings_id(settings: dict[str, Any]) -> str:
-    """The folder name of a settings set; a pure function of the settings."""
-    sid = (f"{settings.get('param')}-{settings.get('transforms')}-{settings.get('steps')}st-"
-           f"lr{float(settings.get('lr', 0)):g}-s{settings.get('seed')}-{settings.get('size')}px")
-    if settings.get("target", "response") != "response":
-        sid += f"-{settings['target']}"
-    return sid
-
-
-def record_set(rec: dict[str, Any]) -> str:
-    """The set of a renders.jsonl record (records written before sets existed carry only settings)."""
-    return rec.get("settings_id") or settings_id(rec.get("settings") or {})
-
-
-def am_sets(index: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def settings_sets(index: list[RenderRecord]) -> dict[str, dict[str, Any]]:
     """Every settings set in a render index: id -> its settings."""
     out: dict[str, dict[str, Any]] = {}
     for rec in index:
-        if rec.get("kind") == "am":
-            out.setdefault(record_set(rec), rec.get("settings") or {})
+        if rec.kind == "am" and rec.settings_set is not None:
+            out.setdefault(rec.settings_set, rec.settings or {})
     return out
 
 
-def choose_set(index: list[dict[str, Any]], size: int, requested: str | None = None) -> str | None:
+def choose_settings_set(index: list[RenderRecord], size: int, requested: str | None = None) -> str | None:
     """The set to analyze or show: ``requested`` (must exist), else the default settings' set at the
     run's image ``size``, else the only set; None when there are no renders. Several sets and no
     default is a ConfigError that lists them."""
-    sets = am_sets(index)
+    sets = settings_sets(index)
     if requested:
         if requested not in sets:
             have = ", ".join(sorted(sets)) or "none (run featviz render first)"
@@ -57,20 +44,20 @@ def choose_set(index: list[dict[str, Any]], size: int, requested: str | None = N
         return requested
     if not sets:
         return None
-    default = settings_id(am_settings(RenderConfig(), size))
+    default = settings_set_of(am_settings(RenderConfig(), size))
     if default in sets:
         return default
     if len(sets) == 1:
         return next(iter(sets))
     raise ConfigError(f"this run has several render settings sets and none is the default; choose one with "
-                      f"--renders: {', '.join(sorted(sets))}")
+                      f"--settings-set: {', '.join(sorted(sets))}")
 
 
-def records_of(index: list[dict[str, Any]], sid: str | None) -> list[dict[str, Any]]:
+def records_of(index: list[RenderRecord], sid: str | None) -> list[RenderRecord]:
     """The activation-maximization records (images and grids) of set ``sid``: one per (kind, layer,
     channel, moment), the newest (an earlier version's folder and the set's folder can both hold one)."""
-    out: dict[tuple, dict[str, Any]] = {}
+    out: dict[tuple, RenderRecord] = {}
     for r in index:
-        if r.get("kind") in ("am", "am_grid") and sid is not None and record_set(r) == sid:
-            out[(r["kind"], r.get("layer"), r.get("channel"), r.get("point") or r.get("epoch"))] = r
+        if r.kind in ("am", "am_grid") and sid is not None and r.settings_set == sid:
+            out[(r.kind, r.layer, r.channel, r.point)] = r
     return list(out.values())

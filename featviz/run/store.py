@@ -1,8 +1,8 @@
 """The run folder: the ``Run`` class, the only code that knows where a run keeps what.
 
-Layout (schema 1)::
+Layout (schema 2; the content of run.json and renders.jsonl is typed in ``featviz.run.schema``)::
 
-    RUN/run.json                      configs, seed, versions, git sha, device, layers
+    RUN/run.json                      configs, seed, versions, git sha, device, data, layers (``RunInfo``)
     RUN/metrics.jsonl                 one JSON line per finished epoch (epoch 0 = the init)
     RUN/snapshots/epoch_003.safetensors   model tensors after epoch 3; step_0000150.* with --snapshot-every-steps
     RUN/state/epoch_003.safetensors   optimizer state + RNG state for resuming (structure in .json beside it)
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,32 +25,35 @@ import torch
 
 from featviz.errors import ConfigError, RunError
 from featviz.run.fileio import (
-    MAX_JSONL, atomic_write_bytes, atomic_write_json, confined, load_tensors, read_json,
-    read_jsonl, read_regular, save_tensors, sha256_file, write_jsonl,
+    atomic_write_json, load_tensors, not_a_file, read_json,
+    read_jsonl, save_tensors, sha256_file, write_jsonl,
 )
 from featviz.run.outputs import check_new_run, empty_run_folder
-from featviz.run.records import SCHEMA_VERSION, manifest_problem, metric_problem, render_problem, run_problem
-from featviz.run.lock import RunLock, locked
+from featviz.run.artifacts import RunArtifacts
+from featviz.run.lock import RunLock
+from featviz.run.records import manifest_problem, metric_problem, read_run_info
+from featviz.run.schema import RunInfo, SnapshotPoint
+from featviz.schedule import label
 
 _STEP_FILE = re.compile(r"snapshots/step_(\d+)\.safetensors")
 TRAIN_FILES = ("run.json", "metrics.jsonl", "manifest.json", "probe.safetensors")  # the top-level files training writes
 
 
 # ----------------------------------------------------------------------------- the run
-class Run:
+class Run(RunArtifacts):
     """A run directory. ``Run.create`` starts one, ``Run.open`` validates and opens one."""
 
-    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+    def __init__(self, path: Path, info: RunInfo) -> None:
         self.path = Path(path)
-        self.meta = meta
+        self.info = info  # run.json (``featviz.run.schema``)
         self.model_access: tuple[str | None, bool] = (None, False)  # --model / --trust-run-code (featviz.loading)
         self._locks: list[RunLock] = []  # the writer locks this object holds (create, hold)
 
     # -- creation / opening
     @classmethod
-    def create(cls, out_dir: Path, name: str, meta: dict[str, Any], force: bool = False,
+    def create(cls, out_dir: Path, name: str, info: RunInfo, force: bool = False,
                reading: Iterable[Path] = ()) -> "Run":
-        """Make ``out_dir/name`` and write run.json. An existing run is an error unless ``force``, which
+        """Make ``out_dir/name`` and write ``info`` as its run.json. An existing run is an error unless ``force``, which
         replaces only a run featviz made and none that holds a path in ``reading`` (``outputs``). The
         returned run holds the run's ``train`` lock (``featviz.run.lock``) until ``release()``: a second
         writer, or a second replacement, is refused in one line while this one writes."""
@@ -67,8 +69,8 @@ class Run:
             with RunLock(path, "outputs"):  # nobody renders into the run being replaced
                 check_new_run(out_dir, name, force, reading)  # again: nobody else can change it now
                 empty_run_folder(path)
-                run = cls(path, {"schema_version": SCHEMA_VERSION, **meta})
-                atomic_write_json(path / "run.json", run.meta)
+                run = cls(path, info)
+                atomic_write_json(path / "run.json", info.to_json())
                 run.write_manifest(-1)
         except BaseException:
             train.release()
@@ -96,16 +98,7 @@ class Run:
             raise RunError(f"run {path} does not exist")
         if not path.is_dir():
             raise RunError(f"{path} is a file, not a run folder")
-        if not os.path.lexists(path / "run.json"):
-            raise RunError(f"{path} is not a featviz run (no run.json)")
-        meta = read_json(confined(path, "run.json"))
-        version = meta.get("schema_version") if isinstance(meta, dict) else None
-        if type(version) is int and version > SCHEMA_VERSION:  # first: a newer run may hold anything
-            raise RunError(f"{path / 'run.json'}: schema {version} is newer than this featviz")
-        problem = run_problem(meta)
-        if problem is not None:
-            raise RunError(f"{path / 'run.json'}: {problem}")
-        return cls(path, meta)
+        return cls(path, read_run_info(path))
 
     @classmethod
     def of(cls, run: "Run | str | os.PathLike[str]") -> "Run":
@@ -121,13 +114,18 @@ class Run:
         return self.path.name
 
     @property
-    def epochs_planned(self) -> int:
-        return int(self.meta["configs"]["train"]["epochs"])
+    def meta(self) -> dict[str, Any]:
+        """run.json as it is on disk (a fresh dict); stages read the typed ``info``."""
+        return self.info.to_json()
 
-    def file(self, rel: str) -> Path:
-        """The run's file ``rel`` (a POSIX path of plain names), reached without any symlink: a RunError
-        for a path that would leave the run folder (``fileio.confined``)."""
-        return confined(self.path, rel)
+    def update_info(self, info: RunInfo) -> None:
+        """Replace run.json with ``info``, atomically (a recorded run learns its length when its loop ends)."""
+        atomic_write_json(self.file("run.json"), info.to_json())
+        self.info = info
+
+    @property
+    def epochs_planned(self) -> int:
+        return self.info.epochs_planned
 
     # -- manifest: the commit point of every epoch
     def manifest(self) -> dict[str, Any]:
@@ -174,7 +172,7 @@ class Run:
     def complete(self) -> bool:
         """All planned epochs are committed (a run still being recorded from someone's loop, or whose loop
         failed, is not complete: ``featviz.record`` clears ``recording`` when the loop ends well)."""
-        return not self.meta.get("recording") and self.epochs_done >= self.epochs_planned
+        return not self.info.recording and self.epochs_done >= self.epochs_planned
 
     # -- metrics
     def read_metrics(self) -> tuple[list[dict[str, Any]], list[str]]:
@@ -227,39 +225,41 @@ class Run:
         recorded = {r["epoch"]: int(r["step"]) for r in self.metrics(strict=False) if r.get("step") is not None}
         return {e: recorded.get(e, e * spe) for e in self.snapshot_epochs()}
 
-    def snapshot_points(self) -> list[dict[str, Any]]:
-        """Every committed snapshot in step order: ``{"id": "epoch_003" | "step_0000064", "kind": "epoch" |
-        "step", "step": int, "epoch": int (epoch snapshots) or None, "label": "step 64 · epoch 0.41"}``."""
-        from featviz.schedule import label
-
+    def snapshot_points(self) -> list[SnapshotPoint]:
+        """Every committed snapshot in step order (epoch ends before the step snapshot of the same step),
+        labelled "step 64 · epoch 0.41" (or as an imported checkpoint was named)."""
         spe = self.steps_per_epoch() or 1
-        points = [{"id": f"epoch_{e:03d}", "kind": "epoch", "epoch": e, "step": s} for e, s in self.step_of_epoch().items()]
-        points += [{"id": f"step_{s:07d}", "kind": "step", "epoch": None, "step": s} for s in self.snapshot_steps()]
-        points.sort(key=lambda p: (p["step"], p["kind"] == "step"))
         named = {r["epoch"]: r["label"] for r in self.metrics(strict=False) if r.get("label")}  # imported checkpoints
-        for p in points:
-            p["label"] = named.get(p["epoch"]) or (
-                label(p["step"], spe) if p["kind"] == "step" or p["epoch"] else "step 0 · init")
-        return points
+        points = [SnapshotPoint(f"epoch_{e:03d}", "epoch", s, e, named.get(e) or (label(s, spe) if e else "step 0 · init"))
+                  for e, s in self.step_of_epoch().items()]
+        points += [SnapshotPoint(f"step_{s:07d}", "step", s, None, label(s, spe)) for s in self.snapshot_steps()]
+        return sorted(points, key=lambda p: (p.step, p.kind == "step"))
 
-    def load_point(self, point: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def load_point(self, point: SnapshotPoint) -> dict[str, torch.Tensor]:
         """The model tensors of a snapshot point (see ``snapshot_points``), verified against the manifest."""
-        return self.load_snapshot(point["epoch"]) if point["kind"] == "epoch" else self.load_step_snapshot(point["step"])
+        return self.load_snapshot(point.epoch) if point.epoch is not None else self.load_step_snapshot(point.step)
 
-    def load_points(self, points: list[dict[str, Any]]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    def load_points(self, points: list[SnapshotPoint]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
         """Load each snapshot point; a damaged one goes into the second dict (id -> the error) instead."""
         good: dict[str, dict[str, torch.Tensor]] = {}
         bad: dict[str, str] = {}
         for p in points:
             try:
-                good[p["id"]] = self.load_point(p)
+                good[p.id] = self.load_point(p)
             except RunError as err:
-                bad[p["id"]] = str(err)
+                bad[p.id] = str(err)
         return good, bad
 
     def load_snapshots(self, epochs: Iterable[int]) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str]]:
-        """``load_points`` for epoch snapshots, keyed by epoch (a damaged or missing one: epoch -> the error)."""
-        return self.load_points([{"id": e, "kind": "epoch", "epoch": e} for e in epochs])  # type: ignore[return-value]
+        """The tensors of each epoch's snapshot, keyed by epoch (a damaged or missing one: epoch -> the error)."""
+        good: dict[int, dict[str, torch.Tensor]] = {}
+        bad: dict[int, str] = {}
+        for e in epochs:
+            try:
+                good[e] = self.load_snapshot(e)
+            except RunError as err:
+                bad[e] = str(err)
+        return good, bad
 
     def load_snapshot(self, epoch: int) -> dict[str, torch.Tensor]:
         """The model tensors after ``epoch``, verified against the manifest's checksum."""
@@ -323,71 +323,18 @@ class Run:
             p.unlink(missing_ok=True)
         self.write_metrics(keep)
 
-    # -- renders (PNGs/GIFs under renders/, one JSON line per image in renders.jsonl)
-    def write_artifact(self, area: str, rel: str, data: bytes) -> Path:
-        """Write ``<area>/<rel>`` (area: renders | gallery | analysis) atomically.
 
-        Every part of ``rel`` must be a safe name and no folder on the way a symlink, so layer or run
-        names never escape the run folder.
-        """
-        if area not in ("renders", "gallery", "analysis"):
-            raise RunError(f"unknown run area {area!r}")
-        path = self.file(f"{area}/{rel}")
-        atomic_write_bytes(path, data)
-        return path
-
-    def rel(self, path: Path) -> str:
-        """``path`` inside the run as the POSIX relative path that indexes and the gallery use."""
-        return Path(path).relative_to(self.path).as_posix()
-
-    def read_renders(self) -> tuple[list[dict[str, Any]], list[str]]:
-        """Records of renders.jsonl in file order, and one message per damaged line."""
-        return read_jsonl(self.file("renders.jsonl"), "file", render_problem)
-
-    def render_index(self) -> list[dict[str, Any]]:
-        """Records of renders.jsonl whose file still exists; damaged lines are skipped."""
-        return [r for r in self.read_renders()[0] if self.has_file(r["file"])]
-
-    def has_file(self, rel: str) -> bool:
-        """``rel`` is a regular file of the run, reached without a symlink."""
-        try:
-            return stat.S_ISREG(os.lstat(self.file(rel)).st_mode)
-        except (RunError, OSError):
-            return False
-
-    def add_renders(self, records: list[dict[str, Any]]) -> None:
-        """Add or replace (by file) records in renders.jsonl, atomically, under a lock (several processes
-        may render into one run: a live gallery and a background render)."""
-        new = {r["file"]: r for r in records}
-        with locked(self.path / ".renders.lock"):
-            keep = [r for r in self.render_index() if r["file"] not in new]
-            write_jsonl(self.file("renders.jsonl"), [*keep, *new.values()])
-
-    def save_render_part(self, rank: int, records: list[dict[str, Any]]) -> None:
-        """One process's render records when several render the run (``featviz.distributed``)."""
-        write_jsonl(self.path / f".renders.part{rank}.jsonl", records)
-
-    def merge_render_parts(self) -> None:
-        """Rank 0, once every rank has finished (or before starting: what a crashed render left): every
-        part into renders.jsonl, then the parts removed."""
-        parts = sorted(self.path.glob(".renders.part*.jsonl"))
-        if not parts:
-            return
-        records = [rec for p in parts for rec in read_jsonl(p, "file")[0]]
-        self.add_renders(records)
-        for p in parts:
-            p.unlink(missing_ok=True)
-
-    def write_analysis(self, result: dict[str, Any]) -> None:
-        """RUN/analysis.json, atomically (featviz analyze)."""
-        atomic_write_json(self.file("analysis.json"), result)
-
-    def read_analysis(self) -> dict[str, Any] | None:
-        """The last analysis, or None if the run was never analyzed."""
-        p = self.file("analysis.json")
-        return read_json(p) if os.path.lexists(p) else None
-
-    def read_file_bytes(self, rel: str) -> bytes:
-        """Bytes of a file inside the run (for the gallery); the path may not leave the run folder."""
-        return read_regular(self.file(rel), MAX_JSONL)
-
+def list_runs(out_dir: Path) -> list[Run]:
+    """Every run directly under ``out_dir`` (folders with a run.json), sorted by name; none if the
+    folder does not exist yet. A file where the folder should be is a RunError."""
+    out_dir = not_a_file(out_dir)
+    if not out_dir.is_dir():
+        return []
+    runs = []
+    for p in sorted(out_dir.iterdir()):
+        if p.is_dir() and os.path.lexists(p / "run.json"):
+            try:
+                runs.append(Run.open(p))
+            except RunError:
+                continue
+    return runs
