@@ -52,9 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import dense_peak  # noqa: E402
 
 from featviz.config import DataConfig, ModelConfig  # noqa: E402
-from featviz.model import build_model  # noqa: E402
 from featviz.errors import ConfigError  # noqa: E402
-from featviz.optvis import channel, color_matrix, noise_images, maximize, maximize_channels, standard  # noqa: E402
+from featviz.model import build_model  # noqa: E402
+from featviz.optvis import channel, color_matrix, maximize, maximize_channels, noise_images, standard  # noqa: E402
 from featviz.optvis.actmax import forward_until, frozen  # noqa: E402
 from featviz.optvis.quality import standardized_matrix  # noqa: E402
 from featviz.optvis.settings import resolve  # noqa: E402
@@ -309,8 +309,8 @@ def cli_render(run_dir: str | None, layer: str, steps: int, peak: float, model: 
 
     with tempfile.TemporaryDirectory() as tmp:
         if run_dir is None:
-            from featviz.pipeline import train_run
             from featviz.config import TrainConfig
+            from featviz.pipeline import train_run
 
             run_path = train_run(DataConfig(n_train=512, n_val=256), ModelConfig(), TrainConfig(epochs=1),
                                  out_dir=tmp, name="bench").path

@@ -7,8 +7,8 @@ seed through the CLI as shipped, then write the tables from the runs' analysis.j
 ``run`` trains only seeds without a complete run; render reuses matching images; analyze always
 runs again (so the tables follow the current metrics). ``table`` prints the
 markdown and, with ``--write``, replaces the marked blocks in each file: ``<!-- findings-summary:start/end -->``
-(the claims, k of N: the README) and ``<!-- findings:start/end -->`` (every table: docs/findings.md). The protocol (seeds, criteria)
-is fixed in docs/findings.md; ties count as not shown.
+(the claims, k of N: the README) and ``<!-- findings:start/end -->`` (every table: docs/findings.md). The protocol
+(seeds, criteria) is fixed in docs/findings.md; ties count as not shown.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
             cells = ["never" if v is None else format(v, fmt) for v in r[key]]
             lines.append(f"| {s} | " + " | ".join(cells) + f" | {verdict(r) if verdict else ''} |")
         cols = list(zip(*[r[key] for r in rows.values()]))
-        lines.append("| range | " + " | ".join(span([v for v in c if v is not None], fmt) if any(v is not None for v in c)
-                                                else "-" for c in cols) + " | |")
+        lines.append("| range | " + " | ".join(span([v for v in c if v is not None], fmt)
+                                                if any(v is not None for v in c) else "-" for c in cols) + " | |")
         return lines + [""]
 
     k_sf = sum(r["shallow_first"] == "shown" for r in rows.values())

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig
-from featviz.pipeline import train_run
-from featviz.pipeline import render_run
+from featviz.pipeline import render_run, train_run
 
 
 def main() -> None:
@@ -30,7 +29,8 @@ def main() -> None:
     if torch.cuda.is_available():
         print(f"device: {torch.cuda.get_device_name(0)}")
     t0 = time.perf_counter()
-    run = train_run(DataConfig(), ModelConfig(), TrainConfig(epochs=args.epochs), out_dir=args.out, name="gpu", force=True)
+    run = train_run(DataConfig(), ModelConfig(), TrainConfig(epochs=args.epochs), out_dir=args.out, name="gpu",
+                    force=True)
     last = run.metrics()[-1]
     print(f"train: {time.perf_counter() - t0:.1f} s on {run.meta['device']}, val acc {last['val_acc']:.4f}, "
           f"epoch wall {[r['wall_s'] for r in run.metrics()[1:]]}")
@@ -57,7 +57,8 @@ def main() -> None:
         (tg, rg), (te, re_) = results[None], results[False]
         print(f"64 channels of features.conv3 (its BatchNorm response, as featviz render targets), 64 px, 256 steps: "
               f"{tg:.3f} s with cuda_graph {rg.settings['resolved']['cuda_graph']!r} (target <= 0.3 s on an H100-class "
-              f"GPU), {te:.3f} s eager = {te / tg:.1f}x; largest image difference {float((rg.images - re_.images).abs().max()):.2e}, "
+              f"GPU), {te:.3f} s eager = {te / tg:.1f}x; largest image difference "
+              f"{float((rg.images - re_.images).abs().max()):.2e}, "
               f"mean activation {float(rg.values.mean()):.3f} vs {float(re_.values.mean()):.3f}")
         bench = Path(__file__).with_name("actmax.py")
         subprocess.run([sys.executable, str(bench), str(run.path), "--gpu"], check=True)

@@ -46,8 +46,9 @@ def main() -> None:
     render = ["render", "--steps", str(args.steps), "--no-filters"]
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
-        subprocess.run([sys.executable, "-m", "featviz", "train", "--epochs", "2", "--n-train", "2000", "--n-val", "500",
-                        "--out", tmp, "--name", "base"], check=True, capture_output=True, env=env, cwd=ROOT)
+        subprocess.run([sys.executable, "-m", "featviz", "train", "--epochs", "2", "--n-train", "2000",
+                        "--n-val", "500", "--out", tmp, "--name", "base"], check=True, capture_output=True, env=env,
+                       cwd=ROOT)
         rows = []
         one = Path(shutil.copytree(base, Path(tmp) / "one"))
         t1 = timed([sys.executable, "-m", "featviz", str(render[0]), str(one), *render[1:], "--device", "cpu"], env)

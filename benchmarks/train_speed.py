@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from featviz.config import DataConfig, ModelConfig, TrainConfig
 from featviz.data import make_shapes
+from featviz.images import Normalizer
 from featviz.model import build_model
 from featviz.pipeline import train_run
-from featviz.images import Normalizer
 from featviz.training import make_optimizer, train_one_epoch
 
 

@@ -7,10 +7,11 @@ from typing import Optional
 
 import typer
 
-from .common import console, echo, not_empty, renamed
 from featviz.loading import allow
 from featviz.pipeline import analyze_run
 from featviz.run.store import Run
+
+from .common import console, echo, not_empty, renamed
 
 
 def analyze(
@@ -18,12 +19,15 @@ def analyze(
     probe: int = typer.Option(1000, min=10, help="Validation images in the fixed probe set (CKA, receptive field)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
     settings_set: Optional[str] = typer.Option(None, help="Activation-maximization settings set to measure (a folder "
-                                               "name under RUN/renders/am/; default: the default settings' set, else the only one)."),
+                                               "name under RUN/renders/am/; default: the default settings' set, "
+                                               "else the only one)."),
     renders: Optional[str] = typer.Option(None, hidden=True, help="Old name of --settings-set (kept for one release)."),
-    model: Optional[str] = typer.Option(None, help="The run's model factory, when it is your code (package.module:factory)."),
+    model: Optional[str] = typer.Option(None, help="The run's model factory, when it is your code "
+                                        "(package.module:factory)."),
     trust_run_code: bool = typer.Option(False, help="Import the model factory the run names, whatever it is."),
 ) -> None:
-    """Filter updates, CKA to the final snapshot, image complexity and receptive fields -> RUN/analysis.json, then the gallery."""
+    ("Filter updates, CKA to the final snapshot, image complexity and receptive fields -> RUN/analysis.json, "
+     "then the gallery.")  # one line: the command list of featviz --help shows the docstring's line breaks
     not_empty(settings_set=settings_set, renders=renders)
     settings_set = renamed(settings_set, renders, "--settings-set", "--renders")
     r = Run.open(run)
@@ -43,8 +47,10 @@ def analyze(
         bpp1 = f"{c[keys[-1]]['bpp']['mean']:.2f}" if keys else "-"
         eff = rf.get(f"effective_px_epoch_{res['epochs'][-1]}", "-")
         echo(f"{name:<22} {upd['rotation_from_init'][-1]:8.3f} "
-                   f"{(cka[1] if len(cka) > 1 else float('nan')):6.2f} {(cka[len(cka) // 2] if cka else float('nan')):7.2f} "
-                   f"{len(conv.get(name, {}).get('dead_channels', [])):5d} {str(rf.get('theoretical_px', '-')) + '/' + str(eff):>10} "
+                   f"{(cka[1] if len(cka) > 1 else float('nan')):6.2f} "
+                   f"{(cka[len(cka) // 2] if cka else float('nan')):7.2f} "
+                   f"{len(conv.get(name, {}).get('dead_channels', [])):5d} "
+                   f"{str(rf.get('theoretical_px', '-')) + '/' + str(eff):>10} "
                    f"{bpp0:>8} {bpp1:>8}")
     for e, msg in res.get("skipped_epochs", {}).items():
         echo(f"featviz: warning: epoch {e} left out: {msg}", err=True)

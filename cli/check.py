@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from .common import echo
-
 from featviz.run.check import check_run
+
+from .common import echo
 
 
 def check(run: Path = typer.Argument(..., help="A run folder.")) -> int:

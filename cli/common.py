@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from featviz.config import ModelConfig
 from featviz.errors import ConfigError, printable
 
+
 class SafeConsole(Console):
     """rich's Console for featviz's messages: text is printed as it is (no markup, so a name holding
     '[' stays text) and terminal-safe (``errors.printable``: names come from files and checkpoints)."""

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
-from .common import console
 from featviz.config import DataConfig
 from featviz.data import load_data
 from featviz.data.preview import check_png_target, default_path, write_preview
+
+from .common import console
 
 app = typer.Typer(help="Look at data sets.", no_args_is_help=True)
 

@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
-from .common import console, not_empty, renamed, reject
 from featviz.gallery.show import show
 from featviz.run.store import Run
+
+from .common import console, not_empty, reject, renamed
 
 
 def gallery(
@@ -21,7 +22,8 @@ def gallery(
     watch: bool = typer.Option(False, help="With --serve: keep the page live while the run trains (new committed "
                                "snapshots and curves appear without a reload)."),
     settings_set: Optional[str] = typer.Option(None, help="Activation-maximization settings set to show (a folder "
-                                               "name under RUN/renders/am/; default: the one featviz analyze measured, else the default settings' set)."),
+                                               "name under RUN/renders/am/; default: the one featviz analyze measured, "
+                                               "else the default settings' set)."),
     renders: Optional[str] = typer.Option(None, hidden=True, help="Old name of --settings-set (kept for one release)."),
 ) -> None:
     """Rebuild the static HTML gallery from the run's files (no model is loaded)."""

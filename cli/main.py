@@ -7,9 +7,10 @@ import sys
 
 import typer
 
-from . import analyze, check, data, export, gallery, import_, render, runs, summary, train
 from featviz.distributed import launched
 from featviz.errors import ConfigError, FeatvizError, error_line, one_line, printable
+
+from . import analyze, check, data, export, gallery, import_, render, runs, summary, train
 
 app = typer.Typer(
     name="featviz", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -58,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - not a mistake featviz knows: a damaged or hand-edited run file, or a bug
         if os.environ.get("FEATVIZ_TRACEBACK"):
             raise
-        typer.echo(f"featviz: error: unexpected {type(e).__name__}: {error_line(one_line(e, 200))} (a damaged or edited run "
-                   "file, or a bug; `featviz check RUN` looks for damage, FEATVIZ_TRACEBACK=1 shows where it happened)",
-                   err=True)
+        typer.echo(f"featviz: error: unexpected {type(e).__name__}: {error_line(one_line(e, 200))} (a damaged or "
+                   "edited run file, or a bug; `featviz check RUN` looks for damage, FEATVIZ_TRACEBACK=1 shows where "
+                   "it happened)", err=True)
         return 1
 
 

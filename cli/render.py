@@ -10,20 +10,23 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .common import console, echo, int_list, not_empty
-from featviz.errors import printable
 from featviz.config import RenderConfig
 from featviz.distributed import main_process, setup
+from featviz.errors import printable
 from featviz.loading import allow
 from featviz.pipeline import plan_render, render_run
 from featviz.run.store import Run
+
+from .common import console, echo, int_list, not_empty
 
 _R = RenderConfig()
 
 
 def render(
     run: Path = typer.Argument(..., help="A run folder written by featviz train."),
-    moments: str = typer.Option(_R.moments, help="Activation-maximization moments: auto (init, 3 log-spaced steps of epoch 1, epoch 1, middle, final) | snapshots (every snapshot) | all (every epoch) | last | 0,5,10 | every:K."),
+    moments: str = typer.Option(_R.moments, help="Activation-maximization moments: auto (init, 3 log-spaced steps of "
+                                "epoch 1, epoch 1, middle, final) | snapshots (every snapshot) | all (every epoch) | "
+                                "last | 0,5,10 | every:K."),
     layers: Optional[str] = typer.Option(None, help="all | conv layers by dotted name or glob, comma-separated, e.g. "
                                          "'layer*.1.conv2' (default: every conv of a model with up to 8; for deeper "
                                          "models the first conv and the last before each downsampling)."),
@@ -41,8 +44,9 @@ def render(
                                    "optimization step once as a CUDA graph and replay it (much less launch overhead)."),
     filters: bool = typer.Option(True, help="Also draw the filters at every epoch."),
     force: bool = typer.Option(False, help="Redo renders whose settings match existing ones."),
-    model: Optional[str] = typer.Option(None, help="The run's model factory, when it is your code (package.module:factory): "
-                                        "a run folder alone never imports code outside torchvision and featviz."),
+    model: Optional[str] = typer.Option(None, help="The run's model factory, when it is your code "
+                                        "(package.module:factory): a run folder alone never imports code outside "
+                                        "torchvision and featviz."),
     trust_run_code: bool = typer.Option(False, help="Import the model factory the run names, whatever it is."),
     epochs: Optional[str] = typer.Option(None, hidden=True, help="Old name of --moments (kept for one release)."),
 ) -> None:
@@ -52,9 +56,11 @@ def render(
     r = Run.open(run)
     allow(r, model, trust_run_code)
     every = (channels or "").strip().lower() == "all"
-    cfg = RenderConfig(moments=moments, layers=tuple(x.strip() for x in layers.split(",") if x.strip()) if layers else (),
-                       channels=() if every else int_list(channels, "--channels") or (), all_channels=every, steps=steps, size=size, param=param,
-                       transforms=transforms, lr=lr, seed=seed, chunk=chunk, device=device, cuda_graph=cuda_graph, filters=filters, force=force)
+    cfg = RenderConfig(moments=moments,
+                       layers=tuple(x.strip() for x in layers.split(",") if x.strip()) if layers else (),
+                       channels=() if every else int_list(channels, "--channels") or (), all_channels=every,
+                       steps=steps, size=size, param=param, transforms=transforms, lr=lr, seed=seed, chunk=chunk,
+                       device=device, cuda_graph=cuda_graph, filters=filters, force=force)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, transient=True, disable=not sys.stderr.isatty() or not main_process())
     tasks: dict[str, int] = {}
@@ -68,14 +74,16 @@ def render(
     plan = plan_render(r, cfg, estimate=group.main)
     if plan.get("estimate_s", 0) > 60:
         console.print(f"about {plan['estimate_s'] / 60:.0f} min for {plan['images']:,} activation-maximization images "
-                      f"({len(plan['layers'])} layers x {len(plan['moments'])} moment{'s' * (len(plan['moments']) != 1)}); fewer with --layers, --channels "
+                      f"({len(plan['layers'])} layers x {len(plan['moments'])} "
+                      f"moment{'s' * (len(plan['moments']) != 1)}); fewer with --layers, --channels "
                       "or --moments")
     with bar:
         out = render_run(r, cfg, progress)
     if not group.main:  # rank 0 reports for all processes
         return
     on = f"{out['processes']} processes" if out["processes"] > 1 else out["device"]
-    console.print(f"rendered {len(out['moments'])} moments ({', '.join(out['moments'])}) of {len(out['layers'])} layers on {on}: "
+    console.print(f"rendered {len(out['moments'])} moments ({', '.join(out['moments'])}) of {len(out['layers'])} "
+                  f"layers on {on}: "
                   f"{out['am_images']} activation-maximization images (settings set {out['settings_set']}), "
                   f"{out['filter_files']} filter files")
     for msg in out["skipped"]:

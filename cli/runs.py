@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from .common import echo
-
 from featviz.errors import RunError
 from featviz.run.store import list_runs
+
+from .common import echo
 
 
 def runs(out: Path = typer.Option(Path("outputs"), help="Folder that holds runs.")) -> None:

@@ -8,12 +8,13 @@ from typing import Optional
 
 import typer
 
-from .common import SMALL_CNN, echo, model_config, reject
 from featviz.loading import allow, build_run_model
 from featviz.model import build_model
-from featviz.zoo import ModelSpec, build, normalize_spec, parse_kwargs
 from featviz.run.store import Run
 from featviz.summary import format_table, layer_table
+from featviz.zoo import ModelSpec, build, normalize_spec, parse_kwargs
+
+from .common import SMALL_CNN, echo, model_config, reject
 
 ANY_MODEL = ("in_channels", "classes", "size", "model_kwargs")
 
@@ -31,8 +32,10 @@ def summary(
     size: int = typer.Option(32, min=8, max=512, help="Input side in px, for output shapes (without RUN)."),
     model: Optional[str] = typer.Option(None, help="Describe this architecture instead (torchvision:NAME or "
                                         "package.module:factory); with RUN: the run's factory, when it is your code."),
-    model_kwargs: Optional[str] = typer.Option(None, help="JSON keyword arguments for --model's factory (without RUN)."),
-    trust_run_code: bool = typer.Option(False, help="With RUN: import the model factory the run names, whatever it is."),
+    model_kwargs: Optional[str] = typer.Option(None, help="JSON keyword arguments for --model's factory "
+                                               "(without RUN)."),
+    trust_run_code: bool = typer.Option(False, help="With RUN: import the model factory the run names, whatever "
+                                        "it is."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Per-layer table: output shape, weights with their formula, biases, trainable total."""
@@ -43,7 +46,8 @@ def summary(
         net, chans, size = build_run_model(r), r.info.data.image_channels, r.info.data.size
     elif model is not None:
         reject(ctx, SMALL_CNN, "only for the small CNN, not with --model")
-        spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs), in_channels=in_channels, num_classes=classes)
+        spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs), in_channels=in_channels,
+                         num_classes=classes)
         net, chans = build(spec), in_channels
     else:
         reject(ctx, ["model_kwargs"], "only with --model")

@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
-from .common import SMALL_CNN, TrainBar, console, model_config, not_empty, reject
-from featviz.errors import ConfigError
-from featviz.distributed import launched, main_process
-from featviz.livetrain import LiveTraining
 from featviz.config import DataConfig, ModelConfig, TrainConfig
+from featviz.distributed import launched, main_process
+from featviz.errors import ConfigError
+from featviz.livetrain import LiveTraining
 from featviz.pipeline import resume_run, train_run
 from featviz.zoo import ModelSpec, model_flag, normalize_spec, parse_kwargs
+
+from .common import SMALL_CNN, TrainBar, console, model_config, not_empty, reject
 
 _D, _M, _T = DataConfig(), ModelConfig(), TrainConfig()
 SHAPES_ONLY = ("n_train", "n_val")
@@ -39,21 +40,26 @@ def train(
     name: Optional[str] = typer.Option(None, help="Run name (default: DATA-DATE-TIME)."),
     force: bool = typer.Option(False, help="Replace an existing run of the same name."),
     resume: Optional[Path] = typer.Option(None, help="Continue this run folder from its last complete epoch."),
-    snapshots: str = typer.Option(_T.snapshots, help="Snapshot schedule: log (steps 1, 2, 4, ... of the first epoch, then "
-                                  "every epoch end) | epoch | every:K | steps:1,5,9."),
+    snapshots: str = typer.Option(_T.snapshots, help="Snapshot schedule: log (steps 1, 2, 4, ... of the first epoch, "
+                                  "then every epoch end) | epoch | every:K | steps:1,5,9."),
     snapshot_every_steps: int = typer.Option(0, min=0, help="Same as --snapshots every:K (kept for earlier scripts)."),
     widths: Optional[str] = typer.Option(None, help="Conv widths per depth, e.g. 16,32,64,128."),
     kernels: Optional[str] = typer.Option(None, help="Kernel side per depth, e.g. 5,3,3,3."),
     strides: Optional[str] = typer.Option(None, help="Conv stride per depth, e.g. 1,1,1,1."),
     pools: Optional[str] = typer.Option(None, help="2x2 max-pool after each depth, e.g. 1,1,1,0."),
     batchnorm: bool = typer.Option(_M.batchnorm, help="BatchNorm after each conv."),
-    model: Optional[str] = typer.Option(None, help="Train another architecture instead of the small CNN: torchvision:NAME "
-                                        "(e.g. torchvision:resnet18, random init) or package.module:factory (your code)."),
-    model_kwargs: Optional[str] = typer.Option(None, help="JSON keyword arguments for --model's factory, e.g. '{\"width_mult\": 0.5}'."),
-    pretrained: bool = typer.Option(False, help="With --model torchvision:NAME: start from torchvision's weights (downloads them)."),
-    trust_run_code: bool = typer.Option(False, help="With --resume: import the run's model factory even if it is not torchvision's or featviz's."),
+    model: Optional[str] = typer.Option(None, help="Train another architecture instead of the small CNN: "
+                                        "torchvision:NAME (e.g. torchvision:resnet18, random init) or "
+                                        "package.module:factory (your code)."),
+    model_kwargs: Optional[str] = typer.Option(None, help="JSON keyword arguments for --model's factory, e.g. "
+                                               "'{\"width_mult\": 0.5}'."),
+    pretrained: bool = typer.Option(False, help="With --model torchvision:NAME: start from torchvision's weights "
+                                    "(downloads them)."),
+    trust_run_code: bool = typer.Option(False, help="With --resume: import the run's model factory even if it is not "
+                                        "torchvision's or featviz's."),
     channels_last: bool = typer.Option(_T.channels_last, help="NHWC memory format (faster on CPU)."),
-    live: bool = typer.Option(False, help="Serve the gallery on 127.0.0.1 while training; it updates as snapshots commit."),
+    live: bool = typer.Option(False, help="Serve the gallery on 127.0.0.1 while training; it updates as snapshots "
+                              "commit."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port for --live (0 = any free port)."),
     live_render: bool = typer.Option(False, help="With --live: render activation maximization at the moments as they "
                                      "commit, in a background process at the lowest CPU priority."),
@@ -78,7 +84,8 @@ def train(
     if live_render and not live:
         raise ConfigError("--live-render needs --live")
     if live and launched():
-        raise ConfigError("--live serves from one process; under torchrun, serve the run with featviz gallery RUN --serve --watch")
+        raise ConfigError("--live serves from one process; under torchrun, serve the run with featviz gallery RUN "
+                          "--serve --watch")
     watcher = LiveTraining(bar, port, on_ready=lambda url: console.print(f"live gallery: {url}"),
                            render=live_render) if live else None
     try:
@@ -93,7 +100,8 @@ def train(
                                     weight_decay=weight_decay, seed=seed, device=device,
                                     snapshots=snapshots, snapshot_every_steps=snapshot_every_steps,
                                     channels_last=channels_last)
-            spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs), pretrained=pretrained) if model else None
+            spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs),
+                             pretrained=pretrained) if model else None
             run = train_run(data_cfg, model_cfg, train_cfg, out_dir=out, name=name, force=force,
                             progress=watcher or bar, model_spec=spec)
     finally:

@@ -31,8 +31,9 @@ __version__ = featviz_version()  # pyproject.toml's, as installed: one place for
 
 __all__ = [
     "DataConfig", "ModelConfig", "RenderConfig", "TrainConfig", "ImageData", "load_data", "make_shapes", "FeatvizError",
-    "SmallCNN", "build_model", "conv_layers", "train_run", "resume_run", "render_run", "analyze_run", "Run", "list_runs", "train", "load_run",
-    "load_model", "record", "Recorder", "RunInfo", "DataInfo", "ConvLayer", "SnapshotPoint", "RenderRecord",
+    "SmallCNN", "build_model", "conv_layers", "train_run", "resume_run", "render_run", "analyze_run", "Run",
+    "list_runs", "train", "load_run", "load_model", "record", "Recorder", "RunInfo", "DataInfo", "ConvLayer",
+    "SnapshotPoint", "RenderRecord",
 ]
 
 

@@ -25,8 +25,16 @@ from featviz.images import Normalizer, decode_png, png_bytes
 from featviz.layers import run_fields
 from featviz.loading import build_run_model, fitting, load_model_at
 from featviz.metrics import (
-    crop_around, effective_receptive_field, filter_bits, layer_stats, linear_cka, per_filter_change,
-    relative_change, rotation, spectrum_slope, zlib_bits_per_pixel,
+    crop_around,
+    effective_receptive_field,
+    filter_bits,
+    layer_stats,
+    linear_cka,
+    per_filter_change,
+    relative_change,
+    rotation,
+    spectrum_slope,
+    zlib_bits_per_pixel,
 )
 from featviz.model import activation_layer, recalibrate_batchnorm, response_layer
 from featviz.plots import PLOTS, available
@@ -57,7 +65,8 @@ def filter_updates(run: Run, snaps: list[dict[str, torch.Tensor]]) -> dict[str, 
     return out
 
 
-def updates_by_step(run: Run, points: list[SnapshotPoint], states: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+def updates_by_step(run: Run, points: list[SnapshotPoint],
+                    states: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
     """At every readable snapshot point in step order: rotation from init and the relative change from
     the previous snapshot (how much a filter picture changes from one slider notch to the next)."""
     usable = [p for p in points if p.id in states]
@@ -281,7 +290,8 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
         result["convergence"] = result["faithfulness"] = {"skipped": f"validation images unavailable: {e}"}
     if probe is not None and probe.shape[0] < 4:
         probe = None
-        result["convergence"] = result["faithfulness"] = {"skipped": "fewer than 4 validation images: CKA needs at least 4"}
+        result["convergence"] = result["faithfulness"] = {"skipped": "fewer than 4 validation images: "
+                                                                     "CKA needs at least 4"}
     if probe is not None:
         result["probe_images"] = int(probe.shape[0])
         steps = {p.step: states[p.id] for p in points if p.kind == "step" and p.id in states}

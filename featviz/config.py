@@ -124,7 +124,8 @@ class ModelConfig:
         for name in ("kernels", "strides", "pools"):
             _check(len(getattr(self, name)) == n, f"{name} has {len(getattr(self, name))} entries, widths has {n}")
         _check(all(w >= 1 for w in self.widths), f"widths must be positive, got {self.widths}")
-        _check(all(k >= 1 and k % 2 == 1 for k in self.kernels), f"kernels must be odd and positive, got {self.kernels}")
+        _check(all(k >= 1 and k % 2 == 1 for k in self.kernels),
+               f"kernels must be odd and positive, got {self.kernels}")
         _check(all(s >= 1 for s in self.strides), f"strides must be positive, got {self.strides}")
         _check(self.in_channels >= 1 and self.num_classes >= 2, "in_channels >= 1 and num_classes >= 2 required")
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
@@ -149,7 +150,8 @@ class TrainConfig:
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
         _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
-        _check(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        _check(self.optimizer in OPTIMIZERS,
+               f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         _check(0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)")
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
@@ -187,8 +189,10 @@ GRAPH_SWITCH = {"auto": None, "on": True, "off": False}  # RenderConfig.cuda_gra
 
 @dataclass(frozen=True)
 class RenderConfig:
-    moments: str = "auto"  # activation-maximization moments (schedule.moments): auto | snapshots | all | last | 0,5,10 | every:K
-    layers: tuple[str, ...] = ()  # conv layers: dotted names or globs, or ("all",); empty = the default selection (featviz.layers)
+    # activation-maximization moments (schedule.moments): auto | snapshots | all | last | 0,5,10 | every:K
+    moments: str = "auto"
+    # conv layers: dotted names or globs, or ("all",); empty = the default selection (featviz.layers)
+    layers: tuple[str, ...] = ()
     channels: tuple[int, ...] = ()  # channel indices; empty = all up to 64 per layer, else 64 evenly spaced
     all_channels: bool = False  # every channel of each layer (--channels all)
     steps: int = 256  # optimization steps per image
@@ -209,9 +213,11 @@ class RenderConfig:
         _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         _check(self.size is None or 8 <= self.size <= 512, f"size must be 8..512 px, got {self.size}")
         _check(self.param in PARAMS, f"unknown parametrization {self.param!r}; choose one of {', '.join(PARAMS)}")
-        _check(self.transforms in TRANSFORMS, f"unknown transforms {self.transforms!r}; choose one of {', '.join(TRANSFORMS)}")
+        _check(self.transforms in TRANSFORMS,
+               f"unknown transforms {self.transforms!r}; choose one of {', '.join(TRANSFORMS)}")
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         _check(self.chunk >= 1, f"chunk must be at least 1, got {self.chunk}")
-        _check(self.cuda_graph in GRAPH_SWITCH, f"unknown cuda_graph {self.cuda_graph!r}; choose one of {', '.join(GRAPH_SWITCH)}")
+        _check(self.cuda_graph in GRAPH_SWITCH,
+               f"unknown cuda_graph {self.cuda_graph!r}; choose one of {', '.join(GRAPH_SWITCH)}")
         _check(all(c >= 0 for c in self.channels), "channels must be >= 0")

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from featviz.errors import ConfigError, RunError
-from featviz.run.fileio import not_a_file
 from featviz.images import decode_png
+from featviz.run.fileio import not_a_file
 from featviz.run.renderset import choose_settings_set, records_of
 from featviz.run.store import Run
 

@@ -5,8 +5,9 @@
 the K-th time the process reaches NAME (``write:manifest.json#3``: the third manifest write); ``...@R``
 pauses only the process whose ``RANK`` (torchrun's) is R (``step:12@1``). When the process
 reaches it, it writes its pid to the file named by ``FEATVIZ_PAUSE_FILE`` (if set) and sleeps until
-it is killed, or until that file is deleted (then it carries on: a paused run can be resumed). With the variable unset (always, outside fault-injection tests) a pause point costs
-one environment lookup. Nothing else in featviz reads these variables.
+it is killed, or until that file is deleted (then it carries on: a paused run can be resumed). With the
+variable unset (always, outside fault-injection tests) a pause point costs one environment lookup. Nothing
+else in featviz reads these variables.
 """
 
 from __future__ import annotations

@@ -35,13 +35,13 @@ from featviz.config import DataConfig, to_dict
 from featviz.data import load_data
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, RunError, one_line
-from featviz.run.fileio import nonfinite, open_safetensors, save_tensors
 from featviz.images import Normalizer
 from featviz.layers import trace
-from featviz.progress import StageProgress, silent
 from featviz.optvis.param import color_matrix_or_none
-from featviz.run.records import describe_run
+from featviz.progress import StageProgress, silent
+from featviz.run.fileio import nonfinite, open_safetensors, save_tensors
 from featviz.run.outputs import check_new_run, check_out_dir
+from featviz.run.records import describe_run
 from featviz.run.store import Run
 from featviz.training import evaluate
 from featviz.zoo import ModelSpec, build, check_output

@@ -78,7 +78,8 @@ def trace(model: nn.Module, in_channels: int, size: int) -> list[ConvLayer]:
     return [dataclasses.replace(la, rf_px=rfs[la.name][0], rf_exceeds=rfs[la.name][1]) for la in layers]
 
 
-def receptive_fields(model: nn.Module, names: list[str], in_channels: int, size: int) -> dict[str, tuple[int | None, bool]]:
+def receptive_fields(model: nn.Module, names: list[str], in_channels: int,
+                     size: int) -> dict[str, tuple[int | None, bool]]:
     """Theoretical receptive field (px) of the centre unit of each named layer's output: the side of the
     box of input pixels that can change it. Measured as the support of the input gradient in a copy of
     the model made linear and positive (every conv weight 1/fan-in, no biases, BatchNorm the identity,
@@ -174,7 +175,8 @@ def default_layers(layers: list[ConvLayer] | tuple[ConvLayer, ...]) -> list[Conv
     return keep
 
 
-def select_layers(layers: list[ConvLayer] | tuple[ConvLayer, ...], spec: str | tuple[str, ...] | None) -> list[ConvLayer]:
+def select_layers(layers: list[ConvLayer] | tuple[ConvLayer, ...],
+                  spec: str | tuple[str, ...] | None) -> list[ConvLayer]:
     """``--layers``: empty/None = ``default_layers``; 'all'; or comma-separated names and globs
     (``layer*.0.conv1``), kept in forward order. A name or glob that matches nothing is a ConfigError."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else (spec or ())) if s.strip()]

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from featviz.config import ModelConfig, from_dict
+from featviz.errors import ConfigError
 from featviz.model import build_model
 from featviz.run.schema import RunInfo
 from featviz.run.store import Run
-from featviz.errors import ConfigError
 from featviz.signature import first_difference, signature
 from featviz.zoo import ModelSpec, build, check_trust, normalize_spec
+
 
 def spec_of(info: RunInfo) -> ModelSpec | None:
     """The run's model spec, or None for featviz's own SmallCNN."""

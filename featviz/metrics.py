@@ -66,14 +66,14 @@ def _centred(x: torch.Tensor) -> torch.Tensor:
     return a - a.mean(0, keepdim=True)
 
 
-def _hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> float:
+def _hsic_unbiased(k: torch.Tensor, ell: torch.Tensor) -> float:
     """Unbiased HSIC of two n x n Gram matrices (Song et al. 2012), up to a constant factor that CKA cancels."""
     n = k.shape[0]
-    k, l = k.clone(), l.clone()
+    k, ell = k.clone(), ell.clone()
     k.fill_diagonal_(0)
-    l.fill_diagonal_(0)
-    t = float((k * l).sum()) + float(k.sum()) * float(l.sum()) / ((n - 1) * (n - 2)) \
-        - 2.0 / (n - 2) * float(k.sum(0) @ l.sum(1))
+    ell.fill_diagonal_(0)
+    t = float((k * ell).sum()) + float(k.sum()) * float(ell.sum()) / ((n - 1) * (n - 2)) \
+        - 2.0 / (n - 2) * float(k.sum(0) @ ell.sum(1))
     return t / (n * (n - 3))
 
 
@@ -97,9 +97,9 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = True) -> float
         return float((b.T @ a).norm() ** 2) / den if den > 0 else 0.0
     if a.shape[0] < 4:
         raise ValueError(f"debiased CKA needs at least 4 examples, got {a.shape[0]}")
-    k, l = a @ a.T, b @ b.T
-    kk, ll = _hsic_unbiased(k, k), _hsic_unbiased(l, l)
-    return _hsic_unbiased(k, l) / math.sqrt(kk * ll) if kk > 0 and ll > 0 else 0.0
+    k, ell = a @ a.T, b @ b.T
+    kk, ll = _hsic_unbiased(k, k), _hsic_unbiased(ell, ell)
+    return _hsic_unbiased(k, ell) / math.sqrt(kk * ll) if kk > 0 and ll > 0 else 0.0
 
 
 # ----------------------------------------------------------------------------- layer statistics and crops
@@ -137,8 +137,9 @@ def crop_around(img: torch.Tensor, flat: int, feat: int, side: int) -> torch.Ten
 # ----------------------------------------------------------------------------- filter complexity
 def filter_bits(ws: list[torch.Tensor], scale: float) -> list[float]:
     """Per epoch: zlib bits per weight of the whole layer's weights, quantized to 8 bits with the
-    layer's one ``scale`` across epochs (``filters.layer_scale``) (all filters together: a single 3x3 kernel is too small for zlib).
-    The filter-weight counterpart of the image complexity: 8 = incompressible noise, lower = structure."""
+    layer's one ``scale`` across epochs (``filters.layer_scale``) (all filters together: a single 3x3 kernel is
+    too small for zlib). The filter-weight counterpart of the image complexity: 8 = incompressible noise, lower =
+    structure."""
     out = []
     for w in ws:
         q = to_uint8(0.5 + 0.5 * w.detach().float() / scale)
@@ -180,7 +181,8 @@ def spectrum_slope(img: torch.Tensor, band: tuple[int, int] | None = None) -> fl
     g = x.mean(0)
     h, w = g.shape
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    basis = torch.stack([torch.ones(h * w, dtype=torch.float64), yy.flatten() - (h - 1) / 2, xx.flatten() - (w - 1) / 2], 1)
+    basis = torch.stack([torch.ones(h * w, dtype=torch.float64), yy.flatten() - (h - 1) / 2,
+                         xx.flatten() - (w - 1) / 2], 1)
     coef = torch.linalg.lstsq(basis, g.flatten()[:, None]).solution
     g = g - (basis @ coef).view(h, w)
     if float(g.pow(2).mean().sqrt()) < FLAT_RMS:

@@ -17,11 +17,12 @@ from typing import Any, Callable
 
 import torch
 
-from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig, from_dict, to_dict
-from featviz.data import ImageData, load_data
 import featviz.analyze as analyze_stage
 import featviz.distributed as distributed
 import featviz.render as render_stage
+from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig, from_dict, to_dict
+from featviz.data import ImageData, load_data
+from featviz.device import resolve_device
 from featviz.errors import ConfigError, RunError
 from featviz.gallery.build import build_gallery
 from featviz.layers import select_layers, trace
@@ -29,15 +30,15 @@ from featviz.loading import allow, build_run_model, check_access, fitting
 from featviz.model import build_model
 from featviz.optvis.param import color_matrix_or_none
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
-from featviz.run.records import describe_run
-from featviz.run.renderset import am_settings, settings_set_of
-from featviz.schedule import moments
 from featviz.run.fileio import save_tensors
 from featviz.run.outputs import check_new_run, check_out_dir
+from featviz.run.records import describe_run
+from featviz.run.renderset import am_settings, settings_set_of
 from featviz.run.store import Run
-from featviz.device import resolve_device
-from featviz.zoo import ModelSpec, build as build_spec, check_output
+from featviz.schedule import moments
 from featviz.training import fit, optimizer_state
+from featviz.zoo import ModelSpec, check_output
+from featviz.zoo import build as build_spec
 
 
 def default_run_name(data_name: str) -> str:
@@ -199,7 +200,8 @@ def plan_render(run: Run, cfg: RenderConfig = RenderConfig(), estimate: bool = F
     return plan
 
 
-def render_run(run: Run | str | Path, cfg: RenderConfig = RenderConfig(), progress: StageProgress = silent) -> dict[str, Any]:
+def render_run(run: Run | str | Path, cfg: RenderConfig = RenderConfig(),
+               progress: StageProgress = silent) -> dict[str, Any]:
     """Filters at every snapshot, activation maximization at the moments ``cfg.moments`` chooses
     (``schedule.moments``), then the gallery.
 

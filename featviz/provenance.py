@@ -48,7 +48,8 @@ def provenance(device: torch.device) -> dict:
         "versions": versions(),
         "git_sha": git_sha(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
         "threads": torch.get_num_threads(),
         "determinism": {"cudnn_deterministic": True, "cudnn_benchmark": False},
     }

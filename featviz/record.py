@@ -29,16 +29,16 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from featviz.errors import ConfigError, RunError, one_line
-from featviz.run.fileio import check_name, save_tensors
 from featviz.hooks import evaluating, input_kind
 from featviz.layers import trace
 from featviz.optvis.param import color_matrix_or_none
+from featviz.run.fileio import check_name, save_tensors
+from featviz.run.outputs import check_new_run, check_out_dir
 from featviz.run.records import describe_run
 from featviz.run.schema import DataInfo, RunInfo
+from featviz.run.store import Run
 from featviz.schedule import parse_schedule
 from featviz.signature import Signature, first_difference, signature
-from featviz.run.outputs import check_new_run, check_out_dir
-from featviz.run.store import Run
 from featviz.zoo import ModelSpec, build, logits_of, normalize_spec
 
 
@@ -227,7 +227,8 @@ class Recorder:
                     raise ValueError
                 loss = loss.detach() if torch.is_tensor(loss) else float(loss)
             except (TypeError, ValueError):
-                raise ConfigError(f"rec.step(loss=...) takes one number or a one-element tensor, got {loss!r:.60}") from None
+                raise ConfigError(f"rec.step(loss=...) takes one number or a one-element tensor, "
+                                  f"got {loss!r:.60}") from None
         step = self.step_count + 1
         if self._wants(step):  # before anything counts: a refused snapshot leaves the recorder as it was
             t = time.perf_counter()
@@ -343,7 +344,8 @@ class Recorder:
             with evaluating(self.model):
                 out = logits_of(self.model(x[:2].to(device=device, dtype=dtype)))
         except Exception as e:  # noqa: BLE001 - a user's model can raise anything; say what failed
-            raise ConfigError(f"your model cannot take the data's {chans}x{size}x{size} images: {one_line(e, 200)}") from None
+            raise ConfigError(f"your model cannot take the data's {chans}x{size}x{size} images: "
+                              f"{one_line(e, 200)}") from None
         n_classes = int(out.shape[-1])
         spec = ModelSpec(normalize_spec(self.spec_text), self.kwargs, chans, n_classes)
         rebuilt = _check_rebuild(self.model, spec)
@@ -366,7 +368,8 @@ def check_materialized(state: dict[str, torch.Tensor]) -> None:
     meta = next((k for k, t in state.items() if t.is_meta), None)
     if meta is not None:
         raise ConfigError(f"your model's {meta} is on the meta device (shapes without values); featviz records "
-                          "real weights: materialize the model first (e.g. model.to_empty(device=...), then initialize it)")
+                          "real weights: materialize the model first (e.g. model.to_empty(device=...), then "
+                          "initialize it)")
 
 
 def _check_rebuild(model: nn.Module, spec: ModelSpec) -> nn.Module:
@@ -382,7 +385,8 @@ def _check_rebuild(model: nn.Module, spec: ModelSpec) -> nn.Module:
                               f"your model, {have} in the rebuilt one; pass model_spec/model_kwargs that rebuild it")
     extra = [k for k in rebuilt if k not in mine]
     if extra:
-        raise ConfigError(f"model_spec {spec.factory} builds a different network: it has {extra[0]}, your model does not")
+        raise ConfigError(f"model_spec {spec.factory} builds a different network: it has {extra[0]}, "
+                          "your model does not")
     return rebuilt_model
 
 

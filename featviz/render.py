@@ -81,7 +81,8 @@ def draw_filters(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint],
                 path = run.write_artifact("renders", f"{base}/{sub}{p.id}.png", png_bytes(grid))
                 recs.append(RenderRecord(run.rel(path), view, epoch=p.epoch, step=p.step, point=p.id, label=p.label,
                                          **meta))
-            path = run.write_artifact("renders", f"{base}/{sub}strip.png", png_bytes(evolution_strip(ws, scale, rgb=rgb)))
+            path = run.write_artifact("renders", f"{base}/{sub}strip.png",
+                                      png_bytes(evolution_strip(ws, scale, rgb=rgb)))
             recs.append(RenderRecord(run.rel(path), f"{view}_strip", **meta))
             path = run.write_artifact("renders", f"{base}/{sub}evolution.gif", gif_bytes(frames))
             recs.append(RenderRecord(run.rel(path), f"{view}_gif", **meta))
@@ -186,7 +187,9 @@ def pending(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg:
                for f in am_files(sid, layer.name, p, channels_for(layer, cfg)))
 
 
-OVERHEAD = 1.15  # the transforms, the parametrization and Adam; fitted on the default run (estimate 94 s, took ~95 s) and a ResNet-18 (69 s, took 59 s)
+# the transforms, the parametrization and Adam; fitted on the default run (estimate 94 s, took ~95 s) and a
+# ResNet-18 (69 s, took 59 s)
+OVERHEAD = 1.15
 
 
 def estimate_seconds(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg: RenderConfig,
@@ -198,7 +201,8 @@ def estimate_seconds(run: Run, layers: list[ConvLayer], points: list[SnapshotPoi
     chans = run.info.data.image_channels
     model = build_run_model(run).to(device).eval()
     prefix, total = prefix_macs(model, chans, size)
-    x = torch.randn(min(cfg.chunk, 8), chans, size, size, device=device, requires_grad=True)  # small: cheap on deep nets
+    # small: cheap on deep nets
+    x = torch.randn(min(cfg.chunk, 8), chans, size, size, device=device, requires_grad=True)
     for p in model.parameters():
         p.requires_grad_(False)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # time the work, not its queueing

@@ -23,10 +23,10 @@ from featviz.data.base import ImageData
 from featviz.distributed import SINGLE, Group, all_sum, finish, wrap
 from featviz.errors import TrainingDiverged
 from featviz.faults import pause_point
-from featviz.run.fileio import nonfinite
 from featviz.hooks import evaluating
 from featviz.images import Normalizer
 from featviz.progress import SilentTraining
+from featviz.run.fileio import nonfinite
 from featviz.schedule import extra_steps
 from featviz.zoo import logits_of
 
@@ -72,7 +72,8 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return len(batch_order(n, batch_size, 0, 0))
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer, batch_size: int = 512) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer,
+             batch_size: int = 512) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` (eval mode, every module's flag restored after) on
     uint8 images ``x`` [N, C, H, W]."""
     loss_sum, correct = 0.0, 0

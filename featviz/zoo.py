@@ -25,8 +25,8 @@ import torchvision
 from torch import nn
 
 from featviz.errors import ConfigError, one_line
-from featviz.run.fileio import MAX_DEPTH, json_depth
 from featviz.hooks import evaluating
+from featviz.run.fileio import MAX_DEPTH, json_depth
 
 OWN_FACTORIES = ("featviz.model:small_cnn",)  # featviz's own model builders
 DOWNLOADS = ("weights", "weights_backbone", "pretrained")  # torchvision's kwargs that fetch weights from the internet
@@ -139,8 +139,8 @@ def build(spec: ModelSpec, seed: int | None = None) -> nn.Module:
         kwargs["in_channels"] = spec.in_channels
     asked = [k for k in DOWNLOADS if kwargs.get(k) not in (None, False)]
     if asked and not spec.pretrained and spec.factory.startswith("torchvision."):
-        raise ConfigError(f"model kwargs ask for downloaded weights ({asked[0]}={_short(kwargs[asked[0]])}); featviz never "
-                          "downloads by itself: use --pretrained (torchvision models) when you mean it")
+        raise ConfigError(f"model kwargs ask for downloaded weights ({asked[0]}={_short(kwargs[asked[0]])}); "
+                          "featviz never downloads by itself: use --pretrained (torchvision models) when you mean it")
     if spec.pretrained:
         if not spec.factory.startswith("torchvision."):
             raise ConfigError("--pretrained works for torchvision models; load your own weights in your factory")

@@ -87,8 +87,8 @@ def _fresh_recursion_limit() -> None:
 
 @functools.cache
 def _project_dirs() -> tuple[str, ...]:
-    import featviz.cli as cli
     import featviz
+    import featviz.cli as cli
 
     return tuple(str(Path(m.__file__).parent) + os.sep for m in (featviz, cli))
 
@@ -136,8 +136,7 @@ def _short(text: str, limit: int = 300) -> str:
 
 def _library_call(reader: str, world: World) -> Callable[[], Any]:
     from featviz.run.check import check_run
-    from featviz.run.store import list_runs
-    from featviz.run.store import Run
+    from featviz.run.store import Run, list_runs
 
     run = world.run
     return {

@@ -8,8 +8,24 @@ import json
 from hypothesis import strategies as st
 
 from hostile_damages import (
-    ESCAPES, HUGE, LINK_DESTS, NONFINITE, PATHS, WRONG_TYPES, AddEntry, Empty, Fifo, Flip, FolderInPlace, SetJson,
-    SetLine, Symlink, Truncate, Value, _nested, _text_value,
+    ESCAPES,
+    HUGE,
+    LINK_DESTS,
+    NONFINITE,
+    PATHS,
+    WRONG_TYPES,
+    AddEntry,
+    Empty,
+    Fifo,
+    Flip,
+    FolderInPlace,
+    SetJson,
+    SetLine,
+    Symlink,
+    Truncate,
+    Value,
+    _nested,
+    _text_value,
 )
 
 # ----------------------------------------------------------------------------- hostile JSON values

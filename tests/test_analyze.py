@@ -10,13 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from featviz.metrics import effective_receptive_field
-from featviz.pipeline import analyze_run
 from featviz.config import RenderConfig
 from featviz.errors import RunError
 from featviz.gallery.build import build_gallery
+from featviz.metrics import effective_receptive_field
+from featviz.pipeline import analyze_run, render_run
 from featviz.reading import first_epoch_above
-from featviz.pipeline import render_run
 from featviz.run.store import Run
 
 
@@ -346,7 +345,8 @@ def test_every_snapshot_is_measured_and_moments_inside_epoch_one_are_analyzed(ti
     formed = conv["formed_at_step"]
     assert formed in conv["by_step"]["steps"]
     i = conv["by_step"]["steps"].index(formed)
-    assert all(c >= 0.9 for c in conv["by_step"]["cka_to_final"][i:]) and (i == 0 or conv["by_step"]["cka_to_final"][i - 1] < 0.9)
+    assert (all(c >= 0.9 for c in conv["by_step"]["cka_to_final"][i:])
+            and (i == 0 or conv["by_step"]["cka_to_final"][i - 1] < 0.9))
 
 
 def test_a_damaged_step_snapshot_is_left_out_not_fatal(tiny_run, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import torch
 from cli_helpers import _files, _train_argv, assert_one_line_error, tiny_shapes  # noqa: F401 - tiny_shapes: the autouse fixture
 from conftest import make_png_folder
 
-
 # ----------------------------------------------------------------------------- user mistakes
 Setup = Callable[[Path, Callable], tuple[list[str], Callable[[], None] | None]]
 
@@ -259,7 +258,7 @@ def test_bad_input_is_one_line_error(setup: Setup, expect: tuple[str, ...], cli,
         check()
     # nothing half-made: no run folder unless the setup made one, and no temp files anywhere
     if setup not in (_existing_run, _complete_run, _force_over_a_file, _no_manifest, _complete_with_stray_snapshot) \
-            and not argv[0] in ("render", "analyze"):
+            and argv[0] not in ("render", "analyze"):
         assert not (tmp_path / "out" / "r").exists()
     assert not [p for p in tmp_path.rglob("*.tmp")]
 

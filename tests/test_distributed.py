@@ -41,8 +41,9 @@ def _records(run: Path) -> list[str]:
 
 @pytest.fixture
 def two_copies(tmp_path: Path, cli) -> tuple[Path, Path]:
-    code, out, err = cli(["train", "--epochs", "1", "--n-train", "128", "--n-val", "32", "--size", "16", "--widths", "4,8",
-                          "--kernels", "5,3", "--pools", "1,0", "--batch-size", "64", "--out", tmp_path, "--name", "one"])
+    code, out, err = cli(["train", "--epochs", "1", "--n-train", "128", "--n-val", "32", "--size", "16",
+                          "--widths", "4,8", "--kernels", "5,3", "--pools", "1,0", "--batch-size", "64",
+                          "--out", tmp_path, "--name", "one"])
     assert code == 0, err
     import shutil
 
@@ -222,8 +223,9 @@ def _one_epoch(rank: int, world: int, init: str, out: str) -> None:
                                                                 num_classes=4, batchnorm=False), seed=0))
         cfg = TrainConfig(batch_size=16)
         accs: list[float] = []
-        _, acc, _ = train_one_epoch(model, make_optimizer(model, cfg), data, cfg, Normalizer(data.mean, data.std, "cpu"),
-                                    1, 0, 6, lambda info: accs.append(info.acc), shard=(rank, world))
+        _, acc, _ = train_one_epoch(model, make_optimizer(model, cfg), data, cfg,
+                                    Normalizer(data.mean, data.std, "cpu"), 1, 0, 6,
+                                    lambda info: accs.append(info.acc), shard=(rank, world))
         Path(out, f"{rank}.json").write_text(json.dumps({"running": accs, "epoch": acc}))
     finally:
         dist.destroy_process_group()

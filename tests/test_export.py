@@ -48,7 +48,8 @@ def test_export_writes_metrics_analysis_images_and_histograms(exported, cli) -> 
     for view in ("filters", "filters_learned"):
         imgs = acc.Images(f"{view}/features.conv1")
         assert [e.step for e in imgs] == steps
-        png = run.path / f"renders/filters/features.conv1/{'learned/' if view == 'filters_learned' else ''}epoch_002.png"
+        png = run.path / (f"renders/filters/features.conv1/{'learned/' if view == 'filters_learned' else ''}"
+                          "epoch_002.png")
         from PIL import Image
 
         w, h = Image.open(png).size

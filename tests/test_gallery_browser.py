@@ -17,7 +17,8 @@ from featviz.pipeline import render_run
 from featviz.run.store import Run
 
 CHROMIUM = Path("/usr/bin/chromium")
-playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing: pip install -e '.[test]'")
+playwright = pytest.importorskip("playwright.sync_api",
+                                 reason="the playwright package is missing: pip install -e '.[test]'")
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not CHROMIUM.exists(),
                                  reason="browser tests need Debian's chromium at /usr/bin/chromium: "
@@ -59,7 +60,8 @@ def test_gallery_in_chromium(browser, gallery_run: Run, tmp_path: Path) -> None:
     page.evaluate("window.scrollTo(0, 0)")
     page.wait_for_function("Array.from(document.images).every(i => !i.getAttribute('src') || i.complete)",
                            timeout=30_000)
-    images = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete && e.naturalWidth])")
+    images = page.eval_on_selector_all("img",
+                                       "els => els.map(e => [e.getAttribute('src'), e.complete && e.naturalWidth])")
     assert len(images) > 10
     assert all(w and w > 0 for _, w in images), [s for s, w in images if not w]
     # one section per depth
@@ -144,9 +146,9 @@ def test_live_gallery_shows_new_snapshots_while_training(browser, tmp_path: Path
     import time
 
     from conftest import make_png_folder
-    from featviz.run.check import check_run
     from featviz.faults import ENV_AT, ENV_FILE
     from featviz.gallery.live import serve_live
+    from featviz.run.check import check_run
 
     data = make_png_folder(tmp_path / "pngs", classes=3, per_class=10, size=16)
     marker = tmp_path / "paused"
@@ -160,7 +162,8 @@ def test_live_gallery_shows_new_snapshots_while_training(browser, tmp_path: Path
     try:
         deadline = time.monotonic() + 90
         while not marker.exists():  # paused half-way through writing epoch 2: epoch 1 is committed
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "no pause"
+            assert proc.poll() is None and time.monotonic() < deadline, (proc.stderr.read() if proc.poll()
+                                                                         else "no pause")
             time.sleep(0.05)
         run = Run.open(tmp_path / "out" / "live")
         urls: list[str] = []
@@ -172,14 +175,17 @@ def test_live_gallery_shows_new_snapshots_while_training(browser, tmp_path: Path
         slider = page.locator("#depth-1 .filter-slider")
         # 27 training images, batch 8: 4 steps per epoch; committed: the init, steps 1 and 2, epoch 1
         assert slider.get_attribute("max") == "3"
-        page.wait_for_function("() => document.querySelector('#depth-1 .epoch-label').textContent === 'step 4 · epoch 1'")
+        page.wait_for_function("() => document.querySelector('#depth-1 .epoch-label').textContent === "
+                               "'step 4 · epoch 1'")
         marker.unlink()  # training carries on: epochs 2 and 3 commit
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
         page.wait_for_function("() => document.querySelector('#depth-1 .filter-slider').max === '5'", timeout=20_000)
         assert page.locator("#depth-1 .epoch-label").inner_text() == "step 12 · epoch 3"
         assert page.locator("#depth-1 .filter-img").get_attribute("src").endswith("epoch_003.png")
-        page.wait_for_function("() => document.getElementById('epochs-done').textContent.startsWith('trained: epoch 3/3')")
-        page.wait_for_function("() => [...document.images].every(i => !i.getAttribute('src') || (i.complete && i.naturalWidth > 0))")
+        page.wait_for_function("() => document.getElementById('epochs-done').textContent"
+                               ".startsWith('trained: epoch 3/3')")
+        page.wait_for_function("() => [...document.images].every(i => !i.getAttribute('src') || "
+                               "(i.complete && i.naturalWidth > 0))")
         assert errors == []
     finally:
         stop.set()

@@ -23,7 +23,8 @@ from run_helpers import run_info
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SETTINGS = {"param": "fft", "transforms": "standard", "steps": 8, "lr": 0.05, "seed": 0, "size": 32, "target": "response"}
+SETTINGS = {"param": "fft", "transforms": "standard", "steps": 8, "lr": 0.05, "seed": 0, "size": 32,
+            "target": "response"}
 MOMENTS = [(0, 0, "step 0 · init"), (1, 100, "step 100 · epoch 1")]  # (epoch, step, label)
 BUDGET_S = 2.0
 
@@ -70,7 +71,8 @@ def synthetic_run(root: Path, layers: list[dict], moments_of_first: int = 2, mod
             for kind, sub in (("filters", ""), ("filters_learned", "learned/")):
                 path = run.write_artifact("renders", f"filters/{layer.name}/{sub}{when['point']}.png", pngs[m])
                 records.append({"kind": kind, "layer": layer.name, "depth": layer.depth, **when,
-                                "file": run.rel(path), "scale": 1.0, "settings": {"points": ["epoch_000", "epoch_001"]}})
+                                "file": run.rel(path), "scale": 1.0,
+                                "settings": {"points": ["epoch_000", "epoch_001"]}})
     run.add_renders([RenderRecord.from_json(r) for r in records])
     return run
 
@@ -140,7 +142,8 @@ def browser():
     if not CHROMIUM.exists():
         pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium: "
                     "sudo apt-get install -y chromium (.ci/run installs it)")
-    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing: pip install -e '.[test]'")
+    playwright = pytest.importorskip("playwright.sync_api",
+                                     reason="the playwright package is missing: pip install -e '.[test]'")
     with playwright.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         yield b
@@ -163,7 +166,8 @@ def _answer_time(browser, url: str, act) -> tuple[float, float, list[str]]:
     page.goto(url, wait_until="domcontentloaded")
     act(page)
     page.wait_for_function("() => window.__answered !== undefined")
-    dcl, answered = page.evaluate("[performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd, window.__answered]")
+    dcl, answered = page.evaluate("[performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd, "
+                                  "window.__answered]")
     page.wait_for_load_state("load")
     page.close()
     return dcl, answered, errors
@@ -193,7 +197,8 @@ def test_10000_thumbnails_are_interactive_within_2_s(browser, tmp_path: Path, re
     t0 = time.perf_counter()
     url = Path(build_gallery(run)).as_uri()
     record_property("build_s", round(time.perf_counter() - t0, 2))
-    times = {"index link": _answer_time(browser, url, _click_last_layer), "slider": _answer_time(browser, url, _move_slider)}
+    times = {"index link": _answer_time(browser, url, _click_last_layer),
+             "slider": _answer_time(browser, url, _move_slider)}
     for what, (dcl, answered, errors) in times.items():
         print(f"\n10,000 thumbnails, {what}: DOMContentLoaded {dcl:.0f} ms, answered {answered:.0f} ms")
         record_property(f"{what} ms", [round(dcl), round(answered)])
@@ -204,6 +209,7 @@ def test_10000_thumbnails_are_interactive_within_2_s(browser, tmp_path: Path, re
     lazy = page.locator("img.am-img[loading=lazy]").count()
     assert lazy == page.locator("img.am-img").count() == sum(layer["out_ch"] for layer in layers) == 10_000
     assert page.locator("#layer-index a").count() == len(layers) == page.locator("section.depth").count()
-    loaded = page.evaluate("[...document.querySelectorAll('img.am-img')].filter(i => i.complete && i.naturalWidth).length")
+    loaded = page.evaluate("[...document.querySelectorAll('img.am-img')]"
+                           ".filter(i => i.complete && i.naturalWidth).length")
     assert 0 < loaded < 2_000  # only what is near the viewport was fetched
     page.close()

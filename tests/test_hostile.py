@@ -20,13 +20,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_CLI_MODEL
-from featviz.run.check import check_run
 from featviz.errors import RunError
 from featviz.faults import ENV_AT, ENV_FILE
-from featviz.run.store import list_runs
-from featviz.run.store import Run
+from featviz.run.check import check_run
+from featviz.run.store import Run, list_runs
 from hostile_helpers import _copy, _damaged
-
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -315,8 +313,8 @@ def test_render_and_resume_run_side_by_side_without_touching_each_other(tmp_path
     render of the same run is refused while one runs."""
     import dataclasses
 
-    from featviz.run.fileio import atomic_write_json
     from featviz.pipeline import resume_run, train_run
+    from featviz.run.fileio import atomic_write_json
 
     data, model, train = tiny_cfgs
     run = train_run(data, model, dataclasses.replace(train, epochs=1), out_dir=tmp_path, name="run")

@@ -26,7 +26,8 @@ from import_helpers import DATA, _import, _states, _write
 def test_each_format_imports_renders_and_analyzes(fmt: str, user_code: Path, tmp_path: Path, cli) -> None:
     states = _states()
     folder = _write(tmp_path / fmt, fmt, states)
-    code, out, err = cli(["import", folder, "--model", "usernets:tiny", *DATA, "--out", tmp_path / "runs", "--name", fmt])
+    code, out, err = cli(["import", folder, "--model", "usernets:tiny", *DATA, "--out", tmp_path / "runs",
+                          "--name", fmt])
     assert code == 0, err
     run = Run.open(tmp_path / "runs" / fmt)
     assert run.meta["source"] == "import" and run.epochs_done == 2 and run.complete
@@ -80,7 +81,8 @@ def test_a_diverged_checkpoint_is_named_before_any_run_is_written(user_code: Pat
     states = _states()
     states[2]["fc.weight"][0, 0] = float("nan")
     folder = _write(tmp_path / "nan", fmt, states)
-    code, out, err = cli(["import", folder, "--model", "usernets:tiny", *DATA, "--out", tmp_path / "runs", "--name", "n"])
+    code, out, err = cli(["import", folder, "--model", "usernets:tiny", *DATA, "--out", tmp_path / "runs",
+                          "--name", "n"])
     assert code == 1 and not (tmp_path / "runs" / "n").exists()
     # the same message whatever the format: the file, the tensor, and what to do
     assert f"{name}: fc.weight has NaN or infinite values" in err and "--pattern to skip it" in err
@@ -164,7 +166,8 @@ def test_checkpoints_that_are_not_this_models_weights(user_code: Path, tmp_path:
 
 
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
-def test_half_precision_checkpoints_are_stored_in_the_networks_dtypes(user_code: Path, tmp_path: Path, fmt: str) -> None:
+def test_half_precision_checkpoints_are_stored_in_the_networks_dtypes(user_code: Path, tmp_path: Path,
+                                                                     fmt: str) -> None:
     """float16 and bfloat16 weights and an int32 BatchNorm counter become the network's float32 and
     int64 exactly, so every snapshot has the same dtypes and `featviz check` finds the run sound."""
     states = _states()

@@ -51,7 +51,8 @@ def test_nested_dicts_are_searched_in_bounded_time(user_code: Path, tmp_path: Pa
     folder = tmp_path / "ckpts"
     folder.mkdir()
     for i, sd in enumerate(states):
-        torch.save({"epoch": i, "model": {"net": {"state_dict": sd}}, "optimizer": {"state": {}}}, folder / f"step_{i}.pt")
+        torch.save({"epoch": i, "model": {"net": {"state_dict": sd}}, "optimizer": {"state": {}}},
+                   folder / f"step_{i}.pt")
     run = _import(folder, tmp_path)
     assert torch.equal(run.load_snapshot(1)["fc.weight"], states[1]["fc.weight"])
     deep: dict = {"w": torch.zeros(2)}
@@ -153,7 +154,8 @@ def test_safetensors_names_dtypes_and_shapes_are_checked_before_any_data_is_read
     header, _ = importer.open_checkpoint(folder / "weights_00020.safetensors")
     assert header["fc.weight"] == (torch.float32, (10, 15)) and _SpyOpen.reads == []
     net = {k: torch.zeros_like(v) for k, v in states[0].items()}
-    with pytest.raises(ConfigError, match=r"weights_00020.safetensors: fc.weight is \[10, 15\], the model's is \[10, 16\]"):
+    with pytest.raises(ConfigError,
+                       match=r"weights_00020.safetensors: fc.weight is \[10, 15\], the model's is \[10, 16\]"):
         importer.load_checkpoint(folder / "weights_00020.safetensors", net)
     assert _SpyOpen.reads == []  # refused before any tensor data was read
     monkeypatch.setattr(importer, "_BLOCK", 4 * 16 * 4)  # 4 rows of fc.weight [10, 16] float32
@@ -164,7 +166,8 @@ def test_safetensors_names_dtypes_and_shapes_are_checked_before_any_data_is_read
     assert {name for name, _ in _SpyOpen.reads} == set(net)
 
 
-def test_torch_zip_checkpoints_are_memory_mapped(user_code: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torch_zip_checkpoints_are_memory_mapped(user_code: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """torch's zip format is mapped (tensor data read only when used); the legacy format, which cannot
     be, is read whole and imports the same."""
     states = _states(2)

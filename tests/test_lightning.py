@@ -194,8 +194,9 @@ def test_a_submodule_with_accumulation_and_a_datamodule(litcode: Path, tmp_path:
 
 
 def test_mistakes_are_config_errors(litcode: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from featviz.integrations.lightning import FeatvizCallback
     from litnets import LitTiny
+
+    from featviz.integrations.lightning import FeatvizCallback
 
     with pytest.raises(ConfigError, match="needs model_spec"):
         FeatvizCallback(submodule="net")

@@ -22,7 +22,8 @@ def test_train_live_serves_and_leaves_a_complete_live_state(cli, png_folder: Pat
     run_points = 3 + 2  # epochs 0..2 and the log schedule's steps 1 and 2 inside epoch 1
     assert state["complete"] and state["epochs_done"] == 2 and len(state["labels"]) == run_points
     for layer in ("features.conv1", "features.conv2"):
-        assert all((out / "r/gallery" / src).is_file() for src in state["layers"][layer]["srcs"] + state["layers"][layer]["learned"])
+        assert all((out / "r/gallery" / src).is_file()
+                   for src in state["layers"][layer]["srcs"] + state["layers"][layer]["learned"])
     html = (out / "r/gallery/index.html").read_text()
     assert "live.json" in html  # the page polls
 
@@ -46,8 +47,8 @@ def test_render_replaces_live_frames_with_one_scale_across_the_run(cli, png_fold
 
 
 def test_live_render_renders_the_moments_in_the_background(cli, png_folder: Path, tmp_path: Path) -> None:
-    from featviz.schedule import moments
     from featviz.run.store import Run
+    from featviz.schedule import moments
 
     out = tmp_path / "out"
     code, _, err = cli(["train", "--data", f"folder:{png_folder}", "--epochs", "2", *SMALL, "--out", out, "--name", "r",
@@ -71,9 +72,9 @@ def test_a_run_written_before_snapshot_schedules_still_renders_and_analyzes(tiny
     import dataclasses
 
     from featviz.config import RenderConfig
-    from featviz.run.fileio import atomic_write_json, read_json
     from featviz.gallery.build import build_gallery
     from featviz.pipeline import analyze_run, render_run, train_run
+    from featviz.run.fileio import atomic_write_json, read_json
     from featviz.run.store import Run
 
     data, model, train = tiny_cfgs
@@ -84,8 +85,8 @@ def test_a_run_written_before_snapshot_schedules_still_renders_and_analyzes(tiny
     (run.path / "manifest.json").unlink()
     run = Run.open(run.path)
     run.write_manifest(2)
-    old = {"kind": "filters", "layer": "features.conv1", "depth": 1, "epoch": 1, "scale": 1.0, "settings": {"epochs": [0, 1]},
-           "file": "renders/filters/features.conv1/epoch_001.png"}
+    old = {"kind": "filters", "layer": "features.conv1", "depth": 1, "epoch": 1, "scale": 1.0,
+           "settings": {"epochs": [0, 1]}, "file": "renders/filters/features.conv1/epoch_001.png"}
     (run.path / "renders/filters/features.conv1").mkdir(parents=True)
     (run.path / old["file"]).write_bytes((run.path / "snapshots/epoch_000.safetensors").read_bytes()[:0] or b"x")
     run.add_renders([RenderRecord.from_json(old)])
@@ -104,7 +105,7 @@ def test_live_on_a_busy_port_is_one_line(cli, png_folder: Path, tmp_path: Path) 
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        code, _, err = cli(["train", "--data", f"folder:{png_folder}", "--epochs", "1", *SMALL, "--out", tmp_path / "out",
-                            "--name", "r", "--live", "--port", port])
+        code, _, err = cli(["train", "--data", f"folder:{png_folder}", "--epochs", "1", *SMALL,
+                            "--out", tmp_path / "out", "--name", "r", "--live", "--port", port])
     assert code != 0 and f"127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "r").exists()  # refused before any run was created

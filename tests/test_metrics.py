@@ -6,12 +6,17 @@ import math
 
 import pytest
 import torch
-
 from torch import nn
 
 from featviz.metrics import (
-    effective_receptive_field, linear_cka, per_filter_change, relative_change, rotation, spectrum_slope,
-    theoretical_receptive_fields, zlib_bits_per_pixel,
+    effective_receptive_field,
+    linear_cka,
+    per_filter_change,
+    relative_change,
+    rotation,
+    spectrum_slope,
+    theoretical_receptive_fields,
+    zlib_bits_per_pixel,
 )
 
 

@@ -10,12 +10,22 @@ from torch import nn
 from featviz.errors import ConfigError
 from featviz.hooks import hook_count
 from featviz.optvis import (
-    Objective, channel, color_matrix, jitter, layer_channels,
-    noise_images, pad, random_rotate, random_scale, maximize, maximize_channels, specificity, standardized_activation,
+    Objective,
+    channel,
+    color_matrix,
+    jitter,
+    layer_channels,
+    maximize,
+    maximize_channels,
+    noise_images,
+    pad,
+    random_rotate,
+    random_scale,
+    specificity,
+    standardized_activation,
 )
 from featviz.optvis.quality import channel_activations
 from featviz.optvis.transforms import RandomAffine
-
 from optvis_models import seq_model, tiny_cnn
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from featviz.config import ModelConfig
 from featviz.model import build_model
-from featviz.optvis import channel, neuron, maximize_channels
+from featviz.optvis import channel, maximize_channels, neuron
 from featviz.optvis.fastpath import PooledConv, SelectedConv, fast_copy, select_channels
 from optvis_models import tiny_cnn
 
@@ -77,8 +77,8 @@ def test_fast_copy_pools_into_a_thin_conv_only_where_exact() -> None:
     assert isinstance(fast.features.conv1, PooledConv)
     from featviz.hooks import capture
 
-    with capture(model, ["features.pool1", "features.conv2"]) as a, capture(fast, ["features.pool1", "features.conv2"]) as b, \
-            torch.no_grad():
+    with capture(model, ["features.pool1", "features.conv2"]) as a, \
+            capture(fast, ["features.pool1", "features.conv2"]) as b, torch.no_grad():
         model(x), fast(x)
     assert torch.allclose(a["features.pool1"], b["features.pool1"], atol=1e-5)
     assert torch.allclose(a["features.conv2"], b["features.conv2"], atol=1e-5)

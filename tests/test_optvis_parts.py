@@ -9,12 +9,26 @@ from torch import nn
 from featviz.errors import ConfigError
 from featviz.hooks import hook_count
 from featviz.optvis import (
-    Objective, channel, color_matrix, compose, direction, diversity, fourier, jitter, layer_objective, neuron,
-    pad, parse, pixel, random_rotate, random_scale, maximize, standard,
+    Objective,
+    channel,
+    color_matrix,
+    compose,
+    direction,
+    diversity,
+    fourier,
+    jitter,
+    layer_objective,
+    maximize,
+    neuron,
+    pad,
+    parse,
+    pixel,
+    random_rotate,
+    random_scale,
+    standard,
 )
 from featviz.optvis.rng import ElementRandom, element_seed
 from featviz.optvis.transforms import RandomAffine
-
 from optvis_models import seq_model
 
 

@@ -234,7 +234,8 @@ def test_a_nested_recorder_of_the_same_run_is_refused(user_code: Path, tmp_path:
     from usernets import tiny
 
     outer_model, inner_model = tiny(), tiny()
-    with featviz.record(outer_model, "x", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(), force=True) as rec:
+    with featviz.record(outer_model, "x", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(),
+                        force=True) as rec:
         with pytest.raises(RunError, match=r"run .*x is being written by pid \d+"):
             with featviz.record(inner_model, "x", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(),
                                 force=True):

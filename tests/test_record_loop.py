@@ -40,7 +40,8 @@ def _loop(out: Path | None, epochs: int = 2, **rec_options) -> tuple[dict, list[
     data = Flips()
     loader = DataLoader(data, batch_size=16, shuffle=True)
     losses: list[float] = []
-    rec = featviz.record(model, "mine", out_dir=out, model_spec="usernets:tiny", data=data, **rec_options) if out else None
+    rec = featviz.record(model, "mine", out_dir=out, model_spec="usernets:tiny", data=data,
+                         **rec_options) if out else None
     if rec:
         rec.start()
     for _ in range(epochs):
@@ -80,7 +81,8 @@ def test_recorded_run_has_the_trained_run_layout(user_code: Path, tmp_path: Path
     assert [la.rf_px for la in layers] == [3, 5, 7, 9]  # 3, +2, +2, +2 (the stride widens only what comes after)
     assert run.meta["data"]["classes"] == ["low", "mid", "high"] and run.meta["data"]["size"] == 12
     images, labels = run.load_probe()
-    assert images.dtype == torch.uint8 and images.shape == (96, 3, 12, 12) and labels.tolist()[:3] == Flips().y[:3].tolist()
+    assert (images.dtype == torch.uint8 and images.shape == (96, 3, 12, 12)
+            and labels.tolist()[:3] == Flips().y[:3].tolist())
     code, out, err = cli(["check", run.path])
     assert code == 0, err
     code, out, err = cli(["render", run.path, "--steps", "4", "--model", "usernets:tiny"])
@@ -90,7 +92,8 @@ def test_recorded_run_has_the_trained_run_layout(user_code: Path, tmp_path: Path
     analysis = json.loads((run.path / "analysis.json").read_text())
     assert analysis["probe_images"] == 32 and set(analysis["faithfulness"]) >= {"stem", "down"}
     assert (run.path / "gallery" / "index.html").is_file()
-    assert len(list((run.path / "renders" / "am").rglob("ch_*.png"))) == (8 + 8 + 8 + 16) * 5  # init, steps 2 and 4, epochs 1 and 2
+    # init, steps 2 and 4, epochs 1 and 2
+    assert len(list((run.path / "renders" / "am").rglob("ch_*.png"))) == (8 + 8 + 8 + 16) * 5
 
 
 def test_a_failed_loop_keeps_committed_epochs(user_code: Path, tmp_path: Path) -> None:
@@ -98,7 +101,8 @@ def test_a_failed_loop_keeps_committed_epochs(user_code: Path, tmp_path: Path) -
 
     model = tiny()
     with pytest.raises(RuntimeError):
-        with featviz.record(model, "crash", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(), epochs=5) as rec:
+        with featviz.record(model, "crash", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(),
+                            epochs=5) as rec:
             for _ in range(3):
                 rec.step(loss=1.0)
             rec.epoch()

@@ -21,11 +21,10 @@ import pytest
 import torch
 
 from conftest import make_png_folder
-from featviz.pipeline import analyze_run
-from featviz.run.check import check_run
 from featviz.config import RenderConfig
 from featviz.faults import ENV_AT, ENV_FILE
-from featviz.pipeline import render_run
+from featviz.pipeline import analyze_run, render_run
+from featviz.run.check import check_run
 from featviz.run.fileio import load_tensors
 from featviz.run.store import Run
 

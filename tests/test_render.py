@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 
 from featviz.config import RenderConfig
-from featviz.schedule import parse_epochs
 from featviz.errors import ConfigError, RunError
 from featviz.gallery.build import build_gallery
 from featviz.gallery.serve import make_server
 from featviz.pipeline import render_run
 from featviz.run.schema import SnapshotPoint
 from featviz.run.store import Run
+from featviz.schedule import parse_epochs
 
 FAST = dict(steps=6, chunk=64)
 
@@ -97,7 +97,8 @@ def test_auto_moments_follow_learning() -> None:
     points.sort(key=lambda p: p.step)
     chosen = [p.id for p in moments("auto", points)]
     # the init, steps near 157^(1/4), 157^(1/2), 157^(3/4) on a log scale, epoch 1, the middle, the end
-    assert chosen == ["epoch_000", "step_0000004", "step_0000016", "step_0000032", "epoch_001", "epoch_004", "epoch_008"]
+    assert chosen == ["epoch_000", "step_0000004", "step_0000016", "step_0000032", "epoch_001", "epoch_004",
+                      "epoch_008"]
     assert [p.id for p in moments("0,8", points)] == ["epoch_000", "epoch_008"]
     assert len(moments("snapshots", points)) == len(points)
 

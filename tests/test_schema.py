@@ -15,7 +15,14 @@ from featviz.config import RenderConfig
 from featviz.pipeline import analyze_run, render_run
 from featviz.run.check import check_run
 from featviz.run.schema import (
-    PROVENANCE, SCHEMA_VERSION, ConvLayer, DataInfo, RenderRecord, RunInfo, SchemaError, SnapshotPoint,
+    PROVENANCE,
+    SCHEMA_VERSION,
+    ConvLayer,
+    DataInfo,
+    RenderRecord,
+    RunInfo,
+    SchemaError,
+    SnapshotPoint,
 )
 from featviz.run.store import Run
 
@@ -84,7 +91,8 @@ def test_a_schema_1_run_is_read_rendered_analyzed_and_shown(tmp_path: Path) -> N
     out = render_run(run, RenderConfig(moments="last", channels=(2,), steps=3, device="cpu"))
     assert out["am_images"] == 2 and out["settings_set"] != am[0].settings_set  # other steps: another set
     result = analyze_run(run, probe_size=16, settings_set=am[0].settings_set)
-    assert result["settings_set"] == am[0].settings_set and set(result["complexity"]) == {"features.conv1", "features.conv2"}
+    assert result["settings_set"] == am[0].settings_set and set(result["complexity"]) == {"features.conv1",
+                                                                                          "features.conv2"}
     assert (path / "gallery" / "index.html").is_file() and (path / "run.json").read_bytes() == before
     assert check_run(path).ok
 

@@ -49,7 +49,8 @@ def test_conv_layers_default_model() -> None:
 
 def test_conv_layers_match_state_dict_and_bias_without_batchnorm(tiny_cfgs) -> None:
     _, cfg, _ = tiny_cfgs
-    model = build_model(ModelConfig(widths=(4, 8), kernels=(5, 3), strides=(1, 2), pools=(True, False), batchnorm=False))
+    model = build_model(ModelConfig(widths=(4, 8), kernels=(5, 3), strides=(1, 2), pools=(True, False),
+                                    batchnorm=False))
     layers = conv_layers(model)
     sd = model.state_dict()
     for layer in layers:

@@ -17,9 +17,8 @@ import featviz.run.fileio as fileio
 from featviz.errors import ConfigError, RunError
 from featviz.run.fileio import atomic_write_bytes, check_name, load_tensors, save_tensors
 from featviz.run.outputs import check_out_dir
-from featviz.run.store import list_runs
 from featviz.run.schema import SCHEMA_VERSION, ConvLayer, DataInfo, RunInfo
-from featviz.run.store import Run
+from featviz.run.store import Run, list_runs
 from run_helpers import run_info
 
 

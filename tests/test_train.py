@@ -22,7 +22,6 @@ from featviz.pipeline import train_run
 from featviz.run.fileio import load_tensors
 from train_helpers import LOG_STEPS, _snapshot_bytes
 
-
 METRIC_KEYS = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "wall_s"}
 
 
@@ -130,7 +129,8 @@ def test_same_seed_gives_byte_identical_snapshots(tiny_run, tiny_cfgs, tmp_path:
 
 def test_different_seed_gives_different_init(tiny_run, tiny_cfgs, tmp_path: Path) -> None:
     data_cfg, model_cfg, train_cfg = tiny_cfgs
-    other = train_run(data_cfg, model_cfg, dataclasses.replace(train_cfg, seed=1, epochs=1), out_dir=tmp_path, name="s1")
+    other = train_run(data_cfg, model_cfg, dataclasses.replace(train_cfg, seed=1, epochs=1), out_dir=tmp_path,
+                      name="s1")
     assert other.meta["seed"] == 1
     assert _snapshot_bytes(other)["epoch_000.safetensors"] != _snapshot_bytes(tiny_run)["epoch_000.safetensors"]
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from featviz.config import ModelConfig
 from featviz.errors import ConfigError
 from featviz.layers import default_channels, default_layers, receptive_fields, select_layers, trace
 from featviz.metrics import theoretical_receptive_fields
 from featviz.model import build_model
-from featviz.config import ModelConfig
 from featviz.run.store import Run
 from featviz.zoo import ModelSpec, build, check_output, normalize_spec, parse_kwargs
 
@@ -60,7 +60,8 @@ def test_layers_in_forward_order_with_traced_fields() -> None:
     assert [la.name for la in layers] == ["early", "late"] and [la.depth for la in layers] == [1, 2]
     assert [la.rf_px for la in layers] == [5, 7]
     # the traced field equals the chain formula of the small CNN, for several configs
-    for cfg in (ModelConfig(), ModelConfig(widths=(4, 8, 8), kernels=(3, 5, 3), strides=(2, 1, 1), pools=(False, True, False))):
+    for cfg in (ModelConfig(), ModelConfig(widths=(4, 8, 8), kernels=(3, 5, 3), strides=(2, 1, 1),
+                                           pools=(False, True, False))):
         traced = [la.rf_px for la in trace(build_model(cfg), 3, 32)]
         assert traced == theoretical_receptive_fields(cfg.kernels, cfg.strides, cfg.pools)
 
@@ -75,7 +76,8 @@ def test_resnet18_fields_and_default_selection() -> None:
     assert rf["layer4.1.conv2"] == (128, True)  # 435 px in truth: beyond the 128 px probe, reported as "at least"
     assert [la.name for la in default_layers(layers)] == [
         "conv1", "layer1.1.conv2", "layer2.1.conv2", "layer3.1.conv2", "layer4.1.conv2"]
-    assert [la.name for la in select_layers(layers, "layer4.*.conv2,conv1")] == ["conv1", "layer4.0.conv2", "layer4.1.conv2"]
+    assert [la.name for la in select_layers(layers, "layer4.*.conv2,conv1")] == ["conv1", "layer4.0.conv2",
+                                                                                 "layer4.1.conv2"]
     assert len(select_layers(layers, "all")) == 20
     with pytest.raises(ConfigError, match="matches no conv layer"):
         select_layers(layers, "layer9.*")
@@ -105,8 +107,8 @@ def test_receptive_field_of_a_branch_is_the_widest_path() -> None:
 
 @pytest.mark.slow
 def test_train_render_analyze_a_resnet18_from_the_cli(cli, tmp_path: Path) -> None:
-    code, out, err = cli(["train", "--model", "torchvision:resnet18", "--epochs", "1", "--n-train", "128", "--n-val", "32",
-                          "--batch-size", "64", "--out", tmp_path, "--name", "r18"])
+    code, out, err = cli(["train", "--model", "torchvision:resnet18", "--epochs", "1", "--n-train", "128",
+                          "--n-val", "32", "--batch-size", "64", "--out", tmp_path, "--name", "r18"])
     assert code == 0, err
     run = Run.open(tmp_path / "r18")
     assert run.meta["configs"]["model"]["factory"] == "torchvision.models:resnet18" and len(run.info.layers) == 20
@@ -176,7 +178,8 @@ def test_train_your_own_factory_from_the_cli(user_code: Path, tmp_path: Path, cl
     ("featviz.run.store:os.system", {"command": "touch PWNED"}),  # a dotted path through a module featviz imports
     ("featviz.provenance:subprocess.run", {"args": ["touch", "PWNED"]}),
 ])
-def test_only_model_builders_are_trusted_by_a_run(factory: str, kwargs: dict, tiny_run: Run, tmp_path: Path, cli) -> None:
+def test_only_model_builders_are_trusted_by_a_run(factory: str, kwargs: dict, tiny_run: Run, tmp_path: Path,
+                                                  cli) -> None:
     import shutil
 
     path = tmp_path / "run"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 LOG_STEPS = [f"step_{s:07d}.safetensors" for s in (1, 2, 4)]  # the default schedule at 7 batches per epoch
 
 

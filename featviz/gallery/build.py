@@ -15,14 +15,13 @@ from typing import Any, Callable
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from featviz.errors import ConfigError
-from featviz.run.fileio import json_text
 from featviz.layers import run_fields
 from featviz.plots import available, training_curves
+from featviz.run.fileio import json_text
 from featviz.run.renderset import choose_settings_set, settings_sets
 from featviz.run.schema import ConvLayer, RenderRecord
 from featviz.run.store import Run
 from featviz.schedule import label
-
 
 OPEN_ALL_UP_TO = 6  # layers; a deeper model's page opens only its first section, so 10,000 tiles cost no layout
 THUMB_PX = 64  # thumbnail width/height attributes when the settings do not say: they only fix the aspect ratio

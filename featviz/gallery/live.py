@@ -15,12 +15,12 @@ import threading
 from typing import Any, Callable
 
 from featviz.errors import RunError
-from featviz.run.fileio import json_text
 from featviz.filters import filter_grid, layer_scale
 from featviz.gallery.build import build_gallery
 from featviz.gallery.serve import serve
 from featviz.images import png_bytes
 from featviz.plots import training_curves
+from featviz.run.fileio import json_text
 from featviz.run.lock import held
 from featviz.run.schema import RenderRecord, SnapshotPoint
 from featviz.run.store import Run

@@ -19,9 +19,9 @@ import os
 import sys
 import threading
 import urllib.parse
-from pathlib import Path
 from collections.abc import Callable
 from http import HTTPStatus
+from pathlib import Path
 from typing import BinaryIO
 
 from featviz.errors import RunError

@@ -9,7 +9,13 @@ specificity). Nothing here reads or writes files.
 from featviz.optvis.actmax import RenderResult, StepCallback, layer_channels, maximize, maximize_channels
 from featviz.optvis.fastpath import prepare_fast
 from featviz.optvis.objectives import (
-    Objective, channel, direction, diversity, layer_objective, neuron, parse,
+    Objective,
+    channel,
+    direction,
+    diversity,
+    layer_objective,
+    neuron,
+    parse,
 )
 from featviz.optvis.param import color_matrix, fourier, pixel
 from featviz.optvis.quality import noise_images, specificity, standardized_activation

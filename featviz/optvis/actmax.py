@@ -20,10 +20,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+import featviz.optvis.param as P
 from featviz.checks import is_int
 from featviz.errors import ConfigError, one_line
 from featviz.hooks import capture, eval_mode, input_kind, resolve_layers
-import featviz.optvis.param as P
 from featviz.optvis.fastpath import hooked, prepare_fast
 from featviz.optvis.graphed import CAPTURES, Capture, Replayable, run_steps
 from featviz.optvis.memory import big_buffers
@@ -224,7 +224,8 @@ def _maximize(model: nn.Module, obj: Objective, s: RenderSettings, keys: list[in
             images = image_fn()
             values = work(run(prep(images))).float()
     record = {"objective": obj.name, "batch": batch, **s.to_dict(), "optimizer": "adam",
-              "resolved": {"device": str(dev), "channels_last": cl, "transforms": tdesc, "cuda_graph": ran or graph_note},
+              "resolved": {"device": str(dev), "channels_last": cl, "transforms": tdesc,
+                           "cuda_graph": ran or graph_note},
               "elapsed_s": round(time.perf_counter() - t0, 3)}
     return RenderResult(images=images.detach().float().cpu(), values=values.cpu(), trace=trace,
                         trace_steps=trace_steps, keys=keys, settings=record)
@@ -273,7 +274,8 @@ def _optimize(obj: Objective, run: Callable[[Tensor], dict[str, Tensor]], params
     return torch.stack(rows).cpu(), trace_steps, ran
 
 
-def _probe(model: nn.Module, layers: Sequence[str], size: int | Sequence[int], image_channels: int) -> dict[str, Tensor]:
+def _probe(model: nn.Module, layers: Sequence[str], size: int | Sequence[int],
+           image_channels: int) -> dict[str, Tensor]:
     """The ``layers``' outputs for one grey image, from a stopped forward pass: a model that cannot take
     images of this shape (e.g. 3 colour channels into a grayscale model) is a ConfigError saying so."""
     h, w = P._hw(size)  # a ConfigError for sizes that are not one or two integers >= 2

@@ -59,7 +59,8 @@ class Replayable:
                 self.buffers.append(torch.empty_like(u))
             buf = self.buffers[self._i]
             if buf.shape != u.shape:
-                raise RuntimeError(f"random draw {self._i} changed shape between steps: {tuple(buf.shape)} -> {tuple(u.shape)}")
+                raise RuntimeError(f"random draw {self._i} changed shape between steps: {tuple(buf.shape)} -> "
+                                   f"{tuple(u.shape)}")
             buf.copy_(u)
         else:
             if self._i >= len(self.buffers):

@@ -77,7 +77,8 @@ class RandomAffine:
         lo, hi = _finite("scale", scale[0]), _finite("scale", scale[1])
         if not 0 < lo <= hi:
             raise ConfigError(f"scale range must satisfy 0 < lo <= hi, got ({lo}, {hi})")
-        degrees, translate, value = _finite("degrees", degrees), _finite("translate", translate), _finite("value", value)
+        degrees, translate, value = (_finite("degrees", degrees), _finite("translate", translate),
+                                     _finite("value", value))
         _pixels(pad)
         if degrees < 0 or translate < 0:
             raise ConfigError("degrees and translate must be >= 0")

@@ -11,8 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from featviz.errors import RunError
-from featviz.run.fileio import MAX_JSONL, atomic_write_bytes, atomic_write_json, confined, read_json, read_jsonl, \
-    read_regular, write_jsonl
+from featviz.run.fileio import (
+    MAX_JSONL,
+    atomic_write_bytes,
+    atomic_write_json,
+    confined,
+    read_json,
+    read_jsonl,
+    read_regular,
+    write_jsonl,
+)
 from featviz.run.lock import locked
 from featviz.run.schema import RenderRecord, render_problem
 

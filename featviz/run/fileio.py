@@ -323,7 +323,8 @@ def open_safetensors(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]]
         pass  # safe_open would block on a FIFO and map a device
     try:
         handle = safe_open(str(path), framework="pt")
-        return {k: (handle.get_slice(k).get_dtype(), tuple(handle.get_slice(k).get_shape())) for k in handle.keys()}, handle
+        return {k: (handle.get_slice(k).get_dtype(), tuple(handle.get_slice(k).get_shape()))
+                for k in handle.keys()}, handle
     except Exception as e:  # safetensors raises several types for truncated/garbled headers
         raise RunError(f"{path}: not a valid safetensors file ({one_line(e, 120)})") from None
 

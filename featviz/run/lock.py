@@ -60,8 +60,8 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                raise RunError(f"run {self.path} is being written by {printable(one_line(holder, 160))}; wait for it to "
-                               "finish (or stop it) and try again") from None
+                raise RunError(f"run {self.path} is being written by {printable(one_line(holder, 160))}; wait for "
+                               "it to finish (or stop it) and try again") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} ({what})\n".encode(), 0)
         except BaseException:

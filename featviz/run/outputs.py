@@ -26,7 +26,8 @@ _TOP_FILES = {"run.json", "manifest.json", "metrics.jsonl", "probe.safetensors",
               ".renders.lock", *LOCK_FILES}
 _TOP_DIRS = {"snapshots", "state", "renders", "analysis", "gallery"}
 _TEMP = re.compile(r"^\..+\.tmp$|^\.renders\.part\d+\.jsonl$")
-_INSIDE = {"snapshots": re.compile(r"^(epoch|step)_\d+\.safetensors$"), "state": re.compile(r"^epoch_\d+\.(safetensors|json)$")}
+_INSIDE = {"snapshots": re.compile(r"^(epoch|step)_\d+\.safetensors$"),
+           "state": re.compile(r"^epoch_\d+\.(safetensors|json)$")}
 
 
 def check_out_dir(out_dir: Path) -> Path:

@@ -77,7 +77,8 @@ _LAYER_TYPES: dict[str, Callable[[Any], bool]] = {
     "out_ch": lambda v: whole(v, 1), "groups": lambda v: whole(v, 1), "stride": lambda v: whole(v, 1),
     "kernel": lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(whole(k, 1) for k in v),
     "weights": _maybe(whole), "biases": _maybe(whole), "params": _maybe(whole), "out_px": _maybe(whole),
-    "rf_px": _maybe(whole), "batchnorm": _maybe(lambda v: isinstance(v, bool)), "rf_exceeds": lambda v: isinstance(v, bool),
+    "rf_px": _maybe(whole), "batchnorm": _maybe(lambda v: isinstance(v, bool)),
+    "rf_exceeds": lambda v: isinstance(v, bool),
     "response": _maybe(_text), "activation": _maybe(_text),
 }
 
@@ -211,7 +212,8 @@ class RunInfo:
         for la in self.layers:
             if la.name == name:
                 return la
-        raise RunError(f"run {self.name} has no conv layer {name!r} (it has {', '.join(la.name for la in self.layers)})")
+        raise RunError(f"run {self.name} has no conv layer {name!r} "
+                       f"(it has {', '.join(la.name for la in self.layers)})")
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"schema_version": self.schema_version, "name": self.name, "seed": self.seed}
@@ -247,7 +249,8 @@ class RunInfo:
             raise SchemaError("layers is not a list of layer descriptions")
         for key, ok in (("name", _text), ("source", _maybe(_text)), ("seed", _maybe(lambda v: type(v) is int)),
                         ("params_total", _maybe(whole)), ("processes", lambda v: whole(v, 1)),
-                        ("recording", lambda v: isinstance(v, bool)), ("imported", _maybe(lambda v: isinstance(v, dict)))):
+                        ("recording", lambda v: isinstance(v, bool)),
+                        ("imported", _maybe(lambda v: isinstance(v, dict)))):
             if key in d and not ok(d[key]):
                 raise SchemaError(f"{key} is of the wrong type")
         named = {f.name for f in dataclasses.fields(cls)} | set(PROVENANCE)

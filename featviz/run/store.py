@@ -24,13 +24,19 @@ from typing import Any, Iterable
 import torch
 
 from featviz.errors import ConfigError, RunError
-from featviz.run.fileio import (
-    atomic_write_json, load_tensors, not_a_file, read_json,
-    read_jsonl, save_tensors, sha256_file, write_jsonl,
-)
-from featviz.run.outputs import check_new_run, empty_run_folder
 from featviz.run.artifacts import RunArtifacts
+from featviz.run.fileio import (
+    atomic_write_json,
+    load_tensors,
+    not_a_file,
+    read_json,
+    read_jsonl,
+    save_tensors,
+    sha256_file,
+    write_jsonl,
+)
 from featviz.run.lock import RunLock
+from featviz.run.outputs import check_new_run, empty_run_folder
 from featviz.run.records import manifest_problem, metric_problem, read_run_info
 from featviz.run.schema import RunInfo, SnapshotPoint
 from featviz.schedule import label
@@ -230,7 +236,8 @@ class Run(RunArtifacts):
         labelled "step 64 · epoch 0.41" (or as an imported checkpoint was named)."""
         spe = self.steps_per_epoch() or 1
         named = {r["epoch"]: r["label"] for r in self.metrics(strict=False) if r.get("label")}  # imported checkpoints
-        points = [SnapshotPoint(f"epoch_{e:03d}", "epoch", s, e, named.get(e) or (label(s, spe) if e else "step 0 · init"))
+        points = [SnapshotPoint(f"epoch_{e:03d}", "epoch", s, e,
+                                named.get(e) or (label(s, spe) if e else "step 0 · init"))
                   for e, s in self.step_of_epoch().items()]
         points += [SnapshotPoint(f"step_{s:07d}", "step", s, None, label(s, spe)) for s in self.snapshot_steps()]
         return sorted(points, key=lambda p: (p.step, p.kind == "step"))
