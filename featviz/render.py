@@ -23,10 +23,10 @@ from featviz.images import gif_bytes, png_bytes, to_uint8
 from featviz.layers import default_channels, prefix_macs
 from featviz.loading import build_run_model, difference, misfit
 from featviz.model import response_layer
-from featviz.optvis import maximize_channels
+from featviz.optvis import RenderSettings, maximize_channels
 from featviz.progress import StageProgress, silent
 from featviz.run.renderset import am_settings
-from featviz.run.schema import ConvLayer, RenderRecord, SnapshotPoint, settings_set_of
+from featviz.run.schema import ConvLayer, DataInfo, RenderRecord, SnapshotPoint, settings_set_of
 from featviz.run.store import Run
 from featviz.zoo import logits_of
 
@@ -112,7 +112,7 @@ def maximize_layers(run: Run, layers: list[ConvLayer], points: list[SnapshotPoin
     size = cfg.size or data.size
     settings = am_settings(cfg, size)
     sid = settings_set_of(settings)  # one folder per settings set: other settings never overwrite these
-    color = torch.tensor(data.color_matrix) if data.color_matrix else None
+    knobs = optimization_settings(cfg, run.info.data, size, str(device))
     done = {r.file: r.settings_set for r in run.render_index()}
     total, count, rendered = len(layers) * len(points), 0, 0
     mine: list[RenderRecord] = []
@@ -133,10 +133,7 @@ def maximize_layers(run: Run, layers: list[ConvLayer], points: list[SnapshotPoin
         if model is None:
             model = _model_at(run, point, (snaps or {}).get(point.id), device)
         target = layer.response or response_layer(model, name)  # runs before layers were traced
-        res = maximize_channels(model, target, chans, chunk=cfg.chunk, param=cfg.param, size=size,
-                              image_channels=data.image_channels, steps=cfg.steps, lr=cfg.lr,
-                              transforms=cfg.transforms, seed=cfg.seed, mean=data.mean, std=data.std,
-                              color=color, device=device, cuda_graph=GRAPH_SWITCH[cfg.cuda_graph])
+        res = maximize_channels(model, target, chans, knobs)
         imgs = to_uint8(res.images)
         where = {"layer": name, "depth": layer.depth, "epoch": point.epoch, "step": point.step, "point": point.id,
                  "label": point.label, "settings": settings, "settings_set": sid}
@@ -158,6 +155,15 @@ def maximize_layers(run: Run, layers: list[ConvLayer], points: list[SnapshotPoin
         count += 1
         progress("activation maximization", count, total)
     return rendered
+
+
+def optimization_settings(cfg: RenderConfig, data: DataInfo, size: int, device: str) -> RenderSettings:
+    """The one ``optvis.RenderSettings`` of a render stage's activation maximization: ``cfg``'s knobs, in
+    the run's input space (colour channels, normalization and colour basis of ``data``)."""
+    return RenderSettings(size=size, steps=cfg.steps, lr=cfg.lr, param=cfg.param, transforms=cfg.transforms,
+                          seed=cfg.seed, image_channels=data.image_channels, mean=data.mean, std=data.std,
+                          color=data.color_matrix or None, chunk=cfg.chunk, device=device,
+                          cuda_graph=GRAPH_SWITCH[cfg.cuda_graph])
 
 
 def _model_at(run: Run, point: SnapshotPoint, state: dict[str, torch.Tensor] | None,
