@@ -314,13 +314,13 @@ def test_render_and_resume_run_side_by_side_without_touching_each_other(tmp_path
     import dataclasses
 
     from featviz.pipeline import resume_run, train_run
-    from featviz.run.fileio import atomic_write_json
 
     data, model, train = tiny_cfgs
     run = train_run(data, model, dataclasses.replace(train, epochs=1), out_dir=tmp_path, name="run")
-    run.meta["configs"]["train"]["epochs"] = 2  # as if interrupted after epoch 1 of 2
-    atomic_write_json(run.path / "run.json", run.meta)
+    configs = {**run.info.configs, "train": {**run.info.configs["train"], "epochs": 2}}
+    run.update_info(dataclasses.replace(run.info, configs=configs))  # as if interrupted after epoch 1 of 2
     run.write_manifest(1)
+    assert not Run.open(run.path).complete
     theirs = run.path / "renders" / ".grid.png.abc.tmp"
     theirs.parent.mkdir(exist_ok=True)
     theirs.write_bytes(b"half a render")

@@ -100,3 +100,11 @@ def test_a_schema_1_run_is_read_rendered_analyzed_and_shown(tmp_path: Path) -> N
 def test_types_are_frozen(tiny_run: Run) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         tiny_run.info.layers[0].out_ch = 3  # type: ignore[misc]
+
+
+def test_the_on_disk_dict_is_a_copy(tiny_run: Run) -> None:
+    """Run.meta is run.json as a fresh dict: changing it changes neither the run's info nor the file."""
+    planned = tiny_run.info.epochs_planned
+    meta = tiny_run.meta
+    meta["configs"]["train"]["epochs"] = planned + 5
+    assert tiny_run.info.epochs_planned == planned and tiny_run.meta["configs"]["train"]["epochs"] == planned

@@ -19,6 +19,7 @@ The folder layout (which file lives where) is in ``featviz.run.store``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -216,6 +217,10 @@ class RunInfo:
                        f"(it has {', '.join(la.name for la in self.layers)})")
 
     def to_json(self) -> dict[str, Any]:
+        """run.json's content, a fresh copy: changing it changes neither this object nor the file."""
+        return copy.deepcopy(self._json())
+
+    def _json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"schema_version": self.schema_version, "name": self.name, "seed": self.seed}
         if self.source is not None:
             d["source"] = self.source
