@@ -55,7 +55,7 @@ class RunArtifacts:
     def read_renders(self) -> tuple[list[RenderRecord], list[str]]:
         """Records of renders.jsonl in file order, and one message per damaged line."""
         records, damaged = read_jsonl(self.file("renders.jsonl"), "file", render_problem)
-        return [RenderRecord.from_json(r) for r in records], damaged
+        return [RenderRecord.from_checked_json(r) for r in records], damaged
 
     def render_index(self) -> list[RenderRecord]:
         """Records of renders.jsonl whose file still exists; damaged lines are skipped."""
@@ -86,7 +86,8 @@ class RunArtifacts:
         parts = sorted(self.path.glob(".renders.part*.jsonl"))
         if not parts:
             return
-        records = [RenderRecord.from_json(rec) for p in parts for rec in read_jsonl(p, "file", render_problem)[0]]
+        records = [RenderRecord.from_checked_json(rec) for p in parts
+                   for rec in read_jsonl(p, "file", render_problem)[0]]
         self.add_renders(records)
         for p in parts:
             p.unlink(missing_ok=True)

@@ -348,6 +348,12 @@ class RenderRecord:
         problem = render_problem(d) if isinstance(d, dict) else "not an object"
         if problem is not None:
             raise SchemaError(f"render record: {problem}")
+        return cls.from_checked_json(d)
+
+    @classmethod
+    def from_checked_json(cls, d: dict[str, Any]) -> "RenderRecord":
+        """``from_json`` for a record ``render_problem`` has passed already (a reader of renders.jsonl that
+        reports damaged lines by number checks each line once)."""
         known = _known(cls, d)
         if known.get("settings_set") is None and d.get("settings_id") is not None:
             known["settings_set"] = d["settings_id"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Hashable, Iterable, TypeVar
 
 import torch
 
@@ -41,6 +41,8 @@ from featviz.run.records import manifest_problem, metric_problem, read_run_info
 from featviz.run.schema import RunInfo, SnapshotPoint
 from featviz.schedule import label
 
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 _STEP_FILE = re.compile(r"snapshots/step_(\d+)\.safetensors")
 TRAIN_FILES = ("run.json", "metrics.jsonl", "manifest.json", "probe.safetensors")  # the top-level files training writes
 
@@ -248,25 +250,11 @@ class Run(RunArtifacts):
 
     def load_points(self, points: list[SnapshotPoint]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
         """Load each snapshot point; a damaged one goes into the second dict (id -> the error) instead."""
-        good: dict[str, dict[str, torch.Tensor]] = {}
-        bad: dict[str, str] = {}
-        for p in points:
-            try:
-                good[p.id] = self.load_point(p)
-            except RunError as err:
-                bad[p.id] = str(err)
-        return good, bad
+        return _load_each({p.id: p for p in points}, self.load_point)
 
     def load_snapshots(self, epochs: Iterable[int]) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str]]:
         """The tensors of each epoch's snapshot, keyed by epoch (a damaged or missing one: epoch -> the error)."""
-        good: dict[int, dict[str, torch.Tensor]] = {}
-        bad: dict[int, str] = {}
-        for e in epochs:
-            try:
-                good[e] = self.load_snapshot(e)
-            except RunError as err:
-                bad[e] = str(err)
-        return good, bad
+        return _load_each({e: e for e in epochs}, self.load_snapshot)
 
     def load_snapshot(self, epoch: int) -> dict[str, torch.Tensor]:
         """The model tensors after ``epoch``, verified against the manifest's checksum."""
@@ -329,6 +317,19 @@ class Run(RunArtifacts):
         for p in stale:
             p.unlink(missing_ok=True)
         self.write_metrics(keep)
+
+
+def _load_each(items: dict[K, T], load: Callable[[T], dict[str, torch.Tensor]]
+               ) -> tuple[dict[K, dict[str, torch.Tensor]], dict[K, str]]:
+    """``load`` of each item: key -> tensors for the readable ones, key -> the RunError's text for the others."""
+    good: dict[K, dict[str, torch.Tensor]] = {}
+    bad: dict[K, str] = {}
+    for key, item in items.items():
+        try:
+            good[key] = load(item)
+        except RunError as err:
+            bad[key] = str(err)
+    return good, bad
 
 
 def list_runs(out_dir: Path) -> list[Run]:
