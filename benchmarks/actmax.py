@@ -55,7 +55,7 @@ from featviz.config import DataConfig, ModelConfig  # noqa: E402
 from featviz.errors import ConfigError  # noqa: E402
 from featviz.model import build_model  # noqa: E402
 from featviz.optvis import channel, color_matrix, maximize, maximize_channels, noise_images, standard  # noqa: E402
-from featviz.optvis.actmax import forward_until, frozen  # noqa: E402
+from featviz.optvis.forward import forward_until, frozen  # noqa: E402
 from featviz.optvis.quality import standardized_matrix  # noqa: E402
 from featviz.optvis.settings import resolve  # noqa: E402
 
@@ -113,8 +113,11 @@ def release_memory() -> None:
 def convs_until(model: nn.Module, layer: str) -> list[tuple[nn.Conv2d, tuple[int, ...]]]:
     """Each Conv2d that runs up to and including ``layer``, with its input shape for one image."""
     found: list[tuple[nn.Conv2d, tuple[int, ...]]] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: found.append((m, tuple(i[0].shape))))
-             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: found.append((m, tuple(i[0].shape))))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
     try:
         with frozen(model), forward_until(model, [layer]) as run, torch.no_grad():
             run(torch.zeros(1, 3, SIZE, SIZE))
@@ -172,13 +175,22 @@ def conv_flops(convs: list[tuple[nn.Conv2d, tuple[int, ...]]]) -> tuple[int, flo
     return total_macs, 2 * total_macs * BATCH / wall, 2 * total_macs * BATCH / cpu
 
 
-def quality(model: nn.Module, layer: str, images: torch.Tensor, kw: dict,
-            noise: torch.Tensor) -> tuple[float, float, float, float]:
+def quality(
+    model: nn.Module, layer: str, images: torch.Tensor, kw: dict, noise: torch.Tensor
+) -> tuple[float, float, float, float]:
     """(mean z of each channel on its own image, the same on transformed copies, specificity by
     channel, by image)."""
     z = standardized_matrix(model, layer, images, kw.get("mean"), kw.get("std"), noise)
-    z_rob = standardized_matrix(model, layer, images, kw.get("mean"), kw.get("std"), noise,
-                                transform=standard(images.shape[-1], rng=123), repeats=4)
+    z_rob = standardized_matrix(
+        model,
+        layer,
+        images,
+        kw.get("mean"),
+        kw.get("std"),
+        noise,
+        transform=standard(images.shape[-1], rng=123),
+        repeats=4,
+    )
     n = z.shape[0]
     own = z[torch.arange(n), torch.arange(n)]
     own_rob = z_rob[torch.arange(n), torch.arange(n)]
@@ -217,11 +229,18 @@ def phase_peak_mb() -> float:
     return _status_mb("VmHWM") or peak_mb()
 
 
-def row(label: str, what: str, wall: float, cpu: float, floor: float, conv_floor: float,
-        q: tuple[float, float, float, float] | None, note: str) -> str:
+def row(
+    label: str,
+    what: str,
+    wall: float,
+    cpu: float,
+    floor: float,
+    conv_floor: float,
+    q: tuple[float, float, float, float] | None,
+    note: str,
+) -> str:
     qs = f"{q[0]:6.1f} {q[1]:6.1f} {q[2]:5.2f} {q[3]:6.2f}" if q else f"{'':6s} {'':6s} {'':5s} {'':6s}"
-    return (f"{label:26s} {what:8s} {wall:7.1f} {wall / floor:6.2f} {wall / conv_floor:6.2f} {cpu:7.1f} "
-            f"{qs}  {note}")
+    return f"{label:26s} {what:8s} {wall:7.1f} {wall / floor:6.2f} {wall / conv_floor:6.2f} {cpu:7.1f} {qs}  {note}"
 
 
 def save_side_by_side(path: Path, batched: torch.Tensor, loop: torch.Tensor) -> None:
@@ -250,8 +269,10 @@ def gpu_compare(model: nn.Module, layer: str, kw: dict, steps: int) -> str:
         maximize(model, channel(layer, c), keys=[c], **common)
     torch.cuda.synchronize()
     tl = time.perf_counter() - t0
-    return (f"{torch.cuda.get_device_name(dev)}: {layer}, {BATCH} channels, {SIZE}x{SIZE}, {steps} steps: "
-            f"batched {tb:.2f} s, one at a time {tl:.2f} s, speed-up {tl / tb:.1f}x")
+    return (
+        f"{torch.cuda.get_device_name(dev)}: {layer}, {BATCH} channels, {SIZE}x{SIZE}, {steps} steps: "
+        f"batched {tb:.2f} s, one at a time {tl:.2f} s, speed-up {tl / tb:.1f}x"
+    )
 
 
 def profile_ops(model: nn.Module, layer: str, kw: dict, steps: int) -> str:
@@ -265,8 +286,9 @@ def profile_ops(model: nn.Module, layer: str, kw: dict, steps: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
 
 
-def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: bool, peak: float,
-          save: Path | None = None) -> list[str]:
+def bench(
+    name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: bool, peak: float, save: Path | None = None
+) -> list[str]:
     """Rows for every channel of ``layer``: the floor, featviz's render, and with ``loop`` one at a time."""
     convs = convs_until(model, layer)
     chans = convs[-1][0].out_channels
@@ -275,16 +297,35 @@ def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: b
     floor, conv_floor = flops / peak, flops / flops_w
     noise = noise_images(256, 3, SIZE, seed=123)
     common = {"size": SIZE, "steps": steps, **kw}
-    rows = [row(name, "floor", floor, float("nan"), floor, conv_floor, None,
-                f"{chans} channels; {mac / 1e6:.1f} M mult-adds/image; {flops / 1e12:.2f} TFLOP; the same convs "
-                f"reach {flops_w / 1e9:.0f} GFLOP/s")]
+    rows = [
+        row(
+            name,
+            "floor",
+            floor,
+            float("nan"),
+            floor,
+            conv_floor,
+            None,
+            f"{chans} channels; {mac / 1e6:.1f} M mult-adds/image; {flops / 1e12:.2f} TFLOP; the same convs "
+            f"reach {flops_w / 1e9:.0f} GFLOP/s",
+        )
+    ]
     base = reset_phase_peak()
     with Clock() as tb:
         batched = maximize_channels(model, layer, **common)
     mem = phase_peak_mb()
-    rows.append(row("", "featviz", tb.wall, tb.cpu, floor, conv_floor,
-                    quality(model, layer, batched.images, kw, noise),
-                    f"peak RSS {mem:.0f} MB (+{mem - base:.0f} during the render)"))
+    rows.append(
+        row(
+            "",
+            "featviz",
+            tb.wall,
+            tb.cpu,
+            floor,
+            conv_floor,
+            quality(model, layer, batched.images, kw, noise),
+            f"peak RSS {mem:.0f} MB (+{mem - base:.0f} during the render)",
+        )
+    )
     if loop:
         base = reset_phase_peak()
         with Clock() as tl:
@@ -294,9 +335,19 @@ def bench(name: str, model: nn.Module, layer: str, kw: dict, steps: int, loop: b
         diff = (images - batched.images).abs()
         if save is not None:
             save_side_by_side(save / f"{layer}_batched_vs_loop.png", batched.images, images)
-        rows.append(row("", "loop", tl.wall, tl.cpu, floor, conv_floor, quality(model, layer, images, kw, noise),
-                        f"peak RSS {mem:.0f} MB (+{mem - base:.0f}); |loop - batched| px mean "
-                        f"{diff.mean():.1e}, max {diff.max():.1e}"))
+        rows.append(
+            row(
+                "",
+                "loop",
+                tl.wall,
+                tl.cpu,
+                floor,
+                conv_floor,
+                quality(model, layer, images, kw, noise),
+                f"peak RSS {mem:.0f} MB (+{mem - base:.0f}); |loop - batched| px mean "
+                f"{diff.mean():.1e}, max {diff.max():.1e}",
+            )
+        )
     return rows
 
 
@@ -312,19 +363,39 @@ def cli_render(run_dir: str | None, layer: str, steps: int, peak: float, model: 
             from featviz.config import TrainConfig
             from featviz.pipeline import train_run
 
-            run_path = train_run(DataConfig(n_train=512, n_val=256), ModelConfig(), TrainConfig(epochs=1),
-                                 out_dir=tmp, name="bench").path
+            run_path = train_run(
+                DataConfig(n_train=512, n_val=256), ModelConfig(), TrainConfig(epochs=1), out_dir=tmp, name="bench"
+            ).path
         else:
             run_path = Path(shutil.copytree(run_dir, Path(tmp) / "run"))
-        argv = [sys.executable, "-m", "featviz", "render", str(run_path), "--layers", layer, "--epochs", "last",
-                "--size", str(SIZE), "--steps", str(steps), "--channels", "all", "--no-filters", "--force"]
+        argv = [
+            sys.executable,
+            "-m",
+            "featviz",
+            "render",
+            str(run_path),
+            "--layers",
+            layer,
+            "--epochs",
+            "last",
+            "--size",
+            str(SIZE),
+            "--steps",
+            str(steps),
+            "--channels",
+            "all",
+            "--no-filters",
+            "--force",
+        ]
         with Clock() as c:
             subprocess.run(argv, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
     convs = convs_until(model, layer)
     mac, chans = sum(macs(c, shape) for c, shape in convs), convs[-1][0].out_channels  # as bench() counts them
     floor = 4 * mac * steps * chans / peak
-    return (f"featviz render --layers {layer} --size {SIZE} --steps {steps} (subprocess, start-up included): "
-            f"{c.wall:.1f} s wall = {c.wall / floor:.2f}x the floor ({floor:.1f} s)")
+    return (
+        f"featviz render --layers {layer} --size {SIZE} --steps {steps} (subprocess, start-up included): "
+        f"{c.wall:.1f} s wall = {c.wall / floor:.2f}x the floor ({floor:.1f} s)"
+    )
 
 
 def setting(text: str) -> tuple[str, object]:
@@ -347,10 +418,19 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--save", type=Path, default=None, help="write batched-vs-loop images side by side here")
     ap.add_argument("--gpu", action="store_true", help="only compare batched vs one-at-a-time on CUDA")
-    ap.add_argument("--profile", action="store_true",
-                    help="only print the top ops of the SmallCNN's batched render (use a small --steps)")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=setting,
-                    help="a RenderSettings field for every render (VALUE as JSON, else a string); repeatable")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="only print the top ops of the SmallCNN's batched render (use a small --steps)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        type=setting,
+        help="a RenderSettings field for every render (VALUE as JSON, else a string); repeatable",
+    )
     args = ap.parse_args()
     sets = dict(args.set)
     try:  # a bad field or value stops here, before any measuring
@@ -368,31 +448,45 @@ def main() -> None:  # noqa: D103
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}; every channel, {SIZE}x{SIZE} px, {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}; every channel, {SIZE}x{SIZE} px, {args.steps} steps"
+    )
     peaks = dense_peak()
     peak = peaks["best"]
     print("machine limit (best dense fp32): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()) + " GFLOP/s")
     if sets:
         print(f"settings changed for every render: {sets}")
     small, kw, how = small_cnn(args.run)
-    header = (f"{'model / layer':26s} {'what':8s} {'wall s':>7s} {'xfloor':>6s} {'xconv':>6s} {'CPU s':>7s} "
-              f"{'z':>6s} {'z_rob':>6s} {'spec':>5s} {'spec/i':>6s}  notes")
+    header = (
+        f"{'model / layer':26s} {'what':8s} {'wall s':>7s} {'xfloor':>6s} {'xconv':>6s} {'CPU s':>7s} "
+        f"{'z':>6s} {'z_rob':>6s} {'spec':>5s} {'spec/i':>6s}  notes"
+    )
     rows = []
     for layer in ("conv2", "conv3"):
         rows += bench(f"3-conv random / {layer}", three_conv(), layer, sets, args.steps, args.loop, peak, args.save)
-    rows += bench(f"SmallCNN {how.split(',')[0]} / conv4", small, "features.conv4", {**kw, **sets}, args.steps,
-                  args.loop, peak, args.save)
+    rows += bench(
+        f"SmallCNN {how.split(',')[0]} / conv4",
+        small,
+        "features.conv4",
+        {**kw, **sets},
+        args.steps,
+        args.loop,
+        peak,
+        args.save,
+    )
     print(header)
     print("-" * len(header))
     print("\n".join(rows))
     if not sets:
         print(cli_render(args.run, "features.conv4", args.steps, peak, small))
-    print(f"load average at the end {os.getloadavg()[0]:.2f}; process peak RSS (getrusage, includes generating "
-          f"the run's data for its colour matrix) {peak_mb():.0f} MB. z: mean standardized "
-          "activation of each channel on its own image vs 256 pink-noise images; z_rob: the same on 4 randomly "
-          "transformed copies; spec: fraction of channels whose "
-          "own image is their top image; spec/i: fraction of images whose own channel is their top channel.")
+    print(
+        f"load average at the end {os.getloadavg()[0]:.2f}; process peak RSS (getrusage, includes generating "
+        f"the run's data for its colour matrix) {peak_mb():.0f} MB. z: mean standardized "
+        "activation of each channel on its own image vs 256 pink-noise images; z_rob: the same on 4 randomly "
+        "transformed copies; spec: fraction of channels whose "
+        "own image is their top image; spec/i: fraction of images whose own channel is their top channel."
+    )
 
 
 if __name__ == "__main__":

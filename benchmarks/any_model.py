@@ -49,8 +49,20 @@ def loop(data, out: Path | None, epochs: int = 2, batch: int = 128) -> tuple[flo
     mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
     x_all = ((data.train_x.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
     val = (data.val_x[:500].float() / 255 - mean) / std, data.val_y[:500]
-    rec = featviz.record(model, "bench", out_dir=out, model_spec="featviz.model:small_cnn", data=val, force=True,
-                         mean=data.mean, std=data.std) if out else None
+    rec = (
+        featviz.record(
+            model,
+            "bench",
+            out_dir=out,
+            model_spec="featviz.model:small_cnn",
+            data=val,
+            force=True,
+            mean=data.mean,
+            std=data.std,
+        )
+        if out
+        else None
+    )
     start_s = 0.0
     if rec:
         t = time.perf_counter()
@@ -81,29 +93,42 @@ def recorder_overhead(repeats: int) -> None:
             recorded.append(total)
             own.append(self_s)
     p, r = statistics.median(plain), statistics.median(recorded)
-    print(f"recorder: plain loop {p:.2f} s, recorded {r:.2f} s (median of {repeats}; spread plain "
-          f"{min(plain):.2f}-{max(plain):.2f}, recorded {min(recorded):.2f}-{max(recorded):.2f}): "
-          f"{100 * (r / p - 1):+.1f}%; the recorder's own time {statistics.median(own):.3f} s = "
-          f"{100 * statistics.median(own) / p:.1f}% of the loop (target <= 2%)")
+    print(
+        f"recorder: plain loop {p:.2f} s, recorded {r:.2f} s (median of {repeats}; spread plain "
+        f"{min(plain):.2f}-{max(plain):.2f}, recorded {min(recorded):.2f}-{max(recorded):.2f}): "
+        f"{100 * (r / p - 1):+.1f}%; the recorder's own time {statistics.median(own):.3f} s = "
+        f"{100 * statistics.median(own) / p:.1f}% of the loop (target <= 2%)"
+    )
 
 
 def resnet_render(peak: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        run = train_run(DataConfig(n_train=512, n_val=256), ModelConfig(), TrainConfig(epochs=1, batch_size=128),
-                        out_dir=tmp, name="r18", model_spec=ModelSpec("torchvision.models:resnet18"))
+        run = train_run(
+            DataConfig(n_train=512, n_val=256),
+            ModelConfig(),
+            TrainConfig(epochs=1, batch_size=128),
+            out_dir=tmp,
+            name="r18",
+            model_spec=ModelSpec("torchvision.models:resnet18"),
+        )
         layers = default_layers(run.meta["layers"])
         spec = ModelSpec("torchvision.models:resnet18", in_channels=3, num_classes=10)
         prefix, _ = prefix_macs(build(spec), 3, 32)
-        steps = RenderConfig().steps
+        steps = RenderConfig().settings.steps
         flops = sum(4 * prefix[la["name"]] * len(default_channels(la["out_ch"])) * steps for la in layers)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "featviz", "render", str(run.path), "--epochs", "last", "--no-filters"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "featviz", "render", str(run.path), "--epochs", "last", "--no-filters"],
+            check=True,
+            capture_output=True,
+        )
         wall = time.perf_counter() - t0
     floor = flops / peak
-    print(f"ResNet-18 render, layers {', '.join(la['name'] for la in layers)}; 64 channels each, {steps} steps, "
-          f"one moment: {wall:.1f} s wall (featviz render as a subprocess, start-up included); compute floor "
-          f"{floor:.1f} s ({flops / 1e12:.2f} TFLOP at {peak / 1e9:.0f} GFLOP/s): {wall / floor:.1f}x the floor")
+    print(
+        f"ResNet-18 render, layers {', '.join(la['name'] for la in layers)}; 64 channels each, {steps} steps, "
+        f"one moment: {wall:.1f} s wall (featviz render as a subprocess, start-up included); compute floor "
+        f"{floor:.1f} s ({flops / 1e12:.2f} TFLOP at {peak / 1e9:.0f} GFLOP/s): {wall / floor:.1f}x the floor"
+    )
 
 
 def main() -> None:

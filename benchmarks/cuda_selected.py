@@ -27,13 +27,17 @@ def main() -> None:  # noqa: D103
     out = SelectedConv(conv, idx)(x)
     (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
     (g_out,) = torch.autograd.grad(SelectedConv(conv, idx)(x).square().sum(), x)
-    print(f"SelectedConv on {torch.cuda.get_device_name(dev)}: max |out - ref| {(out - ref).abs().max():.2e}, "
-          f"max |grad - ref| {(g_out - g_ref).abs().max():.2e} (ref max {g_ref.abs().max():.2e})")
+    print(
+        f"SelectedConv on {torch.cuda.get_device_name(dev)}: max |out - ref| {(out - ref).abs().max():.2e}, "
+        f"max |grad - ref| {(g_out - g_ref).abs().max():.2e} (ref max {g_ref.abs().max():.2e})"
+    )
     model = build_model(ModelConfig(), seed=0).eval().to(dev)
     a = maximize_channels(model, "features.bn3", size=64, steps=64)
     b = maximize_channels(model, "features.bn3", size=64, steps=64, optimize=False)
-    print(f"render with vs without selection: max |values| diff {(a.values - b.values).abs().max():.2e}, "
-          f"mean |px| diff {(a.images - b.images).abs().mean():.2e}, device {a.settings['resolved']['device']}")
+    print(
+        f"render with vs without selection: max |values| diff {(a.values - b.values).abs().max():.2e}, "
+        f"mean |px| diff {(a.images - b.images).abs().mean():.2e}, device {a.settings['resolved']['device']}"
+    )
 
 
 if __name__ == "__main__":

@@ -42,22 +42,28 @@ def main() -> None:
         recs = run.metrics()
         epochs_s = sum(r["wall_s"] for r in recs)
         snaps_s = sum(r.get("snapshot_s", 0) + r.get("step_snapshot_s", 0) for r in recs)
-        print(f"featviz train   : {train:6.1f} s (target <= 60 s), {len(run.snapshot_points())} snapshots, "
-              f"val acc {recs[-1]['val_acc']:.4f}")
+        print(
+            f"featviz train   : {train:6.1f} s (target <= 60 s), {len(run.snapshot_points())} snapshots, "
+            f"val acc {recs[-1]['val_acc']:.4f}"
+        )
         print(f"featviz render  : {render:6.1f} s (target <= 180 s)")
         print(f"featviz analyze : {analyze:6.1f} s (target <= 60 s)")
         print(f"snapshots       : {snaps_s:.3f} s = {100 * snaps_s / epochs_s:.2f}% of training (target <= 2%)")
         timed("train", "--out", str(out), "--name", "watched", "--force", "--live", "--port", "0")
         watched_s = sum(r["wall_s"] for r in featviz.load_run(str(out / "watched")).metrics())
-        print(f"--live             : training {watched_s:.1f} s against {epochs_s:.1f} s plain = "
-              f"{watched_s / epochs_s:.2f}x")
+        print(
+            f"--live             : training {watched_s:.1f} s against {epochs_s:.1f} s plain = "
+            f"{watched_s / epochs_s:.2f}x"
+        )
         live = timed("train", "--out", str(out), "--name", "live", "--force", "--live", "--live-render", "--port", "0")
         live_run = featviz.load_run(str(out / "live"))
         live_s = sum(r["wall_s"] for r in live_run.metrics())
         n_am = sum(1 for r in live_run.render_index() if r["kind"] == "am")
-        print(f"--live --live-render: training {live_s:.1f} s against {epochs_s:.1f} s plain = "
-              f"{live_s / epochs_s:.2f}x (target <= 1.10x); {n_am} activation-maximization images rendered "
-              f"in the background; whole command {live:.1f} s")
+        print(
+            f"--live --live-render: training {live_s:.1f} s against {epochs_s:.1f} s plain = "
+            f"{live_s / epochs_s:.2f}x (target <= 1.10x); {n_am} activation-maximization images rendered "
+            f"in the background; whole command {live:.1f} s"
+        )
 
 
 if __name__ == "__main__":

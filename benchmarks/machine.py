@@ -34,7 +34,7 @@ def dense_peak(device: str = "cpu") -> dict[str, float]:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     out: dict[str, float] = {}
     a, b = torch.randn(2048, 2048, device=dev), torch.randn(2048, 2048, device=dev)
-    out["matmul 2048"] = _best_rate(lambda: (a @ b, sync()), 2 * 2048 ** 3)
+    out["matmul 2048"] = _best_rate(lambda: (a @ b, sync()), 2 * 2048**3)
     for c, hw, n in ((64, 32, 32), (128, 16, 64), (256, 8, 128)):
         w = torch.randn(c, c, 3, 3, device=dev)
         for fmt in (torch.contiguous_format, torch.channels_last):

@@ -32,8 +32,10 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 
 
 def images(run: Path) -> dict[str, str]:
-    return {p.relative_to(run).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((run / "renders" / "am").rglob("ch_*.png"))}
+    return {
+        p.relative_to(run).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((run / "renders" / "am").rglob("ch_*.png"))
+    }
 
 
 def main() -> None:
@@ -46,26 +48,66 @@ def main() -> None:
     render = ["render", "--steps", str(args.steps), "--no-filters"]
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
-        subprocess.run([sys.executable, "-m", "featviz", "train", "--epochs", "2", "--n-train", "2000",
-                        "--n-val", "500", "--out", tmp, "--name", "base"], check=True, capture_output=True, env=env,
-                       cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "featviz",
+                "train",
+                "--epochs",
+                "2",
+                "--n-train",
+                "2000",
+                "--n-val",
+                "500",
+                "--out",
+                tmp,
+                "--name",
+                "base",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd=ROOT,
+        )
         rows = []
         one = Path(shutil.copytree(base, Path(tmp) / "one"))
         t1 = timed([sys.executable, "-m", "featviz", str(render[0]), str(one), *render[1:], "--device", "cpu"], env)
         n = len(images(one))
         rows.append(("1 process (CPU, default threads)", t1))
         many = Path(shutil.copytree(base, Path(tmp) / "many"))
-        tn = timed([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.procs),
-                    "-m", "featviz", render[0], str(many), *render[1:], "--device", "cpu"],
-                   {**env, "OMP_NUM_THREADS": "1"})
+        tn = timed(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(args.procs),
+                "-m",
+                "featviz",
+                render[0],
+                str(many),
+                *render[1:],
+                "--device",
+                "cpu",
+            ],
+            {**env, "OMP_NUM_THREADS": "1"},
+        )
         rows.append((f"{args.procs} processes (torchrun, CPU, 1 thread each)", tn))
         same = images(one) == images(many)
         if args.gpu:
             gpu = Path(shutil.copytree(base, Path(tmp) / "gpu"))
-            rows.append(("1 process (CUDA)", timed([sys.executable, "-m", "featviz", render[0], str(gpu), *render[1:],
-                                                    "--device", "cuda"], env)))
-    print(f"featviz render, {n} activation-maximization images ({args.steps} steps), {os.cpu_count()} CPUs; "
-          "wall time including start-up")
+            rows.append(
+                (
+                    "1 process (CUDA)",
+                    timed([sys.executable, "-m", "featviz", render[0], str(gpu), *render[1:], "--device", "cuda"], env),
+                )
+            )
+    print(
+        f"featviz render, {n} activation-maximization images ({args.steps} steps), {os.cpu_count()} CPUs; "
+        "wall time including start-up"
+    )
     for label, t in rows:
         print(f"  {label:48s} {t:7.1f} s  {n / t:7.1f} images/s  {t1 / t:5.2f}x one process")
     print(f"  images byte-identical between 1 and {args.procs} processes: {same}")

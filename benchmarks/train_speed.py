@@ -41,7 +41,7 @@ def bare_loop(data, cfg: TrainConfig, channels_last: bool, steps: int) -> float:
     for i in range(steps + 3):
         if i == 3:
             t0 = time.perf_counter()  # three warm-up steps
-        idx = perm[(i * cfg.batch_size) % (len(perm) - cfg.batch_size):][:cfg.batch_size]
+        idx = perm[(i * cfg.batch_size) % (len(perm) - cfg.batch_size) :][: cfg.batch_size]
         loss = F.cross_entropy(model(x_all[idx]), data.train_y[idx])
         opt.zero_grad()
         loss.backward()
@@ -86,10 +86,12 @@ def main() -> None:
         recs = run.metrics()
         snap = sum(r["snapshot_s"] for r in recs)
         steps = sum(r.get("step_snapshot_s", 0.0) for r in recs)
-        print(f"default featviz train: {wall:.1f} s wall (target <= 60 s), final val acc {recs[-1]['val_acc']:.4f} "
-              f"(target >= 0.90), {len(run.snapshot_points())} snapshots (schedule {TrainConfig().schedule}): "
-              f"epoch commits {snap:.3f} s + step snapshots {steps:.3f} s = {100 * (snap + steps) / wall:.2f}% of wall "
-              "(target <= 2%)")
+        print(
+            f"default featviz train: {wall:.1f} s wall (target <= 60 s), final val acc {recs[-1]['val_acc']:.4f} "
+            f"(target >= 0.90), {len(run.snapshot_points())} snapshots (schedule {TrainConfig().schedule}): "
+            f"epoch commits {snap:.3f} s + step snapshots {steps:.3f} s = {100 * (snap + steps) / wall:.2f}% of wall "
+            "(target <= 2%)"
+        )
 
 
 if __name__ == "__main__":

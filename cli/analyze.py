@@ -18,16 +18,19 @@ def analyze(
     run: Path = typer.Argument(..., help="A run folder (rendered, for the complexity numbers)."),
     probe: int = typer.Option(1000, min=10, help="Validation images in the fixed probe set (CKA, receptive field)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
-    settings_set: Optional[str] = typer.Option(None, help="Activation-maximization settings set to measure (a folder "
-                                               "name under RUN/renders/am/; default: the default settings' set, "
-                                               "else the only one)."),
+    settings_set: Optional[str] = typer.Option(
+        None,
+        help="Activation-maximization settings set to measure (a folder "
+        "name under RUN/renders/am/; default: the default settings' set, "
+        "else the only one).",
+    ),
     renders: Optional[str] = typer.Option(None, hidden=True, help="Old name of --settings-set (kept for one release)."),
-    model: Optional[str] = typer.Option(None, help="The run's model factory, when it is your code "
-                                        "(package.module:factory)."),
+    model: Optional[str] = typer.Option(
+        None, help="The run's model factory, when it is your code (package.module:factory)."
+    ),
     trust_run_code: bool = typer.Option(False, help="Import the model factory the run names, whatever it is."),
 ) -> None:
-    ("Filter updates, CKA to the final snapshot, image complexity and receptive fields -> RUN/analysis.json, "
-     "then the gallery.")  # one line: the command list of featviz --help shows the docstring's line breaks
+    """Filter updates, CKA to the final snapshot, image complexity, receptive fields -> RUN/analysis.json."""
     not_empty(settings_set=settings_set, renders=renders)
     settings_set = renamed(settings_set, renders, "--settings-set", "--renders")
     r = Run.open(run)
@@ -35,8 +38,10 @@ def analyze(
     res = analyze_run(r, probe_size=probe, device=device, settings_set=settings_set)
     conv = res.get("convergence", {})
     comp = res.get("complexity", {})
-    echo(f"{'layer':<22} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} "
-               f"{'bpp init':>8} {'bpp last':>8}")
+    echo(
+        f"{'layer':<22} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} "
+        f"{'bpp init':>8} {'bpp last':>8}"
+    )
     for name in res["layers"]:
         upd = res["filter_updates"][name]
         cka = conv.get(name, {}).get("cka_to_final", [])
@@ -46,12 +51,14 @@ def analyze(
         bpp0 = f"{c[keys[0]]['bpp']['mean']:.2f}" if keys else "-"
         bpp1 = f"{c[keys[-1]]['bpp']['mean']:.2f}" if keys else "-"
         eff = rf.get(f"effective_px_epoch_{res['epochs'][-1]}", "-")
-        echo(f"{name:<22} {upd['rotation_from_init'][-1]:8.3f} "
-                   f"{(cka[1] if len(cka) > 1 else float('nan')):6.2f} "
-                   f"{(cka[len(cka) // 2] if cka else float('nan')):7.2f} "
-                   f"{len(conv.get(name, {}).get('dead_channels', [])):5d} "
-                   f"{str(rf.get('theoretical_px', '-')) + '/' + str(eff):>10} "
-                   f"{bpp0:>8} {bpp1:>8}")
+        echo(
+            f"{name:<22} {upd['rotation_from_init'][-1]:8.3f} "
+            f"{(cka[1] if len(cka) > 1 else float('nan')):6.2f} "
+            f"{(cka[len(cka) // 2] if cka else float('nan')):7.2f} "
+            f"{len(conv.get(name, {}).get('dead_channels', [])):5d} "
+            f"{str(rf.get('theoretical_px', '-')) + '/' + str(eff):>10} "
+            f"{bpp0:>8} {bpp1:>8}"
+        )
     for e, msg in res.get("skipped_epochs", {}).items():
         echo(f"featviz: warning: epoch {e} left out: {msg}", err=True)
     for key in ("convergence", "complexity"):

@@ -29,6 +29,8 @@ console = SafeConsole(stderr=True, markup=False)
 def echo(text: str, err: bool = False) -> None:
     """``typer.echo`` of terminal-safe text (``errors.printable``)."""
     typer.echo(printable(str(text)), err=err)
+
+
 SMALL_CNN = ("widths", "kernels", "strides", "pools", "batchnorm")  # the options that describe featviz's own CNN
 
 
@@ -55,8 +57,9 @@ def bool_list(text: str | None, option: str) -> tuple[bool, ...] | None:
         raise typer.BadParameter(f"expected comma-separated 1/0 values, got {text!r}", param_hint=option) from None
 
 
-def model_config(widths: str | None, kernels: str | None, strides: str | None, pools: str | None,
-                 batchnorm: bool, **fixed: int) -> ModelConfig:
+def model_config(
+    widths: str | None, kernels: str | None, strides: str | None, pools: str | None, batchnorm: bool, **fixed: int
+) -> ModelConfig:
     """ModelConfig from the comma-list options; per-depth defaults stretch to the number of widths."""
     d = ModelConfig()
     w = int_list(widths, "--widths") or d.widths
@@ -65,9 +68,14 @@ def model_config(widths: str | None, kernels: str | None, strides: str | None, p
     def stretch(default: tuple) -> tuple:  # repeat the last entry, or cut
         return tuple(default[:n]) + (default[-1],) * max(0, n - len(default))
 
-    return ModelConfig(widths=w, kernels=int_list(kernels, "--kernels") or stretch(d.kernels),
-                       strides=int_list(strides, "--strides") or (1,) * n,
-                       pools=bool_list(pools, "--pools") or stretch(d.pools), batchnorm=batchnorm, **fixed)
+    return ModelConfig(
+        widths=w,
+        kernels=int_list(kernels, "--kernels") or stretch(d.kernels),
+        strides=int_list(strides, "--strides") or (1,) * n,
+        pools=bool_list(pools, "--pools") or stretch(d.pools),
+        batchnorm=batchnorm,
+        **fixed,
+    )
 
 
 def not_empty(**options: object) -> None:
@@ -106,9 +114,15 @@ class TrainBar:
 
     def __init__(self) -> None:
         self.progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=console, transient=True, disable=not sys.stderr.isatty(),
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not sys.stderr.isatty(),
         )
         self.task = None
         self.epochs = 0
@@ -125,7 +139,8 @@ class TrainBar:
     def epoch(self, rec: dict) -> None:
         self.progress.console.print(
             f"epoch {rec['epoch']:>3}/{self.epochs}  train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f}  "
-            f"val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f}  {rec['wall_s']:.1f}s")
+            f"val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f}  {rec['wall_s']:.1f}s"
+        )
         self.progress.reset(self.task)
 
     def stop(self) -> None:

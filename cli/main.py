@@ -13,7 +13,10 @@ from featviz.errors import ConfigError, FeatvizError, error_line, one_line, prin
 from . import analyze, check, data, export, gallery, import_, render, runs, summary, train
 
 app = typer.Typer(
-    name="featviz", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="featviz",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
     help="See what a small CNN learns: filters at every epoch, activation maximization per depth, an HTML gallery.",
 )
 app.command()(train.train)
@@ -53,15 +56,21 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("featviz: aborted", err=True)
         return 130
     except KeyboardInterrupt:
-        typer.echo("featviz: interrupted; everything committed is kept (train: continue with --resume RUN; render: "
-                   "run it again, finished images are reused)", err=True)
+        typer.echo(
+            "featviz: interrupted; everything committed is kept (train: continue with --resume RUN; render: "
+            "run it again, finished images are reused)",
+            err=True,
+        )
         return 130
     except Exception as e:  # noqa: BLE001 - not a mistake featviz knows: a damaged or hand-edited run file, or a bug
         if os.environ.get("FEATVIZ_TRACEBACK"):
             raise
-        typer.echo(f"featviz: error: unexpected {type(e).__name__}: {error_line(one_line(e, 200))} (a damaged or "
-                   "edited run file, or a bug; `featviz check RUN` looks for damage, FEATVIZ_TRACEBACK=1 shows where "
-                   "it happened)", err=True)
+        typer.echo(
+            f"featviz: error: unexpected {type(e).__name__}: {error_line(one_line(e, 200))} (a damaged or "
+            "edited run file, or a bug; `featviz check RUN` looks for damage, FEATVIZ_TRACEBACK=1 shows where "
+            "it happened)",
+            err=True,
+        )
         return 1
 
 

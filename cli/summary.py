@@ -30,12 +30,17 @@ def summary(
     in_channels: int = typer.Option(3, min=1, help="Input channels (without RUN)."),
     classes: int = typer.Option(10, min=2, help="Number of classes (without RUN)."),
     size: int = typer.Option(32, min=8, max=512, help="Input side in px, for output shapes (without RUN)."),
-    model: Optional[str] = typer.Option(None, help="Describe this architecture instead (torchvision:NAME or "
-                                        "package.module:factory); with RUN: the run's factory, when it is your code."),
-    model_kwargs: Optional[str] = typer.Option(None, help="JSON keyword arguments for --model's factory "
-                                               "(without RUN)."),
-    trust_run_code: bool = typer.Option(False, help="With RUN: import the model factory the run names, whatever "
-                                        "it is."),
+    model: Optional[str] = typer.Option(
+        None,
+        help="Describe this architecture instead (torchvision:NAME or "
+        "package.module:factory); with RUN: the run's factory, when it is your code.",
+    ),
+    model_kwargs: Optional[str] = typer.Option(
+        None, help="JSON keyword arguments for --model's factory (without RUN)."
+    ),
+    trust_run_code: bool = typer.Option(
+        False, help="With RUN: import the model factory the run names, whatever it is."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Per-layer table: output shape, weights with their formula, biases, trainable total."""
@@ -46,8 +51,9 @@ def summary(
         net, chans, size = build_run_model(r), r.info.data.image_channels, r.info.data.size
     elif model is not None:
         reject(ctx, SMALL_CNN, "only for the small CNN, not with --model")
-        spec = ModelSpec(normalize_spec(model), parse_kwargs(model_kwargs), in_channels=in_channels,
-                         num_classes=classes)
+        spec = ModelSpec(
+            normalize_spec(model), parse_kwargs(model_kwargs), in_channels=in_channels, num_classes=classes
+        )
         net, chans = build(spec), in_channels
     else:
         reject(ctx, ["model_kwargs"], "only with --model")
@@ -57,7 +63,11 @@ def summary(
     rows = layer_table(net, (chans, size, size))
     if as_json:
         total = sum(r.trainable for r in rows)
-        echo(json.dumps({"input": [chans, size, size], "layers": [r.as_dict() for r in rows],
-                               "trainable_total": total}, indent=2))
+        echo(
+            json.dumps(
+                {"input": [chans, size, size], "layers": [r.as_dict() for r in rows], "trainable_total": total},
+                indent=2,
+            )
+        )
     else:
         echo(format_table(rows))

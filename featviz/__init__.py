@@ -21,6 +21,7 @@ from featviz.device import resolve_device
 from featviz.errors import ConfigError, FeatvizError
 from featviz.loading import allow, load_model_at
 from featviz.model import SmallCNN, build_model, conv_layers
+from featviz.optvis import RenderSettings
 from featviz.pipeline import analyze_run, render_run, resume_run, train_run
 from featviz.provenance import featviz_version
 from featviz.record import Recorder, record
@@ -30,15 +31,45 @@ from featviz.run.store import Run, list_runs
 __version__ = featviz_version()  # pyproject.toml's, as installed: one place for the number
 
 __all__ = [
-    "DataConfig", "ModelConfig", "RenderConfig", "TrainConfig", "ImageData", "load_data", "make_shapes", "FeatvizError",
-    "SmallCNN", "build_model", "conv_layers", "train_run", "resume_run", "render_run", "analyze_run", "Run",
-    "list_runs", "train", "load_run", "load_model", "record", "Recorder", "RunInfo", "DataInfo", "ConvLayer",
-    "SnapshotPoint", "RenderRecord",
+    "DataConfig",
+    "ModelConfig",
+    "RenderConfig",
+    "TrainConfig",
+    "ImageData",
+    "load_data",
+    "make_shapes",
+    "FeatvizError",
+    "SmallCNN",
+    "build_model",
+    "conv_layers",
+    "train_run",
+    "resume_run",
+    "render_run",
+    "analyze_run",
+    "Run",
+    "list_runs",
+    "train",
+    "load_run",
+    "load_model",
+    "record",
+    "Recorder",
+    "RenderSettings",
+    "RunInfo",
+    "DataInfo",
+    "ConvLayer",
+    "SnapshotPoint",
+    "RenderRecord",
 ]
 
 
-def train(data: str = "shapes", epochs: int | None = None, out_dir: str = "outputs", name: str | None = None,
-          force: bool = False, **options) -> Run:
+def train(
+    data: str = "shapes",
+    epochs: int | None = None,
+    out_dir: str = "outputs",
+    name: str | None = None,
+    force: bool = False,
+    **options,
+) -> Run:
     """Train with defaults plus any DataConfig/ModelConfig/TrainConfig field given by name.
 
     Example: ``featviz.train(epochs=2, lr=1e-3, widths=(8, 16, 32, 64))``.
@@ -52,8 +83,14 @@ def train(data: str = "shapes", epochs: int | None = None, out_dir: str = "outpu
         if owner is None:
             raise FeatvizError(f"unknown option {key!r}")
         buckets[owner][key] = val
-    return train_run(DataConfig(**buckets[DataConfig]), ModelConfig(**buckets[ModelConfig]),
-                     TrainConfig(**buckets[TrainConfig]), out_dir=out_dir, name=name, force=force)
+    return train_run(
+        DataConfig(**buckets[DataConfig]),
+        ModelConfig(**buckets[ModelConfig]),
+        TrainConfig(**buckets[TrainConfig]),
+        out_dir=out_dir,
+        name=name,
+        force=force,
+    )
 
 
 def load_run(path: str) -> Run:
@@ -61,8 +98,13 @@ def load_run(path: str) -> Run:
     return Run.open(Path(path))
 
 
-def load_model(run: "Run | str", epoch: int | None = None, device: str = "cpu", model: str | None = None,
-               trust_run_code: bool = False) -> torch.nn.Module:
+def load_model(
+    run: "Run | str",
+    epoch: int | None = None,
+    device: str = "cpu",
+    model: str | None = None,
+    trust_run_code: bool = False,
+) -> torch.nn.Module:
     """The run's network (a Run or its folder) with the weights of ``epoch`` (default: the last committed),
     in eval mode. ``model``/``trust_run_code``: for a run of your own factory (see ``featviz.loading.allow``)."""
     run = Run.of(run)

@@ -47,7 +47,6 @@ from featviz.run.store import Run
 DEAD_CHANGE = 1e-6  # a filter whose rotation from init stays below this never learned
 
 
-
 def filter_updates(run: Run, snaps: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Relative change per epoch, rotation from init per epoch, per-filter change init -> final, dead filters."""
     out = {}
@@ -65,17 +64,20 @@ def filter_updates(run: Run, snaps: list[dict[str, torch.Tensor]]) -> dict[str, 
     return out
 
 
-def updates_by_step(run: Run, points: list[SnapshotPoint],
-                    states: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+def updates_by_step(
+    run: Run, points: list[SnapshotPoint], states: dict[str, dict[str, torch.Tensor]]
+) -> dict[str, Any]:
     """At every readable snapshot point in step order: rotation from init and the relative change from
     the previous snapshot (how much a filter picture changes from one slider notch to the next)."""
     usable = [p for p in points if p.id in states]
     out = {}
     for layer in run.info.layers:
         ws = [states[p.id][f"{layer.name}.weight"] for p in usable]
-        out[layer.name] = {"steps": [p.step for p in usable],
-                              "rotation_from_init": [rotation(ws[0], w) for w in ws],
-                              "change_from_previous": [None] + [relative_change(a, b) for a, b in zip(ws, ws[1:])]}
+        out[layer.name] = {
+            "steps": [p.step for p in usable],
+            "rotation_from_init": [rotation(ws[0], w) for w in ws],
+            "change_from_previous": [None] + [relative_change(a, b) for a, b in zip(ws, ws[1:])],
+        }
     return out
 
 
@@ -98,9 +100,14 @@ def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     return Normalizer(mean, std)(raw), raw
 
 
-def convergence(run: Run, probe: torch.Tensor, device: torch.device, progress: StageProgress = silent,
-                snaps: dict[int, dict[str, torch.Tensor]] | None = None,
-                steps: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+def convergence(
+    run: Run,
+    probe: torch.Tensor,
+    device: torch.device,
+    progress: StageProgress = silent,
+    snaps: dict[int, dict[str, torch.Tensor]] | None = None,
+    steps: dict[int, dict[str, torch.Tensor]] | None = None,
+) -> dict[str, Any]:
     """Debiased linear CKA to the final snapshot per layer and epoch (and per step snapshot, when the
     run has them), with every snapshot's BatchNorm statistics recomputed on ``probe``; channels never
     active on the probe set at the final snapshot; ``formed_at_step``: the first snapshot's step from which
@@ -170,8 +177,9 @@ def complexity(run: Run, sid: str | None, by: str = "epoch") -> dict[str, Any]:
             per["slope"].append(slope)
     for layer in out.values():
         for e, per in layer.items():
-            layer[e] = {k: {"mean": _mean(v), "std": _std(v), "n": len(v)} if v else None
-                        for k, v in per.items() if k != "flat"}
+            layer[e] = {
+                k: {"mean": _mean(v), "std": _std(v), "n": len(v)} if v else None for k, v in per.items() if k != "flat"
+            }
             layer[e]["flat"] = per["flat"]
     return out
 
@@ -185,8 +193,15 @@ def _std(v: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in v) / max(1, len(v) - 1))
 
 
-def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torch.device, sid: str | None,
-                 k: int = 9, snaps: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+def faithfulness(
+    run: Run,
+    images: torch.Tensor,
+    raw: torch.Tensor,
+    device: torch.device,
+    sid: str | None,
+    k: int = 9,
+    snaps: dict[int, dict[str, torch.Tensor]] | None = None,
+) -> dict[str, Any]:
     """For every rendered channel of settings set ``sid`` at its last rendered epoch:
     r = a(AM image) / max over the data set of a, with a = the channel's spatially averaged response
     (the render objective, see ``model.response_layer``), both measured the same way: the stored image
@@ -195,8 +210,11 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
     the channel's strongest position, saved as one strip PNG. ``snaps``: epoch -> snapshot of the
     readable epochs (then only those are considered).
     """
-    am = [r for r in records_of(run.render_index(), sid)  # epoch snapshots only: the last is the final model
-          if r.kind == "am" and r.epoch is not None and (snaps is None or r.epoch in snaps)]
+    am = [
+        r
+        for r in records_of(run.render_index(), sid)  # epoch snapshots only: the last is the final model
+        if r.kind == "am" and r.epoch is not None and (snaps is None or r.epoch in snaps)
+    ]
     if not am:
         return {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     epoch = max(r.epoch for r in am)  # type: ignore[type-var]
@@ -230,8 +248,16 @@ def faithfulness(run: Run, images: torch.Tensor, raw: torch.Tensor, device: torc
             path = run.write_artifact("renders", f"top9/{name}/ch_{c:04d}.png", png_bytes(strip))
             peak = float(data_max[c])
             act = float(am_stats[targets[name]]["mean"][am_index[(name, c)], c])
-            rows.append({"channel": c, "r": act / peak if peak > 0 else None, "am_activation": act,
-                         "data_max": peak, "top": top[:, c].tolist(), "file": run.rel(path)})
+            rows.append(
+                {
+                    "channel": c,
+                    "r": act / peak if peak > 0 else None,
+                    "am_activation": act,
+                    "data_max": peak,
+                    "top": top[:, c].tolist(),
+                    "file": run.rel(path),
+                }
+            )
         out[name] = {"receptive_field_px": side, "channels": rows}
     return out
 
@@ -250,8 +276,13 @@ def _normalize(imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
     return Normalizer(mean, std)(x)
 
 
-def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: StageProgress = silent,
-            settings_set: str | None = None) -> dict[str, Any]:
+def analyze(
+    run: Run,
+    probe_size: int = 1000,
+    device: str = "auto",
+    progress: StageProgress = silent,
+    settings_set: str | None = None,
+) -> dict[str, Any]:
     """Compute every metric above and write RUN/analysis.json and the plots; returns the same dict.
 
     Needs at least one trained epoch. Complexity and faithfulness use one render settings set:
@@ -261,16 +292,21 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
     sid = choose_settings_set(run.render_index(), run.info.data.size, settings_set)  # a bad choice fails first
     epochs = run.snapshot_epochs()
     if len(epochs) < 2:
-        raise RunError(f"run {run.name} has {max(len(epochs) - 1, 0)} trained epochs; analysis compares epochs, "
-                       "train at least one (featviz train --resume RUN)")
+        raise RunError(
+            f"run {run.name} has {max(len(epochs) - 1, 0)} trained epochs; analysis compares epochs, "
+            "train at least one (featviz train --resume RUN)"
+        )
     dev = resolve_device(device)
     loaded, bad = fitting(run, *run.load_snapshots(epochs))  # a damaged or misfit snapshot: left out, named
     if len(loaded) < 2:
         raise RunError(f"run {run.name} has fewer than two readable snapshots: {'; '.join(bad.values())}")
     epochs = sorted(loaded)
     snaps = [loaded[e] for e in epochs]
-    result: dict[str, Any] = {"epochs": epochs, "layers": [layer.name for layer in run.info.layers],
-                              "settings_set": sid}
+    result: dict[str, Any] = {
+        "epochs": epochs,
+        "layers": [layer.name for layer in run.info.layers],
+        "settings_set": sid,
+    }
     if bad:
         result["skipped_epochs"] = {str(e): msg for e, msg in sorted(bad.items())}
     recs = run.metrics(strict=False)
@@ -290,8 +326,9 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
         result["convergence"] = result["faithfulness"] = {"skipped": f"validation images unavailable: {e}"}
     if probe is not None and probe.shape[0] < 4:
         probe = None
-        result["convergence"] = result["faithfulness"] = {"skipped": "fewer than 4 validation images: "
-                                                                     "CKA needs at least 4"}
+        result["convergence"] = result["faithfulness"] = {
+            "skipped": "fewer than 4 validation images: CKA needs at least 4"
+        }
     if probe is not None:
         result["probe_images"] = int(probe.shape[0])
         steps = {p.step: states[p.id] for p in points if p.kind == "step" and p.id in states}
@@ -303,8 +340,10 @@ def analyze(run: Run, probe_size: int = 1000, device: str = "auto", progress: St
             recalibrate_batchnorm(model, probe.to(dev))  # as for CKA: the statistics of the probe images
             for layer, theo in zip(run.info.layers, rfs):
                 eff = effective_receptive_field(model, layer.name, probe[:64].to(dev))
-                row = rf.setdefault(layer.name, {"theoretical_px": theo, "theoretical_at_least": layer.rf_exceeds,
-                                                 "image_px": run.info.data.size})
+                row = rf.setdefault(
+                    layer.name,
+                    {"theoretical_px": theo, "theoretical_at_least": layer.rf_exceeds, "image_px": run.info.data.size},
+                )
                 row[f"effective_px_epoch_{e}"] = eff["effective_px"]  # raw: never clamped
                 row[f"outside_fraction_epoch_{e}"] = eff["outside_fraction"]
                 row[f"centre_px_epoch_{e}"] = eff["centre_px"]

@@ -17,6 +17,7 @@ from typing import Any
 from featviz.checks import is_int
 from featviz.device import NAMES
 from featviz.errors import ConfigError
+from featviz.optvis.settings import RenderSettings
 from featviz.schedule import parse_schedule
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -124,8 +125,9 @@ class ModelConfig:
         for name in ("kernels", "strides", "pools"):
             _check(len(getattr(self, name)) == n, f"{name} has {len(getattr(self, name))} entries, widths has {n}")
         _check(all(w >= 1 for w in self.widths), f"widths must be positive, got {self.widths}")
-        _check(all(k >= 1 and k % 2 == 1 for k in self.kernels),
-               f"kernels must be odd and positive, got {self.kernels}")
+        _check(
+            all(k >= 1 and k % 2 == 1 for k in self.kernels), f"kernels must be odd and positive, got {self.kernels}"
+        )
         _check(all(s >= 1 for s in self.strides), f"strides must be positive, got {self.strides}")
         _check(self.in_channels >= 1 and self.num_classes >= 2, "in_channels >= 1 and num_classes >= 2 required")
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
@@ -150,15 +152,18 @@ class TrainConfig:
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
         _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
-        _check(self.optimizer in OPTIMIZERS,
-               f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        _check(
+            self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+        )
         _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         _check(0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)")
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         _check(self.snapshot_every_steps >= 0, "snapshot_every_steps must be >= 0")
-        _check(not (self.snapshot_every_steps and self.snapshots not in ("log", f"every:{self.snapshot_every_steps}")),
-               f"snapshots {self.snapshots!r} and snapshot_every_steps {self.snapshot_every_steps} disagree; give one "
-               "(--snapshots every:K is the same as --snapshot-every-steps K)")
+        _check(
+            not (self.snapshot_every_steps and self.snapshots not in ("log", f"every:{self.snapshot_every_steps}")),
+            f"snapshots {self.snapshots!r} and snapshot_every_steps {self.snapshot_every_steps} disagree; give one "
+            "(--snapshots every:K is the same as --snapshot-every-steps K)",
+        )
 
         parse_schedule(self.schedule)
 
@@ -184,40 +189,71 @@ PARAMS = ("fourier", "pixel")
 TRANSFORMS = ("standard", "none")
 
 
-GRAPH_SWITCH = {"auto": None, "on": True, "off": False}  # RenderConfig.cuda_graph -> RenderSettings.cuda_graph
+GRAPH_SWITCH = {"auto": None, "on": True, "off": False}  # the CLI's --cuda-graph -> RenderSettings.cuda_graph
+
+
+def _check_names(param: Any, transforms: Any) -> None:
+    """The render stage records its parametrization and transforms by name: one of ``PARAMS`` / ``TRANSFORMS``."""
+    _check(param in PARAMS, f"unknown parametrization {param!r}; choose one of {', '.join(PARAMS)}")
+    _check(transforms in TRANSFORMS, f"unknown transforms {transforms!r}; choose one of {', '.join(TRANSFORMS)}")
+
+
+def render_settings(
+    *,
+    size: int | None = None,
+    steps: int = 256,
+    param: str = "fourier",
+    transforms: str = "standard",
+    lr: float = 0.05,
+    seed: int = 0,
+    chunk: int = 64,
+    cuda_graph: str = "auto",
+) -> RenderSettings:
+    """The render stage's ``RenderSettings`` from its options by name (what ``featviz render`` takes):
+    ``param`` and ``transforms`` by name, ``cuda_graph`` as auto | on | off, ``size`` None = the run's."""
+    _check_names(param, transforms)
+    _check(cuda_graph in GRAPH_SWITCH, f"unknown cuda_graph {cuda_graph!r}; choose one of {', '.join(GRAPH_SWITCH)}")
+    return RenderSettings(
+        size=size,
+        steps=steps,
+        param=param,
+        transforms=transforms,
+        lr=lr,
+        seed=seed,
+        chunk=chunk,
+        cuda_graph=GRAPH_SWITCH[cuda_graph],
+    )
 
 
 @dataclass(frozen=True)
 class RenderConfig:
+    """The render stage's config: the selection (moments, layers, channels) and the activation-maximization
+    settings (``settings``; its ``size`` None = the run's image size). The stage sets the settings' colour
+    channels, normalization, colour basis and device from the run, so those stay unset here."""
+
     # activation-maximization moments (schedule.moments): auto | snapshots | all | last | 0,5,10 | every:K
     moments: str = "auto"
     # conv layers: dotted names or globs, or ("all",); empty = the default selection (featviz.layers)
     layers: tuple[str, ...] = ()
     channels: tuple[int, ...] = ()  # channel indices; empty = all up to 64 per layer, else 64 evenly spaced
     all_channels: bool = False  # every channel of each layer (--channels all)
-    steps: int = 256  # optimization steps per image
-    size: int | None = None  # image side in px; None = the run's training image size
-    param: str = "fourier"  # fourier (decorrelated colour, 1/f spectrum) | pixel
-    transforms: str = "standard"  # standard (pad, jitter, scale, rotate scaled to the size) | none
-    lr: float = 0.05  # Adam learning rate on the parametrization
-    seed: int = 0  # seeds the parametrization and the random transforms
+    settings: RenderSettings = RenderSettings()  # steps, parametrization, transforms, lr, seed, size, chunk, ...
     device: str = "auto"  # auto | cpu | cuda | mps
-    chunk: int = 64  # channels optimized together in one batch (bounds memory)
-    cuda_graph: str = "auto"  # auto (on CUDA) | on | off: replay the optimization step as one CUDA graph
     filters: bool = True  # also draw the filter grids, strips and GIFs (every epoch; milliseconds)
     force: bool = False  # redo renders whose settings match existing ones
 
     def __post_init__(self) -> None:
         _check_types(self)
+        s = self.settings
         _check(bool(self.moments.strip()), "--moments is empty")
-        _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
-        _check(self.size is None or 8 <= self.size <= 512, f"size must be 8..512 px, got {self.size}")
-        _check(self.param in PARAMS, f"unknown parametrization {self.param!r}; choose one of {', '.join(PARAMS)}")
-        _check(self.transforms in TRANSFORMS,
-               f"unknown transforms {self.transforms!r}; choose one of {', '.join(TRANSFORMS)}")
-        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        _check(
+            s.size is None or (isinstance(s.size, int) and 8 <= s.size <= 512),
+            f"size must be 8..512 px (square), got {s.size}",
+        )
+        _check_names(s.param, s.transforms)
+        _check(
+            s.mean is None and s.std is None and s.color is None and s.device is None,
+            "RenderConfig.settings: mean, std, color and device come from the run; leave them unset",
+        )
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
-        _check(self.chunk >= 1, f"chunk must be at least 1, got {self.chunk}")
-        _check(self.cuda_graph in GRAPH_SWITCH,
-               f"unknown cuda_graph {self.cuda_graph!r}; choose one of {', '.join(GRAPH_SWITCH)}")
         _check(all(c >= 0 for c in self.channels), "channels must be >= 0")

@@ -28,8 +28,9 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError(f"--device {name} requested but CUDA is not available on this machine")
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                              f"numbered from 0")
+            raise ConfigError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+            )
         return dev
     if name == "mps" and not _mps():
         raise ConfigError("--device mps requested but MPS is not available on this machine")

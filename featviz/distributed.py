@@ -105,8 +105,10 @@ def all_sum(group: Group, value: torch.Tensor) -> torch.Tensor:
 def check_batch(group: Group, batch_size: int) -> None:
     """Each process takes an equal share of every global batch (one process's batch size)."""
     if group.world > 1 and batch_size % group.world:
-        raise ConfigError(f"--batch-size {batch_size} does not split over {group.world} processes; use a multiple "
-                          f"of {group.world} (it is the global batch, the same as one process's)")
+        raise ConfigError(
+            f"--batch-size {batch_size} does not split over {group.world} processes; use a multiple "
+            f"of {group.world} (it is the global batch, the same as one process's)"
+        )
 
 
 def wrap(model: torch.nn.Module, group: Group) -> torch.nn.Module:

@@ -37,9 +37,12 @@ def printable(text: str) -> str:
     """``text`` safe for a terminal: control characters (ESC sequences that clear the screen or set the
     title, carriage returns, bidirectional overrides) become visible escapes such as ``\\x1b``, so a
     name read from a file is shown, never obeyed. Newlines and tabs stay."""
-    return "".join(c if c in "\n\t" or (c.isprintable() and not 0x202A <= ord(c) <= 0x202E
-                                        and not 0x2066 <= ord(c) <= 0x2069)
-                   else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
+    return "".join(
+        c
+        if c in "\n\t" or (c.isprintable() and not 0x202A <= ord(c) <= 0x202E and not 0x2066 <= ord(c) <= 0x2069)
+        else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        for c in text
+    )
 
 
 LINE_LIMIT = 1000  # characters of one error line; a value echoed in full (a huge JSON option) is cut

@@ -25,8 +25,10 @@ def _writer(out_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ConfigError("featviz export --tensorboard needs the tensorboard package: "
-                          "pip install 'featviz[tensorboard]' (or pip install tensorboard)") from None
+        raise ConfigError(
+            "featviz export --tensorboard needs the tensorboard package: "
+            "pip install 'featviz[tensorboard]' (or pip install tensorboard)"
+        ) from None
     return SummaryWriter(log_dir=str(out_dir))
 
 
@@ -64,15 +66,17 @@ def export_tensorboard(run: Run, out_dir: Path, settings_set: str | None = None)
                 scalar(f"am_bits_per_pixel/{name}", stats["bpp"]["mean"], int(step))
         index = run.render_index()
         sid = choose_settings_set(index, run.info.data.size, settings_set)
-        pictures = [r for r in index if r.kind in ("filters", "filters_learned")] + \
-            [r for r in records_of(index, sid) if r.kind == "am_grid"]
+        pictures = [r for r in index if r.kind in ("filters", "filters_learned")] + [
+            r for r in records_of(index, sid) if r.kind == "am_grid"
+        ]
         for rec in pictures:
             if rec.step is None:  # a record written before snapshots carried their step
                 continue
             tag = {"filters": "filters", "filters_learned": "filters_learned", "am_grid": "actmax"}[rec.kind]
             img = decode_png(run.read_file_bytes(rec.file))
-            writer.add_image(f"{tag}/{rec.layer}", img if img.shape[0] == 3 else img.expand(3, -1, -1), rec.step,
-                             dataformats="CHW")
+            writer.add_image(
+                f"{tag}/{rec.layer}", img if img.shape[0] == 3 else img.expand(3, -1, -1), rec.step, dataformats="CHW"
+            )
             counts["images"] += 1
         for point in run.snapshot_points():
             state = run.load_point(point)

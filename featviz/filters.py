@@ -89,8 +89,9 @@ def tile_size(shape: Sequence[int], max_px: int = MAX_MOSAIC, pad: int = 1, rgb:
     return rows * (kh + pad) - pad, cols * (kw + pad) - pad
 
 
-def filter_tiles(weight: torch.Tensor, scale: float, pad: int = 1, max_px: int = MAX_MOSAIC,
-                 rgb: bool | None = None) -> torch.Tensor:
+def filter_tiles(
+    weight: torch.Tensor, scale: float, pad: int = 1, max_px: int = MAX_MOSAIC, rgb: bool | None = None
+) -> torch.Tensor:
     """Float tiles [O, 3, h, w] in [0, 1], one per filter (see the module docstring)."""
     o, i, kh, kw = _shape(weight)
     w = torch.nan_to_num(weight.detach().to("cpu", torch.float32) / scale)  # a new tensor: the input stays as it was
@@ -117,8 +118,14 @@ def _fit_zoom(zoom: int, rows: int, cols: int, th: int, tw: int, max_side: int) 
     return max(1, min(zoom, fit))
 
 
-def filter_grid(weight: torch.Tensor, scale: float, nrow: int | None = None, zoom: int | None = None,
-                max_side: int = MAX_SIDE, rgb: bool | None = None) -> torch.Tensor:
+def filter_grid(
+    weight: torch.Tensor,
+    scale: float,
+    nrow: int | None = None,
+    zoom: int | None = None,
+    max_side: int = MAX_SIDE,
+    rgb: bool | None = None,
+) -> torch.Tensor:
     """uint8 [3, H, W], H and W <= ``max_side``: every filter of a layer as a grid of tiles (``nrow`` per row).
 
     A wide layer's mosaics shrink so that every filter fits (showing each filter's first input channels);
@@ -143,8 +150,13 @@ def _spread(n: int, k: int) -> list[int]:
     return [round(j * (n - 1) / (k - 1)) for j in range(k)]
 
 
-def evolution_strip(weights: Sequence[torch.Tensor], scale: float, max_filters: int = 16,
-                    max_side: int = MAX_SIDE, rgb: bool | None = None) -> torch.Tensor:
+def evolution_strip(
+    weights: Sequence[torch.Tensor],
+    scale: float,
+    max_filters: int = 16,
+    max_side: int = MAX_SIDE,
+    rgb: bool | None = None,
+) -> torch.Tensor:
     """uint8 [3, H, W], H and W <= ``max_side``: rows = the first ``max_filters`` filters, columns = epochs
     in order (evenly spaced epochs, first and last kept, when there are more than fit)."""
     o, i, kh, kw = _shape(weights[0])

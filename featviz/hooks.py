@@ -40,8 +40,10 @@ def capture(model: nn.Module, names: Sequence[str], detach: bool = False) -> Ite
     handles = []
     try:
         for name, module in resolve_layers(model, names).items():
+
             def hook(_m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
                 acts[name] = out.detach() if detach else out
+
             handles.append(module.register_forward_hook(hook))
         yield acts
     finally:
@@ -120,6 +122,7 @@ def record_calls(model: nn.Module, modules: dict[str, nn.Module], input_shape: S
     def post(name: str):
         def hook(m: nn.Module, inp: tuple, out: Any) -> None:
             calls.append(Call(name, m, started[name].pop(), _shape(inp[0]) if inp else (), _shape(out)))
+
         return hook
 
     device, dtype = input_kind(model)

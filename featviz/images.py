@@ -28,8 +28,13 @@ class Normalizer:
     Differentiable for float input, so activation maximization can optimize through it.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+    ) -> None:
         m = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
         s = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.mean, self.inv_std = m, 1.0 / s

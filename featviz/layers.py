@@ -23,6 +23,7 @@ from torch import nn
 from featviz.errors import ConfigError
 from featviz.hooks import Call, record_calls
 from featviz.metrics import theoretical_receptive_fields
+from featviz.model import conv_layer
 from featviz.run.schema import ConvLayer, RunInfo
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU)
@@ -33,8 +34,9 @@ RF_PROBE_MAX = 128  # largest input the receptive-field probe uses; larger field
 
 def _leaf_calls(model: nn.Module, in_channels: int, size: int) -> list[Call]:
     """Every call of a leaf module (or a Conv2d) in one eval-mode forward pass of zeros, in call order."""
-    leaves = {name: m for name, m in model.named_modules()
-              if name and (not list(m.children()) or isinstance(m, nn.Conv2d))}
+    leaves = {
+        name: m for name, m in model.named_modules() if name and (not list(m.children()) or isinstance(m, nn.Conv2d))
+    }
     return record_calls(model, leaves, (in_channels, size, size))
 
 
@@ -52,11 +54,14 @@ def trace(model: nn.Module, in_channels: int, size: int) -> list[ConvLayer]:
         if not isinstance(m, nn.Conv2d) or name in seen:
             continue
         seen.add(name)
-        after = calls[i + 1:]
+        after = calls[i + 1 :]
         nxt = after[0] if after else None
         response = name
-        if (nxt is not None and isinstance(nxt.module, nn.modules.batchnorm._BatchNorm)
-                and nxt.module.num_features == m.out_channels):
+        if (
+            nxt is not None
+            and isinstance(nxt.module, nn.modules.batchnorm._BatchNorm)
+            and nxt.module.num_features == m.out_channels
+        ):
             response = nxt.name
         activation = response
         for c in after:
@@ -65,21 +70,26 @@ def trace(model: nn.Module, in_channels: int, size: int) -> list[ConvLayer]:
             if isinstance(c.module, ACTIVATIONS):
                 activation = c.name if runs[c.name] == 1 else response
                 break
-        kh, kw = m.kernel_size
-        biases = 0 if m.bias is None else m.bias.numel()
-        layers.append(ConvLayer(
-            name=name, depth=len(layers) + 1, in_ch=m.in_channels, out_ch=m.out_channels, kernel=(kh, kw),
-            stride=int(m.stride[0]), groups=m.groups, weights=m.weight.numel(), biases=biases,
-            params=m.weight.numel() + biases, out_px=int(shape_out[-1]) if shape_out else None,
-            batchnorm=response != name, response=response, activation=activation))
+        layers.append(
+            conv_layer(
+                name,
+                len(layers) + 1,
+                m,
+                out_px=int(shape_out[-1]) if shape_out else None,
+                batchnorm=response != name,
+                response=response,
+                activation=activation,
+            )
+        )
     if not layers:
         raise ConfigError("no Conv2d runs in this model's forward pass; featviz shows what conv layers learn")
     rfs = receptive_fields(model, [la.name for la in layers], in_channels, size)
     return [dataclasses.replace(la, rf_px=rfs[la.name][0], rf_exceeds=rfs[la.name][1]) for la in layers]
 
 
-def receptive_fields(model: nn.Module, names: list[str], in_channels: int,
-                     size: int) -> dict[str, tuple[int | None, bool]]:
+def receptive_fields(
+    model: nn.Module, names: list[str], in_channels: int, size: int
+) -> dict[str, tuple[int | None, bool]]:
     """Theoretical receptive field (px) of the centre unit of each named layer's output: the side of the
     box of input pixels that can change it. Measured as the support of the input gradient in a copy of
     the model made linear and positive (every conv weight 1/fan-in, no biases, BatchNorm the identity,
@@ -102,12 +112,13 @@ def receptive_fields(model: nn.Module, names: list[str], in_channels: int,
     out: dict[str, tuple[int | None, bool]] = {}
     with torch.inference_mode(False), torch.enable_grad():  # also when the caller is inside no_grad
         for i in range(0, len(names), 8):  # 8 layers a pass: bounded memory on deep networks
-            out.update(_fields(probe, names[i:i + 8], in_channels, side, dtype))
+            out.update(_fields(probe, names[i : i + 8], in_channels, side, dtype))
     return out
 
 
-def _fields(probe: nn.Module, names: list[str], in_channels: int, side: int,
-            dtype: torch.dtype) -> dict[str, tuple[int | None, bool]]:
+def _fields(
+    probe: nn.Module, names: list[str], in_channels: int, side: int, dtype: torch.dtype
+) -> dict[str, tuple[int | None, bool]]:
     """receptive_fields for ``names`` in one forward and backward pass: sample i targets layer i."""
     x = torch.ones(len(names), in_channels, side, side, dtype=dtype, requires_grad=True)
     outs: dict[str, torch.Tensor] = {}
@@ -175,8 +186,9 @@ def default_layers(layers: list[ConvLayer] | tuple[ConvLayer, ...]) -> list[Conv
     return keep
 
 
-def select_layers(layers: list[ConvLayer] | tuple[ConvLayer, ...],
-                  spec: str | tuple[str, ...] | None) -> list[ConvLayer]:
+def select_layers(
+    layers: list[ConvLayer] | tuple[ConvLayer, ...], spec: str | tuple[str, ...] | None
+) -> list[ConvLayer]:
     """``--layers``: empty/None = ``default_layers``; 'all'; or comma-separated names and globs
     (``layer*.0.conv1``), kept in forward order. A name or glob that matches nothing is a ConfigError."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else (spec or ())) if s.strip()]
@@ -222,8 +234,10 @@ def run_fields(info: RunInfo) -> list[int | None]:
     bound where ``rf_exceeds``), else, for runs made before layers were traced, the chain formula of
     featviz's conv/pool stack config; None where neither is known."""
     model = info.model_config
-    chain = (theoretical_receptive_fields(model["kernels"], model["strides"], model["pools"])
-             if "kernels" in model else [])
-    return [layer.rf_px if layer.rf_px is not None
-            else chain[layer.depth - 1] if layer.depth - 1 < len(chain) else None
-            for layer in info.layers]
+    chain = (
+        theoretical_receptive_fields(model["kernels"], model["strides"], model["pools"]) if "kernels" in model else []
+    )
+    return [
+        layer.rf_px if layer.rf_px is not None else chain[layer.depth - 1] if layer.depth - 1 < len(chain) else None
+        for layer in info.layers
+    ]

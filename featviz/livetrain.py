@@ -100,8 +100,9 @@ class LiveTraining:
     the live frames and, with ``render``, the activation maximization (``live_worker``); ``stop()``
     waits for them once training is complete."""
 
-    def __init__(self, inner: Any, port: int = 8000, on_ready: Callable[[str], None] | None = None,
-                 render: bool = False) -> None:
+    def __init__(
+        self, inner: Any, port: int = 8000, on_ready: Callable[[str], None] | None = None, render: bool = False
+    ) -> None:
         self.inner, self.port, self.on_ready, self.render = inner, port, on_ready, render
         _check_port(port)  # before any run is created
         self._server: Any = None
@@ -121,11 +122,19 @@ class LiveTraining:
                 self.on_ready(f"http://127.0.0.1:{self._server.server_address[1]}/gallery/index.html")
             for role in ("frames", "render") if self.render else ("frames",):
                 worker = subprocess.Popen(
-                    [sys.executable, "-c", "import sys; from featviz.livetrain import live_worker; "
-                     "live_worker(*sys.argv[1:])", str(run.path), role,
-                     # this process made the run from the user's own --model: the worker may build it
-                     run.info.model_config.get("factory", "")], stdout=subprocess.PIPE, text=True,
-                    start_new_session=True)  # Ctrl-C reaches the CLI, which ends the workers in stop()
+                    [
+                        sys.executable,
+                        "-c",
+                        "import sys; from featviz.livetrain import live_worker; live_worker(*sys.argv[1:])",
+                        str(run.path),
+                        role,
+                        # this process made the run from the user's own --model: the worker may build it
+                        run.info.model_config.get("factory", ""),
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )  # Ctrl-C reaches the CLI, which ends the workers in stop()
                 worker.stdout.readline()  # its start-up (imports) runs before training, not during it
                 self._workers.append(worker)
 

@@ -28,9 +28,13 @@ def spec_of(info: RunInfo) -> ModelSpec | None:
     cfg = info.model_config
     if "factory" not in cfg:
         return None
-    return ModelSpec(factory=normalize_spec(cfg["factory"]), kwargs=dict(cfg.get("kwargs") or {}),
-                     in_channels=int(cfg["in_channels"]), num_classes=int(cfg["num_classes"]),
-                     pretrained=bool(cfg.get("pretrained", False)))
+    return ModelSpec(
+        factory=normalize_spec(cfg["factory"]),
+        kwargs=dict(cfg.get("kwargs") or {}),
+        in_channels=int(cfg["in_channels"]),
+        num_classes=int(cfg["num_classes"]),
+        pretrained=bool(cfg.get("pretrained", False)),
+    )
 
 
 def allow(run: Run, model: str | None = None, trust_run_code: bool = False) -> None:
@@ -47,8 +51,10 @@ def check_access(run: Run) -> None:
     given = run.model_access[0]
     if given is not None and (spec is None or normalize_spec(given) != spec.factory):
         mine = spec.factory if spec is not None else "featviz's small CNN"
-        raise ConfigError(f"this run's model is {mine}, not {given}; nothing was imported; --model only vouches "
-                          "for a run's own factory")
+        raise ConfigError(
+            f"this run's model is {mine}, not {given}; nothing was imported; --model only vouches "
+            "for a run's own factory"
+        )
     if spec is not None:
         check_trust(spec.factory, *run.model_access)
 
@@ -62,16 +68,18 @@ def build_run_model(run: Run, seed: int | None = None) -> nn.Module:
     return build(dataclasses.replace(spec, pretrained=False), seed=seed)  # the snapshots hold the weights: no download
 
 
-def load_model_at(run: Run, epoch: int, device: torch.device,
-                  state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+def load_model_at(
+    run: Run, epoch: int, device: torch.device, state: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
     """The run's network with the weights of ``epoch`` (``state``, if the caller has loaded them), eval mode."""
     model = build_run_model(run)
     model.load_state_dict(run.load_snapshot(epoch) if state is None else state)
     return model.to(device).eval()
 
 
-def fitting(run: Run, snaps: dict[str, dict[str, torch.Tensor]],
-            bad: dict[str, str] | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+def fitting(
+    run: Run, snaps: dict[str, dict[str, torch.Tensor]], bad: dict[str, str] | None = None
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
     """``Run.load_points``'s (snaps, bad) with every snapshot whose tensors do not fit the run's network (a
     tensor missing, extra or of another shape: a model changed during the run) moved from ``snaps`` into
     ``bad`` (point id -> the reason, naming the snapshot): a caller treats it as it treats a damaged one.
@@ -99,5 +107,7 @@ def difference(net: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> 
 def misfit(point_id: str | int, why: str) -> str:
     """The one-line reason a snapshot is left out because its tensors do not fit the run's network."""
     name = point_id if isinstance(point_id, str) else f"epoch_{point_id:03d}"  # load_snapshots keys by epoch
-    return (f"snapshots/{name}.safetensors does not fit the run's network: {why} (another network's weights: a "
-            "model changed during the run?)")
+    return (
+        f"snapshots/{name}.safetensors does not fit the run's network: {why} (another network's weights: a "
+        "model changed during the run?)"
+    )

@@ -72,8 +72,11 @@ def _hsic_unbiased(k: torch.Tensor, ell: torch.Tensor) -> float:
     k, ell = k.clone(), ell.clone()
     k.fill_diagonal_(0)
     ell.fill_diagonal_(0)
-    t = float((k * ell).sum()) + float(k.sum()) * float(ell.sum()) / ((n - 1) * (n - 2)) \
+    t = (
+        float((k * ell).sum())
+        + float(k.sum()) * float(ell.sum()) / ((n - 1) * (n - 2))
         - 2.0 / (n - 2) * float(k.sum(0) @ ell.sum(1))
+    )
     return t / (n * (n - 3))
 
 
@@ -117,8 +120,15 @@ def layer_stats(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str
                 parts[n]["argmax"].append(a.argmax(2).cpu())
                 parts[n]["peak"].append(a.amax((0, 2)).cpu()[None])
             widths = {n: int(acts[n].shape[-1]) for n in names}
-    return {n: {"mean": torch.cat(p["mean"]), "argmax": torch.cat(p["argmax"]), "peak": torch.cat(p["peak"]).amax(0),
-                "width": widths[n]} for n, p in parts.items()}
+    return {
+        n: {
+            "mean": torch.cat(p["mean"]),
+            "argmax": torch.cat(p["argmax"]),
+            "peak": torch.cat(p["peak"]).amax(0),
+            "width": widths[n],
+        }
+        for n, p in parts.items()
+    }
 
 
 def crop_around(img: torch.Tensor, flat: int, feat: int, side: int) -> torch.Tensor:
@@ -128,7 +138,7 @@ def crop_around(img: torch.Tensor, flat: int, feat: int, side: int) -> torch.Ten
     cy, cx = int((y + 0.5) * size / feat), int((x + 0.5) * size / feat)
     top = min(max(cy - side // 2, 0), size - side)
     left = min(max(cx - side // 2, 0), size - side)
-    crop = img[:, top:top + side, left:left + side]
+    crop = img[:, top : top + side, left : left + side]
     if crop.shape[0] == 1:
         crop = crop.expand(3, -1, -1)
     return crop
@@ -181,18 +191,22 @@ def spectrum_slope(img: torch.Tensor, band: tuple[int, int] | None = None) -> fl
     g = x.mean(0)
     h, w = g.shape
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    basis = torch.stack([torch.ones(h * w, dtype=torch.float64), yy.flatten() - (h - 1) / 2,
-                         xx.flatten() - (w - 1) / 2], 1)
+    basis = torch.stack(
+        [torch.ones(h * w, dtype=torch.float64), yy.flatten() - (h - 1) / 2, xx.flatten() - (w - 1) / 2], 1
+    )
     coef = torch.linalg.lstsq(basis, g.flatten()[:, None]).solution
     g = g - (basis @ coef).view(h, w)
     if float(g.pow(2).mean().sqrt()) < FLAT_RMS:
         return None
-    g = g * torch.hann_window(h, periodic=False, dtype=torch.float64)[:, None] \
+    g = (
+        g
+        * torch.hann_window(h, periodic=False, dtype=torch.float64)[:, None]
         * torch.hann_window(w, periodic=False, dtype=torch.float64)[None]
+    )
     power = torch.fft.fft2(g).abs() ** 2
     fy = torch.fft.fftfreq(h, dtype=torch.float64).view(-1, 1) * h  # cycles per image
     fx = torch.fft.fftfreq(w, dtype=torch.float64).view(1, -1) * w
-    bins = torch.sqrt(fy ** 2 + fx ** 2).round().long()
+    bins = torch.sqrt(fy**2 + fx**2).round().long()
     lo, hi = band or (2, min(h, w) // 2 - 2)
     ks, ps, ns = [], [], []
     for k in range(max(lo, 1), hi + 1):
@@ -296,7 +310,7 @@ def _square_mass(g: torch.Tensor, cy: float, cx: float, side: int) -> tuple[floa
     y0, x0 = round(cy - half), round(cx - half)
     y1, x1 = y0 + side, x0 + side
     inside = max(0, min(y1, h) - max(y0, 0)) * max(0, min(x1, w) - max(x0, 0))
-    return float(g[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)].sum()), 1.0 - inside / (side * side)
+    return float(g[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)].sum()), 1.0 - inside / (side * side)
 
 
 def effective_receptive_field(model: nn.Module, layer: str, images: torch.Tensor, mass: float = 0.9) -> dict:
@@ -325,16 +339,24 @@ def effective_receptive_field(model: nn.Module, layer: str, images: torch.Tensor
             model(x)
         acts[layer][:, :, iy, ix].sum().backward()
         grads.append(x.grad.abs().sum(1).mean(0).double())
-    result = {"mass": mass, "units": units, "traced": traced,
-              "centre_px": [float(sum(cy[iy] for iy, _ in units)) / len(units),
-                            float(sum(cx[ix] for _, ix in units)) / len(units)]}
+    result = {
+        "mass": mass,
+        "units": units,
+        "traced": traced,
+        "centre_px": [
+            float(sum(cy[iy] for iy, _ in units)) / len(units),
+            float(sum(cx[ix] for _, ix in units)) / len(units),
+        ],
+    }
     totals = [float(g.sum()) for g in grads]
     if min(totals) <= 0:
         return {**result, "effective_px": 0, "outside_fraction": 0.0, "mass_offset_px": [0.0, 0.0]}
     yy = torch.arange(h_img, dtype=torch.float64).view(-1, 1)
     xx = torch.arange(w_img, dtype=torch.float64).view(1, -1)
-    offs = [(float((g * yy).sum()) / t - float(cy[iy]), float((g * xx).sum()) / t - float(cx[ix]))
-            for g, t, (iy, ix) in zip(grads, totals, units)]
+    offs = [
+        (float((g * yy).sum()) / t - float(cy[iy]), float((g * xx).sum()) / t - float(cx[ix]))
+        for g, t, (iy, ix) in zip(grads, totals, units)
+    ]
     result["mass_offset_px"] = [sum(o[0] for o in offs) / len(offs), sum(o[1] for o in offs) / len(offs)]
     # a square centred on a whole pixel has an odd side, on a pixel boundary an even one
     odd = abs(float(cy[units[0][0]]) % 1) < 0.25 or abs(float(cy[units[0][0]]) % 1) > 0.75

@@ -56,16 +56,26 @@ def small_cnn(num_classes: int = 10, in_channels: int = 3, **fields: object) -> 
 def conv_layers(model: nn.Module) -> list[ConvLayer]:
     """Every Conv2d of ``model`` in definition order, numbered by depth from 1, with its shape and weight
     counts (no forward pass: ``featviz.layers.trace`` adds what a pass tells, in the order it runs)."""
-    out: list[ConvLayer] = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            kh, kw = m.kernel_size
-            biases = 0 if m.bias is None else m.bias.numel()
-            out.append(ConvLayer(
-                name=name, depth=len(out) + 1, in_ch=m.in_channels, out_ch=m.out_channels, kernel=(kh, kw),
-                stride=int(m.stride[0]), groups=m.groups, weights=m.weight.numel(), biases=biases,
-                params=m.weight.numel() + biases))
-    return out
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return [conv_layer(name, depth, m) for depth, (name, m) in enumerate(convs, start=1)]
+
+
+def conv_layer(name: str, depth: int, conv: nn.Conv2d, **traced: object) -> ConvLayer:
+    """``conv``'s ``ConvLayer``: its shape and weight counts, plus what a forward pass found (``traced``)."""
+    biases = 0 if conv.bias is None else conv.bias.numel()
+    return ConvLayer(
+        name=name,
+        depth=depth,
+        in_ch=conv.in_channels,
+        out_ch=conv.out_channels,
+        kernel=(conv.kernel_size[0], conv.kernel_size[1]),
+        stride=int(conv.stride[0]),
+        groups=conv.groups,
+        weights=conv.weight.numel(),
+        biases=biases,
+        params=conv.weight.numel() + biases,
+        **traced,  # type: ignore[arg-type]
+    )
 
 
 def response_layer(model: nn.Module, conv_name: str) -> str:
@@ -88,7 +98,7 @@ def activation_layer(model: nn.Module, conv_name: str) -> str:
     """The first ReLU after ``conv_name`` in definition order (the layer's activation); the conv itself if none."""
     names = [n for n, _ in model.named_modules()]
     mods = dict(model.named_modules())
-    for n in names[names.index(conv_name) + 1:]:
+    for n in names[names.index(conv_name) + 1 :]:
         if isinstance(mods[n], nn.ReLU):
             return n
         if isinstance(mods[n], nn.Conv2d):

@@ -47,9 +47,14 @@ def default_run_name(data_name: str) -> str:
 
 
 def train_run(
-    data_cfg: DataConfig = DataConfig(), model_cfg: ModelConfig = ModelConfig(), train_cfg: TrainConfig = TrainConfig(),
-    out_dir: str | Path = "outputs", name: str | None = None, force: bool = False,
-    progress: TrainProgress | None = None, model_spec: ModelSpec | None = None,
+    data_cfg: DataConfig = DataConfig(),
+    model_cfg: ModelConfig = ModelConfig(),
+    train_cfg: TrainConfig = TrainConfig(),
+    out_dir: str | Path = "outputs",
+    name: str | None = None,
+    force: bool = False,
+    progress: TrainProgress | None = None,
+    model_spec: ModelSpec | None = None,
 ) -> Run:
     """Train a new run and write every epoch's snapshot (epoch 0 = init). Returns the finished Run.
 
@@ -70,14 +75,23 @@ def train_run(
     if group.main:  # rank 0 alone describes and creates the run
         layers = trace(model, data.image_channels, data.size)
         color = color_matrix_or_none(data.train_x)  # the render step's decorrelated colour, from the training images
-        info = describe_run(name, {"data": to_dict(data_cfg), "model": model_dict, "train": to_dict(train_cfg)},
-                            data.describe(color), layers, model, device, seed=train_cfg.seed, processes=group.world)
+        info = describe_run(
+            name,
+            {"data": to_dict(data_cfg), "model": model_dict, "train": to_dict(train_cfg)},
+            data.describe(color),
+            layers,
+            model,
+            device,
+            seed=train_cfg.seed,
+            processes=group.world,
+        )
         run = Run.create(out, name, info, force=force, reading=reading)  # holds the run's train lock
     distributed.barrier(group)
     run = run or Run.open(out / name)
     try:
-        return _fit(run, data, model, train_cfg, device, first_epoch=1, progress=progress or SilentTraining(),
-                    group=group)
+        return _fit(
+            run, data, model, train_cfg, device, first_epoch=1, progress=progress or SilentTraining(), group=group
+        )
     finally:
         run.release()
 
@@ -87,8 +101,9 @@ def data_folders(cfg: DataConfig) -> list[Path]:
     return [Path(cfg.name.split(":", 1)[1])] if cfg.name.startswith("folder:") else [Path(cfg.data_dir)]
 
 
-def _new_model(data: ImageData, model_cfg: ModelConfig, spec: ModelSpec | None,
-               seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _new_model(
+    data: ImageData, model_cfg: ModelConfig, spec: ModelSpec | None, seed: int
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The network to train, adapted to the data, and its run.json description."""
     if spec is None:
         model_cfg = dataclasses.replace(model_cfg, in_channels=data.image_channels, num_classes=len(data.classes))
@@ -99,20 +114,29 @@ def _new_model(data: ImageData, model_cfg: ModelConfig, spec: ModelSpec | None,
     return model, spec.as_dict()
 
 
-def resume_run(path: str | Path, device: str | None = None, progress: TrainProgress | None = None,
-               model: str | None = None, trust_run_code: bool = False) -> Run:
+def resume_run(
+    path: str | Path,
+    device: str | None = None,
+    progress: TrainProgress | None = None,
+    model: str | None = None,
+    trust_run_code: bool = False,
+) -> Run:
     """Continue ``path`` from its last committed epoch with the run's own configuration (``model``,
     ``trust_run_code``: see ``loading.allow``, for runs of a model outside torchvision and featviz)."""
     run = Run.open(Path(path))
     group = distributed.setup(device or run.info.configs["train"].get("device", "auto"))
     if run.info.source in ("record", "import"):
-        raise RunError(f"run {run.path} was {run.info.source}ed from your own code or checkpoints; "
-                       "featviz train --resume continues only runs featviz trained")
+        raise RunError(
+            f"run {run.path} was {run.info.source}ed from your own code or checkpoints; "
+            "featviz train --resume continues only runs featviz trained"
+        )
     allow(run, model, trust_run_code)
     # every refusal before anything is removed: a run that cannot be resumed is left exactly as it was
     if not (run.path / "manifest.json").is_file():
-        raise RunError(f"run {run.path} has no manifest.json, so no epoch can be trusted as committed; nothing was "
-                       "changed (featviz check RUN tells what is there)")
+        raise RunError(
+            f"run {run.path} has no manifest.json, so no epoch can be trusted as committed; nothing was "
+            "changed (featviz check RUN tells what is there)"
+        )
     done = run.epochs_done
     if done < 0:
         raise RunError(f"run {run.path} has no complete epoch to resume from; start it again with --force")
@@ -129,8 +153,7 @@ def resume_run(path: str | Path, device: str | None = None, progress: TrainProgr
         run.release()
 
 
-def _resume(run: Run, device: str | None, progress: TrainProgress | None, group: distributed.Group,
-            done: int) -> Run:
+def _resume(run: Run, device: str | None, progress: TrainProgress | None, group: distributed.Group, done: int) -> Run:
     cfgs = run.info.configs
     data_cfg = from_dict(DataConfig, cfgs["data"])
     train_cfg = from_dict(TrainConfig, cfgs["train"])
@@ -141,12 +164,21 @@ def _resume(run: Run, device: str | None, progress: TrainProgress | None, group:
     data = distributed.rank0_first(group, load_data, data_cfg)  # one download, not one per process
     net = build_run_model(run)
     net.load_state_dict(run.load_snapshot(done))
-    return _fit(run, data, net, train_cfg, dev, first_epoch=done + 1, progress=progress or SilentTraining(),
-                group=group)
+    return _fit(
+        run, data, net, train_cfg, dev, first_epoch=done + 1, progress=progress or SilentTraining(), group=group
+    )
 
 
-def _fit(run: Run, data: ImageData, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
-         first_epoch: int, progress: TrainProgress, group: distributed.Group = distributed.SINGLE) -> Run:
+def _fit(
+    run: Run,
+    data: ImageData,
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    first_epoch: int,
+    progress: TrainProgress,
+    group: distributed.Group = distributed.SINGLE,
+) -> Run:
     """``training.fit`` from ``first_epoch``, committing into ``run`` (rank 0 alone writes)."""
     fit(RunWriter(run), data, model, cfg, device, first_epoch, progress, group)
     return run
@@ -187,8 +219,10 @@ def plan_render(run: Run, cfg: RenderConfig = RenderConfig(), estimate: bool = F
     chosen = moments(cfg.moments, run.snapshot_points())
     for layer in layers:
         if cfg.channels and max(cfg.channels) >= layer.out_ch:
-            raise ConfigError(f"channel {max(cfg.channels)} out of range for {layer.name} (it has "
-                              f"{layer.out_ch} channels: 0..{layer.out_ch - 1})")
+            raise ConfigError(
+                f"channel {max(cfg.channels)} out of range for {layer.name} (it has "
+                f"{layer.out_ch} channels: 0..{layer.out_ch - 1})"
+            )
     images = len(chosen) * sum(len(render_stage.channels_for(layer, cfg)) for layer in layers)
     plan: dict[str, Any] = {"layers": layers, "moments": chosen, "images": images}
     if estimate:
@@ -200,8 +234,9 @@ def plan_render(run: Run, cfg: RenderConfig = RenderConfig(), estimate: bool = F
     return plan
 
 
-def render_run(run: Run | str | Path, cfg: RenderConfig = RenderConfig(),
-               progress: StageProgress = silent) -> dict[str, Any]:
+def render_run(
+    run: Run | str | Path, cfg: RenderConfig = RenderConfig(), progress: StageProgress = silent
+) -> dict[str, Any]:
     """Filters at every snapshot, activation maximization at the moments ``cfg.moments`` chooses
     (``schedule.moments``), then the gallery.
 
@@ -225,8 +260,14 @@ def render_run(run: Run | str | Path, cfg: RenderConfig = RenderConfig(),
         run.release()
 
 
-def _render(run: Run, cfg: RenderConfig, plan: dict[str, Any], group: distributed.Group,
-            device: torch.device, progress: StageProgress) -> dict[str, Any]:
+def _render(
+    run: Run,
+    cfg: RenderConfig,
+    plan: dict[str, Any],
+    group: distributed.Group,
+    device: torch.device,
+    progress: StageProgress,
+) -> dict[str, Any]:
     layers, chosen, points = plan["layers"], plan["moments"], run.snapshot_points()
     distributed.barrier(group)
     # each verified once, used by both halves; the filters (rank 0) need every point, the rest only the moments
@@ -234,8 +275,9 @@ def _render(run: Run, cfg: RenderConfig, plan: dict[str, Any], group: distribute
     for p in chosen:  # a damaged snapshot of a requested moment fails here, before anything is written
         if p.id in bad:
             raise RunError(bad[p.id])
-    written = render_stage.draw_filters(run, layers, points, snaps, cfg.force, progress) \
-        if cfg.filters and group.main else 0
+    written = (
+        render_stage.draw_filters(run, layers, points, snaps, cfg.force, progress) if cfg.filters and group.main else 0
+    )
     rendered = render_stage.maximize_layers(run, layers, chosen, cfg, device, progress, snaps, group)
     rendered = int(distributed.all_sum(group, torch.tensor(rendered)))
     distributed.barrier(group)  # every rank's images and part file are written
@@ -244,16 +286,28 @@ def _render(run: Run, cfg: RenderConfig, plan: dict[str, Any], group: distribute
     gallery = build_gallery(run) if group.main else run.path / "gallery" / "index.html"
     distributed.finish(group)
     skipped = sorted(bad.items()) if cfg.filters else []
-    sid = settings_set_of(am_settings(cfg, cfg.size or run.info.data.size))
-    return {"epochs": [p.epoch for p in chosen if p.epoch is not None], "moments": [p.label for p in chosen],
-            "layers": [layer.name for layer in layers], "filter_files": written, "settings_set": sid,
-            "am_images": rendered, "gallery": gallery, "device": str(device), "rank": group.rank,
-            "processes": group.world,
-            "skipped": [f"{pid} left out of the filter images: {msg}" for pid, msg in skipped]}
+    sid = settings_set_of(am_settings(cfg, cfg.settings.size or run.info.data.size))
+    return {
+        "epochs": [p.epoch for p in chosen if p.epoch is not None],
+        "moments": [p.label for p in chosen],
+        "layers": [layer.name for layer in layers],
+        "filter_files": written,
+        "settings_set": sid,
+        "am_images": rendered,
+        "gallery": gallery,
+        "device": str(device),
+        "rank": group.rank,
+        "processes": group.world,
+        "skipped": [f"{pid} left out of the filter images: {msg}" for pid, msg in skipped],
+    }
 
 
-def render_reached(run: Run, cfg: RenderConfig = RenderConfig(filters=False), device: torch.device | None = None,
-                   rest: Callable[[float], bool] = lambda _s: True) -> int:
+def render_reached(
+    run: Run,
+    cfg: RenderConfig = RenderConfig(filters=False),
+    device: torch.device | None = None,
+    rest: Callable[[float], bool] = lambda _s: True,
+) -> int:
     """Activation maximization of ``cfg``'s layers at each ``auto`` moment of the planned run whose snapshot
     is committed, one (moment, layer) item at a time (for a run still training: ``featviz train
     --live-render``). After each item ``rest(seconds it took)`` is called; it returns False to stop.
@@ -272,8 +326,13 @@ def render_reached(run: Run, cfg: RenderConfig = RenderConfig(filters=False), de
     return rendered
 
 
-def analyze_run(run: Run | str | Path, probe_size: int = 1000, device: str = "auto", progress: StageProgress = silent,
-                settings_set: str | None = None) -> dict[str, Any]:
+def analyze_run(
+    run: Run | str | Path,
+    probe_size: int = 1000,
+    device: str = "auto",
+    progress: StageProgress = silent,
+    settings_set: str | None = None,
+) -> dict[str, Any]:
     """``featviz.analyze.analyze`` (analysis.json and plots), then the gallery; returns the analysis."""
     run = Run.of(run)
     if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 10:

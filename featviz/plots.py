@@ -9,8 +9,13 @@ from typing import Any, Callable
 DEPTH_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
-def _figure(draw: Callable[[Any], None], width: float = 5.2, height: float = 3.4, ncols: int = 1,
-            formats: tuple[str, ...] = ("png", "svg")) -> dict[str, bytes]:
+def _figure(
+    draw: Callable[[Any], None],
+    width: float = 5.2,
+    height: float = 3.4,
+    ncols: int = 1,
+    formats: tuple[str, ...] = ("png", "svg"),
+) -> dict[str, bytes]:
     """Draw on one axis (or a list of ``ncols`` axes) and return the figure encoded in ``formats``."""
     import matplotlib
 
@@ -33,6 +38,7 @@ def _figure(draw: Callable[[Any], None], width: float = 5.2, height: float = 3.4
 
 def training_curves(metrics: list[dict[str, Any]]) -> bytes:
     """Loss and accuracy, train and validation, per epoch, as PNG bytes (epoch 0 has no training numbers)."""
+
     def draw(axes: Any) -> None:
         ep = [r["epoch"] for r in metrics]
         for ax, kind, ylabel in ((axes[0], "loss", "cross-entropy"), (axes[1], "acc", "accuracy")):
@@ -43,6 +49,7 @@ def training_curves(metrics: list[dict[str, Any]]) -> bytes:
             ax.set(xlabel="epoch", ylabel=ylabel, title="loss" if kind == "loss" else "accuracy")
             ax.legend(frameon=False)
         axes[1].set_ylim(0, 1.02)
+
     return _figure(draw, width=9, height=3.2, ncols=2, formats=("png",))["png"]
 
 
@@ -76,6 +83,7 @@ def weight_change(a: dict[str, Any]) -> dict[str, bytes]:
         _step_axis(ax, a)
         ax.set(ylabel="change", title="Filter updates (dashed: change from the previous snapshot)")
         ax.legend(fontsize=7, frameon=False)
+
     return _figure(draw)
 
 
@@ -92,22 +100,38 @@ def cka(a: dict[str, Any]) -> dict[str, bytes]:
             by = conv.get("by_step") or {"steps": [e * spe for e in a["epochs"]], "cka_to_final": conv["cka_to_final"]}
             values += by["cka_to_final"]
             formed = conv.get("formed_at_step")
-            ax.plot(by["steps"], by["cka_to_final"], "-o", ms=2.5, color=color,
-                    label=f"{name}" + (f" (formed at step {formed})" if formed is not None else " (not formed)"))
+            ax.plot(
+                by["steps"],
+                by["cka_to_final"],
+                "-o",
+                ms=2.5,
+                color=color,
+                label=f"{name}" + (f" (formed at step {formed})" if formed is not None else " (not formed)"),
+            )
             if formed is not None:
                 ax.axvline(formed, color=color, lw=0.8, ls="--", alpha=0.7)
         ax.axhline(0.9, color="grey", lw=0.8, ls=":")
         _step_axis(ax, a)
         low = min(0.0, min(values, default=0.0) - 0.05)  # debiased CKA can dip below 0
-        ax.set(ylabel="debiased CKA to final snapshot", ylim=(low, 1.02),
-               title="Convergence of representations (BatchNorm statistics of the probe set)")
+        ax.set(
+            ylabel="debiased CKA to final snapshot",
+            ylim=(low, 1.02),
+            title="Convergence of representations (BatchNorm statistics of the probe set)",
+        )
         ax.legend(fontsize=7, frameon=False)
+
     return _figure(draw)
 
 
-def _by_depth(a: dict[str, Any], title: str, ylabel: str, series: list[tuple[str, list, str, list | None]],
-              hline: tuple[float, str] | None = None) -> dict[str, bytes]:
+def _by_depth(
+    a: dict[str, Any],
+    title: str,
+    ylabel: str,
+    series: list[tuple[str, list, str, list | None]],
+    hline: tuple[float, str] | None = None,
+) -> dict[str, bytes]:
     """One line per (label, values by depth, style, error bars or None), optionally a labelled level."""
+
     def draw(ax: Any) -> None:
         depths = list(range(1, len(a["layers"]) + 1))
         for label, ys, style, err in series:
@@ -116,6 +140,7 @@ def _by_depth(a: dict[str, Any], title: str, ylabel: str, series: list[tuple[str
             ax.axhline(hline[0], color="grey", lw=0.8, ls=":", label=hline[1])
         ax.set(xlabel="depth", ylabel=ylabel, xticks=depths, title=title)
         ax.legend(fontsize=8, frameon=False)
+
     return _figure(draw)
 
 
@@ -125,10 +150,15 @@ def complexity(a: dict[str, Any]) -> dict[str, bytes]:
     epochs = sorted({int(e) for name in a["layers"] for e in comp.get(name, {})})
     layers = [n for n in a["layers"] if str(epochs[0]) in comp.get(n, {}) and str(epochs[-1]) in comp.get(n, {})]
     a = {**a, "layers": layers}  # a render of some layers only: plot those
-    series = [(f"epoch {e}" + (" (random init)" if e == 0 else ""),
-               [comp[n][str(e)]["bpp"]["mean"] for n in layers], style,
-               [comp[n][str(e)]["bpp"]["std"] for n in layers])
-              for e, style in ((epochs[0], "s--"), (epochs[-1], "o-"))]
+    series = [
+        (
+            f"epoch {e}" + (" (random init)" if e == 0 else ""),
+            [comp[n][str(e)]["bpp"]["mean"] for n in layers],
+            style,
+            [comp[n][str(e)]["bpp"]["std"] for n in layers],
+        )
+        for e, style in ((epochs[0], "s--"), (epochs[-1], "o-"))
+    ]
     title = "Complexity of activation-maximization images" + (f"\n{a['settings_set']}" if a.get("settings_set") else "")
     return _by_depth(a, title, "zlib bits per pixel", series)
 
@@ -137,14 +167,20 @@ def receptive_field(a: dict[str, Any]) -> dict[str, bytes]:
     """Theoretical and effective receptive field (px) vs depth, with the image size."""
     rf = a["receptive_field"]
     series = [("theoretical", [rf[n]["theoretical_px"] for n in a["layers"]], "o-", None)]
-    series += [(f"effective, epoch {e}", [rf[n][f"effective_px_epoch_{e}"] for n in a["layers"]], "s--", None)
-               for e in (a["epochs"][0], a["epochs"][-1])]
+    series += [
+        (f"effective, epoch {e}", [rf[n][f"effective_px_epoch_{e}"] for n in a["layers"]], "s--", None)
+        for e in (a["epochs"][0], a["epochs"][-1])
+    ]
     return _by_depth(a, "Receptive field", "px", series, hline=(rf[a["layers"][0]]["image_px"], "image size"))
 
 
 PLOTS = {"weight_change": weight_change, "cka": cka, "complexity": complexity, "receptive_field": receptive_field}
-NEEDS = {"weight_change": "filter_updates", "cka": "convergence", "complexity": "complexity",
-         "receptive_field": "receptive_field"}
+NEEDS = {
+    "weight_change": "filter_updates",
+    "cka": "convergence",
+    "complexity": "complexity",
+    "receptive_field": "receptive_field",
+}
 
 
 def available(a: dict[str, Any]) -> list[str]:

@@ -20,8 +20,12 @@ def git_sha() -> str | None:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -37,8 +41,11 @@ def featviz_version() -> str:
 
 def versions() -> dict[str, str]:
     return {
-        "featviz": featviz_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "python": sys.version.split()[0], "platform": platform.platform(),
+        "featviz": featviz_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
     }
 
 
@@ -48,8 +55,9 @@ def provenance(device: torch.device) -> dict:
         "versions": versions(),
         "git_sha": git_sha(),
         "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else platform.processor() or platform.machine()),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+        ),
         "threads": torch.get_num_threads(),
         "determinism": {"cudnn_deterministic": True, "cudnn_benchmark": False},
     }

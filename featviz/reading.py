@@ -20,13 +20,20 @@ def _updates(a: dict[str, Any]) -> str:
     first = [r[1] for r in rel.values() if len(r) > 1 and r[1] is not None]
     last = [r[-1] for r in rel.values() if len(r) > 1 and r[-1] is not None]
     unchanged = sum(len(a["filter_updates"][n]["unchanged_filters"]) for n in a["layers"])
-    subject = ("Backpropagation changed every layer's filters" if rot[lo] > 0 else
-               "Backpropagation did not change every layer's filters")
-    text = (f"{subject}: by the last epoch their direction had turned by "
-            f"1 - cos = {rot[lo]:.2f} ({lo}) to {rot[hi]:.2f} ({hi}) from the random init")
+    subject = (
+        "Backpropagation changed every layer's filters"
+        if rot[lo] > 0
+        else "Backpropagation did not change every layer's filters"
+    )
+    text = (
+        f"{subject}: by the last epoch their direction had turned by "
+        f"1 - cos = {rot[lo]:.2f} ({lo}) to {rot[hi]:.2f} ({hi}) from the random init"
+    )
     if first and last:
-        text += (f", and the change per epoch fell from {max(first):.2f} at most in epoch {a['epochs'][1]} "
-                 f"to {max(last):.3f} at most in the last epoch")
+        text += (
+            f", and the change per epoch fell from {max(first):.2f} at most in epoch {a['epochs'][1]} "
+            f"to {max(last):.3f} at most in the last epoch"
+        )
     text += "." if not unchanged else f"; {unchanged} filters did not change at all (dead)."
     return text
 
@@ -56,6 +63,7 @@ def _verdict(order: list[int | None]) -> str:
 def _when(at: dict[str, int | None], unit: str, limit: int = 6) -> str:
     """'conv1 at step 1, conv2 never' for a few layers; for more, runs of consecutive depths that settled
     together: 'depth 1 (conv1) at step 1, depths 2-4 at step 2, ...'."""
+
     def one(v: int | None) -> str:
         return f"at {unit} {v}" if v is not None else "never"
 
@@ -80,8 +88,10 @@ def _convergence(a: dict[str, Any]) -> str:
     text = "Each layer's activations reached debiased CKA >= 0.9 with their final form for good " + _when(at, "epoch")
     order = [at[n] for n in a["layers"]]
     if all("by_step" in conv[n] for n in a["layers"]):  # finer: within-epoch snapshots
-        steps = {n: first_epoch_above(conv[n]["by_step"]["cka_to_final"], 0.9, conv[n]["by_step"]["steps"])
-                 for n in a["layers"]}
+        steps = {
+            n: first_epoch_above(conv[n]["by_step"]["cka_to_final"], 0.9, conv[n]["by_step"]["steps"])
+            for n in a["layers"]
+        }
         text += "; in optimizer steps: " + _when(steps, "step")
         order = [steps[n] for n in a["layers"]]
     dead = sum(len(conv[n]["dead_channels"]) for n in a["layers"])
@@ -100,15 +110,21 @@ def _complexity(a: dict[str, Any]) -> str:
     last = [comp[n][str(epochs[-1])]["bpp"]["mean"] for n in layers]
     init = [comp[n][str(epochs[0])]["bpp"]["mean"] for n in layers if str(epochs[0]) in comp[n]]
     rising = all(x < y for x, y in zip(last, last[1:]))
-    text = (f"Activation-maximization images grow more complex with depth: {last[0]:.1f} to {last[-1]:.1f} zlib bits "
-            f"per pixel from {layers[0]} to {layers[-1]} at epoch {epochs[-1]}" if rising else
-            f"Activation-maximization complexity does not rise strictly with depth at epoch {epochs[-1]} "
-            f"({', '.join(f'{x:.1f}' for x in last)} zlib bits per pixel, {layers[0]} to {layers[-1]})")
+    text = (
+        f"Activation-maximization images grow more complex with depth: {last[0]:.1f} to {last[-1]:.1f} zlib bits "
+        f"per pixel from {layers[0]} to {layers[-1]} at epoch {epochs[-1]}"
+        if rising
+        else f"Activation-maximization complexity does not rise strictly with depth at epoch {epochs[-1]} "
+        f"({', '.join(f'{x:.1f}' for x in last)} zlib bits per pixel, {layers[0]} to {layers[-1]})"
+    )
     if epochs[0] == 0 and len(init) == len(last) and epochs[0] != epochs[-1]:
         text += f", against {', '.join(f'{x:.1f}' for x in init)} for the random init (the baseline)"
         if all(x < y for x, y in zip(init, init[1:])):
-            text += ("; the random init's images rise with depth as well, so this ordering does not need training"
-                     if rising else "; the random init's images do rise with depth")
+            text += (
+                "; the random init's images rise with depth as well, so this ordering does not need training"
+                if rising
+                else "; the random init's images do rise with depth"
+            )
     if a.get("settings_set"):
         text += f" (settings set: {a['settings_set']})"
     return text + "."

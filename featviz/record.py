@@ -14,24 +14,21 @@ torch, Python and NumPy random state. Every write is atomic; an epoch counts onc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import random
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy
 import torch
 from torch import nn
-from torch.utils.data import IterableDataset
 
 from featviz.errors import ConfigError, RunError, one_line
 from featviz.hooks import evaluating, input_kind
 from featviz.layers import trace
 from featviz.optvis.param import color_matrix_or_none
+from featviz.probe import take_probe, untouched_rng
 from featviz.run.fileio import check_name, save_tensors
 from featviz.run.outputs import check_new_run, check_out_dir
 from featviz.run.records import describe_run
@@ -42,94 +39,9 @@ from featviz.signature import Signature, first_difference, signature
 from featviz.zoo import ModelSpec, build, logits_of, normalize_spec
 
 
-@contextlib.contextmanager
-def untouched_rng() -> Iterator[None]:
-    """Run the block with torch's (CPU and initialized CUDA), Python's and NumPy's random state restored after."""
-    py = random.getstate()
-    np_state = numpy.random.get_state()
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            yield
-    finally:
-        random.setstate(py)
-        numpy.random.set_state(np_state)
-
-
-def take_probe(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``n`` examples of ``data`` as (x float [N, C, H, W], y int64 [N], -1 where unknown), evenly
-    spaced over the data (class-sorted sets stay balanced). ``data``: a map-style Dataset of (x, y) or x,
-    a DataLoader (its dataset is read, never the loader: iterating it would move its random generator),
-    any other iterable of items (a DataLoader over an IterableDataset, an IterableDataset, a generator),
-    a tensor, or an (x, y) pair of tensors. An item's image tensor says what it is: [C, H, W] one example,
-    [N, C, H, W] a batch (``_examples``)."""
-    dataset = getattr(data, "dataset", None)
-    if _map_style(dataset):
-        data = dataset  # a DataLoader over a map-style dataset
-    if torch.is_tensor(data) or (isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0])):
-        x, y = (data, None) if torch.is_tensor(data) else data
-        if len(x) == 0 or (y is not None and len(y) != len(x)):
-            raise ConfigError(f"data has {len(x)} images" + ("" if y is None else f" and {len(y)} labels") +
-                              "; give featviz.record a few validation images (and one label each)")
-        idx = _spread(len(x), n)
-        return x[idx].float(), torch.full((len(idx),), -1) if y is None else torch.as_tensor(y)[idx].long()
-    if _map_style(data):
-        items: Any = (data[i] for i in _spread(len(data), n).tolist())
-    elif hasattr(data, "__iter__"):
-        items = iter(data)
-    else:
-        raise ConfigError(f"data is a {type(data).__name__}; give a Dataset, DataLoader or tensor of images")
-    xs, ys, count = [], [], 0
-    for item in items:
-        x, y = _examples(item)
-        xs.append(x)
-        ys.append(y)
-        count += len(x)
-        if count >= n:
-            break
-    if not xs:
-        raise ConfigError("data has no examples: give featviz.record a few validation images")
-    return torch.cat(xs)[:n], torch.cat(ys)[:n]
-
-
-def _map_style(data: Any) -> bool:
-    """Indexable with a length (an IterableDataset has ``__getitem__`` too, but only to raise)."""
-    return (data is not None and not isinstance(data, IterableDataset) and hasattr(data, "__getitem__")
-            and hasattr(data, "__len__"))
-
-
-def _spread(total: int, n: int) -> torch.Tensor:
-    """min(n, total) indices evenly spread over range(total)."""
-    k = min(n, total)
-    return torch.linspace(0, total - 1, k).round().long() if k > 1 else torch.arange(k)
-
-
-def _examples(item: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """One item of the data as (images float [N, C, H, W], labels int64 [N], -1 where unknown). The item is
-    x, (x,) or (x, y, ...); x is one image [C, H, W] or a batch [N, C, H, W], told apart by its dimensions
-    (the same for every kind of data: a generator of single examples is not read as batches); anything
-    else, or a label count other than the image count, is a one-line ConfigError."""
-    x, y = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
-    try:
-        x = torch.as_tensor(x).float()
-    except (TypeError, ValueError, RuntimeError):
-        raise ConfigError(f"data gives {type(x).__name__} examples; featviz needs image tensors (apply your "
-                          "ToTensor/Normalize transform in the dataset)") from None
-    if x.dim() not in (3, 4):
-        raise ConfigError(f"data gives image tensors shaped {list(x.shape)}; featviz reads one image [C, H, W] or "
-                          "a batch [N, C, H, W] per item")
-    x = x if x.dim() == 4 else x.unsqueeze(0)
-    try:
-        labels = torch.full((len(x),), -1) if y is None else torch.as_tensor(y).long().reshape(-1)
-    except (TypeError, ValueError, RuntimeError):
-        raise ConfigError(f"data gives {type(y).__name__} labels; featviz needs class indices") from None
-    if len(labels) != len(x):
-        raise ConfigError(f"data gives {len(x)} image(s) with {len(labels)} labels; give one class index per image")
-    return x, labels
-
-
-def check_options(name: str | None, snapshots: str, probe_size: int, classes: list[str] | None,
-                  epochs: int | None) -> tuple[str, tuple[int, ...]]:
+def check_options(
+    name: str | None, snapshots: str, probe_size: int, classes: list[str] | None, epochs: int | None
+) -> tuple[str, tuple[int, ...]]:
     """The options of ``featviz.record`` that need neither model nor data, checked (the Lightning callback
     checks them when it is built, not once fit has started); returns the parsed snapshot schedule."""
     for what, v in (("probe_size", probe_size), ("epochs", epochs)):
@@ -149,11 +61,23 @@ OWN = ("epoch", "step", "wall_s", "label", "checkpoint")
 class Recorder:
     """Writes a run from a loop it does not own. Use through ``featviz.record``; ``rec.run`` is the Run."""
 
-    def __init__(self, model: nn.Module, name: str | None = None, *, out_dir: str | Path = "outputs",
-                 model_spec: str | None = None, model_kwargs: dict[str, Any] | None = None, data: Any = None,
-                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-                 classes: list[str] | None = None, epochs: int | None = None, snapshots: str = "log",
-                 probe_size: int = 1000, force: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str | None = None,
+        *,
+        out_dir: str | Path = "outputs",
+        model_spec: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        data: Any = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        classes: list[str] | None = None,
+        epochs: int | None = None,
+        snapshots: str = "log",
+        probe_size: int = 1000,
+        force: bool = False,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"featviz.record needs the torch.nn.Module being trained, got {type(model).__name__}")
         if data is None:
@@ -162,14 +86,18 @@ class Recorder:
         self.model, self.kind, self.nums = model, kind, nums
         self.spec_text = model_spec or f"{type(model).__module__}:{type(model).__qualname__}"
         if self.spec_text.startswith("__main__:"):
-            raise ConfigError(f"{type(model).__name__} is defined in the script being run; featviz rebuilds the model "
-                              "from an importable factory: pass model_spec='package.module:factory'")
+            raise ConfigError(
+                f"{type(model).__name__} is defined in the script being run; featviz rebuilds the model "
+                "from an importable factory: pass model_spec='package.module:factory'"
+            )
         self.kwargs, self.data, self.mean, self.std, self.classes = dict(model_kwargs or {}), data, mean, std, classes
         try:
             json.dumps(self.kwargs)
         except (TypeError, ValueError):
-            raise ConfigError("model_kwargs must be JSON values (numbers, strings, lists, dicts): run.json keeps them "
-                              "so the model can be rebuilt") from None
+            raise ConfigError(
+                "model_kwargs must be JSON values (numbers, strings, lists, dicts): run.json keeps them "
+                "so the model can be rebuilt"
+            ) from None
         self.epochs_planned, self.probe_size = epochs, probe_size
         self.name = name or f"{type(model).__name__.lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.out = check_out_dir(Path(out_dir))
@@ -198,8 +126,10 @@ class Recorder:
         A recorder starts once (a second start would replace, with ``force``, the run it recorded): then a
         RunError, and nothing is touched. Every check comes before the run folder is created."""
         if self.run is not None:
-            raise RunError(f"this recorder already recorded {self.run.path}; a recorder starts once: use a new "
-                           "featviz.record(...) for another run")
+            raise RunError(
+                f"this recorder already recorded {self.run.path}; a recorder starts once: use a new "
+                "featviz.record(...) for another run"
+            )
         state = self.model.state_dict()
         check_materialized(state)
         with untouched_rng():
@@ -227,8 +157,9 @@ class Recorder:
                     raise ValueError
                 loss = loss.detach() if torch.is_tensor(loss) else float(loss)
             except (TypeError, ValueError):
-                raise ConfigError(f"rec.step(loss=...) takes one number or a one-element tensor, "
-                                  f"got {loss!r:.60}") from None
+                raise ConfigError(
+                    f"rec.step(loss=...) takes one number or a one-element tensor, got {loss!r:.60}"
+                ) from None
         step = self.step_count + 1
         if self._wants(step):  # before anything counts: a refused snapshot leaves the recorder as it was
             t = time.perf_counter()
@@ -250,8 +181,11 @@ class Recorder:
         state = self._state(f"epoch {self.epoch_count + 1}")  # a model that changed: refused before it counts
         self.epoch_count += 1
         losses = [float(v) for v in self.losses]
-        rec: dict[str, Any] = {"epoch": self.epoch_count, "step": self.step_count,
-                               "train_loss": sum(losses) / len(losses) if losses else metrics.pop("train_loss", None)}
+        rec: dict[str, Any] = {
+            "epoch": self.epoch_count,
+            "step": self.step_count,
+            "train_loss": sum(losses) / len(losses) if losses else metrics.pop("train_loss", None),
+        }
         for key, val in metrics.items():
             try:
                 rec[key] = None if val is None else float(val.item() if torch.is_tensor(val) else val)
@@ -277,8 +211,9 @@ class Recorder:
             train = run.info.configs["train"]
             if self.epochs_planned is None or self.epoch_count < self.epochs_planned:
                 train = {**train, "epochs": max(1, self.epoch_count)}  # the loop decided when to stop
-            run.update_info(dataclasses.replace(run.info, recording=False,
-                                                configs={**run.info.configs, "train": train}))
+            run.update_info(
+                dataclasses.replace(run.info, recording=False, configs={**run.info.configs, "train": train})
+            )
             run.write_manifest(self.epoch_count)
         finally:
             run.release()  # the next writer (render, a new recorder with force) may start
@@ -307,9 +242,11 @@ class Recorder:
         change = first_difference(self.tensors or (), now) if now != self.tensors else None  # words only on a change
         if change:
             key, was, has = change
-            raise ConfigError(f"the model changed since the first snapshot: {key} is {has}, was {was}; featviz records "
-                              f"one network, so the {where} snapshot was not written (epochs up to {self.epoch_count} "
-                              "stay valid)")
+            raise ConfigError(
+                f"the model changed since the first snapshot: {key} is {has}, was {was}; featviz records "
+                f"one network, so the {where} snapshot was not written (epochs up to {self.epoch_count} "
+                "stay valid)"
+            )
         return state
 
     def _commit(self, rec: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
@@ -328,37 +265,60 @@ class Recorder:
             raise ConfigError(f"data gives images shaped {list(x.shape[1:])}; featviz needs [C, H, W] images")
         chans, size = int(x.shape[1]), int(x.shape[-1])
         if x.shape[-2] != size:
-            raise ConfigError(f"data gives {x.shape[-2]}x{size} images; featviz renders square images: crop or resize "
-                              "the probe images to a square")
+            raise ConfigError(
+                f"data gives {x.shape[-2]}x{size} images; featviz renders square images: crop or resize "
+                "the probe images to a square"
+            )
         mean = list(self.mean) if self.mean is not None else [0.0] * chans
         std = list(self.std) if self.std is not None else [1.0] * chans
         if len(mean) != chans or len(std) != chans:
             raise ConfigError(f"mean and std need {chans} values, one per image channel")
         pixels = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
         if self.mean is None and (float(pixels.min()) < -0.01 or float(pixels.max()) > 1.01):
-            warnings.warn("the data's images are not in [0, 1]: pass mean= and std= (your Normalize transform's) "
-                          "so featviz can show them and render in your model's input space", stacklevel=3)
+            warnings.warn(
+                "the data's images are not in [0, 1]: pass mean= and std= (your Normalize transform's) "
+                "so featviz can show them and render in your model's input space",
+                stacklevel=3,
+            )
         raw = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
         device, dtype = input_kind(self.model)
         try:
             with evaluating(self.model):
                 out = logits_of(self.model(x[:2].to(device=device, dtype=dtype)))
         except Exception as e:  # noqa: BLE001 - a user's model can raise anything; say what failed
-            raise ConfigError(f"your model cannot take the data's {chans}x{size}x{size} images: "
-                              f"{one_line(e, 200)}") from None
+            raise ConfigError(
+                f"your model cannot take the data's {chans}x{size}x{size} images: {one_line(e, 200)}"
+            ) from None
         n_classes = int(out.shape[-1])
         spec = ModelSpec(normalize_spec(self.spec_text), self.kwargs, chans, n_classes)
         rebuilt = _check_rebuild(self.model, spec)
         classes = self.classes or list(getattr(self.data, "classes", [])) or [str(i) for i in range(n_classes)]
         color = color_matrix_or_none(raw) if chans > 1 else None
-        data = DataInfo(name=str(getattr(self.data, "__class__", type(self.data)).__name__), classes=tuple(classes),
-                        image_channels=chans, size=size, n_val=int(len(raw)), mean=tuple(mean), std=tuple(std),
-                        color_matrix=None if color is None else tuple(tuple(r) for r in color))
+        data = DataInfo(
+            name=str(getattr(self.data, "__class__", type(self.data)).__name__),
+            classes=tuple(classes),
+            image_channels=chans,
+            size=size,
+            n_val=int(len(raw)),
+            mean=tuple(mean),
+            std=tuple(std),
+            color_matrix=None if color is None else tuple(tuple(r) for r in color),
+        )
         schedule = self.kind + (":" + ",".join(map(str, self.nums)) if self.nums else "")
-        meta = describe_run(self.name, {"data": {"name": data.name}, "model": spec.as_dict(),
-                                        "train": {"epochs": self.epochs_planned or 0, "snapshots": schedule}},
-                            data, trace(rebuilt, chans, size),  # the same network, on the CPU: not the live one
-                            self.model, device, source="record", recording=True)
+        meta = describe_run(
+            self.name,
+            {
+                "data": {"name": data.name},
+                "model": spec.as_dict(),
+                "train": {"epochs": self.epochs_planned or 0, "snapshots": schedule},
+            },
+            data,
+            trace(rebuilt, chans, size),  # the same network, on the CPU: not the live one
+            self.model,
+            device,
+            source="record",
+            recording=True,
+        )
         return meta, raw
 
 
@@ -367,9 +327,11 @@ def check_materialized(state: dict[str, torch.Tensor]) -> None:
     shapes only), which no snapshot can store."""
     meta = next((k for k, t in state.items() if t.is_meta), None)
     if meta is not None:
-        raise ConfigError(f"your model's {meta} is on the meta device (shapes without values); featviz records "
-                          "real weights: materialize the model first (e.g. model.to_empty(device=...), then "
-                          "initialize it)")
+        raise ConfigError(
+            f"your model's {meta} is on the meta device (shapes without values); featviz records "
+            "real weights: materialize the model first (e.g. model.to_empty(device=...), then "
+            "initialize it)"
+        )
 
 
 def _check_rebuild(model: nn.Module, spec: ModelSpec) -> nn.Module:
@@ -381,12 +343,15 @@ def _check_rebuild(model: nn.Module, spec: ModelSpec) -> nn.Module:
     for key, t in mine.items():
         if key not in rebuilt or rebuilt[key].shape != t.shape:
             have = list(rebuilt[key].shape) if key in rebuilt else "no such tensor"
-            raise ConfigError(f"model_spec {spec.factory} builds a different network: {key} is {list(t.shape)} in "
-                              f"your model, {have} in the rebuilt one; pass model_spec/model_kwargs that rebuild it")
+            raise ConfigError(
+                f"model_spec {spec.factory} builds a different network: {key} is {list(t.shape)} in "
+                f"your model, {have} in the rebuilt one; pass model_spec/model_kwargs that rebuild it"
+            )
     extra = [k for k in rebuilt if k not in mine]
     if extra:
-        raise ConfigError(f"model_spec {spec.factory} builds a different network: it has {extra[0]}, "
-                          "your model does not")
+        raise ConfigError(
+            f"model_spec {spec.factory} builds a different network: it has {extra[0]}, your model does not"
+        )
     return rebuilt_model
 
 

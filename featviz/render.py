@@ -10,12 +10,13 @@ the gallery.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 from torchvision.utils import make_grid
 
-from featviz.config import GRAPH_SWITCH, RenderConfig
+from featviz.config import RenderConfig
 from featviz.distributed import SINGLE, Group
 from featviz.errors import RunError, one_line
 from featviz.filters import evolution_strip, filter_grid, layer_scale
@@ -50,9 +51,14 @@ def _check_filters(layer: ConvLayer, weights: list[torch.Tensor | None], usable:
             raise RunError(misfit(p.id, f"{layer.name}.weight is {have} in it, {want} in the run's network"))
 
 
-def draw_filters(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint],
-                   snaps: dict[str, dict[str, torch.Tensor]], force: bool = False,
-                   progress: StageProgress = silent) -> int:
+def draw_filters(
+    run: Run,
+    layers: list[ConvLayer],
+    points: list[SnapshotPoint],
+    snaps: dict[str, dict[str, torch.Tensor]],
+    force: bool = False,
+    progress: StageProgress = silent,
+) -> int:
     """Per layer and snapshot point (``Run.snapshot_points``; ``snaps``: point id -> its tensors, the
     readable ones), two views: the filters W_t, and what training added to the init, W_t - W_0
     (``learned/``), each with one colour scale per layer across time; plus an evolution strip and a
@@ -79,10 +85,12 @@ def draw_filters(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint],
             frames = [filter_grid(w, scale, rgb=rgb) for w in ws]
             for p, grid in zip(usable, frames):
                 path = run.write_artifact("renders", f"{base}/{sub}{p.id}.png", png_bytes(grid))
-                recs.append(RenderRecord(run.rel(path), view, epoch=p.epoch, step=p.step, point=p.id, label=p.label,
-                                         **meta))
-            path = run.write_artifact("renders", f"{base}/{sub}strip.png",
-                                      png_bytes(evolution_strip(ws, scale, rgb=rgb)))
+                recs.append(
+                    RenderRecord(run.rel(path), view, epoch=p.epoch, step=p.step, point=p.id, label=p.label, **meta)
+                )
+            path = run.write_artifact(
+                "renders", f"{base}/{sub}strip.png", png_bytes(evolution_strip(ws, scale, rgb=rgb))
+            )
             recs.append(RenderRecord(run.rel(path), f"{view}_strip", **meta))
             path = run.write_artifact("renders", f"{base}/{sub}evolution.gif", gif_bytes(frames))
             recs.append(RenderRecord(run.rel(path), f"{view}_gif", **meta))
@@ -92,9 +100,16 @@ def draw_filters(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint],
     return written
 
 
-def maximize_layers(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg: RenderConfig,
-                  device: torch.device, progress: StageProgress = silent,
-                  snaps: dict[str, dict[str, torch.Tensor]] | None = None, group: Group = SINGLE) -> int:
+def maximize_layers(
+    run: Run,
+    layers: list[ConvLayer],
+    points: list[SnapshotPoint],
+    cfg: RenderConfig,
+    device: torch.device,
+    progress: StageProgress = silent,
+    snaps: dict[str, dict[str, torch.Tensor]] | None = None,
+    group: Group = SINGLE,
+) -> int:
     """Activation maximization of the chosen channels of every layer at every snapshot point in
     ``points`` (``Run.snapshot_points``), batched per layer.
 
@@ -109,7 +124,7 @@ def maximize_layers(run: Run, layers: list[ConvLayer], points: list[SnapshotPoin
     so the result equals a single process's.
     """
     data = run.info.data
-    size = cfg.size or data.size
+    size = cfg.settings.size or data.size
     settings = am_settings(cfg, size)
     sid = settings_set_of(settings)  # one folder per settings set: other settings never overwrite these
     knobs = optimization_settings(cfg, run.info.data, size, str(device))
@@ -135,8 +150,16 @@ def maximize_layers(run: Run, layers: list[ConvLayer], points: list[SnapshotPoin
         target = layer.response or response_layer(model, name)  # runs before layers were traced
         res = maximize_channels(model, target, chans, knobs)
         imgs = to_uint8(res.images)
-        where = {"layer": name, "depth": layer.depth, "epoch": point.epoch, "step": point.step, "point": point.id,
-                 "label": point.label, "settings": settings, "settings_set": sid}
+        where = {
+            "layer": name,
+            "depth": layer.depth,
+            "epoch": point.epoch,
+            "step": point.step,
+            "point": point.id,
+            "label": point.label,
+            "settings": settings,
+            "settings_set": sid,
+        }
         recs = []
         for c, file, img, val in zip(chans, files, imgs, res.values.tolist()):
             path = run.write_artifact("renders", file.removeprefix("renders/"), png_bytes(img))
@@ -144,8 +167,11 @@ def maximize_layers(run: Run, layers: list[ConvLayer], points: list[SnapshotPoin
         grid = make_grid(imgs, nrow=max(1, int(len(chans) ** 0.5)), padding=1, pad_value=255)
         path = run.write_artifact("renders", f"{base}/grid.png", png_bytes(grid))
         full = {k: v for k, v in res.settings.items() if k != "elapsed_s"}  # every knob, once per batch
-        recs.append(RenderRecord(run.rel(path), "am_grid", render_settings=full,
-                                 elapsed_s=res.settings.get("elapsed_s"), **where))
+        recs.append(
+            RenderRecord(
+                run.rel(path), "am_grid", render_settings=full, elapsed_s=res.settings.get("elapsed_s"), **where
+            )
+        )
         if group.world > 1:  # the part so far, after every item: a crash keeps what is done
             mine += recs
             run.save_render_part(group.rank, mine)
@@ -158,16 +184,22 @@ def maximize_layers(run: Run, layers: list[ConvLayer], points: list[SnapshotPoin
 
 
 def optimization_settings(cfg: RenderConfig, data: DataInfo, size: int, device: str) -> RenderSettings:
-    """The one ``optvis.RenderSettings`` of a render stage's activation maximization: ``cfg``'s knobs, in
-    the run's input space (colour channels, normalization and colour basis of ``data``)."""
-    return RenderSettings(size=size, steps=cfg.steps, lr=cfg.lr, param=cfg.param, transforms=cfg.transforms,
-                          seed=cfg.seed, image_channels=data.image_channels, mean=data.mean, std=data.std,
-                          color=data.color_matrix or None, chunk=cfg.chunk, device=device,
-                          cuda_graph=GRAPH_SWITCH[cfg.cuda_graph])
+    """``cfg.settings`` in the run's input space: ``size`` px, the colour channels, normalization and
+    colour basis of ``data``, on ``device``."""
+    return dataclasses.replace(
+        cfg.settings,
+        size=size,
+        image_channels=data.image_channels,
+        mean=data.mean,
+        std=data.std,
+        color=data.color_matrix or None,
+        device=device,
+    )
 
 
-def _model_at(run: Run, point: SnapshotPoint, state: dict[str, torch.Tensor] | None,
-              device: torch.device) -> torch.nn.Module:
+def _model_at(
+    run: Run, point: SnapshotPoint, state: dict[str, torch.Tensor] | None, device: torch.device
+) -> torch.nn.Module:
     """The run's network with the weights of ``point`` (``state``, if the caller has loaded them), in eval mode
     on ``device``; a snapshot that does not fit the network is a RunError naming it, like a damaged one."""
     model = build_run_model(run)
@@ -187,10 +219,14 @@ def am_files(sid: str, layer: str, point: SnapshotPoint, chans: list[int]) -> li
 def pending(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg: RenderConfig) -> int:
     """How many activation-maximization images of ``layers`` at ``points`` are not yet rendered with
     ``cfg``'s settings (all of them with ``cfg.force``)."""
-    sid = settings_set_of(am_settings(cfg, cfg.size or run.info.data.size))
+    sid = settings_set_of(am_settings(cfg, cfg.settings.size or run.info.data.size))
     done = {r.file for r in run.render_index() if r.settings_set == sid} if not cfg.force else set()
-    return sum(f not in done for layer in layers for p in points
-               for f in am_files(sid, layer.name, p, channels_for(layer, cfg)))
+    return sum(
+        f not in done
+        for layer in layers
+        for p in points
+        for f in am_files(sid, layer.name, p, channels_for(layer, cfg))
+    )
 
 
 # the transforms, the parametrization and Adam; fitted on the default run (estimate 94 s, took ~95 s) and a
@@ -198,17 +234,18 @@ def pending(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg:
 OVERHEAD = 1.15
 
 
-def estimate_seconds(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg: RenderConfig,
-                     device: torch.device) -> float:
+def estimate_seconds(
+    run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg: RenderConfig, device: torch.device
+) -> float:
     """Expected seconds for the activation-maximization images of ``layers`` at ``points``: per layer the
     multiply-adds of the network up to it (``layers.prefix_macs``), x3 for the backward pass, x channels x
     steps x moments, at the rate a timed forward and backward pass of the whole network reaches here."""
-    size = cfg.size or run.info.data.size
+    size = cfg.settings.size or run.info.data.size
     chans = run.info.data.image_channels
     model = build_run_model(run).to(device).eval()
     prefix, total = prefix_macs(model, chans, size)
     # small: cheap on deep nets
-    x = torch.randn(min(cfg.chunk, 8), chans, size, size, device=device, requires_grad=True)
+    x = torch.randn(min(cfg.settings.chunk, 8), chans, size, size, device=device, requires_grad=True)
     for p in model.parameters():
         p.requires_grad_(False)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # time the work, not its queueing
@@ -221,9 +258,10 @@ def estimate_seconds(run: Run, layers: list[ConvLayer], points: list[SnapshotPoi
         sync()
         best = min(best, time.perf_counter() - t0)
     work = sum(3 * prefix.get(layer.name, total) * len(channels_for(layer, cfg)) for layer in layers)
-    batches = sum(-(-len(channels_for(layer, cfg)) // cfg.chunk) for layer in layers)
-    return expected_seconds(work * cfg.steps * len(points), 3 * total * len(x), best,
-                            batches * cfg.steps * len(points))
+    batches = sum(-(-len(channels_for(layer, cfg)) // cfg.settings.chunk) for layer in layers)
+    return expected_seconds(
+        work * cfg.settings.steps * len(points), 3 * total * len(x), best, batches * cfg.settings.steps * len(points)
+    )
 
 
 def expected_seconds(work: float, timed_work: float, timed_s: float, batch_steps: int) -> float:

@@ -31,15 +31,16 @@ def parse_schedule(spec: str) -> tuple[str, tuple[int, ...]]:
         return "every", nums
     if kind == "steps" and nums and all(n >= 1 for n in nums):
         return "steps", tuple(sorted(set(nums)))
-    raise ConfigError(f"unknown snapshot schedule {spec!r}; use one of {', '.join(KINDS)} "
-                      "(K and the steps are positive integers)")
+    raise ConfigError(
+        f"unknown snapshot schedule {spec!r}; use one of {', '.join(KINDS)} (K and the steps are positive integers)"
+    )
 
 
 def extra_steps(spec: str, steps_per_epoch: int, total_steps: int) -> list[int]:
     """The optimizer steps, besides the init and the epoch ends, after which a snapshot is written."""
     kind, nums = parse_schedule(spec)
     if kind == "log":
-        steps = [2 ** k for k in range(steps_per_epoch.bit_length() + 1) if 2 ** k < steps_per_epoch]
+        steps = [2**k for k in range(steps_per_epoch.bit_length() + 1) if 2**k < steps_per_epoch]
     elif kind == "every":
         steps = list(range(nums[0], total_steps, nums[0]))
     elif kind == "steps":

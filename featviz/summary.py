@@ -21,12 +21,18 @@ from torch import nn
 
 from featviz.hooks import record_calls
 
-CONV_NOTE = ("A conv layer's weight count depends only on its filter count, input channels and kernel size, "
-             "not on the input image size or the stride; pooling and activation layers have no weights.")
+CONV_NOTE = (
+    "A conv layer's weight count depends only on its filter count, input channels and kernel size, "
+    "not on the input image size or the stride; pooling and activation layers have no weights."
+)
 NOT_CALLED = "not called in forward"
 
-_POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-          nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+_POOLS = (
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -51,8 +57,11 @@ def _conv_note(m: nn.Conv2d) -> str:
     cin, g = m.in_channels // m.groups, m.groups
     if g > 1 and g == m.in_channels:  # depthwise; out = k x in gives k kernels per channel
         k = m.out_channels // m.in_channels
-        return (f"depthwise: one {kh} x {kw} kernel per channel" if k == 1 else
-                f"depthwise: {k} kernels of {kh} x {kw} per channel (out = {k} x in)")
+        return (
+            f"depthwise: one {kh} x {kw} kernel per channel"
+            if k == 1
+            else f"depthwise: {k} kernels of {kh} x {kw} per channel (out = {k} x in)"
+        )
     note = f"{m.out_channels} filters of {cin} x {kh} x {kw}"
     if g > 1:
         note += f": groups={g}, each filter sees {cin} of the {m.in_channels} input channels"
@@ -105,8 +114,11 @@ def _norm(m: nn.Module) -> tuple[int, str, str]:
 
 def _row_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Leaf modules, plus any module holding parameters of its own, in definition order."""
-    return {n: m for n, m in model.named_modules()
-            if not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False))}
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False))
+    }
 
 
 def _row(name: str, m: nn.Module, shape: list[int], calls: int) -> LayerRow:
@@ -138,12 +150,26 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow
 def format_table(rows: list[LayerRow]) -> str:
     """A plain-text table with a total line and the note on conv weights."""
     head = ("layer", "type", "output", "weights", "formula", "biases", "trainable")
-    body = [(r.name or "(model)", r.type, "x".join(map(str, r.output_shape)) or "-", f"{r.weights:,}", r.formula,
-             f"{r.biases:,}", f"{r.trainable:,}") for r in rows]
+    body = [
+        (
+            r.name or "(model)",
+            r.type,
+            "x".join(map(str, r.output_shape)) or "-",
+            f"{r.weights:,}",
+            r.formula,
+            f"{r.biases:,}",
+            f"{r.trainable:,}",
+        )
+        for r in rows
+    ]
     total = sum(r.trainable for r in rows)
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    line = lambda cols: "  ".join(str(c).ljust(w) if i < 2 or i == 4 else str(c).rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cols, widths))).rstrip()
+
+    def line(cols: list) -> str:
+        return "  ".join(
+            str(c).ljust(w) if i < 2 or i == 4 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cols, widths))
+        ).rstrip()
+
     out = [line(head), line(["-" * w for w in widths]), *map(line, body)]
     for i, r in enumerate(rows, start=2):  # grouped and depthwise convs: why the count is what it is, beside it
         if r.type == "Conv2d" and ("groups=" in r.note or "depthwise" in r.note):

@@ -72,23 +72,31 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return len(batch_order(n, batch_size, 0, 0))
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer,
-             batch_size: int = 512) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer, batch_size: int = 512
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` (eval mode, every module's flag restored after) on
     uint8 images ``x`` [N, C, H, W]."""
     loss_sum, correct = 0.0, 0
     with evaluating(model):
         for i in range(0, len(x), batch_size):
-            logits = logits_of(model(norm(x[i:i + batch_size])))
-            yb = y[i:i + batch_size].to(logits.device)
+            logits = logits_of(model(norm(x[i : i + batch_size])))
+            yb = y[i : i + batch_size].to(logits.device)
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
     return loss_sum / max(1, len(x)), correct / max(1, len(x))
 
 
 def train_one_epoch(
-    model: nn.Module, opt: torch.optim.Optimizer, data: ImageData, cfg: TrainConfig, norm: Normalizer,
-    epoch: int, step: int, total_steps: int, on_step: Callable[[StepInfo], None] | None = None,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    data: ImageData,
+    cfg: TrainConfig,
+    norm: Normalizer,
+    epoch: int,
+    step: int,
+    total_steps: int,
+    on_step: Callable[[StepInfo], None] | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> tuple[float, float, int]:
     """One pass over the training set. Returns (mean loss, accuracy, global step after the epoch).
@@ -131,7 +139,8 @@ def train_one_epoch(
         if not math.isfinite(loss_val):
             raise TrainingDiverged(
                 f"loss became {loss_val} at epoch {epoch}, batch {i} (lr {lr:.3g}); training stopped, "
-                f"the last good snapshot is epoch {epoch - 1}; try a smaller --lr")
+                f"the last good snapshot is epoch {epoch - 1}; try a smaller --lr"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -149,8 +158,10 @@ def check_finite(model: nn.Module, epoch: int) -> None:
     """Raise TrainingDiverged if any parameter or buffer became NaN or infinite (the last step can do it)."""
     name = nonfinite([*model.named_parameters(), *model.named_buffers()])
     if name is not None:
-        raise TrainingDiverged(f"{name} became non-finite during epoch {epoch}; training stopped, "
-                               f"the last good snapshot is epoch {epoch - 1}; try a smaller --lr")
+        raise TrainingDiverged(
+            f"{name} became non-finite during epoch {epoch}; training stopped, "
+            f"the last good snapshot is epoch {epoch - 1}; try a smaller --lr"
+        )
 
 
 def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -189,8 +200,16 @@ class EpochWriter(Protocol):
     def resume_state(self, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
 
 
-def fit(writer: EpochWriter, data: ImageData, model: nn.Module, cfg: TrainConfig, device: torch.device,
-        first_epoch: int, progress: Any, group: Group = SINGLE) -> None:
+def fit(
+    writer: EpochWriter,
+    data: ImageData,
+    model: nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    first_epoch: int,
+    progress: Any,
+    group: Group = SINGLE,
+) -> None:
     """The epochs from ``first_epoch`` (1 = a new run: the init is committed as epoch 0; later = resumed
     from ``writer.resume_state``). With several processes (``group``) each trains its share of every
     global batch under DistributedDataParallel, and rank 0 alone validates, reports and writes."""
@@ -208,8 +227,16 @@ def fit(writer: EpochWriter, data: ImageData, model: nn.Module, cfg: TrainConfig
     torch.manual_seed(cfg.seed)  # dropout, if any, draws from the global generator
     if first_epoch == 1:
         val_loss, val_acc = _validate(model, data, norm, group)
-        init = {"epoch": 0, "step": 0, "train_loss": None, "train_acc": None, "val_loss": val_loss,
-                "val_acc": val_acc, "lr": 0.0, "wall_s": 0.0}
+        init = {
+            "epoch": 0,
+            "step": 0,
+            "train_loss": None,
+            "train_acc": None,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": 0.0,
+            "wall_s": 0.0,
+        }
         if group.main:
             writer.commit(0, model, opt, init)
     else:
@@ -232,12 +259,21 @@ def fit(writer: EpochWriter, data: ImageData, model: nn.Module, cfg: TrainConfig
 
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0, spent[0] = time.perf_counter(), 0.0
-        train_loss, train_acc, step = train_one_epoch(trained, opt, data, cfg, norm, epoch, step, total, on_step,
-                                                      shard=(group.rank, group.world))
+        train_loss, train_acc, step = train_one_epoch(
+            trained, opt, data, cfg, norm, epoch, step, total, on_step, shard=(group.rank, group.world)
+        )
         val_loss, val_acc = _validate(model, data, norm, group)
-        rec = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-               "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "wall_s": round(time.perf_counter() - t0, 3),
-               "step_snapshot_s": round(spent[0], 4)}
+        rec = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": opt.param_groups[0]["lr"],
+            "wall_s": round(time.perf_counter() - t0, 3),
+            "step_snapshot_s": round(spent[0], 4),
+        }
         if group.main:
             writer.commit(epoch, model, opt, rec)
         progress.epoch(rec)

@@ -41,8 +41,13 @@ class ModelSpec:
     pretrained: bool = False  # torchvision only: load its default weights (downloads on the user's machine)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"factory": self.factory, "kwargs": dict(self.kwargs), "in_channels": self.in_channels,
-                "num_classes": self.num_classes, "pretrained": self.pretrained}
+        return {
+            "factory": self.factory,
+            "kwargs": dict(self.kwargs),
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "pretrained": self.pretrained,
+        }
 
 
 def normalize_spec(spec: str) -> str:
@@ -50,10 +55,17 @@ def normalize_spec(spec: str) -> str:
     without exactly one ':' between a module path and a name is a ConfigError."""
     text = spec.strip()
     mod, sep, attr = text.partition(":")
-    if not sep or not mod or not attr or ":" in attr or not all(p.isidentifier() for p in mod.split(".")) \
-            or not all(p.isidentifier() for p in attr.split(".")):
-        raise ConfigError(f"bad model spec {spec!r}: use torchvision:NAME (e.g. torchvision:resnet18) or "
-                          "package.module:factory")
+    if (
+        not sep
+        or not mod
+        or not attr
+        or ":" in attr
+        or not all(p.isidentifier() for p in mod.split("."))
+        or not all(p.isidentifier() for p in attr.split("."))
+    ):
+        raise ConfigError(
+            f"bad model spec {spec!r}: use torchvision:NAME (e.g. torchvision:resnet18) or package.module:factory"
+        )
     if mod == "torchvision":
         mod = "torchvision.models"
     return f"{mod}:{attr}"
@@ -104,8 +116,10 @@ def check_trust(factory: str, given: str | None, trust_run_code: bool) -> None:
     hint = f"pass --model {factory} if you trust it (or --trust-run-code)"
     if given is not None:
         raise ConfigError(f"this run's model is {factory}, not {normalize_spec(given)}; nothing was imported; {hint}")
-    raise ConfigError(f"this run's model comes from {factory}, which is not a torchvision model builder or featviz's "
-                      f"own; nothing was imported; {hint}")
+    raise ConfigError(
+        f"this run's model comes from {factory}, which is not a torchvision model builder or featviz's "
+        f"own; nothing was imported; {hint}"
+    )
 
 
 def resolve_factory(factory: str) -> Callable[..., nn.Module]:
@@ -114,8 +128,10 @@ def resolve_factory(factory: str) -> Callable[..., nn.Module]:
     try:
         obj: Any = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ConfigError(f"cannot import {mod_name} for model {factory}: {one_line(e)} "
-                          "(is the package installed, or the folder on PYTHONPATH?)") from None
+        raise ConfigError(
+            f"cannot import {mod_name} for model {factory}: {one_line(e)} "
+            "(is the package installed, or the folder on PYTHONPATH?)"
+        ) from None
     for part in attr.split("."):
         if part.startswith("_") or inspect.ismodule(obj) and obj.__name__ != mod_name:
             raise ConfigError(f"model {factory}: name a function or class defined in {mod_name}, not {attr!r}")
@@ -139,8 +155,10 @@ def build(spec: ModelSpec, seed: int | None = None) -> nn.Module:
         kwargs["in_channels"] = spec.in_channels
     asked = [k for k in DOWNLOADS if kwargs.get(k) not in (None, False)]
     if asked and not spec.pretrained and spec.factory.startswith("torchvision."):
-        raise ConfigError(f"model kwargs ask for downloaded weights ({asked[0]}={_short(kwargs[asked[0]])}); "
-                          "featviz never downloads by itself: use --pretrained (torchvision models) when you mean it")
+        raise ConfigError(
+            f"model kwargs ask for downloaded weights ({asked[0]}={_short(kwargs[asked[0]])}); "
+            "featviz never downloads by itself: use --pretrained (torchvision models) when you mean it"
+        )
     if spec.pretrained:
         if not spec.factory.startswith("torchvision."):
             raise ConfigError("--pretrained works for torchvision models; load your own weights in your factory")
@@ -174,14 +192,17 @@ def check_output(model: nn.Module, spec: ModelSpec, size: int) -> None:
         with evaluating(model):
             out = model(torch.zeros(2, spec.in_channels, size, size))
     except Exception as e:  # noqa: BLE001 - a user's model can raise anything; say what failed
-        raise ConfigError(f"model {spec.factory} cannot take {spec.in_channels}x{size}x{size} images: "
-                          f"{one_line(e, 200)}") from None
+        raise ConfigError(
+            f"model {spec.factory} cannot take {spec.in_channels}x{size}x{size} images: {one_line(e, 200)}"
+        ) from None
     out = logits_of(out)
     if not torch.is_tensor(out) or out.dim() != 2 or out.shape[1] != spec.num_classes:
         shape = list(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ConfigError(f"model {spec.factory} returns {shape} for 2 images, the data has {spec.num_classes} "
-                          f"classes; pass --model-kwargs '{{\"num_classes\": {spec.num_classes}}}' or make the "
-                          "factory take num_classes")
+        raise ConfigError(
+            f"model {spec.factory} returns {shape} for 2 images, the data has {spec.num_classes} "
+            f"classes; pass --model-kwargs '{{\"num_classes\": {spec.num_classes}}}' or make the "
+            "factory take num_classes"
+        )
 
 
 def _parameters(fn: Callable[..., Any]) -> set[str]:
@@ -203,10 +224,21 @@ def _adapt_input(model: nn.Module, spec: ModelSpec) -> None:
         return
     name, conv = first
     if conv.groups != 1:
-        raise ConfigError(f"the first conv of {spec.factory} ({name}) is grouped and takes {conv.in_channels} "
-                          f"channels, the data has {spec.in_channels}; change the model's input layer")
-    new = nn.Conv2d(spec.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, 1, conv.bias is not None, conv.padding_mode)
+        raise ConfigError(
+            f"the first conv of {spec.factory} ({name}) is grouped and takes {conv.in_channels} "
+            f"channels, the data has {spec.in_channels}; change the model's input layer"
+        )
+    new = nn.Conv2d(
+        spec.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        1,
+        conv.bias is not None,
+        conv.padding_mode,
+    )
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, new)

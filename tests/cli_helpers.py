@@ -19,6 +19,7 @@ def tiny_shapes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
     Also runs every test in its own folder, so a default ``outputs/`` never lands in the checkout.
     """
+
     def load(cfg):
         if cfg.name == "shapes":
             return make_shapes(n_train=200, n_val=50, size=16, seed=cfg.seed)

@@ -108,14 +108,14 @@ def tiny(num_classes: int = 3, width: int = 8) -> nn.Module:
     return TinyNet(num_classes=num_classes, width=width)
 '''
 
-HOSTILE_MODULE = '''
+HOSTILE_MODULE = """
 from pathlib import Path
 Path(__file__).with_name("IMPORTED").write_text("the module ran")
 
 
 def factory(num_classes: int = 10):
     raise ValueError("this factory is never meant to run")
-'''
+"""
 
 
 @pytest.fixture

@@ -41,15 +41,52 @@ def _nested(bracket: str, depth: int) -> Value:
     return Value(f"{bracket * 2}...nested {depth} deep", text)
 
 
-WRONG_TYPES = [Value(t, t) for t in ("null", "true", "false", "0", "-1", "1.5", '""', '"x"', '"3"', "[]", "{}",
-                                     "[1, 2]", '{"a": 1}', '{"file": 5}')]
+WRONG_TYPES = [
+    Value(t, t)
+    for t in (
+        "null",
+        "true",
+        "false",
+        "0",
+        "-1",
+        "1.5",
+        '""',
+        '"x"',
+        '"3"',
+        "[]",
+        "{}",
+        "[1, 2]",
+        '{"a": 1}',
+        '{"file": 5}',
+    )
+]
 HUGE = [Value(t, t) for t in ("10000000", "-10000000", "9223372036854775808", "1e308", "1e400", "-1e400")] + [
-    Value("a 200-digit integer", "1" + "0" * 199), Value("a 5000-digit integer", "9" * 5000)]
+    Value("a 200-digit integer", "1" + "0" * 199),
+    Value("a 5000-digit integer", "9" * 5000),
+]
 NONFINITE = [Value(t, t) for t in ("NaN", "Infinity", "-Infinity")]
-ESCAPES = ["\x1b[2J", "\x1b]0;owned\x07", "red\x1b[31mtext\x1b[0m", "\r\x1b[Kall good", "bell\x07",
-           "nul\x00byte", "back\x08space", "\x9b31mcsi", "\ud800"]
-PATHS = ["../../sentinel/secret.txt", "../../sentinel", "/etc/passwd", f"{SENTINEL_TOKEN}/secret.txt",
-         f"{SENTINEL_TOKEN}/pipe", "renders/../../../sentinel/secret.txt", "/dev/zero", "", "."]
+ESCAPES = [
+    "\x1b[2J",
+    "\x1b]0;owned\x07",
+    "red\x1b[31mtext\x1b[0m",
+    "\r\x1b[Kall good",
+    "bell\x07",
+    "nul\x00byte",
+    "back\x08space",
+    "\x9b31mcsi",
+    "\ud800",
+]
+PATHS = [
+    "../../sentinel/secret.txt",
+    "../../sentinel",
+    "/etc/passwd",
+    f"{SENTINEL_TOKEN}/secret.txt",
+    f"{SENTINEL_TOKEN}/pipe",
+    "renders/../../../sentinel/secret.txt",
+    "/dev/zero",
+    "",
+    ".",
+]
 
 
 # ----------------------------------------------------------------------------- one example's folders
@@ -237,7 +274,7 @@ class SetLine:
             text = _with_value(rec, (self.field,), self.value.json(world), None) if isinstance(rec, dict) else None
             if text is None:
                 return
-        lines[i:i + 1] = [text.encode()]
+        lines[i : i + 1] = [text.encode()]
         p.write_bytes(b"\n".join(lines) + b"\n")
 
 
@@ -266,8 +303,11 @@ class Symlink:
     dest: str  # one of LINK_DESTS
 
     def apply(self, world: World) -> None:
-        dest = {"sentinel folder": world.sentinel, "sentinel file": world.sentinel / "secret.txt",
-                "dangling": world.sentinel / "missing"}.get(self.dest, self.dest)
+        dest = {
+            "sentinel folder": world.sentinel,
+            "sentinel file": world.sentinel / "secret.txt",
+            "dangling": world.sentinel / "missing",
+        }.get(self.dest, self.dest)
         if p := _clear(world, self.target):
             os.symlink(dest, p)
 
@@ -293,7 +333,6 @@ class FolderInPlace:
 def _apply(world: World, damages: list) -> None:
     for d in damages:
         d.apply(world)
-
 
 
 # ----------------------------------------------------------------------------- the file tree, for writes
@@ -346,4 +385,3 @@ def _writes_outside(before: dict, after: dict, reader: str) -> list[str]:
         what = "added" if rel not in before else "removed" if rel not in after else "changed"
         bad.append(f"{rel} {what}")
     return bad
-

@@ -24,13 +24,23 @@ LATER_TIMEOUT_S = 2.0  # once one reader of an example hung, the others (often s
 KILL_GRACE_S = 2.0  # past the child's own timer: a reader stuck where no signal reaches Python (Rust's open())
 PROCESS_RECURSION_LIMIT = 1000  # CPython's default, which the featviz command runs with
 MEMORY_HEADROOM = 1536 << 20  # bytes of address space a child may add; the tiny run needs a few MB
-LIBRARY_READERS = ("Run.open", "Run.manifest", "Run.epochs_done", "Run.metrics", "Run.snapshot_points",
-                   "Run.render_index", "Run.load_snapshot(0)", "check_run", "list_runs")
+LIBRARY_READERS = (
+    "Run.open",
+    "Run.manifest",
+    "Run.epochs_done",
+    "Run.metrics",
+    "Run.snapshot_points",
+    "Run.render_index",
+    "Run.load_snapshot(0)",
+    "check_run",
+    "list_runs",
+)
 CLI_READERS = ("featviz runs", "featviz check", "featviz gallery")
 ALL_READERS = LIBRARY_READERS + CLI_READERS
 # cli.main's line for an exception it did not expect: the type, then the message before its advice
-UNEXPECTED_LINE = re.compile(r"^featviz: error: unexpected (\w+): (.*?)(?: \(a damaged or edited run file.*)?$",
-                             re.MULTILINE)
+UNEXPECTED_LINE = re.compile(
+    r"^featviz: error: unexpected (\w+): (.*?)(?: \(a damaged or edited run file.*)?$", re.MULTILINE
+)
 
 
 # ----------------------------------------------------------------------------- the child: running readers
@@ -70,8 +80,11 @@ def _on_alarm(signum: int, frame: Any) -> None:
 def _limit_memory() -> None:
     """Cap the child's address space at its current size plus MEMORY_HEADROOM, so reading /dev/zero
     ends in a MemoryError here instead of eating the shared machine's memory."""
-    size = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith("VmSize:"))
+    size = next(
+        int(line.split()[1]) * 1024
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmSize:")
+    )
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (size + MEMORY_HEADROOM, hard))
 
@@ -97,7 +110,7 @@ def _project_frame(filename: str, func: str, line: int | None = None) -> str | N
     """'featviz/run/fileio.py:187 read_jsonl' (or without the line) for featviz's or the CLI's code, else None."""
     for folder in _project_dirs():
         if filename.startswith(folder):
-            return f"{Path(folder).name}/{filename[len(folder):]}{'' if line is None else f':{line}'} {func}"
+            return f"{Path(folder).name}/{filename[len(folder) :]}{'' if line is None else f':{line}'} {func}"
     return None
 
 
@@ -153,8 +166,11 @@ def _library_call(reader: str, world: World) -> Callable[[], Any]:
 
 
 def _cli_argv(reader: str, world: World) -> list[str]:
-    return {"featviz runs": ["runs", "--out", str(world.out)], "featviz check": ["check", str(world.run)],
-            "featviz gallery": ["gallery", str(world.run)]}[reader]
+    return {
+        "featviz runs": ["runs", "--out", str(world.out)],
+        "featviz check": ["check", str(world.run)],
+        "featviz gallery": ["gallery", str(world.run)],
+    }[reader]
 
 
 def _redirect(path: Path) -> None:
@@ -331,12 +347,26 @@ def _fork_readers(world: World, readers: list[str], timeout: float) -> list[dict
         stuck = world.capture / "stuck"
         where = _stuck_where(stuck.read_text(errors="replace")) if stuck.exists() else ""
         if killed:
-            results.append({"reader": current, "outcome": "hang", "where": where, "writes": [],
-                            "message": f"not interruptible, killed after {timeout + KILL_GRACE_S:.0f} s"})
+            results.append(
+                {
+                    "reader": current,
+                    "outcome": "hang",
+                    "where": where,
+                    "writes": [],
+                    "message": f"not interruptible, killed after {timeout + KILL_GRACE_S:.0f} s",
+                }
+            )
         else:
             sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-            results.append({"reader": current, "outcome": "crash", "where": where, "writes": [], "message":
-                            f"signal {sig}" if sig else f"exit code {os.waitstatus_to_exitcode(status)}"})
+            results.append(
+                {
+                    "reader": current,
+                    "outcome": "crash",
+                    "where": where,
+                    "writes": [],
+                    "message": f"signal {sig}" if sig else f"exit code {os.waitstatus_to_exitcode(status)}",
+                }
+            )
     return results
 
 
@@ -347,8 +377,11 @@ def run_readers(world: World, readers: tuple[str, ...]) -> dict[str, dict]:
         hung = any(res["outcome"] == "hang" for res in done.values())
         results = _fork_readers(world, remaining, LATER_TIMEOUT_S if hung else READER_TIMEOUT_S)
         if not results:  # the child died before starting a reader
-            done[remaining[0]] = {"reader": remaining[0], "outcome": "crash", "message": "child failed to start",
-                                  "writes": []}
+            done[remaining[0]] = {
+                "reader": remaining[0],
+                "outcome": "crash",
+                "message": "child failed to start",
+                "writes": [],
+            }
         done.update((res["reader"], res) for res in results)
     return done
-

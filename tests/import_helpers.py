@@ -38,14 +38,23 @@ def _write(folder: Path, fmt: str, states: list[dict[str, torch.Tensor]]) -> Pat
             torch.save(sd, folder / f"step_{step}.pt")
         elif fmt == "pth":  # a training script's full checkpoint: model, optimizer, counters
             opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.9)
-            torch.save({"model_state_dict": sd, "optimizer": opt.state_dict(), "epoch": i},
-                       folder / f"ckpt-epoch{i}.pth")
+            torch.save(
+                {"model_state_dict": sd, "optimizer": opt.state_dict(), "epoch": i}, folder / f"ckpt-epoch{i}.pth"
+            )
         elif fmt == "safetensors":
             save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / f"weights_{step:05d}.safetensors"))
         elif fmt == "ckpt":  # what Lightning writes: keys of the LightningModule, "model." in front
-            torch.save({"epoch": i, "global_step": step, "pytorch-lightning_version": "2.6.6",
-                        "state_dict": {f"model.{k}": v for k, v in sd.items()}, "loops": {"fit_loop": {"x": 1}},
-                        "hyper_parameters": {"width": 8, "lr": 0.1}}, folder / f"epoch={i}-step={step}.ckpt")
+            torch.save(
+                {
+                    "epoch": i,
+                    "global_step": step,
+                    "pytorch-lightning_version": "2.6.6",
+                    "state_dict": {f"model.{k}": v for k, v in sd.items()},
+                    "loops": {"fit_loop": {"x": 1}},
+                    "hyper_parameters": {"width": 8, "lr": 0.1},
+                },
+                folder / f"epoch={i}-step={step}.ckpt",
+            )
     return folder
 
 

@@ -14,6 +14,7 @@ from featviz.config import RenderConfig
 from featviz.errors import RunError
 from featviz.gallery.build import build_gallery
 from featviz.metrics import effective_receptive_field
+from featviz.optvis import RenderSettings
 from featviz.pipeline import analyze_run, render_run
 from featviz.reading import first_epoch_above
 from featviz.run.store import Run
@@ -24,7 +25,7 @@ def analyzed(tiny_run, tmp_path_factory) -> tuple[Run, dict]:
     dst = tmp_path_factory.mktemp("analyzed") / "tiny"
     shutil.copytree(tiny_run.path, dst)
     run = Run.open(dst)
-    render_run(run, RenderConfig(moments="all", steps=6))
+    render_run(run, RenderConfig(moments="all", settings=RenderSettings(steps=6)))
     return run, analyze_run(run, probe_size=40)
 
 
@@ -136,118 +137,6 @@ def test_cli_analyze(analyzed, cli, tmp_path: Path) -> None:
     assert code != 0 and err.strip().startswith("featviz: error:") and len(err.strip().splitlines()) == 1
 
 
-# ----------------------------------------------------------------------------- runs with known answers
-def _rebuild(run_src: Run, dst: Path, states: list[dict[str, torch.Tensor]]) -> Run:
-    from featviz.run.fileio import save_tensors
-
-    """A copy of ``run_src`` whose epoch snapshots are ``states`` (hashes recorded anew), without renders."""
-    shutil.copytree(run_src.path, dst, ignore=shutil.ignore_patterns("renders*", "analysis*", "gallery"))
-    run = Run.open(dst)
-    for e, state in enumerate(states):
-        save_tensors(run.snapshot_file(e), state)
-    (dst / "manifest.json").unlink()
-    run.write_manifest(len(states) - 1)
-    return run
-
-
-def _add_am(run: Run, layer: str, depth: int, channel: int, epoch: int, img: torch.Tensor, settings: dict) -> None:
-    from featviz.images import png_bytes
-    from featviz.run.renderset import settings_set_of
-    from featviz.run.schema import RenderRecord
-
-    sid = settings_set_of(settings)
-    path = run.write_artifact("renders", f"am/{sid}/{layer}/epoch_{epoch:03d}/ch_{channel:04d}.png", png_bytes(img))
-    run.add_renders([RenderRecord(run.rel(path), "am", layer=layer, depth=depth, epoch=epoch, channel=channel,
-                                  activation=123.0, settings=settings, settings_set=sid)])
-
-
-@pytest.fixture(scope="module")
-def known(tiny_run, tmp_path_factory) -> tuple[Run, dict, dict]:
-    """Snapshots with known properties: conv1 filter 0 is zero from the init on (never changes, never
-    fires); conv2 channel 3 has BatchNorm shift -100 at the end (never fires); at epoch 1 depth 1 is
-    already final while depth 2 is a constant (its BatchNorm scale is 0): CKA 1 and 0 by construction.
-    Activation-maximization images: conv1 channel 1's is its own top validation image, rendered at
-    twice the run's size (nearest-neighbour), so r = 1 exactly; conv1 channel 0's is flat grey."""
-    from featviz.analyze import _probe
-    from featviz.loading import load_model_at
-
-    s0, s1, s2 = (dict(tiny_run.load_snapshot(e)) for e in (0, 1, 2))
-    for s in (s0, s1, s2):
-        s["features.conv1.weight"] = s["features.conv1.weight"].clone()
-        s["features.conv1.weight"][0] = 0
-        s["features.bn1.bias"] = s["features.bn1.bias"].clone()
-        s["features.bn1.bias"][0] = 0
-    s2["features.bn2.bias"] = s2["features.bn2.bias"].clone()
-    s2["features.bn2.bias"][3] = -100.0
-    s1 = dict(s2)
-    s1["features.bn2.weight"] = torch.zeros_like(s2["features.bn2.weight"])
-    run = _rebuild(tiny_run, tmp_path_factory.mktemp("known") / "known", [s0, s1, s2])
-    val, raw = _probe(run, None)
-    model = load_model_at(run, 2, torch.device("cpu"), s2)
-    from featviz.hooks import capture
-
-    with capture(model, ["features.bn1"], detach=True) as acts:
-        model(val)
-    means = acts["features.bn1"].mean((2, 3))  # [N, C]
-    top = int(means[:, 1].argmax())
-    settings = {"steps": 4, "param": "fourier", "transforms": "standard", "lr": 0.05, "seed": 0, "size": 32,
-                "target": "response"}
-    big = raw[top].repeat_interleave(2, 1).repeat_interleave(2, 2)  # 16 -> 32 px, same content
-    _add_am(run, "features.conv1", 1, 1, 2, big, settings)
-    _add_am(run, "features.conv1", 1, 0, 2, torch.full((3, 32, 32), 128, dtype=torch.uint8), settings)
-    _add_am(run, "features.conv2", 2, 3, 2, big, settings)
-    expected = {"top": top, "data_max": float(means[:, 1].max())}
-    return run, analyze_run(run, probe_size=50), expected
-
-
-def test_dead_and_unchanged_filters_are_found(known) -> None:
-    _, a, _ = known
-    assert a["filter_updates"]["features.conv1"]["unchanged_filters"] == [0]
-    assert a["filter_updates"]["features.conv2"]["unchanged_filters"] == []
-    assert a["convergence"]["features.conv1"]["dead_channels"] == [0]
-    assert a["convergence"]["features.conv2"]["dead_channels"] == [3]
-
-
-def test_cka_follows_the_constructed_order(known) -> None:
-    _, a, _ = known
-    c1, c2 = a["convergence"]["features.conv1"]["cka_to_final"], a["convergence"]["features.conv2"]["cka_to_final"]
-    assert c1[1] == pytest.approx(1.0, abs=1e-9) and c1[2] == pytest.approx(1.0, abs=1e-9)
-    assert c2[1] == 0.0 and c2[2] == pytest.approx(1.0, abs=1e-9)  # a constant representation shares nothing
-    assert c1[0] < 1.0 and a["convergence"]["features.conv1"]["cka_at_init"] == c1[0]
-    assert "features.conv1 at epoch 1, features.conv2 at epoch 2" in a["reading"]
-    assert "shallow layers settled first" in a["reading"]
-
-
-def test_faithfulness_r_is_measured_at_the_data_size(known) -> None:
-    _, a, expected = known
-    f = a["faithfulness"]
-    assert f["am_size_px"] == 32 and f["measured_at_px"] == 16 and f["epoch"] == 2
-    rows = {r["channel"]: r for r in f["features.conv1"]["channels"]}
-    assert rows[1]["r"] == pytest.approx(1.0, abs=1e-5)  # the AM image is the top data-set image
-    assert rows[1]["data_max"] == pytest.approx(expected["data_max"], rel=1e-5)
-    assert rows[1]["top"][0] == expected["top"]
-    assert rows[0]["r"] is None and rows[0]["data_max"] <= 0  # a zero filter: its response is the BatchNorm shift
-    dead = f["features.conv2"]["channels"][0]
-    assert dead["channel"] == 3 and dead["r"] is None and dead["data_max"] < -50
-
-
-def test_complexity_values_of_the_stored_images(known) -> None:
-    from featviz.metrics import zlib_bits_per_pixel
-
-    run, a, expected = known
-    c1 = a["complexity"]["features.conv1"]["2"]
-    assert c1["bpp"]["n"] == 2 and c1["flat"] == 1 and c1["slope"]["n"] == 1  # the grey image has no slope
-    from featviz.images import decode_png
-
-    files = sorted(r.file for r in run.render_index() if r.layer == "features.conv1")
-    bits = [zlib_bits_per_pixel(decode_png(run.read_file_bytes(f))) for f in files]
-    assert c1["bpp"]["mean"] == pytest.approx(sum(bits) / 2) and min(bits) < 0.5 < 2 < max(bits)
-    from featviz.metrics import spectrum_slope
-
-    slopes = [spectrum_slope(decode_png(run.read_file_bytes(f))) for f in files]
-    assert slopes.count(None) == 1 and c1["slope"]["mean"] == pytest.approx(next(x for x in slopes if x is not None))
-
-
 def test_running_statistics_alone_do_not_move_cka(analyzed) -> None:
     from featviz.analyze import _probe, convergence
 
@@ -271,12 +160,12 @@ def test_other_render_settings_never_overwrite_or_mix(tiny_run, tmp_path: Path, 
     dst = tmp_path / "mix"
     shutil.copytree(tiny_run.path, dst)
     run = Run.open(dst)
-    render_run(run, RenderConfig(moments="all", steps=4))
-    default = settings_set_of(am_settings(RenderConfig(steps=4), 16))
+    render_run(run, RenderConfig(moments="all", settings=RenderSettings(steps=4)))
+    default = settings_set_of(am_settings(RenderConfig(settings=RenderSettings(steps=4)), 16))
     first = {p: p.read_bytes() for p in (dst / "renders/am").rglob("*.png")}
     assert first and all(f"renders/am/{default}/" in p.as_posix() for p in first)
-    render_run(run, RenderConfig(moments="0,2", steps=4, param="pixel"))
-    pixel = settings_set_of(am_settings(RenderConfig(steps=4, param="pixel"), 16))
+    render_run(run, RenderConfig(moments="0,2", settings=RenderSettings(steps=4, param="pixel")))
+    pixel = settings_set_of(am_settings(RenderConfig(settings=RenderSettings(steps=4, param="pixel")), 16))
     assert all(p.read_bytes() == b for p, b in first.items())  # the first set is untouched
     assert len(list((dst / f"renders/am/{pixel}").rglob("ch_*.png"))) == 2 * (4 + 8)
     # two sets, neither is the default settings' set (steps=4): analyze must be told which
@@ -297,27 +186,41 @@ def test_other_render_settings_never_overwrite_or_mix(tiny_run, tmp_path: Path, 
 
 
 # ----------------------------------------------------------------------------- the reading's verdict
-@pytest.mark.parametrize("order,verdict", [
-    ([1, 1, 1, 1], "tie"), ([1, 2, 2, 3], "shown"), ([2, 1, 3, 4], "not shown"), ([1, 2, 2, 2], "shown"),
-    ([1, 1, 1, 2], "shown"), ([2, 2, 2, 1], "not shown"), ([1, 2, None, 3], "not shown"),
-])
+@pytest.mark.parametrize(
+    "order,verdict",
+    [
+        ([1, 1, 1, 1], "tie"),
+        ([1, 2, 2, 3], "shown"),
+        ([2, 1, 3, 4], "not shown"),
+        ([1, 2, 2, 2], "shown"),
+        ([1, 1, 1, 2], "shown"),
+        ([2, 2, 2, 1], "not shown"),
+        ([1, 2, None, 3], "not shown"),
+    ],
+)
 def test_shallow_first_criterion(order, verdict) -> None:
     from featviz.reading import shallow_first
 
     assert shallow_first(order) == verdict
 
 
-@pytest.mark.parametrize("settle,phrase", [
-    ([1, 1, 1, 1], "a tie"), ([1, 2, 2, 3], "so shallow layers settled first"),
-    ([2, 1, 3, 4], "does not show shallow layers settling first"),
-])
+@pytest.mark.parametrize(
+    "settle,phrase",
+    [
+        ([1, 1, 1, 1], "a tie"),
+        ([1, 2, 2, 3], "so shallow layers settled first"),
+        ([2, 1, 3, 4], "does not show shallow layers settling first"),
+    ],
+)
 def test_reading_states_only_what_the_numbers_show(settle, phrase) -> None:
     from featviz.reading import reading
 
     epochs = [0, 1, 2, 3, 4]
     layers = [f"c{d}" for d in range(1, 5)]
-    conv = {n: {"cka_to_final": [0.5 if e < s else 0.95 for e in epochs], "dead_channels": []}
-            for n, s in zip(layers, settle)}
+    conv = {
+        n: {"cka_to_final": [0.5 if e < s else 0.95 for e in epochs], "dead_channels": []}
+        for n, s in zip(layers, settle)
+    }
     upd = {n: {"rotation_from_init": [0, 0.2], "relative_change": [None, 0.1], "unchanged_filters": []} for n in layers}
     text = reading({"layers": layers, "epochs": epochs, "convergence": conv, "filter_updates": upd}, 32)
     assert phrase in text
@@ -329,9 +232,15 @@ def test_every_snapshot_is_measured_and_moments_inside_epoch_one_are_analyzed(ti
     dst = tmp_path / "moments"
     shutil.copytree(tiny_run.path, dst)
     run = Run.open(dst)
-    out = render_run(run, RenderConfig(steps=4))  # auto moments: the init, steps 2 and 4 of epoch 1, epochs 1, 2
-    assert out["moments"] == ["step 0 · init", "step 2 · epoch 0.29", "step 4 · epoch 0.57", "step 7 · epoch 1",
-                              "step 14 · epoch 2"]
+    # auto moments: the init, steps 2 and 4 of epoch 1, epochs 1, 2
+    out = render_run(run, RenderConfig(settings=RenderSettings(steps=4)))
+    assert out["moments"] == [
+        "step 0 · init",
+        "step 2 · epoch 0.29",
+        "step 4 · epoch 0.57",
+        "step 7 · epoch 1",
+        "step 14 · epoch 2",
+    ]
     a = analyze_run(run, probe_size=20)
     by = a["updates_by_step"]["features.conv1"]
     assert by["steps"] == [0, 1, 2, 4, 7, 14]  # every snapshot of the log schedule
@@ -345,8 +254,9 @@ def test_every_snapshot_is_measured_and_moments_inside_epoch_one_are_analyzed(ti
     formed = conv["formed_at_step"]
     assert formed in conv["by_step"]["steps"]
     i = conv["by_step"]["steps"].index(formed)
-    assert (all(c >= 0.9 for c in conv["by_step"]["cka_to_final"][i:])
-            and (i == 0 or conv["by_step"]["cka_to_final"][i - 1] < 0.9))
+    assert all(c >= 0.9 for c in conv["by_step"]["cka_to_final"][i:]) and (
+        i == 0 or conv["by_step"]["cka_to_final"][i - 1] < 0.9
+    )
 
 
 def test_a_damaged_step_snapshot_is_left_out_not_fatal(tiny_run, tmp_path: Path) -> None:

@@ -18,7 +18,10 @@ def test_train_runs_summary(cli, tmp_path: Path) -> None:
     assert code == 0, err
     run = out / "r"
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == [  # log schedule
-        "epoch_000.safetensors", "epoch_001.safetensors", *(f"step_{s:07d}.safetensors" for s in (1, 2, 4))]
+        "epoch_000.safetensors",
+        "epoch_001.safetensors",
+        *(f"step_{s:07d}.safetensors" for s in (1, 2, 4)),
+    ]
     assert "done:" in err and "Traceback" not in stdout + err
     meta = json.loads((run / "run.json").read_text())
     assert meta["configs"]["model"]["widths"] == [4, 8] and meta["configs"]["model"]["pools"] == [True, False]

@@ -48,6 +48,7 @@ def _make_read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
             if inside(src) or inside(dst):
                 deny(dst)
             return real[name](src, dst, *args, **kw)
+
         return move
 
     def removing(name):
@@ -55,6 +56,7 @@ def _make_read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
             if not kw.get("dir_fd") and inside(path) and os.path.lexists(path):
                 deny(path)
             return real[name](path, *args, **kw)
+
         return remove
 
     monkeypatch.setattr(os, "mkdir", mkdir)
@@ -111,12 +113,29 @@ def test_ctrl_c_says_what_is_kept(cli, monkeypatch: pytest.MonkeyPatch, tmp_path
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "featviz", "train", "--epochs", "200", "--n-train", "2000",
-                             "--out", str(tmp_path / "out"), "--name", "cut", *TINY_CLI_MODEL[:8]],
-                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1],
-                            # as from a terminal: an ignored SIGINT (inherited from whatever started pytest) would
-                            # be kept by the child, and Python would then install no KeyboardInterrupt handler
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "featviz",
+            "train",
+            "--epochs",
+            "200",
+            "--n-train",
+            "2000",
+            "--out",
+            str(tmp_path / "out"),
+            "--name",
+            "cut",
+            *TINY_CLI_MODEL[:8],
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        # as from a terminal: an ignored SIGINT (inherited from whatever started pytest) would
+        # be kept by the child, and Python would then install no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     run = tmp_path / "out" / "cut"
     deadline = time.time() + 60
     while time.time() < deadline and not (run / "metrics.jsonl").exists():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from featviz.config import RenderConfig
+from featviz.optvis import RenderSettings
 from featviz.pipeline import analyze_run, render_run
 from featviz.run.store import Run
 
@@ -19,7 +20,7 @@ def exported(tiny_run, tmp_path_factory) -> tuple[Run, Path]:
     dst = tmp_path_factory.mktemp("export") / "tiny"
     shutil.copytree(tiny_run.path, dst)
     run = Run.open(dst)
-    render_run(run, RenderConfig(steps=3))
+    render_run(run, RenderConfig(settings=RenderSettings(steps=3)))
     analyze_run(run, probe_size=20)
     return run, dst.parent / "tb"
 
@@ -48,8 +49,9 @@ def test_export_writes_metrics_analysis_images_and_histograms(exported, cli) -> 
     for view in ("filters", "filters_learned"):
         imgs = acc.Images(f"{view}/features.conv1")
         assert [e.step for e in imgs] == steps
-        png = run.path / (f"renders/filters/features.conv1/{'learned/' if view == 'filters_learned' else ''}"
-                          "epoch_002.png")
+        png = run.path / (
+            f"renders/filters/features.conv1/{'learned/' if view == 'filters_learned' else ''}epoch_002.png"
+        )
         from PIL import Image
 
         w, h = Image.open(png).size

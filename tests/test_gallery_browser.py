@@ -13,16 +13,22 @@ import pytest
 
 from featviz.config import RenderConfig
 from featviz.gallery.build import build_gallery
+from featviz.optvis import RenderSettings
 from featviz.pipeline import render_run
 from featviz.run.store import Run
 
 CHROMIUM = Path("/usr/bin/chromium")
-playwright = pytest.importorskip("playwright.sync_api",
-                                 reason="the playwright package is missing: pip install -e '.[test]'")
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(),
-                                 reason="browser tests need Debian's chromium at /usr/bin/chromium: "
-                                        "sudo apt-get install -y chromium (.ci/run installs it)")]
+playwright = pytest.importorskip(
+    "playwright.sync_api", reason="the playwright package is missing: pip install -e '.[test]'"
+)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="browser tests need Debian's chromium at /usr/bin/chromium: "
+        "sudo apt-get install -y chromium (.ci/run installs it)",
+    ),
+]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
@@ -39,7 +45,7 @@ def gallery_run(tiny_run, tmp_path_factory) -> Run:
     dst = tmp_path_factory.mktemp("browser") / "tiny"
     shutil.copytree(tiny_run.path, dst)
     run = Run.open(dst)
-    render_run(run, RenderConfig(moments="all", steps=5))
+    render_run(run, RenderConfig(moments="all", settings=RenderSettings(steps=5)))
     return run
 
 
@@ -58,10 +64,12 @@ def test_gallery_in_chromium(browser, gallery_run: Run, tmp_path: Path) -> None:
     # every image loads (lazy ones once near the viewport: scroll through, then wait, however busy the machine)
     page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
     page.evaluate("window.scrollTo(0, 0)")
-    page.wait_for_function("Array.from(document.images).every(i => !i.getAttribute('src') || i.complete)",
-                           timeout=30_000)
-    images = page.eval_on_selector_all("img",
-                                       "els => els.map(e => [e.getAttribute('src'), e.complete && e.naturalWidth])")
+    page.wait_for_function(
+        "Array.from(document.images).every(i => !i.getAttribute('src') || i.complete)", timeout=30_000
+    )
+    images = page.eval_on_selector_all(
+        "img", "els => els.map(e => [e.getAttribute('src'), e.complete && e.naturalWidth])"
+    )
     assert len(images) > 10
     assert all(w and w > 0 for _, w in images), [s for s, w in images if not w]
     # one section per depth
@@ -98,8 +106,10 @@ def test_gallery_in_chromium(browser, gallery_run: Run, tmp_path: Path) -> None:
     assert "channel 1" in page.locator("#evo-title").inner_text()
     page.keyboard.press("Escape")
     # a layer index; a few layers are all open; a title collapses its section, the index opens it again
-    assert page.locator("#layer-index a").all_inner_texts() == ["depth 1 · features.conv1 · 4 channels",
-                                                                 "depth 2 · features.conv2 · 8 channels"]
+    assert page.locator("#layer-index a").all_inner_texts() == [
+        "depth 1 · features.conv1 · 4 channels",
+        "depth 2 · features.conv2 · 8 channels",
+    ]
     assert page.locator("details.depth-body[open]").count() == 2
     details = page.locator("#depth-2 details")
     page.locator("#depth-2 summary").click()
@@ -152,18 +162,48 @@ def test_live_gallery_shows_new_snapshots_while_training(browser, tmp_path: Path
 
     data = make_png_folder(tmp_path / "pngs", classes=3, per_class=10, size=16)
     marker = tmp_path / "paused"
-    cmd = [sys.executable, "-m", "featviz", "train", "--data", f"folder:{data}", "--size", "16", "--epochs", "3",
-           "--batch-size", "8", "--widths", "4,8", "--kernels", "5,3", "--strides", "1,1", "--pools", "1,0",
-           "--out", str(tmp_path / "out"), "--name", "live"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "featviz",
+        "train",
+        "--data",
+        f"folder:{data}",
+        "--size",
+        "16",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--widths",
+        "4,8",
+        "--kernels",
+        "5,3",
+        "--strides",
+        "1,1",
+        "--pools",
+        "1,0",
+        "--out",
+        str(tmp_path / "out"),
+        "--name",
+        "live",
+    ]
     env = {**os.environ, ENV_AT: "write:epoch_002.safetensors", ENV_FILE: str(marker), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stop = threading.Event()
     try:
         deadline = time.monotonic() + 90
         while not marker.exists():  # paused half-way through writing epoch 2: epoch 1 is committed
-            assert proc.poll() is None and time.monotonic() < deadline, (proc.stderr.read() if proc.poll()
-                                                                         else "no pause")
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stderr.read() if proc.poll() else "no pause"
+            )
             time.sleep(0.05)
         run = Run.open(tmp_path / "out" / "live")
         urls: list[str] = []
@@ -175,17 +215,20 @@ def test_live_gallery_shows_new_snapshots_while_training(browser, tmp_path: Path
         slider = page.locator("#depth-1 .filter-slider")
         # 27 training images, batch 8: 4 steps per epoch; committed: the init, steps 1 and 2, epoch 1
         assert slider.get_attribute("max") == "3"
-        page.wait_for_function("() => document.querySelector('#depth-1 .epoch-label').textContent === "
-                               "'step 4 · epoch 1'")
+        page.wait_for_function(
+            "() => document.querySelector('#depth-1 .epoch-label').textContent === 'step 4 · epoch 1'"
+        )
         marker.unlink()  # training carries on: epochs 2 and 3 commit
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
         page.wait_for_function("() => document.querySelector('#depth-1 .filter-slider').max === '5'", timeout=20_000)
         assert page.locator("#depth-1 .epoch-label").inner_text() == "step 12 · epoch 3"
         assert page.locator("#depth-1 .filter-img").get_attribute("src").endswith("epoch_003.png")
-        page.wait_for_function("() => document.getElementById('epochs-done').textContent"
-                               ".startsWith('trained: epoch 3/3')")
-        page.wait_for_function("() => [...document.images].every(i => !i.getAttribute('src') || "
-                               "(i.complete && i.naturalWidth > 0))")
+        page.wait_for_function(
+            "() => document.getElementById('epochs-done').textContent.startsWith('trained: epoch 3/3')"
+        )
+        page.wait_for_function(
+            "() => [...document.images].every(i => !i.getAttribute('src') || (i.complete && i.naturalWidth > 0))"
+        )
         assert errors == []
     finally:
         stop.set()

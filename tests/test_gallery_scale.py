@@ -23,8 +23,15 @@ from run_helpers import run_info
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SETTINGS = {"param": "fft", "transforms": "standard", "steps": 8, "lr": 0.05, "seed": 0, "size": 32,
-            "target": "response"}
+SETTINGS = {
+    "param": "fft",
+    "transforms": "standard",
+    "steps": 8,
+    "lr": 0.05,
+    "seed": 0,
+    "size": 32,
+    "target": "response",
+}
 MOMENTS = [(0, 0, "step 0 · init"), (1, 100, "step 100 · epoch 1")]  # (epoch, step, label)
 BUDGET_S = 2.0
 
@@ -38,16 +45,43 @@ def _png(value: int) -> bytes:
 def _layer(depth: int, out_ch: int, in_ch: int, **extra) -> dict:
     groups = extra.get("groups", 1)
     weights = out_ch * in_ch // groups * 9
-    return {"name": f"block{depth}.conv", "depth": depth, "in_ch": in_ch, "out_ch": out_ch, "kernel": [3, 3],
-            "stride": 1, "groups": groups, "weights": weights, "biases": 0, "params": weights, **extra}
+    return {
+        "name": f"block{depth}.conv",
+        "depth": depth,
+        "in_ch": in_ch,
+        "out_ch": out_ch,
+        "kernel": [3, 3],
+        "stride": 1,
+        "groups": groups,
+        "weights": weights,
+        "biases": 0,
+        "params": weights,
+        **extra,
+    }
 
 
 def _meta(layers: list[dict], model: dict | None = None) -> RunInfo:
-    data = {"name": "synthetic", "image_channels": 3, "size": 32, "classes": [f"c{i}" for i in range(10)],
-            "mean": [0.5] * 3, "std": [0.25] * 3}
-    return run_info("scale", 1, seed=0, data=data, layers=layers, params_total=0,
-                    configs={"data": {"name": "synthetic", "size": 32}, "model": model or {"arch": "resnet18"},
-                             "train": {"epochs": 1}})
+    data = {
+        "name": "synthetic",
+        "image_channels": 3,
+        "size": 32,
+        "classes": [f"c{i}" for i in range(10)],
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+    }
+    return run_info(
+        "scale",
+        1,
+        seed=0,
+        data=data,
+        layers=layers,
+        params_total=0,
+        configs={
+            "data": {"name": "synthetic", "size": 32},
+            "model": model or {"arch": "resnet18"},
+            "train": {"epochs": 1},
+        },
+    )
 
 
 def synthetic_run(root: Path, layers: list[dict], moments_of_first: int = 2, model: dict | None = None) -> Run:
@@ -58,29 +92,48 @@ def synthetic_run(root: Path, layers: list[dict], moments_of_first: int = 2, mod
     pngs = [_png(0), _png(255)]
     records = []
     for layer in run.info.layers:
-        for m, (epoch, step, lab) in enumerate(MOMENTS[:moments_of_first if layer.depth == 1 else 1]):
+        for m, (epoch, step, lab) in enumerate(MOMENTS[: moments_of_first if layer.depth == 1 else 1]):
             when = {"epoch": epoch, "step": step, "point": f"epoch_{epoch:03d}", "label": lab}
             folder = run.path / "renders" / "am" / sid / layer.name / when["point"]
             folder.mkdir(parents=True, exist_ok=True)
             for c in range(layer.out_ch):
                 # plain writes, not Run.write_artifact: its fsync per file would take ~6 s for 10,000 files
                 (folder / f"ch_{c:04d}.png").write_bytes(pngs[m])
-                records.append({"kind": "am", "layer": layer.name, "depth": layer.depth, "channel": c, **when,
-                                "file": run.rel(folder / f"ch_{c:04d}.png"), "settings": SETTINGS,
-                                "settings_set": sid, "activation": 1.0 + c})
+                records.append(
+                    {
+                        "kind": "am",
+                        "layer": layer.name,
+                        "depth": layer.depth,
+                        "channel": c,
+                        **when,
+                        "file": run.rel(folder / f"ch_{c:04d}.png"),
+                        "settings": SETTINGS,
+                        "settings_set": sid,
+                        "activation": 1.0 + c,
+                    }
+                )
             for kind, sub in (("filters", ""), ("filters_learned", "learned/")):
                 path = run.write_artifact("renders", f"filters/{layer.name}/{sub}{when['point']}.png", pngs[m])
-                records.append({"kind": kind, "layer": layer.name, "depth": layer.depth, **when,
-                                "file": run.rel(path), "scale": 1.0,
-                                "settings": {"points": ["epoch_000", "epoch_001"]}})
+                records.append(
+                    {
+                        "kind": kind,
+                        "layer": layer.name,
+                        "depth": layer.depth,
+                        **when,
+                        "file": run.rel(path),
+                        "scale": 1.0,
+                        "settings": {"points": ["epoch_000", "epoch_001"]},
+                    }
+                )
     run.add_renders([RenderRecord.from_json(r) for r in records])
     return run
 
 
 def resnet_like(n_layers: int = 20, channels: int = 500) -> list[dict]:
     """ResNet-18's 20 convs with ``channels`` channels each (10,000 thumbnails in all by default)."""
-    return [_layer(d, channels, 3 if d == 1 else channels, rf_px=1 + 2 * d, batchnorm=True)
-            for d in range(1, n_layers + 1)]
+    return [
+        _layer(d, channels, 3 if d == 1 else channels, rf_px=1 + 2 * d, batchnorm=True) for d in range(1, n_layers + 1)
+    ]
 
 
 # ----------------------------------------------------------------------------- the HTML, no browser
@@ -89,8 +142,9 @@ def test_html_is_lazy_collapsible_and_indexed(tmp_path: Path) -> None:
     html = Path(build_gallery(run)).read_text()
     thumbs = re.findall(r'<img class="am-img"[^>]*>', html)
     assert len(thumbs) == 8 * 5
-    assert all('loading="lazy"' in t and 'decoding="async"' in t and 'width="32"' in t and 'height="32"' in t
-               for t in thumbs)  # the settings' 32 px: the space is reserved before the image arrives
+    assert all(
+        'loading="lazy"' in t and 'decoding="async"' in t and 'width="32"' in t and 'height="32"' in t for t in thumbs
+    )  # the settings' 32 px: the space is reserved before the image arrives
     filters = re.findall(r'<img class="pix filter-img"[^>]*>', html)
     assert len(filters) == 8 and all('loading="lazy"' in f and 'width="4" height="4"' in f for f in filters)
     details = re.findall(r'<details class="depth-body"( open)?>', html)
@@ -109,10 +163,12 @@ def test_a_few_layers_are_all_open(tmp_path: Path) -> None:
 
 def test_layer_texts_of_other_models(tmp_path: Path) -> None:
     """run.json of another architecture: rf_px, groups and batchnorm per layer, no kernels/pools lists."""
-    layers = [_layer(1, 64, 3, rf_px=7, rf_exceeds=False, batchnorm=True),
-              _layer(2, 64, 64, groups=64, rf_px=128, rf_exceeds=True, batchnorm=True),  # depthwise
-              _layer(3, 128, 64, groups=4, batchnorm=True),  # grouped
-              {**_layer(4, 10, 128), "batchnorm": False}]  # no BatchNorm, no bias, no rf_px
+    layers = [
+        _layer(1, 64, 3, rf_px=7, rf_exceeds=False, batchnorm=True),
+        _layer(2, 64, 64, groups=64, rf_px=128, rf_exceeds=True, batchnorm=True),  # depthwise
+        _layer(3, 128, 64, groups=4, batchnorm=True),  # grouped
+        {**_layer(4, 10, 128), "batchnorm": False},
+    ]  # no BatchNorm, no bias, no rf_px
     html = Path(build_gallery(synthetic_run(tmp_path, layers))).read_text()
     sections = re.findall(r'<section class="depth".*?</section>', html, re.S)
     explain = [re.search(r'<p class="explain">(.*?)</p>', s, re.S).group(1) for s in sections]
@@ -140,10 +196,13 @@ def test_featviz_model_config_still_gives_rf_and_pools(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium: "
-                    "sudo apt-get install -y chromium (.ci/run installs it)")
-    playwright = pytest.importorskip("playwright.sync_api",
-                                     reason="the playwright package is missing: pip install -e '.[test]'")
+        pytest.skip(
+            "browser tests need Debian's chromium at /usr/bin/chromium: "
+            "sudo apt-get install -y chromium (.ci/run installs it)"
+        )
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright package is missing: pip install -e '.[test]'"
+    )
     with playwright.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         yield b
@@ -166,8 +225,9 @@ def _answer_time(browser, url: str, act) -> tuple[float, float, list[str]]:
     page.goto(url, wait_until="domcontentloaded")
     act(page)
     page.wait_for_function("() => window.__answered !== undefined")
-    dcl, answered = page.evaluate("[performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd, "
-                                  "window.__answered]")
+    dcl, answered = page.evaluate(
+        "[performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd, window.__answered]"
+    )
     page.wait_for_load_state("load")
     page.close()
     return dcl, answered, errors
@@ -197,8 +257,10 @@ def test_10000_thumbnails_are_interactive_within_2_s(browser, tmp_path: Path, re
     t0 = time.perf_counter()
     url = Path(build_gallery(run)).as_uri()
     record_property("build_s", round(time.perf_counter() - t0, 2))
-    times = {"index link": _answer_time(browser, url, _click_last_layer),
-             "slider": _answer_time(browser, url, _move_slider)}
+    times = {
+        "index link": _answer_time(browser, url, _click_last_layer),
+        "slider": _answer_time(browser, url, _move_slider),
+    }
     for what, (dcl, answered, errors) in times.items():
         print(f"\n10,000 thumbnails, {what}: DOMContentLoaded {dcl:.0f} ms, answered {answered:.0f} ms")
         record_property(f"{what} ms", [round(dcl), round(answered)])
@@ -209,7 +271,8 @@ def test_10000_thumbnails_are_interactive_within_2_s(browser, tmp_path: Path, re
     lazy = page.locator("img.am-img[loading=lazy]").count()
     assert lazy == page.locator("img.am-img").count() == sum(layer["out_ch"] for layer in layers) == 10_000
     assert page.locator("#layer-index a").count() == len(layers) == page.locator("section.depth").count()
-    loaded = page.evaluate("[...document.querySelectorAll('img.am-img')]"
-                           ".filter(i => i.complete && i.naturalWidth).length")
+    loaded = page.evaluate(
+        "[...document.querySelectorAll('img.am-img')].filter(i => i.complete && i.naturalWidth).length"
+    )
     assert 0 < loaded < 2_000  # only what is near the viewport was fetched
     page.close()

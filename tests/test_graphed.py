@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featviz.config import ModelConfig, RenderConfig
+from featviz.config import ModelConfig, render_settings
 from featviz.errors import ConfigError
 from featviz.model import build_model
 from featviz.optvis import graphed, maximize_channels
@@ -66,7 +66,8 @@ def test_a_failed_capture_falls_back_to_the_eager_loop(model, monkeypatch):
     fell = maximize_channels(model, "features.conv2", CHANS, **KW)
     _same(eager, fell)
     assert fell.settings["resolved"]["cuda_graph"] == (
-        "eager: capture failed (RuntimeError: operation not permitted when stream is capturing)")
+        "eager: capture failed (RuntimeError: operation not permitted when stream is capturing)"
+    )
 
 
 def test_too_few_steps_to_capture(model, cpu_graphs):
@@ -95,7 +96,7 @@ def test_switch_values_are_checked(model):
     with pytest.raises(ConfigError, match="cuda_graph must be True, False or None"):
         maximize_channels(model, "features.conv2", [1], cuda_graph="yes", **KW)
     with pytest.raises(ConfigError, match="unknown cuda_graph 'maybe'"):
-        RenderConfig(cuda_graph="maybe")
+        render_settings(cuda_graph="maybe")
 
 
 def test_replayable_serves_the_wrapped_stream():

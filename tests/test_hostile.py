@@ -54,8 +54,13 @@ def test_preview_never_replaces_a_device_fifo_symlink_or_a_run_file(cli, tmp_pat
     link.symlink_to(tmp_path / "elsewhere.png")
     run = _copy(tiny_run, tmp_path / "run")
     before = (run.path / "run.json").read_bytes()
-    for out, why in ((fifo, "FIFO"), (link, "symlink"), (run.path / "run.json", "ending in .png"),
-                     ("/dev/null", "ending in .png"), (tmp_path, "ending in .png")):
+    for out, why in (
+        (fifo, "FIFO"),
+        (link, "symlink"),
+        (run.path / "run.json", "ending in .png"),
+        ("/dev/null", "ending in .png"),
+        (tmp_path, "ending in .png"),
+    ):
         code, _, err = cli(["data", "preview", "--out", out, "--per-class", 1])
         assert code == 1 and why in err and len(err.strip().splitlines()) == 1, err
     not_png = tmp_path / "notes.png"
@@ -137,8 +142,18 @@ def test_import_never_replaces_the_run_it_reads_checkpoints_from(cli, tmp_path: 
     run = train_run(data, model, dataclasses.replace(train, snapshots="epoch"), out_dir=tmp_path / "runs", name="r")
     before = _tree(run.path)
     kwargs = json.dumps({"widths": [4, 8], "kernels": [5, 3], "strides": [1, 1], "pools": [True, False]})
-    argv = ["import", run.path / "snapshots", "--model", "featviz.model:small_cnn", "--model-kwargs", kwargs,
-            "--size", 16, "--out", tmp_path / "runs"]
+    argv = [
+        "import",
+        run.path / "snapshots",
+        "--model",
+        "featviz.model:small_cnn",
+        "--model-kwargs",
+        kwargs,
+        "--size",
+        16,
+        "--out",
+        tmp_path / "runs",
+    ]
     assert cli([*argv, "--name", "copy"])[0] == 0  # these checkpoints fit the model: the import itself works
     code, _, err = cli([*argv, "--name", "r", "--force"])
     assert code == 1 and "lies inside" in err and len(err.strip().splitlines()) == 1, err
@@ -148,8 +163,7 @@ def test_import_never_replaces_the_run_it_reads_checkpoints_from(cli, tmp_path: 
 # ----------------------------------------------------------------------------- reads are bounded
 @pytest.mark.parametrize("special", ["devzero", "fifo"])
 @pytest.mark.parametrize("file", ["metrics.jsonl", "manifest.json", "renders.jsonl", "run.json"])
-def test_special_files_in_a_run_are_named_not_read(cli, tmp_path: Path, tiny_run: Run, special: str,
-                                                   file: str) -> None:
+def test_special_files_in_a_run_are_named_not_read(cli, tmp_path: Path, tiny_run: Run, special: str, file: str) -> None:
     """F5: a /dev/zero symlink as metrics.jsonl made runs, check and gallery read until memory ran out;
     a FIFO there made them hang."""
     run = _damaged(tiny_run, tmp_path)
@@ -203,8 +217,13 @@ def test_hostile_render_records_are_damaged_lines_not_links(cli, tmp_path: Path,
     run = _damaged(tiny_run, tmp_path)
     outside = tmp_path / "x.png"
     outside.write_bytes(b"\x89PNG\r\n\x1a\n")
-    hostile = [{"file": "/etc/passwd", "kind": "am"}, {"file": "../../x.png", "kind": "am"}, {"file": 5},
-               {"file": "renders/../../x.png", "kind": "am_grid"}, {"file": str(outside), "kind": "filters"}]
+    hostile = [
+        {"file": "/etc/passwd", "kind": "am"},
+        {"file": "../../x.png", "kind": "am"},
+        {"file": 5},
+        {"file": "renders/../../x.png", "kind": "am_grid"},
+        {"file": str(outside), "kind": "filters"},
+    ]
     with open(run.path / "renders.jsonl", "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in hostile)
     rep = check_run(run.path)
@@ -275,9 +294,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _start_paused(argv: list, at: str, marker: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "featviz", *map(str, argv)], cwd=ROOT, text=True,
-                            env=_env(**{ENV_AT: at, ENV_FILE: str(marker)}), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "featviz", *map(str, argv)],
+        cwd=ROOT,
+        text=True,
+        env=_env(**{ENV_AT: at, ENV_FILE: str(marker)}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 90
     while not marker.exists():
         assert proc.poll() is None, proc.stderr.read()
@@ -341,14 +365,20 @@ def test_watch_never_writes_to_a_run_that_is_not_training(tmp_path: Path, tiny_r
     """F11: `featviz gallery RUN --serve --watch` on a finished, rendered run rewrote its filter PNGs and
     marked its renders.jsonl records live."""
     from featviz.config import RenderConfig
+    from featviz.optvis import RenderSettings
     from featviz.pipeline import render_run
 
     run = _copy(tiny_run, tmp_path / "run")
-    render_run(run, RenderConfig(steps=2, size=16, moments="last", channels=(0,)))
+    render_run(run, RenderConfig(moments="last", channels=(0,), settings=RenderSettings(steps=2, size=16)))
     before = _tree(run.path)
-    proc = subprocess.Popen([sys.executable, "-m", "featviz", "gallery", str(run.path), "--serve", "--watch",
-                             "--port", "0"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "featviz", "gallery", str(run.path), "--serve", "--watch", "--port", "0"],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         lines = []

@@ -25,8 +25,21 @@ def test_names_from_files_are_printed_escaped(cli, tmp_path: Path, tiny_run: Run
 
 def test_error_lines_are_cut(cli) -> None:
     """F21: large --model-kwargs were echoed into a 120 KB error line."""
-    code, _, err = cli(["train", "--model", "torchvision:resnet18", "--model-kwargs",
-                        json.dumps({"bogus": "x" * 120_000}), "--epochs", "1", "--n-train", 32, "--n-val", 10])
+    code, _, err = cli(
+        [
+            "train",
+            "--model",
+            "torchvision:resnet18",
+            "--model-kwargs",
+            json.dumps({"bogus": "x" * 120_000}),
+            "--epochs",
+            "1",
+            "--n-train",
+            32,
+            "--n-val",
+            10,
+        ]
+    )
     assert code == 1 and len(err) < 1200 and len(err.strip().splitlines()) == 1, len(err)
     assert len(error_line("y" * 5000)) == 1000
 
@@ -47,8 +60,17 @@ def test_labels_from_files_are_text_and_printed_escaped(cli, tmp_path: Path, tin
     assert "\x1b" not in out + err and "\\x1b[2J" in out + err
 
 
-@pytest.mark.parametrize("edit", [("layers", 1, "depth", ""), ("layers", 0, "kernel", [5]), ("data", "size", "16"),
-                                  ("data", "mean", "x"), ("layers", "conv"), ("name", 5)])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("layers", 1, "depth", ""),
+        ("layers", 0, "kernel", [5]),
+        ("data", "size", "16"),
+        ("data", "mean", "x"),
+        ("layers", "conv"),
+        ("name", 5),
+    ],
+)
 def test_an_edited_run_json_is_one_line_naming_the_field(cli, tmp_path: Path, tiny_run: Run, edit: tuple) -> None:
     """A run.json whose layer depth became text made the gallery fail with an unexpected TypeError (found
     by the property-based search): run.json's layer list and data description are typed when opened."""

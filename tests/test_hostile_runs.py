@@ -79,7 +79,10 @@ COUNTING = os.environ.get("FEATVIZ_PROPERTY_COUNT") == "1"
 SHRINK = os.environ.get("FEATVIZ_PROPERTY_SHRINK") == "1"
 
 HYPOTHESIS = settings(
-    max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
     phases=(Phase.explicit, Phase.generate, Phase.shrink) if SHRINK else (Phase.explicit, Phase.generate),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -118,8 +121,11 @@ def _reader_violations(prop: str, res: dict) -> list[dict]:
 
 def violations(prop: str, results: dict[str, dict]) -> list[dict]:
     """The violations of property ``prop`` in one example: {reader, kind, type, where, message}."""
-    return [{"reader": reader, "type": "", "message": "", "where": res.get("where", ""), **v}
-            for reader, res in results.items() for v in _reader_violations(prop, res)]
+    return [
+        {"reader": reader, "type": "", "message": "", "where": res.get("where", ""), **v}
+        for reader, res in results.items()
+        for v in _reader_violations(prop, res)
+    ]
 
 
 RUNS_COLUMNS = ((32, "name"), (47, "data"), (55, "epochs"), (64, "val_acc"))  # `featviz runs` row layout
@@ -164,8 +170,9 @@ def _report(damage: list, found: list[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------- counting mode
-COUNTS: dict[str, dict[str, Any]] = {p: {"tried": 0, "failing": 0, "causes": {}} for p in
-                                     ("errors", "time", "writes", "escapes")}
+COUNTS: dict[str, dict[str, Any]] = {
+    p: {"tried": 0, "failing": 0, "causes": {}} for p in ("errors", "time", "writes", "escapes")
+}
 READERS_OF = {"errors": ALL_READERS, "time": ALL_READERS, "writes": ALL_READERS, "escapes": CLI_READERS}
 
 
@@ -237,19 +244,31 @@ def _summary(base: Path, template: Path) -> tuple[str, dict]:
     for prop, counts in COUNTS.items():
         quick = counts.get("quick_seconds") or [0.0]
         pairs = sum(len(e["readers"]) for e in counts["causes"].values())
-        lines.append(f"{prop}: {counts['tried']} examples tried, {counts['failing']} failing, "
-                     f"{len(counts['causes'])} distinct causes ({pairs} reader x cause pairs); an example without "
-                     f"a hang took {sum(quick) / len(quick):.2f} s on average")
+        lines.append(
+            f"{prop}: {counts['tried']} examples tried, {counts['failing']} failing, "
+            f"{len(counts['causes'])} distinct causes ({pairs} reader x cause pairs); an example without "
+            f"a hang took {sum(quick) / len(quick):.2f} s on average"
+        )
         data[prop] = {"tried": counts["tried"], "failing": counts["failing"], "causes": []}
         for cause, entry in sorted(counts["causes"].items(), key=lambda kv: -kv[1]["count"]):
             damage, message = _smallest(entry["examples"])
             damage = _reduce(prop, cause, base, template, damage)
-            readers = ", ".join([r for r in ALL_READERS if r in entry["readers"]]
-                                + sorted(entry["readers"] - set(ALL_READERS)))
-            lines.append(f"  [{entry['count']:>3}] {cause}\n        readers: {readers}\n        e.g. {damage!r}"
-                         f"\n        -> {message[:200]}")
-            data[prop]["causes"].append({"cause": cause, "examples": entry["count"], "readers": readers,
-                                         "example": repr(damage), "message": message[:300]})
+            readers = ", ".join(
+                [r for r in ALL_READERS if r in entry["readers"]] + sorted(entry["readers"] - set(ALL_READERS))
+            )
+            lines.append(
+                f"  [{entry['count']:>3}] {cause}\n        readers: {readers}\n        e.g. {damage!r}"
+                f"\n        -> {message[:200]}"
+            )
+            data[prop]["causes"].append(
+                {
+                    "cause": cause,
+                    "examples": entry["count"],
+                    "readers": readers,
+                    "example": repr(damage),
+                    "message": message[:300],
+                }
+            )
     return "\n".join(lines), data
 
 
@@ -258,12 +277,13 @@ def _summary(base: Path, template: Path) -> tuple[str, dict]:
 def template(tiny_run, tmp_path_factory) -> Path:
     """The tiny run, copied and rendered once (a few AM images, every filter image, the gallery)."""
     from featviz.config import RenderConfig
+    from featviz.optvis import RenderSettings
     from featviz.pipeline import render_run
     from featviz.run.store import Run
 
     dst = tmp_path_factory.mktemp("hostile_template") / "tiny"
     shutil.copytree(tiny_run.path, dst)
-    render_run(Run.open(dst), RenderConfig(steps=4, chunk=64, moments="last"))
+    render_run(Run.open(dst), RenderConfig(moments="last", settings=RenderSettings(steps=4, chunk=64)))
     import featviz.cli.main  # noqa: F401 - imported before forking, so each child starts warm
 
     return dst

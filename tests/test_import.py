@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featviz import importer
+from featviz import checkpoint
 from featviz.config import DataConfig
 from featviz.errors import ConfigError
 from featviz.importer import checkpoint_files, import_checkpoints, unnumbered
@@ -26,8 +26,9 @@ from import_helpers import DATA, _import, _states, _write
 def test_each_format_imports_renders_and_analyzes(fmt: str, user_code: Path, tmp_path: Path, cli) -> None:
     states = _states()
     folder = _write(tmp_path / fmt, fmt, states)
-    code, out, err = cli(["import", folder, "--model", "usernets:tiny", *DATA, "--out", tmp_path / "runs",
-                          "--name", fmt])
+    code, out, err = cli(
+        ["import", folder, "--model", "usernets:tiny", *DATA, "--out", tmp_path / "runs", "--name", fmt]
+    )
     assert code == 0, err
     run = Run.open(tmp_path / "runs" / fmt)
     assert run.meta["source"] == "import" and run.epochs_done == 2 and run.complete
@@ -68,21 +69,27 @@ def test_names_patterns_and_misfits(user_code: Path, tmp_path: Path) -> None:
         checkpoint_files(tmp_path)
     (folder / "final.pt").unlink()
     with pytest.raises(ConfigError, match="does not fit the model"):
-        import_checkpoints(folder, ModelSpec("torchvision.models:resnet18"), DataConfig(n_train=20, n_val=20, size=16),
-                           out_dir=tmp_path / "runs")
+        import_checkpoints(
+            folder,
+            ModelSpec("torchvision.models:resnet18"),
+            DataConfig(n_train=20, n_val=20, size=16),
+            out_dir=tmp_path / "runs",
+        )
     with pytest.raises(ConfigError, match="no state dict"):
         torch.save({"epoch": 3}, folder / "x.pt")
-        importer.open_checkpoint(folder / "x.pt")
+        checkpoint.open_checkpoint(folder / "x.pt")
 
 
 @pytest.mark.parametrize("fmt, name", [("pt", "step_20.pt"), ("safetensors", "weights_00020.safetensors")])
-def test_a_diverged_checkpoint_is_named_before_any_run_is_written(user_code: Path, tmp_path: Path, cli, fmt: str,
-                                                                  name: str) -> None:
+def test_a_diverged_checkpoint_is_named_before_any_run_is_written(
+    user_code: Path, tmp_path: Path, cli, fmt: str, name: str
+) -> None:
     states = _states()
     states[2]["fc.weight"][0, 0] = float("nan")
     folder = _write(tmp_path / "nan", fmt, states)
-    code, out, err = cli(["import", folder, "--model", "usernets:tiny", *DATA, "--out", tmp_path / "runs",
-                          "--name", "n"])
+    code, out, err = cli(
+        ["import", folder, "--model", "usernets:tiny", *DATA, "--out", tmp_path / "runs", "--name", "n"]
+    )
     assert code == 1 and not (tmp_path / "runs" / "n").exists()
     # the same message whatever the format: the file, the tensor, and what to do
     assert f"{name}: fc.weight has NaN or infinite values" in err and "--pattern to skip it" in err
@@ -101,8 +108,9 @@ def test_a_real_lightning_checkpoint_folder(tmp_path: Path, cli) -> None:
         from litck import fit
 
         fit(tmp_path / "ck", L)
-        code, out, err = cli(["import", tmp_path / "ck", "--model", "litck:Lit", *DATA, "--out", tmp_path / "runs",
-                              "--name", "lit"])
+        code, out, err = cli(
+            ["import", tmp_path / "ck", "--model", "litck:Lit", *DATA, "--out", tmp_path / "runs", "--name", "lit"]
+        )
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("litck", None)
@@ -160,14 +168,15 @@ def test_checkpoints_that_are_not_this_models_weights(user_code: Path, tmp_path:
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "epoch_9.pt").write_text("hello")
     with pytest.raises(ConfigError, match="epoch_9.pt: not a readable PyTorch checkpoint .damaged, or not written by"):
-        importer.open_checkpoint(tmp_path / "text" / "epoch_9.pt")
+        checkpoint.open_checkpoint(tmp_path / "text" / "epoch_9.pt")
     with pytest.raises(ConfigError, match="its group must capture the file's number, not step_0.pt .group: 'step'."):
         checkpoint_files(_write(tmp_path / "named", "pt", _states()), r"(step)_\d+")
 
 
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
-def test_half_precision_checkpoints_are_stored_in_the_networks_dtypes(user_code: Path, tmp_path: Path,
-                                                                     fmt: str) -> None:
+def test_half_precision_checkpoints_are_stored_in_the_networks_dtypes(
+    user_code: Path, tmp_path: Path, fmt: str
+) -> None:
     """float16 and bfloat16 weights and an int32 BatchNorm counter become the network's float32 and
     int64 exactly, so every snapshot has the same dtypes and `featviz check` finds the run sound."""
     states = _states()
@@ -214,8 +223,9 @@ def _misfit(folder: Path, tmp_path: Path, sd: dict[str, torch.Tensor]) -> str:
     return str(e.value)
 
 
-def test_a_prefix_is_dropped_only_when_the_names_then_fit_better(user_code: Path, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_prefix_is_dropped_only_when_the_names_then_fit_better(
+    user_code: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every key of a backbone-only file starts with "features.": dropping it would make none fit, so the
     error names the head it really lacks. With Lightning's "model." in front, the prefix is dropped and
     the error says so; either way the key named is really absent from the file."""

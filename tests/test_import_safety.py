@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import featviz.run.fileio
-from featviz import importer
+from featviz import checkpoint
 from featviz.errors import ConfigError
 from import_helpers import DATA, _import, _states, _write
 
@@ -35,6 +35,7 @@ def test_pickled_objects_are_refused_and_never_run(user_code: Path, tmp_path: Pa
 def deadline():
     """``deadline(s)``: the test fails with TimeoutError if it is still running ``s`` seconds later (a
     search that takes exponential time would otherwise hang the suite)."""
+
     def expire(*_):
         raise TimeoutError("still running at the deadline")
 
@@ -51,8 +52,9 @@ def test_nested_dicts_are_searched_in_bounded_time(user_code: Path, tmp_path: Pa
     folder = tmp_path / "ckpts"
     folder.mkdir()
     for i, sd in enumerate(states):
-        torch.save({"epoch": i, "model": {"net": {"state_dict": sd}}, "optimizer": {"state": {}}},
-                   folder / f"step_{i}.pt")
+        torch.save(
+            {"epoch": i, "model": {"net": {"state_dict": sd}}, "optimizer": {"state": {}}}, folder / f"step_{i}.pt"
+        )
     run = _import(folder, tmp_path)
     assert torch.equal(run.load_snapshot(1)["fc.weight"], states[1]["fc.weight"])
     deep: dict = {"w": torch.zeros(2)}
@@ -143,7 +145,8 @@ class _SpySlice:
 
 
 def test_safetensors_names_dtypes_and_shapes_are_checked_before_any_data_is_read(
-        user_code: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user_code: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A wrong shape is refused from the header alone; a fitting file is read tensor by tensor, a tensor
     larger than a block in blocks of rows, into the network's own tensors."""
     states = _states()
@@ -151,23 +154,25 @@ def test_safetensors_names_dtypes_and_shapes_are_checked_before_any_data_is_read
     folder = _write(tmp_path / "ckpts", "safetensors", states)
     monkeypatch.setattr(featviz.run.fileio, "safe_open", _SpyOpen)  # where every safetensors header is read
     monkeypatch.setattr(_SpyOpen, "reads", [])
-    header, _ = importer.open_checkpoint(folder / "weights_00020.safetensors")
+    header, _ = checkpoint.open_checkpoint(folder / "weights_00020.safetensors")
     assert header["fc.weight"] == (torch.float32, (10, 15)) and _SpyOpen.reads == []
     net = {k: torch.zeros_like(v) for k, v in states[0].items()}
-    with pytest.raises(ConfigError,
-                       match=r"weights_00020.safetensors: fc.weight is \[10, 15\], the model's is \[10, 16\]"):
-        importer.load_checkpoint(folder / "weights_00020.safetensors", net)
+    with pytest.raises(
+        ConfigError, match=r"weights_00020.safetensors: fc.weight is \[10, 15\], the model's is \[10, 16\]"
+    ):
+        checkpoint.load_checkpoint(folder / "weights_00020.safetensors", net)
     assert _SpyOpen.reads == []  # refused before any tensor data was read
-    monkeypatch.setattr(importer, "_BLOCK", 4 * 16 * 4)  # 4 rows of fc.weight [10, 16] float32
-    importer.load_checkpoint(folder / "weights_00010.safetensors", net)
+    monkeypatch.setattr(checkpoint, "_BLOCK", 4 * 16 * 4)  # 4 rows of fc.weight [10, 16] float32
+    checkpoint.load_checkpoint(folder / "weights_00010.safetensors", net)
     assert all(torch.equal(net[k], states[1][k]) for k in net)
     fc = [index for name, index in _SpyOpen.reads if name == "fc.weight"]
     assert fc == [slice(0, 4), slice(4, 8), slice(8, 12)]
     assert {name for name, _ in _SpyOpen.reads} == set(net)
 
 
-def test_torch_zip_checkpoints_are_memory_mapped(user_code: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torch_zip_checkpoints_are_memory_mapped(
+    user_code: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """torch's zip format is mapped (tensor data read only when used); the legacy format, which cannot
     be, is read whole and imports the same."""
     states = _states(2)

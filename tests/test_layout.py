@@ -13,10 +13,21 @@ MODULES = sorted([*(ROOT / "featviz").rglob("*.py"), *(ROOT / "cli").rglob("*.py
 TEST_FILES = sorted((ROOT / "tests").glob("*.py"))
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/metrics.md", "docs/findings.md", "docs/your_model.md",
-                                 "docs/scale.md", "docs/layout.md", "docs/training.md", "docs/gallery.md",
-                                 "docs/guarantees.md",
-                                 "benchmarks/README.md"])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        "README.md",
+        "docs/metrics.md",
+        "docs/findings.md",
+        "docs/your_model.md",
+        "docs/scale.md",
+        "docs/layout.md",
+        "docs/training.md",
+        "docs/gallery.md",
+        "docs/guarantees.md",
+        "benchmarks/README.md",
+    ],
+)
 def test_every_relative_link_resolves(doc: str) -> None:
     path = ROOT / doc
     if not path.exists():

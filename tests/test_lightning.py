@@ -110,9 +110,18 @@ def _fit(root: Path, callback=None, epochs: int = 1, datamodule: bool = False, *
 
     lightning.seed_everything(0, verbose=False)
     model = LitTiny(width=4)
-    trainer = lightning.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
-                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                                default_root_dir=root, callbacks=[callback] if callback else [], **trainer_options)
+    trainer = lightning.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=[callback] if callback else [],
+        **trainer_options,
+    )
     train, val = _sets()
     if datamodule:
         trainer.fit(model, datamodule=Data(train, val))
@@ -124,6 +133,7 @@ def _fit(root: Path, callback=None, epochs: int = 1, datamodule: bool = False, *
 def test_a_lightning_fit_is_recorded_and_renders(litcode: Path, tmp_path: Path, cli) -> None:
     from featviz.integrations.lightning import FeatvizCallback
     from featviz.loading import allow
+    from featviz.optvis import RenderSettings
     from featviz.pipeline import RenderConfig, analyze_run, render_run
 
     model, state = _fit(tmp_path / "pl", FeatvizCallback("lit", out_dir=tmp_path / "out"))
@@ -133,13 +143,19 @@ def test_a_lightning_fit_is_recorded_and_renders(litcode: Path, tmp_path: Path, 
     assert run.meta["configs"]["model"]["kwargs"] == {"width": 4, "lr": 0.1}  # save_hyperparameters
     # 64 images / 8 = 8 optimizer steps (the sanity check's validation is none): log-schedule steps 1, 2, 4
     assert [p.id for p in run.snapshot_points()] == [
-        "epoch_000", "step_0000001", "step_0000002", "step_0000004", "epoch_001"]
+        "epoch_000",
+        "step_0000001",
+        "step_0000002",
+        "step_0000004",
+        "epoch_001",
+    ]
     metrics = run.metrics()
     assert [m["step"] for m in metrics] == [0, 8]
     assert set(metrics[1]) >= {"train_loss", "val_acc", "val_loss"} and 0 <= metrics[1]["val_acc"] <= 1
     assert metrics[1]["val_acc"] == pytest.approx(float(model.trainer.callback_metrics["val_acc"]))
     assert metrics[1]["train_loss"] > 0 and metrics[1]["train_loss"] != pytest.approx(
-        float(model.trainer.callback_metrics["train_loss"]))  # the mean over steps, not the last batch's
+        float(model.trainer.callback_metrics["train_loss"])
+    )  # the mean over steps, not the last batch's
     snap = run.load_snapshot(1)
     assert snap.keys() == state.keys() and all(torch.equal(snap[k], state[k]) for k in state)  # bit for bit
     images, _ = run.load_probe()
@@ -149,7 +165,7 @@ def test_a_lightning_fit_is_recorded_and_renders(litcode: Path, tmp_path: Path, 
     assert code == 0, err
 
     allow(run, model="litnets:LitTiny")  # the factory is the user's code, outside torchvision and featviz
-    summary = render_run(run, RenderConfig(steps=2))
+    summary = render_run(run, RenderConfig(settings=RenderSettings(steps=2)))
     assert summary["am_images"] > 0
     assert list((run.path / "renders" / "am").rglob("ch_*.png"))
     analysis = analyze_run(run, probe_size=16)
@@ -173,17 +189,23 @@ def test_the_callback_changes_nothing_in_training(litcode: Path, tmp_path: Path)
 def test_a_submodule_with_accumulation_and_a_datamodule(litcode: Path, tmp_path: Path, cli) -> None:
     from featviz.integrations.lightning import FeatvizCallback
 
-    cb = FeatvizCallback("inner", out_dir=tmp_path / "out", submodule="net", model_spec="litnets:net",
-                         model_kwargs={"width": 4})
+    cb = FeatvizCallback(
+        "inner", out_dir=tmp_path / "out", submodule="net", model_spec="litnets:net", model_kwargs={"width": 4}
+    )
     model, state = _fit(tmp_path / "pl", cb, epochs=2, datamodule=True, accumulate_grad_batches=2)
     run = Run.open(tmp_path / "out" / "inner")
     assert run.epochs_done == 2 and run.complete and run.meta["configs"]["model"]["factory"] == "litnets:net"
     assert model.trainer.global_step == 8  # 8 batches an epoch, one optimizer step every 2
     assert [m["step"] for m in run.metrics()] == [0, 4, 8]  # optimizer steps, not batches
-    assert [p.id for p in run.snapshot_points()] == ["epoch_000", "step_0000001", "step_0000002", "epoch_001",
-                                                        "epoch_002"]
+    assert [p.id for p in run.snapshot_points()] == [
+        "epoch_000",
+        "step_0000001",
+        "step_0000002",
+        "epoch_001",
+        "epoch_002",
+    ]
     snap = run.load_snapshot(2)
-    inner = {k[len("net."):]: v for k, v in state.items()}
+    inner = {k[len("net.") :]: v for k, v in state.items()}
     assert snap.keys() == inner.keys() and all(torch.equal(snap[k], inner[k]) for k in inner)
     assert [la.name for la in run.info.layers] == ["conv1", "conv2"]
     # with accumulation, a step's loss is its batches' mean (about ln 3 here), not half of it: Lightning's
@@ -209,9 +231,17 @@ def test_mistakes_are_config_errors(litcode: Path, tmp_path: Path, monkeypatch: 
         FeatvizCallback("x", probe_size=-1)
     with pytest.raises(RunError, match="invalid run name 'a/b'"):
         FeatvizCallback("a/b")
-    trainer = lightning.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                                callbacks=[FeatvizCallback("nodata", out_dir=tmp_path / "out")])
+    trainer = lightning.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[FeatvizCallback("nodata", out_dir=tmp_path / "out")],
+    )
     with pytest.raises(ConfigError, match="no validation dataloader"):
         trainer.fit(LitTiny(), DataLoader(_sets()[0], batch_size=8))
     assert not (tmp_path / "out" / "nodata").exists()
@@ -233,9 +263,17 @@ def test_a_crash_leaves_the_run_interrupted(litcode: Path, tmp_path: Path) -> No
 
     from litnets import LitTiny
 
-    trainer = lightning.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                                callbacks=[FeatvizCallback("crash", out_dir=tmp_path / "out"), Crash()])
+    trainer = lightning.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[FeatvizCallback("crash", out_dir=tmp_path / "out"), Crash()],
+    )
     train, val = _sets()
     with pytest.raises(RuntimeError, match="out of memory"):
         trainer.fit(LitTiny(), DataLoader(train, batch_size=8), DataLoader(val, batch_size=16))

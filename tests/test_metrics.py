@@ -86,7 +86,7 @@ def _power_law(n: int, a: float, g: torch.Generator, crop: int | None = None) ->
     top-left crop x crop of an n x n such image, which is not periodic."""
     fy = torch.fft.fftfreq(n, dtype=torch.float64).view(-1, 1)
     fx = torch.fft.fftfreq(n, dtype=torch.float64).view(1, -1)
-    f = torch.sqrt(fy ** 2 + fx ** 2)
+    f = torch.sqrt(fy**2 + fx**2)
     f[0, 0] = 1.0
     amp = f ** (-a / 2)
     amp[0, 0] = 0.0
@@ -156,8 +156,10 @@ def test_even_sized_maps_are_measured_at_the_image_centre(pools: int, side: int)
     out = effective_receptive_field(model, str(len(layers) - 1), x)
     assert out["centre_px"] == pytest.approx([15.5, 15.5], abs=0.5)
     assert len(out["units"]) == 4 and out["traced"]
-    assert out["effective_px"] <= theoretical_receptive_fields((5,) + (3,) * pools, (1,) * (pools + 1),
-                                                               (True,) * pools + (False,))[-1]
+    assert (
+        out["effective_px"]
+        <= theoretical_receptive_fields((5,) + (3,) * pools, (1,) * (pools + 1), (True,) * pools + (False,))[-1]
+    )
 
 
 def test_effective_field_is_reported_raw_with_its_share_outside_the_image() -> None:

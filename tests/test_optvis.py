@@ -40,8 +40,9 @@ def _initial_and_final(model: nn.Module, obj: Objective, **kw) -> tuple[torch.Te
 @pytest.mark.parametrize("transforms", ["none", "standard"])
 def test_target_activation_rises(param: str, transforms: str) -> None:
     for model, layer in ((seq_model(), "2"), (tiny_cnn(), "features.conv2")):
-        v0, v1 = _initial_and_final(model, channel(layer, 1), param=param, transforms=transforms, size=16,
-                                    steps=40, batch=2)
+        v0, v1 = _initial_and_final(
+            model, channel(layer, 1), param=param, transforms=transforms, size=16, steps=40, batch=2
+        )
         assert (v1 > v0 + 0.05).all(), (param, transforms, layer, v0, v1)
 
 
@@ -62,8 +63,8 @@ def test_batched_channels_match_one_at_a_time(make, layer: str) -> None:
     assert batched.images.shape[0] == 8 and batched.keys == list(range(8))
     for c in (0, 4, 7):
         single = maximize(model, channel(layer, c), keys=[c], **kw)
-        assert torch.allclose(single.images, batched.images[c:c + 1], atol=1e-4)
-        assert torch.allclose(single.values, batched.values[c:c + 1], atol=1e-4)
+        assert torch.allclose(single.images, batched.images[c : c + 1], atol=1e-4)
+        assert torch.allclose(single.values, batched.values[c : c + 1], atol=1e-4)
     assert batched.settings["layer"] == layer and batched.settings["steps"] == 12
     # the recorded value is the channel-mean activation on the final, untransformed image
     with torch.no_grad():
@@ -116,8 +117,10 @@ def test_images_the_model_cannot_take_are_one_line(optimize: bool) -> None:
     """The same message from render and maximize_channels, before any optimization (it was a raw torch error
     from whichever layer met the image first: on the fast path, the one-channel conv's batched matmul)."""
     model = tiny_cnn()
-    for call in (lambda: maximize(model, "features.conv2:1", steps=2, size=8, image_channels=1, optimize=optimize),
-                 lambda: maximize_channels(model, "features.conv2", [0], steps=2, size=8, image_channels=1)):
+    for call in (
+        lambda: maximize(model, "features.conv2:1", steps=2, size=8, image_channels=1, optimize=optimize),
+        lambda: maximize_channels(model, "features.conv2", [0], steps=2, size=8, image_channels=1),
+    ):
         with pytest.raises(ConfigError, match=r"model cannot run on images of shape \[1, 1, 8, 8\]: .*3 channels"):
             call()
     assert hook_count(model) == 0 and all(p.requires_grad for p in model.parameters())
@@ -161,8 +164,9 @@ def test_model_state_restored_and_hooks_removed_after_errors() -> None:
 def test_one_channel_model() -> None:
     model = tiny_cnn(in_channels=1)
     color = color_matrix(torch.randint(0, 255, (4, 1, 8, 8), dtype=torch.uint8))
-    v0, v1 = _initial_and_final(model, channel("features.conv2", 0), image_channels=1, size=16, steps=30,
-                                color=color, mean=[0.5], std=[0.25])
+    v0, v1 = _initial_and_final(
+        model, channel("features.conv2", 0), image_channels=1, size=16, steps=30, color=color, mean=[0.5], std=[0.25]
+    )
     assert (v1 > v0).all()
     r = maximize_channels(model, "features.conv1", [0, 2], image_channels=1, size=12, steps=3)
     assert r.images.shape == (2, 1, 12, 12) and r.keys == [0, 2]
@@ -211,20 +215,23 @@ def test_render_settings_are_checked_recorded_and_overridable() -> None:
     assert torch.equal(again.images, r.images)  # the settings object and keywords are the same thing
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(image_channels=[0, 1]), "image_channels must be an integer"),
-    (dict(image_channels=True), "image_channels must be an integer"),
-    (dict(size=1), "size must be >= 2"),
-    (dict(steps=2.5), "steps must be an integer"),
-    (dict(lr=0), "lr must be positive"),
-    (dict(param="nope"), "unknown param"),
-    (dict(transforms="nope"), "unknown transforms"),
-    (dict(mean=[0.1, 0.2]), "mean/std need 1 or 3 values"),
-    (dict(std=[0.0]), "std must be positive"),
-    (dict(color=torch.eye(2)), r"colour matrix must be \[3, 3\]"),
-    (dict(optimize="yes"), "optimize must be"),
-    (dict(device="nowhere"), "unknown device"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(image_channels=[0, 1]), "image_channels must be an integer"),
+        (dict(image_channels=True), "image_channels must be an integer"),
+        (dict(size=1), "size must be >= 2"),
+        (dict(steps=2.5), "steps must be an integer"),
+        (dict(lr=0), "lr must be positive"),
+        (dict(param="nope"), "unknown param"),
+        (dict(transforms="nope"), "unknown transforms"),
+        (dict(mean=[0.1, 0.2]), "mean/std need 1 or 3 values"),
+        (dict(std=[0.0]), "std must be positive"),
+        (dict(color=torch.eye(2)), r"colour matrix must be \[3, 3\]"),
+        (dict(optimize="yes"), "optimize must be"),
+        (dict(device="nowhere"), "unknown device"),
+    ],
+)
 def test_render_settings_reject_bad_values(kw: dict, match: str) -> None:
     from featviz.optvis import RenderSettings
 
@@ -263,25 +270,31 @@ def test_seeds_sizes_and_counts_out_of_range_are_one_line() -> None:
     """Seeds beyond 64 bits would collide with smaller ones (the element seeds hash them modulo 2**64)."""
     model = seq_model()
     with pytest.raises(ConfigError, match="seed must be <= 9223372036854775807"):
-        maximize(model, "2:1", steps=1, size=12, seed=5 + 2 ** 64)
+        maximize(model, "2:1", steps=1, size=12, seed=5 + 2**64)
     with pytest.raises(ConfigError, match="seed must be an integer in"):
-        noise_images(2, 3, 8, seed=2 ** 70)
+        noise_images(2, 3, 8, seed=2**70)
     for bad in (0, -1):
         with pytest.raises(ConfigError, match="noise_images needs n >= 1"):
             noise_images(bad, 3, 8)
-    for size, message in ((-4, "at least 2x2 px, got -4x-4"), (16.5, "an integer or .height, width. integers"),
-                          ((16, 16, 3), "an integer or .height, width. integers")):
+    for size, message in (
+        (-4, "at least 2x2 px, got -4x-4"),
+        (16.5, "an integer or .height, width. integers"),
+        ((16, 16, 3), "an integer or .height, width. integers"),
+    ):
         with pytest.raises(ConfigError, match=message):
             layer_channels(model, "2", size=size)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: pad(1.5), "pad must be a whole number of pixels >= 0, got 1.5"),
-    (lambda: random_rotate("5"), "degrees must be a finite number, got '5'"),
-    (lambda: RandomAffine(scale=1.0), r"scale is a \(lo, hi\) range, got 1.0"),
-    (lambda: jitter(float("nan")), "translate must be a finite number, got nan"),
-    (lambda: random_scale(1, float("inf")), "scale must be a finite number, got inf"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: pad(1.5), "pad must be a whole number of pixels >= 0, got 1.5"),
+        (lambda: random_rotate("5"), "degrees must be a finite number, got '5'"),
+        (lambda: RandomAffine(scale=1.0), r"scale is a \(lo, hi\) range, got 1.0"),
+        (lambda: jitter(float("nan")), "translate must be a finite number, got nan"),
+        (lambda: random_scale(1, float("inf")), "scale must be a finite number, got inf"),
+    ],
+)
 def test_transform_settings_are_checked_when_built(make, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make()

@@ -77,8 +77,11 @@ def test_fast_copy_pools_into_a_thin_conv_only_where_exact() -> None:
     assert isinstance(fast.features.conv1, PooledConv)
     from featviz.hooks import capture
 
-    with capture(model, ["features.pool1", "features.conv2"]) as a, \
-            capture(fast, ["features.pool1", "features.conv2"]) as b, torch.no_grad():
+    with (
+        capture(model, ["features.pool1", "features.conv2"]) as a,
+        capture(fast, ["features.pool1", "features.conv2"]) as b,
+        torch.no_grad(),
+    ):
         model(x), fast(x)
     assert torch.allclose(a["features.pool1"], b["features.pool1"], atol=1e-5)
     assert torch.allclose(a["features.conv2"], b["features.conv2"], atol=1e-5)
@@ -121,11 +124,14 @@ def test_prepare_fast_returns_the_copy_and_the_objective_to_use_on_it() -> None:
     net, work = prepare_fast(model, obj, batch=2)
     assert net is not model and isinstance(net.features.conv2, SelectedConv) and work is not obj
     assert type(model.features.conv2) is nn.Conv2d  # the model itself is untouched
-    from featviz.optvis.actmax import forward_until
+    from featviz.optvis.forward import forward_until
 
     x = torch.rand(2, 3, 16, 16)
-    with forward_until(model, ["features.bn2"]) as run_a, forward_until(net, ["features.bn2"]) as run_b, \
-            torch.no_grad():
+    with (
+        forward_until(model, ["features.bn2"]) as run_a,
+        forward_until(net, ["features.bn2"]) as run_b,
+        torch.no_grad(),
+    ):
         assert torch.allclose(obj(run_a(x)), work(run_b(x)), atol=1e-5)
     same_net, same = prepare_fast(model, neuron("features.bn2", 1), batch=2)
     assert same_net is not model and same.name == "features.bn2:1@None,None"  # not a channel mean: unchanged

@@ -105,7 +105,7 @@ def test_objective_errors() -> None:
     with pytest.raises(ConfigError, match="layer names are strings"):
         channel(0, 1)
     with pytest.raises(ConfigError, match="channel index 1000000000000000000000000000000 is out of range"):
-        channel("l", 10 ** 30)
+        channel("l", 10**30)
     assert Objective(lambda a: a["conv"].mean((1, 2, 3)), "conv").layers == {"conv"}  # one name, not c, o, n, v
 
 
@@ -144,8 +144,27 @@ def test_parse_forms() -> None:
     assert parse("2:5").layers == {"2"}  # nn.Sequential child names are digits
 
 
-@pytest.mark.parametrize("bad", ["", "   ", "l:", "l:x", "l:1@2", "l:1@2,", ":3", "l:1 +", "3", "l:1 * * 2",
-                                 "__import__('os')", "l:1; l:2", "l..a:1", "l:1 / l:2", "l:-1", "(l:1"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "   ",
+        "l:",
+        "l:x",
+        "l:1@2",
+        "l:1@2,",
+        ":3",
+        "l:1 +",
+        "3",
+        "l:1 * * 2",
+        "__import__('os')",
+        "l:1; l:2",
+        "l..a:1",
+        "l:1 / l:2",
+        "l:-1",
+        "(l:1",
+    ],
+)
 def test_parse_rejects_garbage(bad: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse(bad)
@@ -192,8 +211,14 @@ def test_transforms_shapes_and_identity() -> None:
     assert torch.allclose(RandomAffine()(x), x, atol=1e-6)
     assert pad(2)(x).shape == (4, 3, 20, 20)
     assert pad(2, mode="constant")(x)[0, 0, 0, 0] == 0.5
-    for t in (jitter(2, rng=0), random_scale(0.9, 1.1, rng=0), random_rotate(10, rng=0), standard(16, rng=0),
-              RandomAffine(pad=2, rng=0), RandomAffine(pad=2, mode="constant", translate=3, rng=0)):
+    for t in (
+        jitter(2, rng=0),
+        random_scale(0.9, 1.1, rng=0),
+        random_rotate(10, rng=0),
+        standard(16, rng=0),
+        RandomAffine(pad=2, rng=0),
+        RandomAffine(pad=2, mode="constant", translate=3, rng=0),
+    ):
         y = t(x)
         assert y.shape[:2] == (4, 3) and y.min() >= -1e-6 and y.max() <= 1 + 1e-6
     assert compose(pad(1), jitter(1, rng=1))(x).shape == (4, 3, 18, 18)

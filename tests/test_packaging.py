@@ -23,8 +23,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                          str(out), str(src)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     (found,) = out.glob("featviz-*.whl")
     return found
@@ -45,9 +49,21 @@ def test_the_wheel_runs_from_a_clean_folder(wheel: Path, tmp_path: Path) -> None
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
-    res = subprocess.run([sys.executable, "-m", "featviz", "runs", "--out", str(tmp_path / "none")], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "featviz", "runs", "--out", str(tmp_path / "none")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0 and "no runs under" in res.stdout, res.stderr[-2000:]
-    where = subprocess.run([sys.executable, "-c", "import featviz.cli.main as m; print(m.__file__)"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=120)
+    where = subprocess.run(
+        [sys.executable, "-c", "import featviz.cli.main as m; print(m.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert where.stdout.strip().startswith(str(site)), where  # the wheel's copy, not the repository's

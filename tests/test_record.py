@@ -25,8 +25,9 @@ def test_a_spec_that_builds_another_network_is_refused(user_code: Path, tmp_path
     with pytest.raises(ConfigError, match="needs data"):
         featviz.record(tiny(), "y", out_dir=tmp_path, model_spec="usernets:tiny")
     with pytest.raises(ConfigError, match="model_spec"):
-        featviz.record(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).__class__.__new__(_Local), "z", out_dir=tmp_path,
-                       data=Flips())
+        featviz.record(
+            torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).__class__.__new__(_Local), "z", out_dir=tmp_path, data=Flips()
+        )
 
 
 class _Local(torch.nn.Module):
@@ -62,12 +63,19 @@ def test_recorder_edge_cases(user_code: Path, tmp_path: Path, cli) -> None:
     with pytest.raises(ConfigError, match="no Conv2d"):
         featviz.record(MLP(), "mlp", out_dir=tmp_path, model_spec="usernets:MLP", data=Flips()).start()
     with pytest.raises(ConfigError, match="JSON values"):
-        featviz.record(tiny(), "kw", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(),
-                       model_kwargs={"dtype": torch.float32})
+        featviz.record(
+            tiny(),
+            "kw",
+            out_dir=tmp_path,
+            model_spec="usernets:tiny",
+            data=Flips(),
+            model_kwargs={"dtype": torch.float32},
+        )
     assert not (tmp_path / "mlp").exists() and not (tmp_path / "kw").exists()
     images = torch.rand(20, 3, 12, 12)
-    rec = featviz.record(tiny(), "bare", out_dir=tmp_path, model_spec="usernets:tiny",
-                         data=torch.utils.data.TensorDataset(images))  # 1-tuples: images without labels
+    rec = featviz.record(
+        tiny(), "bare", out_dir=tmp_path, model_spec="usernets:tiny", data=torch.utils.data.TensorDataset(images)
+    )  # 1-tuples: images without labels
     rec.start()
     assert rec.run.load_probe()[1].tolist() == [-1] * 20
 
@@ -144,10 +152,14 @@ def test_a_model_that_changes_its_tensors_is_refused_at_the_snapshot(user_code: 
     from usernets import TwoHeads
 
     model = TwoHeads()
-    with pytest.raises(ConfigError, match=r"conv.weight is \[6, 3, 3, 3\] float32, was \[4, 3, 3, 3\] float32.*"
-                                          r"epoch 2 snapshot was not written"):
-        with featviz.record(model, "grown", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips(),
-                            snapshots="epoch") as rec:
+    with pytest.raises(
+        ConfigError,
+        match=r"conv.weight is \[6, 3, 3, 3\] float32, was \[4, 3, 3, 3\] float32.*"
+        r"epoch 2 snapshot was not written",
+    ):
+        with featviz.record(
+            model, "grown", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips(), snapshots="epoch"
+        ) as rec:
             rec.step(loss=1.0)
             rec.epoch()
             model.conv = torch.nn.Conv2d(3, 6, 3, padding=1)  # other channels between two epochs
@@ -158,13 +170,17 @@ def test_a_model_that_changes_its_tensors_is_refused_at_the_snapshot(user_code: 
     assert [p.id for p in run.snapshot_points()] == ["epoch_000", "epoch_001"]
 
     model = TwoHeads()
-    rec = featviz.record(model, "halved", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips(),
-                         snapshots="every:1")
+    rec = featviz.record(
+        model, "halved", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips(), snapshots="every:1"
+    )
     rec.start()
     rec.step(loss=1.0)
     model.half()
-    with pytest.raises(ConfigError, match=r"conv.weight is \[4, 3, 3, 3\] float16, was \[4, 3, 3, 3\] float32.*"
-                                          r"step 2 snapshot was not written"):
+    with pytest.raises(
+        ConfigError,
+        match=r"conv.weight is \[4, 3, 3, 3\] float16, was \[4, 3, 3, 3\] float32.*"
+        r"step 2 snapshot was not written",
+    ):
         rec.step(loss=1.0)
     assert rec.step_count == 1 and len(rec.losses) == 1 and not rec.run.step_snapshot_file(2).exists()
 
@@ -176,8 +192,9 @@ def _run_with_another_network_at_epoch_2(tmp_path: Path) -> Run:
     from featviz.run.fileio import save_tensors
 
     model = TwoHeads()
-    with featviz.record(model, "changed", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips(),
-                        snapshots="epoch") as rec:
+    with featviz.record(
+        model, "changed", out_dir=tmp_path, model_spec="usernets:TwoHeads", data=Flips(), snapshots="epoch"
+    ) as rec:
         rec.step(loss=1.0)
         rec.epoch()
     run = Run.open(rec.run.path)
@@ -195,6 +212,7 @@ def test_render_names_a_snapshot_of_another_network(user_code: Path, tmp_path: P
     from featviz import render
     from featviz.config import RenderConfig
     from featviz.loading import allow, fitting
+    from featviz.optvis import RenderSettings
 
     run = _run_with_another_network_at_epoch_2(tmp_path)
     code, out, err = cli(["render", run.path, "--steps", "2", "--size", "12", "--model", "usernets:TwoHeads"])
@@ -207,11 +225,12 @@ def test_render_names_a_snapshot_of_another_network(user_code: Path, tmp_path: P
     assert "conv.weight is [6, 3, 3, 3] in it, [4, 3, 3, 3] in the run's network" in bad["epoch_002"]
     assert render.draw_filters(run, run.info.layers, points, snaps) > 0
     assert not [r for r in run.render_index() if "epoch_002" in r.file]
-    cfg = RenderConfig(steps=2, size=12, filters=False)
+    cfg = RenderConfig(filters=False, settings=RenderSettings(steps=2, size=12))
     with pytest.raises(RunError, match=r"epoch_002.safetensors does not fit the run's network: conv.weight is \[6"):
         render.maximize_layers(run, run.info.layers, points[-1:], cfg, torch.device("cpu"))
-    code, out, err = cli(["render", run.path, "--steps", "2", "--size", "12", "--moments", "0,1",
-                          "--model", "usernets:TwoHeads"])
+    code, out, err = cli(
+        ["render", run.path, "--steps", "2", "--size", "12", "--moments", "0,1", "--model", "usernets:TwoHeads"]
+    )
     assert code == 0 and "epoch_002 left out of the filter images" in err, err
     result = featviz.analyze_run(run, probe_size=10)
     assert list(result["skipped_epochs"]) == ["2"] and result["epochs"] == [0, 1]
@@ -234,11 +253,13 @@ def test_a_nested_recorder_of_the_same_run_is_refused(user_code: Path, tmp_path:
     from usernets import tiny
 
     outer_model, inner_model = tiny(), tiny()
-    with featviz.record(outer_model, "x", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(),
-                        force=True) as rec:
+    with featviz.record(
+        outer_model, "x", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(), force=True
+    ) as rec:
         with pytest.raises(RunError, match=r"run .*x is being written by pid \d+"):
-            with featviz.record(inner_model, "x", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(),
-                                force=True):
+            with featviz.record(
+                inner_model, "x", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(), force=True
+            ):
                 pytest.fail("the nested recorder started")
         rec.step(loss=1.0)
         rec.epoch()
@@ -246,7 +267,8 @@ def test_a_nested_recorder_of_the_same_run_is_refused(user_code: Path, tmp_path:
 
     rep = check_run(tmp_path / "x")
     assert rep.ok and rep.epochs_done == 1, rep.problems
-    with featviz.record(inner_model, "x", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(),
-                        force=True) as rec:  # once the first has closed, force replaces it
+    with featviz.record(
+        inner_model, "x", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(), force=True
+    ) as rec:  # once the first has closed, force replaces it
         rec.epoch()
     assert check_run(tmp_path / "x").ok

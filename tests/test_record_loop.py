@@ -40,8 +40,11 @@ def _loop(out: Path | None, epochs: int = 2, **rec_options) -> tuple[dict, list[
     data = Flips()
     loader = DataLoader(data, batch_size=16, shuffle=True)
     losses: list[float] = []
-    rec = featviz.record(model, "mine", out_dir=out, model_spec="usernets:tiny", data=data,
-                         **rec_options) if out else None
+    rec = (
+        featviz.record(model, "mine", out_dir=out, model_spec="usernets:tiny", data=data, **rec_options)
+        if out
+        else None
+    )
     if rec:
         rec.start()
     for _ in range(epochs):
@@ -69,7 +72,13 @@ def test_recorded_run_has_the_trained_run_layout(user_code: Path, tmp_path: Path
     assert run.epochs_done == 2 and run.complete and run.meta["source"] == "record"
     # 96 images / 16 = 6 steps per epoch: the log schedule adds steps 1, 2, 4 inside epoch 1
     assert [p.id for p in run.snapshot_points()] == [
-        "epoch_000", "step_0000001", "step_0000002", "step_0000004", "epoch_001", "epoch_002"]
+        "epoch_000",
+        "step_0000001",
+        "step_0000002",
+        "step_0000004",
+        "epoch_001",
+        "epoch_002",
+    ]
     metrics = run.metrics()
     assert [m["step"] for m in metrics] == [0, 6, 12] and metrics[2]["val_acc"] == 0.5
     assert metrics[1]["train_loss"] == pytest.approx(sum(losses[:6]) / 6)
@@ -81,8 +90,11 @@ def test_recorded_run_has_the_trained_run_layout(user_code: Path, tmp_path: Path
     assert [la.rf_px for la in layers] == [3, 5, 7, 9]  # 3, +2, +2, +2 (the stride widens only what comes after)
     assert run.meta["data"]["classes"] == ["low", "mid", "high"] and run.meta["data"]["size"] == 12
     images, labels = run.load_probe()
-    assert (images.dtype == torch.uint8 and images.shape == (96, 3, 12, 12)
-            and labels.tolist()[:3] == Flips().y[:3].tolist())
+    assert (
+        images.dtype == torch.uint8
+        and images.shape == (96, 3, 12, 12)
+        and labels.tolist()[:3] == Flips().y[:3].tolist()
+    )
     code, out, err = cli(["check", run.path])
     assert code == 0, err
     code, out, err = cli(["render", run.path, "--steps", "4", "--model", "usernets:tiny"])
@@ -101,8 +113,9 @@ def test_a_failed_loop_keeps_committed_epochs(user_code: Path, tmp_path: Path) -
 
     model = tiny()
     with pytest.raises(RuntimeError):
-        with featviz.record(model, "crash", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(),
-                            epochs=5) as rec:
+        with featviz.record(
+            model, "crash", out_dir=tmp_path, model_spec="usernets:tiny", data=Flips(), epochs=5
+        ) as rec:
             for _ in range(3):
                 rec.step(loss=1.0)
             rec.epoch()
@@ -170,7 +183,7 @@ class _Stream(torch.utils.data.IterableDataset):
 
 
 def test_probe_from_an_iterable_dataset() -> None:
-    from featviz.record import take_probe
+    from featviz.probe import take_probe
 
     for data, n in ((_Stream(), 4), (DataLoader(_Stream(), batch_size=3), 5)):
         x, y = take_probe(data, n)
@@ -183,15 +196,17 @@ def test_probe_tells_examples_from_batches_by_their_dimensions(user_code: Path, 
     as batches of C images)."""
     from usernets import tiny
 
-    from featviz.record import take_probe
+    from featviz.probe import take_probe
 
     x, y = take_probe(((torch.full((3, 4, 4), float(i)), i % 3) for i in range(10)), 4)
     assert x.shape == (4, 3, 4, 4) and y.tolist() == [0, 1, 2, 0] and x[:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
     x, y = take_probe(iter([(torch.rand(3, 3, 4, 4), torch.tensor([0, 1, 2]))] * 2), 5)
     assert x.shape == (5, 3, 4, 4) and y.tolist() == [0, 1, 2, 0, 1]
-    for data, message in (((torch.rand(4, 4) for _ in range(3)), r"image tensors shaped \[4, 4\]; featviz reads one"),
-                          (iter([torch.rand(1, 2, 3, 4, 4)]), r"shaped \[1, 2, 3, 4, 4\]"),
-                          (iter([(torch.rand(2, 3, 4, 4), torch.tensor([0, 1, 2]))]), r"2 image\(s\) with 3 labels")):
+    for data, message in (
+        ((torch.rand(4, 4) for _ in range(3)), r"image tensors shaped \[4, 4\]; featviz reads one"),
+        (iter([torch.rand(1, 2, 3, 4, 4)]), r"shaped \[1, 2, 3, 4, 4\]"),
+        (iter([(torch.rand(2, 3, 4, 4), torch.tensor([0, 1, 2]))]), r"2 image\(s\) with 3 labels"),
+    ):
         with pytest.raises(ConfigError, match=message):
             take_probe(data, 4)
     examples = ((Flips().x[i], i % 3) for i in range(20))

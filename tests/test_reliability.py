@@ -23,6 +23,7 @@ import torch
 from conftest import make_png_folder
 from featviz.config import RenderConfig
 from featviz.faults import ENV_AT, ENV_FILE
+from featviz.optvis import RenderSettings
 from featviz.pipeline import analyze_run, render_run
 from featviz.run.check import check_run
 from featviz.run.fileio import load_tensors
@@ -31,7 +32,7 @@ from featviz.run.store import Run
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 STEPS_PER_EPOCH = 4  # 27 training images of the 30 (10% held out), batches of 8
-FAST = dict(steps=2, size=16)
+FAST = dict(settings=RenderSettings(steps=2, size=16))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -43,9 +44,34 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _train_cmd(data: Path, out: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "featviz", "train", "--data", f"folder:{data}", "--size", "16",
-            "--epochs", str(EPOCHS), "--batch-size", "8", "--widths", "4,8", "--kernels", "5,3",
-            "--strides", "1,1", "--pools", "1,0", "--out", str(out), "--name", name, "--seed", "3"]
+    return [
+        sys.executable,
+        "-m",
+        "featviz",
+        "train",
+        "--data",
+        f"folder:{data}",
+        "--size",
+        "16",
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "8",
+        "--widths",
+        "4,8",
+        "--kernels",
+        "5,3",
+        "--strides",
+        "1,1",
+        "--pools",
+        "1,0",
+        "--out",
+        str(out),
+        "--name",
+        name,
+        "--seed",
+        "3",
+    ]
 
 
 def _run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
@@ -54,8 +80,14 @@ def _run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
 
 def _start_paused(cmd: list[str], at: str, marker: Path) -> subprocess.Popen:
     """Start ``cmd`` and wait until it sleeps at pause point ``at`` (it wrote its pid to ``marker``)."""
-    proc = subprocess.Popen(cmd, env=_env(**{ENV_AT: at, ENV_FILE: str(marker)}), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=_env(**{ENV_AT: at, ENV_FILE: str(marker)}),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 90
     while not marker.exists():
         if proc.poll() is not None:
@@ -200,8 +232,13 @@ def test_damaged_snapshot_is_named_and_the_other_epochs_still_work(how: str, dam
 
 def test_malformed_run_json_is_named(damaged_copy: Run, cli) -> None:
     (damaged_copy.path / "run.json").write_text('{"configs": {')
-    for argv in (["check", damaged_copy.path], ["render", damaged_copy.path], ["analyze", damaged_copy.path],
-                 ["summary", damaged_copy.path], ["gallery", damaged_copy.path]):
+    for argv in (
+        ["check", damaged_copy.path],
+        ["render", damaged_copy.path],
+        ["analyze", damaged_copy.path],
+        ["summary", damaged_copy.path],
+        ["gallery", damaged_copy.path],
+    ):
         code, out, err = cli(argv)
         assert code != 0 and "run.json" in err and "not valid JSON" in err, (argv, err)
         assert "Traceback" not in out + err
@@ -259,8 +296,15 @@ def test_no_pickle_eval_or_exec_in_the_package() -> None:
 
 
 def test_the_security_grep_catches_what_it_looks_for() -> None:
-    bad = ["import pickle", "x = pickle.loads(b)", "torch.load(path)", "torch.load(p, weights_only=False)",
-           "y = eval(s)", "exec(code)", "np.load(p, allow_pickle=True)"]
+    bad = [
+        "import pickle",
+        "x = pickle.loads(b)",
+        "torch.load(path)",
+        "torch.load(p, weights_only=False)",
+        "y = eval(s)",
+        "exec(code)",
+        "np.load(p, allow_pickle=True)",
+    ]
     for line in bad:
         assert any(rx.search(line) for rx, _ in UNSAFE), line
     for line in ["model.eval()", "torch.load(p, weights_only=True)", "# never unpickles"]:
@@ -286,6 +330,7 @@ def test_unknown_layer_in_render_never_becomes_a_path(damaged_copy: Run, cli) ->
 
 def test_safetensors_never_runs_code(tmp_path: Path) -> None:
     """A pickle file named like a snapshot is rejected as not-safetensors, never unpickled."""
+
     class Boom:
         def __reduce__(self):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))

@@ -14,12 +14,13 @@ from featviz.config import RenderConfig
 from featviz.errors import ConfigError, RunError
 from featviz.gallery.build import build_gallery
 from featviz.gallery.serve import make_server
+from featviz.optvis import RenderSettings
 from featviz.pipeline import render_run
 from featviz.run.schema import SnapshotPoint
 from featviz.run.store import Run
 from featviz.schedule import parse_epochs
 
-FAST = dict(steps=6, chunk=64)
+FAST = dict(settings=RenderSettings(steps=6, chunk=64))
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +62,19 @@ def test_render_writes_filters_and_actmax_for_every_depth_and_epoch(rendered: Ru
 def test_rerender_reuses_matching_settings_and_force_redoes(rendered: Run) -> None:
     again = render_run(rendered, RenderConfig(moments="all", **FAST))
     assert again["am_images"] == 0 and again["filter_files"] == 0
-    changed = render_run(rendered, RenderConfig(moments="last", layers=("features.conv1",), **{**FAST, "steps": 7}))
+    changed = render_run(
+        rendered, RenderConfig(moments="last", layers=("features.conv1",), settings=RenderSettings(steps=7, chunk=64))
+    )
     assert changed["am_images"] == rendered.info.layers[0].out_ch
     forced = render_run(rendered, RenderConfig(moments="0", layers=("features.conv2",), force=True, **FAST))
     assert forced["am_images"] == 8 and forced["filter_files"] > 0
     # the CUDA-graph switch reaches the renderer; on a CPU it records why the loop ran eagerly
-    render_run(rendered, RenderConfig(moments="0", layers=("features.conv2",), force=True, cuda_graph="off", **FAST))
+    render_run(
+        rendered,
+        RenderConfig(
+            moments="0", layers=("features.conv2",), force=True, settings=RenderSettings(steps=6, cuda_graph=False)
+        ),
+    )
     grids = [r for r in rendered.render_index() if r.kind == "am_grid" and r.layer == "features.conv2"]
     assert grids and grids[-1].render_settings["cuda_graph"] is False
     assert grids[-1].render_settings["resolved"]["cuda_graph"] == "off"
@@ -77,8 +85,7 @@ def test_learned_part_is_the_change_from_the_init(rendered: Run) -> None:
     not zero later, and its records carry the snapshot's step and label."""
     import numpy as np
 
-    recs = {r.point: r for r in rendered.render_index() if r.kind == "filters_learned"
-            and r.layer == "features.conv1"}
+    recs = {r.point: r for r in rendered.render_index() if r.kind == "filters_learned" and r.layer == "features.conv1"}
     init = np.array(Image.open(rendered.path / recs["epoch_000"].file))
     last = np.array(Image.open(rendered.path / recs["epoch_002"].file))
     plain = np.array(Image.open(rendered.path / "renders/filters/features.conv1/epoch_000.png"))
@@ -97,8 +104,15 @@ def test_auto_moments_follow_learning() -> None:
     points.sort(key=lambda p: p.step)
     chosen = [p.id for p in moments("auto", points)]
     # the init, steps near 157^(1/4), 157^(1/2), 157^(3/4) on a log scale, epoch 1, the middle, the end
-    assert chosen == ["epoch_000", "step_0000004", "step_0000016", "step_0000032", "epoch_001", "epoch_004",
-                      "epoch_008"]
+    assert chosen == [
+        "epoch_000",
+        "step_0000004",
+        "step_0000016",
+        "step_0000032",
+        "epoch_001",
+        "epoch_004",
+        "epoch_008",
+    ]
     assert [p.id for p in moments("0,8", points)] == ["epoch_000", "epoch_008"]
     assert len(moments("snapshots", points)) == len(points)
 
@@ -178,16 +192,19 @@ def test_cli_render_and_gallery(rendered: Run, cli, tmp_path: Path) -> None:
     assert code == 0 and (dst / "gallery/index.html").is_file()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["render", "{run}", "--layers", "nope"], "valid conv layers"),
-    (["render", "{run}", "--moments", "99"], "not in the run"),
-    (["render", "{run}", "--channels", "50"], "out of range"),
-    (["render", "{run}", "--param", "cppn"], "unknown parametrization"),
-    (["render", "{run}", "--steps", "0"], "--steps"),
-    (["render", "{tmp}"], "not a featviz run"),
-    (["render", "{tmp}/missing"], "does not exist"),
-    (["gallery", "{tmp}/missing"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["render", "{run}", "--layers", "nope"], "valid conv layers"),
+        (["render", "{run}", "--moments", "99"], "not in the run"),
+        (["render", "{run}", "--channels", "50"], "out of range"),
+        (["render", "{run}", "--param", "cppn"], "unknown parametrization"),
+        (["render", "{run}", "--steps", "0"], "--steps"),
+        (["render", "{tmp}"], "not a featviz run"),
+        (["render", "{tmp}/missing"], "does not exist"),
+        (["gallery", "{tmp}/missing"], "does not exist"),
+    ],
+)
 def test_cli_render_bad_inputs(rendered: Run, cli, tmp_path: Path, argv: list[str], needle: str) -> None:
     args = [a.format(run=rendered.path, tmp=tmp_path) for a in argv]
     code, out, err = cli(args)

@@ -93,8 +93,10 @@ def _assert_committed_snapshots_good(run, last_good: int) -> None:
     manifest = json.loads((run.path / "manifest.json").read_text())  # the commit record itself
     assert manifest["epochs_done"] == last_good
     steps = [f"snapshots/{name}" for name in LOG_STEPS] if last_good >= 1 else []  # inside epoch 1 only
-    assert sorted(rel for rel in manifest["files"] if rel.startswith("snapshots/")) == [
-        f"snapshots/epoch_{e:03d}.safetensors" for e in range(last_good + 1)] + steps
+    assert (
+        sorted(rel for rel in manifest["files"] if rel.startswith("snapshots/"))
+        == [f"snapshots/epoch_{e:03d}.safetensors" for e in range(last_good + 1)] + steps
+    )
     assert not (run.path / "snapshots" / f"epoch_{last_good + 1:03d}.safetensors").exists()
 
 
@@ -127,8 +129,9 @@ class _NanLossAfter:
         return loss
 
 
-def test_divergence_in_epoch_two_keeps_epoch_one_and_can_resume(tiny_run, tiny_cfgs, tmp_path: Path,
-                                                                 monkeypatch) -> None:
+def test_divergence_in_epoch_two_keeps_epoch_one_and_can_resume(
+    tiny_run, tiny_cfgs, tmp_path: Path, monkeypatch
+) -> None:
     data_cfg, model_cfg, train_cfg = tiny_cfgs
     monkeypatch.setattr(train_mod, "F", _NanLossAfter(TINY_BATCHES + 3))  # epoch 2, batch 3
     with pytest.raises(TrainingDiverged, match="epoch 2, batch 3.*last good snapshot is epoch 1"):

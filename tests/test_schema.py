@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from featviz.config import RenderConfig
+from featviz.optvis import RenderSettings
 from featviz.pipeline import analyze_run, render_run
 from featviz.run.check import check_run
 from featviz.run.schema import (
@@ -45,20 +46,37 @@ def test_each_type_round_trips_through_json(tiny_run: Run) -> None:
     assert DataInfo.from_json(json.loads(json.dumps(tiny_run.info.data.to_json()))) == tiny_run.info.data
     point = SnapshotPoint("step_0000064", "step", 64, None, "step 64 · epoch 0.41")
     assert SnapshotPoint(**point.to_json()) == point
-    rec = RenderRecord("renders/am/s/conv/epoch_001/ch_0001.png", "am", layer="conv", depth=1, channel=1,
-                       point="epoch_001", epoch=1, step=7, settings={"steps": 2}, settings_set="s", activation=0.5)
+    rec = RenderRecord(
+        "renders/am/s/conv/epoch_001/ch_0001.png",
+        "am",
+        layer="conv",
+        depth=1,
+        channel=1,
+        point="epoch_001",
+        epoch=1,
+        step=7,
+        settings={"steps": 2},
+        settings_set="s",
+        activation=0.5,
+    )
     assert RenderRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d["layers"][0].pop("kernel"), "layer 0: kernel is missing or of the wrong type"),
-    (lambda d: d["layers"][1].update(out_ch="8"), "layer 1: out_ch is missing or of the wrong type"),
-    (lambda d: d["data"].update(size=-1), "data: size is missing or of the wrong type"),
-    (lambda d: d["data"].pop("mean"), "data: mean is missing or of the wrong type"),
-    (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), f"schema {SCHEMA_VERSION + 1} is newer than this featviz"),
-    (lambda d: d.update(seed="0"), "seed is of the wrong type"),
-    (lambda d: d["configs"]["train"].pop("epochs"), "configs must hold data, model and train sections"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["layers"][0].pop("kernel"), "layer 0: kernel is missing or of the wrong type"),
+        (lambda d: d["layers"][1].update(out_ch="8"), "layer 1: out_ch is missing or of the wrong type"),
+        (lambda d: d["data"].update(size=-1), "data: size is missing or of the wrong type"),
+        (lambda d: d["data"].pop("mean"), "data: mean is missing or of the wrong type"),
+        (
+            lambda d: d.update(schema_version=SCHEMA_VERSION + 1),
+            f"schema {SCHEMA_VERSION + 1} is newer than this featviz",
+        ),
+        (lambda d: d.update(seed="0"), "seed is of the wrong type"),
+        (lambda d: d["configs"]["train"].pop("epochs"), "configs must hold data, model and train sections"),
+    ],
+)
 def test_from_json_names_the_first_problem(tiny_run: Run, edit, message: str) -> None:
     d = json.loads((tiny_run.path / "run.json").read_text())
     edit(d)
@@ -67,8 +85,14 @@ def test_from_json_names_the_first_problem(tiny_run: Run, edit, message: str) ->
 
 
 def test_render_records_of_schema_1_read_as_schema_2() -> None:
-    old = {"kind": "am", "file": "renders/am/x/conv/epoch_002/ch_0000.png", "layer": "conv", "epoch": 2,
-           "settings": {"steps": 2}, "settings_id": "x"}
+    old = {
+        "kind": "am",
+        "file": "renders/am/x/conv/epoch_002/ch_0000.png",
+        "layer": "conv",
+        "epoch": 2,
+        "settings": {"steps": 2},
+        "settings_id": "x",
+    }
     rec = RenderRecord.from_json(old)
     assert rec.settings_set == "x" and rec.point == "epoch_002" and "settings_id" not in rec.to_json()
     older = RenderRecord.from_json({k: v for k, v in old.items() if k != "settings_id"})  # before settings sets
@@ -88,11 +112,13 @@ def test_a_schema_1_run_is_read_rendered_analyzed_and_shown(tmp_path: Path) -> N
     am = [r for r in run.render_index() if r.kind == "am"]
     assert am and all(r.settings_set and r.point for r in am)  # schema 1's settings_id, read as settings_set
     assert check_run(path).ok
-    out = render_run(run, RenderConfig(moments="last", channels=(2,), steps=3, device="cpu"))
+    out = render_run(run, RenderConfig(moments="last", channels=(2,), device="cpu", settings=RenderSettings(steps=3)))
     assert out["am_images"] == 2 and out["settings_set"] != am[0].settings_set  # other steps: another set
     result = analyze_run(run, probe_size=16, settings_set=am[0].settings_set)
-    assert result["settings_set"] == am[0].settings_set and set(result["complexity"]) == {"features.conv1",
-                                                                                          "features.conv2"}
+    assert result["settings_set"] == am[0].settings_set and set(result["complexity"]) == {
+        "features.conv1",
+        "features.conv2",
+    }
     assert (path / "gallery" / "index.html").is_file() and (path / "run.json").read_bytes() == before
     assert check_run(path).ok
 

@@ -172,20 +172,29 @@ def test_host_header_must_name_this_server(served: Served) -> None:
 
 
 def test_two_host_headers_are_403(served: Served) -> None:
-    head = (f"GET /gallery/index.html HTTP/1.0\r\nHost: 127.0.0.1:{served.port}\r\n"
-            f"Host: evil.example:{served.port}\r\n\r\n")
+    head = (
+        f"GET /gallery/index.html HTTP/1.0\r\nHost: 127.0.0.1:{served.port}\r\nHost: evil.example:{served.port}\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) as s:
         s.sendall(head.encode())
         assert s.recv(64).startswith(b"HTTP/1.0 403")
 
 
 def test_traversal_and_odd_paths_are_404(served: Served) -> None:
-    for path in ("/../outside/secret.txt", "/%2e%2e/outside/secret.txt", "/%2E%2E/outside/secret.txt",
-                 "/gallery/%2e%2e/%2e%2e/outside/secret.txt", "/%2e%2e%2foutside%2fsecret.txt",
-                 "/gallery/../public.txt", "/gallery/%2e%2e/public.txt",  # refused, not cleaned up
-                 "//" + str(served.root.parent / "outside" / "secret.txt").lstrip("/"),
-                 "/%2F" + str(served.root.parent / "outside" / "secret.txt").lstrip("/"),
-                 "/public.txt%00", "/%ff", "gallery/index.html"):
+    for path in (
+        "/../outside/secret.txt",
+        "/%2e%2e/outside/secret.txt",
+        "/%2E%2E/outside/secret.txt",
+        "/gallery/%2e%2e/%2e%2e/outside/secret.txt",
+        "/%2e%2e%2foutside%2fsecret.txt",
+        "/gallery/../public.txt",
+        "/gallery/%2e%2e/public.txt",  # refused, not cleaned up
+        "//" + str(served.root.parent / "outside" / "secret.txt").lstrip("/"),
+        "/%2F" + str(served.root.parent / "outside" / "secret.txt").lstrip("/"),
+        "/public.txt%00",
+        "/%ff",
+        "gallery/index.html",
+    ):
         status, _, body = served.request(path)
         assert status == 404, path
         assert SECRET not in body
@@ -231,4 +240,3 @@ def test_port_80_accepts_bare_host_names() -> None:
 
     assert {"127.0.0.1", "localhost", "127.0.0.1:80", "localhost:80"} <= _allowed_hosts(80)
     assert "localhost" not in _allowed_hosts(8000) and "localhost:8000" in _allowed_hosts(8000)
-

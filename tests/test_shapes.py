@@ -17,8 +17,12 @@ def shapes_small():
 
 def test_same_seed_gives_identical_bytes(shapes_small) -> None:
     again = make_shapes(n_train=200, n_val=50, size=16, seed=0)
-    for a, b in [(shapes_small.train_x, again.train_x), (shapes_small.val_x, again.val_x),
-                 (shapes_small.train_y, again.train_y), (shapes_small.val_y, again.val_y)]:
+    for a, b in [
+        (shapes_small.train_x, again.train_x),
+        (shapes_small.val_x, again.val_x),
+        (shapes_small.train_y, again.train_y),
+        (shapes_small.val_y, again.val_y),
+    ]:
         assert a.numpy().tobytes() == b.numpy().tobytes()
     assert shapes_small.mean == again.mean and shapes_small.std == again.std
 

@@ -49,8 +49,9 @@ def test_conv_layers_default_model() -> None:
 
 def test_conv_layers_match_state_dict_and_bias_without_batchnorm(tiny_cfgs) -> None:
     _, cfg, _ = tiny_cfgs
-    model = build_model(ModelConfig(widths=(4, 8), kernels=(5, 3), strides=(1, 2), pools=(True, False),
-                                    batchnorm=False))
+    model = build_model(
+        ModelConfig(widths=(4, 8), kernels=(5, 3), strides=(1, 2), pools=(True, False), batchnorm=False)
+    )
     layers = conv_layers(model)
     sd = model.state_dict()
     for layer in layers:
@@ -93,13 +94,16 @@ def test_dropout_in_head() -> None:
     assert "head.dropout" in names and "head.fc" in names
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(widths=(4, 8), kernels=(5,)),
-    dict(kernels=(4, 3, 3, 3)),
-    dict(widths=()),
-    dict(num_classes=1),
-    dict(dropout=1.0),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(widths=(4, 8), kernels=(5,)),
+        dict(kernels=(4, 3, 3, 3)),
+        dict(widths=()),
+        dict(num_classes=1),
+        dict(dropout=1.0),
+    ],
+)
 def test_bad_model_config(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         ModelConfig(**kwargs)

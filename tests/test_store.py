@@ -114,8 +114,11 @@ def test_interrupt_during_write_cleans_up(tmp_path: Path, monkeypatch: pytest.Mo
 # ----------------------------------------------------------------------------- tensors
 def test_save_and_load_tensors_round_trip(tmp_path: Path) -> None:
     p = tmp_path / "t.safetensors"
-    tensors = {"a": torch.arange(6, dtype=torch.float32).view(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64),
-               "c": torch.randn(3, 4).t()}  # non-contiguous
+    tensors = {
+        "a": torch.arange(6, dtype=torch.float32).view(2, 3),
+        "b": torch.tensor([1, 2], dtype=torch.int64),
+        "c": torch.randn(3, 4).t(),
+    }  # non-contiguous
     save_tensors(p, tensors)
     back = load_tensors(p, fileio.sha256_file(p))
     assert back.keys() == tensors.keys()

@@ -157,6 +157,7 @@ def test_table_without_batchnorm_counts_biases() -> None:
 
 # --- any CNN: grouped, depthwise and pointwise convs, residual networks, torchvision blocks ----------------
 
+
 def _one(module: torch.nn.Module, input_shape: tuple[int, int, int]):
     """The single row of a model that is one layer (the model itself, named "")."""
     (row,) = layer_table(module, input_shape)
@@ -234,8 +235,16 @@ def test_torchvision_blocks() -> None:
 
     model = torch.nn.Sequential(Conv2dNormActivation(3, 8, 3, stride=2), SqueezeExcitation(8, 4))
     rows = layer_table(model, (3, 16, 16))
-    assert [r.name for r in rows] == ["0.0", "0.1", "0.2", "1.avgpool", "1.fc1", "1.activation", "1.fc2",
-                                      "1.scale_activation"]
+    assert [r.name for r in rows] == [
+        "0.0",
+        "0.1",
+        "0.2",
+        "1.avgpool",
+        "1.fc1",
+        "1.activation",
+        "1.fc2",
+        "1.scale_activation",
+    ]
     assert rows[0].weights == 216 and rows[3].output_shape == [8, 1, 1]  # 8 x 3 x 3 x 3; the squeeze pools to 1x1
     # 216 conv + 16 BatchNorm + (32 + 4) fc1 + (32 + 8) fc2
     assert sum(r.weights + r.biases for r in rows) == sum(p.numel() for p in model.parameters()) == 308
@@ -276,9 +285,13 @@ def test_record_calls_order_counts_and_shapes() -> None:
     assert [c.name for c in calls] == ["body.0", "body.1", "body", "act", "act"]  # as the calls returned
     assert [c.name for c in sorted(calls, key=lambda c: c.began)] == ["body", "body.0", "body.1", "act", "act"]
     shapes = {(c.name, c.shape_in, c.shape_out) for c in calls}
-    assert shapes == {("body.0", (1, 3, 8, 8), (1, 4, 6, 6)), ("body.1", (1, 4, 6, 6), (1, 4, 3, 3)),
-                      ("body", (1, 3, 8, 8), (1, 4, 3, 3)), ("act", (1, 4, 3, 3), (1, 4, 3, 3)),
-                      ("act", (1, 36), (1, 36))}
+    assert shapes == {
+        ("body.0", (1, 3, 8, 8), (1, 4, 6, 6)),
+        ("body.1", (1, 4, 6, 6), (1, 4, 3, 3)),
+        ("body", (1, 3, 8, 8), (1, 4, 3, 3)),
+        ("act", (1, 4, 3, 3), (1, 4, 3, 3)),
+        ("act", (1, 36), (1, 36)),
+    }
     assert hook_count(model) == 0 and model.training
     rows = {r.name: r for r in layer_table(model, (3, 8, 8))}
     assert rows["act"].output_shape == [4, 3, 3] and "called 2 times" in rows["act"].note

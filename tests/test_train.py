@@ -30,8 +30,11 @@ def test_snapshots_exist_and_load(tiny_run) -> None:
     names = sorted(p.name for p in (tiny_run.path / "snapshots").iterdir())
     assert names == ["epoch_000.safetensors", "epoch_001.safetensors", "epoch_002.safetensors", *LOG_STEPS]
     assert tiny_run.epochs_done == 2 and tiny_run.complete and tiny_run.snapshot_epochs() == [0, 1, 2]
-    keys = set(build_model(featviz.ModelConfig(widths=(4, 8), kernels=(5, 3), strides=(1, 1),
-                                               pools=(True, False))).state_dict())
+    keys = set(
+        build_model(
+            featviz.ModelConfig(widths=(4, 8), kernels=(5, 3), strides=(1, 1), pools=(True, False))
+        ).state_dict()
+    )
     for e in range(3):
         sd = tiny_run.load_snapshot(e)
         assert set(sd) == keys
@@ -107,9 +110,16 @@ def test_num_classes_and_channels_come_from_the_data(tmp_path: Path, tiny_cfgs, 
     gray = featviz.make_shapes(n_train=40, n_val=10, size=16)
     keep = gray.train_y < 4
     vkeep = gray.val_y < 4
-    small = dataclasses.replace(gray, train_x=gray.train_x[keep, :1].contiguous(), train_y=gray.train_y[keep],
-                                val_x=gray.val_x[vkeep, :1].contiguous(), val_y=gray.val_y[vkeep],
-                                classes=gray.classes[:4], mean=gray.mean[:1], std=gray.std[:1])
+    small = dataclasses.replace(
+        gray,
+        train_x=gray.train_x[keep, :1].contiguous(),
+        train_y=gray.train_y[keep],
+        val_x=gray.val_x[vkeep, :1].contiguous(),
+        val_y=gray.val_y[vkeep],
+        classes=gray.classes[:4],
+        mean=gray.mean[:1],
+        std=gray.std[:1],
+    )
     monkeypatch.setattr(featviz.pipeline, "load_data", lambda cfg: small)
     run = train_run(data_cfg, model_cfg, dataclasses.replace(train_cfg, epochs=1), out_dir=tmp_path, name="g")
     model_meta = run.meta["configs"]["model"]
@@ -129,8 +139,9 @@ def test_same_seed_gives_byte_identical_snapshots(tiny_run, tiny_cfgs, tmp_path:
 
 def test_different_seed_gives_different_init(tiny_run, tiny_cfgs, tmp_path: Path) -> None:
     data_cfg, model_cfg, train_cfg = tiny_cfgs
-    other = train_run(data_cfg, model_cfg, dataclasses.replace(train_cfg, seed=1, epochs=1), out_dir=tmp_path,
-                      name="s1")
+    other = train_run(
+        data_cfg, model_cfg, dataclasses.replace(train_cfg, seed=1, epochs=1), out_dir=tmp_path, name="s1"
+    )
     assert other.meta["seed"] == 1
     assert _snapshot_bytes(other)["epoch_000.safetensors"] != _snapshot_bytes(tiny_run)["epoch_000.safetensors"]
 
@@ -138,8 +149,9 @@ def test_different_seed_gives_different_init(tiny_run, tiny_cfgs, tmp_path: Path
 # ----------------------------------------------------------------------------- (e) step snapshots
 def test_snapshot_every_steps(tiny_run, tiny_cfgs, tmp_path: Path) -> None:
     data_cfg, model_cfg, train_cfg = tiny_cfgs
-    run = train_run(data_cfg, model_cfg, dataclasses.replace(train_cfg, snapshot_every_steps=2),
-                    out_dir=tmp_path, name="steps")
+    run = train_run(
+        data_cfg, model_cfg, dataclasses.replace(train_cfg, snapshot_every_steps=2), out_dir=tmp_path, name="steps"
+    )
     snaps = tmp_path / "steps" / "snapshots"
     step_files = sorted(p.name for p in snaps.glob("step_*.safetensors"))
     # 7 batches per epoch, 14 steps: every 2nd step except epoch ends (step 14: the epoch snapshot covers it)
@@ -192,8 +204,13 @@ def test_schedule_epoch_writes_no_step_snapshots(tiny_run, tiny_cfgs, tmp_path: 
 def test_train_on_image_folder(tmp_path: Path, tiny_cfgs) -> None:
     _, model_cfg, train_cfg = tiny_cfgs
     folder = make_png_folder(tmp_path / "imgs", classes=3, per_class=12, size=20)
-    run = train_run(DataConfig(name=f"folder:{folder}", size=16), model_cfg, dataclasses.replace(train_cfg, epochs=1),
-                    out_dir=tmp_path / "out", name="folder")
+    run = train_run(
+        DataConfig(name=f"folder:{folder}", size=16),
+        model_cfg,
+        dataclasses.replace(train_cfg, epochs=1),
+        out_dir=tmp_path / "out",
+        name="folder",
+    )
     assert run.complete and run.epochs_done == 1
     assert run.meta["data"]["classes"] == ["class_0", "class_1", "class_2"]
     assert run.meta["configs"]["model"]["num_classes"] == 3

@@ -11,6 +11,7 @@ import torch
 import featviz
 from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig
 from featviz.errors import ConfigError, FeatvizError, RunError
+from featviz.optvis import RenderSettings
 from featviz.pipeline import train_run
 from train_helpers import TINY_API
 
@@ -58,17 +59,27 @@ def test_bad_train_config_fails_before_creating_a_run(tmp_path: Path) -> None:
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: TrainConfig(epochs=2.5), "TrainConfig.epochs must be an integer, got 2.5"),
-    (lambda: TrainConfig(seed="a"), "TrainConfig.seed must be an integer, got 'a'"),
-    (lambda: TrainConfig(lr=None), "TrainConfig.lr must be a number, got None"),
-    (lambda: TrainConfig(snapshots=3), "TrainConfig.snapshots must be a string, got 3"),
-    (lambda: ModelConfig(widths=16), "ModelConfig.widths must be a tuple of integers, got 16"),
-    (lambda: ModelConfig(pools=(2, 0, 0, 0)), "ModelConfig.pools must be a tuple of true/false values"),
-    (lambda: DataConfig(size=16.5), "DataConfig.size must be an integer or None, got 16.5"),
-    (lambda: RenderConfig(steps=2.5), "RenderConfig.steps must be an integer, got 2.5"),
-    (lambda: RenderConfig(channels=("a",)), "RenderConfig.channels must be a tuple of integers"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: TrainConfig(epochs=2.5), "TrainConfig.epochs must be an integer, got 2.5"),
+        (lambda: TrainConfig(seed="a"), "TrainConfig.seed must be an integer, got 'a'"),
+        (lambda: TrainConfig(lr=None), "TrainConfig.lr must be a number, got None"),
+        (lambda: TrainConfig(snapshots=3), "TrainConfig.snapshots must be a string, got 3"),
+        (lambda: ModelConfig(widths=16), "ModelConfig.widths must be a tuple of integers, got 16"),
+        (lambda: ModelConfig(pools=(2, 0, 0, 0)), "ModelConfig.pools must be a tuple of true/false values"),
+        (lambda: DataConfig(size=16.5), "DataConfig.size must be an integer or None, got 16.5"),
+        (lambda: RenderConfig(settings=RenderSettings(steps=2.5)), "steps must be an integer, got 2.5"),
+        (lambda: RenderConfig(channels=("a",)), "RenderConfig.channels must be a tuple of integers"),
+        (lambda: RenderConfig(settings={"steps": 4}), "RenderConfig.settings must be RenderSettings"),
+        (lambda: RenderConfig(settings=RenderSettings(size=600)), "size must be 8..512 px (square), got 600"),
+        (lambda: RenderConfig(settings=RenderSettings(size=(16, 24))), "size must be 8..512 px (square), got (16, 24)"),
+        (
+            lambda: RenderConfig(settings=RenderSettings(mean=(0.5,) * 3, std=(0.2,) * 3)),
+            "RenderConfig.settings: mean, std, color and device come from the run; leave them unset",
+        ),
+    ],
+)
 def test_a_config_field_of_the_wrong_type_is_one_line(make, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         make()
@@ -100,6 +111,10 @@ def test_the_api_takes_a_run_or_its_path(tmp_path: Path) -> None:
         featviz.render_run(str(run.path), {"steps": 2})
     with pytest.raises(ConfigError, match="probe_size must be an integer >= 10"):
         featviz.analyze_run(run.path, probe_size=-5)
-    summary = featviz.render_run(run.path, RenderConfig(steps=2, moments="last", layers=("features.conv1",),
-                                                        channels=(0,), filters=False))
+    summary = featviz.render_run(
+        run.path,
+        RenderConfig(
+            moments="last", layers=("features.conv1",), channels=(0,), filters=False, settings=RenderSettings(steps=2)
+        ),
+    )
     assert summary["am_images"] >= 1 and summary["layers"] == ["features.conv1"]

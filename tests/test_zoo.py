@@ -38,8 +38,11 @@ def test_torchvision_models_are_adapted_to_the_data() -> None:
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     check_output(a, spec, 32)
     with pytest.raises(ConfigError, match="num_classes"):
-        check_output(build(ModelSpec("torchvision.models:resnet18", {"num_classes": 4}, 3, 10)), ModelSpec(
-            "torchvision.models:resnet18", {}, 3, 10), 32)
+        check_output(
+            build(ModelSpec("torchvision.models:resnet18", {"num_classes": 4}, 3, 10)),
+            ModelSpec("torchvision.models:resnet18", {}, 3, 10),
+            32,
+        )
     with pytest.raises(ConfigError, match="has no 'resnet999'"):
         build(ModelSpec("torchvision.models:resnet999"))
     with pytest.raises(ConfigError, match="cannot import"):
@@ -60,8 +63,10 @@ def test_layers_in_forward_order_with_traced_fields() -> None:
     assert [la.name for la in layers] == ["early", "late"] and [la.depth for la in layers] == [1, 2]
     assert [la.rf_px for la in layers] == [5, 7]
     # the traced field equals the chain formula of the small CNN, for several configs
-    for cfg in (ModelConfig(), ModelConfig(widths=(4, 8, 8), kernels=(3, 5, 3), strides=(2, 1, 1),
-                                           pools=(False, True, False))):
+    for cfg in (
+        ModelConfig(),
+        ModelConfig(widths=(4, 8, 8), kernels=(3, 5, 3), strides=(2, 1, 1), pools=(False, True, False)),
+    ):
         traced = [la.rf_px for la in trace(build_model(cfg), 3, 32)]
         assert traced == theoretical_receptive_fields(cfg.kernels, cfg.strides, cfg.pools)
 
@@ -75,9 +80,17 @@ def test_resnet18_fields_and_default_selection() -> None:
     assert rf["conv1"] == (7, False) and rf["layer1.1.conv2"] == (43, False) and rf["layer2.1.conv2"] == (99, False)
     assert rf["layer4.1.conv2"] == (128, True)  # 435 px in truth: beyond the 128 px probe, reported as "at least"
     assert [la.name for la in default_layers(layers)] == [
-        "conv1", "layer1.1.conv2", "layer2.1.conv2", "layer3.1.conv2", "layer4.1.conv2"]
-    assert [la.name for la in select_layers(layers, "layer4.*.conv2,conv1")] == ["conv1", "layer4.0.conv2",
-                                                                                 "layer4.1.conv2"]
+        "conv1",
+        "layer1.1.conv2",
+        "layer2.1.conv2",
+        "layer3.1.conv2",
+        "layer4.1.conv2",
+    ]
+    assert [la.name for la in select_layers(layers, "layer4.*.conv2,conv1")] == [
+        "conv1",
+        "layer4.0.conv2",
+        "layer4.1.conv2",
+    ]
     assert len(select_layers(layers, "all")) == 20
     with pytest.raises(ConfigError, match="matches no conv layer"):
         select_layers(layers, "layer9.*")
@@ -102,13 +115,33 @@ def test_receptive_field_of_a_branch_is_the_widest_path() -> None:
             return self.out(self.wide(x) + self.narrow(x))
 
     assert receptive_fields(Branches(), ["narrow", "wide", "out"], 1, 16) == {
-        "narrow": (1, False), "wide": (7, False), "out": (11, False)}  # 7 + (3 - 1) x 2
+        "narrow": (1, False),
+        "wide": (7, False),
+        "out": (11, False),
+    }  # 7 + (3 - 1) x 2
 
 
 @pytest.mark.slow
 def test_train_render_analyze_a_resnet18_from_the_cli(cli, tmp_path: Path) -> None:
-    code, out, err = cli(["train", "--model", "torchvision:resnet18", "--epochs", "1", "--n-train", "128",
-                          "--n-val", "32", "--batch-size", "64", "--out", tmp_path, "--name", "r18"])
+    code, out, err = cli(
+        [
+            "train",
+            "--model",
+            "torchvision:resnet18",
+            "--epochs",
+            "1",
+            "--n-train",
+            "128",
+            "--n-val",
+            "32",
+            "--batch-size",
+            "64",
+            "--out",
+            tmp_path,
+            "--name",
+            "r18",
+        ]
+    )
     assert code == 0, err
     run = Run.open(tmp_path / "r18")
     assert run.meta["configs"]["model"]["factory"] == "torchvision.models:resnet18" and len(run.info.layers) == 20
@@ -134,8 +167,12 @@ def test_a_run_never_imports_a_factory_nobody_named(user_code: Path, tiny_run: R
     meta = json.loads((path / "run.json").read_text())
     meta["configs"]["model"] = {"factory": "hostile:factory", "kwargs": {}, "in_channels": 3, "num_classes": 10}
     (path / "run.json").write_text(json.dumps(meta))
-    for argv in (["render", path, "--steps", "1"], ["analyze", path], ["summary", path],
-                 ["render", path, "--model", "other:factory"]):
+    for argv in (
+        ["render", path, "--steps", "1"],
+        ["analyze", path],
+        ["summary", path],
+        ["render", path, "--model", "other:factory"],
+    ):
         code, out, err = cli(argv)
         assert code == 1 and "nothing was imported" in err and len(err.strip().splitlines()) == 1, (argv, err)
         assert not (user_code / "IMPORTED").exists(), argv
@@ -146,24 +183,50 @@ def test_a_run_never_imports_a_factory_nobody_named(user_code: Path, tiny_run: R
 
 
 def test_train_your_own_factory_from_the_cli(user_code: Path, tmp_path: Path, cli, monkeypatch) -> None:
-    argv = ["train", "--model", "usernets:tiny", "--model-kwargs", '{"width": 4}', "--epochs", "1", "--n-train", "64",
-            "--n-val", "16", "--size", "16", "--batch-size", "32", "--out", tmp_path, "--name", "mine"]
+    argv = [
+        "train",
+        "--model",
+        "usernets:tiny",
+        "--model-kwargs",
+        '{"width": 4}',
+        "--epochs",
+        "1",
+        "--n-train",
+        "64",
+        "--n-val",
+        "16",
+        "--size",
+        "16",
+        "--batch-size",
+        "32",
+        "--out",
+        tmp_path,
+        "--name",
+        "mine",
+    ]
     code, out, err = cli(argv)
     assert code == 0, err
     run = Run.open(tmp_path / "mine")
-    assert run.meta["configs"]["model"] == {"factory": "usernets:tiny", "kwargs": {"width": 4}, "in_channels": 3,
-                                            "num_classes": 10, "pretrained": False}
+    assert run.meta["configs"]["model"] == {
+        "factory": "usernets:tiny",
+        "kwargs": {"width": 4},
+        "in_channels": 3,
+        "num_classes": 10,
+        "pretrained": False,
+    }
     code, out, err = cli(["render", run.path, "--steps", "1"])  # a run alone never imports user code
     assert code == 1 and "--model usernets:tiny" in err
     import featviz.render
 
     monkeypatch.setattr(featviz.render, "estimate_seconds", lambda *a, **k: 150.0)
-    code, out, err = cli(["render", run.path, "--steps", "1", "--moments", "last", "--channels", "all", "--model",
-                          "usernets:tiny"])
+    code, out, err = cli(
+        ["render", run.path, "--steps", "1", "--moments", "last", "--channels", "all", "--model", "usernets:tiny"]
+    )
     assert code == 0, err
     assert "about 2 min for 20 activation-maximization images (4 layers x 1 moment)" in err  # 4 + 4 + 4 + 8 channels
-    code, out, err = cli(["render", run.path, "--steps", "1", "--moments", "last", "--channels", "all", "--model",
-                          "usernets:tiny"])
+    code, out, err = cli(
+        ["render", run.path, "--steps", "1", "--moments", "last", "--channels", "all", "--model", "usernets:tiny"]
+    )
     assert code == 0 and "about" not in err  # all rendered already: nothing to estimate
     code, out, err = cli(["train", "--model-kwargs", "{}", "--out", tmp_path])
     assert code == 1 and "--model-kwargs: only with --model" in err
@@ -171,15 +234,19 @@ def test_train_your_own_factory_from_the_cli(user_code: Path, tmp_path: Path, cl
     assert code == 1 and "--pretrained works for torchvision models" in err
 
 
-@pytest.mark.parametrize("factory, kwargs", [
-    ("featviz.pipeline:train_run", {"out_dir": "/tmp/x", "force": True}),  # in featviz, but not a model builder
-    ("torchvision.datasets:MNIST", {"root": "/tmp/x", "download": True}),
-    ("torchvision.models:get_model", {"name": "resnet18"}),
-    ("featviz.run.store:os.system", {"command": "touch PWNED"}),  # a dotted path through a module featviz imports
-    ("featviz.provenance:subprocess.run", {"args": ["touch", "PWNED"]}),
-])
-def test_only_model_builders_are_trusted_by_a_run(factory: str, kwargs: dict, tiny_run: Run, tmp_path: Path,
-                                                  cli) -> None:
+@pytest.mark.parametrize(
+    "factory, kwargs",
+    [
+        ("featviz.pipeline:train_run", {"out_dir": "/tmp/x", "force": True}),  # in featviz, but not a model builder
+        ("torchvision.datasets:MNIST", {"root": "/tmp/x", "download": True}),
+        ("torchvision.models:get_model", {"name": "resnet18"}),
+        ("featviz.run.store:os.system", {"command": "touch PWNED"}),  # a dotted path through a module featviz imports
+        ("featviz.provenance:subprocess.run", {"args": ["touch", "PWNED"]}),
+    ],
+)
+def test_only_model_builders_are_trusted_by_a_run(
+    factory: str, kwargs: dict, tiny_run: Run, tmp_path: Path, cli
+) -> None:
     import shutil
 
     path = tmp_path / "run"
@@ -199,8 +266,12 @@ def test_a_run_never_downloads_weights() -> None:
 def test_a_factory_is_a_function_or_class_of_its_own_module() -> None:
     from featviz.zoo import resolve_factory
 
-    for bad in ("featviz.run.store:os.system", "featviz.zoo:importlib.import_module", "featviz.model:_private",
-                "featviz.model:torch.nn.Module.__subclasses__"):
+    for bad in (
+        "featviz.run.store:os.system",
+        "featviz.zoo:importlib.import_module",
+        "featviz.model:_private",
+        "featviz.model:torch.nn.Module.__subclasses__",
+    ):
         with pytest.raises(ConfigError, match="name a function or class|not a function or class"):
             resolve_factory(bad)
     assert resolve_factory("featviz.model:small_cnn").__name__ == "small_cnn"

@@ -9,5 +9,6 @@ def _snapshot_bytes(run) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((run.path / "snapshots").glob("*.safetensors"))}
 
 
-TINY_API = dict(n_train=200, n_val=50, size=16, widths=(4, 8), kernels=(5, 3), strides=(1, 1),
-                pools=(True, False), batch_size=32)
+TINY_API = dict(
+    n_train=200, n_val=50, size=16, widths=(4, 8), kernels=(5, 3), strides=(1, 1), pools=(True, False), batch_size=32
+)

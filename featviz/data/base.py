@@ -37,10 +37,16 @@ class ImageData:
     def describe(self, color_matrix: list[list[float]] | None = None) -> DataInfo:
         """What run.json records of the data; ``color_matrix``: activation maximization's colour basis."""
         return DataInfo(
-            name=self.name, classes=tuple(self.classes), image_channels=self.image_channels, size=self.size,
-            n_train=int(self.train_x.shape[0]), n_val=int(self.val_x.shape[0]),
-            mean=tuple(round(m, 6) for m in self.mean), std=tuple(round(s, 6) for s in self.std),
-            color_matrix=None if color_matrix is None else tuple(tuple(r) for r in color_matrix))
+            name=self.name,
+            classes=tuple(self.classes),
+            image_channels=self.image_channels,
+            size=self.size,
+            n_train=int(self.train_x.shape[0]),
+            n_val=int(self.val_x.shape[0]),
+            mean=tuple(round(m, 6) for m in self.mean),
+            std=tuple(round(s, 6) for s in self.std),
+            color_matrix=None if color_matrix is None else tuple(tuple(r) for r in color_matrix),
+        )
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

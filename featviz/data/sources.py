@@ -110,8 +110,11 @@ def _load_named(key: str, cfg: DataConfig) -> ImageData:
             msg = one_line(err)
             if "Dataset not found" in msg or "not found or corrupted" in msg:
                 where = _expected_folder(key, root)
-                hint = ("the files there may be incomplete" if cfg.download else
-                        f"fetch it with featviz train --data {key} --download, or DataConfig(download=True)")
+                hint = (
+                    "the files there may be incomplete"
+                    if cfg.download
+                    else f"fetch it with featviz train --data {key} --download, or DataConfig(download=True)"
+                )
                 raise DataError(f"{key} not found (or corrupted) in {where}; {hint}") from None
             if cfg.download and "download" in msg.lower():
                 raise DataError(f"could not download {key} into {root}: {msg}") from None
@@ -173,7 +176,7 @@ def _stratified_val(targets: torch.Tensor, n_classes: int, fraction: float, seed
 
 
 def _load_folder(cfg: DataConfig) -> ImageData:
-    raw = cfg.name[len(FOLDER_PREFIX):].strip()
+    raw = cfg.name[len(FOLDER_PREFIX) :].strip()
     if not raw:
         raise DataError("folder: needs a path, e.g. folder:./my_images")
     root = Path(raw).expanduser()

@@ -28,8 +28,12 @@ THUMB_PX = 64  # thumbnail width/height attributes when the settings do not say:
 
 
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("featviz.gallery", "templates"),
-                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=PackageLoader("featviz.gallery", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.policies["json.dumps_function"] = json_text  # NaN as null: valid JSON for the page's scripts
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "separators": (",", ":")}  # 10,000 tiles: no spaces
     return env
@@ -52,18 +56,27 @@ def _weights_text(layer: ConvLayer, batchnorm: bool | None) -> str:
     groups = layer.groups
     cin = layer.in_ch // groups
     weights = layer.weights if layer.weights is not None else layer.out_ch * cin * kh * kw
-    text = (f"{layer.out_ch} filters x {cin} input channel{'s' if cin != 1 else ''} x {kh} x {kw} = "
-            f"{weights:,} weights, {_bias_text(layer, batchnorm)}. ")
+    text = (
+        f"{layer.out_ch} filters x {cin} input channel{'s' if cin != 1 else ''} x {kh} x {kw} = "
+        f"{weights:,} weights, {_bias_text(layer, batchnorm)}. "
+    )
     if groups > 1 and groups == layer.in_ch:
-        text += (f"Depthwise: one {kh}x{kw} kernel per channel (groups={groups}): each filter sees only its own "
-                 "input channel, so it mixes no channels. ")
+        text += (
+            f"Depthwise: one {kh}x{kw} kernel per channel (groups={groups}): each filter sees only its own "
+            "input channel, so it mixes no channels. "
+        )
     elif groups > 1:
-        text += (f"Each filter sees {cin} of the {layer.in_ch} input channels (groups={groups}) and has "
-                 f"{cin * kh * kw:,} weights of its own: one {kh}x{kw} kernel per input channel it sees. ")
+        text += (
+            f"Each filter sees {cin} of the {layer.in_ch} input channels (groups={groups}) and has "
+            f"{cin * kh * kw:,} weights of its own: one {kh}x{kw} kernel per input channel it sees. "
+        )
     else:
         text += f"Each filter has {cin * kh * kw:,} weights of its own: one {kh}x{kw} kernel per input channel. "
-    return (text + "The count does not depend on the input size or the stride."
-            + (" BatchNorm adds 2 trained numbers per channel." if batchnorm else ""))
+    return (
+        text
+        + "The count does not depend on the input size or the stride."
+        + (" BatchNorm adds 2 trained numbers per channel." if batchnorm else "")
+    )
 
 
 def _faith(analysis: dict[str, Any] | None, name: str) -> tuple[dict[int, dict[str, Any]], set[int]]:
@@ -101,6 +114,7 @@ def _timing(run: Run) -> Callable[[RenderRecord], RenderRecord]:
         e = rec.epoch or 0
         step = step_of.get(e, e * spe)
         return dataclasses.replace(rec, step=step, label=label(step, spe) if e else "step 0 · init")
+
     return when
 
 
@@ -110,8 +124,9 @@ def _explain(layer: ConvLayer, model: dict[str, Any]) -> str:
     bn = layer.batchnorm if layer.batchnorm is not None else model.get("batchnorm")  # traced, or an older run's config
     pools = model.get("pools") or []
     pooled = layer.depth - 1 < len(pools) and pools[layer.depth - 1]
-    return _weights_text(layer, bn) + (" The 2x2 max-pool after it has no weights: it only keeps the largest "
-                                       "of each 4 values." if pooled else "")
+    return _weights_text(layer, bn) + (
+        " The 2x2 max-pool after it has no weights: it only keeps the largest of each 4 values." if pooled else ""
+    )
 
 
 def _tiles(am: list[RenderRecord], analysis: dict[str, Any] | None, name: str) -> dict[str, Any]:
@@ -129,16 +144,20 @@ def _tiles(am: list[RenderRecord], analysis: dict[str, Any] | None, name: str) -
     for c, fs in zip(channels, files):
         r = None if faith.get(c, {}).get("r") is None else round(faith[c]["r"], 2)
         tiles.append({"channel": c, "dead": c in dead, "r": r, "src": fs[-1]})
-        row = {"channel": c, "srcs": [f[len(base):] if f else "" for f in fs],
-               "acts": [round(by[(c, s)].activation or 0.0, 4) if (c, s) in by else None for s, _ in am_points]}
+        row = {
+            "channel": c,
+            "srcs": [f[len(base) :] if f else "" for f in fs],
+            "acts": [round(by[(c, s)].activation or 0.0, 4) if (c, s) in by else None for s, _ in am_points],
+        }
         if c in faith:  # top-9 strip; r only where the channel responds at all (no r: dead)
             row.update({"top": "../" + faith[c]["file"], **({"r": r} if r is not None else {})})
         data.append(row)
     return {"am_labels": [lab for _, lab in am_points], "tiles": tiles, "am_data": {"base": base, "tiles": data}}
 
 
-def _depths(run: Run, index: list[RenderRecord], analysis: dict[str, Any] | None = None,
-            sid: str | None = None) -> list[dict[str, Any]]:
+def _depths(
+    run: Run, index: list[RenderRecord], analysis: dict[str, Any] | None = None, sid: str | None = None
+) -> list[dict[str, Any]]:
     when = _timing(run)
     model = run.info.model_config
     rf_of = dict(zip([layer.name for layer in run.info.layers], run_fields(run.info)))
@@ -155,22 +174,32 @@ def _depths(run: Run, index: list[RenderRecord], analysis: dict[str, Any] | None
         am = [r for r in recs if r.kind == "am" and r.settings_set == sid]
         extra = {r.kind: "../" + r.file for r in recs if r.kind.endswith(("_strip", "_gif"))}
         rf = rf_of[name]
-        out.append({
-            "name": name, "depth": layer.depth, "filters": layer.out_ch, "explain": _explain(layer, model),
-            "rf": rf, "rf_note": (f"larger than the {size} px image" if rf and rf > size else f"of {size} px"),
-            "rf_at_least": layer.rf_exceeds,  # traced fields that reach the probe's border
-            "filter_px": _png_size(run.path / filters[-1].file) if filters else None,
-            "filter_srcs": ["../" + r.file for r in filters], "filter_labels": [r.label for r in filters],
-            "learned_srcs": ["../" + learned[r.step].file if r.step in learned else "" for r in filters],
-            **_tiles(am, analysis, name),
-            "strip": extra.get("filters_strip"), "gif": extra.get("filters_gif"),
-            "learned_strip": extra.get("filters_learned_strip"), "learned_gif": extra.get("filters_learned_gif"),
-        })
+        out.append(
+            {
+                "name": name,
+                "depth": layer.depth,
+                "filters": layer.out_ch,
+                "explain": _explain(layer, model),
+                "rf": rf,
+                "rf_note": (f"larger than the {size} px image" if rf and rf > size else f"of {size} px"),
+                "rf_at_least": layer.rf_exceeds,  # traced fields that reach the probe's border
+                "filter_px": _png_size(run.path / filters[-1].file) if filters else None,
+                "filter_srcs": ["../" + r.file for r in filters],
+                "filter_labels": [r.label for r in filters],
+                "learned_srcs": ["../" + learned[r.step].file if r.step in learned else "" for r in filters],
+                **_tiles(am, analysis, name),
+                "strip": extra.get("filters_strip"),
+                "gif": extra.get("filters_gif"),
+                "learned_strip": extra.get("filters_learned_strip"),
+                "learned_gif": extra.get("filters_learned_gif"),
+            }
+        )
     return out
 
 
-def gallery_settings_set(index: list[RenderRecord], size: int, analysis: dict[str, Any] | None,
-                requested: str | None = None) -> str | None:
+def gallery_settings_set(
+    index: list[RenderRecord], size: int, analysis: dict[str, Any] | None, requested: str | None = None
+) -> str | None:
     """The render settings set the gallery shows: ``requested`` (must exist), else the one the analysis
     used, else ``renderset.choose_settings_set``'s choice, else (several sets, none the default) the first by name."""
     if requested:
@@ -204,11 +233,25 @@ def build_gallery(run: Run, settings_set: str | None = None, live: bool = False)
     depths = _depths(run, index, analysis, sid)
     for i, d in enumerate(depths):
         d["open"] = i == 0 or len(depths) <= OPEN_ALL_UP_TO
-    html = _env().get_template("index.html.j2").render(
-        run=run.info, name=run.name, last=last, metrics=metrics, depths=depths,
-        thumb_px=int((am_settings or {}).get("size") or THUMB_PX),
-        reading=analysis.get("reading") if analysis else None, plots=plots,
-        has_curves=bool(metrics), am_settings=am_settings, settings_set=sid,
-        other_sets=sorted(x for x in sets if x != sid), live=live, epochs_done=run.epochs_done, complete=run.complete,
+    html = (
+        _env()
+        .get_template("index.html.j2")
+        .render(
+            run=run.info,
+            name=run.name,
+            last=last,
+            metrics=metrics,
+            depths=depths,
+            thumb_px=int((am_settings or {}).get("size") or THUMB_PX),
+            reading=analysis.get("reading") if analysis else None,
+            plots=plots,
+            has_curves=bool(metrics),
+            am_settings=am_settings,
+            settings_set=sid,
+            other_sets=sorted(x for x in sets if x != sid),
+            live=live,
+            epochs_done=run.epochs_done,
+            complete=run.complete,
+        )
     )
     return str(run.write_artifact("gallery", "index.html", html.encode()))

@@ -74,23 +74,47 @@ class LiveGallery:
                 self.init[name] = w.clone()
                 self.scale[name] = layer_scale([w])
             for kind, sub, v in (("filters", "", w), ("filters_learned", "learned/", w - self.init[name])):
-                path = self.run.write_artifact("renders", f"filters/{name}/{sub}{point.id}.png",
-                                               png_bytes(filter_grid(v, self.scale[name], rgb=layer.depth == 1)))
-                recs.append(RenderRecord(self.run.rel(path), kind, layer=name, depth=layer.depth, epoch=point.epoch,
-                                         step=point.step, point=point.id, label=point.label, scale=self.scale[name],
-                                         settings=LIVE))
+                path = self.run.write_artifact(
+                    "renders",
+                    f"filters/{name}/{sub}{point.id}.png",
+                    png_bytes(filter_grid(v, self.scale[name], rgb=layer.depth == 1)),
+                )
+                recs.append(
+                    RenderRecord(
+                        self.run.rel(path),
+                        kind,
+                        layer=name,
+                        depth=layer.depth,
+                        epoch=point.epoch,
+                        step=point.step,
+                        point=point.id,
+                        label=point.label,
+                        scale=self.scale[name],
+                        settings=LIVE,
+                    )
+                )
         self.run.add_renders(recs)
         self.drawn.add(point.id)
 
     def _write_state(self, points: list[SnapshotPoint]) -> None:
         shown = [p for p in points if p.id in self.drawn]
-        layers = {layer.name: {"srcs": [f"../renders/filters/{layer.name}/{p.id}.png" for p in shown],
-                               "learned": [f"../renders/filters/{layer.name}/learned/{p.id}.png" for p in shown]}
-                  for layer in self.run.info.layers}
+        layers = {
+            layer.name: {
+                "srcs": [f"../renders/filters/{layer.name}/{p.id}.png" for p in shown],
+                "learned": [f"../renders/filters/{layer.name}/learned/{p.id}.png" for p in shown],
+            }
+            for layer in self.run.info.layers
+        }
         metrics = self.run.metrics(strict=False)
-        state = {"version": self.version, "labels": [p.label for p in shown], "layers": layers,
-                 "epochs_done": self.run.epochs_done, "epochs_planned": self.run.epochs_planned,
-                 "complete": self.run.complete, "last": metrics[-1] if metrics else None}
+        state = {
+            "version": self.version,
+            "labels": [p.label for p in shown],
+            "layers": layers,
+            "epochs_done": self.run.epochs_done,
+            "epochs_planned": self.run.epochs_planned,
+            "complete": self.run.complete,
+            "last": metrics[-1] if metrics else None,
+        }
         self.run.write_artifact("gallery", "live.json", json_text(state).encode())
 
 
@@ -107,9 +131,14 @@ def watch(live: LiveGallery, stop: threading.Event, every_s: float = 1.0) -> Non
     live.refresh()
 
 
-def serve_live(run: Run, port: int = 8000, open_browser: bool = False,
-               on_ready: Callable[[str], None] | None = None, stop: threading.Event | None = None,
-               every_s: float = 1.0) -> None:
+def serve_live(
+    run: Run,
+    port: int = 8000,
+    open_browser: bool = False,
+    on_ready: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+    every_s: float = 1.0,
+) -> None:
     """Serve the run on 127.0.0.1 and keep its gallery live until Ctrl-C or ``stop``, while a training
     process writes it (``training``); any other run is served as it is, and nothing is written to it."""
     if not training(run):

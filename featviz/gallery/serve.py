@@ -41,8 +41,9 @@ class _Server(http.server.ThreadingHTTPServer):
         if err is None or isinstance(err, _CLIENT_GONE):
             return
         detail = " ".join(str(err).split())  # one line even if the message has several
-        print(f"featviz serve: request from {client_address[0]} failed: {type(err).__name__}: {detail}",
-              file=sys.stderr)
+        print(
+            f"featviz serve: request from {client_address[0]} failed: {type(err).__name__}: {detail}", file=sys.stderr
+        )
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -169,8 +170,13 @@ def make_server(run: Run, port: int = 0) -> http.server.ThreadingHTTPServer:
         raise RunError(f"cannot serve on 127.0.0.1:{port}: {e.strerror or e}") from None
 
 
-def serve(run: Run, port: int = 8000, open_browser: bool = False,
-          on_ready: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> None:
+def serve(
+    run: Run,
+    port: int = 8000,
+    open_browser: bool = False,
+    on_ready: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
     """Serve until Ctrl-C (or until ``stop`` is set); the URL points at gallery/index.html."""
     server = make_server(run, port)
     url = f"http://127.0.0.1:{server.server_address[1]}/gallery/index.html"

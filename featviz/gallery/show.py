@@ -18,8 +18,16 @@ from featviz.gallery.serve import serve
 from featviz.run.store import Run
 
 
-def show(run: Run, *, serve_http: bool = False, watch: bool = False, port: int = 8000, open_browser: bool = False,
-         settings_set: str | None = None, say: Callable[[str], None] = print) -> Path:
+def show(
+    run: Run,
+    *,
+    serve_http: bool = False,
+    watch: bool = False,
+    port: int = 8000,
+    open_browser: bool = False,
+    settings_set: str | None = None,
+    say: Callable[[str], None] = print,
+) -> Path:
     """Build RUN/gallery/index.html (``settings_set``: see ``build.gallery_settings_set``) and, with
     ``open_browser``, open it; with ``serve_http``, serve the run until Ctrl-C; with ``watch`` as well, keep
     the page live while a training process writes the run (a page already built is then served as it

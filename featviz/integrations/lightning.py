@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from featviz.errors import ConfigError
-from featviz.record import OWN, Recorder, check_options, untouched_rng
+from featviz.probe import untouched_rng
+from featviz.record import OWN, Recorder, check_options
 
 try:
     import lightning.pytorch as pl
@@ -32,22 +33,46 @@ except ImportError:
 
 __all__ = ["FeatvizCallback"]
 
+
 class FeatvizCallback(pl.Callback):
     """Writes a featviz run from ``Trainer.fit``; see the module docstring for the contract."""
 
-    def __init__(self, name: str | None = None, *, out_dir: str | Path = "outputs", model_spec: str | None = None,
-                 model_kwargs: dict[str, Any] | None = None, data: Any = None,
-                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-                 classes: list[str] | None = None, snapshots: str = "log", probe_size: int = 1000,
-                 force: bool = False, submodule: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        out_dir: str | Path = "outputs",
+        model_spec: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        data: Any = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        classes: list[str] | None = None,
+        snapshots: str = "log",
+        probe_size: int = 1000,
+        force: bool = False,
+        submodule: str | None = None,
+    ) -> None:
         if submodule is not None and model_spec is None:
-            raise ConfigError(f"FeatvizCallback(submodule={submodule!r}) needs model_spec='package.module:factory', "
-                              f"a factory that builds pl_module.{submodule}")
+            raise ConfigError(
+                f"FeatvizCallback(submodule={submodule!r}) needs model_spec='package.module:factory', "
+                f"a factory that builds pl_module.{submodule}"
+            )
         check_options(name, snapshots, probe_size, classes, None)  # here, not inside Trainer.fit
         self.submodule = submodule
         self.options: dict[str, Any] = dict(
-            name=name, out_dir=out_dir, model_spec=model_spec, model_kwargs=model_kwargs, data=data, mean=mean, std=std,
-            classes=classes, snapshots=snapshots, probe_size=probe_size, force=force)
+            name=name,
+            out_dir=out_dir,
+            model_spec=model_spec,
+            model_kwargs=model_kwargs,
+            data=data,
+            mean=mean,
+            std=std,
+            classes=classes,
+            snapshots=snapshots,
+            probe_size=probe_size,
+            force=force,
+        )
         self.rec: Recorder | None = None
         self._global_step = 0
         self._pending: list[torch.Tensor] = []  # batch losses since the last optimizer step
@@ -63,8 +88,10 @@ class FeatvizCallback(pl.Callback):
                 try:
                     json.dumps(opts["model_kwargs"])
                 except (TypeError, ValueError):
-                    raise ConfigError(f"{type(pl_module).__name__}'s hparams are not all JSON values; pass "
-                                      "FeatvizCallback(model_kwargs=...) that rebuild it") from None
+                    raise ConfigError(
+                        f"{type(pl_module).__name__}'s hparams are not all JSON values; pass "
+                        "FeatvizCallback(model_kwargs=...) that rebuild it"
+                    ) from None
         else:
             try:
                 model = pl_module.get_submodule(self.submodule)
@@ -77,8 +104,9 @@ class FeatvizCallback(pl.Callback):
         rec.start()
         self.rec, self._global_step, self._pending = rec, trainer.global_step, []
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.rec is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs

@@ -13,9 +13,8 @@ one at a time, up to float rounding. Measured defaults and speed: ``benchmarks/R
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +22,8 @@ from torch import Tensor, nn
 import featviz.optvis.param as P
 from featviz.checks import is_int
 from featviz.errors import ConfigError, one_line
-from featviz.hooks import capture, eval_mode, input_kind, resolve_layers
 from featviz.optvis.fastpath import hooked, prepare_fast
+from featviz.optvis.forward import forward_until, frozen, model_device, model_dtype
 from featviz.optvis.graphed import CAPTURES, Capture, Replayable, run_steps
 from featviz.optvis.memory import big_buffers
 from featviz.optvis.objectives import Objective, channel, parse
@@ -34,8 +33,7 @@ from featviz.optvis.transforms import Transform, identity, standard, standard_se
 
 StepCallback = Callable[[int, int, Tensor], None]  # (step, steps, objective values [B] on the step's images)
 
-__all__ = ["RenderResult", "StepCallback", "maximize", "maximize_channels", "layer_channels", "frozen",
-           "forward_until"]
+__all__ = ["RenderResult", "StepCallback", "maximize", "maximize_channels", "layer_channels"]
 
 
 @dataclass
@@ -50,79 +48,6 @@ class RenderResult:
     # JSON-able: RenderSettings.to_dict() as given, plus objective, batch, optimizer, what the defaults
     # resolved to (``resolved``: device, channels_last, transform recipe) and elapsed_s
     settings: dict[str, Any] = field(default_factory=dict)
-
-
-class _Outputs(dict):
-    """Layer outputs by name; reading a layer nobody asked for is an error that says what to do."""
-
-    def __missing__(self, key: object) -> Tensor:
-        raise ConfigError(f"layer {key!r} was not recorded: list every layer an objective reads in its layers "
-                          f"(recorded: {', '.join(self)})")
-
-
-class _StopForward(Exception):
-    """Raised by a forward hook once every needed layer has produced its output."""
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and ``requires_grad=False`` inside the block; each module's and parameter's flag restored."""
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        with eval_mode(model):
-            for p, _ in grads:
-                p.requires_grad_(False)
-            yield model
-    finally:
-        for p, flag in grads:
-            p.requires_grad_(flag)
-
-
-@contextmanager
-def forward_until(model: nn.Module, names: Sequence[str]) -> Iterator[Callable[[Tensor], dict[str, Tensor]]]:
-    """Yield ``run(x) -> {name: output}`` that stops the forward pass once every named layer has run.
-
-    Unknown names raise ConfigError listing the valid ones; all hooks are removed on exit.
-    """
-    names = list(dict.fromkeys(names))
-    with capture(model, names) as acts:
-        handles = []
-
-        def stop(_m: nn.Module, _inp: object, _out: object) -> None:
-            if len(acts) >= len(names):  # registered after capture's hooks, so acts is already filled
-                raise _StopForward
-
-        try:
-            for module in resolve_layers(model, names).values():
-                handles.append(module.register_forward_hook(stop))
-
-            def run(x: Tensor) -> dict[str, Tensor]:
-                acts.clear()
-                try:
-                    model(x)
-                except _StopForward:
-                    pass
-                missing = [n for n in names if n not in acts]
-                if missing:
-                    raise ConfigError(f"layer(s) {', '.join(missing)} did not run in the model's forward pass")
-                return _Outputs(acts)
-
-            yield run
-        finally:
-            for h in handles:
-                h.remove()
-
-
-def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    own = input_kind(model)[0]
-    if device is not None and torch.device(device) != own and not (
-            torch.device(device).type == own.type and torch.device(device).index is None):
-        raise ConfigError(f"device {device} differs from the model's {own}; move the model first")
-    return own
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    return input_kind(model)[1]
 
 
 def _transform(s: RenderSettings, keys: list[int], replayable: bool = False) -> tuple[Transform, Any, list[Replayable]]:
@@ -157,8 +82,9 @@ def _graph_plan(s: RenderSettings, dev: torch.device, model: nn.Module) -> tuple
 def _param(s: RenderSettings, keys: list[int], device: torch.device) -> P.Param:
     seeds = [element_seed(s.seed, k, PARAM_STREAM) for k in keys]
     if s.param == "fourier":
-        return P.fourier(len(keys), s.image_channels, s.size, seeds, decay_power=s.decay_power,
-                         color=s.color_tensor(), device=device)
+        return P.fourier(
+            len(keys), s.image_channels, s.size, seeds, decay_power=s.decay_power, color=s.color_tensor(), device=device
+        )
     if s.param == "pixel":
         return P.pixel(len(keys), s.image_channels, s.size, seeds, color=s.color_tensor(), device=device)
     return s.param
@@ -176,13 +102,22 @@ def _check_call(objective: Objective | str, batch: int, keys: Sequence[int] | No
     return obj, keys
 
 
-_RENDER_HINTS = {"channels": "the colour channel count is image_channels; to render channels of a layer "
-                             "use channel(layer, c) or maximize_channels(model, layer, channels=[...])"}
+_RENDER_HINTS = {
+    "channels": "the colour channel count is image_channels; to render channels of a layer "
+    "use channel(layer, c) or maximize_channels(model, layer, channels=[...])"
+}
 
 
-def maximize(model: nn.Module, objective: Objective | str, settings: RenderSettings | None = None, *,
-           batch: int = 1, keys: Sequence[int] | None = None, progress: StepCallback | None = None,
-           **overrides: Any) -> RenderResult:
+def maximize(
+    model: nn.Module,
+    objective: Objective | str,
+    settings: RenderSettings | None = None,
+    *,
+    batch: int = 1,
+    keys: Sequence[int] | None = None,
+    progress: StepCallback | None = None,
+    **overrides: Any,
+) -> RenderResult:
     """Optimize ``batch`` images [B, image_channels, H, W] in (0, 1) to maximize ``objective``.
 
     ``settings`` (default ``RenderSettings()``) with ``overrides`` (its field names, e.g. ``steps=64``)
@@ -199,14 +134,15 @@ def maximize(model: nn.Module, objective: Objective | str, settings: RenderSetti
 
 @torch.enable_grad()  # also when called inside no_grad or inference_mode (an evaluation loop)
 @torch.inference_mode(False)
-def _maximize(model: nn.Module, obj: Objective, s: RenderSettings, keys: list[int],
-            progress: StepCallback | None) -> RenderResult:
+def _maximize(
+    model: nn.Module, obj: Objective, s: RenderSettings, keys: list[int], progress: StepCallback | None
+) -> RenderResult:
     """``maximize`` once its arguments are checked (``maximize_channels`` calls it for each chunk)."""
     batch = len(keys)
-    dev = _model_device(model, s.device)
+    dev = model_device(model, s.device)
     cl = dev.type == "cpu" if s.channels_last is None else s.channels_last
     norm = normalizer(s.mean, s.std, s.image_channels, dev, channels_last=cl)
-    dtype = _model_dtype(model)
+    dtype = model_dtype(model)
     params, image_fn = _param(s, keys, dev)
     capture, graph_note = _graph_plan(s, dev, model)
     tf, tdesc, sources = _transform(s, keys, replayable=capture is not None)
@@ -218,23 +154,53 @@ def _maximize(model: nn.Module, obj: Objective, s: RenderSettings, keys: list[in
     # the fast path: a private copy of the model and the objective that reads it (same values)
     net, work = prepare_fast(model, obj, batch, channels_last=cl) if s.optimize else (model, obj)
     with big_buffers(dev.type == "cpu"), frozen(net), forward_until(net, sorted(obj.layers)) as run:
-        trace, trace_steps, ran = _optimize(work, run, params, lambda: prep(tf(image_fn())), batch, s.steps, s.lr,
-                                            s.trace_every, progress, capture, sources)
+        trace, trace_steps, ran = _optimize(
+            work,
+            run,
+            params,
+            lambda: prep(tf(image_fn())),
+            batch,
+            s.steps,
+            s.lr,
+            s.trace_every,
+            progress,
+            capture,
+            sources,
+        )
         with torch.no_grad():
             images = image_fn()
             values = work(run(prep(images))).float()
-    record = {"objective": obj.name, "batch": batch, **s.to_dict(), "optimizer": "adam",
-              "resolved": {"device": str(dev), "channels_last": cl, "transforms": tdesc,
-                           "cuda_graph": ran or graph_note},
-              "elapsed_s": round(time.perf_counter() - t0, 3)}
-    return RenderResult(images=images.detach().float().cpu(), values=values.cpu(), trace=trace,
-                        trace_steps=trace_steps, keys=keys, settings=record)
+    record = {
+        "objective": obj.name,
+        "batch": batch,
+        **s.to_dict(),
+        "optimizer": "adam",
+        "resolved": {"device": str(dev), "channels_last": cl, "transforms": tdesc, "cuda_graph": ran or graph_note},
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
+    return RenderResult(
+        images=images.detach().float().cpu(),
+        values=values.cpu(),
+        trace=trace,
+        trace_steps=trace_steps,
+        keys=keys,
+        settings=record,
+    )
 
 
-def _optimize(obj: Objective, run: Callable[[Tensor], dict[str, Tensor]], params: list[Tensor],
-              make_input: Callable[[], Tensor], batch: int, steps: int, lr: float, trace_every: int,
-              progress: StepCallback | None, capture: Capture | None = None,
-              sources: Sequence[Replayable] = ()) -> tuple[Tensor, list[int], str | None]:
+def _optimize(
+    obj: Objective,
+    run: Callable[[Tensor], dict[str, Tensor]],
+    params: list[Tensor],
+    make_input: Callable[[], Tensor],
+    batch: int,
+    steps: int,
+    lr: float,
+    trace_every: int,
+    progress: StepCallback | None,
+    capture: Capture | None = None,
+    sources: Sequence[Replayable] = (),
+) -> tuple[Tensor, list[int], str | None]:
     """Adam on ``params`` for ``steps`` steps, eagerly or (``capture``) replaying a captured step
     (``graphed.run_steps``); returns the trace [T, B] (CPU), its steps and, with ``capture``, how
     the steps ran."""
@@ -274,16 +240,17 @@ def _optimize(obj: Objective, run: Callable[[Tensor], dict[str, Tensor]], params
     return torch.stack(rows).cpu(), trace_steps, ran
 
 
-def _probe(model: nn.Module, layers: Sequence[str], size: int | Sequence[int],
-           image_channels: int) -> dict[str, Tensor]:
+def _probe(
+    model: nn.Module, layers: Sequence[str], size: int | Sequence[int], image_channels: int
+) -> dict[str, Tensor]:
     """The ``layers``' outputs for one grey image, from a stopped forward pass: a model that cannot take
     images of this shape (e.g. 3 colour channels into a grayscale model) is a ConfigError saying so."""
     h, w = P._hw(size)  # a ConfigError for sizes that are not one or two integers >= 2
-    dev = _model_device(model, None)
+    dev = model_device(model, None)
     shape = (1, image_channels, h, w)
     with frozen(model), forward_until(model, list(layers)) as run, torch.no_grad():
         try:
-            return run(torch.zeros(shape, device=dev, dtype=_model_dtype(model)))
+            return run(torch.zeros(shape, device=dev, dtype=model_dtype(model)))
         except RuntimeError as e:
             raise ConfigError(f"model cannot run on images of shape {list(shape)}: {one_line(e, 200)}") from e
 
@@ -311,8 +278,10 @@ def _channel_ids(channels: Any) -> list[int] | None:
     if channels is None:
         return None
     if is_int(channels) or isinstance(channels, (str, bytes)) or (isinstance(channels, Tensor) and channels.dim() != 1):
-        raise ConfigError(f"channels are channel indices (a list of ints), got {channels!r}; the image's colour "
-                          "channel count is image_channels")
+        raise ConfigError(
+            f"channels are channel indices (a list of ints), got {channels!r}; the image's colour "
+            "channel count is image_channels"
+        )
     ids = channels.tolist() if isinstance(channels, Tensor) else list(channels)
     bad = [c for c in ids if not is_int(c)]
     if bad:
@@ -323,9 +292,15 @@ def _channel_ids(channels: Any) -> list[int] | None:
 _CHANNELS_HINTS = {k: f"maximize_channels sets {k!r} itself" for k in ("batch", "keys", "objective")}
 
 
-def maximize_channels(model: nn.Module, layer: str, channels: Sequence[int] | Tensor | None = None,
-                    settings: RenderSettings | None = None, *, progress: StepCallback | None = None,
-                    **overrides: Any) -> RenderResult:
+def maximize_channels(
+    model: nn.Module,
+    layer: str,
+    channels: Sequence[int] | Tensor | None = None,
+    settings: RenderSettings | None = None,
+    *,
+    progress: StepCallback | None = None,
+    **overrides: Any,
+) -> RenderResult:
     """Render every channel of ``layer`` (or the indices in ``channels``), ``chunk`` per batch: key = channel.
 
     ``settings``/``overrides`` as for ``maximize``. Image c is the same whichever chunk renders it and
@@ -342,10 +317,21 @@ def maximize_channels(model: nn.Module, layer: str, channels: Sequence[int] | Te
         raise ConfigError(f"channel {first} out of range for layer {layer!r} with {n} channels")
     parts = []
     for i in range(0, len(chans), s.chunk):
-        part = chans[i:i + s.chunk]
+        part = chans[i : i + s.chunk]
         parts.append(_maximize(model, channel(layer, torch.tensor(part)), s, part, progress))  # probed once above
-    settings_out = {**parts[0].settings, "kind": "channels", "layer": layer, "objective": f"{layer}:<channel>",
-                    "batch": len(chans), "elapsed_s": round(sum(p.settings["elapsed_s"] for p in parts), 3)}
-    return RenderResult(images=torch.cat([p.images for p in parts]), values=torch.cat([p.values for p in parts]),
-                        trace=torch.cat([p.trace for p in parts], 1), trace_steps=parts[0].trace_steps,
-                        keys=chans, settings=settings_out)
+    settings_out = {
+        **parts[0].settings,
+        "kind": "channels",
+        "layer": layer,
+        "objective": f"{layer}:<channel>",
+        "batch": len(chans),
+        "elapsed_s": round(sum(p.settings["elapsed_s"] for p in parts), 3),
+    }
+    return RenderResult(
+        images=torch.cat([p.images for p in parts]),
+        values=torch.cat([p.values for p in parts]),
+        trace=torch.cat([p.trace for p in parts], 1),
+        trace_steps=parts[0].trace_steps,
+        keys=chans,
+        settings=settings_out,
+    )

@@ -42,14 +42,20 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.running_mean is not None
-            and bn.running_var is not None and bn.num_features == conv.out_channels)
+    return (
+        isinstance(conv, nn.Conv2d)
+        and type(bn) is nn.BatchNorm2d
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and bn.num_features == conv.out_channels
+    )
 
 
 def hooked(m: nn.Module) -> bool:
     """Modules with hooks of their own are left alone: replacing them would silently drop the hooks."""
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                or getattr(m, "_backward_pre_hooks", None))
+    return bool(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None)
+    )
 
 
 def _rewrite(seq: nn.Sequential, prefix: str, keep: set[str]) -> int:
@@ -188,8 +194,10 @@ class PooledConv(nn.Module):
                     ky, kx = 2 * dy + by - ay + p, 2 * dx + bx - ax + p
                     if 0 <= ky < k and 0 <= kx < k:
                         big[ay, ax, :, by, bx, :, dy + d, dx + d] = w[:, :, ky, kx]
-        self.weight = nn.Parameter(big.reshape(4 * o, 4 * c, 2 * d + 1, 2 * d + 1).contiguous(
-            memory_format=torch.channels_last), requires_grad=False)
+        self.weight = nn.Parameter(
+            big.reshape(4 * o, 4 * c, 2 * d + 1, 2 * d + 1).contiguous(memory_format=torch.channels_last),
+            requires_grad=False,
+        )
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().repeat(4), requires_grad=False)
         self.block_pad = d
 
@@ -200,10 +208,18 @@ class PooledConv(nn.Module):
         1.44 for 5x5 (3x3: 4, 7x7: 2.04, 9x9: 1.23)."""
         k = conv.kernel_size
         d = PooledConv.radius(k[0])
-        return (k[0] == k[1] and k[0] % 2 == 1 and 16 * (2 * d + 1) ** 2 <= 1.5 * 4 * k[0] ** 2
-                and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-                and conv.padding_mode == "zeros" and conv.padding == (k[0] // 2, k[0] // 2)
-                and conv.in_channels <= 4 and conv.weight.device.type == "cpu")
+        return (
+            k[0] == k[1]
+            and k[0] % 2 == 1
+            and 16 * (2 * d + 1) ** 2 <= 1.5 * 4 * k[0] ** 2
+            and conv.stride == (1, 1)
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+            and conv.padding == (k[0] // 2, k[0] // 2)
+            and conv.in_channels <= 4
+            and conv.weight.device.type == "cpu"
+        )
 
     @staticmethod
     def radius(k: int) -> int:
@@ -213,8 +229,14 @@ class PooledConv(nn.Module):
     @staticmethod
     def pool_fits(pool: nn.MaxPool2d) -> bool:
         """A plain 2x2 pool with stride 2 (no padding, dilation, ceil mode or indices)."""
-        return (_pair(pool.kernel_size) == (2, 2) and _pair(pool.stride) == (2, 2) and _pair(pool.padding) == (0, 0)
-                and _pair(pool.dilation) == (1, 1) and not pool.ceil_mode and not pool.return_indices)
+        return (
+            _pair(pool.kernel_size) == (2, 2)
+            and _pair(pool.stride) == (2, 2)
+            and _pair(pool.padding) == (0, 0)
+            and _pair(pool.dilation) == (1, 1)
+            and not pool.ceil_mode
+            and not pool.return_indices
+        )
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         n, c, h, w = x.shape
@@ -222,8 +244,13 @@ class PooledConv(nn.Module):
             return F.max_pool2d(self.conv(x), 2)
         h2, w2 = h // 2, w // 2
         # [N, C, H, W] -> [N, 4C, H/2, W/2], channel (b_y, b_x, c); channels-last memory throughout
-        blocks = (x.permute(0, 2, 3, 1).reshape(n, h2, 2, w2, 2, c).permute(0, 1, 3, 2, 4, 5)
-                  .reshape(n, h2, w2, 4 * c).permute(0, 3, 1, 2))
+        blocks = (
+            x.permute(0, 2, 3, 1)
+            .reshape(n, h2, 2, w2, 2, c)
+            .permute(0, 1, 3, 2, 4, 5)
+            .reshape(n, h2, w2, 4 * c)
+            .permute(0, 3, 1, 2)
+        )
         y = F.conv2d(blocks, self.weight, self.bias, padding=self.block_pad)  # [N, 4*O, H/2, W/2]
         o = y.shape[1] // 4
         # channels-last [N, 4*O, H/2, W/2] is, as memory, [N, H/2*W/2, 4, O]: a (1, 4) pool over the 4
@@ -232,8 +259,13 @@ class PooledConv(nn.Module):
 
 
 def _selectable(m: nn.Module) -> bool:
-    return (type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros" and not hooked(m)
-            and isinstance(m.padding, tuple))
+    return (
+        type(m) is nn.Conv2d
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+        and not hooked(m)
+        and isinstance(m.padding, tuple)
+    )
 
 
 def select_channels(copy_: nn.Module, layer: str, idx: Tensor) -> bool:
@@ -266,8 +298,9 @@ def select_channels(copy_: nn.Module, layer: str, idx: Tensor) -> bool:
     return True
 
 
-def prepare_fast(model: nn.Module, objective: Objective, batch: int,
-                 channels_last: bool = False) -> tuple[nn.Module, Objective]:
+def prepare_fast(
+    model: nn.Module, objective: Objective, batch: int, channels_last: bool = False
+) -> tuple[nn.Module, Objective]:
     """``(copy, objective to evaluate on it)``: ``fast_copy`` of ``model`` keeping ``objective.layers``.
 
     For a channel objective (``objective.selects``) whose layer ``select_channels`` can rewrite, the

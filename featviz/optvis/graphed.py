@@ -59,8 +59,9 @@ class Replayable:
                 self.buffers.append(torch.empty_like(u))
             buf = self.buffers[self._i]
             if buf.shape != u.shape:
-                raise RuntimeError(f"random draw {self._i} changed shape between steps: {tuple(buf.shape)} -> "
-                                   f"{tuple(u.shape)}")
+                raise RuntimeError(
+                    f"random draw {self._i} changed shape between steps: {tuple(buf.shape)} -> {tuple(u.shape)}"
+                )
             buf.copy_(u)
         else:
             if self._i >= len(self.buffers):
@@ -95,8 +96,9 @@ def rerun(step: Step) -> Step:
     return step
 
 
-def run_steps(step: Step, steps: int, on_step: Callable[[int, Tensor], None], sources: Sequence[Replayable],
-              capture: Capture) -> str:
+def run_steps(
+    step: Step, steps: int, on_step: Callable[[int, Tensor], None], sources: Sequence[Replayable], capture: Capture
+) -> str:
     """Run ``steps`` optimizer steps (see the module docstring); ``on_step(i, values)`` after each.
 
     Returns how the steps after the warm-up ran: ``"graph"``, or ``"eager: <why>"`` when capturing

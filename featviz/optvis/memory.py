@@ -50,8 +50,9 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def _user_tuned() -> bool:
-    return (any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"))
-            or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""))
+    return any(
+        k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+    ) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
 
 
 @contextmanager

@@ -30,8 +30,13 @@ __all__ = ["Objective", "channel", "neuron", "layer_objective", "direction", "di
 class Objective:
     """``fn(acts) -> Tensor[B]`` (larger is better) plus the set of layer names ``fn`` reads."""
 
-    def __init__(self, fn: Callable[[Acts], Tensor], layers: Iterable[str], name: str = "objective",
-                 selects: tuple[str, int | Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Acts], Tensor],
+        layers: Iterable[str],
+        name: str = "objective",
+        selects: tuple[str, int | Tensor] | None = None,
+    ) -> None:
         layers = [layers] if isinstance(layers, str) else list(layers)  # one name, not its characters
         bad = next((n for n in layers if not isinstance(n, str)), None)
         if bad is not None:
@@ -73,8 +78,9 @@ class Objective:
 
     def __mul__(self, other: Objective | Number) -> Objective:
         if isinstance(other, Objective):  # elementwise product, e.g. activation * cosine
-            return Objective(lambda a: self(a) * other(a), self.layers | other.layers,
-                             f"({self.name}) * ({other.name})")
+            return Objective(
+                lambda a: self(a) * other(a), self.layers | other.layers, f"({self.name}) * ({other.name})"
+            )
         if isinstance(other, (int, float)):
             w = float(other)
             return Objective(lambda a: w * self(a), self.layers, f"{w:g} * ({self.name})")
@@ -134,7 +140,7 @@ def _channel_index(c: int | Tensor) -> tuple[int | Tensor, int]:
     return c, c
 
 
-MAX_CHANNEL = 2 ** 31  # above any layer's channel count, and within every index type
+MAX_CHANNEL = 2**31  # above any layer's channel count, and within every index type
 
 
 class _ChannelMean(torch.autograd.Function):
@@ -244,6 +250,7 @@ def diversity(layer: str) -> Objective:
 
     Values [B] in [-1, 1] (0 for a batch of one); adding it pushes a batch's images apart in style.
     """
+
     def fn(acts: Acts) -> Tensor:
         act = _layer_act(acts, layer)
         b = act.shape[0]

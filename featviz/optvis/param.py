@@ -21,8 +21,16 @@ from featviz.optvis.rng import PARAM_STREAM, element_seed, generator
 
 Param = tuple[list[Tensor], Callable[[], Tensor]]
 
-__all__ = ["Param", "pixel", "fourier", "color_matrix", "color_matrix_or_none", "check_color", "spectrum_scale",
-           "element_seeds"]
+__all__ = [
+    "Param",
+    "pixel",
+    "fourier",
+    "color_matrix",
+    "color_matrix_or_none",
+    "check_color",
+    "spectrum_scale",
+    "element_seeds",
+]
 
 
 def element_seeds(batch: int, seed: int | Sequence[int]) -> list[int]:
@@ -59,8 +67,15 @@ def _randn(shape: tuple[int, ...], seeds: list[int], sd: float, device: torch.de
     return x.to(device).requires_grad_(True)
 
 
-def pixel(batch: int, image_channels: int, size: int | Sequence[int], seed: int | Sequence[int] = 0,
-          color: Tensor | None = None, device: torch.device | str | None = None, sd: float = 0.01) -> Param:
+def pixel(
+    batch: int,
+    image_channels: int,
+    size: int | Sequence[int],
+    seed: int | Sequence[int] = 0,
+    color: Tensor | None = None,
+    device: torch.device | str | None = None,
+    sd: float = 0.01,
+) -> Param:
     """Images = sigmoid(color @ logits), logits [B, C, H, W] ~ N(0, sd): starts as flat grey (0.5)."""
     _check(batch, image_channels)
     h, w = _hw(size)
@@ -87,8 +102,9 @@ def spectrum_scale(h: int, w: int, decay_power: float = 1.0) -> Tensor:
     return scale / scale.pow(2).mean().sqrt()
 
 
-def check_color(color: Tensor | Sequence[Sequence[float]] | None, image_channels: int,
-                device: torch.device) -> Tensor | None:
+def check_color(
+    color: Tensor | Sequence[Sequence[float]] | None, image_channels: int, device: torch.device
+) -> Tensor | None:
     """``color`` as a float32 [C, C] tensor on ``device`` (None stays None); ConfigError if it is not one."""
     if color is None:
         return None
@@ -103,9 +119,16 @@ def check_color(color: Tensor | Sequence[Sequence[float]] | None, image_channels
     return color.to(device)
 
 
-def fourier(batch: int, image_channels: int, size: int | Sequence[int], seed: int | Sequence[int] = 0,
-            decay_power: float = 1.0, color: Tensor | None = None,
-            device: torch.device | str | None = None, sd: float = 0.01) -> Param:
+def fourier(
+    batch: int,
+    image_channels: int,
+    size: int | Sequence[int],
+    seed: int | Sequence[int] = 0,
+    decay_power: float = 1.0,
+    color: Tensor | None = None,
+    device: torch.device | str | None = None,
+    sd: float = 0.01,
+) -> Param:
     """Images = sigmoid(color @ irfft2(spectrum * scale)); spectrum [B, C, H, W//2+1, 2] ~ N(0, sd).
 
     ``color`` [C, C] mixes decorrelated channels into image channels (``color_matrix`` of the

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from featviz.checks import is_int
 from featviz.errors import ConfigError
-from featviz.optvis.actmax import _model_device, _model_dtype, forward_until, frozen
+from featviz.optvis.forward import forward_until, frozen, model_device, model_dtype
 from featviz.optvis.param import _hw, spectrum_scale
 from featviz.optvis.rng import generator
 from featviz.optvis.settings import normalizer
@@ -28,9 +28,16 @@ from featviz.optvis.transforms import Transform, identity
 __all__ = ["channel_activations", "standardized_matrix", "standardized_activation", "specificity", "noise_images"]
 
 
-def channel_activations(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None = None,
-                        std: Sequence[float] | None = None, batch_size: int = 128,
-                        transform: Transform | None = None, repeats: int = 1) -> Tensor:
+def channel_activations(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    batch_size: int = 128,
+    transform: Transform | None = None,
+    repeats: int = 1,
+) -> Tensor:
     """Channel-mean activation of ``layer`` on each image: images [N, C, H, W] in [0, 1] (or uint8 0..255,
     divided by 255 here) -> [N, K] float32.
 
@@ -43,7 +50,7 @@ def channel_activations(model: nn.Module, layer: str, images: Tensor, mean: Sequ
         images = images.float() / 255
     elif not images.is_floating_point():
         raise ConfigError(f"images must be floats in [0, 1] or uint8, got {str(images.dtype).replace('torch.', '')}")
-    dev = _model_device(model, None)
+    dev = model_device(model, None)
     norm = normalizer(mean, std, images.shape[1], dev)
     tf = transform or identity
     out = []
@@ -51,15 +58,22 @@ def channel_activations(model: nn.Module, layer: str, images: Tensor, mean: Sequ
         for chunk in images.split(batch_size):
             acc = 0.0
             for _ in range(repeats if transform is not None else 1):
-                act = run(norm(tf(chunk.to(dev, torch.float32))).to(_model_dtype(model)))[layer]
+                act = run(norm(tf(chunk.to(dev, torch.float32))).to(model_dtype(model)))[layer]
                 acc = acc + (act.flatten(2).mean(2) if act.dim() > 2 else act).float()
             out.append((acc / (repeats if transform is not None else 1)).cpu())
     return torch.cat(out)
 
 
-def standardized_matrix(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None,
-                        std: Sequence[float] | None, noise_images: Tensor, transform: Transform | None = None,
-                        repeats: int = 1) -> Tensor:
+def standardized_matrix(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    noise_images: Tensor,
+    transform: Transform | None = None,
+    repeats: int = 1,
+) -> Tensor:
     """z-scores [N, K]: channel k's activation on image n, standardized by its noise-image statistics.
 
     ``transform``/``repeats`` apply to the rendered images only (see ``channel_activations``).
@@ -80,19 +94,35 @@ def _own(z: Tensor, channels: Sequence[int] | None) -> Tensor:
     return idx
 
 
-def standardized_activation(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None,
-                            std: Sequence[float] | None, noise_images: Tensor,
-                            channels: Sequence[int] | None = None, transform: Transform | None = None,
-                            repeats: int = 1) -> Tensor:
+def standardized_activation(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    noise_images: Tensor,
+    channels: Sequence[int] | None = None,
+    transform: Transform | None = None,
+    repeats: int = 1,
+) -> Tensor:
     """[N]: z-score of channel ``channels[i]`` (default i) on its own image i, against ``noise_images``."""
     z = standardized_matrix(model, layer, images, mean, std, noise_images, transform, repeats)
     idx = _own(z, channels)
     return z[torch.arange(z.shape[0]), idx]
 
 
-def specificity(model: nn.Module, layer: str, images: Tensor, mean: Sequence[float] | None,
-                std: Sequence[float] | None, noise_images: Tensor, channels: Sequence[int] | None = None,
-                by: str = "channel", transform: Transform | None = None, repeats: int = 1) -> float:
+def specificity(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    noise_images: Tensor,
+    channels: Sequence[int] | None = None,
+    by: str = "channel",
+    transform: Transform | None = None,
+    repeats: int = 1,
+) -> float:
     """Fraction in [0, 1] of channels whose own image is their top image among ``images`` (``by="channel"``),
     or of images whose own channel is their top standardized channel in the layer (``by="image"``)."""
     z = standardized_matrix(model, layer, images, mean, std, noise_images, transform, repeats)

@@ -83,6 +83,6 @@ class ElementRandom:
             # streams stay aligned whatever the batch.
             self._buf = torch.stack([torch.rand(n, generator=g) for g in self.gens]).to(device)
             self._pos = 0
-        out = self._buf[:, self._pos:self._pos + k]
+        out = self._buf[:, self._pos : self._pos + k]
         self._pos += k
         return out

@@ -65,8 +65,9 @@ def _floats(v: Sequence[float] | Tensor | float) -> tuple[float, ...]:
     return tuple(float(x) for x in torch.as_tensor(v, dtype=torch.float64).flatten().tolist())
 
 
-def norm_values(mean: Sequence[float] | Tensor | float | None, std: Sequence[float] | Tensor | float | None,
-                channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+def norm_values(
+    mean: Sequence[float] | Tensor | float | None, std: Sequence[float] | Tensor | float | None, channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """Checked ``(mean, std)`` with 1 or ``channels`` values each (None for a missing one: 0 / 1);
     None when both are None (no normalization)."""
     if mean is None and std is None:
@@ -84,8 +85,13 @@ def norm_values(mean: Sequence[float] | Tensor | float | None, std: Sequence[flo
     return m, s
 
 
-def normalizer(mean: Sequence[float] | Tensor | float | None, std: Sequence[float] | Tensor | float | None,
-               channels: int, device: torch.device | str, channels_last: bool = False) -> Callable[[Tensor], Tensor]:
+def normalizer(
+    mean: Sequence[float] | Tensor | float | None,
+    std: Sequence[float] | Tensor | float | None,
+    channels: int,
+    device: torch.device | str,
+    channels_last: bool = False,
+) -> Callable[[Tensor], Tensor]:
     """Images [B, C, H, W] in 0..1 -> ``(x - mean) / std`` (differentiable) in the given memory format."""
     values = norm_values(mean, std, channels)
     if values is not None:
@@ -98,7 +104,9 @@ def normalizer(mean: Sequence[float] | Tensor | float | None, std: Sequence[floa
 class RenderSettings:
     """Everything that decides a render except the objective and the batch's element keys."""
 
-    size: int | tuple[int, int] = 32  # image side, or (height, width), in px
+    # image side, or (height, width), in px; None: the model's own input size where the caller knows it (the
+    # render stage: a run's image size), else DEFAULT_SIZE
+    size: int | tuple[int, int] | None = None
     steps: int = 256  # Adam steps
     lr: float = 0.05  # Adam learning rate
     param: str | Param = "fourier"  # "fourier" | "pixel" | a (params, image_fn) pair
@@ -118,7 +126,9 @@ class RenderSettings:
 
     def __post_init__(self) -> None:
         put = object.__setattr__
-        if isinstance(self.size, (tuple, list)) and len(self.size) == 2:
+        if self.size is None:
+            pass
+        elif isinstance(self.size, (tuple, list)) and len(self.size) == 2:
             put(self, "size", (_count("size", self.size[0], 2), _count("size", self.size[1], 2)))
         else:
             put(self, "size", _count("size", self.size, 2))
@@ -165,11 +175,17 @@ class RenderSettings:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(RenderSettings))
+DEFAULT_SIZE = 32  # px: the image side when the settings leave it to the caller and the caller does not know one
 
 
-def resolve(settings: RenderSettings | None, overrides: Mapping[str, Any], caller: str = "render",
-            hints: Mapping[str, str] | None = None) -> RenderSettings:
-    """``settings`` (default: ``RenderSettings()``) with the fields in ``overrides`` replaced.
+def resolve(
+    settings: RenderSettings | None,
+    overrides: Mapping[str, Any],
+    caller: str = "render",
+    hints: Mapping[str, str] | None = None,
+) -> RenderSettings:
+    """``settings`` (default: ``RenderSettings()``) with the fields in ``overrides`` replaced, and a size
+    left open (None) made ``DEFAULT_SIZE``.
 
     A key that is not a field is a ConfigError naming it (with ``hints[key]`` appended if given).
     """
@@ -181,4 +197,5 @@ def resolve(settings: RenderSettings | None, overrides: Mapping[str, Any], calle
         if key not in FIELDS:
             hint = (hints or {}).get(key, f"settings are {', '.join(FIELDS)}")
             raise ConfigError(f"{caller}: unknown keyword {key!r}; {hint}")
-    return dataclasses.replace(settings, **overrides) if overrides else settings
+    settings = dataclasses.replace(settings, **overrides) if overrides else settings
+    return settings if settings.size is not None else dataclasses.replace(settings, size=DEFAULT_SIZE)

@@ -27,8 +27,18 @@ from featviz.optvis.rng import RandomSource, SharedRandom
 Transform = Callable[[Tensor], Tensor]
 _MODES = {"reflect": "reflection", "edge": "border", "replicate": "border", "constant": "zeros"}
 
-__all__ = ["Transform", "RandomAffine", "pad", "jitter", "random_scale", "random_rotate", "compose",
-           "identity", "standard", "standard_settings"]
+__all__ = [
+    "Transform",
+    "RandomAffine",
+    "pad",
+    "jitter",
+    "random_scale",
+    "random_rotate",
+    "compose",
+    "identity",
+    "standard",
+    "standard_settings",
+]
 
 
 def _source(rng: RandomSource | torch.Generator | int | None) -> RandomSource:
@@ -68,17 +78,27 @@ class RandomAffine:
     constant with ``value``). With all settings at their neutral values the output equals the input.
     """
 
-    def __init__(self, scale: tuple[float, float] = (1.0, 1.0), degrees: float = 0.0, translate: float = 0.0,
-                 pad: int = 0, mode: str = "reflect", value: float = 0.5,
-                 rng: RandomSource | torch.Generator | int | None = None) -> None:
+    def __init__(
+        self,
+        scale: tuple[float, float] = (1.0, 1.0),
+        degrees: float = 0.0,
+        translate: float = 0.0,
+        pad: int = 0,
+        mode: str = "reflect",
+        value: float = 0.5,
+        rng: RandomSource | torch.Generator | int | None = None,
+    ) -> None:
         _check_mode(mode)
         if not (isinstance(scale, (tuple, list)) and len(scale) == 2):
             raise ConfigError(f"scale is a (lo, hi) range, got {scale!r}")
         lo, hi = _finite("scale", scale[0]), _finite("scale", scale[1])
         if not 0 < lo <= hi:
             raise ConfigError(f"scale range must satisfy 0 < lo <= hi, got ({lo}, {hi})")
-        degrees, translate, value = (_finite("degrees", degrees), _finite("translate", translate),
-                                     _finite("value", value))
+        degrees, translate, value = (
+            _finite("degrees", degrees),
+            _finite("translate", translate),
+            _finite("value", value),
+        )
         _pixels(pad)
         if degrees < 0 or translate < 0:
             raise ConfigError("degrees and translate must be >= 0")
@@ -116,8 +136,13 @@ class RandomAffine:
         theta = self.theta(b, h, w, images.device).to(images.dtype)
         grid = self.grid(theta, h, w)
         shift = self.value if self.mode == "constant" else 0.0  # grid_sample pads with 0: pad (x - v) + v
-        out = F.grid_sample(images - shift if shift else images, grid, mode="bilinear",
-                            padding_mode=_MODES[self.mode], align_corners=False)
+        out = F.grid_sample(
+            images - shift if shift else images,
+            grid,
+            mode="bilinear",
+            padding_mode=_MODES[self.mode],
+            align_corners=False,
+        )
         return out + shift if shift else out
 
 
@@ -182,5 +207,6 @@ def standard_settings(size: int | Sequence[int]) -> dict[str, float | int | list
 def standard(size: int | Sequence[int], rng: RandomSource | torch.Generator | int | None = None) -> Transform:
     """The default transform for ``size`` px images: one fused RandomAffine (see ``standard_settings``)."""
     s = standard_settings(size)
-    return RandomAffine(scale=tuple(s["scale"]), degrees=s["degrees"], translate=s["jitter"], pad=s["pad"],
-                        mode=s["mode"], rng=rng)
+    return RandomAffine(
+        scale=tuple(s["scale"]), degrees=s["degrees"], translate=s["jitter"], pad=s["pad"], mode=s["mode"], rng=rng
+    )

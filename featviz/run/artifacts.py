@@ -86,8 +86,9 @@ class RunArtifacts:
         parts = sorted(self.path.glob(".renders.part*.jsonl"))
         if not parts:
             return
-        records = [RenderRecord.from_checked_json(rec) for p in parts
-                   for rec in read_jsonl(p, "file", render_problem)[0]]
+        records = [
+            RenderRecord.from_checked_json(rec) for p in parts for rec in read_jsonl(p, "file", render_problem)[0]
+        ]
         self.add_renders(records)
         for p in parts:
             p.unlink(missing_ok=True)

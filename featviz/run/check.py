@@ -83,8 +83,11 @@ def verify_file(run: Run, rel: str, digest: str) -> str | None:
     safetensors); else what is wrong, naming the file."""
     p = run.file(rel)
     if not run.has_file(rel):
-        return f"{p}: file is missing (the manifest lists it)" if not os.path.lexists(p) else \
-            f"{p}: not a regular file (the manifest lists it)"
+        return (
+            f"{p}: file is missing (the manifest lists it)"
+            if not os.path.lexists(p)
+            else f"{p}: not a regular file (the manifest lists it)"
+        )
     if rel.endswith(".safetensors"):
         try:
             load_tensors(p, digest)
@@ -115,8 +118,10 @@ def _check_tensor_names(run: Run, files: dict[str, str], rep: CheckReport) -> No
                     rep.problems.append(f"{run.path / rel}: {key} is {got}, run.json's layer list says {list(want)}")
         elif head != first[1]:
             name = next(k for k in sorted(set(head) | set(first[1])) if head.get(k) != first[1].get(k))
-            rep.problems.append(f"{run.path / rel}: tensor {name} differs from {first[0]} (names, dtypes and shapes "
-                                "must match in every snapshot)")
+            rep.problems.append(
+                f"{run.path / rel}: tensor {name} differs from {first[0]} (names, dtypes and shapes "
+                "must match in every snapshot)"
+            )
 
 
 def _check_metrics_hash(run: Run, rel: str, digest: str, rep: CheckReport) -> None:
@@ -129,8 +134,10 @@ def _check_metrics_hash(run: Run, rel: str, digest: str, rep: CheckReport) -> No
     if hashlib.sha256(b"".join(lines)).hexdigest() == digest:
         return
     if len(lines) > committed and hashlib.sha256(b"".join(lines[:committed])).hexdigest() == digest:
-        rep.notes.append(f"{p}: has {len(lines) - committed} record(s) after the last committed epoch "
-                         f"{rep.epochs_done} (an interrupted epoch; --resume discards them)")
+        rep.notes.append(
+            f"{p}: has {len(lines) - committed} record(s) after the last committed epoch "
+            f"{rep.epochs_done} (an interrupted epoch; --resume discards them)"
+        )
         return
     rep.problems.append(f"{p}: checksum does not match the manifest (file is damaged or was edited)")
 
@@ -160,8 +167,9 @@ def _check_renders(run: Run, files: dict[str, str], rep: CheckReport) -> None:
     rep.problems.extend(damaged)
     for rec in records:
         if not run.has_file(rec.file):
-            rep.problems.append(f"{run.path / rec.file}: render file is missing or not a regular file (listed "
-                                "in renders.jsonl)")
+            rep.problems.append(
+                f"{run.path / rec.file}: render file is missing or not a regular file (listed in renders.jsonl)"
+            )
 
 
 def _notes(run: Run, files: dict[str, str], rep: CheckReport) -> None:
@@ -173,5 +181,6 @@ def _notes(run: Run, files: dict[str, str], rep: CheckReport) -> None:
         for p in sorted(snaps.glob("*.safetensors")):
             rel = f"snapshots/{p.name}"
             if rel not in files:
-                rep.notes.append(f"{p}: written after the last committed epoch {rep.epochs_done} (ignored; "
-                                 "--resume discards it)")
+                rep.notes.append(
+                    f"{p}: written after the last committed epoch {rep.epochs_done} (ignored; --resume discards it)"
+                )

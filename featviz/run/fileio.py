@@ -68,7 +68,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(view[: len(view) // 2])
             f.flush()
             pause_point(f"write:{path.name}")  # fault-injection tests kill the process here
-            f.write(view[len(view) // 2:])
+            f.write(view[len(view) // 2 :])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -172,8 +172,14 @@ def sha256_file(path: Path) -> str:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -216,8 +222,10 @@ def read_regular(path: Path, limit: int) -> bytes:
         size = os.fstat(f.fileno()).st_size
         data = f.read(limit + 1) if size <= limit else b""
         if size > limit or len(data) > limit:
-            raise RunError(f"{path}: larger than {limit >> 20} MiB, more than featviz ever writes there "
-                           "(damaged or not featviz's file)")
+            raise RunError(
+                f"{path}: larger than {limit >> 20} MiB, more than featviz ever writes there "
+                "(damaged or not featviz's file)"
+            )
         return data
 
 
@@ -323,8 +331,9 @@ def open_safetensors(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]]
         pass  # safe_open would block on a FIFO and map a device
     try:
         handle = safe_open(str(path), framework="pt")
-        return {k: (handle.get_slice(k).get_dtype(), tuple(handle.get_slice(k).get_shape()))
-                for k in handle.keys()}, handle
+        return {
+            k: (handle.get_slice(k).get_dtype(), tuple(handle.get_slice(k).get_shape())) for k in handle.keys()
+        }, handle
     except Exception as e:  # safetensors raises several types for truncated/garbled headers
         raise RunError(f"{path}: not a valid safetensors file ({one_line(e, 120)})") from None
 
@@ -334,8 +343,9 @@ def tensor_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     return open_safetensors(path)[0]
 
 
-def read_jsonl(path: Path, required: str,
-               valid: Callable[[dict[str, Any]], str | None] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+def read_jsonl(
+    path: Path, required: str, valid: Callable[[dict[str, Any]], str | None] | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The records of a JSON-lines file in file order, and one message per damaged line (not JSON, not
     an object, without the ``required`` key, or refused by ``valid``, which returns what is wrong or
     None), naming the file and the line. A missing file has none; a file that is not a regular file of

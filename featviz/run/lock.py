@@ -60,8 +60,10 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                raise RunError(f"run {self.path} is being written by {printable(one_line(holder, 160))}; wait for "
-                               "it to finish (or stop it) and try again") from None
+                raise RunError(
+                    f"run {self.path} is being written by {printable(one_line(holder, 160))}; wait for "
+                    "it to finish (or stop it) and try again"
+                ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} ({what})\n".encode(), 0)
         except BaseException:
@@ -113,8 +115,7 @@ def open_lock_file(file: Path) -> int:
     """A descriptor of the lock file ``file``, created if needed; never a symlink or special file (a FIFO
     planted there would block the open, a link would lock something else): a RunError naming it."""
     try:
-        fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
-                     0o644)
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
     except OSError as e:
         raise RunError(f"cannot lock {file.parent} for writing ({file}: {e.strerror or e})") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):

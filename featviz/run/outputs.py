@@ -22,12 +22,22 @@ from featviz.run.lock import FILES as LOCK_FILES
 from featviz.run.records import read_run_info
 
 # what a run folder holds: top-level files and folders featviz writes, and the names inside its folders
-_TOP_FILES = {"run.json", "manifest.json", "metrics.jsonl", "probe.safetensors", "renders.jsonl", "analysis.json",
-              ".renders.lock", *LOCK_FILES}
+_TOP_FILES = {
+    "run.json",
+    "manifest.json",
+    "metrics.jsonl",
+    "probe.safetensors",
+    "renders.jsonl",
+    "analysis.json",
+    ".renders.lock",
+    *LOCK_FILES,
+}
 _TOP_DIRS = {"snapshots", "state", "renders", "analysis", "gallery"}
 _TEMP = re.compile(r"^\..+\.tmp$|^\.renders\.part\d+\.jsonl$")
-_INSIDE = {"snapshots": re.compile(r"^(epoch|step)_\d+\.safetensors$"),
-           "state": re.compile(r"^epoch_\d+\.(safetensors|json)$")}
+_INSIDE = {
+    "snapshots": re.compile(r"^(epoch|step)_\d+\.safetensors$"),
+    "state": re.compile(r"^epoch_\d+\.(safetensors|json)$"),
+}
 
 
 def check_out_dir(out_dir: Path) -> Path:
@@ -59,8 +69,10 @@ def check_new_run(out_dir: Path, name: str, force: bool, reading: Iterable[Path]
     for src in reading:
         src_real, real = os.path.realpath(src), os.path.realpath(path)
         if src_real == real or src_real.startswith(real.rstrip(os.sep) + os.sep):
-            raise RunError(f"{src} lies inside {path}, which this command would replace; write the run under "
-                           "another --name or --out")
+            raise RunError(
+                f"{src} lies inside {path}, which this command would replace; write the run under "
+                "another --name or --out"
+            )
     return path
 
 
@@ -74,12 +86,16 @@ def check_replaceable(path: Path) -> None:
     docstring): anything a user put there is never deleted by ``--force``."""
     read_run_info(path)
     if not os.path.isfile(path / "manifest.json"):
-        raise RunError(f"{path} has no manifest.json, so it is not a run featviz finished writing; "
-                       "refusing to replace it (remove it yourself if it should go)")
+        raise RunError(
+            f"{path} has no manifest.json, so it is not a run featviz finished writing; "
+            "refusing to replace it (remove it yourself if it should go)"
+        )
     stranger = _foreign(path)
     if stranger is not None:
-        raise RunError(f"{path} holds {stranger}, which featviz did not write; refusing to replace it "
-                       "(move it out, or remove the folder yourself)")
+        raise RunError(
+            f"{path} holds {stranger}, which featviz did not write; refusing to replace it "
+            "(move it out, or remove the folder yourself)"
+        )
 
 
 def _foreign(path: Path) -> str | None:

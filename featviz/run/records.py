@@ -19,7 +19,7 @@ from featviz.errors import RunError
 from featviz.provenance import provenance
 from featviz.run.fileio import confined, plain_rel, read_json
 from featviz.run.schema import ConvLayer, DataInfo, RunInfo, SchemaError
-from featviz.run.schema import whole as _count
+from featviz.run.values import whole as _count
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -36,8 +36,14 @@ def metric_problem(rec: dict[str, Any]) -> str | None:
         return "step is not a whole number from 0"
     if rec.get("label") is not None and not isinstance(rec["label"], str):
         return "label is not text"
-    bad = next((k for k in NUMBERS if rec.get(k) is not None and (isinstance(rec[k], bool)
-                                                                   or not isinstance(rec[k], (int, float)))), None)
+    bad = next(
+        (
+            k
+            for k in NUMBERS
+            if rec.get(k) is not None and (isinstance(rec[k], bool) or not isinstance(rec[k], (int, float)))
+        ),
+        None,
+    )
     return f"{bad} is not a number" if bad else None
 
 
@@ -48,8 +54,9 @@ def manifest_problem(m: Any) -> str | None:
     if not isinstance(m, dict) or type(m.get("epochs_done")) is not int or not isinstance(m.get("files"), dict):
         return ""
     files = m["files"]
-    bad = next((k for k, v in files.items() if not (isinstance(v, str) and _SHA256.fullmatch(v))
-                or not plain_rel(k)), None)
+    bad = next(
+        (k for k, v in files.items() if not (isinstance(v, str) and _SHA256.fullmatch(v)) or not plain_rel(k)), None
+    )
     if bad is not None:
         return f" (entry {bad[:120]!r} is not a file of the run with a sha256)"
     if not -1 <= m["epochs_done"] < max(1, len(files)):
@@ -77,15 +84,36 @@ def read_run_info(path: Path) -> RunInfo:
         raise RunError(f"{path / 'run.json'}: {err}") from None
 
 
-def describe_run(name: str, configs: dict[str, Any], data: DataInfo, layers: Iterable[ConvLayer], model: nn.Module,
-                 device: Any, *, seed: int | None = None, source: str | None = None, recording: bool = False,
-                 processes: int = 1, imported: dict[str, Any] | None = None) -> RunInfo:
+def describe_run(
+    name: str,
+    configs: dict[str, Any],
+    data: DataInfo,
+    layers: Iterable[ConvLayer],
+    model: nn.Module,
+    device: Any,
+    *,
+    seed: int | None = None,
+    source: str | None = None,
+    recording: bool = False,
+    processes: int = 1,
+    imported: dict[str, Any] | None = None,
+) -> RunInfo:
     """run.json's content: the one builder that train, record and import use. ``configs``: the data,
     model and train sections; ``data``: ``ImageData.describe``; ``layers``: ``layers.trace``; ``model``:
     the network (its parameter count); ``source``: "record" or "import" for runs featviz did not train."""
-    info = RunInfo(name=name, configs=configs, data=data, layers=tuple(layers), seed=seed, source=source,
-                   recording=recording, params_total=sum(p.numel() for p in model.parameters()),
-                   processes=processes, imported=imported, provenance=provenance(device))
+    info = RunInfo(
+        name=name,
+        configs=configs,
+        data=data,
+        layers=tuple(layers),
+        seed=seed,
+        source=source,
+        recording=recording,
+        params_total=sum(p.numel() for p in model.parameters()),
+        processes=processes,
+        imported=imported,
+        provenance=provenance(device),
+    )
     problem = run_problem(info.to_json())
     if problem is not None:  # featviz's own description must pass its own reader's checks
         raise RunError(f"the run description for {name} is malformed: {problem}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from featviz.config import RenderConfig, to_dict
+from featviz.config import RenderConfig
 from featviz.errors import ConfigError
 from featviz.run.schema import RenderRecord, settings_set_of
 
@@ -20,7 +20,7 @@ KEYS = ("steps", "param", "transforms", "lr", "seed")
 
 def am_settings(cfg: RenderConfig, size: int) -> dict[str, Any]:
     """What makes two activation-maximization renders the same (the reuse key)."""
-    return {**{k: v for k, v in to_dict(cfg).items() if k in KEYS}, "size": size, "target": "response"}
+    return {**{k: getattr(cfg.settings, k) for k in KEYS}, "size": size, "target": "response"}
 
 
 def settings_sets(index: list[RenderRecord]) -> dict[str, dict[str, Any]]:
@@ -49,8 +49,10 @@ def choose_settings_set(index: list[RenderRecord], size: int, requested: str | N
         return default
     if len(sets) == 1:
         return next(iter(sets))
-    raise ConfigError(f"this run has several render settings sets and none is the default; choose one with "
-                      f"--settings-set: {', '.join(sorted(sets))}")
+    raise ConfigError(
+        f"this run has several render settings sets and none is the default; choose one with "
+        f"--settings-set: {', '.join(sorted(sets))}"
+    )
 
 
 def records_of(index: list[RenderRecord], sid: str | None) -> list[RenderRecord]:

@@ -26,61 +26,30 @@ from typing import Any, Callable, Mapping
 
 from featviz.errors import RunError
 from featviz.run.fileio import plain_rel
+from featviz.run.values import SchemaError, are_numbers, checked, fields_of, is_text, or_none, whole
 
 SCHEMA_VERSION = 2  # the on-disk shape of a run; bump it when that shape changes, and migrate in from_json
-MAX_COUNT = 2**53  # the largest epoch, step or channel a record may hold (exact as a float and in JavaScript)
 PROVENANCE = ("created", "versions", "git_sha", "device", "device_name", "threads", "determinism")
-
-
-class SchemaError(RunError):
-    """A run file whose content does not have the shape its type needs (edited, damaged, or not featviz's)."""
-
-
-# ----------------------------------------------------------------------------- value checks
-def whole(v: Any, low: int = 0) -> bool:
-    """``v`` is an int (not a bool) from ``low`` to ``MAX_COUNT``."""
-    return type(v) is int and low <= v <= MAX_COUNT
-
-
-def _numbers(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-
-
-def _text(v: Any) -> bool:
-    return isinstance(v, str)
-
-
-def _maybe(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda v: v is None or check(v)
-
-
-def _checked(what: str, d: Any, types: Mapping[str, Callable[[Any], bool]], required: tuple[str, ...]) -> dict:
-    """``d`` if it is a dict whose ``required`` keys are present and whose keys in ``types`` pass their
-    check; else a SchemaError naming ``what`` and the first key that does not."""
-    if not isinstance(d, dict):
-        raise SchemaError(f"{what} is not an object")
-    bad = next((k for k in required if k not in d), None) or next(
-        (k for k, ok in types.items() if k in d and not ok(d[k])), None)
-    if bad is not None:
-        raise SchemaError(f"{what}: {bad} is missing or of the wrong type")
-    return d
-
-
-def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    """The items of ``d`` that are fields of the dataclass ``cls``."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in d.items() if k in names}
 
 
 # ----------------------------------------------------------------------------- conv layer
 _LAYER_TYPES: dict[str, Callable[[Any], bool]] = {
-    "name": lambda v: isinstance(v, str) and bool(v), "depth": lambda v: whole(v, 1), "in_ch": lambda v: whole(v, 1),
-    "out_ch": lambda v: whole(v, 1), "groups": lambda v: whole(v, 1), "stride": lambda v: whole(v, 1),
+    "name": lambda v: isinstance(v, str) and bool(v),
+    "depth": lambda v: whole(v, 1),
+    "in_ch": lambda v: whole(v, 1),
+    "out_ch": lambda v: whole(v, 1),
+    "groups": lambda v: whole(v, 1),
+    "stride": lambda v: whole(v, 1),
     "kernel": lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(whole(k, 1) for k in v),
-    "weights": _maybe(whole), "biases": _maybe(whole), "params": _maybe(whole), "out_px": _maybe(whole),
-    "rf_px": _maybe(whole), "batchnorm": _maybe(lambda v: isinstance(v, bool)),
+    "weights": or_none(whole),
+    "biases": or_none(whole),
+    "params": or_none(whole),
+    "out_px": or_none(whole),
+    "rf_px": or_none(whole),
+    "batchnorm": or_none(lambda v: isinstance(v, bool)),
     "rf_exceeds": lambda v: isinstance(v, bool),
-    "response": _maybe(_text), "activation": _maybe(_text),
+    "response": or_none(is_text),
+    "activation": or_none(is_text),
 }
 
 
@@ -126,16 +95,21 @@ class ConvLayer:
 
     @classmethod
     def from_json(cls, d: Any, what: str = "layer") -> "ConvLayer":
-        d = _checked(what, d, _LAYER_TYPES, ("name", "depth", "in_ch", "out_ch", "kernel"))
-        return cls(**{**_known(cls, d), "kernel": (int(d["kernel"][0]), int(d["kernel"][1]))})
+        d = checked(what, d, _LAYER_TYPES, ("name", "depth", "in_ch", "out_ch", "kernel"))
+        return cls(**{**fields_of(cls, d), "kernel": (int(d["kernel"][0]), int(d["kernel"][1]))})
 
 
 # ----------------------------------------------------------------------------- data
 _DATA_TYPES: dict[str, Callable[[Any], bool]] = {
-    "name": _maybe(_text), "size": lambda v: whole(v, 1), "image_channels": lambda v: whole(v, 1),
-    "mean": _numbers, "std": _numbers, "classes": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
-    "n_train": _maybe(whole), "n_val": _maybe(whole),
-    "color_matrix": lambda v: v is None or (isinstance(v, list) and all(_numbers(r) for r in v)),
+    "name": or_none(is_text),
+    "size": lambda v: whole(v, 1),
+    "image_channels": lambda v: whole(v, 1),
+    "mean": are_numbers,
+    "std": are_numbers,
+    "classes": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+    "n_train": or_none(whole),
+    "n_val": or_none(whole),
+    "color_matrix": lambda v: v is None or (isinstance(v, list) and all(are_numbers(r) for r in v)),
 }
 
 
@@ -156,20 +130,33 @@ class DataInfo:
     color_matrix: tuple[tuple[float, ...], ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "classes": list(self.classes), "image_channels": self.image_channels,
-                "size": self.size, "n_train": self.n_train, "n_val": self.n_val, "mean": list(self.mean),
-                "std": list(self.std),
-                "color_matrix": None if self.color_matrix is None else [list(r) for r in self.color_matrix]}
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "image_channels": self.image_channels,
+            "size": self.size,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "color_matrix": None if self.color_matrix is None else [list(r) for r in self.color_matrix],
+        }
 
     @classmethod
     def from_json(cls, d: Any, version: int = SCHEMA_VERSION) -> "DataInfo":
         if version < 2 and isinstance(d, dict) and "channels" in d:  # schema 1's name for the colour count
             d = {("image_channels" if k == "channels" else k): v for k, v in d.items()}
-        d = _checked("data", d, _DATA_TYPES, ("size", "image_channels", "mean", "std"))
+        d = checked("data", d, _DATA_TYPES, ("size", "image_channels", "mean", "std"))
         m = d.get("color_matrix")
-        return cls(**{**_known(cls, d), "mean": tuple(d["mean"]), "std": tuple(d["std"]),
-                      "classes": tuple(d.get("classes", ())),
-                      "color_matrix": None if m is None else tuple(tuple(r) for r in m)})
+        return cls(
+            **{
+                **fields_of(cls, d),
+                "mean": tuple(d["mean"]),
+                "std": tuple(d["std"]),
+                "classes": tuple(d.get("classes", ())),
+                "color_matrix": None if m is None else tuple(tuple(r) for r in m),
+            }
+        )
 
 
 # ----------------------------------------------------------------------------- run.json
@@ -213,8 +200,9 @@ class RunInfo:
         for la in self.layers:
             if la.name == name:
                 return la
-        raise RunError(f"run {self.name} has no conv layer {name!r} "
-                       f"(it has {', '.join(la.name for la in self.layers)})")
+        raise RunError(
+            f"run {self.name} has no conv layer {name!r} (it has {', '.join(la.name for la in self.layers)})"
+        )
 
     def to_json(self) -> dict[str, Any]:
         """run.json's content, a fresh copy: changing it changes neither this object nor the file."""
@@ -225,8 +213,15 @@ class RunInfo:
         if self.source is not None:
             d["source"] = self.source
         d.update(self.provenance)
-        d.update({"configs": self.configs, "data": self.data.to_json(), "layers": [la.to_json() for la in self.layers],
-                  "params_total": self.params_total, "processes": self.processes})
+        d.update(
+            {
+                "configs": self.configs,
+                "data": self.data.to_json(),
+                "layers": [la.to_json() for la in self.layers],
+                "params_total": self.params_total,
+                "processes": self.processes,
+            }
+        )
         if self.recording:
             d["recording"] = True
         if self.imported is not None:
@@ -245,27 +240,45 @@ class RunInfo:
         if version > SCHEMA_VERSION:
             raise SchemaError(f"schema {version} is newer than this featviz")
         cfgs = d["configs"]
-        if not isinstance(cfgs, dict) or not all(isinstance(cfgs.get(k), dict) for k in ("data", "model", "train")) \
-                or type(cfgs["train"].get("epochs")) is not int:
-            raise SchemaError("configs must hold data, model and train sections, with train.epochs an integer "
-                              "(the file was edited or damaged)")
+        if (
+            not isinstance(cfgs, dict)
+            or not all(isinstance(cfgs.get(k), dict) for k in ("data", "model", "train"))
+            or type(cfgs["train"].get("epochs")) is not int
+        ):
+            raise SchemaError(
+                "configs must hold data, model and train sections, with train.epochs an integer "
+                "(the file was edited or damaged)"
+            )
         layers = d.get("layers", [])
         if not isinstance(layers, list):
             raise SchemaError("layers is not a list of layer descriptions")
-        for key, ok in (("name", _text), ("source", _maybe(_text)), ("seed", _maybe(lambda v: type(v) is int)),
-                        ("params_total", _maybe(whole)), ("processes", lambda v: whole(v, 1)),
-                        ("recording", lambda v: isinstance(v, bool)),
-                        ("imported", _maybe(lambda v: isinstance(v, dict)))):
+        for key, ok in (
+            ("name", is_text),
+            ("source", or_none(is_text)),
+            ("seed", or_none(lambda v: type(v) is int)),
+            ("params_total", or_none(whole)),
+            ("processes", lambda v: whole(v, 1)),
+            ("recording", lambda v: isinstance(v, bool)),
+            ("imported", or_none(lambda v: isinstance(v, dict))),
+        ):
             if key in d and not ok(d[key]):
                 raise SchemaError(f"{key} is of the wrong type")
         named = {f.name for f in dataclasses.fields(cls)} | set(PROVENANCE)
         return cls(
-            name=d.get("name") or "", configs=cfgs, data=DataInfo.from_json(d.get("data", {}), version),
+            name=d.get("name") or "",
+            configs=cfgs,
+            data=DataInfo.from_json(d.get("data", {}), version),
             layers=tuple(ConvLayer.from_json(la, f"layer {i}") for i, la in enumerate(layers)),
-            seed=d.get("seed"), source=d.get("source"), recording=bool(d.get("recording", False)),
-            params_total=d.get("params_total"), processes=d.get("processes", 1), imported=d.get("imported"),
-            provenance={k: d[k] for k in PROVENANCE if k in d}, extra={k: v for k, v in d.items() if k not in named},
-            schema_version=SCHEMA_VERSION)
+            seed=d.get("seed"),
+            source=d.get("source"),
+            recording=bool(d.get("recording", False)),
+            params_total=d.get("params_total"),
+            processes=d.get("processes", 1),
+            imported=d.get("imported"),
+            provenance={k: d[k] for k in PROVENANCE if k in d},
+            extra={k: v for k, v in d.items() if k not in named},
+            schema_version=SCHEMA_VERSION,
+        )
 
 
 # ----------------------------------------------------------------------------- snapshots
@@ -354,7 +367,7 @@ class RenderRecord:
     def from_checked_json(cls, d: dict[str, Any]) -> "RenderRecord":
         """``from_json`` for a record ``render_problem`` has passed already (a reader of renders.jsonl that
         reports damaged lines by number checks each line once)."""
-        known = _known(cls, d)
+        known = fields_of(cls, d)
         if known.get("settings_set") is None and d.get("settings_id") is not None:
             known["settings_set"] = d["settings_id"]
         if known.get("point") is None and known.get("epoch") is not None:
@@ -369,8 +382,10 @@ def settings_set_of(settings: Mapping[str, Any]) -> str:
     ``featviz.run.renderset``): a pure function of the settings that decide what an image looks like."""
     lr = settings.get("lr", 0)
     lr = f"{float(lr):g}" if isinstance(lr, (int, float)) and not isinstance(lr, bool) else lr
-    sid = (f"{settings.get('param')}-{settings.get('transforms')}-{settings.get('steps')}st-"
-           f"lr{lr}-s{settings.get('seed')}-{settings.get('size')}px")
+    sid = (
+        f"{settings.get('param')}-{settings.get('transforms')}-{settings.get('steps')}st-"
+        f"lr{lr}-s{settings.get('seed')}-{settings.get('size')}px"
+    )
     if settings.get("target", "response") != "response":
         sid += f"-{settings['target']}"
     return sid

@@ -59,8 +59,9 @@ class Run(RunArtifacts):
 
     # -- creation / opening
     @classmethod
-    def create(cls, out_dir: Path, name: str, info: RunInfo, force: bool = False,
-               reading: Iterable[Path] = ()) -> "Run":
+    def create(
+        cls, out_dir: Path, name: str, info: RunInfo, force: bool = False, reading: Iterable[Path] = ()
+    ) -> "Run":
         """Make ``out_dir/name`` and write ``info`` as its run.json. An existing run is an error unless ``force``, which
         replaces only a run featviz made and none that holds a path in ``reading`` (``outputs``). The
         returned run holds the run's ``train`` lock (``featviz.run.lock``) until ``release()``: a second
@@ -167,8 +168,9 @@ class Run(RunArtifacts):
         rels = [f"snapshots/{self.snapshot_file(e).name}" for e in range(epochs_done + 1)]
         done_steps = {r["step"] for r in self.metrics(strict=False) if r["epoch"] <= epochs_done}
         last = max(done_steps) if done_steps else 0
-        rels += [f"snapshots/{p.name}" for p in sorted(snaps.glob("step_*.safetensors"))
-                 if int(p.stem.split("_")[1]) <= last]
+        rels += [
+            f"snapshots/{p.name}" for p in sorted(snaps.glob("step_*.safetensors")) if int(p.stem.split("_")[1]) <= last
+        ]
         return rels
 
     @property
@@ -238,9 +240,10 @@ class Run(RunArtifacts):
         labelled "step 64 · epoch 0.41" (or as an imported checkpoint was named)."""
         spe = self.steps_per_epoch() or 1
         named = {r["epoch"]: r["label"] for r in self.metrics(strict=False) if r.get("label")}  # imported checkpoints
-        points = [SnapshotPoint(f"epoch_{e:03d}", "epoch", s, e,
-                                named.get(e) or (label(s, spe) if e else "step 0 · init"))
-                  for e, s in self.step_of_epoch().items()]
+        points = [
+            SnapshotPoint(f"epoch_{e:03d}", "epoch", s, e, named.get(e) or (label(s, spe) if e else "step 0 · init"))
+            for e, s in self.step_of_epoch().items()
+        ]
         points += [SnapshotPoint(f"step_{s:07d}", "step", s, None, label(s, spe)) for s in self.snapshot_steps()]
         return sorted(points, key=lambda p: (p.step, p.kind == "step"))
 
@@ -307,8 +310,14 @@ class Run(RunArtifacts):
         last_step = max((r.get("step") or 0 for r in keep), default=0)
 
         def numbered(pattern: str, limit: int) -> list[Path]:  # only files named as featviz names them
-            return [p for p in self.file("snapshots").glob(pattern) if p.is_file() and not p.is_symlink()
-                    and p.stem.split("_")[1].isdigit() and int(p.stem.split("_")[1]) > limit]
+            return [
+                p
+                for p in self.file("snapshots").glob(pattern)
+                if p.is_file()
+                and not p.is_symlink()
+                and p.stem.split("_")[1].isdigit()
+                and int(p.stem.split("_")[1]) > limit
+            ]
 
         own = [*TRAIN_FILES, "snapshots", "state"]
         temps = [p for rel in own for p in self.file(rel).parent.glob(f".{Path(rel).name}*.tmp")]
@@ -319,8 +328,9 @@ class Run(RunArtifacts):
         self.write_metrics(keep)
 
 
-def _load_each(items: dict[K, T], load: Callable[[T], dict[str, torch.Tensor]]
-               ) -> tuple[dict[K, dict[str, torch.Tensor]], dict[K, str]]:
+def _load_each(
+    items: dict[K, T], load: Callable[[T], dict[str, torch.Tensor]]
+) -> tuple[dict[K, dict[str, torch.Tensor]], dict[K, str]]:
     """``load`` of each item: key -> tensors for the readable ones, key -> the RunError's text for the others."""
     good: dict[K, dict[str, torch.Tensor]] = {}
     bad: dict[K, str] = {}
