@@ -40,7 +40,7 @@ def analyze(
     comp = res.get("complexity", {})
     echo(
         f"{'layer':<22} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} "
-        f"{'bpp init':>8} {'bpp last':>8}"
+        f"{'incomp':>6} {'struct init':>11} {'struct last':>11}"
     )
     for name in res["layers"]:
         upd = res["filter_updates"][name]
@@ -48,8 +48,9 @@ def analyze(
         rf = res.get("receptive_field", {}).get(name, {})
         c = comp.get(name, {}) if isinstance(comp, dict) else {}
         keys = sorted(c, key=int) if c and "skipped" not in comp else []
-        bpp0 = f"{c[keys[0]]['bpp']['mean']:.2f}" if keys else "-"
-        bpp1 = f"{c[keys[-1]]['bpp']['mean']:.2f}" if keys else "-"
+        inc = f"{c[keys[-1]]['incompressibility']['mean']:.1f}" if keys else "-"
+        struct0 = f"{c[keys[0]]['structure']['mean']:.2f}" if keys else "-"
+        struct1 = f"{c[keys[-1]]['structure']['mean']:.2f}" if keys else "-"
         eff = rf.get(f"effective_px_epoch_{res['epochs'][-1]}", "-")
         echo(
             f"{name:<22} {upd['rotation_from_init'][-1]:8.3f} "
@@ -57,7 +58,7 @@ def analyze(
             f"{(cka[len(cka) // 2] if cka else float('nan')):7.2f} "
             f"{len(conv.get(name, {}).get('dead_channels', [])):5d} "
             f"{str(rf.get('theoretical_px', '-')) + '/' + str(eff):>10} "
-            f"{bpp0:>8} {bpp1:>8}"
+            f"{inc:>6} {struct0:>11} {struct1:>11}"
         )
     for e, msg in res.get("skipped_epochs", {}).items():
         echo(f"featviz: warning: epoch {e} left out: {msg}", err=True)

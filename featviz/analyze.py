@@ -28,13 +28,14 @@ from featviz.metrics import (
     crop_around,
     effective_receptive_field,
     filter_bits,
+    incompressibility,
     layer_stats,
     linear_cka,
     per_filter_change,
     relative_change,
     rotation,
     spectrum_slope,
-    zlib_bits_per_pixel,
+    structure_bits,
 )
 from featviz.model import activation_layer, recalibrate_batchnorm, response_layer
 from featviz.plots import PLOTS, available
@@ -154,10 +155,10 @@ def convergence(
 
 
 def complexity(run: Run, sid: str | None, by: str = "epoch") -> dict[str, Any]:
-    """zlib bits per pixel and spectrum slope of every activation-maximization image of settings set
-    ``sid``, per layer and epoch (``by="epoch"``: epoch snapshots only) or per step (``by="step"``:
-    every rendered moment): mean, std and n (slope: over the images that are not flat; ``flat`` counts
-    the others, see ``metrics.spectrum_slope``)."""
+    """Incompressibility, structure bits and spectrum slope (``featviz.metrics``) of every
+    activation-maximization image of settings set ``sid``, per layer and epoch (``by="epoch"``: epoch
+    snapshots only) or per step (``by="step"``: every rendered moment): mean, std and n (slope: over the
+    images that are not flat; ``flat`` counts the others, see ``metrics.spectrum_slope``)."""
     out: dict[str, Any] = {}
     step_of = run.step_of_epoch()
     for rec in records_of(run.render_index(), sid):
@@ -165,8 +166,11 @@ def complexity(run: Run, sid: str | None, by: str = "epoch") -> dict[str, Any]:
         if rec.kind != "am" or key is None:
             continue
         img = decode_png(run.read_file_bytes(rec.file))
-        per = out.setdefault(rec.layer, {}).setdefault(str(key), {"bpp": [], "slope": [], "flat": 0})
-        per["bpp"].append(zlib_bits_per_pixel(img))
+        per = out.setdefault(rec.layer, {}).setdefault(
+            str(key), {"incompressibility": [], "structure": [], "slope": [], "flat": 0}
+        )
+        per["incompressibility"].append(incompressibility(img))
+        per["structure"].append(structure_bits(img))
         try:
             slope = spectrum_slope(img)
         except ValueError:  # too small for the fitted band: counted with the flat ones

@@ -4,9 +4,9 @@ In: a run folder (trained; rendered and analyzed for the pictures and numbers be
 Out: event files under DIR, written with ``torch.utils.tensorboard`` (the optional ``tensorboard``
 package). Every value is placed at its snapshot's optimizer step (``global_step``): training metrics
 as scalars (``train/*``, ``val/*``, ``lr``), the analysis per layer as scalars (``rotation_from_init/``,
-``change_from_previous/``, ``cka_to_final/``, ``am_bits_per_pixel/``), filter grids in both views
-(``filters/``, ``filters_learned/``) and activation-maximization grids (``actmax/``) as images, and a
-weight histogram per layer and snapshot (``weights/``). Reads the run only; never changes it.
+``change_from_previous/``, ``cka_to_final/``, ``am_incompressibility/``, ``am_structure_bits/``), filter
+grids in both views (``filters/``, ``filters_learned/``) and activation-maximization grids (``actmax/``) as
+images, and a weight histogram per layer and snapshot (``weights/``). Reads the run only; never changes it.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def export_tensorboard(run: Run, out_dir: Path, settings_set: str | None = None)
                     scalar(f"cka_to_final/{name}", v, step)
         for name, per in analysis.get("complexity_by_step", {}).items():
             for step, stats in per.items():
-                scalar(f"am_bits_per_pixel/{name}", stats["bpp"]["mean"], int(step))
+                scalar(f"am_incompressibility/{name}", stats["incompressibility"]["mean"], int(step))
+                scalar(f"am_structure_bits/{name}", stats["structure"]["mean"], int(step))
         index = run.render_index()
         sid = choose_settings_set(index, run.info.data.size, settings_set)
         pictures = [r for r in index if r.kind in ("filters", "filters_learned")] + [

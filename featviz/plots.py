@@ -145,7 +145,8 @@ def _by_depth(
 
 
 def complexity(a: dict[str, Any]) -> dict[str, bytes]:
-    """zlib bits per pixel of the activation-maximization images vs depth: init vs last rendered epoch."""
+    """Structure bits of the activation-maximization images vs depth (what DEFLATE saves by the pixels'
+    arrangement, ``metrics.structure_bits``): init vs last rendered epoch."""
     comp = a["complexity"]
     epochs = sorted({int(e) for name in a["layers"] for e in comp.get(name, {})})
     layers = [n for n in a["layers"] if str(epochs[0]) in comp.get(n, {}) and str(epochs[-1]) in comp.get(n, {})]
@@ -153,14 +154,16 @@ def complexity(a: dict[str, Any]) -> dict[str, bytes]:
     series = [
         (
             f"epoch {e}" + (" (random init)" if e == 0 else ""),
-            [comp[n][str(e)]["bpp"]["mean"] for n in layers],
+            [comp[n][str(e)]["structure"]["mean"] for n in layers],
             style,
-            [comp[n][str(e)]["bpp"]["std"] for n in layers],
+            [comp[n][str(e)]["structure"]["std"] for n in layers],
         )
         for e, style in ((epochs[0], "s--"), (epochs[-1], "o-"))
     ]
-    title = "Complexity of activation-maximization images" + (f"\n{a['settings_set']}" if a.get("settings_set") else "")
-    return _by_depth(a, title, "zlib bits per pixel", series)
+    title = "Spatial structure of activation-maximization images" + (
+        f"\n{a['settings_set']}" if a.get("settings_set") else ""
+    )
+    return _by_depth(a, title, "structure bits per pixel", series)
 
 
 def receptive_field(a: dict[str, Any]) -> dict[str, bytes]:

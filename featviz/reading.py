@@ -99,7 +99,17 @@ def _convergence(a: dict[str, Any]) -> str:
     return f"{text}, {_verdict(order)}.{tail}"
 
 
+def _rising(values: list[float]) -> bool:
+    return all(x < y for x, y in zip(values, values[1:]))
+
+
+def _numbers(values: list[float], fmt: str = ".2f") -> str:
+    return ", ".join(format(x, fmt) for x in values)
+
+
 def _complexity(a: dict[str, Any]) -> str:
+    """Spatial structure of the activation-maximization images by depth, against the random init's (the
+    baseline): "more complex" only where structure bits rise with depth and the init's do not."""
     comp = a.get("complexity", {})
     if not comp or "skipped" in comp:
         return ""
@@ -107,24 +117,31 @@ def _complexity(a: dict[str, Any]) -> str:
     epochs = sorted({int(e) for n in layers for e in comp[n]})
     if not epochs or not all(str(epochs[-1]) in comp[n] for n in layers):
         return ""
-    last = [comp[n][str(epochs[-1])]["bpp"]["mean"] for n in layers]
-    init = [comp[n][str(epochs[0])]["bpp"]["mean"] for n in layers if str(epochs[0]) in comp[n]]
-    rising = all(x < y for x, y in zip(last, last[1:]))
-    text = (
-        f"Activation-maximization images grow more complex with depth: {last[0]:.1f} to {last[-1]:.1f} zlib bits "
-        f"per pixel from {layers[0]} to {layers[-1]} at epoch {epochs[-1]}"
-        if rising
-        else f"Activation-maximization complexity does not rise strictly with depth at epoch {epochs[-1]} "
-        f"({', '.join(f'{x:.1f}' for x in last)} zlib bits per pixel, {layers[0]} to {layers[-1]})"
+    last = [comp[n][str(epochs[-1])]["structure"]["mean"] for n in layers]
+    inc = [comp[n][str(epochs[-1])]["incompressibility"]["mean"] for n in layers]
+    init = [comp[n][str(epochs[0])]["structure"]["mean"] for n in layers if str(epochs[0]) in comp[n]]
+    where = f"{layers[0]} to {layers[-1]} at epoch {epochs[-1]}"
+    has_init = epochs[0] == 0 and len(init) == len(last) and epochs[0] != epochs[-1]
+    if not _rising(last):
+        text = (
+            f"Activation-maximization images do not gain spatial structure with depth ({_numbers(last)} structure bits"
+        )
+        text += f" per pixel, {where}" + (f"; the random init's: {_numbers(init)})" if has_init else ")")
+    elif not has_init:
+        text = f"Activation-maximization images gain spatial structure with depth ({_numbers(last)} structure bits per "
+        text += (
+            f"pixel, {where}); without the random init's images there is no baseline to tell it from the architecture"
+        )
+    elif _rising(init):
+        text = f"Activation-maximization images gain spatial structure with depth ({_numbers(last)} structure bits per "
+        text += f"pixel, {where}), but so do the random init's ({_numbers(init)}): the ordering does not need training"
+    else:
+        text = f"Activation-maximization images grow more complex with depth: {_numbers(last)} structure bits per "
+        text += f"pixel, {where}, while the random init's do not ({_numbers(init)})"
+    text += (
+        f". Incompressibility, which follows the spread of pixel values more than any pattern: {_numbers(inc, '.1f')}"
     )
-    if epochs[0] == 0 and len(init) == len(last) and epochs[0] != epochs[-1]:
-        text += f", against {', '.join(f'{x:.1f}' for x in init)} for the random init (the baseline)"
-        if all(x < y for x, y in zip(init, init[1:])):
-            text += (
-                "; the random init's images rise with depth as well, so this ordering does not need training"
-                if rising
-                else "; the random init's images do rise with depth"
-            )
+    text += " zlib bits per pixel"
     if a.get("settings_set"):
         text += f" (settings set: {a['settings_set']})"
     return text + "."

@@ -47,7 +47,10 @@ def test_analysis_sections_hold_checked_values(analyzed) -> None:
         assert 0 < rf["effective_px_epoch_2"] <= rf["theoretical_px"]  # no clamp: this can fail
         assert rf["centre_px_epoch_2"] == [7.5, 7.5] or max(abs(c - 7.5) for c in rf["centre_px_epoch_2"]) <= 0.5
         comp = a["complexity"][name]
-        assert set(comp) == {"0", "1", "2"} and comp["2"]["bpp"]["n"] == run.info.layers[a["layers"].index(name)].out_ch
+        assert (
+            set(comp) == {"0", "1", "2"}
+            and comp["2"]["incompressibility"]["n"] == run.info.layers[a["layers"].index(name)].out_ch
+        )
         rows = a["faithfulness"][name]["channels"]
         out_ch = run.info.layers[a["layers"].index(name)].out_ch
         assert [row["channel"] for row in rows] == list(range(out_ch))  # every rendered channel, once
@@ -176,7 +179,7 @@ def test_other_render_settings_never_overwrite_or_mix(tiny_run, tmp_path: Path, 
     assert a["faithfulness"]["settings_set"] == default
     b = analyze_run(run, probe_size=20, settings_set=pixel)
     assert b["settings_set"] == pixel and set(b["complexity"]["features.conv1"]) == {"0", "2"}
-    assert b["complexity"]["features.conv1"]["2"]["bpp"]["n"] == 4  # only that set's images
+    assert b["complexity"]["features.conv1"]["2"]["structure"]["n"] == 4  # only that set's images
     html = Path(build_gallery(run)).read_text()  # follows the analysis: the pixel set
     assert f"am/{pixel}/" in html and f"am/{default}/" not in html and default in html  # named as another set
     html = Path(build_gallery(run, default)).read_text()
@@ -226,6 +229,41 @@ def test_reading_states_only_what_the_numbers_show(settle, phrase) -> None:
     assert phrase in text
     others = {"a tie", "so shallow layers settled first", "does not show shallow layers settling first"} - {phrase}
     assert not any(o in text for o in others) and "bottom-up" not in text
+
+
+@pytest.mark.parametrize(
+    "last,init,phrase",
+    [
+        ([0.1, 0.5, 0.9], [0.3, 0.2, 0.1], "grow more complex with depth"),
+        ([0.1, 0.5, 0.9], [0.1, 0.2, 0.3], "but so do the random init's (0.10, 0.20, 0.30)"),
+        ([0.1, 0.9, 0.5], [0.3, 0.2, 0.1], "do not gain spatial structure with depth"),
+        ([0.1, 0.5, 0.9], None, "no baseline to tell it from the architecture"),
+    ],
+)
+def test_the_reading_calls_images_more_complex_only_against_the_init(last, init, phrase) -> None:
+    """ "More complex" needs structure bits rising with depth at the end and not at the random init;
+    incompressibility (rising here at both) never decides it."""
+    from featviz.reading import _complexity
+
+    layers = ["c1", "c2", "c3"]
+
+    def cell(structure: float, inc: float) -> dict:
+        return {"structure": {"mean": structure}, "incompressibility": {"mean": inc}}
+
+    comp = {n: {"2": cell(x, 10.0 + d)} for d, (n, x) in enumerate(zip(layers, last))}
+    for d, n in enumerate(layers):
+        if init is not None:
+            comp[n]["0"] = cell(init[d], 5.0 + d)
+    text = _complexity({"layers": layers, "complexity": comp})
+    assert phrase in text and "10.0, 11.0, 12.0 zlib bits per pixel" in text
+    others = {
+        "grow more complex with depth",
+        "but so do the random init's",
+        "do not gain spatial structure with depth",
+        "no baseline to tell it from the architecture",
+    }
+    assert not any(o in text for o in others if not phrase.startswith(o))
+    assert ("complex" in text) == (phrase == "grow more complex with depth")
 
 
 def test_every_snapshot_is_measured_and_moments_inside_epoch_one_are_analyzed(tiny_run, tmp_path: Path) -> None:

@@ -126,17 +126,17 @@ def test_faithfulness_r_is_measured_at_the_data_size(known) -> None:
 
 
 def test_complexity_values_of_the_stored_images(known) -> None:
-    from featviz.metrics import zlib_bits_per_pixel
+    from featviz.images import decode_png
+    from featviz.metrics import incompressibility, spectrum_slope, structure_bits
 
     run, a, expected = known
     c1 = a["complexity"]["features.conv1"]["2"]
-    assert c1["bpp"]["n"] == 2 and c1["flat"] == 1 and c1["slope"]["n"] == 1  # the grey image has no slope
-    from featviz.images import decode_png
-
+    assert c1["incompressibility"]["n"] == 2 and c1["flat"] == 1 and c1["slope"]["n"] == 1  # grey: no slope
     files = sorted(r.file for r in run.render_index() if r.layer == "features.conv1")
-    bits = [zlib_bits_per_pixel(decode_png(run.read_file_bytes(f))) for f in files]
-    assert c1["bpp"]["mean"] == pytest.approx(sum(bits) / 2) and min(bits) < 0.5 < 2 < max(bits)
-    from featviz.metrics import spectrum_slope
+    bits = [incompressibility(decode_png(run.read_file_bytes(f))) for f in files]
+    assert c1["incompressibility"]["mean"] == pytest.approx(sum(bits) / 2) and min(bits) < 0.5 < 2 < max(bits)
+    saved = [structure_bits(decode_png(run.read_file_bytes(f))) for f in files]
+    assert c1["structure"]["mean"] == pytest.approx(sum(saved) / 2) and 0.0 in saved  # the grey image: exactly 0
 
     slopes = [spectrum_slope(decode_png(run.read_file_bytes(f))) for f in files]
     assert slopes.count(None) == 1 and c1["slope"]["mean"] == pytest.approx(next(x for x in slopes if x is not None))

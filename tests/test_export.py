@@ -45,7 +45,8 @@ def test_export_writes_metrics_analysis_images_and_histograms(exported, cli) -> 
     assert [round(e.value, 6) for e in acc.Scalars("val/acc")] == [round(r["val_acc"], 6) for r in run.metrics()]
     assert [e.step for e in acc.Scalars("rotation_from_init/features.conv1")] == steps
     assert [e.step for e in acc.Scalars("cka_to_final/features.conv2")] == steps
-    assert {e.step for e in acc.Scalars("am_bits_per_pixel/features.conv1")} == {0, 2, 4, 7, 14}  # the moments
+    assert {e.step for e in acc.Scalars("am_incompressibility/features.conv1")} == {0, 2, 4, 7, 14}  # the moments
+    assert {e.step for e in acc.Scalars("am_structure_bits/features.conv1")} == {0, 2, 4, 7, 14}
     for view in ("filters", "filters_learned"):
         imgs = acc.Images(f"{view}/features.conv1")
         assert [e.step for e in imgs] == steps

@@ -10,13 +10,14 @@ from torch import nn
 
 from featviz.metrics import (
     effective_receptive_field,
+    incompressibility,
     linear_cka,
     per_filter_change,
     relative_change,
     rotation,
     spectrum_slope,
+    structure_bits,
     theoretical_receptive_fields,
-    zlib_bits_per_pixel,
 )
 
 
@@ -72,13 +73,53 @@ def test_biased_and_debiased_cka_agree_on_a_similar_pair() -> None:
     assert hi > 0.98 and lo == pytest.approx(hi, abs=0.01)
 
 
-def test_zlib_bits_per_pixel_constant_and_noise() -> None:
+def test_incompressibility_constant_and_noise() -> None:
     const = torch.full((3, 64, 64), 128, dtype=torch.uint8)
-    assert zlib_bits_per_pixel(const) < 0.1
+    assert incompressibility(const) < 0.1
     noise = torch.randint(0, 256, (3, 64, 64), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
-    assert zlib_bits_per_pixel(noise) == pytest.approx(24.0, rel=0.02)  # 8 bits per channel
+    assert incompressibility(noise) == pytest.approx(24.0, rel=0.02)  # 8 bits per channel
     grey = torch.randint(0, 256, (1, 64, 64), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
-    assert zlib_bits_per_pixel(grey) == pytest.approx(8.0, rel=0.03)
+    assert incompressibility(grey) == pytest.approx(8.0, rel=0.03)
+
+
+def _grating(side: int = 32, period: int = 8) -> torch.Tensor:
+    """An RGB sine grating, uint8 [3, side, side], constant down each column."""
+    x = torch.arange(side, dtype=torch.float64)
+    row = ((torch.sin(2 * math.pi * x / period) + 1) * 127.5).round().to(torch.uint8)
+    return row.expand(side, side).unsqueeze(0).repeat(3, 1, 1).contiguous()
+
+
+def _shuffled(img: torch.Tensor, seed: int) -> torch.Tensor:
+    """``img`` with its pixel positions shuffled, each pixel keeping its colour: the same histogram, no pattern."""
+    c, h, w = img.shape
+    order = torch.randperm(h * w, generator=torch.Generator().manual_seed(seed))
+    return img.reshape(c, h * w)[:, order].reshape(c, h, w)
+
+
+def test_structure_bits_known_answers() -> None:
+    """Zero where the arrangement carries nothing (a constant image: every shuffle is the same bytes, so
+    exactly 0; noise: about 0); bits per pixel saved for a grating, an edge and a blob; about 0 for the
+    grating's own pixels shuffled, which the incompressibility still scores higher than noise-free."""
+    assert structure_bits(torch.full((3, 32, 32), 77, dtype=torch.uint8)) == 0.0
+    noise = torch.randint(0, 256, (3, 32, 32), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    assert abs(structure_bits(noise)) < 0.2
+    grating = _grating()
+    assert structure_bits(grating) > 3.0  # the incompressibility of the shuffled copies is ~4.5, the grating's ~0.5
+    assert abs(structure_bits(_shuffled(grating, 5))) < 0.3  # same histogram, no pattern: nothing saved
+    blob = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    blob[:, 8:24, 8:24] = 200
+    assert structure_bits(blob) > 1.0
+    assert structure_bits(grating.float() / 255) == structure_bits(grating)  # floats in 0..1 are quantized first
+
+
+def test_structure_bits_is_the_shuffled_copies_minus_the_image() -> None:
+    """The definition, on the grating: the mean incompressibility of the seeded shuffles, minus the image's."""
+    grating = _grating(period=6)
+    g = torch.Generator().manual_seed(0)
+    copies = [grating.reshape(3, -1)[:, torch.randperm(32 * 32, generator=g)].reshape(3, 32, 32) for _ in range(4)]
+    expected = sum(incompressibility(c) for c in copies) / 4 - incompressibility(grating)
+    assert structure_bits(grating) == pytest.approx(expected, abs=1e-12)
+    assert structure_bits(grating, permutations=1, seed=9) != structure_bits(grating)  # the seed is used
 
 
 def _power_law(n: int, a: float, g: torch.Generator, crop: int | None = None) -> torch.Tensor:
