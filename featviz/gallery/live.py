@@ -40,8 +40,10 @@ class LiveGallery:
         self.epochs_seen = -1
 
     def start(self) -> None:
-        build_gallery(self.run, live=True)
+        """Draw what is committed, then build the live page: it opens with those frames already in it
+        (built first, it waited for its first poll of live.json to show them)."""
         self.refresh()
+        build_gallery(self.run, live=True)
 
     def refresh(self) -> bool:
         """Draw the committed snapshots not drawn yet and rewrite live.json; True if anything changed."""
