@@ -87,10 +87,7 @@ def per_seed(a: dict) -> dict:
     rot = [a["filter_updates"][n]["rotation_from_init"][-1] for n in layers]
     rf = a["receptive_field"]
     faith = a["faithfulness"]
-    r_med = [
-        statistics.median([c["r"] for c in faith[n]["channels"] if c["r"] is not None] or [float("nan")])
-        for n in layers
-    ]
+    pct_med = [statistics.median([c["am_percentile"] for c in faith[n]["channels"]] or [float("nan")]) for n in layers]
     return {
         "steps": order,
         "shallow_first": shallow_first(order),
@@ -110,7 +107,7 @@ def per_seed(a: dict) -> dict:
         "erf_init": [rf[n][f"effective_px_epoch_{first}"] for n in layers],
         "erf_out": [rf[n][f"outside_fraction_epoch_{last}"] for n in layers],
         "theo": [rf[n]["theoretical_px"] for n in layers],
-        "r_med": r_med,
+        "pct_med": pct_med,
         "dead": sum(len(conv[n]["dead_channels"]) for n in layers),
         "settings_set": a.get("settings_set"),
         "layers": layers,
@@ -203,7 +200,11 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
     lines += block("Share of that square outside the image", "erf_out", ".2f")
     lines += block("Effective receptive field px at the random init", "erf_init", "d")
     lines += [f"Theoretical receptive fields: {', '.join(map(str, first['theo']))} px.", ""]
-    lines += block("Median faithfulness r, final epoch", "r_med", ".2f")
+    lines += block(
+        "Median percentile of the AM image's activation among the validation images' (100 = above all), final epoch",
+        "pct_med",
+        ".1f",
+    )
     lines += [
         f"Dead channels (never active on the probe images at the end), all seeds: "
         f"{sum(r['dead'] for r in rows.values())}.",

@@ -32,6 +32,7 @@ from featviz.metrics import (
     layer_stats,
     linear_cka,
     per_filter_change,
+    percentile_of,
     relative_change,
     rotation,
     spectrum_slope,
@@ -206,9 +207,10 @@ def faithfulness(
     k: int = 9,
     snaps: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """For every rendered channel of settings set ``sid`` at its last rendered epoch:
-    r = a(AM image) / max over the data set of a, with a = the channel's spatially averaged response
-    (the render objective, see ``model.response_layer``), both measured the same way: the stored image
+    """For every rendered channel of settings set ``sid`` at its last rendered epoch: ``am_percentile``,
+    where a(AM image) falls among a(validation image) for that channel (``metrics.percentile_of``: 100 =
+    above every image), with a = the channel's spatially averaged response (the render objective, see
+    ``model.response_layer``), both measured the same way: the stored image
     (resized to the data's size when it was rendered at another one), normalized like the data, one
     forward pass in eval mode; and the top-``k`` data-set images, cropped to the receptive field around
     the channel's strongest position, saved as one strip PNG. ``snaps``: epoch -> snapshot of the
@@ -255,7 +257,7 @@ def faithfulness(
             rows.append(
                 {
                     "channel": c,
-                    "r": act / peak if peak > 0 else None,
+                    "am_percentile": percentile_of(act, means[:, c]),
                     "am_activation": act,
                     "data_max": peak,
                     "top": top[:, c].tolist(),

@@ -188,6 +188,18 @@ def structure_bits(img: torch.Tensor, permutations: int = 4, seed: int = 0) -> f
     return sum(incompressibility(x) for x in shuffled) / permutations - incompressibility(img)
 
 
+def percentile_of(value: float, sample: torch.Tensor) -> float:
+    """Where ``value`` falls in ``sample`` (1-D), in percent: 100 x (the share of the sample below it plus
+    half the share equal to it). 100 above every element, 0 below every one, 50 at the middle of an odd
+    sample's sorted order. Unchanged by any increasing transform applied to both (no scale or zero point)."""
+    s = sample.detach().double().flatten()
+    if s.numel() == 0:
+        raise ValueError("percentile_of needs a non-empty sample")
+    below = (s < value).sum().item()
+    equal = (s == value).sum().item()
+    return 100.0 * (below + 0.5 * equal) / s.numel()
+
+
 FLAT_RMS = 0.5 / 255  # an image whose residual after a fitted plane is below half a grey level is flat
 
 

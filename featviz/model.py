@@ -83,7 +83,7 @@ def response_layer(model: nn.Module, conv_name: str) -> str:
     if there is one (the conv's normalized response, which ReLU then thresholds), else the conv itself.
 
     The raw conv output of a conv followed by BatchNorm has an arbitrary offset and scale per channel,
-    so its values cannot be compared with the data set's (faithfulness r); the BatchNorm output can,
+    so its values cannot be compared with the data set's (faithfulness); the BatchNorm output can,
     and unlike a ReLU output it has a gradient everywhere (no grey images from dead units).
     """
     names = [n for n, _ in model.named_modules()]

@@ -56,7 +56,7 @@ def test_analysis_sections_hold_checked_values(analyzed) -> None:
         assert [row["channel"] for row in rows] == list(range(out_ch))  # every rendered channel, once
         for row in rows:
             assert (run.path / row["file"]).is_file() and len(row["top"]) == 9
-            assert row["r"] is None or row["r"] == pytest.approx(row["am_activation"] / row["data_max"])
+            assert 0 <= row["am_percentile"] <= 100 and "r" not in row
     assert a["receptive_field"]["features.conv1"]["theoretical_px"] == 5
     assert a["probe_images"] == 40
 

@@ -54,7 +54,7 @@ def known(tiny_run, tmp_path_factory) -> tuple[Run, dict, dict]:
     fires); conv2 channel 3 has BatchNorm shift -100 at the end (never fires); at epoch 1 depth 1 is
     already final while depth 2 is a constant (its BatchNorm scale is 0): CKA 1 and 0 by construction.
     Activation-maximization images: conv1 channel 1's is its own top validation image, rendered at
-    twice the run's size (nearest-neighbour), so r = 1 exactly; conv1 channel 0's is flat grey."""
+    twice the run's size (nearest-neighbour), so it ranks with the top image; conv1 channel 0's is flat grey."""
     from featviz.analyze import _probe
     from featviz.loading import load_model_at
 
@@ -112,17 +112,21 @@ def test_cka_follows_the_constructed_order(known) -> None:
     assert "shallow layers settled first" in a["reading"]
 
 
-def test_faithfulness_r_is_measured_at_the_data_size(known) -> None:
-    _, a, expected = known
+def test_faithfulness_percentile_is_measured_at_the_data_size(known) -> None:
+    """The AM image of conv1 channel 1 is its top validation image (at twice the size): it ranks at the
+    top of the data, within the tie at the maximum; a zero filter's response is one constant for every
+    image, so its image ties with all of them (50); the dead channel is dead in analyze's one list."""
+    run, a, expected = known
+    n = run.info.data.n_val
     f = a["faithfulness"]
     assert f["am_size_px"] == 32 and f["measured_at_px"] == 16 and f["epoch"] == 2
     rows = {r["channel"]: r for r in f["features.conv1"]["channels"]}
-    assert rows[1]["r"] == pytest.approx(1.0, abs=1e-5)  # the AM image is the top data-set image
+    assert 100 * (n - 1) / n <= rows[1]["am_percentile"] <= 100  # the AM image is the top data-set image
     assert rows[1]["data_max"] == pytest.approx(expected["data_max"], rel=1e-5)
     assert rows[1]["top"][0] == expected["top"]
-    assert rows[0]["r"] is None and rows[0]["data_max"] <= 0  # a zero filter: its response is the BatchNorm shift
+    assert rows[0]["am_percentile"] == 50.0 and rows[0]["data_max"] <= 0  # a zero filter: the BatchNorm shift alone
     dead = f["features.conv2"]["channels"][0]
-    assert dead["channel"] == 3 and dead["r"] is None and dead["data_max"] < -50
+    assert dead["channel"] == 3 and dead["data_max"] < -50 and 3 in a["convergence"]["features.conv2"]["dead_channels"]
 
 
 def test_complexity_values_of_the_stored_images(known) -> None:

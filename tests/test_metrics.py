@@ -13,6 +13,7 @@ from featviz.metrics import (
     incompressibility,
     linear_cka,
     per_filter_change,
+    percentile_of,
     relative_change,
     rotation,
     spectrum_slope,
@@ -233,3 +234,15 @@ def test_theoretical_receptive_fields_by_hand() -> None:
     # conv5 -> pool -> conv3 -> pool -> conv3: 5, 5+1+2*2=10, 10+2+4*2=20
     assert theoretical_receptive_fields((5, 3, 3), (1, 1, 1), (True, True, False)) == [5, 10, 20]
     assert theoretical_receptive_fields((3, 3), (2, 1), (False, False)) == [3, 7]  # stride 2 doubles the step
+
+
+def test_percentile_of_known_answers() -> None:
+    sample = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert percentile_of(10.0, sample) == 100.0 and percentile_of(0.0, sample) == 0.0
+    assert percentile_of(2.5, sample) == 50.0  # 2 of 4 below
+    assert percentile_of(3.0, sample) == 62.5  # 2 below, 1 equal: (2 + 0.5) / 4
+    assert percentile_of(5.0, torch.full((7,), 5.0)) == 50.0  # all tied
+    squashed = torch.tanh(sample * 0.3) * 9 - 4  # an increasing map of both sides: no scale, no zero point
+    assert percentile_of(float(torch.tanh(torch.tensor(2.5 * 0.3)) * 9 - 4), squashed) == 50.0
+    with pytest.raises(ValueError):
+        percentile_of(1.0, torch.tensor([]))

@@ -80,13 +80,13 @@ def _weights_text(layer: ConvLayer, batchnorm: bool | None) -> str:
 
 
 def _faith(analysis: dict[str, Any] | None, name: str) -> tuple[dict[int, dict[str, Any]], set[int]]:
-    """Per channel of ``name``: r and the top-9 strip (by channel), and the dead channels."""
+    """Per channel of ``name``: the AM image's percentile among the data and the top-9 strip (by channel),
+    and the dead channels (analyze's one definition: never active on the probe images at the end)."""
     if not analysis:
         return {}, set()
     faith = analysis.get("faithfulness", {}).get(name, {})
     rows = {c["channel"]: c for c in faith.get("channels", [])} if isinstance(faith, dict) else {}
     dead = set(analysis.get("convergence", {}).get(name, {}).get("dead_channels", []))
-    dead |= {c for c, row in rows.items() if row.get("r") is None}
     return rows, dead
 
 
@@ -142,15 +142,15 @@ def _tiles(am: list[RenderRecord], analysis: dict[str, Any] | None, name: str) -
     faith, dead = _faith(analysis, name)
     tiles, data = [], []
     for c, fs in zip(channels, files):
-        r = None if faith.get(c, {}).get("r") is None else round(faith[c]["r"], 2)
-        tiles.append({"channel": c, "dead": c in dead, "r": r, "src": fs[-1]})
+        pct = None if faith.get(c, {}).get("am_percentile") is None else round(faith[c]["am_percentile"], 1)
+        tiles.append({"channel": c, "dead": c in dead, "pct": pct, "src": fs[-1]})
         row = {
             "channel": c,
             "srcs": [f[len(base) :] if f else "" for f in fs],
             "acts": [round(by[(c, s)].activation or 0.0, 4) if (c, s) in by else None for s, _ in am_points],
         }
-        if c in faith:  # top-9 strip; r only where the channel responds at all (no r: dead)
-            row.update({"top": "../" + faith[c]["file"], **({"r": r} if r is not None else {})})
+        if c in faith:  # top-9 strip and where the AM image falls among the data
+            row.update({"top": "../" + faith[c]["file"], **({"pct": pct} if pct is not None else {})})
         data.append(row)
     return {"am_labels": [lab for _, lab in am_points], "tiles": tiles, "am_data": {"base": base, "tiles": data}}
 
