@@ -85,6 +85,9 @@ def per_seed(a: dict) -> dict:
     struct0 = [comp[n][first]["structure"]["mean"] for n in layers]
     slope = [(comp[n][last]["slope"] or {}).get("mean") for n in layers]
     rot = [a["filter_updates"][n]["rotation_from_init"][-1] for n in layers]
+    null = a.get("rotation_null", {})
+    rot_null = [null[n]["null_at_last"] for n in layers] if "skipped" not in null and null else [None] * len(layers)
+    ratio = [null[n]["ratio"] for n in layers] if "skipped" not in null and null else [None] * len(layers)
     rf = a["receptive_field"]
     faith = a["faithfulness"]
     pct_med = [statistics.median([c["am_percentile"] for c in faith[n]["channels"]] or [float("nan")]) for n in layers]
@@ -103,6 +106,10 @@ def per_seed(a: dict) -> dict:
         "slope": slope,
         "rot": rot,
         "rot_rising": strictly_rising(rot),
+        "rot_null": rot_null,
+        "rot_null_rising": None not in rot_null and strictly_rising(rot_null),
+        "rot_ratio": ratio,
+        "rot_ratio_rising": None not in ratio and strictly_rising(ratio),
         "erf": [rf[n][f"effective_px_epoch_{last}"] for n in layers],
         "erf_init": [rf[n][f"effective_px_epoch_{first}"] for n in layers],
         "erf_out": [rf[n][f"outside_fraction_epoch_{last}"] for n in layers],
@@ -144,6 +151,8 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
     k_struct = sum(r["struct_rising"] for r in rows.values())
     k_struct0 = sum(r["struct_init_rising"] for r in rows.values())
     k_rot = sum(r["rot_rising"] for r in rows.values())
+    k_rot_null = sum(r["rot_null_rising"] for r in rows.values())
+    k_ratio = sum(r["rot_ratio_rising"] for r in rows.values())
     lines = [
         f"Seeds {', '.join(map(str, rows))} ({n} runs of the default configuration; "
         f"settings set: `{first['settings_set']}`). "
@@ -160,6 +169,8 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
         f"final epoch | **{k_struct} of {n}** |",
         f"| the same at the random init (baseline) | {k_struct0} of {n} |",
         f"| rotation from init rises strictly with depth, final epoch | **{k_rot} of {n}** |",
+        f"| the same in the random-direction null (no learning) | {k_rot_null} of {n} |",
+        f"| rotation relative to that null (run / null) rises strictly with depth | **{k_ratio} of {n}** |",
         "",
     ]
     summary = "\n".join(lines)
@@ -176,6 +187,19 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
         "rot",
         ".2f",
         lambda r: "rising" if r["rot_rising"] else "not rising",
+    )
+    lines += block(
+        "The same in the random-direction null: the run's init, optimizer and schedule, random gradient "
+        "directions with the real gradients' norms (no learning)",
+        "rot_null",
+        ".2f",
+        lambda r: "rising" if r["rot_null_rising"] else "not rising",
+    )
+    lines += block(
+        "Rotation relative to the null (run / null), final epoch",
+        "rot_ratio",
+        ".2f",
+        lambda r: "rising" if r["rot_ratio_rising"] else "not rising",
     )
     for key, title, fmt in (
         ("inc", "Activation-maximization incompressibility (zlib bits per pixel)", ".1f"),

@@ -19,7 +19,7 @@ from torchvision.utils import make_grid
 from featviz.config import DataConfig, from_dict
 from featviz.data import load_data
 from featviz.device import resolve_device
-from featviz.errors import FeatvizError, RunError
+from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.filters import layer_scale
 from featviz.images import Normalizer, decode_png, png_bytes
 from featviz.layers import run_fields
@@ -39,6 +39,7 @@ from featviz.metrics import (
     structure_bits,
 )
 from featviz.model import activation_layer, recalibrate_batchnorm, response_layer
+from featviz.nulls import rotation_null
 from featviz.plots import PLOTS, available
 from featviz.progress import StageProgress, silent
 from featviz.reading import first_epoch_above, reading
@@ -89,17 +90,16 @@ def theoretical_fields(run: Run) -> list[int]:
     return [rf or run.info.data.size for rf in run_fields(run.info)]
 
 
-def _probe(run: Run, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` (None = all) validation images (the run's stored probe, when it has one):
-    normalized like training (float [n, C, H, W]) and raw (uint8)."""
+def _probe(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The validation images (the run's stored probe, when it has one): normalized like training (float
+    [N, C, H, W]), raw (uint8) and their labels (-1 where unknown)."""
     stored = run.load_probe()  # runs recorded from someone's loop keep theirs; trained runs reload the data
     if stored is not None:
-        val_x, mean, std = stored[0], run.info.data.mean, run.info.data.std
+        (raw, labels), mean, std = stored, run.info.data.mean, run.info.data.std
     else:
         data = load_data(from_dict(DataConfig, run.info.configs["data"]))
-        val_x, mean, std = data.val_x, data.mean, data.std
-    raw = val_x if n is None else val_x[:n]
-    return Normalizer(mean, std)(raw), raw
+        raw, labels, mean, std = data.val_x, data.val_y, data.mean, data.std
+    return Normalizer(mean, std)(raw), raw, labels
 
 
 def convergence(
@@ -325,8 +325,13 @@ def analyze(
     result["updates_by_step"] = updates_by_step(run, points, states)
     progress("filter updates", 1, 1)
     try:
-        val, raw = _probe(run, None)
+        val, raw, labels = _probe(run)
         probe = val[:probe_size]
+        try:
+            result["rotation_null"] = rotation_null(run, loaded, val, labels, dev, seed=run.info.seed or 0)
+        except ConfigError as e:
+            result["rotation_null"] = {"skipped": str(e)}
+        progress("random-direction null", 1, 1)
     except FeatvizError as e:
         probe = None
         result["convergence"] = result["faithfulness"] = {"skipped": f"validation images unavailable: {e}"}

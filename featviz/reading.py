@@ -38,6 +38,31 @@ def _updates(a: dict[str, Any]) -> str:
     return text
 
 
+def _null(a: dict[str, Any]) -> str:
+    """Rotation from init against the random-direction null (``featviz.nulls``): an ordering with depth
+    counts only where the run departs from the null."""
+    null = a.get("rotation_null")
+    if not isinstance(null, dict) or not null or "skipped" in null:
+        return ""
+    layers = [n for n in a["layers"] if n in null]
+    real = [null[n]["run_at_last"] for n in layers]
+    nul = [null[n]["null_at_last"] for n in layers]
+    ratio = [null[n]["ratio"] for n in layers]
+    text = (
+        "A null with no learning in it (the same init, optimizer and schedule, fed random directions with the "
+        f"real gradients' norms) turns the filters by {_numbers(nul)} at epoch {null['last_epoch']}, against the "
+        f"run's {_numbers(real)}"
+    )
+    if _rising(real) and _rising(nul):
+        text += "; both rise with depth, so that ordering does not need learning"
+    elif _rising(real):
+        text += "; the run's rise with depth, the null's do not"
+    if all(r is not None for r in ratio):
+        text += f". Relative to the null, the run turned them {_numbers(ratio)} times as far"
+        text += ", more with each depth" if _rising(ratio) else ", not rising with depth"
+    return text + "."
+
+
 def shallow_first(order: list[int | None]) -> str:
     """The shallow-first criterion on the snapshot at which each depth settled (depth 1 first; None =
     never settled): "shown" when the values never decrease with depth and depth 1 settled strictly
@@ -162,5 +187,5 @@ def _receptive(a: dict[str, Any], image: int) -> str:
 
 def reading(a: dict[str, Any], image_size: int) -> str:
     """One paragraph from the numbers of an analysis (sections that were skipped are left out)."""
-    parts = [_updates(a), _convergence(a), _complexity(a), _receptive(a, image_size)]
+    parts = [_updates(a), _null(a), _convergence(a), _complexity(a), _receptive(a, image_size)]
     return " ".join(p for p in parts if p)

@@ -1,0 +1,106 @@
+"""Nulls: the same measurement made where the effect cannot come from learning.
+
+``rotation_null``: the run's network from its own init, trained with its own optimizer, learning-rate
+schedule and number of steps, but every step's gradient replaced by a random direction with the norm of
+the real gradient of that parameter. The real norms are measured on a batch of validation images at
+each epoch snapshot and held through the following epoch. No image reaches the null's updates, so any
+pattern its rotation from init shows (e.g. deeper layers turning further) comes from the architecture,
+the init and the optimizer's per-weight step, not from the task. Seeded: the same run and seed give
+the same null.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from featviz.config import TrainConfig, from_dict
+from featviz.errors import ConfigError
+from featviz.loading import build_run_model
+from featviz.metrics import rotation
+from featviz.run.store import Run
+from featviz.training import lr_at, make_optimizer
+from featviz.zoo import logits_of
+
+NULL_BATCH = 256  # validation images on which the real gradient norms are measured
+
+
+def gradient_norms(
+    run: Run, states: dict[int, dict[str, torch.Tensor]], x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> dict[int, dict[str, float]]:
+    """Per epoch snapshot: each trainable parameter's gradient norm of the mean cross-entropy on the
+    normalized images ``x`` with labels ``y``, the model in training mode (as a training step sees it)."""
+    model = build_run_model(run).to(device)
+    out: dict[int, dict[str, float]] = {}
+    for epoch, state in sorted(states.items()):
+        model.load_state_dict(state)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(logits_of(model(x.to(device))), y.to(device)).backward()
+        out[epoch] = {n: float(p.grad.norm()) for n, p in model.named_parameters() if p.grad is not None}
+    return out
+
+
+def rotation_null(
+    run: Run,
+    states: dict[int, dict[str, torch.Tensor]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Rotation from init (``metrics.rotation``) of every conv layer at each epoch end of the null (see
+    the module docstring), beside the run's: ``{layer: {"rotation_from_init": [...], "run": [...],
+    "ratio": run / null at the last epoch}}``. A ConfigError when the run cannot be replayed (no
+    optimizer and schedule recorded, no step count, no labelled images)."""
+    cfg_json = run.info.configs["train"]
+    spe = run.steps_per_epoch()
+    if run.info.source is not None or "optimizer" not in cfg_json or not spe:
+        raise ConfigError(
+            "the null replays featviz's own training loop: this run has no recorded optimizer or schedule"
+        )
+    if len(y) == 0 or int(y.min()) < 0:
+        raise ConfigError("the null needs labelled validation images to measure the real gradient norms")
+    if 0 not in states:
+        raise ConfigError("the null starts from the run's init: its epoch 0 snapshot is not readable")
+    cfg = from_dict(TrainConfig, cfg_json)
+    norms = gradient_norms(run, states, x[:NULL_BATCH], y[:NULL_BATCH], device)
+    model = build_run_model(run).to(device)
+    model.load_state_dict(states[0])
+    model.train()
+    opt = make_optimizer(model, cfg)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    layers = [layer.name for layer in run.info.layers]
+    w0 = {n: model.get_parameter(f"{n}.weight").detach().clone() for n in layers}
+    null: dict[str, list[float]] = {n: [0.0] for n in layers}
+    g = torch.Generator().manual_seed(seed)
+    epochs, total, step = run.epochs_planned, spe * run.epochs_planned, 0
+    sizes = [p.numel() for _, p in params]
+    for epoch in range(1, epochs + 1):
+        held = norms[max(e for e in norms if e < epoch)]  # the last measured snapshot before this epoch
+        wanted = torch.tensor([held.get(name, 0.0) for name, _ in params], dtype=torch.float64)
+        for _ in range(spe):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, cfg.lr)
+            parts = torch.randn(sum(sizes), generator=g).split(sizes)  # one draw per step for every parameter
+            norms_now = torch.stack([d.double().norm() for d in parts]).clamp_min(1e-12)
+            for (_, p), d, k in zip(params, parts, (wanted / norms_now).tolist()):
+                p.grad = (d * k).view_as(p).to(device=p.device, dtype=p.dtype)
+            opt.step()
+            step += 1
+        for n in layers:
+            null[n].append(rotation(w0[n], model.get_parameter(f"{n}.weight").detach()))
+    last = max(states)  # the last readable epoch of the run: where run and null are compared
+    out: dict[str, Any] = {"seed": seed, "batch": int(min(len(x), NULL_BATCH)), "epochs": list(range(epochs + 1))}
+    for n in layers:
+        real = rotation(w0[n], states[last][f"{n}.weight"])
+        out[n] = {
+            "rotation_from_init": null[n],
+            "run_at_last": real,
+            "null_at_last": null[n][last],
+            "ratio": real / null[n][last] if null[n][last] > 0 else None,
+        }
+    out["last_epoch"] = last
+    return out

@@ -1,0 +1,97 @@
+"""The random-direction null (featviz.nulls): what it feeds the optimizer, that it is seeded, when it
+refuses, and how the reading uses it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import featviz.nulls as nulls
+from featviz.analyze import _probe
+from featviz.errors import ConfigError
+from featviz.loading import fitting
+from featviz.run.store import Run
+
+
+@pytest.fixture(scope="module")
+def probe(tiny_run: Run):
+    states, _ = fitting(tiny_run, *tiny_run.load_snapshots(tiny_run.snapshot_epochs()))
+    val, _, labels = _probe(tiny_run)
+    return states, val, labels
+
+
+def test_each_step_gets_a_random_direction_with_the_measured_norm(tiny_run: Run, probe, monkeypatch) -> None:
+    """Every parameter's gradient at every step has the norm measured at the last snapshot before its
+    epoch, and its direction changes from step to step (so no data steers it)."""
+    states, val, labels = probe
+    norms = nulls.gradient_norms(tiny_run, states, val[:64], labels[:64], torch.device("cpu"))
+    seen: list[dict[str, torch.Tensor]] = []
+    real_make = nulls.make_optimizer
+
+    def recording(model, cfg):
+        opt = real_make(model, cfg)
+        names = {id(p): n for n, p in model.named_parameters()}
+        step = opt.step
+
+        def spy(*a, **k):
+            seen.append({names[id(p)]: p.grad.clone() for g in opt.param_groups for p in g["params"]})
+            return step(*a, **k)
+
+        opt.step = spy
+        return opt
+
+    monkeypatch.setattr(nulls, "make_optimizer", recording)
+    monkeypatch.setattr(nulls, "NULL_BATCH", 64)
+    out = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"), seed=3)
+    spe = tiny_run.steps_per_epoch()
+    assert len(seen) == spe * tiny_run.epochs_planned
+    for i, grads in enumerate(seen):
+        held = norms[i // spe]  # epoch 1 uses the init's norms, epoch 2 epoch 1's
+        for name, g in grads.items():
+            assert float(g.norm()) == pytest.approx(held[name], rel=1e-5), (i, name)
+    w = "features.conv1.weight"
+    cos = torch.nn.functional.cosine_similarity(seen[0][w].flatten(), seen[1][w].flatten(), dim=0)
+    assert abs(float(cos)) < 0.5  # a fresh direction each step
+    layer = out["features.conv1"]
+    assert layer["rotation_from_init"][0] == 0.0 and len(layer["rotation_from_init"]) == 3
+    assert layer["ratio"] == pytest.approx(layer["run_at_last"] / layer["null_at_last"])
+
+
+def test_the_null_is_seeded(tiny_run: Run, probe) -> None:
+    states, val, labels = probe
+    one = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"), seed=1)
+    again = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"), seed=1)
+    other = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"), seed=2)
+    assert one == again and one["features.conv2"] != other["features.conv2"]
+
+
+def test_the_null_refuses_what_it_cannot_replay(tiny_run: Run, probe) -> None:
+    states, val, labels = probe
+    with pytest.raises(ConfigError, match="labelled validation images"):
+        nulls.rotation_null(tiny_run, states, val, torch.full_like(labels, -1), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="epoch 0 snapshot"):
+        nulls.rotation_null(tiny_run, {e: s for e, s in states.items() if e}, val, labels, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "real,null,phrases",
+    [
+        (
+            [0.2, 0.3, 0.5],
+            [0.3, 0.4, 0.6],
+            ["both rise with depth, so that ordering does not need learning", "more with each depth"],
+        ),
+        ([0.2, 0.3, 0.5], [0.5, 0.5, 0.4], ["the run's rise with depth, the null's do not", "more with each depth"]),
+        ([0.2, 0.3, 0.5], [0.1, 0.2, 0.6], ["both rise with depth", "not rising with depth"]),
+    ],
+)
+def test_the_reading_compares_the_run_with_its_null(real, null, phrases) -> None:
+    from featviz.reading import _null
+
+    layers = ["c1", "c2", "c3"]
+    a = {"layers": layers, "rotation_null": {"last_epoch": 8}}
+    for n, r, z in zip(layers, real, null):
+        a["rotation_null"][n] = {"run_at_last": r, "null_at_last": z, "ratio": r / z}
+    text = _null(a)
+    assert all(p in text for p in phrases), text
+    assert _null({"layers": layers, "rotation_null": {"skipped": "no"}}) == ""
