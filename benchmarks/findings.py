@@ -3,6 +3,8 @@ seed through the CLI as shipped, then write the tables from the runs' analysis.j
 
     python benchmarks/findings.py run   --seeds 100-109 --out outputs/fresh   # ~2.5 min per seed, 2 CPU cores
     python benchmarks/findings.py table --seeds 100-109 --out outputs/fresh --write README.md docs/findings.md
+    python benchmarks/findings.py publish --seeds 100-109 --out outputs/fresh  # JSON -> docs/findings/
+    python benchmarks/findings.py table --seeds 100-109 --out docs/findings    # the same, from the JSON
 
 ``run`` trains only seeds without a complete run; render reuses matching images; analyze always
 runs again (so the tables follow the current metrics). ``table`` prints the
@@ -284,6 +286,19 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
     return {"summary": summary, "full": "\n".join(lines)}
 
 
+PUBLISHED = Path("docs/findings")
+
+
+def publish(seeds: list[int], out: Path, dest: Path = PUBLISHED) -> None:
+    """Copy each seed's run.json (configs, seed, versions, git sha) and analysis.json under ``dest``, so
+    anyone can re-derive every count with ``table --out dest`` and no training."""
+    for s in seeds:
+        target = dest / f"seed{s}"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("run.json", "analysis.json"):
+            (target / name).write_bytes((out / f"seed{s}" / name).read_bytes())
+
+
 def write_blocks(path: Path, texts: dict[str, str]) -> None:
     """Replace every marked block that ``path`` holds (README: the summary; docs: the full tables)."""
     src = path.read_text()
@@ -301,13 +316,16 @@ def write_blocks(path: Path, texts: dict[str, str]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["run", "table"])
+    p.add_argument("what", choices=["run", "table", "publish"])
     p.add_argument("--seeds", default="100-109", type=seeds_arg)
     p.add_argument("--out", default=Path("outputs/fresh"), type=Path)
     p.add_argument("--write", nargs="*", type=Path, default=[], help="files whose findings block is replaced")
     a = p.parse_args()
     if a.what == "run":
         run(a.seeds, a.out)
+        return
+    if a.what == "publish":
+        publish(a.seeds, a.out)
         return
     texts = table(a.seeds, a.out)
     print(texts["full"])
