@@ -145,7 +145,7 @@ def test_running_statistics_alone_do_not_move_cka(analyzed) -> None:
 
     run, _ = analyzed
     loaded, _ = run.load_snapshots(run.snapshot_epochs())
-    probe = _probe(run, 40)[0]
+    probe = _probe(run)[0][:40]
     base = convergence(run, probe, torch.device("cpu"), snaps=loaded)
     g = torch.Generator().manual_seed(0)
     moved = {e: dict(s) for e, s in loaded.items()}

@@ -69,7 +69,7 @@ def known(tiny_run, tmp_path_factory) -> tuple[Run, dict, dict]:
     s1 = dict(s2)
     s1["features.bn2.weight"] = torch.zeros_like(s2["features.bn2.weight"])
     run = _rebuild(tiny_run, tmp_path_factory.mktemp("known") / "known", [s0, s1, s2])
-    val, raw = _probe(run, None)
+    val, raw, _ = _probe(run)
     model = load_model_at(run, 2, torch.device("cpu"), s2)
     from featviz.hooks import capture
 
