@@ -246,3 +246,27 @@ def test_percentile_of_known_answers() -> None:
     assert percentile_of(float(torch.tanh(torch.tensor(2.5 * 0.3)) * 9 - 4), squashed) == 50.0
     with pytest.raises(ValueError):
         percentile_of(1.0, torch.tensor([]))
+
+
+def test_recalibrated_batchnorm_buffers_are_the_probe_statistics() -> None:
+    """After recalibration every BatchNorm holds the exact mean and unbiased variance of its input over
+    all probe images (one chunk), whatever its buffers held before; a momentum-0.1 update would not."""
+    from featviz.model import recalibrate_batchnorm
+
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5))
+    for bn in (net[1], net[4]):
+        bn.running_mean.fill_(7.0)
+        bn.running_var.fill_(9.0)
+    x = torch.randn(64, 3, 12, 12, generator=g) * 2 + 1
+    assert recalibrate_batchnorm(net, x) == 2
+    with torch.no_grad():
+        a1 = net[0](x)
+        # during recalibration the first BatchNorm normalizes by its batch's statistics (biased variance)
+        bn1 = torch.nn.functional.batch_norm(a1, None, None, net[1].weight, net[1].bias, training=True)
+        a2 = net[3](net[2](bn1))
+    for bn, a in ((net[1], a1), (net[4], a2)):
+        flat = a.transpose(0, 1).reshape(a.shape[1], -1)
+        assert torch.allclose(bn.running_mean, flat.mean(1), atol=1e-5)
+        assert torch.allclose(bn.running_var, flat.var(1, unbiased=True), rtol=1e-4)
+    assert not net.training and not net[1].training
