@@ -149,6 +149,19 @@ def test_spectrum_slope_recovers_known_power_laws(a: float, periodic: bool) -> N
     assert sum(small) / len(small) == pytest.approx(-a, abs=0.15)
 
 
+def test_spectrum_slope_is_of_the_luminance_of_coloured_images() -> None:
+    """The slope is measured on the mean of the colour channels: a steep 1/f^3 pattern in green and blue
+    with a faint 1/f pattern in red scores about -3 (red alone would score -1), and opposite patterns in
+    two channels cancel to the third's."""
+    g = torch.Generator().manual_seed(11)
+    steep, shallow = _power_law(128, 3.0, g)[0], _power_law(128, 1.0, g)[0]
+    img = torch.stack([0.5 + 0.02 * (shallow - 0.5), steep, steep])
+    assert spectrum_slope(img) == pytest.approx(-3.0, abs=0.2)
+    assert spectrum_slope(img[:1]) == pytest.approx(-1.0, abs=0.2)
+    cancel = torch.stack([steep, 1 - steep, shallow])  # luminance = (1 + shallow) / 3
+    assert spectrum_slope(cancel) == pytest.approx(-1.0, abs=0.2)
+
+
 def test_spectrum_slope_of_white_noise_ramp_and_flat_images() -> None:
     g = torch.Generator().manual_seed(4)
     assert spectrum_slope(torch.rand(1, 128, 128, generator=g)) == pytest.approx(0.0, abs=0.15)
