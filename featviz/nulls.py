@@ -52,9 +52,10 @@ def rotation_null(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Rotation from init (``metrics.rotation``) of every conv layer at each epoch end of the null (see
-    the module docstring), beside the run's: ``{layer: {"rotation_from_init": [...], "run": [...],
-    "ratio": run / null at the last epoch}}``. A ConfigError when the run cannot be replayed (no
-    optimizer and schedule recorded, no step count, no labelled images)."""
+    the module docstring) and, at the run's last readable epoch (``last_epoch``), the run's, the null's
+    and their ratio: ``{layer: {"rotation_from_init", "run_at_last", "null_at_last", "ratio"}}``. A
+    ConfigError when the run cannot be replayed (no optimizer and schedule recorded, no step count, no
+    labelled images)."""
     cfg_json = run.info.configs["train"]
     spe = run.steps_per_epoch()
     if run.info.source is not None or "optimizer" not in cfg_json or not spe:

@@ -78,8 +78,13 @@ def shallow_first(order: list[int | None]) -> str:
 
 def _verdict(order: list[int | None]) -> str:
     verdict = shallow_first(order)
+    if verdict == "shown" and all(x < y for x, y in zip(order, order[1:])):  # type: ignore[operator]
+        return "so shallow layers settled first, each depth after the one above it"
     if verdict == "shown":
-        return "so shallow layers settled first (no deeper layer before a shallower one, depth 1 before the deepest)"
+        return (
+            "so no deeper layer settled before a shallower one and depth 1 before the deepest, with some depths "
+            "settling together (not a strict order)"
+        )
     if verdict == "tie":
         return "a tie: every layer settled at the same snapshot, so shallow-first settling is not shown"
     return "so this run does not show shallow layers settling first"
