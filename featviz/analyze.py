@@ -26,7 +26,6 @@ from featviz.layers import run_fields
 from featviz.loading import build_run_model, fitting, load_model_at
 from featviz.metrics import (
     crop_around,
-    effective_receptive_field,
     filter_bits,
     incompressibility,
     layer_stats,
@@ -43,6 +42,7 @@ from featviz.nulls import rotation_null
 from featviz.plots import PLOTS, available
 from featviz.progress import StageProgress, silent
 from featviz.reading import first_epoch_above, reading
+from featviz.receptive import IMAGES, effective_receptive_field, measuring_side, mirror_pad
 from featviz.run.renderset import choose_settings_set, records_of
 from featviz.run.schema import SnapshotPoint
 from featviz.run.store import Run
@@ -152,6 +152,42 @@ def convergence(
         }
         if run.snapshot_steps():
             out[layer.name]["by_step"] = {"steps": [s for s, _, _ in cka], "cka_to_final": [c for _, _, c in cka]}
+    return out
+
+
+def receptive_fields(
+    run: Run, probe: torch.Tensor, snaps: dict[int, dict[str, torch.Tensor]], device: torch.device
+) -> dict[str, Any]:
+    """Per conv layer: the theoretical field and, at each epoch in ``snaps``, the effective field
+    (``receptive.effective_receptive_field``) on ``receptive.IMAGES`` probe images mirrored out to
+    ``receptive.measuring_side`` px, so that the deepest field fits inside the image, with BatchNorm
+    statistics recomputed on the probe images (as for CKA)."""
+    rfs = theoretical_fields(run)
+    size = run.info.data.size
+    side = measuring_side(size, max(rfs))
+    images = mirror_pad(probe[:IMAGES], side).to(device)
+    out: dict[str, Any] = {}
+    for e, state in snaps.items():
+        model = load_model_at(run, e, device, state)
+        recalibrate_batchnorm(model, probe.to(device))
+        for layer, theo in zip(run.info.layers, rfs):
+            eff = effective_receptive_field(model, layer.name, images)
+            row = out.setdefault(
+                layer.name,
+                {
+                    "theoretical_px": theo,
+                    "theoretical_at_least": layer.rf_exceeds,
+                    "image_px": size,
+                    "measured_at_px": side,
+                },
+            )
+            row[f"effective_px_epoch_{e}"] = eff["effective_px"]  # raw: never clamped
+            row[f"outside_fraction_epoch_{e}"] = eff["outside_fraction"]
+            row[f"centre_px_epoch_{e}"] = eff["centre_px"]
+            row[f"rms_radius_px_epoch_{e}"] = eff["rms_radius_px"]
+            row[f"rms_radius_sd_px_epoch_{e}"] = eff["rms_radius_sd_px"]
+            row[f"mass_by_side_epoch_{e}"] = [[s, round(f, 6)] for s, f in eff["mass_by_side"]]
+            row["channels_measured"] = len(eff["channels"])
     return out
 
 
@@ -344,21 +380,7 @@ def analyze(
         result["probe_images"] = int(probe.shape[0])
         steps = {p.step: states[p.id] for p in points if p.kind == "step" and p.id in states}
         result["convergence"] = convergence(run, probe, dev, progress, loaded, steps)
-        rfs = theoretical_fields(run)
-        rf: dict[str, Any] = {}
-        for e in (epochs[0], epochs[-1]):
-            model = load_model_at(run, e, dev, loaded[e])
-            recalibrate_batchnorm(model, probe.to(dev))  # as for CKA: the statistics of the probe images
-            for layer, theo in zip(run.info.layers, rfs):
-                eff = effective_receptive_field(model, layer.name, probe[:64].to(dev))
-                row = rf.setdefault(
-                    layer.name,
-                    {"theoretical_px": theo, "theoretical_at_least": layer.rf_exceeds, "image_px": run.info.data.size},
-                )
-                row[f"effective_px_epoch_{e}"] = eff["effective_px"]  # raw: never clamped
-                row[f"outside_fraction_epoch_{e}"] = eff["outside_fraction"]
-                row[f"centre_px_epoch_{e}"] = eff["centre_px"]
-        result["receptive_field"] = rf
+        result["receptive_field"] = receptive_fields(run, probe, {e: loaded[e] for e in (epochs[0], epochs[-1])}, dev)
         progress("receptive fields", 1, 1)
         result["faithfulness"] = faithfulness(run, val, raw, dev, sid, snaps=loaded)
         progress("faithfulness", 1, 1)

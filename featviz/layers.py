@@ -22,8 +22,8 @@ from torch import nn
 
 from featviz.errors import ConfigError
 from featviz.hooks import Call, record_calls
-from featviz.metrics import theoretical_receptive_fields
 from featviz.model import conv_layer
+from featviz.receptive import theoretical_receptive_fields
 from featviz.run.schema import ConvLayer, RunInfo
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU)

@@ -1,5 +1,5 @@
-"""Numbers behind the pictures: pure computations, tensors (and, for the receptive field, a model) in,
-numbers out; no files, no state kept.
+"""Numbers behind the pictures: pure computations, tensors (and, for layer statistics, a model) in,
+numbers out; no files, no state kept. Receptive fields: ``featviz.receptive``.
 
 Weight statistics and CKA are computed in float64. Complexity metrics take one image [C, H, W].
 Definitions, known biases and the tests that pin each one to a known answer: docs/metrics.md.
@@ -9,30 +9,12 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Sequence
 
 import torch
 from torch import nn
 
 from featviz.hooks import capture
 from featviz.images import to_uint8
-
-
-def theoretical_receptive_fields(kernels: Sequence[int], strides: Sequence[int], pools: Sequence[bool]) -> list[int]:
-    """Receptive field (px) of one unit at each conv depth's output: r = 1 + sum (k_l - 1) * prod_{m<l} s_m.
-
-    Each depth is conv(k, s) followed, when pooled, by a 2x2 stride-2 max-pool; the field of depth d
-    is taken at the conv output (before that depth's pool).
-    """
-    r, jump, out = 1, 1, []
-    for k, s, pool in zip(kernels, strides, pools):
-        r += (k - 1) * jump
-        jump *= s
-        out.append(r)
-        if pool:
-            r += (2 - 1) * jump
-            jump *= 2
-    return out
 
 
 # ----------------------------------------------------------------------------- filter updates (float64)
@@ -250,149 +232,3 @@ def spectrum_slope(img: torch.Tensor, band: tuple[int, int] | None = None) -> fl
     kt, pt, wt = torch.tensor(ks), torch.tensor(ps), torch.tensor(ns)  # each ring weighted by its frequencies
     km, pm = (wt * kt).sum() / wt.sum(), (wt * pt).sum() / wt.sum()
     return float((wt * (kt - km) * (pt - pm)).sum() / (wt * (kt - km) ** 2).sum())
-
-
-# ----------------------------------------------------------------------------- effective receptive field
-_GEOMETRY_OPS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-
-
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[-1]))
-
-
-def unit_centres(model: nn.Module, layer: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Input-pixel coordinates of the receptive-field centre of every row and column of ``layer``'s
-    output map for inputs shaped like ``x`` (pixel i has its centre at i).
-
-    Traced through the convs and pools the forward pass runs up to ``layer``: each op with kernel k,
-    stride s, padding p and dilation d maps centres as c_out = c_in + ((k - 1) d / 2 - p) * jump,
-    jump_out = jump * s. This is exact for a chain of ops; where the ops do not form a chain (a
-    branch changes the map size) it falls back to spreading the units evenly over the image
-    (exact for 'same' padding) and says so (third value False).
-    """
-    ops: list[tuple[nn.Module, tuple[int, int], tuple[int, int]]] = []
-    out_hw: list[tuple[int, int]] = []
-    handles = []
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        raise ValueError(f"unknown layer {layer!r}")
-
-    def record(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-        ops.append((m, tuple(inp[0].shape[-2:]), tuple(out.shape[-2:])))
-
-    def target(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
-        out_hw.append(tuple(out.shape[-2:]))
-        raise _Stop
-
-    try:
-        for m in model.modules():
-            if isinstance(m, _GEOMETRY_OPS) and m is not modules[layer]:
-                handles.append(m.register_forward_hook(record))
-        if isinstance(modules[layer], _GEOMETRY_OPS):
-            handles.append(modules[layer].register_forward_hook(record))
-        handles.append(modules[layer].register_forward_hook(target))
-        with torch.no_grad():
-            try:
-                model(x[:1])
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
-    (h, w), size = out_hw[0], tuple(x.shape[-2:])
-    start, jump, chain, prev = [0.0, 0.0], [1.0, 1.0], True, size
-    for m, hw_in, hw_out in ops:
-        chain = chain and hw_in == prev
-        prev = hw_out
-        k, s = _pair(m.kernel_size), _pair(m.stride or m.kernel_size)
-        p = _pair(m.padding) if not isinstance(m.padding, str) else (0, 0)
-        if isinstance(m.padding, str) and m.padding == "same":
-            p = tuple((kk - 1) // 2 for kk in k)
-        d = _pair(getattr(m, "dilation", 1))
-        for a in (0, 1):
-            start[a] += ((k[a] - 1) * d[a] / 2 - p[a]) * jump[a]
-            jump[a] *= s[a]
-    chain = chain and prev == (h, w)
-    if chain:
-        cy = start[0] + jump[0] * torch.arange(h, dtype=torch.float64)
-        cx = start[1] + jump[1] * torch.arange(w, dtype=torch.float64)
-    else:
-        cy = (torch.arange(h, dtype=torch.float64) + 0.5) * size[0] / h - 0.5
-        cx = (torch.arange(w, dtype=torch.float64) + 0.5) * size[1] / w - 0.5
-    return cy, cx, chain
-
-
-class _Stop(Exception):
-    """Ends a forward pass once the layer of interest has run."""
-
-
-def _central(centres: torch.Tensor, middle: float) -> list[int]:
-    """Indices of the units whose centre is nearest ``middle`` (two on a tie)."""
-    d = (centres - middle).abs()
-    return [int(i) for i in (d <= float(d.min()) + 1e-9).nonzero().flatten()]
-
-
-def _square_mass(g: torch.Tensor, cy: float, cx: float, side: int) -> tuple[float, float]:
-    """(mass of ``g`` [H, W] inside the side x side square centred at (cy, cx), share of the square
-    outside the image)."""
-    h, w = g.shape
-    half = (side - 1) / 2
-    y0, x0 = round(cy - half), round(cx - half)
-    y1, x1 = y0 + side, x0 + side
-    inside = max(0, min(y1, h) - max(y0, 0)) * max(0, min(x1, w) - max(x0, 0))
-    return float(g[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)].sum()), 1.0 - inside / (side * side)
-
-
-def effective_receptive_field(model: nn.Module, layer: str, images: torch.Tensor, mass: float = 0.9) -> dict:
-    """Effective receptive field (Luo et al. 2016) of ``layer`` on ``images`` [N, C, H, W].
-
-    The unit measured is the one whose receptive-field centre (``unit_centres``) is nearest the image
-    centre; on a tie (an even-sized map) each of the 2 or 4 central units is measured and their
-    results averaged. For a unit (all channels of the layer at one position), g = mean over images
-    of sum over input colour channels of |d unit / d input| (magnitudes per channel, so channels
-    never cancel). The field is the side of the smallest square centred on the unit's centre that
-    holds ``mass`` of g, averaged over the central units; squares may reach past the border.
-
-    Returns ``effective_px`` (raw, never clamped; 0 when the gradient is zero), ``outside_fraction``
-    (share of that square outside the image), ``centre_px`` (mean centre of the measured units, y, x),
-    ``mass_offset_px`` (centroid of g minus the unit's centre, mean over units: ~0 when centred),
-    ``units`` and ``traced`` (whether the geometry was traced through a chain of ops).
-    """
-    h_img, w_img = images.shape[-2:]
-    cy, cx, traced = unit_centres(model, layer, images)
-    ys, xs = _central(cy, (h_img - 1) / 2), _central(cx, (w_img - 1) / 2)
-    units = [(iy, ix) for iy in ys for ix in xs]
-    grads = []
-    for iy, ix in units:
-        x = images.detach().clone().requires_grad_(True)
-        with capture(model, [layer]) as acts:
-            model(x)
-        acts[layer][:, :, iy, ix].sum().backward()
-        grads.append(x.grad.abs().sum(1).mean(0).double())
-    result = {
-        "mass": mass,
-        "units": units,
-        "traced": traced,
-        "centre_px": [
-            float(sum(cy[iy] for iy, _ in units)) / len(units),
-            float(sum(cx[ix] for _, ix in units)) / len(units),
-        ],
-    }
-    totals = [float(g.sum()) for g in grads]
-    if min(totals) <= 0:
-        return {**result, "effective_px": 0, "outside_fraction": 0.0, "mass_offset_px": [0.0, 0.0]}
-    yy = torch.arange(h_img, dtype=torch.float64).view(-1, 1)
-    xx = torch.arange(w_img, dtype=torch.float64).view(1, -1)
-    offs = [
-        (float((g * yy).sum()) / t - float(cy[iy]), float((g * xx).sum()) / t - float(cx[ix]))
-        for g, t, (iy, ix) in zip(grads, totals, units)
-    ]
-    result["mass_offset_px"] = [sum(o[0] for o in offs) / len(offs), sum(o[1] for o in offs) / len(offs)]
-    # a square centred on a whole pixel has an odd side, on a pixel boundary an even one
-    odd = abs(float(cy[units[0][0]]) % 1) < 0.25 or abs(float(cy[units[0][0]]) % 1) > 0.75
-    for side in range(1 if odd else 2, 2 * max(h_img, w_img) + 3, 2):
-        held = [_square_mass(g, float(cy[iy]), float(cx[ix]), side) for g, (iy, ix) in zip(grads, units)]
-        frac = sum(m / t for (m, _), t in zip(held, totals)) / len(held)
-        if frac >= mass - 1e-12:
-            return {**result, "effective_px": side, "outside_fraction": sum(o for _, o in held) / len(held)}
-    raise AssertionError("unreachable: the largest square covers the image")

@@ -167,14 +167,33 @@ def complexity(a: dict[str, Any]) -> dict[str, bytes]:
 
 
 def receptive_field(a: dict[str, Any]) -> dict[str, bytes]:
-    """Theoretical and effective receptive field (px) vs depth, with the image size."""
+    """Theoretical field, effective field (side of the square holding 90% of the gradient; 2 px steps)
+    and twice the RMS radius of the gradient mass (continuous, +- its spread over images) vs depth."""
     rf = a["receptive_field"]
+    first, last = a["epochs"][0], a["epochs"][-1]
     series = [("theoretical", [rf[n]["theoretical_px"] for n in a["layers"]], "o-", None)]
     series += [
-        (f"effective, epoch {e}", [rf[n][f"effective_px_epoch_{e}"] for n in a["layers"]], "s--", None)
-        for e in (a["epochs"][0], a["epochs"][-1])
+        (f"effective (90% square), epoch {e}", [rf[n][f"effective_px_epoch_{e}"] for n in a["layers"]], "s--", None)
+        for e in (first, last)
     ]
-    return _by_depth(a, "Receptive field", "px", series, hline=(rf[a["layers"][0]]["image_px"], "image size"))
+    if all(f"rms_radius_px_epoch_{last}" in rf[n] for n in a["layers"]):  # analyses before the RMS radius lack it
+        series += [
+            (
+                f"2 x RMS radius, epoch {e}",
+                [2 * rf[n][f"rms_radius_px_epoch_{e}"] for n in a["layers"]],
+                style,
+                [2 * rf[n][f"rms_radius_sd_px_epoch_{e}"] for n in a["layers"]],
+            )
+            for e, style in ((first, "^:"), (last, "v:"))
+        ]
+    side = rf[a["layers"][0]].get("measured_at_px", rf[a["layers"][0]]["image_px"])
+    return _by_depth(
+        a,
+        f"Receptive field (effective: measured at {side} px)",
+        "px",
+        series,
+        hline=(rf[a["layers"][0]]["image_px"], "image size"),
+    )
 
 
 PLOTS = {"weight_change": weight_change, "cka": cka, "complexity": complexity, "receptive_field": receptive_field}

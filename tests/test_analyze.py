@@ -13,10 +13,10 @@ from torch import nn
 from featviz.config import RenderConfig
 from featviz.errors import RunError
 from featviz.gallery.build import build_gallery
-from featviz.metrics import effective_receptive_field
 from featviz.optvis import RenderSettings
 from featviz.pipeline import analyze_run, render_run
 from featviz.reading import first_epoch_above
+from featviz.receptive import effective_receptive_field
 from featviz.run.store import Run
 
 
@@ -45,7 +45,11 @@ def test_analysis_sections_hold_checked_values(analyzed) -> None:
         assert a["convergence"][name]["cka_at_init"] == cka[0]
         rf = a["receptive_field"][name]
         assert 0 < rf["effective_px_epoch_2"] <= rf["theoretical_px"]  # no clamp: this can fail
-        assert rf["centre_px_epoch_2"] == [7.5, 7.5] or max(abs(c - 7.5) for c in rf["centre_px_epoch_2"]) <= 0.5
+        mid = (rf["measured_at_px"] - 1) / 2  # measured on mirrored images big enough for the deepest field
+        assert rf["measured_at_px"] == 32 and max(abs(c - mid) for c in rf["centre_px_epoch_2"]) <= 0.5
+        assert 0 < rf["rms_radius_px_epoch_2"] < rf["theoretical_px"] and rf["rms_radius_sd_px_epoch_2"] >= 0
+        curve = rf["mass_by_side_epoch_2"]
+        assert curve[-1][1] == pytest.approx(1.0) and all(a[1] <= b[1] for a, b in zip(curve, curve[1:]))
         comp = a["complexity"][name]
         assert (
             set(comp) == {"0", "1", "2"}

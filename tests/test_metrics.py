@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from featviz.metrics import (
-    effective_receptive_field,
     incompressibility,
     linear_cka,
     per_filter_change,
@@ -18,7 +17,6 @@ from featviz.metrics import (
     rotation,
     spectrum_slope,
     structure_bits,
-    theoretical_receptive_fields,
 )
 
 
@@ -171,82 +169,6 @@ def test_spectrum_slope_of_white_noise_ramp_and_flat_images() -> None:
     assert spectrum_slope(torch.full((3, 32, 32), 0.5)) is None
     noisy_ramp = ramp + 0.05 * torch.rand(3, 32, 32, generator=g)
     assert spectrum_slope(noisy_ramp) == pytest.approx(0.0, abs=0.5)  # the ramp adds nothing; the noise is white
-
-
-# ----------------------------------------------------------------------------- effective receptive field
-def _ones_conv(cin: int, cout: int, k: int, **kw) -> nn.Conv2d:
-    conv = nn.Conv2d(cin, cout, k, bias=False, **kw)
-    nn.init.ones_(conv.weight)
-    return conv
-
-
-@pytest.mark.parametrize("size", [31, 32])
-def test_effective_field_of_one_5x5_conv_is_5(size: int) -> None:
-    model = nn.Sequential(_ones_conv(3, 2, 5, padding=2)).eval()
-    out = effective_receptive_field(model, "0", torch.rand(4, 3, size, size))
-    assert out["effective_px"] == 5 and out["outside_fraction"] == 0.0
-    centre = (size - 1) / 2
-    assert all(abs(c - centre) <= 0.5 for c in out["centre_px"])
-    assert out["mass_offset_px"] == pytest.approx([0.0, 0.0], abs=1e-9)
-
-
-def test_two_3x3_convs_with_positive_weights_give_a_centred_field_of_at_most_5() -> None:
-    model = nn.Sequential(_ones_conv(3, 4, 3, padding=1), _ones_conv(4, 4, 3, padding=1)).eval()
-    out = effective_receptive_field(model, "1", torch.rand(4, 3, 33, 33))
-    assert 3 <= out["effective_px"] <= 5
-    assert out["mass_offset_px"] == pytest.approx([0.0, 0.0], abs=1e-9)
-    assert out["centre_px"] == [16.0, 16.0]
-
-
-@pytest.mark.parametrize("pools,side", [(3, 4), (2, 8)])
-def test_even_sized_maps_are_measured_at_the_image_centre(pools: int, side: int) -> None:
-    """The default SmallCNN's geometry (5x5 then 3x3 convs with 'same' padding, 2x2 pools) on 32 px:
-    its 4x4 map's units sit at pixels 3.5, 11.5, 19.5, 27.5; the unit at index h//2 was 4 px off-centre."""
-    layers: list[nn.Module] = [_ones_conv(3, 4, 5, padding=2)]
-    for _ in range(pools):
-        layers += [nn.MaxPool2d(2), _ones_conv(4, 4, 3, padding=1)]
-    model = nn.Sequential(*layers).eval()
-    x = torch.rand(2, 3, 32, 32)
-    assert model(x).shape[-1] == side
-    out = effective_receptive_field(model, str(len(layers) - 1), x)
-    assert out["centre_px"] == pytest.approx([15.5, 15.5], abs=0.5)
-    assert len(out["units"]) == 4 and out["traced"]
-    assert (
-        out["effective_px"]
-        <= theoretical_receptive_fields((5,) + (3,) * pools, (1,) * (pools + 1), (True,) * pools + (False,))[-1]
-    )
-
-
-def test_effective_field_is_reported_raw_with_its_share_outside_the_image() -> None:
-    """A 9x9 conv on a 4 px image: its gradient fills the image, so the smallest centred square that
-    holds 90% is 5 px, larger than the image, with 1 - 16/25 of it outside."""
-    model = nn.Sequential(_ones_conv(1, 1, 9, padding=4)).eval()
-    out = effective_receptive_field(model, "0", torch.rand(2, 1, 4, 4))
-    assert out["effective_px"] == 5 and out["outside_fraction"] == pytest.approx(1 - 16 / 25)
-
-
-def test_colour_channels_of_opposite_sign_do_not_cancel() -> None:
-    conv = nn.Conv2d(3, 1, 3, padding=1, bias=False)
-    with torch.no_grad():
-        conv.weight.zero_()
-        conv.weight[0, 0] = 1.0
-        conv.weight[0, 1] = -1.0  # a signed sum over colour channels would be 0 everywhere
-    out = effective_receptive_field(nn.Sequential(conv).eval(), "0", torch.rand(2, 3, 15, 15))
-    assert out["effective_px"] == 3
-
-
-def test_unpadded_convs_are_traced_not_assumed() -> None:
-    """No padding: a 5x5 conv on 20 px gives a 16 px map whose unit i is centred at pixel i + 2."""
-    model = nn.Sequential(_ones_conv(1, 1, 5)).eval()
-    out = effective_receptive_field(model, "0", torch.rand(2, 1, 20, 20))
-    assert out["traced"] and out["centre_px"] == pytest.approx([9.5, 9.5])
-    assert out["effective_px"] == 5
-
-
-def test_theoretical_receptive_fields_by_hand() -> None:
-    # conv5 -> pool -> conv3 -> pool -> conv3: 5, 5+1+2*2=10, 10+2+4*2=20
-    assert theoretical_receptive_fields((5, 3, 3), (1, 1, 1), (True, True, False)) == [5, 10, 20]
-    assert theoretical_receptive_fields((3, 3), (2, 1), (False, False)) == [3, 7]  # stride 2 doubles the step
 
 
 def test_percentile_of_known_answers() -> None:

@@ -12,8 +12,8 @@ from torch import nn
 from featviz.config import ModelConfig
 from featviz.errors import ConfigError
 from featviz.layers import default_channels, default_layers, receptive_fields, select_layers, trace
-from featviz.metrics import theoretical_receptive_fields
 from featviz.model import build_model
+from featviz.receptive import theoretical_receptive_fields
 from featviz.run.store import Run
 from featviz.zoo import ModelSpec, build, check_output, normalize_spec, parse_kwargs
 
