@@ -186,4 +186,5 @@ def test_mirror_pad_keeps_the_image_in_the_middle_and_mirrors_outward() -> None:
 def test_spread_channels() -> None:
     assert spread_channels(10) == list(range(10))
     chosen = spread_channels(128)
-    assert len(chosen) == 32 and chosen[0] == 0 and chosen[-1] == 127
+    assert len(chosen) == 16 and chosen[0] == 0 and chosen[-1] == 127 and chosen == sorted(set(chosen))
+    assert spread_channels(5, limit=3) == [0, 2, 4]
