@@ -22,7 +22,7 @@ from featviz.device import resolve_device
 from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.filters import layer_scale
 from featviz.images import Normalizer, decode_png, png_bytes
-from featviz.layers import run_fields
+from featviz.layers import prefix_macs, run_fields
 from featviz.loading import build_run_model, fitting, load_model_at
 from featviz.metrics import (
     crop_around,
@@ -42,7 +42,7 @@ from featviz.nulls import rotation_null
 from featviz.plots import PLOTS, available
 from featviz.progress import StageProgress, silent
 from featviz.reading import first_epoch_above, reading
-from featviz.receptive import IMAGES, effective_receptive_field, measuring_side, mirror_pad
+from featviz.receptive import IMAGES, channels_within, effective_receptive_field, measuring_side, mirror_pad
 from featviz.run.renderset import choose_settings_set, records_of
 from featviz.run.schema import SnapshotPoint
 from featviz.run.store import Run
@@ -167,11 +167,13 @@ def receptive_fields(
     side = measuring_side(size, max(rfs))
     images = mirror_pad(probe[:IMAGES], side).to(device)
     out: dict[str, Any] = {}
+    prefix, total = prefix_macs(build_run_model(run), run.info.data.image_channels, side)
     for e, state in snaps.items():
         model = load_model_at(run, e, device, state)
         recalibrate_batchnorm(model, probe.to(device))
         for layer, theo in zip(run.info.layers, rfs):
-            eff = effective_receptive_field(model, layer.name, images)
+            chans = channels_within(layer.out_ch, prefix.get(layer.name, total))
+            eff = effective_receptive_field(model, layer.name, images, channels=chans)
             row = out.setdefault(
                 layer.name,
                 {

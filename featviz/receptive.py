@@ -17,6 +17,7 @@ from featviz.optvis.forward import forward_until
 
 MAX_CHANNELS = 16  # per-channel gradients of at most this many output channels (evenly spaced) per layer
 TOLERANCE = 1e-6  # of a mass share: gradients are float32
+BUDGET_MACS = 1e10  # multiply-adds per layer and snapshot: the default network gets 16 channels, a ResNet-18 a few
 IMAGES = 8  # probe images the effective field is averaged over (and its spread taken across)
 
 
@@ -169,9 +170,10 @@ def effective_receptive_field(
     """Effective receptive field of ``layer`` on ``images`` [N, C, H, W].
 
     The unit measured is the one whose receptive-field centre (``unit_centres``) is nearest the image
-    centre; on a tie (an even-sized map) each of the 2 or 4 central units is measured and the results
-    averaged. Per unit and image, g = ``unit_gradients`` over ``channels`` (default: all of the layer's,
-    or ``MAX_CHANNELS`` evenly spaced).
+    centre (on a tie, an even-sized map, the first of the 2 or 4: up to half a unit's stride off the
+    centre, which an image big enough for the field, ``measuring_side``, leaves harmless; every size is
+    taken around the unit's own centre). Per image, g = ``unit_gradients`` over ``channels`` (default:
+    all of the layer's, or ``MAX_CHANNELS`` evenly spaced).
 
     Returns ``effective_px``: the side of the smallest square centred on the unit's centre that holds
     ``mass`` of the mean g over images (raw, never clamped; 0 when the gradient is zero; squares grow in
@@ -185,8 +187,7 @@ def effective_receptive_field(
     """
     h_img, w_img = images.shape[-2:]
     cy, cx, traced = unit_centres(model, layer, images)
-    ys, xs = _central(cy, (h_img - 1) / 2), _central(cx, (w_img - 1) / 2)
-    units = [(iy, ix) for iy in ys for ix in xs]
+    units = [(_central(cy, (h_img - 1) / 2)[0], _central(cx, (w_img - 1) / 2)[0])]  # on a tie, the first
     if channels is None:
         with forward_until(model, [layer]) as run, torch.no_grad():
             channels = spread_channels(int(run(images[:1])[layer].shape[1]))
@@ -229,9 +230,18 @@ def effective_receptive_field(
     return result
 
 
-def measuring_side(image: int, deepest_field: int, limit: int = 4) -> int:
+def channels_within(count: int, macs_per_image: int, images: int = IMAGES, budget: float = BUDGET_MACS) -> list[int]:
+    """The output channels to measure for a layer of ``count`` channels whose forward pass up to it costs
+    ``macs_per_image``: as many as ``budget`` multiply-adds allow (a forward and a backward pass, about 3x
+    the forward's, per channel and image), between 2 and ``MAX_CHANNELS``, evenly spaced."""
+    affordable = int(budget // max(1, 3 * macs_per_image * images))
+    return spread_channels(count, max(2, min(MAX_CHANNELS, affordable)))
+
+
+def measuring_side(image: int, deepest_field: int, limit: int = 2) -> int:
     """The image side (px) at which to measure effective fields: the smallest multiple of ``image`` that
-    holds ``deepest_field`` with half an image to spare, at most ``limit`` x ``image``. At the data's own
+    holds ``deepest_field`` with half an image to spare, at most ``limit`` x ``image`` (deep networks' fields
+    outgrow any image; ``outside_fraction`` then says how much of a field lies beyond it). At the data's own
     size a deep layer's field is cut off by the border, and the border would decide the measurement."""
     return image * min(limit, max(1, math.ceil((deepest_field + image / 2) / image)))
 
