@@ -17,6 +17,7 @@ import torch
 from torchvision.utils import make_grid
 
 from featviz.config import DataConfig, from_dict
+from featviz.convergence import convergence
 from featviz.data import load_data
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, FeatvizError, RunError
@@ -29,7 +30,6 @@ from featviz.metrics import (
     filter_bits,
     incompressibility,
     layer_stats,
-    linear_cka,
     per_filter_change,
     percentile_of,
     relative_change,
@@ -37,11 +37,11 @@ from featviz.metrics import (
     spectrum_slope,
     structure_bits,
 )
-from featviz.model import activation_layer, recalibrate_batchnorm, response_layer
+from featviz.model import recalibrate_batchnorm, response_layer
 from featviz.nulls import rotation_null
 from featviz.plots import PLOTS, available
 from featviz.progress import StageProgress, silent
-from featviz.reading import first_epoch_above, reading
+from featviz.reading import reading
 from featviz.receptive import IMAGES, channels_within, effective_receptive_field, measuring_side, mirror_pad
 from featviz.run.renderset import choose_settings_set, records_of
 from featviz.run.schema import SnapshotPoint
@@ -100,59 +100,6 @@ def _probe(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         data = load_data(from_dict(DataConfig, run.info.configs["data"]))
         raw, labels, mean, std = data.val_x, data.val_y, data.mean, data.std
     return Normalizer(mean, std)(raw), raw, labels
-
-
-def convergence(
-    run: Run,
-    probe: torch.Tensor,
-    device: torch.device,
-    progress: StageProgress = silent,
-    snaps: dict[int, dict[str, torch.Tensor]] | None = None,
-    steps: dict[int, dict[str, torch.Tensor]] | None = None,
-) -> dict[str, Any]:
-    """Debiased linear CKA to the final snapshot per layer and epoch (and per step snapshot, when the
-    run has them), with every snapshot's BatchNorm statistics recomputed on ``probe``; channels never
-    active on the probe set at the final snapshot; ``formed_at_step``: the first snapshot's step from which
-    CKA to the final snapshot stays >= 0.9 (None if never). ``snaps``: epoch -> snapshot, if the
-    caller has them loaded already (then only those epochs are used: the readable ones); ``steps``:
-    step -> snapshot, likewise for the within-epoch snapshots."""
-    recs = run.metrics(strict=False)
-    epoch_step = {r["epoch"]: r["step"] for r in recs}
-    epochs = sorted(snaps) if snaps is not None else run.snapshot_epochs()
-    points = [(epoch_step.get(e, 0), "epoch", e) for e in epochs]
-    last_step = epoch_step.get(epochs[-1], 0)
-    points += [(s, "step", s) for s in run.snapshot_steps() if s <= last_step]
-    points.sort()
-    model = build_run_model(run).to(device).eval()
-    names = [layer.activation or activation_layer(model, layer.name) for layer in run.info.layers]
-    probe = probe.to(device)
-    acts: list[tuple[int, str, int, dict]] = []
-    for i, (step, kind, key) in enumerate(points):
-        if kind == "epoch":
-            state = snaps[key] if snaps is not None else run.load_snapshot(key)
-        else:
-            try:
-                state = steps[key] if steps is not None else run.load_step_snapshot(key)
-            except (KeyError, RunError):  # a damaged step snapshot is left out, like a damaged epoch
-                continue
-        model.load_state_dict(state)
-        recalibrate_batchnorm(model, probe)  # the snapshot's own running statistics lag behind its weights
-        acts.append((step, kind, key, layer_stats(model, names, probe)))
-        progress("activations", i + 1, len(points))
-    final = acts[-1][3]
-    out = {}
-    for layer, n in zip(run.info.layers, names):
-        cka = [(step, kind, linear_cka(a[n]["mean"], final[n]["mean"])) for step, kind, _, a in acts]
-        out[layer.name] = {
-            "activation_layer": n,
-            "cka_to_final": [c for _, kind, c in cka if kind == "epoch"],
-            "cka_at_init": cka[0][2],  # the baseline: how much of the final form the random init already has
-            "dead_channels": [int(c) for c in (final[n]["peak"] <= 0).nonzero().flatten()],
-            "formed_at_step": first_epoch_above([c for _, _, c in cka], 0.9, [s for s, _, _ in cka]),
-        }
-        if run.snapshot_steps():
-            out[layer.name]["by_step"] = {"steps": [s for s, _, _ in cka], "cka_to_final": [c for _, _, c in cka]}
-    return out
 
 
 def receptive_fields(

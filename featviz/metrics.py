@@ -48,18 +48,47 @@ def _centred(x: torch.Tensor) -> torch.Tensor:
     return a - a.mean(0, keepdim=True)
 
 
-def _hsic_unbiased(k: torch.Tensor, ell: torch.Tensor) -> float:
-    """Unbiased HSIC of two n x n Gram matrices (Song et al. 2012), up to a constant factor that CKA cancels."""
-    n = k.shape[0]
-    k, ell = k.clone(), ell.clone()
-    k.fill_diagonal_(0)
-    ell.fill_diagonal_(0)
+def hsic_unbiased(k: torch.Tensor, ell: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC (Song et al. 2012) of Gram matrices ``k``, ``ell`` [..., n, n] (batched over the
+    leading dimensions), up to a constant factor that CKA cancels. Their diagonals are ignored."""
+    n = k.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=k.device)
+    k, ell = k.masked_fill(eye, 0), ell.masked_fill(eye, 0)
     t = (
-        float((k * ell).sum())
-        + float(k.sum()) * float(ell.sum()) / ((n - 1) * (n - 2))
-        - 2.0 / (n - 2) * float(k.sum(0) @ ell.sum(1))
+        (k * ell).sum((-2, -1))
+        + k.sum((-2, -1)) * ell.sum((-2, -1)) / ((n - 1) * (n - 2))
+        - 2.0 / (n - 2) * (k.sum(-2) * ell.sum(-1)).sum(-1)
     )
     return t / (n * (n - 3))
+
+
+def cka_of_grams(k: torch.Tensor, ell: torch.Tensor) -> torch.Tensor:
+    """Debiased linear CKA from Gram matrices [..., n, n] of the same n examples (batched): HSIC(K, L) /
+    sqrt(HSIC(K, K) HSIC(L, L)); 0 where either representation is constant. Needs n >= 4."""
+    kl, kk, ll = hsic_unbiased(k, ell), hsic_unbiased(k, k), hsic_unbiased(ell, ell)
+    ok = (kk > 0) & (ll > 0)
+    return torch.where(ok, kl / torch.where(ok, kk * ll, 1.0).sqrt(), 0.0)
+
+
+def _hsic_of_features(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``hsic_unbiased(x x^T, y y^T)`` computed from the features x [..., n, c1], y [..., n, c2] without
+    forming the n x n Gram matrices: O(n c1 c2) instead of O(n^2), for narrow features and many draws."""
+    n = x.shape[-2]
+    kd, ld = (x * x).sum(-1), (y * y).sum(-1)  # the Gram matrices' diagonals [..., n]
+    trace = (x.transpose(-2, -1) @ y).square().sum((-2, -1)) - (kd * ld).sum(-1)  # sum over i != j of K_ij L_ij
+    sx, sy = x.sum(-2, keepdim=True), y.sum(-2, keepdim=True)
+    k1, l1 = (x * sx).sum(-1) - kd, (y * sy).sum(-1) - ld  # row sums without the diagonal [..., n]
+    t = trace + k1.sum(-1) * l1.sum(-1) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (k1 * l1).sum(-1)
+    return t / (n * (n - 3))
+
+
+def cka_of_features(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Debiased linear CKA of features x [..., n, c1] and y [..., n, c2] (batched over the leading
+    dimensions; float64): the same number as ``cka_of_grams`` on their Gram matrices."""
+    x, y = x.double(), y.double()
+    kl, kk, ll = _hsic_of_features(x, y), _hsic_of_features(x, x), _hsic_of_features(y, y)
+    ok = (kk > 0) & (ll > 0)
+    return torch.where(ok, kl / torch.where(ok, kk * ll, 1.0).sqrt(), 0.0)
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = True) -> float:
@@ -82,9 +111,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = True) -> float
         return float((b.T @ a).norm() ** 2) / den if den > 0 else 0.0
     if a.shape[0] < 4:
         raise ValueError(f"debiased CKA needs at least 4 examples, got {a.shape[0]}")
-    k, ell = a @ a.T, b @ b.T
-    kk, ll = _hsic_unbiased(k, k), _hsic_unbiased(ell, ell)
-    return _hsic_unbiased(k, ell) / math.sqrt(kk * ll) if kk > 0 and ll > 0 else 0.0
+    return float(cka_of_grams(a @ a.T, b @ b.T))
 
 
 # ----------------------------------------------------------------------------- layer statistics and crops

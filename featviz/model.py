@@ -9,6 +9,7 @@ own ``named_modules()`` names and match the state-dict keys in every snapshot.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable
 
 import torch
 from torch import nn
@@ -107,14 +108,18 @@ def activation_layer(model: nn.Module, conv_name: str) -> str:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, chunk: int = 1000) -> int:
+def recalibrate_batchnorm(
+    model: nn.Module, images: torch.Tensor, chunk: int = 1000, forward: Callable[[torch.Tensor], object] | None = None
+) -> int:
     """Replace every BatchNorm's running statistics by the statistics of ``images`` (normalized input
     [N, C, H, W]), then put the model in eval mode. Returns how many BatchNorm layers were reset.
 
     Used before measuring representations: a snapshot's own running statistics are 0/1 at the init and
     lag behind the weights within an epoch, so they would move CKA by themselves. Each BatchNorm gets
     the exact mean and (unbiased) variance over all of ``images`` when they fit in one ``chunk``; in
-    chunks, PyTorch's cumulative average of the per-chunk statistics.
+    chunks, PyTorch's cumulative average of the per-chunk statistics. ``forward``: what runs the images
+    (default: the model); a forward pass that stops at a layer (``optvis.forward.forward_until``) resets
+    only the BatchNorms before it, and the others keep cleared statistics.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -128,7 +133,7 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, chunk: int = 1
         for m in bns:
             m.train()
         for part in images.split(chunk):
-            model(part)
+            (forward or model)(part)
     finally:
         for m, momentum in saved:
             m.momentum = momentum

@@ -1,0 +1,230 @@
+"""When each layer's representation reached its final form, measured several ways, so that a claim about
+the order in which layers settle can be checked against how it was measured.
+
+In: a run's snapshots (epoch ends and within-epoch steps) and probe images. Out: per conv layer, debiased
+linear CKA to the final snapshot at every snapshot (``convergence``), and the settling controls
+(``settling``): pooled and flattened features, the layer's own weights alone, four crossing criteria and a
+half-sample interval for the step at which the layer formed. Every snapshot is measured with BatchNorm
+statistics recomputed on the probe images. Definitions and biases: docs/metrics.md ("Settling").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from featviz.errors import RunError
+from featviz.hooks import capture
+from featviz.loading import build_run_model
+from featviz.metrics import cka_of_features, cka_of_grams, linear_cka
+from featviz.model import activation_layer, recalibrate_batchnorm
+from featviz.optvis.forward import forward_until
+from featviz.progress import StageProgress, silent
+from featviz.reading import first_epoch_above
+from featviz.run.store import Run
+
+# crossing criteria: name -> (threshold, of the baseline-relative CKA (CKA_t - CKA_0) / (1 - CKA_0))
+CRITERIA = {"0.8": (0.8, False), "0.9": (0.9, False), "0.95": (0.95, False), "relative 0.9": (0.9, True)}
+DRAWS = 100  # half-samples of the probe images for the interval of the step at which a layer formed
+
+
+def grid_every(run: Run) -> int | None:
+    """K when the run's within-epoch snapshots were taken every K optimizer steps (a uniform grid), else None."""
+    train = run.info.configs.get("train", {}) if isinstance(run.info.configs, dict) else {}
+    spec = train.get("snapshots", "log")
+    every = train.get("snapshot_every_steps") or 0
+    if isinstance(spec, str) and spec.startswith("every:") and spec[6:].isdigit():
+        every = int(spec[6:])
+    return int(every) if isinstance(every, int) and every > 0 else None
+
+
+def formed_at(cka: list[float], steps: list[int], threshold: float, relative: bool = False) -> int | None:
+    """The first step from which CKA stays >= ``threshold`` (with ``relative``: the baseline-relative
+    CKA, (CKA_t - CKA_0) / (1 - CKA_0), where step 0's value is the baseline); None if never."""
+    if relative:
+        c0 = cka[0]
+        cka = [(c - c0) / (1 - c0) if c0 < 1 else 1.0 for c in cka]
+    return first_epoch_above(cka, threshold, steps)
+
+
+def _measure(model: nn.Module, names: list[str], x: torch.Tensor, gram: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """One forward pass over ``x`` (in chunks): per named layer, the channel means [N, C] (the pooled
+    representation), each channel's peak [C] and, with ``gram``, the Gram matrix [N, N] (float64) of the
+    column-centred flattened maps (every position a feature)."""
+    maps: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    with capture(model, names, detach=True) as acts, torch.no_grad():
+        for chunk in x.split(250):
+            model(chunk)
+            for n in names:
+                maps[n].append(acts[n].float().flatten(2).cpu())
+    out = {}
+    for n, parts in maps.items():
+        a = torch.cat(parts)  # [N, C, P]
+        out[n] = {"mean": a.mean(2), "peak": a.amax((0, 2))}
+        if gram:
+            flat = a.flatten(1)
+            flat = flat - flat.mean(0, keepdim=True)
+            out[n]["gram"] = (flat @ flat.T).double()
+    return out
+
+
+def half_sample_interval(
+    pooled: list[torch.Tensor], final: torch.Tensor, steps: list[int], threshold: float = 0.9, draws: int = DRAWS
+) -> tuple[list[int | None], list[int | None]]:
+    """The step at which a layer formed (CKA >= ``threshold`` for good), recomputed on ``draws`` random
+    halves of the probe images (without replacement: a half-sample's spread matches the full sample's
+    sampling spread, and no image is paired with itself, which would bias debiased CKA upward).
+    ``pooled``: the layer's features [N, C] at each step; ``final``: at the final snapshot. Returns the
+    2.5th and 97.5th percentile steps (None = never formed) and every draw's step, in draw order."""
+    n = final.shape[0]
+    g = torch.Generator().manual_seed(0)
+    idx = torch.stack([torch.randperm(n, generator=g)[: n // 2] for _ in range(draws)])  # [B, m]
+    y = final.double()[idx]
+    series = torch.stack([cka_of_features(x.double()[idx], y) for x in pooled])  # [P, B]
+    never = steps[-1] + 1
+    found = [first_epoch_above(series[:, b].tolist(), threshold, steps) for b in range(draws)]
+    ranked = sorted(never if s is None else s for s in found)
+    lo, hi = ranked[math.floor(0.025 * (draws - 1))], ranked[math.ceil(0.975 * (draws - 1))]
+    return [None if v == never else v for v in (lo, hi)], found
+
+
+def convergence(
+    run: Run,
+    probe: torch.Tensor,
+    device: torch.device,
+    progress: StageProgress = silent,
+    snaps: dict[int, dict[str, torch.Tensor]] | None = None,
+    steps: dict[int, dict[str, torch.Tensor]] | None = None,
+) -> dict[str, Any]:
+    """Debiased linear CKA to the final snapshot per layer and epoch (and per step snapshot, when the
+    run has them), with every snapshot's BatchNorm statistics recomputed on ``probe``; channels never
+    active on the probe set at the final snapshot; ``formed_at_step``: the first snapshot's step from which
+    CKA to the final snapshot stays >= 0.9 (None if never); ``settling``: the controls (``_settling``).
+    ``snaps``: epoch -> snapshot, if the caller has them loaded already (then only those epochs are used:
+    the readable ones); ``steps``: step -> snapshot, likewise for the within-epoch snapshots."""
+    recs = run.metrics(strict=False)
+    epoch_step = {r["epoch"]: r["step"] for r in recs}
+    epochs = sorted(snaps) if snaps is not None else run.snapshot_epochs()
+    points = [(epoch_step.get(e, 0), "epoch", e) for e in epochs]
+    last_step = epoch_step.get(epochs[-1], 0)
+    points += [(s, "step", s) for s in run.snapshot_steps() if s <= last_step]
+    points.sort()
+
+    def state_of(kind: str, key: int) -> dict[str, torch.Tensor] | None:
+        if kind == "epoch":
+            return snaps[key] if snaps is not None else run.load_snapshot(key)
+        try:
+            return steps[key] if steps is not None else run.load_step_snapshot(key)
+        except (KeyError, RunError):  # a damaged step snapshot is left out, like a damaged epoch
+            return None
+
+    model = build_run_model(run).to(device).eval()
+    names = [layer.activation or activation_layer(model, layer.name) for layer in run.info.layers]
+    probe = probe.to(device)
+    readable = [(step, kind, key) for step, kind, key in points if state_of(kind, key) is not None]
+    grid = _grid(run, [s for s, _, _ in readable])
+
+    def measured(kind: str, key: int, gram: bool) -> dict[str, dict[str, torch.Tensor]]:
+        model.load_state_dict(state_of(kind, key))  # type: ignore[arg-type]
+        recalibrate_batchnorm(model, probe)  # the snapshot's own running statistics lag behind its weights
+        return _measure(model, names, probe, gram)
+
+    final = measured(*readable[-1][1:], gram=True)
+    pooled: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    flattened: dict[str, list[float]] = {n: [] for n in names}
+    for i, (step, kind, key) in enumerate(readable):
+        m = measured(kind, key, gram=step in grid)
+        for n in names:
+            pooled[n].append(m[n]["mean"])
+            if step in grid:
+                flattened[n].append(float(cka_of_grams(m[n]["gram"], final[n]["gram"])))
+        progress("activations", i + 1, len(readable))
+    out = {}
+    at = [s for s, _, _ in readable]
+    for layer, n in zip(run.info.layers, names):
+        cka = [linear_cka(x, final[n]["mean"]) for x in pooled[n]]
+        out[layer.name] = {
+            "activation_layer": n,
+            "cka_to_final": [c for c, (_, kind, _) in zip(cka, readable) if kind == "epoch"],
+            "cka_at_init": cka[0],  # the baseline: how much of the final form the random init already has
+            "dead_channels": [int(c) for c in (final[n]["peak"] <= 0).nonzero().flatten()],
+            "formed_at_step": first_epoch_above(cka, 0.9, at),
+        }
+        if run.snapshot_steps():
+            out[layer.name]["by_step"] = {"steps": at, "cka_to_final": cka}
+    steps_on = sorted(grid)
+    own = _own_weights(
+        run,
+        model,
+        names,
+        probe,
+        [(lambda k=k, key=key: state_of(k, key)) for s, k, key in readable if s in grid],
+        progress,
+    )
+    for layer, n in zip(run.info.layers, names):
+        on = [x for x, s in zip(pooled[n], at) if s in grid]
+        series = {
+            "pooled": [float(cka_of_features(x, on[-1])) for x in on],
+            "flattened": flattened[n],
+            "own_weights": own[layer.name],
+        }
+        interval, _ = half_sample_interval(on, on[-1], steps_on)
+        out[layer.name]["settling"] = {
+            "steps": steps_on,
+            **series,
+            "formed_at": {
+                v: {c: formed_at(cka, steps_on, t, rel) for c, (t, rel) in CRITERIA.items()}
+                for v, cka in series.items()
+            },
+            "formed_at_interval": interval,
+        }
+    return out
+
+
+def _grid(run: Run, steps: list[int]) -> set[int]:
+    """The snapshot steps settling is measured on: the multiples of K for a run snapshotted every K steps
+    (a uniform grid; epoch ends off it are left out) plus the final snapshot, else every snapshot."""
+    every = grid_every(run)
+    if every is None:
+        return set(steps)
+    return {s for s in steps if s % every == 0} | {steps[-1]}
+
+
+def _own_weights(
+    run: Run,
+    model: nn.Module,
+    names: list[str],
+    probe: torch.Tensor,
+    loaders: list[Callable[[], dict[str, torch.Tensor] | None]],
+    progress: StageProgress,
+) -> dict[str, list[float]]:
+    """Per layer, at each snapshot of ``loaders`` (the last is the final one), CKA to the final snapshot of
+    the own-weights control: the final network with only this layer's conv parameters (its ``<name>.``
+    tensors) from the snapshot, every other layer at its final values, BatchNorm recomputed on the probe
+    images. What the layer itself still had to learn, apart from the changes upstream of it (which the
+    whole-network measure includes)."""
+    final_state = loaders[-1]()
+    out: dict[str, list[float]] = {layer.name: [] for layer in run.info.layers}
+    with torch.no_grad():
+        finals = {}
+        for i, load in enumerate(loaders):
+            state = load()
+            for layer, n in zip(run.info.layers, names):
+                if n not in finals:
+                    finals[n] = _pooled_until(model, final_state, n, probe)
+                mixed = {k: (state[k] if k.startswith(f"{layer.name}.") else v) for k, v in final_state.items()}
+                out[layer.name].append(float(cka_of_features(_pooled_until(model, mixed, n, probe), finals[n])))
+            progress("settling controls", i + 1, len(loaders))
+    return out
+
+
+def _pooled_until(model: nn.Module, state: dict[str, torch.Tensor], name: str, probe: torch.Tensor) -> torch.Tensor:
+    """Channel means [N, C] of layer ``name`` on ``probe`` for the network with ``state``, its BatchNorms
+    up to that layer recomputed on ``probe``; the forward passes stop at the layer."""
+    model.load_state_dict(state)
+    with forward_until(model, [name]) as run:
+        recalibrate_batchnorm(model, probe, forward=run)
+        return torch.cat([run(part)[name].float().flatten(2).mean(2).cpu() for part in probe.split(250)])

@@ -1,0 +1,97 @@
+"""The settling controls against known answers: crossing criteria, the uniform grid, the half-sample
+interval and the own-weights control on constructed inputs (definitions: docs/metrics.md, "Settling")."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from featviz.convergence import _grid, _own_weights, formed_at, grid_every, half_sample_interval
+from featviz.metrics import cka_of_features, cka_of_grams, linear_cka
+from featviz.progress import silent
+
+
+def test_formed_at_fixed_and_baseline_relative() -> None:
+    steps = [0, 40, 80, 120]
+    cka = [0.5, 0.92, 0.85, 1.0]
+    assert formed_at(cka, steps, 0.9) == 120  # 0.92 at step 40 does not stay above
+    assert formed_at(cka, steps, 0.8) == 40
+    # relative to the init's 0.5: (0.85 - 0.5) / 0.5 = 0.7, (0.92 - 0.5) / 0.5 = 0.84
+    assert formed_at(cka, steps, 0.8, relative=True) == 120
+    assert formed_at([0.5, 0.96, 0.96, 1.0], steps, 0.9, relative=True) == 40  # 0.46 / 0.5 = 0.92
+    assert formed_at([0.1, 0.2, 0.3, 0.4], steps, 0.9) is None
+
+
+def _run(snapshots: str = "log", every: int = 0) -> SimpleNamespace:
+    train = {"snapshots": snapshots, "snapshot_every_steps": every}
+    return SimpleNamespace(info=SimpleNamespace(configs={"train": train}))
+
+
+def test_uniform_grid_of_a_run_snapshotted_every_k_steps() -> None:
+    assert grid_every(_run("every:40")) == 40 and grid_every(_run("log", 40)) == 40
+    assert grid_every(_run("log")) is None and grid_every(_run("epoch")) is None
+    # every 40 steps with epochs of 157: epoch ends off the grid are left out, the final snapshot kept
+    steps = [0, 40, 80, 120, 157, 160, 200, 240, 280, 314]
+    assert _grid(_run("every:40"), steps) == {0, 40, 80, 120, 160, 200, 240, 280, 314}
+    assert _grid(_run("log"), steps) == set(steps)
+
+
+def test_cka_of_features_equals_cka_of_grams() -> None:
+    g = torch.Generator().manual_seed(1)
+    for n, d1, d2 in ((6, 2, 3), (50, 7, 5), (100, 64, 128)):
+        x = torch.randn(n, d1, generator=g, dtype=torch.float64) + 3.0  # offsets change neither
+        y = torch.randn(n, d2, generator=g, dtype=torch.float64)
+        y[:, : min(d1, d2)] += x[:, : min(d1, d2)]
+        want = linear_cka(x, y)
+        assert float(cka_of_features(x, y)) == pytest.approx(want, abs=1e-9)
+        assert float(cka_of_grams(x @ x.T, y @ y.T)) == pytest.approx(want, abs=1e-9)
+    assert float(cka_of_features(torch.ones(8, 3), torch.randn(8, 2))) == 0.0  # a constant representation
+
+
+def test_half_sample_interval_of_a_sharp_change_is_exact() -> None:
+    """Independent noise before step 80, the final features from step 80 on: every half of the images
+    agrees that the layer formed at 80."""
+    g = torch.Generator().manual_seed(2)
+    final = torch.randn(200, 8, generator=g)
+    feats = [torch.randn(200, 8, generator=g), torch.randn(200, 8, generator=g), final.clone(), final.clone()]
+    interval, draws = half_sample_interval(feats, final, [0, 40, 80, 120], draws=20)
+    assert interval == [80, 80] and draws == [80] * 20
+
+
+def test_half_sample_interval_widens_near_the_threshold() -> None:
+    """A snapshot whose CKA to the final sits at the threshold: some halves say it formed there, others
+    one step later, so the interval spans both; one far from it gives a single step."""
+    g = torch.Generator().manual_seed(3)
+    final = torch.randn(400, 4, generator=g, dtype=torch.float64)
+    noise = torch.randn(400, 4, generator=g, dtype=torch.float64)
+    near = final + 0.33 * noise  # CKA about 0.9
+    assert 0.85 < linear_cka(near, final) < 0.95
+    interval, draws = half_sample_interval([noise, near, final], final, [0, 1, 2], draws=100)
+    assert set(draws) == {1, 2} and interval == [1, 2]
+    far = final + 0.05 * noise
+    assert half_sample_interval([noise, far, final], final, [0, 1, 2], draws=50)[0] == [1, 1]
+
+
+def test_own_weights_control_sees_only_the_layer_s_own_change() -> None:
+    """conv2's weights are the same in the snapshot and at the end while conv1's differ: the whole network's
+    conv2 representation differs from its final form, but conv2's own weights do not (CKA 1); conv1's own
+    weights differ (CKA below 1)."""
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("conv1", nn.Conv2d(3, 6, 3, padding=1))
+    net.add_module("bn1", nn.BatchNorm2d(6))
+    net.add_module("relu1", nn.ReLU())
+    net.add_module("conv2", nn.Conv2d(6, 8, 3, padding=1))
+    net.add_module("relu2", nn.ReLU())
+    final = {k: v.clone() for k, v in net.state_dict().items()}
+    early = {k: v.clone() for k, v in final.items()}
+    early["conv1.weight"] = torch.randn_like(early["conv1.weight"])
+    layers = [SimpleNamespace(name="conv1"), SimpleNamespace(name="conv2")]
+    run = SimpleNamespace(info=SimpleNamespace(layers=layers))
+    probe = torch.randn(64, 3, 8, 8)
+    own = _own_weights(run, net, ["relu1", "relu2"], probe, [lambda: early, lambda: final], silent)
+    assert own["conv2"] == pytest.approx([1.0, 1.0], abs=1e-9)
+    assert own["conv1"][0] < 0.9 and own["conv1"][1] == pytest.approx(1.0, abs=1e-9)
