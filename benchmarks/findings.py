@@ -97,13 +97,40 @@ SETTLING = {  # variants of the settling criterion, each counted: shown (ties in
     "CKA >= 0.95": (0.95, False),
     "baseline-relative CKA >= 0.9": (0.9, True),
 }
+CRITERION = {  # the SETTLING names -> the criterion keys of analyze's settling block
+    "CKA >= 0.8": "0.8",
+    "CKA >= 0.9 (the fixed criterion)": "0.9",
+    "CKA >= 0.95": "0.95",
+    "baseline-relative CKA >= 0.9": "relative 0.9",
+}
+VARIANTS = {  # analyze's settling series -> how the table names them
+    "pooled": "whole network, features averaged over positions",
+    "flattened": "whole network, flattened maps (every position a feature)",
+    "own_weights": "own weights only (every other layer at its final values)",
+}
+
+
+def settled(conv: dict, layers: list[str]) -> dict[tuple[str, str], list[int | None]]:
+    """(variant, criterion name) -> the step each layer formed at: from analyze's settling block (the run's
+    uniform snapshot grid) where the analysis has one, else the whole-network pooled CKA over every snapshot."""
+    if all("settling" in conv[n] for n in layers):
+        return {
+            (v, name): [conv[n]["settling"]["formed_at"][v][key] for n in layers]
+            for v in VARIANTS
+            for name, key in CRITERION.items()
+        }
+    return {("pooled", name): settle_steps(conv, layers, t, rel) for name, (t, rel) in SETTLING.items()}
+
+
+FIXED = ("pooled", "CKA >= 0.9 (the fixed criterion)")
 
 
 def per_seed(a: dict) -> dict:
     layers = a["layers"]
     conv = a["convergence"]
-    steps = {n: first_epoch_above(conv[n]["by_step"]["cka_to_final"], 0.9, conv[n]["by_step"]["steps"]) for n in layers}
-    order = [steps[n] for n in layers]
+    variants = settled(conv, layers)
+    order = variants[("pooled", "CKA >= 0.9 (the fixed criterion)")]
+    grid = conv[layers[0]].get("settling", {}).get("steps") or conv[layers[0]]["by_step"]["steps"]
     comp = a["complexity"]
     last, first = str(a["epochs"][-1]), str(a["epochs"][0])
     inc = [comp[n][last]["incompressibility"]["mean"] for n in layers]
@@ -121,12 +148,18 @@ def per_seed(a: dict) -> dict:
     return {
         "steps": order,
         "shallow_first": shallow_first(order),
-        "settling": {
-            name: (lambda o: {"verdict": shallow_first(o), "strict": strictly_ordered(o)})(
-                settle_steps(conv, layers, t, rel)
-            )
-            for name, (t, rel) in SETTLING.items()
-        },
+        "settling": {key: {"verdict": shallow_first(o), "strict": strictly_ordered(o)} for key, o in variants.items()},
+        "grid": grid,
+        "interval": [
+            conv[n]["settling"]["formed_at_interval"] if "settling" in conv[n] else [None, None] for n in layers
+        ],
+        "cka_init_flat": [conv[n]["settling"]["flattened"][0] if "settling" in conv[n] else None for n in layers],
+        "cka_init_own": [conv[n]["settling"]["own_weights"][0] if "settling" in conv[n] else None for n in layers],
+        "rms": [rf[n].get(f"rms_radius_px_epoch_{last}") for n in layers],
+        "rms_sd": [rf[n].get(f"rms_radius_sd_px_epoch_{last}") for n in layers],
+        "rms_init": [rf[n].get(f"rms_radius_px_epoch_{first}") for n in layers],
+        "rms_init_sd": [rf[n].get(f"rms_radius_sd_px_epoch_{first}") for n in layers],
+        "rf_side": rf[layers[0]].get("measured_at_px", rf[layers[0]].get("image_px")),
         "cka_init": [conv[n]["cka_at_init"] for n in layers],
         "inc": inc,
         "inc_init": inc0,
@@ -154,9 +187,28 @@ def per_seed(a: dict) -> dict:
     }
 
 
+def _overlapping(intervals: list[list[int | None]]) -> bool:
+    """Whether two consecutive depths' intervals overlap (or one never forms): the order is then not decided."""
+    big = float("inf")
+    ends = [(big if lo is None else lo, big if hi is None else hi) for lo, hi in intervals]
+    return any(b[0] <= a[1] for a, b in zip(ends, ends[1:]))
+
+
+def _cells(r: dict) -> dict:
+    """String cells for the tables: intervals as lo-hi, radii as mean +- sd."""
+
+    def one(v: int | None) -> str:
+        return "never" if v is None else str(v)
+
+    r["interval_s"] = [f"{one(lo)}-{one(hi)}" for lo, hi in r["interval"]]
+    for key in ("rms", "rms_init"):
+        r[f"{key}_pm"] = [None if m is None else f"{m:.2f} +- {sd:.2f}" for m, sd in zip(r[key], r[f"{key}_sd"])]
+    return r
+
+
 def table(seeds: list[int], out: Path) -> dict[str, str]:
     """{"summary": the claims, k of N; "full": the summary and every per-seed table}."""
-    rows = {s: per_seed(json.loads((out / f"seed{s}" / "analysis.json").read_text())) for s in seeds}
+    rows = {s: _cells(per_seed(json.loads((out / f"seed{s}" / "analysis.json").read_text()))) for s in seeds}
     n, first = len(rows), next(iter(rows.values()))
     depths = len(first["layers"])
     head = "| seed | " + " | ".join(f"depth {d + 1}" for d in range(depths)) + " | |"
@@ -195,7 +247,7 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
         "|---|---|",
         f"| shallow layers settle first (steps to debiased CKA >= 0.9 never decrease with depth, depth 1 before "
         f"depth {depths}) | **{k_sf} of {n}** ({ties} all tied, counted as not shown; "
-        f"{sum(r['settling']['CKA >= 0.9 (the fixed criterion)']['strict'] for r in rows.values())} strictly "
+        f"{sum(r['settling'][FIXED]['strict'] for r in rows.values())} strictly "
         "ordered, the rest with depths tied) |",
         f"| activation-maximization incompressibility (zlib bits per pixel) rises strictly with depth, final epoch "
         f"| **{k_inc} of {n}** |",
@@ -209,28 +261,40 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
         "",
     ]
     lines += [
-        "Settling order under other criteria (the same runs; shown = no deeper layer before a shallower one and "
+        "Settling order measured other ways (the same runs; shown = no deeper layer before a shallower one and "
         "depth 1 before the deepest, ties between depths allowed; strict = every depth after the one above it):",
         "",
-        "| criterion | shown | strict | all depths tied |",
-        "|---|---|---|---|",
+        "| features | criterion | shown | strict | all depths tied |",
+        "|---|---|---|---|---|",
     ]
-    for name in SETTLING:
-        v = [r["settling"][name] for r in rows.values()]
+    for variant, name in first["settling"]:
+        v = [r["settling"][(variant, name)] for r in rows.values()]
         lines.append(
-            f"| {name} | {sum(x['verdict'] == 'shown' for x in v)} of {n} | {sum(x['strict'] for x in v)} of {n} "
-            f"| {sum(x['verdict'] == 'tie' for x in v)} of {n} |"
+            f"| {VARIANTS[variant]} | {name} | {sum(x['verdict'] == 'shown' for x in v)} of {n} "
+            f"| {sum(x['strict'] for x in v)} of {n} | {sum(x['verdict'] == 'tie' for x in v)} of {n} |"
         )
     lines.append("")
     summary = "\n".join(lines)
+    grid = first["grid"]
     lines += block(
         "First optimizer step from which debiased CKA to the final snapshot stays >= 0.9 "
-        "(snapshots every 40 steps; 157 steps per epoch)",
+        f"(measured at steps {', '.join(map(str, grid[:4]))}, ..., {grid[-1]})",
         "steps",
         "d",
         lambda r: r["shallow_first"],
     )
-    lines += block("Debiased CKA of the random init to the final snapshot (baseline)", "cka_init", ".2f")
+    if any(r["interval"][0] != [None, None] for r in rows.values()):
+        lines += block(
+            "95% interval of that step over 100 random halves of the probe images",
+            "interval_s",
+            "s",
+            lambda r: "order undecided" if _overlapping(r["interval"]) else "order holds at both ends",
+        )
+    lines += block(
+        "Debiased CKA of the random init to the final snapshot (baseline), pooled features", "cka_init", ".2f"
+    )
+    lines += block("The same with flattened maps", "cka_init_flat", ".2f")
+    lines += block("The same with only the layer's own weights at the init", "cka_init_own", ".2f")
     lines += block(
         "Rotation from init, 1 - cos, final epoch",
         "rot",
@@ -269,9 +333,18 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
         "slope",
         ".2f",
     )
-    lines += block("Effective receptive field px (90% of |gradient|), final epoch", "erf", "d")
+    side = first["rf_side"]
+    lines += block(
+        f"Effective receptive field px (side of the square holding 90% of |gradient|, measured at {side} px), "
+        "final epoch",
+        "erf",
+        "d",
+    )
     lines += block("Share of that square outside the image", "erf_out", ".2f")
     lines += block("Effective receptive field px at the random init", "erf_init", "d")
+    if all(v is not None for r in rows.values() for v in r["rms"]):
+        lines += block("RMS radius of the gradient mass px (+- sd over 8 images), final epoch", "rms_pm", "s")
+        lines += block("The same at the random init", "rms_init_pm", "s")
     lines += [f"Theoretical receptive fields: {', '.join(map(str, first['theo']))} px.", ""]
     lines += block(
         "Median percentile of the AM image's activation among the validation images' (100 = above all), final epoch",

@@ -117,7 +117,11 @@ def _convergence(a: dict[str, Any]) -> str:
     at = {n: first_epoch_above(conv[n]["cka_to_final"], 0.9, a["epochs"]) for n in a["layers"]}
     text = "Each layer's activations reached debiased CKA >= 0.9 with their final form for good " + _when(at, "epoch")
     order = [at[n] for n in a["layers"]]
-    if all("by_step" in conv[n] for n in a["layers"]):  # finer: within-epoch snapshots
+    if all("settling" in conv[n] for n in a["layers"]):  # the snapshots settling is measured on (a uniform grid)
+        steps = {n: conv[n]["settling"]["formed_at"]["pooled"]["0.9"] for n in a["layers"]}
+        text += "; in optimizer steps: " + _when(steps, "step")
+        order = [steps[n] for n in a["layers"]]
+    elif all("by_step" in conv[n] for n in a["layers"]):  # finer: within-epoch snapshots
         steps = {
             n: first_epoch_above(conv[n]["by_step"]["cka_to_final"], 0.9, conv[n]["by_step"]["steps"])
             for n in a["layers"]
@@ -126,7 +130,28 @@ def _convergence(a: dict[str, Any]) -> str:
         order = [steps[n] for n in a["layers"]]
     dead = sum(len(conv[n]["dead_channels"]) for n in a["layers"])
     tail = f" {dead} channels never responded on the probe images (marked dead below)." if dead else ""
-    return f"{text}, {_verdict(order)}.{tail}"
+    return f"{text}, {_verdict(order)}.{_controls(a)}{tail}"
+
+
+def _controls(a: dict[str, Any]) -> str:
+    """The settling order again with only each layer's own weights varied (every other layer at its final
+    values), and how far the 0.9 step moves over halves of the probe images (``featviz.convergence``)."""
+    conv = a["convergence"]
+    if not all("settling" in conv[n] for n in a["layers"]):
+        return ""
+    own = {n: conv[n]["settling"]["formed_at"]["own_weights"]["0.9"] for n in a["layers"]}
+    verdict = shallow_first(list(own.values()))
+    text = (
+        " With only each layer's own weights taken from earlier snapshots (every other layer at its final values), "
+        f"they reached 0.9 {_when(own, 'step')}: "
+        + ("shallow-first again" if verdict == "shown" else "a tie" if verdict == "tie" else "not shallow-first")
+    )
+    spans = [conv[n]["settling"]["formed_at_interval"] for n in a["layers"]]
+    if all(lo is not None and hi is not None for lo, hi in spans):
+        text += "; over random halves of the probe images the whole-network steps range " + ", ".join(
+            f"{lo}-{hi}" for lo, hi in spans
+        )
+    return text + "."
 
 
 def _rising(values: list[float]) -> bool:

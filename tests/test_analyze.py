@@ -43,6 +43,16 @@ def test_analysis_sections_hold_checked_values(analyzed) -> None:
         assert len(cka) == 3 and cka[-1] == pytest.approx(1.0)
         assert all(-0.1 < c < 1.0 - 1e-6 for c in cka[:-1])  # the init differs from the trained layer
         assert a["convergence"][name]["cka_at_init"] == cka[0]
+        settle = a["convergence"][name]["settling"]
+        assert settle["steps"][-1] == max(settle["steps"]) and len(settle["pooled"]) == len(settle["steps"])
+        assert settle["pooled"][-1] == pytest.approx(1.0) and settle["own_weights"][-1] == pytest.approx(1.0)
+        assert settle["flattened"][-1] == pytest.approx(1.0) and set(settle["formed_at"]) == {
+            "pooled",
+            "flattened",
+            "own_weights",
+        }
+        lo, hi = settle["formed_at_interval"]
+        assert lo is None or hi is None or lo <= hi
         rf = a["receptive_field"][name]
         assert 0 < rf["effective_px_epoch_2"] <= rf["theoretical_px"]  # no clamp: this can fail
         mid = (rf["measured_at_px"] - 1) / 2  # measured on mirrored images big enough for the deepest field
@@ -239,6 +249,38 @@ def test_reading_states_only_what_the_numbers_show(settle, phrase) -> None:
         "does not show shallow layers settling first",
     } - {phrase}
     assert not any(o in text for o in others) and "bottom-up" not in text
+
+
+@pytest.mark.parametrize(
+    "own,phrase",
+    [
+        ([0, 40, 80, 120], "shallow-first again"),
+        ([40, 40, 40, 40], ": a tie"),
+        ([80, 40, 80, 120], "not shallow-first"),
+    ],
+)
+def test_the_reading_gives_the_own_weights_control_and_the_half_sample_range(own, phrase) -> None:
+    """With a settling block, the step-level verdict comes from its uniform grid (pooled, 0.9), and the
+    own-weights control and the half-sample ranges follow it."""
+    from featviz.reading import _convergence
+
+    layers = [f"c{d}" for d in range(1, 5)]
+    conv = {
+        n: {
+            "cka_to_final": [0.5, 0.95],
+            "dead_channels": [],
+            "by_step": {"steps": [0, 1], "cka_to_final": [0.5, 0.95]},  # disagrees with the grid: not used
+            "settling": {
+                "formed_at": {"pooled": {"0.9": 40 * d}, "own_weights": {"0.9": o}},
+                "formed_at_interval": [40 * d, 40 * d + 40],
+            },
+        }
+        for d, (n, o) in enumerate(zip(layers, own))
+    }
+    text = _convergence({"layers": layers, "epochs": [0, 1], "convergence": conv})
+    assert "in optimizer steps: c1 at step 0, c2 at step 40, c3 at step 80, c4 at step 120" in text
+    assert "each depth after the one above it" in text and phrase in text
+    assert "range 0-40, 40-80, 80-120, 120-160" in text
 
 
 @pytest.mark.parametrize(

@@ -96,3 +96,48 @@ def test_the_table_counts_what_was_planted(findings, tmp_path: Path) -> None:
     # seed 3's depth 1 is at its final form from the init (CKA_0 = 0.99): relative to that baseline it
     # gains nothing until the last snapshot, so under that criterion seed 3 no longer settles shallow-first
     assert "| baseline-relative CKA >= 0.9 | 1 of 3 | 0 of 3 | 0 of 3 |" in summary
+
+
+def _with_settling(a: dict, formed: dict[str, list[int]], intervals: list[list[int | None]]) -> dict:
+    """``a`` with analyze's settling block: per variant, every criterion crossing at the planted steps."""
+    a = json.loads(json.dumps(a))
+    for d, n in enumerate(LAYERS):
+        a["convergence"][n]["settling"] = {
+            "steps": [0, 10, 20, 30],
+            "pooled": [0.5, 0.9, 0.99, 1.0],
+            "flattened": [0.6, 0.9, 0.99, 1.0],
+            "own_weights": [0.7, 0.9, 0.99, 1.0],
+            "formed_at": {v: {c: formed[v][d] for c in ("0.8", "0.9", "0.95", "relative 0.9")} for v in formed},
+            "formed_at_interval": intervals[d],
+        }
+    return a
+
+
+def test_the_settling_controls_are_counted_per_variant(findings, tmp_path: Path) -> None:
+    """Seed 1: pooled strict, own weights all tied, flattened not shown; seed 2: pooled shown with a tie,
+    own weights strict, flattened strict. Seed 1's intervals overlap (undecided), seed 2's do not."""
+    planted = {
+        1: _with_settling(
+            PLANTED[1],
+            {"pooled": [0, 10, 20], "flattened": [20, 10, 20], "own_weights": [10, 10, 10]},
+            [[0, 10], [10, 20], [20, 20]],
+        ),
+        2: _with_settling(
+            PLANTED[2],
+            {"pooled": [0, 20, 20], "flattened": [0, 10, 20], "own_weights": [0, 10, 20]},
+            [[0, 0], [10, 10], [20, 30]],
+        ),
+    }
+    for seed, a in planted.items():
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "analysis.json").write_text(json.dumps(a))
+    texts = findings.table([1, 2], tmp_path)
+    summary = texts["summary"]
+    whole, flat, own = findings.VARIANTS.values()
+    assert f"| {whole} | CKA >= 0.9 (the fixed criterion) | 2 of 2 | 1 of 2 | 0 of 2 |" in summary
+    assert f"| {flat} | CKA >= 0.8 | 1 of 2 | 1 of 2 | 0 of 2 |" in summary
+    assert f"| {own} | CKA >= 0.95 | 1 of 2 | 1 of 2 | 1 of 2 |" in summary
+    assert "**2 of 2** (0 all tied" in summary and "1 strictly" in summary  # the headline: pooled at 0.9
+    full = texts["full"]
+    assert "| 1 | 0-10 | 10-20 | 20-20 | order undecided |" in full
+    assert "| 2 | 0-0 | 10-10 | 20-30 | order holds at both ends |" in full
