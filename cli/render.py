@@ -54,6 +54,12 @@ def render(
     ),
     filters: bool = typer.Option(True, help="Also draw the filters at every epoch."),
     force: bool = typer.Option(False, help="Redo renders whose settings match existing ones."),
+    batchnorm: str = typer.Option(
+        _R.batchnorm,
+        help="BatchNorm statistics of each moment's network: probe (recomputed on the validation images, as "
+        "analyze measures) | stored (the snapshot's own: 0 and 1 at the init) | auto (probe where there is "
+        "BatchNorm and the validation images load).",
+    ),
     model: Optional[str] = typer.Option(
         None,
         help="The run's model factory, when it is your code "
@@ -87,6 +93,7 @@ def render(
         device=device,
         filters=filters,
         force=force,
+        batchnorm=batchnorm,
     )
     bar = Progress(
         TextColumn("{task.description}"),

@@ -16,15 +16,13 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid
 
-from featviz.config import DataConfig, from_dict
 from featviz.convergence import convergence
-from featviz.data import load_data
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.filters import layer_scale
 from featviz.images import Normalizer, decode_png, png_bytes
 from featviz.layers import prefix_macs, run_fields
-from featviz.loading import build_run_model, fitting, load_model_at
+from featviz.loading import build_run_model, fitting, load_model_at, probe_images
 from featviz.metrics import (
     crop_around,
     filter_bits,
@@ -43,6 +41,7 @@ from featviz.plots import PLOTS, available
 from featviz.progress import StageProgress, silent
 from featviz.reading import reading
 from featviz.receptive import IMAGES, channels_within, effective_receptive_field, measuring_side, mirror_pad
+from featviz.render import PROBE_IMAGES
 from featviz.run.renderset import choose_settings_set, records_of
 from featviz.run.schema import SnapshotPoint
 from featviz.run.store import Run
@@ -88,18 +87,6 @@ def theoretical_fields(run: Run) -> list[int]:
     """Each conv layer's theoretical receptive field in px (``layers.run_fields``), the image size
     where it is unknown."""
     return [rf or run.info.data.size for rf in run_fields(run.info)]
-
-
-def _probe(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The validation images (the run's stored probe, when it has one): normalized like training (float
-    [N, C, H, W]), raw (uint8) and their labels (-1 where unknown)."""
-    stored = run.load_probe()  # runs recorded from someone's loop keep theirs; trained runs reload the data
-    if stored is not None:
-        (raw, labels), mean, std = stored, run.info.data.mean, run.info.data.std
-    else:
-        data = load_data(from_dict(DataConfig, run.info.configs["data"]))
-        raw, labels, mean, std = data.val_x, data.val_y, data.mean, data.std
-    return Normalizer(mean, std)(raw), raw, labels
 
 
 def receptive_fields(
@@ -211,6 +198,8 @@ def faithfulness(
     epoch = max(r.epoch for r in am)  # type: ignore[type-var]
     am = [r for r in am if r.epoch == epoch]
     model = load_model_at(run, epoch, device, (snaps or {}).get(epoch))
+    if (am[0].settings or {}).get("batchnorm") == "probe":  # as the renders were made
+        recalibrate_batchnorm(model, images[:PROBE_IMAGES].to(device))
     rfs = dict(zip([layer.name for layer in run.info.layers], theoretical_fields(run)))
     names = sorted({r.layer for r in am if r.layer is not None})
     responses = {layer.name: layer.response for layer in run.info.layers}
@@ -310,7 +299,7 @@ def analyze(
     result["updates_by_step"] = updates_by_step(run, points, states)
     progress("filter updates", 1, 1)
     try:
-        val, raw, labels = _probe(run)
+        val, raw, labels = probe_images(run)
         probe = val[:probe_size]
         try:
             result["rotation_null"] = rotation_null(run, loaded, val, labels, dev, seed=run.info.seed or 0)

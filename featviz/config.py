@@ -225,6 +225,9 @@ def render_settings(
     )
 
 
+BATCHNORM = ("auto", "probe", "stored")
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     """The render stage's config: the selection (moments, layers, channels) and the activation-maximization
@@ -241,6 +244,10 @@ class RenderConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     filters: bool = True  # also draw the filter grids, strips and GIFs (every epoch; milliseconds)
     force: bool = False  # redo renders whose settings match existing ones
+    # BatchNorm statistics of each moment's network: probe (recomputed on the validation images, as analyze
+    # measures) | stored (the snapshot's running statistics: 0 and 1 at the init) | auto (probe where the
+    # network has BatchNorm and validation images load, else stored)
+    batchnorm: str = "auto"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -256,4 +263,7 @@ class RenderConfig:
             "RenderConfig.settings: mean, std, color and device come from the run; leave them unset",
         )
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        _check(
+            self.batchnorm in BATCHNORM, f"unknown batchnorm {self.batchnorm!r}; choose one of {', '.join(BATCHNORM)}"
+        )
         _check(all(c >= 0 for c in self.channels), "channels must be >= 0")

@@ -102,7 +102,7 @@ def convergence(
     """Debiased linear CKA to the final snapshot per layer and epoch (and per step snapshot, when the
     run has them), with every snapshot's BatchNorm statistics recomputed on ``probe``; channels never
     active on the probe set at the final snapshot; ``formed_at_step``: the first snapshot's step from which
-    CKA to the final snapshot stays >= 0.9 (None if never); ``settling``: the controls (``_settling``).
+    CKA to the final snapshot stays >= 0.9 (None if never); ``settling``: the controls (module docstring).
     ``snaps``: epoch -> snapshot, if the caller has them loaded already (then only those epochs are used:
     the readable ones); ``steps``: step -> snapshot, likewise for the within-epoch snapshots."""
     recs = run.metrics(strict=False)
@@ -110,7 +110,8 @@ def convergence(
     epochs = sorted(snaps) if snaps is not None else run.snapshot_epochs()
     points = [(epoch_step.get(e, 0), "epoch", e) for e in epochs]
     last_step = epoch_step.get(epochs[-1], 0)
-    points += [(s, "step", s) for s in run.snapshot_steps() if s <= last_step]
+    at_epoch_end = {step for step, _, _ in points}
+    points += [(s, "step", s) for s in run.snapshot_steps() if s <= last_step and s not in at_epoch_end]
     points.sort()
 
     def state_of(kind: str, key: int) -> dict[str, torch.Tensor] | None:
@@ -125,7 +126,7 @@ def convergence(
     names = [layer.activation or activation_layer(model, layer.name) for layer in run.info.layers]
     probe = probe.to(device)
     readable = [(step, kind, key) for step, kind, key in points if state_of(kind, key) is not None]
-    grid = _grid(run, [s for s, _, _ in readable])
+    grid = _grid(run, [s for s, _, _ in readable])  # indices into readable
 
     def measured(kind: str, key: int, gram: bool) -> dict[str, dict[str, torch.Tensor]]:
         model.load_state_dict(state_of(kind, key))  # type: ignore[arg-type]
@@ -135,11 +136,11 @@ def convergence(
     final = measured(*readable[-1][1:], gram=True)
     pooled: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     flattened: dict[str, list[float]] = {n: [] for n in names}
-    for i, (step, kind, key) in enumerate(readable):
-        m = measured(kind, key, gram=step in grid)
+    for i, (_, kind, key) in enumerate(readable):
+        m = measured(kind, key, gram=i in grid)
         for n in names:
             pooled[n].append(m[n]["mean"])
-            if step in grid:
+            if i in grid:
                 flattened[n].append(float(cka_of_grams(m[n]["gram"], final[n]["gram"])))
         progress("activations", i + 1, len(readable))
     out = {}
@@ -155,17 +156,17 @@ def convergence(
         }
         if run.snapshot_steps():
             out[layer.name]["by_step"] = {"steps": at, "cka_to_final": cka}
-    steps_on = sorted(grid)
+    steps_on = [at[i] for i in grid]
     own = _own_weights(
         run,
         model,
         names,
         probe,
-        [(lambda k=k, key=key: state_of(k, key)) for s, k, key in readable if s in grid],
+        [(lambda k=readable[i][1], key=readable[i][2]: state_of(k, key)) for i in grid],
         progress,
     )
     for layer, n in zip(run.info.layers, names):
-        on = [x for x, s in zip(pooled[n], at) if s in grid]
+        on = [pooled[n][i] for i in grid]
         series = {
             "pooled": [float(cka_of_features(x, on[-1])) for x in on],
             "flattened": flattened[n],
@@ -184,13 +185,13 @@ def convergence(
     return out
 
 
-def _grid(run: Run, steps: list[int]) -> set[int]:
-    """The snapshot steps settling is measured on: the multiples of K for a run snapshotted every K steps
-    (a uniform grid; epoch ends off it are left out) plus the final snapshot, else every snapshot."""
+def _grid(run: Run, steps: list[int]) -> list[int]:
+    """Which of the snapshots at ``steps`` (in order) settling is measured on, as indices: for a run
+    snapshotted every K steps the multiples of K (a uniform grid; epoch ends off it are left out) and the
+    final snapshot, else every snapshot."""
     every = grid_every(run)
-    if every is None:
-        return set(steps)
-    return {s for s in steps if s % every == 0} | {steps[-1]}
+    last = len(steps) - 1
+    return [i for i, s in enumerate(steps) if every is None or s % every == 0 or i == last]
 
 
 def _own_weights(

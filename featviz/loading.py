@@ -10,12 +10,15 @@ or featviz's own (``zoo.is_trusted``). Weights always come from the snapshots: n
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 from torch import nn
 
-from featviz.config import ModelConfig, from_dict
+from featviz.config import DataConfig, ModelConfig, from_dict
+from featviz.data import load_data
 from featviz.errors import ConfigError
+from featviz.images import Normalizer
 from featviz.model import build_model
 from featviz.run.schema import RunInfo
 from featviz.run.store import Run
@@ -111,3 +114,23 @@ def misfit(point_id: str | int, why: str) -> str:
         f"snapshots/{name}.safetensors does not fit the run's network: {why} (another network's weights: a "
         "model changed during the run?)"
     )
+
+
+def probe_images(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The run's validation images (its stored probe, when it has one): normalized like training (float
+    [N, C, H, W]), raw (uint8) and their labels (-1 where unknown). Data that cannot be loaded is a
+    FeatvizError saying why."""
+    stored = run.load_probe()  # runs recorded from someone's loop keep theirs; trained runs reload the data
+    if stored is not None:
+        (raw, labels), mean, std = stored, run.info.data.mean, run.info.data.std
+    else:
+        raw, labels, mean, std = _validation(from_dict(DataConfig, run.info.configs["data"]))
+    return Normalizer(mean, std)(raw), raw, labels
+
+
+@functools.lru_cache(maxsize=1)
+def _validation(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...], tuple[float, ...]]:
+    """The validation split of ``cfg``'s data set, kept for the next call with the same config (rendering
+    and analysis in one process load or generate it once)."""
+    data = load_data(cfg)
+    return data.val_x, data.val_y, data.mean, data.std

@@ -286,7 +286,9 @@ def _render(
     gallery = build_gallery(run) if group.main else run.path / "gallery" / "index.html"
     distributed.finish(group)
     skipped = sorted(bad.items()) if cfg.filters else []
-    sid = settings_set_of(am_settings(cfg, cfg.settings.size or run.info.data.size))
+    sid = settings_set_of(
+        am_settings(render_stage.resolve_batchnorm(run, cfg), cfg.settings.size or run.info.data.size)
+    )
     return {
         "epochs": [p.epoch for p in chosen if p.epoch is not None],
         "moments": [p.label for p in chosen],

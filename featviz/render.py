@@ -18,12 +18,12 @@ from torchvision.utils import make_grid
 
 from featviz.config import RenderConfig
 from featviz.distributed import SINGLE, Group
-from featviz.errors import RunError, one_line
+from featviz.errors import ConfigError, FeatvizError, RunError, one_line
 from featviz.filters import evolution_strip, filter_grid, layer_scale
 from featviz.images import gif_bytes, png_bytes, to_uint8
 from featviz.layers import default_channels, prefix_macs
-from featviz.loading import build_run_model, difference, misfit
-from featviz.model import response_layer
+from featviz.loading import build_run_model, difference, misfit, probe_images
+from featviz.model import recalibrate_batchnorm, response_layer
 from featviz.optvis import RenderSettings, maximize_channels
 from featviz.progress import StageProgress, silent
 from featviz.run.renderset import am_settings
@@ -125,6 +125,7 @@ def maximize_layers(
     """
     data = run.info.data
     size = cfg.settings.size or data.size
+    cfg = resolve_batchnorm(run, cfg)
     settings = am_settings(cfg, size)
     sid = settings_set_of(settings)  # one folder per settings set: other settings never overwrite these
     knobs = optimization_settings(cfg, run.info.data, size, str(device))
@@ -146,7 +147,7 @@ def maximize_layers(
             progress("activation maximization", count, total)
             continue
         if model is None:
-            model = _model_at(run, point, (snaps or {}).get(point.id), device)
+            model = _model_at(run, point, (snaps or {}).get(point.id), device, cfg.batchnorm)
         target = layer.response or response_layer(model, name)  # runs before layers were traced
         res = maximize_channels(model, target, chans, knobs)
         imgs = to_uint8(res.images)
@@ -197,18 +198,46 @@ def optimization_settings(cfg: RenderConfig, data: DataInfo, size: int, device: 
     )
 
 
+PROBE_IMAGES = 1000  # validation images the BatchNorm statistics of a render are recomputed on (as analyze's probe)
+
+
+def resolve_batchnorm(run: Run, cfg: RenderConfig) -> RenderConfig:
+    """``cfg`` with its ``batchnorm`` made concrete for ``run``: "probe" where the network has BatchNorm and
+    its validation images load, else "stored" (there is nothing to recompute, or nothing to recompute it on).
+    Asking for "probe" where the images do not load is a ConfigError saying why."""
+    if cfg.batchnorm == "stored":
+        return cfg
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in build_run_model(run).modules()):
+        return dataclasses.replace(cfg, batchnorm="stored")
+    try:
+        probe_images(run)  # kept for the renders (``loading.probe_images`` keeps the last data set loaded)
+    except FeatvizError as e:
+        if cfg.batchnorm == "probe":
+            raise ConfigError(
+                f"--batchnorm probe needs the run's validation images, which did not load ({one_line(e, 200)}); "
+                "use --batchnorm stored"
+            ) from None
+        return dataclasses.replace(cfg, batchnorm="stored")
+    return dataclasses.replace(cfg, batchnorm="probe")
+
+
 def _model_at(
-    run: Run, point: SnapshotPoint, state: dict[str, torch.Tensor] | None, device: torch.device
+    run: Run, point: SnapshotPoint, state: dict[str, torch.Tensor] | None, device: torch.device, batchnorm: str
 ) -> torch.nn.Module:
     """The run's network with the weights of ``point`` (``state``, if the caller has loaded them), in eval mode
-    on ``device``; a snapshot that does not fit the network is a RunError naming it, like a damaged one."""
+    on ``device``, with its BatchNorm statistics recomputed on the validation images when ``batchnorm`` is
+    "probe"; a snapshot that does not fit the network is a RunError naming it, like a damaged one."""
     model = build_run_model(run)
     state = run.load_point(point) if state is None else state
     try:
         model.load_state_dict(state)
     except RuntimeError as err:  # load_state_dict's missing, unexpected or mis-shaped tensors
         raise RunError(misfit(point.id, difference(model.state_dict(), state) or one_line(err, 200))) from None
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if batchnorm == "probe":
+        with torch.no_grad():
+            recalibrate_batchnorm(model, probe_images(run)[0][:PROBE_IMAGES].to(device))
+    return model
 
 
 def am_files(sid: str, layer: str, point: SnapshotPoint, chans: list[int]) -> list[str]:
@@ -219,7 +248,7 @@ def am_files(sid: str, layer: str, point: SnapshotPoint, chans: list[int]) -> li
 def pending(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg: RenderConfig) -> int:
     """How many activation-maximization images of ``layers`` at ``points`` are not yet rendered with
     ``cfg``'s settings (all of them with ``cfg.force``)."""
-    sid = settings_set_of(am_settings(cfg, cfg.settings.size or run.info.data.size))
+    sid = settings_set_of(am_settings(resolve_batchnorm(run, cfg), cfg.settings.size or run.info.data.size))
     done = {r.file for r in run.render_index() if r.settings_set == sid} if not cfg.force else set()
     return sum(
         f not in done

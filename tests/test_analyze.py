@@ -155,11 +155,12 @@ def test_cli_analyze(analyzed, cli, tmp_path: Path) -> None:
 
 
 def test_running_statistics_alone_do_not_move_cka(analyzed) -> None:
-    from featviz.analyze import _probe, convergence
+    from featviz.analyze import convergence
+    from featviz.loading import probe_images
 
     run, _ = analyzed
     loaded, _ = run.load_snapshots(run.snapshot_epochs())
-    probe = _probe(run)[0][:40]
+    probe = probe_images(run)[0][:40]
     base = convergence(run, probe, torch.device("cpu"), snaps=loaded)
     g = torch.Generator().manual_seed(0)
     moved = {e: dict(s) for e, s in loaded.items()}
@@ -178,11 +179,13 @@ def test_other_render_settings_never_overwrite_or_mix(tiny_run, tmp_path: Path, 
     shutil.copytree(tiny_run.path, dst)
     run = Run.open(dst)
     render_run(run, RenderConfig(moments="all", settings=RenderSettings(steps=4)))
-    default = settings_set_of(am_settings(RenderConfig(settings=RenderSettings(steps=4)), 16))
+    default = settings_set_of(am_settings(RenderConfig(settings=RenderSettings(steps=4), batchnorm="probe"), 16))
     first = {p: p.read_bytes() for p in (dst / "renders/am").rglob("*.png")}
     assert first and all(f"renders/am/{default}/" in p.as_posix() for p in first)
     render_run(run, RenderConfig(moments="0,2", settings=RenderSettings(steps=4, param="pixel")))
-    pixel = settings_set_of(am_settings(RenderConfig(settings=RenderSettings(steps=4, param="pixel")), 16))
+    pixel = settings_set_of(
+        am_settings(RenderConfig(settings=RenderSettings(steps=4, param="pixel"), batchnorm="probe"), 16)
+    )
     assert all(p.read_bytes() == b for p, b in first.items())  # the first set is untouched
     assert len(list((dst / f"renders/am/{pixel}").rglob("ch_*.png"))) == 2 * (4 + 8)
     # two sets, neither is the default settings' set (steps=4): analyze must be told which

@@ -55,8 +55,7 @@ def known(tiny_run, tmp_path_factory) -> tuple[Run, dict, dict]:
     already final while depth 2 is a constant (its BatchNorm scale is 0): CKA 1 and 0 by construction.
     Activation-maximization images: conv1 channel 1's is its own top validation image, rendered at
     twice the run's size (nearest-neighbour), so it ranks with the top image; conv1 channel 0's is flat grey."""
-    from featviz.analyze import _probe
-    from featviz.loading import load_model_at
+    from featviz.loading import load_model_at, probe_images
 
     s0, s1, s2 = (dict(tiny_run.load_snapshot(e)) for e in (0, 1, 2))
     for s in (s0, s1, s2):
@@ -69,7 +68,7 @@ def known(tiny_run, tmp_path_factory) -> tuple[Run, dict, dict]:
     s1 = dict(s2)
     s1["features.bn2.weight"] = torch.zeros_like(s2["features.bn2.weight"])
     run = _rebuild(tiny_run, tmp_path_factory.mktemp("known") / "known", [s0, s1, s2])
-    val, raw, _ = _probe(run)
+    val, raw, _ = probe_images(run)
     model = load_model_at(run, 2, torch.device("cpu"), s2)
     from featviz.hooks import capture
 

@@ -7,16 +7,15 @@ import pytest
 import torch
 
 import featviz.nulls as nulls
-from featviz.analyze import _probe
 from featviz.errors import ConfigError
-from featviz.loading import fitting
+from featviz.loading import fitting, probe_images
 from featviz.run.store import Run
 
 
 @pytest.fixture(scope="module")
 def probe(tiny_run: Run):
     states, _ = fitting(tiny_run, *tiny_run.load_snapshots(tiny_run.snapshot_epochs()))
-    val, _, labels = _probe(tiny_run)
+    val, _, labels = probe_images(tiny_run)
     return states, val, labels
 
 

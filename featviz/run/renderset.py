@@ -1,7 +1,8 @@
 """Render settings sets: every activation-maximization image belongs to exactly one.
 
 A set is the settings that decide what an image looks like (steps, parametrization, transforms, lr,
-seed, size, target). Its id, e.g. ``fourier-standard-256st-lr0.05-s0-32px``, names the folder the
+seed, size, target, BatchNorm statistics). Its id, e.g. ``fourier-standard-256st-lr0.05-s0-32px-bnprobe``
+(``-bnprobe``: BatchNorm statistics recomputed on the probe images), names the folder the
 images live in (``renders/am/<id>/<layer>/epoch_XXX/``), so renders made with other settings never
 overwrite or mix with these. ``analyze`` and the gallery use one set at a time: the one asked for,
 else the default settings' set, else the only one there is.
@@ -19,8 +20,13 @@ KEYS = ("steps", "param", "transforms", "lr", "seed")
 
 
 def am_settings(cfg: RenderConfig, size: int) -> dict[str, Any]:
-    """What makes two activation-maximization renders the same (the reuse key)."""
-    return {**{k: getattr(cfg.settings, k) for k in KEYS}, "size": size, "target": "response"}
+    """What makes two activation-maximization renders the same (the reuse key). ``cfg.batchnorm`` must be
+    resolved (``render.resolve_batchnorm``): "probe" is part of the key; "stored", what every render before
+    the setting existed used, adds nothing, so those renders keep their set."""
+    if cfg.batchnorm == "auto":
+        raise ValueError("am_settings needs a resolved batchnorm (probe or stored), got 'auto'")
+    out = {**{k: getattr(cfg.settings, k) for k in KEYS}, "size": size, "target": "response"}
+    return {**out, "batchnorm": "probe"} if cfg.batchnorm == "probe" else out
 
 
 def settings_sets(index: list[RenderRecord]) -> dict[str, dict[str, Any]]:
@@ -44,9 +50,10 @@ def choose_settings_set(index: list[RenderRecord], size: int, requested: str | N
         return requested
     if not sets:
         return None
-    default = settings_set_of(am_settings(RenderConfig(), size))
-    if default in sets:
-        return default
+    for bn in ("probe", "stored"):  # the default settings, with either BatchNorm statistics
+        default = settings_set_of(am_settings(RenderConfig(batchnorm=bn), size))
+        if default in sets:
+            return default
     if len(sets) == 1:
         return next(iter(sets))
     raise ConfigError(

@@ -388,4 +388,6 @@ def settings_set_of(settings: Mapping[str, Any]) -> str:
     )
     if settings.get("target", "response") != "response":
         sid += f"-{settings['target']}"
+    if settings.get("batchnorm") == "probe":
+        sid += "-bnprobe"
     return sid
