@@ -39,7 +39,7 @@ def analyze(
     conv = res.get("convergence", {})
     comp = res.get("complexity", {})
     echo(
-        f"{'layer':<22} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} "
+        f"{'layer':<22} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} {'RMS r':>6} "
         f"{'incomp':>6} {'struct init':>11} {'struct last':>11}"
     )
     for name in res["layers"]:
@@ -52,12 +52,14 @@ def analyze(
         struct0 = f"{c[keys[0]]['structure']['mean']:.2f}" if keys else "-"
         struct1 = f"{c[keys[-1]]['structure']['mean']:.2f}" if keys else "-"
         eff = rf.get(f"effective_px_epoch_{res['epochs'][-1]}", "-")
+        rms = rf.get(f"rms_radius_px_epoch_{res['epochs'][-1]}")
         echo(
             f"{name:<22} {upd['rotation_from_init'][-1]:8.3f} "
             f"{(cka[1] if len(cka) > 1 else float('nan')):6.2f} "
             f"{(cka[len(cka) // 2] if cka else float('nan')):7.2f} "
             f"{len(conv.get(name, {}).get('dead_channels', [])):5d} "
             f"{str(rf.get('theoretical_px', '-')) + '/' + str(eff):>10} "
+            f"{(f'{rms:.1f}' if rms is not None else '-'):>6} "
             f"{inc:>6} {struct0:>11} {struct1:>11}"
         )
     for e, msg in res.get("skipped_epochs", {}).items():

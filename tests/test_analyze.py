@@ -150,6 +150,10 @@ def test_cli_analyze(analyzed, cli, tmp_path: Path) -> None:
     run, _ = analyzed
     code, out, err = cli(["analyze", run.path, "--probe", "30"])
     assert code == 0 and "features.conv1" in out and "analysis.json" in err
+    a = json.loads((run.path / "analysis.json").read_text())
+    rms = a["receptive_field"]["features.conv1"][f"rms_radius_px_epoch_{a['epochs'][-1]}"]
+    row = next(line for line in out.splitlines() if line.startswith("features.conv1"))
+    assert "RMS r" in out and f"{rms:.1f}" in row.split()  # the table prints the RMS radius
     code, out, err = cli(["analyze", tmp_path])
     assert code != 0 and err.strip().startswith("featviz: error:") and len(err.strip().splitlines()) == 1
 
