@@ -17,7 +17,7 @@ from torch import nn
 
 from featviz.config import DataConfig, ModelConfig, from_dict
 from featviz.data import load_data
-from featviz.errors import ConfigError
+from featviz.errors import ConfigError, DataError
 from featviz.images import Normalizer
 from featviz.model import build_model
 from featviz.run.schema import RunInfo
@@ -124,7 +124,10 @@ def probe_images(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if stored is not None:
         (raw, labels), mean, std = stored, run.info.data.mean, run.info.data.std
     else:
-        raw, labels, mean, std = _validation(from_dict(DataConfig, run.info.configs["data"]))
+        data = run.info.configs.get("data") if isinstance(run.info.configs, dict) else None
+        if not isinstance(data, dict):
+            raise DataError(f"run {run.name} keeps no probe images and names no data set to load them from")
+        raw, labels, mean, std = _validation(from_dict(DataConfig, data))
     return Normalizer(mean, std)(raw), raw, labels
 
 
