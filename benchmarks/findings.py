@@ -219,6 +219,8 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
         for s, r in rows.items():
             cells = ["never" if v is None else format(v, fmt) for v in r[key]]
             lines.append(f"| {s} | " + " | ".join(cells) + f" | {verdict(r) if verdict else ''} |")
+        if fmt == "s":  # text cells (intervals, mean +- sd): no range row
+            return lines + [""]
         cols = list(zip(*[r[key] for r in rows.values()]))
         lines.append(
             "| range | "
