@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from featviz.reading import first_epoch_above, shallow_first
+from featviz.reading import first_epoch_above, intervals_overlap, shallow_first
 
 BLOCKS = {
     "summary": ("<!-- findings-summary:start -->", "<!-- findings-summary:end -->"),
@@ -187,13 +187,6 @@ def per_seed(a: dict) -> dict:
     }
 
 
-def _overlapping(intervals: list[list[int | None]]) -> bool:
-    """Whether two consecutive depths' intervals overlap (or one never forms): the order is then not decided."""
-    big = float("inf")
-    ends = [(big if lo is None else lo, big if hi is None else hi) for lo, hi in intervals]
-    return any(b[0] <= a[1] for a, b in zip(ends, ends[1:]))
-
-
 def _cells(r: dict) -> dict:
     """String cells for the tables: intervals as lo-hi, radii as mean +- sd."""
 
@@ -290,7 +283,7 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
             "95% interval of that step over 100 random halves of the probe images",
             "interval_s",
             "s",
-            lambda r: "order undecided" if _overlapping(r["interval"]) else "order holds at both ends",
+            lambda r: "order undecided" if intervals_overlap(r["interval"]) else "order holds at both ends",
         )
     lines += block(
         "Debiased CKA of the random init to the final snapshot (baseline), pooled features", "cka_init", ".2f"

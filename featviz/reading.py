@@ -151,7 +151,20 @@ def _controls(a: dict[str, Any]) -> str:
         text += "; over random halves of the probe images the whole-network steps range " + ", ".join(
             f"{lo}-{hi}" for lo, hi in spans
         )
+        text += (
+            ", and neighbouring depths overlap, so the probe images do not decide the order"
+            if intervals_overlap(spans)
+            else ", apart at every depth"
+        )
     return text + "."
+
+
+def intervals_overlap(intervals: list[list[int | None]]) -> bool:
+    """Whether two consecutive depths' [lo, hi] intervals of a settling step overlap (None, never formed,
+    counts as after every step): the order of those depths is then not decided by the data."""
+    big = float("inf")
+    ends = [(big if lo is None else lo, big if hi is None else hi) for lo, hi in intervals]
+    return any(b[0] <= a[1] for a, b in zip(ends, ends[1:]))
 
 
 def _rising(values: list[float]) -> bool:

@@ -287,7 +287,13 @@ def test_the_reading_gives_the_own_weights_control_and_the_half_sample_range(own
     text = _convergence({"layers": layers, "epochs": [0, 1], "convergence": conv})
     assert "in optimizer steps: c1 at step 0, c2 at step 40, c3 at step 80, c4 at step 120" in text
     assert "each depth after the one above it" in text and phrase in text
-    assert "range 0-40, 40-80, 80-120, 120-160" in text
+    assert "range 0-40, 40-80, 80-120, 120-160, and neighbouring depths overlap" in text
+    conv["c1"]["settling"]["formed_at_interval"] = [0, 0]
+    conv["c2"]["settling"]["formed_at_interval"] = [40, 40]
+    conv["c3"]["settling"]["formed_at_interval"] = [80, 80]
+    assert "range 0-0, 40-40, 80-80, 120-160, apart at every depth" in _convergence(
+        {"layers": layers, "epochs": [0, 1], "convergence": conv}
+    )
 
 
 @pytest.mark.parametrize(
