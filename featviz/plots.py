@@ -57,6 +57,7 @@ def _step_axis(ax: Any, a: dict[str, Any]) -> None:
     """x = optimizer step on a log scale (linear below 1, so the init at step 0 shows), epoch ends dotted."""
     spe = a.get("steps_per_epoch")
     ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(left=0)  # steps are never negative: no "-10^1" ticks from the axis margins
     if spe:
         for e in a["epochs"][1:]:
             ax.axvline(e * spe, color="#ddd", lw=0.6, zorder=0)
@@ -81,7 +82,7 @@ def weight_change(a: dict[str, Any]) -> dict[str, bytes]:
                 ax.plot(steps, u["rotation_from_init"], "-o", ms=3, color=c, label=f"{name}: 1 - cos(W_t, W_0)")
                 ax.plot(steps[1:], u["relative_change"][1:], "--", color=c, alpha=0.6)
         _step_axis(ax, a)
-        ax.set(ylabel="change", title="Filter updates (dashed: change from the previous snapshot)")
+        ax.set(ylabel="change", title="Filter updates\n(dashed: change from the previous snapshot)")
         ax.legend(fontsize=7, frameon=False)
 
     return _figure(draw)
@@ -116,7 +117,7 @@ def cka(a: dict[str, Any]) -> dict[str, bytes]:
         ax.set(
             ylabel="debiased CKA to final snapshot",
             ylim=(low, 1.02),
-            title="Convergence of representations (BatchNorm statistics of the probe set)",
+            title="Convergence of representations\n(BatchNorm statistics of the probe set)",
         )
         ax.legend(fontsize=7, frameon=False)
 
