@@ -1,0 +1,75 @@
+"""Linear probes and class selectivity against known answers (definitions: docs/metrics.md)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from featviz.probes import class_selectivity, linear_probe, pooled
+
+
+def _blobs(n: int, classes: int, dims: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    centres = torch.eye(classes, dims, dtype=torch.float64) * 10
+    return centres[y] + spread * torch.randn(n, dims, generator=g, dtype=torch.float64), y
+
+
+def test_linearly_separable_features_give_accuracy_one() -> None:
+    x, y = _blobs(300, 3, 5, 0.5, 0)
+    tx, ty = _blobs(150, 3, 5, 0.5, 1)
+    out = linear_probe(x, y, tx, ty, 3)
+    assert out["accuracy"] == 1.0 and out["cross_entropy"] < 0.1
+    assert out["chance_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_pure_noise_gives_chance_within_three_standard_deviations() -> None:
+    """10 classes, features independent of the labels: held-out accuracy is binomial around 0.1 (sd
+    sqrt(0.1 x 0.9 / 2000) = 0.0067); the cross-entropy is at least that of the uniform guess, ln 10."""
+    g = torch.Generator().manual_seed(2)
+    x, tx = torch.randn(2000, 16, generator=g), torch.randn(2000, 16, generator=g)
+    y, ty = torch.randint(0, 10, (2000,), generator=g), torch.randint(0, 10, (2000,), generator=g)
+    out = linear_probe(x, y, tx, ty, 10)
+    assert abs(out["accuracy"] - 0.1) <= 3 * math.sqrt(0.1 * 0.9 / 2000)
+    assert out["cross_entropy"] >= math.log(10) - 0.01
+
+
+def test_the_probe_ignores_feature_scale_and_offset() -> None:
+    x, y = _blobs(200, 4, 6, 4.0, 3)
+    tx, ty = _blobs(200, 4, 6, 4.0, 4)
+    a = linear_probe(x, y, tx, ty, 4)
+    b = linear_probe(1000 * x + 7, y, 1000 * tx + 7, ty, 4)  # standardized: the same problem
+    assert b["accuracy"] == a["accuracy"] and b["cross_entropy"] == pytest.approx(a["cross_entropy"], abs=1e-6)
+
+
+def test_the_same_inputs_give_the_same_numbers() -> None:
+    x, y = _blobs(200, 4, 6, 4.0, 5)
+    assert linear_probe(x, y, x, y, 4) == linear_probe(x.clone(), y.clone(), x.clone(), y.clone(), 4)
+
+
+def test_probe_inputs_are_checked() -> None:
+    with pytest.raises(ValueError, match="same, non-zero length"):
+        linear_probe(torch.zeros(3, 2), torch.zeros(2), torch.zeros(3, 2), torch.zeros(3), 2)
+
+
+def test_pooled_by_hand() -> None:
+    acts = torch.arange(16.0).view(1, 1, 4, 4)
+    assert pooled(acts).tolist() == [[7.5]]  # the global mean
+    assert pooled(acts, 2).tolist() == [[2.5, 4.5, 10.5, 12.5]]  # the four 2x2 quadrants' means
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        pooled(torch.zeros(2, 3))
+
+
+def test_class_selectivity_known_answers() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    one_class = torch.tensor([1.0, 3.0, 0, 0, 0, 0])  # fires for class 0 only: 1
+    uniform = torch.full((6,), 2.0)  # the same for every class: 0
+    mixed = torch.tensor([3.0, 3.0, 1.0, 1.0, 1.0, 1.0])  # mu = 3, 1, 1: (3 - 1) / (3 + 1) = 0.5
+    silent = torch.zeros(6)  # never responds: 0
+    got = class_selectivity(torch.stack([one_class, uniform, mixed, silent], 1), labels, 3)
+    assert got.tolist() == pytest.approx([1.0, 0.0, 0.5, 0.0])
+    assert class_selectivity(torch.stack([mixed], 1), labels, 4).tolist() == pytest.approx([0.5])  # class 3 absent
+    with pytest.raises(ValueError, match="two classes"):
+        class_selectivity(torch.ones(2, 1), torch.tensor([0, 0]), 3)
