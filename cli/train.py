@@ -29,6 +29,11 @@ def train(
     size: Optional[int] = typer.Option(None, min=8, max=512, help="Image side in px (shapes: 32; 64 also works)."),
     n_train: int = typer.Option(_D.n_train, min=10, help="shapes only: training images to generate."),
     n_val: int = typer.Option(_D.n_val, min=10, help="shapes only: validation images to generate."),
+    labels: str = typer.Option(
+        _D.labels,
+        help="true | shuffled: train on the labels permuted once (seeded by the data seed; validation labels "
+        "kept), a control that can learn nothing of the task.",
+    ),
     epochs: int = typer.Option(_T.epochs, min=1, help="Training epochs (snapshots: epoch 0 = init .. N)."),
     batch_size: int = typer.Option(_T.batch_size, min=1, help="Images per optimizer step."),
     lr: float = typer.Option(_T.lr, help="Peak learning rate (warm-up, then cosine decay to 1% of it)."),
@@ -118,7 +123,13 @@ def train(
             )
         else:
             data_cfg = DataConfig(
-                name=data, data_dir=str(data_dir), download=download, size=size, n_train=n_train, n_val=n_val
+                name=data,
+                data_dir=str(data_dir),
+                download=download,
+                size=size,
+                n_train=n_train,
+                n_val=n_val,
+                labels=labels,
             )
             model_cfg = model_config(widths, kernels, strides, pools, batchnorm)
             train_cfg = TrainConfig(

@@ -88,6 +88,9 @@ def _check_types(cfg: Any) -> None:
         object.__setattr__(cfg, f.name, _plain(value))  # frozen: set once, before anyone reads it
 
 
+LABELS = ("true", "shuffled")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "shapes"  # shapes | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH
@@ -98,10 +101,14 @@ class DataConfig:
     n_val: int = 2_000  # shapes only: validation images generated
     val_fraction: float = 0.1  # folder only: fraction held out for validation (stratified, seeded)
     seed: int = 0  # shapes generation and folder split; independent of the training seed
+    # true | shuffled: the training labels permuted once (seeded by ``seed``), the validation labels kept; a
+    # control run that can learn nothing of the task, only the images
+    labels: str = "true"
 
     def __post_init__(self) -> None:
         _check_types(self)
         _check(bool(self.name), "data set name is empty")
+        _check(self.labels in LABELS, f"unknown labels {self.labels!r}; choose one of {', '.join(LABELS)}")
         _check(self.size is None or 8 <= self.size <= 512, f"image size must be 8..512 px, got {self.size}")
         _check(self.n_train >= 10 and self.n_val >= 10, "n_train and n_val must be at least 10")
         _check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}")

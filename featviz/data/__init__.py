@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import torch
+
 from featviz.config import DataConfig
 from featviz.data.base import ImageData, channel_stats
 from featviz.data.shapes import SHAPE_CLASSES, make_shapes
 from featviz.data.sources import KNOWN_SOURCES, load_source
 
-__all__ = ["ImageData", "channel_stats", "load_data", "make_shapes", "SHAPE_CLASSES", "KNOWN_SOURCES"]
+__all__ = [
+    "ImageData",
+    "channel_stats",
+    "load_data",
+    "shuffled_labels",
+    "make_shapes",
+    "SHAPE_CLASSES",
+    "KNOWN_SOURCES",
+]
 
 
 def load_data(cfg: DataConfig) -> ImageData:
@@ -17,5 +29,14 @@ def load_data(cfg: DataConfig) -> ImageData:
     torchvision data set that is not on disk (unless ``cfg.download``).
     """
     if cfg.name == "shapes":
-        return make_shapes(n_train=cfg.n_train, n_val=cfg.n_val, size=cfg.size or 32, seed=cfg.seed)
-    return load_source(cfg)
+        data = make_shapes(n_train=cfg.n_train, n_val=cfg.n_val, size=cfg.size or 32, seed=cfg.seed)
+    else:
+        data = load_source(cfg)
+    return shuffled_labels(data, cfg.seed) if cfg.labels == "shuffled" else data
+
+
+def shuffled_labels(data: ImageData, seed: int) -> ImageData:
+    """``data`` with its training labels permuted once (seeded; every class keeps its count) and its
+    validation labels kept: a network trained on it can fit the images but learn nothing of the task."""
+    perm = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))
+    return dataclasses.replace(data, train_y=data.train_y[perm])
