@@ -22,7 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from featviz.reading import first_epoch_above, intervals_overlap, shallow_first
+from featviz.convergence import formed_at
+from featviz.reading import intervals_overlap, shallow_first
 
 BLOCKS = {
     "summary": ("<!-- findings-summary:start -->", "<!-- findings-summary:end -->"),
@@ -77,14 +78,9 @@ def span(values: list[float], fmt: str) -> str:
 def settle_steps(conv: dict, layers: list[str], threshold: float, relative: bool = False) -> list[int | None]:
     """Per layer, the first snapshot step from which CKA to the final snapshot stays >= ``threshold``;
     with ``relative``, of the baseline-relative CKA (CKA_t - CKA_0) / (1 - CKA_0) instead."""
-    out = []
-    for n in layers:
-        cka, steps = conv[n]["by_step"]["cka_to_final"], conv[n]["by_step"]["steps"]
-        if relative:
-            c0 = cka[0]
-            cka = [(c - c0) / (1 - c0) if c0 < 1 else 1.0 for c in cka]
-        out.append(first_epoch_above(cka, threshold, steps))
-    return out
+    return [
+        formed_at(conv[n]["by_step"]["cka_to_final"], conv[n]["by_step"]["steps"], threshold, relative) for n in layers
+    ]
 
 
 def strictly_ordered(order: list[int | None]) -> bool:
