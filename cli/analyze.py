@@ -29,19 +29,28 @@ def analyze(
         None, help="The run's model factory, when it is your code (package.module:factory)."
     ),
     trust_run_code: bool = typer.Option(False, help="Import the model factory the run names, whatever it is."),
+    control: Optional[Path] = typer.Option(
+        None,
+        help="A control run of the same network and data trained with --labels shuffled: its linear probes "
+        "are the baseline of what this run learned from the task.",
+    ),
 ) -> None:
     """Filter updates, CKA to the final snapshot, image complexity, receptive fields -> RUN/analysis.json."""
     not_empty(settings_set=settings_set, renders=renders)
     settings_set = renamed(settings_set, renders, "--settings-set", "--renders")
     r = Run.open(run)
     allow(r, model, trust_run_code)
-    res = analyze_run(r, probe_size=probe, device=device, settings_set=settings_set)
+    ctl = None if control is None else Run.open(control)
+    if ctl is not None:
+        allow(ctl, model, trust_run_code)
+    res = analyze_run(r, probe_size=probe, device=device, settings_set=settings_set, control=ctl)
     conv = res.get("convergence", {})
     comp = res.get("complexity", {})
     echo(
         f"{'layer':<22} {'rot.init':>8} {'CKA@1':>6} {'CKA@mid':>7} {'dead':>5} {'RF th/eff':>10} {'RMS r':>6} "
-        f"{'incomp':>6} {'struct init':>11} {'struct last':>11}"
+        f"{'incomp':>6} {'struct init':>11} {'struct last':>11} {'probe init':>10} {'probe last':>10}"
     )
+    probes = res.get("probes", {}).get("layers", {})
     for name in res["layers"]:
         upd = res["filter_updates"][name]
         cka = conv.get(name, {}).get("cka_to_final", [])
@@ -51,6 +60,8 @@ def analyze(
         inc = f"{c[keys[-1]]['incompressibility']['mean']:.1f}" if keys else "-"
         struct0 = f"{c[keys[0]]['structure']['mean']:.2f}" if keys else "-"
         struct1 = f"{c[keys[-1]]['structure']['mean']:.2f}" if keys else "-"
+        acc = (probes.get(name) or {}).get("global", {}).get("accuracy")
+        acc0, acc1 = (f"{acc[0]:.3f}", f"{acc[-1]:.3f}") if acc else ("-", "-")
         eff = rf.get(f"effective_px_epoch_{res['epochs'][-1]}", "-")
         rms = rf.get(f"rms_radius_px_epoch_{res['epochs'][-1]}")
         echo(
@@ -60,11 +71,11 @@ def analyze(
             f"{len(conv.get(name, {}).get('dead_channels', [])):5d} "
             f"{str(rf.get('theoretical_px', '-')) + '/' + str(eff):>10} "
             f"{(f'{rms:.1f}' if rms is not None else '-'):>6} "
-            f"{inc:>6} {struct0:>11} {struct1:>11}"
+            f"{inc:>6} {struct0:>11} {struct1:>11} {acc0:>10} {acc1:>10}"
         )
     for e, msg in res.get("skipped_epochs", {}).items():
         echo(f"featviz: warning: epoch {e} left out: {msg}", err=True)
-    for key in ("convergence", "complexity"):
+    for key in ("convergence", "complexity", "probes"):
         if isinstance(res.get(key), dict) and "skipped" in res[key]:
             console.print(f"note: {key} skipped: {res[key]['skipped']}")
     if res.get("settings_set"):

@@ -9,6 +9,7 @@ import typer
 from featviz.config import DataConfig
 from featviz.data import load_data
 from featviz.data.preview import check_png_target, default_path, write_preview
+from featviz.data.sources import DATA_HELP
 
 from .common import console
 
@@ -17,7 +18,7 @@ app = typer.Typer(help="Look at data sets.", no_args_is_help=True)
 
 @app.command()
 def preview(
-    data: str = typer.Option("shapes", help="shapes | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH"),
+    data: str = typer.Option(DataConfig.name, help=DATA_HELP),
     data_dir: Path = typer.Option(Path("data"), help="Folder holding torchvision data sets."),
     size: int = typer.Option(None, min=8, max=512, help="Image side in px."),
     per_class: int = typer.Option(8, min=1, max=64, help="Samples per class."),

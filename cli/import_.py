@@ -25,7 +25,7 @@ def import_run(
     ),
     model_kwargs: Optional[str] = typer.Option(None, help="JSON keyword arguments for the factory."),
     data: str = typer.Option(
-        _D.name, help="The data set it was trained on (shapes | mnist | cifar10 | ... | folder:PATH)."
+        _D.name, help="The data set it was trained on (pairs | shapes | mnist | cifar10 | ... | folder:PATH)."
     ),
     data_dir: Path = typer.Option(Path(_D.data_dir), help="Folder holding torchvision data sets."),
     size: Optional[int] = typer.Option(None, min=8, max=512, help="Image side in px (default: the data set's)."),

@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 
 from featviz.config import DataConfig, ModelConfig, TrainConfig
+from featviz.data import GENERATED
+from featviz.data.sources import DATA_HELP
 from featviz.distributed import launched, main_process
 from featviz.errors import ConfigError
 from featviz.livetrain import LiveTraining
@@ -23,12 +25,12 @@ RESUME_MAY_SET = {"resume", "device", "model", "trust_run_code", "live", "port",
 
 def train(
     ctx: typer.Context,
-    data: str = typer.Option(_D.name, help="shapes | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH"),
+    data: str = typer.Option(_D.name, help=DATA_HELP),
     data_dir: Path = typer.Option(Path(_D.data_dir), help="Folder holding torchvision data sets."),
     download: bool = typer.Option(False, help="Let torchvision download a missing data set into --data-dir."),
-    size: Optional[int] = typer.Option(None, min=8, max=512, help="Image side in px (shapes: 32; 64 also works)."),
-    n_train: int = typer.Option(_D.n_train, min=10, help="shapes only: training images to generate."),
-    n_val: int = typer.Option(_D.n_val, min=10, help="shapes only: validation images to generate."),
+    size: Optional[int] = typer.Option(None, min=8, max=512, help="Image side in px (generated sets: 32; 64 works)."),
+    n_train: int = typer.Option(_D.n_train, min=10, help="pairs and shapes only: training images to generate."),
+    n_val: int = typer.Option(_D.n_val, min=10, help="pairs and shapes only: validation images to generate."),
     labels: str = typer.Option(
         _D.labels,
         help="true | shuffled: train on the labels permuted once (seeded by the data seed; validation labels "
@@ -98,8 +100,8 @@ def train(
         reject(ctx, ["model_kwargs", "pretrained"], "only with --model")
     if not live:
         reject(ctx, ["port"], "only with --live")
-    if data != "shapes":
-        reject(ctx, SHAPES_ONLY, "only for --data shapes (the generated data set)")
+    if data not in GENERATED:
+        reject(ctx, SHAPES_ONLY, "only for the generated data sets (--data pairs or shapes)")
     bar = TrainBar()
     if live_render and not live:
         raise ConfigError("--live-render needs --live")

@@ -4,7 +4,7 @@ Public API::
 
     import featviz
     run = featviz.train(epochs=3)                 # a Run under outputs/
-    run = featviz.load_run("outputs/shapes-...")  # open an existing run
+    run = featviz.load_run("outputs/pairs-...")  # open an existing run
     weights = run.load_snapshot(0)                # dict of tensors at the random init
     with featviz.record(model, name="mine", model_spec="pkg.mod:factory", data=val_set) as rec:
         ...; rec.step(loss=loss) ...; rec.epoch(val_acc=acc)   # your own loop, recorded
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig
-from featviz.data import ImageData, load_data, make_shapes
+from featviz.data import ImageData, load_data, make_pairs, make_shapes
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, FeatvizError
 from featviz.loading import allow, load_model_at
@@ -38,6 +38,7 @@ __all__ = [
     "ImageData",
     "load_data",
     "make_shapes",
+    "make_pairs",
     "FeatvizError",
     "SmallCNN",
     "build_model",
@@ -63,7 +64,7 @@ __all__ = [
 
 
 def train(
-    data: str = "shapes",
+    data: str = "pairs",
     epochs: int | None = None,
     out_dir: str = "outputs",
     name: str | None = None,

@@ -20,9 +20,10 @@ from featviz.convergence import convergence
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.filters import layer_scale
+from featviz.gabor import GOOD, gabor_r2
 from featviz.images import Normalizer, decode_png, png_bytes
 from featviz.layers import prefix_macs, run_fields
-from featviz.loading import build_run_model, fitting, load_model_at, probe_images
+from featviz.loading import build_run_model, fitting, load_model_at, probe_images, probe_task
 from featviz.metrics import (
     crop_around,
     filter_bits,
@@ -38,6 +39,7 @@ from featviz.metrics import (
 from featviz.model import recalibrate_batchnorm, response_layer
 from featviz.nulls import rotation_null
 from featviz.plots import PLOTS, available
+from featviz.probing import probe_run
 from featviz.progress import StageProgress, silent
 from featviz.reading import reading
 from featviz.receptive import IMAGES, channels_within, effective_receptive_field, measuring_side, mirror_pad
@@ -242,6 +244,65 @@ def faithfulness(
     return out
 
 
+def gabor(
+    run: Run, epochs: tuple[int, int], first: dict[str, torch.Tensor], last: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """The depth-1 layer's filters fitted by a colour-times-Gabor (``featviz.gabor``) at the first and last
+    snapshot, and the learned part (last minus first): every filter's R^2 and the share at R^2 >= ``GOOD``."""
+    layer = run.info.layers[0]
+    if layer.kernel[0] != layer.kernel[1] or layer.kernel[0] < 3:
+        return {
+            "skipped": f"{layer.name} has {layer.kernel[0]}x{layer.kernel[1]} kernels; the fit needs square ones >= 3"
+        }
+    w0, w1 = first[f"{layer.name}.weight"].float(), last[f"{layer.name}.weight"].float()
+    r2 = gabor_r2(torch.cat([w0, w1, w1 - w0])).split(len(w0))
+    out: dict[str, Any] = {"layer": layer.name, "threshold": GOOD, "epochs": list(epochs)}
+    for key, r in zip(("init", "last", "learned_part"), r2):
+        out[key] = {"share": float((r >= GOOD).double().mean()), "r2": [round(float(v), 4) for v in r]}
+    return out
+
+
+def probes(
+    run: Run,
+    loaded: dict[int, dict[str, torch.Tensor]],
+    device: torch.device,
+    progress: StageProgress = silent,
+    control: Run | None = None,
+    probe_size: int | None = None,
+) -> dict[str, Any]:
+    """Linear probes and class selectivity at every readable epoch (``featviz.probing``), and, with
+    ``control``, the same on the control run's readable epochs and the run's own probe images."""
+    try:
+        task = probe_task(run, test=probe_size)
+    except FeatvizError as e:
+        return {"skipped": f"probe images unavailable: {e}"}
+    out = probe_run(run, task, device, loaded, progress)
+    if control is not None:
+        check_control(run, control)
+        checked, bad = fitting(control, *control.load_snapshots(control.snapshot_epochs()))
+        if len(checked) < 2:
+            raise RunError(f"control run {control.name} has fewer than two readable snapshots")
+        out["control"] = {"run": control.name, **probe_run(control, task, device, checked, progress)}
+        if bad:
+            out["control"]["skipped_epochs"] = {str(e): msg for e, msg in sorted(bad.items())}
+    return out
+
+
+def check_control(run: Run, control: Run) -> None:
+    """A ConfigError (one line) unless ``control`` has ``run``'s network and data set (its labels aside)."""
+    if control.path.resolve() == run.path.resolve():
+        raise ConfigError("--control names the run itself; give a run trained with --labels shuffled")
+    if control.info.model_config != run.info.model_config:
+        raise ConfigError(
+            f"control run {control.name} has another network than {run.name}; train it with the same model"
+        )
+    mine, theirs = (
+        {k: v for k, v in (r.info.configs.get("data") or {}).items() if k != "labels"} for r in (run, control)
+    )
+    if mine != theirs:
+        raise ConfigError(f"control run {control.name} was trained on other data than {run.name}")
+
+
 def _normalize(imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int) -> torch.Tensor:
     """uint8 [N, C, H, W] -> the model's input at ``size`` px, normalized: resized when needed (area
     averaging to shrink, bilinear to enlarge), channels matched to the data (an RGB render of a
@@ -262,12 +323,15 @@ def analyze(
     device: str = "auto",
     progress: StageProgress = silent,
     settings_set: str | None = None,
+    control: Run | None = None,
 ) -> dict[str, Any]:
     """Compute every metric above and write RUN/analysis.json and the plots; returns the same dict.
 
     Needs at least one trained epoch. Complexity and faithfulness use one render settings set:
     ``settings_set`` (an id from ``featviz.run.renderset``), else the default settings' set, else the only one;
     without renders those sections say which command to run instead of holding empty numbers.
+    ``control``: a run of the same network trained without the task (``featviz train --labels shuffled``),
+    probed on the same images as this run; its probes are the baseline of "learned from the task".
     """
     sid = choose_settings_set(run.render_index(), run.info.data.size, settings_set)  # a bad choice fails first
     epochs = run.snapshot_epochs()
@@ -322,6 +386,8 @@ def analyze(
         progress("receptive fields", 1, 1)
         result["faithfulness"] = faithfulness(run, val, raw, dev, sid, snaps=loaded)
         progress("faithfulness", 1, 1)
+    result["gabor"] = gabor(run, (epochs[0], epochs[-1]), snaps[0], snaps[-1])
+    result["probes"] = probes(run, loaded, dev, progress, control, probe_size)
     comp = complexity(run, sid)
     result["complexity"] = comp or {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     if comp:

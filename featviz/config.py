@@ -93,14 +93,16 @@ LABELS = ("true", "shuffled")
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "shapes"  # shapes | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH
-    data_dir: str = "data"  # where torchvision data sets live (ignored by shapes)
+    # pairs (the default: two objects, the class is the textured one's shape and texture) | shapes (one object
+    # or pattern: the default before 0.9) | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH
+    name: str = "pairs"
+    data_dir: str = "data"  # where torchvision data sets live (ignored by the generated sets)
     download: bool = False  # let torchvision download a missing data set (never by default)
-    size: int | None = None  # image side in px; None = the data set's own (shapes: 32)
-    n_train: int = 20_000  # shapes only: training images generated
-    n_val: int = 2_000  # shapes only: validation images generated
+    size: int | None = None  # image side in px; None = the data set's own (pairs, shapes: 32)
+    n_train: int = 20_000  # pairs and shapes only: training images generated
+    n_val: int = 2_000  # pairs and shapes only: validation images generated
     val_fraction: float = 0.1  # folder only: fraction held out for validation (stratified, seeded)
-    seed: int = 0  # shapes generation and folder split; independent of the training seed
+    seed: int = 0  # generation (pairs, shapes) and folder split; independent of the training seed
     # true | shuffled: the training labels permuted once (seeded by ``seed``), the validation labels kept; a
     # control run that can learn nothing of the task, only the images
     labels: str = "true"

@@ -29,6 +29,10 @@ from featviz.run.store import Run
 # crossing criteria: name -> (threshold, of the baseline-relative CKA (CKA_t - CKA_0) / (1 - CKA_0))
 CRITERIA = {"0.8": (0.8, False), "0.9": (0.9, False), "0.95": (0.95, False), "relative 0.9": (0.9, True)}
 DRAWS = 100  # half-samples of the probe images for the interval of the step at which a layer formed
+# probe images the flattened-map CKA and the own-weights control are measured on (the first ones): a Gram
+# matrix of flattened maps costs images^2 x channels x positions (about 36 GFLOP per snapshot at 1,000
+# images for the default network, a quarter at 500), and the own-weights control one pass per layer per snapshot
+FLAT_IMAGES = 500
 
 
 def grid_every(run: Run) -> int | None:
@@ -52,8 +56,8 @@ def formed_at(cka: list[float], steps: list[int], threshold: float, relative: bo
 
 def _measure(model: nn.Module, names: list[str], x: torch.Tensor, gram: bool) -> dict[str, dict[str, torch.Tensor]]:
     """One forward pass over ``x`` (in chunks): per named layer, the channel means [N, C] (the pooled
-    representation), each channel's peak [C] and, with ``gram``, the Gram matrix [N, N] (float64) of the
-    column-centred flattened maps (every position a feature)."""
+    representation), each channel's peak [C] and, with ``gram``, the Gram matrix [M, M] (float64) of the
+    column-centred flattened maps (every position a feature) of the first M = min(N, ``FLAT_IMAGES``) images."""
     maps: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     with capture(model, names, detach=True) as acts, torch.no_grad():
         for chunk in x.split(250):
@@ -65,7 +69,7 @@ def _measure(model: nn.Module, names: list[str], x: torch.Tensor, gram: bool) ->
         a = torch.cat(parts)  # [N, C, P]
         out[n] = {"mean": a.mean(2), "peak": a.amax((0, 2))}
         if gram:
-            flat = a.flatten(1)
+            flat = a[:FLAT_IMAGES].flatten(1)
             flat = flat - flat.mean(0, keepdim=True)
             out[n]["gram"] = (flat @ flat.T).double()
     return out
@@ -161,7 +165,7 @@ def convergence(
         run,
         model,
         names,
-        probe,
+        probe[:FLAT_IMAGES],
         [(lambda k=readable[i][1], key=readable[i][2]: state_of(k, key)) for i in grid],
         progress,
     )

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from featviz.config import DataConfig, ModelConfig, from_dict
-from featviz.data import load_data
+from featviz.data import ImageData, load_data
 from featviz.errors import ConfigError, DataError
 from featviz.images import Normalizer
 from featviz.model import build_model
@@ -124,16 +124,78 @@ def probe_images(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if stored is not None:
         (raw, labels), mean, std = stored, run.info.data.mean, run.info.data.std
     else:
-        data = run.info.configs.get("data") if isinstance(run.info.configs, dict) else None
-        if not isinstance(data, dict):
-            raise DataError(f"run {run.name} keeps no probe images and names no data set to load them from")
-        raw, labels, mean, std = _validation(from_dict(DataConfig, data))
+        data = _dataset(_data_config(run))
+        raw, labels, mean, std = data.val_x, data.val_y, data.mean, data.std
     return Normalizer(mean, std)(raw), raw, labels
 
 
+PROBE_TRAIN = 1000  # training images a linear probe is fitted on (a seeded random subset of the training split)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeTask:
+    """Images with their true labels for linear probes: fitted on ``train``, scored on ``test`` (normalized
+    float [N, C, H, W] and int64 labels), and where they came from, in words."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: int
+    source: str
+
+    def to(self, device: torch.device | str) -> ProbeTask:
+        """The same task with its images on ``device`` (labels stay on the CPU, where the probes are fitted)."""
+        return dataclasses.replace(self, train_x=self.train_x.to(device), test_x=self.test_x.to(device))
+
+
+def probe_task(run: Run, train: int = PROBE_TRAIN, test: int | None = None) -> ProbeTask:
+    """The run's probe task. A trained run reloads its data set with the *true* labels (a shuffled-label
+    control run is probed on the task it was denied): ``train`` training images drawn with a fixed seed,
+    tested on the validation split. A recorded run keeps only its probe images: the first half fits, the
+    second half tests. ``test``: at most this many test images (the first; None = all). DataError (one line)
+    when the images or their labels are unavailable."""
+    stored = run.load_probe()
+    classes = len(run.info.data.classes) or int(getattr(run.info, "model_config", {}).get("num_classes", 0))
+    if stored is not None:
+        raw, labels = stored
+        if bool((labels < 0).any()) or len(raw) < 20:
+            raise DataError(f"run {run.name} keeps {len(raw)} probe images without labels for every one")
+        norm = Normalizer(run.info.data.mean, run.info.data.std)
+        half = len(raw) // 2
+        classes = max(classes, int(labels.max()) + 1)
+        return ProbeTask(
+            norm(raw[:half]),
+            labels[:half],
+            norm(raw[half:]),
+            labels[half:],
+            classes,
+            f"the run's stored probe images: {half} to fit, {len(raw) - half} to test",
+        )
+    data = _dataset(_data_config(run))
+    pick = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:train]
+    norm = Normalizer(data.mean, data.std)
+    return ProbeTask(
+        norm(data.train_x[pick]),
+        data.train_y[pick],
+        norm(data.val_x[:test]),
+        data.val_y[:test],
+        len(data.classes),
+        f"{len(pick)} training images to fit, {len(data.val_y[:test])} validation images to test (true labels)",
+    )
+
+
+def _data_config(run: Run) -> DataConfig:
+    """The run's data set with its true labels: a shuffled-label run's validation labels are the true ones
+    anyway, and its probes are scored on the task it was denied."""
+    data = run.info.configs.get("data") if isinstance(run.info.configs, dict) else None
+    if not isinstance(data, dict):
+        raise DataError(f"run {run.name} keeps no probe images and names no data set to load them from")
+    return dataclasses.replace(from_dict(DataConfig, data), labels="true")
+
+
 @functools.lru_cache(maxsize=1)
-def _validation(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...], tuple[float, ...]]:
-    """The validation split of ``cfg``'s data set, kept for the next call with the same config (rendering
-    and analysis in one process load or generate it once)."""
-    data = load_data(cfg)
-    return data.val_x, data.val_y, data.mean, data.std
+def _dataset(cfg: DataConfig) -> ImageData:
+    """``cfg``'s data set, kept for the next call with the same config (rendering and analysis in one
+    process load or generate it once)."""
+    return load_data(cfg)

@@ -334,13 +334,16 @@ def analyze_run(
     device: str = "auto",
     progress: StageProgress = silent,
     settings_set: str | None = None,
+    control: Run | str | Path | None = None,
 ) -> dict[str, Any]:
-    """``featviz.analyze.analyze`` (analysis.json and plots), then the gallery; returns the analysis."""
+    """``featviz.analyze.analyze`` (analysis.json and plots), then the gallery; returns the analysis.
+    ``control``: a shuffled-label run of the same network and data, probed as the baseline."""
     run = Run.of(run)
+    control = None if control is None else Run.of(control)
     if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 10:
         raise ConfigError(f"probe_size must be an integer >= 10 (validation images measured), got {probe_size!r}")
     check_access(run)
     with run.hold("outputs"):  # one render or analysis at a time
-        result = analyze_stage.analyze(run, probe_size, device, progress, settings_set)
+        result = analyze_stage.analyze(run, probe_size, device, progress, settings_set, control)
         build_gallery(run)
     return result

@@ -197,8 +197,49 @@ def receptive_field(a: dict[str, Any]) -> dict[str, bytes]:
     )
 
 
-PLOTS = {"weight_change": weight_change, "cka": cka, "complexity": complexity, "receptive_field": receptive_field}
+def probes(a: dict[str, Any]) -> dict[str, bytes]:
+    """Linear-probe accuracy (global average pooling) per depth: left, over the epochs (solid: this run;
+    dashed: the shuffled-label control, when given); right, against depth at the random init, the last epoch
+    and the control's last epoch, with chance."""
+    p = a["probes"]
+    layers = [n for n in a["layers"] if n in p["layers"]]
+    ctl = p.get("control")
+
+    def acc(section: dict[str, Any], n: str) -> list[float]:
+        return section["layers"][n]["global"]["accuracy"]
+
+    def draw(axes: Any) -> None:
+        left, right = axes
+        for d, n in enumerate(layers):
+            color = DEPTH_COLORS[d % len(DEPTH_COLORS)]
+            left.plot(p["epochs"], acc(p, n), "o-", color=color, ms=3, label=f"depth {d + 1}")
+            if ctl:
+                left.plot(ctl["epochs"], acc(ctl, n), "--", color=color, lw=1)
+        left.set(xlabel="epoch (0 = random init)", ylabel="probe accuracy (held-out)", ylim=(0, 1.02))
+        left.set_title("Linear probe per depth" + ("\n(dashed: shuffled-label control)" if ctl else ""), fontsize=10)
+        left.legend(fontsize=7, frameon=False)
+        depths = list(range(1, len(layers) + 1))
+        right.plot(depths, [acc(p, n)[0] for n in layers], "s--", label="random init")
+        right.plot(depths, [acc(p, n)[-1] for n in layers], "o-", label=f"epoch {p['epochs'][-1]}")
+        if ctl:
+            right.plot(depths, [acc(ctl, n)[-1] for n in layers], "^:", label="shuffled-label control")
+        right.axhline(p["chance_accuracy"], color="grey", lw=0.8, ls=":", label="chance")
+        right.set(xlabel="depth", xticks=depths, ylim=(0, 1.02))
+        right.set_title("Probe accuracy by depth", fontsize=10)
+        right.legend(fontsize=7, frameon=False)
+
+    return _figure(draw, width=9.0, ncols=2)
+
+
+PLOTS = {
+    "weight_change": weight_change,
+    "cka": cka,
+    "complexity": complexity,
+    "receptive_field": receptive_field,
+    "probes": probes,
+}
 NEEDS = {
+    "probes": "probes",
     "weight_change": "filter_updates",
     "cka": "convergence",
     "complexity": "complexity",

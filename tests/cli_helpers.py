@@ -6,27 +6,34 @@ from pathlib import Path
 
 import pytest
 
+import featviz.loading
 import featviz.pipeline
 from conftest import TINY_CLI_MODEL
-from featviz.data import make_shapes
+from featviz.data import GENERATED, shuffled_labels
 
 _real_load_data = featviz.pipeline.load_data
 
 
 @pytest.fixture(autouse=True)
-def tiny_shapes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """``--data shapes`` gives 200 + 50 images of 16 px (the CLI has no n_train option); other sources are real.
+def tiny_shapes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The generated sets (``--data pairs``, the default, and ``shapes``) give 200 + 50 images of 16 px, in
+    training and in the later stages that reload them; other sources are real.
 
     Also runs every test in its own folder, so a default ``outputs/`` never lands in the checkout.
     """
 
     def load(cfg):
-        if cfg.name == "shapes":
-            return make_shapes(n_train=200, n_val=50, size=16, seed=cfg.seed)
+        if cfg.name in GENERATED:
+            data = GENERATED[cfg.name](n_train=200, n_val=50, size=16, seed=cfg.seed)
+            return shuffled_labels(data, cfg.seed) if cfg.labels == "shuffled" else data
         return _real_load_data(cfg)
 
     monkeypatch.setattr(featviz.pipeline, "load_data", load)
+    monkeypatch.setattr(featviz.loading, "load_data", load)
     monkeypatch.chdir(tmp_path)
+    featviz.loading._dataset.cache_clear()
+    yield
+    featviz.loading._dataset.cache_clear()
 
 
 def _train_argv(out: Path, name: str = "r", epochs: int = 1) -> list[str]:

@@ -30,7 +30,7 @@ def test_train_runs_summary(cli, tmp_path: Path) -> None:
     code, stdout, err = cli(["runs", "--out", str(out)])
     assert code == 0 and err == ""
     line = next(line for line in stdout.splitlines() if line.startswith("r "))
-    assert line.split()[1:3] == ["shapes", "1/1"] and line.endswith("complete")
+    assert line.split()[1:3] == ["pairs", "1/1"] and line.endswith("complete")
 
     code, stdout, err = cli(["summary", str(run)])
     assert code == 0, err

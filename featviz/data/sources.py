@@ -25,10 +25,21 @@ from torchvision.transforms.v2 import functional as TF
 
 from featviz.config import DataConfig
 from featviz.data.base import ImageData, channel_stats
+from featviz.data.pairs import make_pairs
 from featviz.data.shapes import make_shapes
 from featviz.errors import DataError, one_line
 
-KNOWN_SOURCES: tuple[str, ...] = ("shapes", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "folder:PATH")
+KNOWN_SOURCES: tuple[str, ...] = (
+    "pairs",
+    "shapes",
+    "mnist",
+    "fashion-mnist",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "folder:PATH",
+)
+DATA_HELP = " | ".join(KNOWN_SOURCES)  # the --data option's help
 
 FOLDER_PREFIX = "folder:"
 DEFAULT_FOLDER_SIZE = 32
@@ -214,7 +225,7 @@ def _load_folder(cfg: DataConfig) -> ImageData:
 
 
 def load_source(cfg: DataConfig) -> ImageData:
-    """Load ``cfg.name`` (any known source except ``shapes``) as in-memory uint8 tensors.
+    """Load ``cfg.name`` (any known source except the generated ``pairs`` and ``shapes``) as in-memory uint8 tensors.
 
     Raises DataError with a one-line message for an unknown name, a set not on disk (without
     ``cfg.download``), or a missing, empty, single-class, unreadable or corrupt image folder.
@@ -222,8 +233,9 @@ def load_source(cfg: DataConfig) -> ImageData:
     if cfg.name.startswith(FOLDER_PREFIX):
         return _load_folder(cfg)
     key = cfg.name.strip().lower()
-    if key == "shapes":  # normally handled by load_data; delegated so a direct call still works
-        return make_shapes(n_train=cfg.n_train, n_val=cfg.n_val, size=cfg.size or 32, seed=cfg.seed)
+    if key in ("pairs", "shapes"):  # normally handled by load_data; delegated so a direct call still works
+        make = make_pairs if key == "pairs" else make_shapes
+        return make(n_train=cfg.n_train, n_val=cfg.n_val, size=cfg.size or 32, seed=cfg.seed)
     if key not in KNOWN_SOURCES:
         raise DataError(f"unknown data set {cfg.name!r}; choose one of {', '.join(KNOWN_SOURCES)}")
     return _load_named(key, cfg)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from featviz.claims import claims, summary
 from featviz.errors import ConfigError
 from featviz.layers import run_fields
 from featviz.plots import available, training_curves
@@ -244,6 +245,8 @@ def build_gallery(run: Run, settings_set: str | None = None, live: bool = False)
             depths=depths,
             thumb_px=int((am_settings or {}).get("size") or THUMB_PX),
             reading=analysis.get("reading") if analysis else None,
+            summary=summary(analysis) if analysis and "filter_updates" in analysis else None,
+            claims=claims(analysis) if analysis and "filter_updates" in analysis else None,
             plots=plots,
             has_curves=bool(metrics),
             am_settings=am_settings,

@@ -1,0 +1,123 @@
+"""How much of the task each conv layer's activations hold, at every epoch snapshot of a run: linear-probe
+accuracy and cross-entropy (``probes.linear_probe``) and the class selectivity of its channels
+(``probes.class_selectivity``), each with its gap to the same layer at the random init.
+
+The probes read each layer's activation (the ReLU after the conv, ``model.activation_layer``) averaged
+over positions (``global``: the readout the network's own head uses) and over a 2 x 2 grid of the map
+(``grid2``: some of where a feature was), with BatchNorm statistics recomputed on the probe's training
+images. Definitions, biases and tests: docs/metrics.md ("Linear probes and class selectivity").
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import torch
+from torch import nn
+
+from featviz.hooks import capture
+from featviz.loading import ProbeTask, load_model_at
+from featviz.model import activation_layer, recalibrate_batchnorm
+from featviz.probes import class_selectivity, linear_probe, pooled
+from featviz.progress import StageProgress, silent
+from featviz.run.store import Run
+
+POOLINGS = {"global": 1, "grid2": 2}  # name -> grid side of the average pooling
+BATCHNORM_IMAGES = 1000  # probe-train images the BatchNorm statistics are recomputed on
+
+
+def features(model: nn.Module, layers: list[str], x: torch.Tensor, chunk: int = 250) -> dict[str, dict[str, Any]]:
+    """One pass over ``x``: per conv layer, its activation pooled as each of ``POOLINGS`` ([N, F] float64) and
+    whether that activation is a ReLU output (non-negative: class selectivity is defined for it)."""
+    acts = {name: activation_layer(model, name) for name in layers}
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {p: [] for p in POOLINGS} for n in layers}
+    with torch.no_grad(), capture(model, list(set(acts.values())), detach=True) as got:
+        for part in x.split(chunk):
+            model(part)
+            for n in layers:
+                for p, grid in POOLINGS.items():
+                    parts[n][p].append(pooled(got[acts[n]], grid).cpu())
+    return {n: {**{p: torch.cat(v) for p, v in parts[n].items()}, "relu": acts[n] != n} for n in layers}
+
+
+def measure(
+    model: nn.Module, layers: list[str], task: ProbeTask, poolings: tuple[str, ...] = tuple(POOLINGS)
+) -> dict[str, dict[str, Any]]:
+    """Per layer at one set of weights: probe accuracy and cross-entropy per pooling in ``poolings``, and the
+    selectivity of every channel on the test images (None where the layer has no ReLU)."""
+    recalibrate_batchnorm(model, task.train_x[:BATCHNORM_IMAGES])
+    fit, test = features(model, layers, task.train_x), features(model, layers, task.test_x)
+    out: dict[str, dict[str, Any]] = {}
+    for n in layers:
+        row: dict[str, Any] = {}
+        for p in poolings:
+            r = linear_probe(fit[n][p], task.train_y, test[n][p], task.test_y, task.classes)
+            row[p] = {"accuracy": r["accuracy"], "cross_entropy": r["cross_entropy"]}
+        row["chance_accuracy"] = r["chance_accuracy"]
+        row["selectivity"] = (
+            class_selectivity(test[n]["global"], task.test_y, task.classes).tolist() if test[n]["relu"] else None
+        )
+        out[n] = row
+    return out
+
+
+def _summary(values: list[float] | None) -> dict[str, float] | None:
+    if not values:
+        return None
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
+    return {"mean": statistics.fmean(values), "q25": q[0], "median": q[1], "q75": q[2]}
+
+
+def probe_run(
+    run: Run,
+    task: ProbeTask,
+    device: torch.device,
+    snaps: dict[int, dict[str, torch.Tensor]],
+    progress: StageProgress = silent,
+) -> dict[str, Any]:
+    """Probes and selectivity of every conv layer at every epoch in ``snaps`` (epoch -> snapshot; the first is
+    the baseline of every gap, normally epoch 0, the random init). The result's ``layers`` maps a conv to
+    per-epoch lists: ``accuracy``, ``cross_entropy`` and ``gap_from_init`` (accuracy minus the first epoch's) of
+    the ``global`` probe, and the selectivity's mean and quartiles; ``grid2`` holds the same numbers at the
+    first and last epoch only (``grid2_epochs``: its fits cost twice the global ones); plus every channel's
+    selectivity at the first and last epoch."""
+    layers = [layer.name for layer in run.info.layers]
+    epochs = sorted(snaps)
+    rows = []
+    ends = {epochs[0], epochs[-1]}
+    for i, e in enumerate(epochs, start=1):
+        which = tuple(POOLINGS) if e in ends else ("global",)
+        rows.append(measure(load_model_at(run, e, device, snaps[e]), layers, task.to(device), which))
+        progress("linear probes", i, len(epochs))
+    out: dict[str, Any] = {
+        "epochs": epochs,
+        "baseline_epoch": epochs[0],
+        "images": {"fit": len(task.train_y), "test": len(task.test_y), "source": task.source},
+        "chance_accuracy": rows[0][layers[0]]["chance_accuracy"],
+        "poolings": dict(POOLINGS),
+        "grid2_epochs": sorted(ends),
+        "layers": {},
+    }
+    for n in layers:
+        entry: dict[str, Any] = {}
+        for p in POOLINGS:
+            have = [r[n][p] for r in rows if p in r[n]]
+            acc = [h["accuracy"] for h in have]
+            entry[p] = {
+                "accuracy": acc,
+                "cross_entropy": [h["cross_entropy"] for h in have],
+                "gap_from_init": [a - acc[0] for a in acc],
+            }
+        sel = [r[n]["selectivity"] for r in rows]
+        entry["selectivity"] = (
+            None
+            if sel[0] is None
+            else {
+                "by_epoch": [_summary(s) for s in sel],
+                "channels_first": sel[0],
+                "channels_last": sel[-1],
+            }
+        )
+        out["layers"][n] = entry
+    return out

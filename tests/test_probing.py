@@ -1,0 +1,105 @@
+"""Linear probes and selectivity in the analyze stage (featviz.probing), the probe task's images and
+labels, and the shuffled-label control given with ``featviz analyze RUN --control RUN2``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
+from featviz.analyze import probes
+from featviz.data import load_data
+from featviz.errors import ConfigError
+from featviz.loading import fitting, probe_task
+from featviz.pipeline import train_run
+from featviz.probing import features
+from featviz.run.store import Run
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory) -> Run:
+    """The tiny run's shuffled-label control: same data, network and seed, training labels permuted."""
+    out = tmp_path_factory.mktemp("control")
+    return train_run(dataclasses.replace(TINY_DATA, labels="shuffled"), TINY_MODEL, TINY_TRAIN, out_dir=out, name="ctl")
+
+
+def _loaded(run: Run) -> dict:
+    return fitting(run, *run.load_snapshots(run.snapshot_epochs()))[0]
+
+
+def test_features_average_the_relu_output_over_the_map_and_a_grid() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.ReLU())
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    x = torch.tensor([[-1.0, 2.0], [3.0, 4.0]])[None, None]
+    f = features(net, ["0"], x)["0"]
+    assert f["relu"] is True
+    assert f["global"].tolist() == [[(0 + 2 + 3 + 4) / 4]]  # the negative position is cut by the ReLU
+    assert f["grid2"].tolist() == [[0.0, 2.0, 3.0, 4.0]]
+
+
+def test_probe_task_uses_true_labels_and_the_validation_split(control: Run) -> None:
+    task = probe_task(control)
+    data = load_data(TINY_DATA)  # the true labels
+    assert len(task.train_y) == len(data.train_x) == 200  # fewer than PROBE_TRAIN: all of them
+    assert sorted(task.train_y.tolist()) == sorted(data.train_y.tolist())
+    picked = {bytes(x.numpy()): int(y) for x, y in zip(data.train_x, data.train_y)}
+    norm_back = (
+        (task.train_x * torch.tensor(data.std).view(1, -1, 1, 1) + torch.tensor(data.mean).view(1, -1, 1, 1)) * 255
+    ).round()
+    pairs = [(bytes(x.to(torch.uint8).numpy()), int(y)) for x, y in zip(norm_back, task.train_y)]
+    assert all(picked[k] == y for k, y in pairs)  # every fitted image keeps its true label, not the control's
+    assert torch.equal(task.test_y, data.val_y) and task.classes == 10
+
+
+def test_probes_at_every_epoch_with_the_gap_to_init(tiny_run: Run) -> None:
+    loaded = _loaded(tiny_run)
+    res = probes(tiny_run, loaded, torch.device("cpu"))
+    assert res["epochs"] == sorted(loaded) and res["images"]["fit"] == 200 and res["images"]["test"] == 50
+    for name in ("features.conv1", "features.conv2"):
+        row = res["layers"][name]
+        for pooling in ("global", "grid2"):
+            acc = row[pooling]["accuracy"]
+            assert len(acc) == (len(loaded) if pooling == "global" else 2) and all(0.0 <= a <= 1.0 for a in acc)
+            assert row[pooling]["gap_from_init"] == [a - acc[0] for a in acc]
+            assert all(c > 0 for c in row[pooling]["cross_entropy"])
+        sel = row["selectivity"]
+        assert len(sel["by_epoch"]) == len(loaded) and len(sel["channels_last"]) == 4 * (1 if name.endswith("1") else 2)
+        assert all(0.0 <= s <= 1.0 for s in sel["channels_last"])
+    again = probes(tiny_run, loaded, torch.device("cpu"))
+    assert again == res  # deterministic
+
+
+def test_control_is_probed_on_the_runs_images(tiny_run: Run, control: Run) -> None:
+    res = probes(tiny_run, _loaded(tiny_run), torch.device("cpu"), control=control)
+    ctl = res["control"]
+    assert ctl["run"] == "ctl" and ctl["images"] == res["images"]
+    # the same seed gives the same init: the control's epoch-0 probes are the run's
+    assert (
+        ctl["layers"]["features.conv2"]["global"]["accuracy"][0]
+        == res["layers"]["features.conv2"]["global"]["accuracy"][0]
+    )
+
+
+def test_control_of_another_network_or_the_run_itself_is_refused(tiny_run: Run, tmp_path) -> None:
+    other = train_run(TINY_DATA, dataclasses.replace(TINY_MODEL, widths=(4, 6)), TINY_TRAIN, out_dir=tmp_path, name="o")
+    with pytest.raises(ConfigError, match="another network"):
+        probes(tiny_run, _loaded(tiny_run), torch.device("cpu"), control=other)
+    with pytest.raises(ConfigError, match="names the run itself"):
+        probes(tiny_run, _loaded(tiny_run), torch.device("cpu"), control=tiny_run)
+
+
+def test_cli_analyze_with_a_control_writes_it_and_the_claims(tiny_run: Run, control: Run, tmp_path, cli) -> None:
+    shutil.copytree(tiny_run.path, tmp_path / "tiny")
+    code, out, err = cli(["analyze", tmp_path / "tiny", "--probe", "40", "--control", control.path])
+    assert code == 0, err
+    a = json.loads((tmp_path / "tiny" / "analysis.json").read_text())
+    assert a["probes"]["control"]["run"] == "ctl"
+    assert "probe last" in out
+    code, _out, err = cli(["analyze", tmp_path / "tiny", "--control", tmp_path / "missing"])
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1
