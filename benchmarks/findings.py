@@ -1,15 +1,16 @@
-"""The README's findings, regenerated from runs: train, render and analyze the default run for each
-seed through the CLI as shipped, then write the tables from the runs' analysis.json files.
+"""The findings on the earlier default data set, ``shapes`` (seeds 100-109; claims a-f on ``pairs`` are
+``benchmarks/claims.py``), regenerated from runs: train, render and analyze the default recipe on ``shapes``
+for each seed through the CLI as shipped, then write the tables from the runs' analysis.json files.
 
     python benchmarks/findings.py run   --seeds 100-109 --out outputs/fresh   # ~2.5 min per seed, 2 CPU cores
-    python benchmarks/findings.py table --seeds 100-109 --out outputs/fresh --write README.md docs/findings.md
+    python benchmarks/findings.py table --seeds 100-109 --out outputs/fresh --write docs/findings.md
     python benchmarks/findings.py publish --seeds 100-109 --out outputs/fresh  # JSON -> docs/findings/
     python benchmarks/findings.py table --seeds 100-109 --out docs/findings    # the same, from the JSON
 
 ``run`` trains only seeds without a complete run; render reuses matching images; analyze always
 runs again (so the tables follow the current metrics). ``table`` prints the
 markdown and, with ``--write``, replaces the marked blocks in each file: ``<!-- findings-summary:start/end -->``
-(the claims, k of N: the README) and ``<!-- findings:start/end -->`` (every table: docs/findings.md). The protocol
+(the claims, k of N) and ``<!-- findings:start/end -->`` (every table: docs/findings.md). The protocol
 (seeds, criteria) is fixed in docs/findings.md; ties count as not shown.
 """
 
@@ -52,6 +53,8 @@ def run(seeds: list[int], out: Path) -> None:
         if not done:
             featviz(
                 "train",
+                "--data",
+                "shapes",
                 "--seed",
                 str(s),
                 "--snapshot-every-steps",
@@ -364,7 +367,7 @@ def publish(seeds: list[int], out: Path, dest: Path = PUBLISHED) -> None:
 
 
 def write_blocks(path: Path, texts: dict[str, str]) -> None:
-    """Replace every marked block that ``path`` holds (README: the summary; docs: the full tables)."""
+    """Replace every marked block that ``path`` holds (the summary and the full tables)."""
     src = path.read_text()
     found = False
     for key, (start, end) in BLOCKS.items():

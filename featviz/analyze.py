@@ -23,7 +23,7 @@ from featviz.filters import layer_scale
 from featviz.gabor import GOOD, gabor_r2
 from featviz.images import Normalizer, decode_png, png_bytes
 from featviz.layers import prefix_macs, run_fields
-from featviz.loading import build_run_model, fitting, load_model_at, probe_images, probe_task
+from featviz.loading import build_run_model, fitting, load_model_at, probe_images
 from featviz.metrics import (
     crop_around,
     filter_bits,
@@ -39,7 +39,7 @@ from featviz.metrics import (
 from featviz.model import recalibrate_batchnorm, response_layer
 from featviz.nulls import rotation_null
 from featviz.plots import PLOTS, available
-from featviz.probing import probe_run
+from featviz.probing import probes
 from featviz.progress import StageProgress, silent
 from featviz.reading import reading
 from featviz.receptive import IMAGES, channels_within, effective_receptive_field, measuring_side, mirror_pad
@@ -260,47 +260,6 @@ def gabor(
     for key, r in zip(("init", "last", "learned_part"), r2):
         out[key] = {"share": float((r >= GOOD).double().mean()), "r2": [round(float(v), 4) for v in r]}
     return out
-
-
-def probes(
-    run: Run,
-    loaded: dict[int, dict[str, torch.Tensor]],
-    device: torch.device,
-    progress: StageProgress = silent,
-    control: Run | None = None,
-    probe_size: int | None = None,
-) -> dict[str, Any]:
-    """Linear probes and class selectivity at every readable epoch (``featviz.probing``), and, with
-    ``control``, the same on the control run's readable epochs and the run's own probe images."""
-    try:
-        task = probe_task(run, test=probe_size)
-    except FeatvizError as e:
-        return {"skipped": f"probe images unavailable: {e}"}
-    out = probe_run(run, task, device, loaded, progress)
-    if control is not None:
-        check_control(run, control)
-        checked, bad = fitting(control, *control.load_snapshots(control.snapshot_epochs()))
-        if len(checked) < 2:
-            raise RunError(f"control run {control.name} has fewer than two readable snapshots")
-        out["control"] = {"run": control.name, **probe_run(control, task, device, checked, progress)}
-        if bad:
-            out["control"]["skipped_epochs"] = {str(e): msg for e, msg in sorted(bad.items())}
-    return out
-
-
-def check_control(run: Run, control: Run) -> None:
-    """A ConfigError (one line) unless ``control`` has ``run``'s network and data set (its labels aside)."""
-    if control.path.resolve() == run.path.resolve():
-        raise ConfigError("--control names the run itself; give a run trained with --labels shuffled")
-    if control.info.model_config != run.info.model_config:
-        raise ConfigError(
-            f"control run {control.name} has another network than {run.name}; train it with the same model"
-        )
-    mine, theirs = (
-        {k: v for k, v in (r.info.configs.get("data") or {}).items() if k != "labels"} for r in (run, control)
-    )
-    if mine != theirs:
-        raise ConfigError(f"control run {control.name} was trained on other data than {run.name}")
 
 
 def _normalize(imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int) -> torch.Tensor:

@@ -94,7 +94,7 @@ LABELS = ("true", "shuffled")
 @dataclass(frozen=True)
 class DataConfig:
     # pairs (the default: two objects, the class is the textured one's shape and texture) | shapes (one object
-    # or pattern: the default before 0.9) | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH
+    # or pattern: the earlier default) | mnist | fashion-mnist | cifar10 | cifar100 | svhn | folder:PATH
     name: str = "pairs"
     data_dir: str = "data"  # where torchvision data sets live (ignored by the generated sets)
     download: bool = False  # let torchvision download a missing data set (never by default)

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.hooks import capture
-from featviz.loading import ProbeTask, load_model_at
+from featviz.loading import ProbeTask, fitting, load_model_at, probe_task
 from featviz.model import activation_layer, recalibrate_batchnorm
 from featviz.probes import class_selectivity, linear_probe, pooled
 from featviz.progress import StageProgress, silent
@@ -121,3 +122,44 @@ def probe_run(
         )
         out["layers"][n] = entry
     return out
+
+
+def probes(
+    run: Run,
+    loaded: dict[int, dict[str, torch.Tensor]],
+    device: torch.device,
+    progress: StageProgress = silent,
+    control: Run | None = None,
+    probe_size: int | None = None,
+) -> dict[str, Any]:
+    """Linear probes and class selectivity at every readable epoch (``featviz.probing``), and, with
+    ``control``, the same on the control run's readable epochs and the run's own probe images."""
+    try:
+        task = probe_task(run, test=probe_size)
+    except FeatvizError as e:
+        return {"skipped": f"probe images unavailable: {e}"}
+    out = probe_run(run, task, device, loaded, progress)
+    if control is not None:
+        check_control(run, control)
+        checked, bad = fitting(control, *control.load_snapshots(control.snapshot_epochs()))
+        if len(checked) < 2:
+            raise RunError(f"control run {control.name} has fewer than two readable snapshots")
+        out["control"] = {"run": control.name, **probe_run(control, task, device, checked, progress)}
+        if bad:
+            out["control"]["skipped_epochs"] = {str(e): msg for e, msg in sorted(bad.items())}
+    return out
+
+
+def check_control(run: Run, control: Run) -> None:
+    """A ConfigError (one line) unless ``control`` has ``run``'s network and data set (its labels aside)."""
+    if control.path.resolve() == run.path.resolve():
+        raise ConfigError("--control names the run itself; give a run trained with --labels shuffled")
+    if control.info.model_config != run.info.model_config:
+        raise ConfigError(
+            f"control run {control.name} has another network than {run.name}; train it with the same model"
+        )
+    mine, theirs = (
+        {k: v for k, v in (r.info.configs.get("data") or {}).items() if k != "labels"} for r in (run, control)
+    )
+    if mine != theirs:
+        raise ConfigError(f"control run {control.name} was trained on other data than {run.name}")

@@ -17,7 +17,7 @@ from featviz.config import DataConfig, ModelConfig, TrainConfig
 # Every run in a test process uses the same thread count, so reproducibility checks are unaffected.
 torch.set_num_threads(1)
 
-TINY_DATA = DataConfig(n_train=200, n_val=50, size=16)
+TINY_DATA = DataConfig(name="shapes", n_train=200, n_val=50, size=16)
 TINY_MODEL = ModelConfig(widths=(4, 8), kernels=(5, 3), strides=(1, 1), pools=(True, False))
 TINY_TRAIN = TrainConfig(epochs=2, batch_size=32)
 TINY_BATCHES = 7  # ceil(200 / 32); the last batch has 8 images, so none is dropped

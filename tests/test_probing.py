@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
-from featviz.analyze import probes
 from featviz.data import load_data
 from featviz.errors import ConfigError
 from featviz.loading import fitting, probe_task
 from featviz.pipeline import train_run
-from featviz.probing import features
+from featviz.probing import features, probes
 from featviz.run.store import Run
 
 
@@ -101,5 +100,15 @@ def test_cli_analyze_with_a_control_writes_it_and_the_claims(tiny_run: Run, cont
     a = json.loads((tmp_path / "tiny" / "analysis.json").read_text())
     assert a["probes"]["control"]["run"] == "ctl"
     assert "probe last" in out
+    html = (tmp_path / "tiny" / "gallery" / "index.html").read_text()
+    table = html.split('<table id="claims">', 1)[1].split("</table>", 1)[0]
+    assert [f'data-key="{k}"' in table for k in "abcdef"] == [True] * 6 and table.count("<tr data-key") == 6
+    assert "shuffled-label control" in table and "not measured: no control" not in table  # claim c has its control
+    assert (
+        'src="../analysis/probes.png" class="wide"' in html
+        and (tmp_path / "tiny" / "analysis" / "probes.png").is_file()
+    )
+    summary = html.split('id="summary">', 1)[1].split("</p>", 1)[0]
+    assert summary.count(". ") + 1 <= 5 and "linear probe" in summary  # at most five sentences
     code, _out, err = cli(["analyze", tmp_path / "tiny", "--control", tmp_path / "missing"])
     assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""``pairs``: the embedded default data set since featviz 0.9, generated here, never downloaded.
+"""``pairs``: the embedded default data set, generated here, never downloaded.
 
 Every image holds two objects of different shapes (disc, square, triangle, cross, star), side by side
 or one above the other. One object is filled with a texture (stripes or dots); the other is solid. The
