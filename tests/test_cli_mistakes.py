@@ -316,7 +316,7 @@ BAD_INPUTS = [
     pytest.param(_train_with("--pretrained"), ("--pretrained: only with --model",), id="train-pretrained-alone"),
     pytest.param(
         _train_with("--data", "mnist", "--n-val", "50"),
-        ("--n-val: only for --data shapes",),
+        ("--n-val: only for the generated data sets (--data pairs or shapes)",),
         id="train-n-val-not-shapes",
     ),
     pytest.param(_train_with("--port", "8123"), ("--port: only with --live",), id="train-port-alone"),

@@ -71,7 +71,7 @@ def test_size_64_works() -> None:
 
 
 def test_load_data_goes_through_make_shapes() -> None:
-    d = load_data(DataConfig(n_train=30, n_val=10, size=16, seed=2))
+    d = load_data(DataConfig(name="shapes", n_train=30, n_val=10, size=16, seed=2))
     ref = make_shapes(n_train=30, n_val=10, size=16, seed=2)
     assert torch.equal(d.train_x, ref.train_x) and torch.equal(d.val_y, ref.val_y)
     assert load_data(DataConfig(n_train=10, n_val=10)).size == 32  # default side
