@@ -1,6 +1,8 @@
-"""Wall time of `featviz analyze` on a rendered run (target: at most 60 s on a 2-core CPU).
+"""Wall time of `featviz analyze` on a rendered run, linear probes and the Gabor fit included (target: at
+most 60 s on a 2-core CPU for the default run).
 
-Usage: python benchmarks/analyze_speed.py RUN_DIR     (e.g. outputs/demo after the README's main command)
+Usage: python benchmarks/analyze_speed.py RUN_DIR [CONTROL_RUN]   (e.g. outputs/demo after the README's main
+command; CONTROL_RUN: a --labels shuffled run, probed too, as `featviz analyze RUN --control CONTROL_RUN`)
 Prints the time of each part and the total, with the peak memory.
 """
 
@@ -23,7 +25,8 @@ def main() -> None:
         if done == total:
             marks.append((what, time.perf_counter() - t0))
 
-    analyze_run(run, progress=progress)
+    control = featviz.load_run(sys.argv[2]) if len(sys.argv) > 2 else None
+    analyze_run(run, progress=progress, control=control)
     total = time.perf_counter() - t0
     prev = 0.0
     for what, t in marks:

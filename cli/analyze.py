@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from featviz.claims import claims
 from featviz.loading import allow
 from featviz.pipeline import analyze_run
 from featviz.run.store import Run
@@ -78,6 +79,8 @@ def analyze(
     for key in ("convergence", "complexity", "probes"):
         if isinstance(res.get(key), dict) and "skipped" in res[key]:
             console.print(f"note: {key} skipped: {res[key]['skipped']}")
+    verdicts = ", ".join(f"{c['key']} {c['verdict'].split(':')[0]}" for c in claims(res))
+    console.print(f"claims (docs/metrics.md; the gallery's table): {verdicts}")
     if res.get("settings_set"):
         console.print(f"settings set measured: {res['settings_set']}")
     console.print(f"wrote {r.path / 'analysis.json'}")

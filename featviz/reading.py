@@ -228,7 +228,33 @@ def _receptive(a: dict[str, Any], image: int) -> str:
     return text + (f"; {who} {verb} more than the whole {image} px image." if over else ".")
 
 
+def _probes(a: dict[str, Any]) -> str:
+    """Linear-probe accuracy by depth at the last epoch against the random init's, the control's where one was
+    given, and the mean class selectivity (``featviz.probing``)."""
+    p = a.get("probes")
+    if not isinstance(p, dict) or "layers" not in p:
+        return ""
+    layers = [n for n in a["layers"] if n in p["layers"]]
+    acc = [p["layers"][n]["global"]["accuracy"] for n in layers]
+    text = (
+        f"Linear probes on each layer's averaged activations ({p['images']['source']}) read the classes with "
+        f"accuracy {_numbers([v[-1] for v in acc], '.3f')} at epoch {p['epochs'][-1]}, against "
+        f"{_numbers([v[0] for v in acc], '.3f')} at epoch {p['epochs'][0]} (chance {p['chance_accuracy']:.3f})"
+    )
+    ctl = p.get("control")
+    if ctl:
+        reached = [ctl["layers"][n]["global"]["accuracy"][-1] for n in layers]
+        text += f"; the shuffled-label control {ctl['run']} reaches {_numbers(reached, '.3f')}"
+    sel = [(p["layers"][n].get("selectivity") or {}).get("by_epoch") for n in layers]
+    if all(sel):
+        text += (
+            f". Mean class selectivity of the channels: {_numbers([s[-1]['mean'] for s in sel])}, "
+            f"at the init {_numbers([s[0]['mean'] for s in sel])}"
+        )
+    return text + "."
+
+
 def reading(a: dict[str, Any], image_size: int) -> str:
     """One paragraph from the numbers of an analysis (sections that were skipped are left out)."""
-    parts = [_updates(a), _null(a), _convergence(a), _complexity(a), _receptive(a, image_size)]
+    parts = [_updates(a), _null(a), _probes(a), _convergence(a), _complexity(a), _receptive(a, image_size)]
     return " ".join(p for p in parts if p)

@@ -99,7 +99,10 @@ def test_cli_analyze_with_a_control_writes_it_and_the_claims(tiny_run: Run, cont
     assert code == 0, err
     a = json.loads((tmp_path / "tiny" / "analysis.json").read_text())
     assert a["probes"]["control"]["run"] == "ctl"
-    assert "probe last" in out
+    assert "probe last" in out and "claims (docs/metrics.md; the gallery's table): a " in out + err
+    last = [a["probes"]["layers"][n]["global"]["accuracy"][-1] for n in a["layers"]]
+    assert f"accuracy {last[0]:.3f}, {last[1]:.3f} at epoch 2" in a["reading"]
+    assert "the shuffled-label control ctl reaches" in a["reading"]
     html = (tmp_path / "tiny" / "gallery" / "index.html").read_text()
     table = html.split('<table id="claims">', 1)[1].split("</table>", 1)[0]
     assert [f'data-key="{k}"' in table for k in "abcdef"] == [True] * 6 and table.count("<tr data-key") == 6
