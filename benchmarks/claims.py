@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import findings  # noqa: E402
 from findings import featviz, seeds_arg  # noqa: E402
 
 from featviz.claims import CLAIMS, POOLING, claims, settling  # noqa: E402
@@ -187,17 +188,8 @@ def publish(seeds: list[int], out: Path, dest: Path = PUBLISHED) -> None:
 
 
 def write_blocks(path: Path, texts: dict[str, str]) -> None:
-    src = path.read_text()
-    found = False
-    for key, (start, end) in BLOCKS.items():
-        if start in src and end in src:
-            head, rest = src.split(start, 1)
-            _, tail = rest.split(end, 1)
-            src = f"{head}{start}\n{texts[key]}\n{end}{tail}"
-            found = True
-    if not found:
-        raise SystemExit(f"{path}: no claims block to replace")
-    path.write_text(src)
+    """Replace the claims blocks that ``path`` holds (README: the summary; docs/findings.md: the tables)."""
+    findings.write_blocks(path, texts, BLOCKS, "claims")
 
 
 def main() -> None:

@@ -366,18 +366,19 @@ def publish(seeds: list[int], out: Path, dest: Path = PUBLISHED) -> None:
             (target / name).write_bytes((out / f"seed{s}" / name).read_bytes())
 
 
-def write_blocks(path: Path, texts: dict[str, str]) -> None:
-    """Replace every marked block that ``path`` holds (the summary and the full tables)."""
+def write_blocks(path: Path, texts: dict[str, str], blocks: dict = BLOCKS, what: str = "findings") -> None:
+    """Replace every marked block of ``blocks`` (key -> start and end markers) that ``path`` holds with
+    ``texts[key]``; SystemExit when it holds none."""
     src = path.read_text()
     found = False
-    for key, (start, end) in BLOCKS.items():
+    for key, (start, end) in blocks.items():
         if start in src and end in src:
             head, rest = src.split(start, 1)
             _, tail = rest.split(end, 1)
             src = f"{head}{start}\n{texts[key]}\n{end}{tail}"
             found = True
     if not found:
-        raise SystemExit(f"{path}: no findings block to replace")
+        raise SystemExit(f"{path}: no {what} block to replace")
     path.write_text(src)
 
 
