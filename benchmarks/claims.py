@@ -53,33 +53,36 @@ def run(seeds: list[int], out: Path) -> None:
 
 
 def per_seed(a: dict, info: dict) -> dict:
-    """One seed's verdicts and the numbers the tables show."""
-    p = a["probes"]
-    layers = [n for n in a["layers"] if n in p["layers"]]
+    """One seed's verdicts and the numbers the tables show (None where the analysis lacks them)."""
+    p = a.get("probes") or {}
+    layers = [n for n in a["layers"] if n in p.get("layers", {})]
     acc = [p["layers"][n][POOLING]["accuracy"] for n in layers]
     ctl = p.get("control", {}).get("layers", {})
     metrics = info.get("metrics") or []
     s = settling(a) or {}
+
+    def sel(n: str, i: int) -> float | None:
+        return ((p["layers"][n].get("selectivity") or {}).get("by_epoch") or [{}, {}])[i].get("mean")
+
+    def ctl_acc(n: str) -> list[float]:
+        return ctl[n][POOLING]["accuracy"]
+
     return {
         "verdicts": {c["key"]: c["verdict"] for c in claims(a)},
-        "last": [v[-1] for v in acc],
-        "init": [v[0] for v in acc],
-        "gap": [v[-1] - v[0] for v in acc],
-        "control": [ctl[n][POOLING]["accuracy"][-1] for n in layers] if ctl else None,
-        "control_gap": [ctl[n][POOLING]["accuracy"][-1] - ctl[n][POOLING]["accuracy"][0] for n in layers]
-        if ctl
-        else None,
-        "grid2": [p["layers"][n]["grid2"]["accuracy"][-1] for n in layers],
-        "selectivity": [(p["layers"][n]["selectivity"] or {}).get("by_epoch", [{}])[-1].get("mean") for n in layers],
-        "selectivity_init": [
-            (p["layers"][n]["selectivity"] or {}).get("by_epoch", [{}])[0].get("mean") for n in layers
-        ],
+        "last": [v[-1] for v in acc] or None,
+        "init": [v[0] for v in acc] or None,
+        "gap": [v[-1] - v[0] for v in acc] or None,
+        "control": [ctl_acc(n)[-1] for n in layers] if ctl else None,
+        "control_gap": [ctl_acc(n)[-1] - ctl_acc(n)[0] for n in layers] if ctl else None,
+        "grid2": [p["layers"][n]["grid2"]["accuracy"][-1] for n in layers] or None,
+        "selectivity": [sel(n, -1) for n in layers] or None,
+        "selectivity_init": [sel(n, 0) for n in layers] or None,
         "gabor": {k: a["gabor"][k]["share"] for k in ("init", "last", "learned_part")}
         if "init" in a.get("gabor", {})
         else None,
         "strict": bool(s) and None not in s["pooled"] and all(x < y for x, y in zip(s["pooled"], s["pooled"][1:])),
         "val_acc": [r.get("val_acc") for r in metrics],
-        "layers": layers,
+        "layers": a["layers"],
     }
 
 
@@ -138,7 +141,8 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
             cells = " | ".join("-" if v is None else format(v, fmt) for v in r[key])
             out_lines.append(f"| {s} | {cells} | {r['verdicts'][verdict] if verdict else ''} |")
         cols = list(zip(*[r[key] for r in got]))
-        out_lines.append("| range | " + " | ".join(_span([v for v in c if v is not None], fmt) for c in cols) + " | |")
+        spans = [_span([v for v in c if v is not None], fmt) if any(v is not None for v in c) else "-" for c in cols]
+        out_lines.append("| range | " + " | ".join(spans) + " | |")
         return out_lines + [""]
 
     lines += block("a) Linear-probe accuracy (global average pooling), last epoch", "last", "a")

@@ -39,7 +39,7 @@ from featviz.metrics import (
 from featviz.model import recalibrate_batchnorm, response_layer
 from featviz.nulls import rotation_null
 from featviz.plots import PLOTS, available
-from featviz.probing import probes
+from featviz.probing import probes, readable_control
 from featviz.progress import StageProgress, silent
 from featviz.reading import reading
 from featviz.receptive import IMAGES, channels_within, effective_receptive_field, measuring_side, mirror_pad
@@ -300,6 +300,7 @@ def analyze(
             "train at least one (featviz train --resume RUN)"
         )
     dev = resolve_device(device)
+    control_snaps = readable_control(run, control) if control is not None else None  # a wrong one fails first
     loaded, bad = fitting(run, *run.load_snapshots(epochs))  # a damaged or misfit snapshot: left out, named
     if len(loaded) < 2:
         raise RunError(f"run {run.name} has fewer than two readable snapshots: {'; '.join(bad.values())}")
@@ -346,7 +347,7 @@ def analyze(
         result["faithfulness"] = faithfulness(run, val, raw, dev, sid, snaps=loaded)
         progress("faithfulness", 1, 1)
     result["gabor"] = gabor(run, (epochs[0], epochs[-1]), snaps[0], snaps[-1])
-    result["probes"] = probes(run, loaded, dev, progress, control, probe_size)
+    result["probes"] = probes(run, loaded, dev, progress, control, probe_size, control_snaps)
     comp = complexity(run, sid)
     result["complexity"] = comp or {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     if comp:

@@ -19,7 +19,7 @@ from typing import Any
 
 from featviz.reading import intervals_overlap, shallow_first
 
-TIE = 0.01  # probe accuracies closer than this are tied (about 1 binomial sd at 2,000 test images, p = 0.9)
+TIE = 0.01  # probe accuracies closer than this are tied (about 1 binomial sd at 1,000 test images, p = 0.9)
 POOLING = "global"  # the probe the claims read: the average over positions, as the network's own head
 
 
@@ -163,6 +163,8 @@ def _structure_claim(a: dict[str, Any]) -> dict[str, Any]:
     first, last = str(epochs[0]), str(epochs[-1])
     if epochs[0] != 0 or not all(first in comp[n] and last in comp[n] for n in layers):
         return _missing("f", "the random init and the last epoch must both be rendered for every layer")
+    if not all("structure" in comp[n][e] for n in layers for e in (first, last)):
+        return _missing("f", "an analysis without structure bits (an older featviz): run featviz analyze again")
     now = [comp[n][last]["structure"]["mean"] for n in layers]
     init = [comp[n][first]["structure"]["mean"] for n in layers]
     run, base = rises(now), rises(init)

@@ -11,7 +11,7 @@ with centre (x0, y0), orientation t, width s, aspect g, wavelength l and phase p
 shape (an edge in one colour pair, a blob of opposite signs in two channels: both fit). A long wavelength
 makes it a blob. The score is R^2 = 1 - residual / total sum of squares about the filter's mean; a filter
 "is Gabor-like" at R^2 >= ``GOOD``. With 10 free numbers for a 5 x 5 x 3 filter (75 weights), white noise
-scores about 0.2 (docs/metrics.md has the fit, its tests and its limits).
+scores about 0.25 (docs/metrics.md has the fit, its tests and its limits).
 """
 
 from __future__ import annotations

@@ -151,10 +151,12 @@ class ProbeTask:
 
 def probe_task(run: Run, train: int = PROBE_TRAIN, test: int | None = None) -> ProbeTask:
     """The run's probe task. A trained run reloads its data set with the *true* labels (a shuffled-label
-    control run is probed on the task it was denied): ``train`` training images drawn with a fixed seed,
-    tested on the validation split. A recorded run keeps only its probe images: the first half fits, the
-    second half tests. ``test``: at most this many test images (the first; None = all). DataError (one line)
-    when the images or their labels are unavailable."""
+    control run is probed on the task it was denied): ``train`` training images and at most ``test``
+    validation images (None = all), each a fixed random subset (seeds 0 and 1), so that a split stored in
+    class order still gives every class. A recorded run keeps only its probe images: they are split in two
+    within each class (alternately, in label order), one half to fit and one to test, ``test`` aside.
+    DataError (one line) when the images or their labels are unavailable, or the test images hold fewer
+    than two classes."""
     stored = run.load_probe()
     classes = len(run.info.data.classes) or int(getattr(run.info, "model_config", {}).get("num_classes", 0))
     if stored is not None:
@@ -162,27 +164,32 @@ def probe_task(run: Run, train: int = PROBE_TRAIN, test: int | None = None) -> P
         if bool((labels < 0).any()) or len(raw) < 20:
             raise DataError(f"run {run.name} keeps {len(raw)} probe images without labels for every one")
         norm = Normalizer(run.info.data.mean, run.info.data.std)
-        half = len(raw) // 2
-        classes = max(classes, int(labels.max()) + 1)
-        return ProbeTask(
-            norm(raw[:half]),
-            labels[:half],
-            norm(raw[half:]),
-            labels[half:],
-            classes,
-            f"the run's stored probe images: {half} to fit, {len(raw) - half} to test",
+        order = torch.argsort(labels, stable=True)
+        fit, held = order[0::2], order[1::2]
+        task = ProbeTask(
+            norm(raw[fit]),
+            labels[fit],
+            norm(raw[held]),
+            labels[held],
+            max(classes, int(labels.max()) + 1),
+            f"the run's stored probe images, split within each class: {len(fit)} to fit, {len(held)} to test",
         )
-    data = _dataset(_data_config(run))
-    pick = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:train]
-    norm = Normalizer(data.mean, data.std)
-    return ProbeTask(
-        norm(data.train_x[pick]),
-        data.train_y[pick],
-        norm(data.val_x[:test]),
-        data.val_y[:test],
-        len(data.classes),
-        f"{len(pick)} training images to fit, {len(data.val_y[:test])} validation images to test (true labels)",
-    )
+    else:
+        data = _dataset(_data_config(run))
+        pick = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:train]
+        held = torch.randperm(len(data.val_x), generator=torch.Generator().manual_seed(1))[:test]
+        norm = Normalizer(data.mean, data.std)
+        task = ProbeTask(
+            norm(data.train_x[pick]),
+            data.train_y[pick],
+            norm(data.val_x[held]),
+            data.val_y[held],
+            len(data.classes),
+            f"{len(pick)} training images to fit, {len(held)} validation images to test (true labels)",
+        )
+    if len(task.test_y.unique()) < 2:
+        raise DataError(f"run {run.name}'s probe test images hold {len(task.test_y.unique())} class; probes need 2")
+    return task
 
 
 def _data_config(run: Run) -> DataConfig:

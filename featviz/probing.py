@@ -18,7 +18,7 @@ from torch import nn
 
 from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.hooks import capture
-from featviz.loading import ProbeTask, fitting, load_model_at, probe_task
+from featviz.loading import ProbeTask, build_run_model, fitting, load_model_at, probe_task
 from featviz.model import activation_layer, recalibrate_batchnorm
 from featviz.probes import class_selectivity, linear_probe, pooled
 from featviz.progress import StageProgress, silent
@@ -28,25 +28,28 @@ POOLINGS = {"global": 1, "grid2": 2}  # name -> grid side of the average pooling
 BATCHNORM_IMAGES = 1000  # probe-train images the BatchNorm statistics are recomputed on
 
 
-def features(model: nn.Module, layers: list[str], x: torch.Tensor, chunk: int = 250) -> dict[str, dict[str, Any]]:
-    """One pass over ``x``: per conv layer, its activation pooled as each of ``POOLINGS`` ([N, F] float64) and
-    whether that activation is a ReLU output (non-negative: class selectivity is defined for it)."""
-    acts = {name: activation_layer(model, name) for name in layers}
+def features(model: nn.Module, layers: dict[str, str], x: torch.Tensor, chunk: int = 250) -> dict[str, dict[str, Any]]:
+    """One pass over ``x``: per conv layer (``layers``: conv name -> the module whose output is its activation),
+    that activation pooled as each of ``POOLINGS`` ([N, F] float64), and ``relu``: whether it was never
+    negative on ``x`` (class selectivity is defined for such activations only)."""
     parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {p: [] for p in POOLINGS} for n in layers}
-    with torch.no_grad(), capture(model, list(set(acts.values())), detach=True) as got:
+    low = {n: float("inf") for n in layers}
+    with torch.no_grad(), capture(model, list(set(layers.values())), detach=True) as got:
         for part in x.split(chunk):
             model(part)
-            for n in layers:
+            for n, act in layers.items():
+                low[n] = min(low[n], float(got[act].amin()))
                 for p, grid in POOLINGS.items():
-                    parts[n][p].append(pooled(got[acts[n]], grid).cpu())
-    return {n: {**{p: torch.cat(v) for p, v in parts[n].items()}, "relu": acts[n] != n} for n in layers}
+                    parts[n][p].append(pooled(got[act], grid).cpu())
+    return {n: {**{p: torch.cat(v) for p, v in parts[n].items()}, "relu": low[n] >= 0} for n in layers}
 
 
 def measure(
-    model: nn.Module, layers: list[str], task: ProbeTask, poolings: tuple[str, ...] = tuple(POOLINGS)
+    model: nn.Module, layers: dict[str, str], task: ProbeTask, poolings: tuple[str, ...] = tuple(POOLINGS)
 ) -> dict[str, dict[str, Any]]:
-    """Per layer at one set of weights: probe accuracy and cross-entropy per pooling in ``poolings``, and the
-    selectivity of every channel on the test images (None where the layer has no ReLU)."""
+    """Per layer (conv name -> its activation module) at one set of weights: probe accuracy and cross-entropy
+    per pooling in ``poolings``, and the selectivity of every channel on the test images (None where the
+    activation went negative on them)."""
     recalibrate_batchnorm(model, task.train_x[:BATCHNORM_IMAGES])
     fit, test = features(model, layers, task.train_x), features(model, layers, task.test_x)
     out: dict[str, dict[str, Any]] = {}
@@ -57,7 +60,9 @@ def measure(
             row[p] = {"accuracy": r["accuracy"], "cross_entropy": r["cross_entropy"]}
         row["chance_accuracy"] = r["chance_accuracy"]
         row["selectivity"] = (
-            class_selectivity(test[n]["global"], task.test_y, task.classes).tolist() if test[n]["relu"] else None
+            class_selectivity(test[n]["global"], task.test_y, task.classes).tolist()
+            if test[n]["relu"] and fit[n]["relu"]
+            else None
         )
         out[n] = row
     return out
@@ -83,7 +88,8 @@ def probe_run(
     the ``global`` probe, and the selectivity's mean and quartiles; ``grid2`` holds the same numbers at the
     first and last epoch only (``grid2_epochs``: its fits cost twice the global ones); plus every channel's
     selectivity at the first and last epoch."""
-    layers = [layer.name for layer in run.info.layers]
+    model = build_run_model(run)
+    layers = {layer.name: layer.activation or activation_layer(model, layer.name) for layer in run.info.layers}
     epochs = sorted(snaps)
     rows = []
     ends = {epochs[0], epochs[-1]}
@@ -95,7 +101,8 @@ def probe_run(
         "epochs": epochs,
         "baseline_epoch": epochs[0],
         "images": {"fit": len(task.train_y), "test": len(task.test_y), "source": task.source},
-        "chance_accuracy": rows[0][layers[0]]["chance_accuracy"],
+        "chance_accuracy": rows[0][next(iter(layers))]["chance_accuracy"],
+        "activation_layers": dict(layers),
         "poolings": dict(POOLINGS),
         "grid2_epochs": sorted(ends),
         "layers": {},
@@ -113,7 +120,7 @@ def probe_run(
         sel = [r[n]["selectivity"] for r in rows]
         entry["selectivity"] = (
             None
-            if sel[0] is None
+            if any(s is None for s in sel)
             else {
                 "by_epoch": [_summary(s) for s in sel],
                 "channels_first": sel[0],
@@ -131,29 +138,42 @@ def probes(
     progress: StageProgress = silent,
     control: Run | None = None,
     probe_size: int | None = None,
+    control_snaps: tuple[dict[int, dict[str, torch.Tensor]], dict[int, str]] | None = None,
 ) -> dict[str, Any]:
-    """Linear probes and class selectivity at every readable epoch (``featviz.probing``), and, with
-    ``control``, the same on the control run's readable epochs and the run's own probe images."""
+    """Linear probes and class selectivity at every readable epoch, and, with ``control``, the same on the
+    control run's readable epochs (``control_snaps``: ``readable_control``'s result, if the caller has it)
+    and the run's own probe images. A wrong control is a one-line error even when the probes are skipped."""
+    checked = control_snaps or (readable_control(run, control) if control is not None else None)
     try:
         task = probe_task(run, test=probe_size)
     except FeatvizError as e:
         return {"skipped": f"probe images unavailable: {e}"}
     out = probe_run(run, task, device, loaded, progress)
-    if control is not None:
-        check_control(run, control)
-        checked, bad = fitting(control, *control.load_snapshots(control.snapshot_epochs()))
-        if len(checked) < 2:
-            raise RunError(f"control run {control.name} has fewer than two readable snapshots")
-        out["control"] = {"run": control.name, **probe_run(control, task, device, checked, progress)}
+    if control is not None and checked is not None:
+        snaps, bad = checked
+        out["control"] = {"run": control.name, **probe_run(control, task, device, snaps, progress)}
         if bad:
             out["control"]["skipped_epochs"] = {str(e): msg for e, msg in sorted(bad.items())}
     return out
 
 
+def readable_control(run: Run, control: Run) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str]]:
+    """``check_control``, then the control's readable snapshots (epoch -> tensors) and the reasons the others
+    were left out; a RunError (one line) when fewer than two are readable."""
+    check_control(run, control)
+    snaps, bad = fitting(control, *control.load_snapshots(control.snapshot_epochs()))
+    if len(snaps) < 2:
+        raise RunError(f"control run {control.name} has fewer than two readable snapshots")
+    return snaps, bad
+
+
 def check_control(run: Run, control: Run) -> None:
-    """A ConfigError (one line) unless ``control`` has ``run``'s network and data set (its labels aside)."""
+    """A ConfigError (one line) unless ``control`` was trained with shuffled labels on ``run``'s network and
+    data set."""
     if control.path.resolve() == run.path.resolve():
         raise ConfigError("--control names the run itself; give a run trained with --labels shuffled")
+    if (control.info.configs.get("data") or {}).get("labels") != "shuffled":
+        raise ConfigError(f"control run {control.name} was not trained with --labels shuffled")
     if control.info.model_config != run.info.model_config:
         raise ConfigError(
             f"control run {control.name} has another network than {run.name}; train it with the same model"

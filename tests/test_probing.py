@@ -36,7 +36,7 @@ def test_features_average_the_relu_output_over_the_map_and_a_grid() -> None:
     with torch.no_grad():
         net[0].weight.fill_(1.0)
     x = torch.tensor([[-1.0, 2.0], [3.0, 4.0]])[None, None]
-    f = features(net, ["0"], x)["0"]
+    f = features(net, {"0": "1"}, x)["0"]  # conv "0", its activation: the ReLU "1"
     assert f["relu"] is True
     assert f["global"].tolist() == [[(0 + 2 + 3 + 4) / 4]]  # the negative position is cut by the ReLU
     assert f["grid2"].tolist() == [[0.0, 2.0, 3.0, 4.0]]
@@ -53,7 +53,7 @@ def test_probe_task_uses_true_labels_and_the_validation_split(control: Run) -> N
     ).round()
     pairs = [(bytes(x.to(torch.uint8).numpy()), int(y)) for x, y in zip(norm_back, task.train_y)]
     assert all(picked[k] == y for k, y in pairs)  # every fitted image keeps its true label, not the control's
-    assert torch.equal(task.test_y, data.val_y) and task.classes == 10
+    assert sorted(task.test_y.tolist()) == sorted(data.val_y.tolist()) and task.classes == 10  # all 50, reordered
 
 
 def test_probes_at_every_epoch_with_the_gap_to_init(tiny_run: Run) -> None:
@@ -74,10 +74,16 @@ def test_probes_at_every_epoch_with_the_gap_to_init(tiny_run: Run) -> None:
     assert again == res  # deterministic
 
 
-def test_control_is_probed_on_the_runs_images(tiny_run: Run, control: Run) -> None:
+def test_control_is_probed_on_the_runs_images(tiny_run: Run, control: Run, monkeypatch) -> None:
+    import featviz.probing
+
+    tasks = []
+    real = featviz.probing.probe_task
+    monkeypatch.setattr(featviz.probing, "probe_task", lambda run, **kw: tasks.append(run.name) or real(run, **kw))
     res = probes(tiny_run, _loaded(tiny_run), torch.device("cpu"), control=control)
     ctl = res["control"]
-    assert ctl["run"] == "ctl" and ctl["images"] == res["images"]
+    assert tasks == ["tiny"]  # one task, the run's: the control is scored on the same images and labels
+    assert ctl["run"] == "ctl" and ctl["epochs"] == [0, 1, 2]
     # the same seed gives the same init: the control's epoch-0 probes are the run's
     assert (
         ctl["layers"]["features.conv2"]["global"]["accuracy"][0]
@@ -86,11 +92,32 @@ def test_control_is_probed_on_the_runs_images(tiny_run: Run, control: Run) -> No
 
 
 def test_control_of_another_network_or_the_run_itself_is_refused(tiny_run: Run, tmp_path) -> None:
-    other = train_run(TINY_DATA, dataclasses.replace(TINY_MODEL, widths=(4, 6)), TINY_TRAIN, out_dir=tmp_path, name="o")
+    shuffled = dataclasses.replace(TINY_DATA, labels="shuffled")
+    other = train_run(shuffled, dataclasses.replace(TINY_MODEL, widths=(4, 6)), TINY_TRAIN, out_dir=tmp_path, name="o")
     with pytest.raises(ConfigError, match="another network"):
         probes(tiny_run, _loaded(tiny_run), torch.device("cpu"), control=other)
     with pytest.raises(ConfigError, match="names the run itself"):
         probes(tiny_run, _loaded(tiny_run), torch.device("cpu"), control=tiny_run)
+    same = train_run(TINY_DATA, TINY_MODEL, TINY_TRAIN, out_dir=tmp_path, name="true-labels")
+    with pytest.raises(ConfigError, match="not trained with --labels shuffled"):
+        probes(tiny_run, _loaded(tiny_run), torch.device("cpu"), control=same)
+
+
+def test_a_recorded_run_s_stored_probe_is_split_within_each_class(tiny_run: Run, monkeypatch) -> None:
+    """Stored probe images in class order (as a user's sorted loader gives them) still put every class in
+    both halves; test images of one class only are a one-line DataError, not a crash in selectivity."""
+    from featviz.errors import DataError
+
+    data = load_data(TINY_DATA)
+    order = torch.argsort(data.val_y, stable=True)
+    raw, labels = data.val_x[order], data.val_y[order]
+    monkeypatch.setattr(type(tiny_run), "load_probe", lambda self: (raw, labels))
+    task = probe_task(tiny_run)
+    assert set(task.train_y.tolist()) == set(task.test_y.tolist()) == set(labels.tolist())
+    assert len(task.train_y) + len(task.test_y) == len(labels) and "split within each class" in task.source
+    monkeypatch.setattr(type(tiny_run), "load_probe", lambda self: (raw[:40], torch.zeros(40, dtype=torch.long)))
+    with pytest.raises(DataError, match="probes need 2"):
+        probe_task(tiny_run)
 
 
 def test_cli_analyze_with_a_control_writes_it_and_the_claims(tiny_run: Run, control: Run, tmp_path, cli) -> None:
