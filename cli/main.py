@@ -10,7 +10,7 @@ import typer
 from featviz.distributed import launched
 from featviz.errors import ConfigError, FeatvizError, error_line, one_line, printable
 
-from . import analyze, check, data, export, gallery, import_, render, runs, summary, train
+from . import analyze, check, compare, data, export, gallery, import_, render, runs, summary, train
 
 app = typer.Typer(
     name="featviz",
@@ -25,6 +25,7 @@ app.command()(runs.runs)
 app.command()(render.render)
 app.command()(gallery.gallery)
 app.command()(analyze.analyze)
+app.command()(compare.compare)
 app.command()(check.check)
 app.command()(export.export)
 app.command(name="import")(import_.import_run)

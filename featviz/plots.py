@@ -250,3 +250,40 @@ NEEDS = {
 def available(a: dict[str, Any]) -> list[str]:
     """Plots whose section of the analysis holds numbers (not a 'skipped' note)."""
     return [k for k, need in NEEDS.items() if isinstance(a.get(need), dict) and a[need] and "skipped" not in a[need]]
+
+
+def cka_heatmap(cka: list[list[float]], rows: list[str], cols: list[str], title: str) -> dict[str, bytes]:
+    """Debiased CKA of every layer of one run (rows) against every layer of another (columns)."""
+
+    def draw(ax: Any) -> None:
+        im = ax.imshow(cka, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(cols)), [c.split(".")[-1] for c in cols], rotation=45, fontsize=7)
+        ax.set_yticks(range(len(rows)), [r.split(".")[-1] for r in rows], fontsize=7)
+        for i, row in enumerate(cka):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
+        ax.set_title(title, fontsize=9)
+        ax.figure.colorbar(im, ax=ax, fraction=0.046)
+        ax.grid(False)
+
+    return _figure(draw, width=4.6, height=4.0)
+
+
+def same_depth(data: dict[str, Any]) -> dict[str, bytes]:
+    """Same-depth CKA per pair of runs with the same number of layers (solid) and against the other run's
+    random init (dashed), by depth."""
+    names = data["runs"]
+
+    def draw(ax: Any) -> None:
+        for k, pair in enumerate(p for p in data["pairs"] if "same_depth" in p):
+            color = DEPTH_COLORS[k % len(DEPTH_COLORS)]
+            depths = list(range(1, len(pair["same_depth"]) + 1))
+            label = f"{names[pair['a']]} vs {names[pair['b']]}"
+            ax.plot(depths, pair["same_depth"], "o-", color=color, label=label)
+            ax.plot(depths, pair["init_control"], "s--", color=color, lw=1)
+            ax.set_xticks(depths)
+        ax.set(xlabel="depth", ylabel="debiased CKA, same depth", ylim=(-0.05, 1.05))
+        ax.set_title("Same depth across runs (dashed: against the other's random init)", fontsize=9)
+        ax.legend(fontsize=7, frameon=False)
+
+    return _figure(draw)

@@ -1,0 +1,122 @@
+"""Write a comparison (``featviz.compare``) to a folder: ``compare.json``, the plots and a static
+``index.html`` that links each run's gallery and shows matched channels with their pictures.
+
+Every link is relative to the folder, so the page opens from file:// wherever the folder and the runs lie;
+every name from a run goes through Jinja's autoescaping. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+from featviz.gallery.build import _env
+from featviz.plots import DEPTH_COLORS, cka_heatmap, same_depth
+from featviz.run.fileio import atomic_write_bytes, atomic_write_json
+from featviz.run.renderset import choose_settings_set, records_of
+from featviz.run.store import Run
+
+
+def _rel(target: Path, folder: Path) -> str:
+    return Path(os.path.relpath(target.resolve(), folder.resolve())).as_posix()
+
+
+def _pictures(run: Run, folder: Path) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], str]]:
+    """(layer, channel) -> the channel's newest activation-maximization image of the run's default settings
+    set, and -> its top validation crops from analyze, as links relative to ``folder``."""
+    am: dict[tuple[str, int], tuple[int, str]] = {}
+    try:
+        index = run.render_index()
+        sid = choose_settings_set(index, run.info.data.size)
+    except Exception:  # noqa: BLE001 - a run without usable renders shows numbers only
+        index, sid = [], None
+    for r in records_of(index, sid):
+        if r.kind == "am" and r.layer is not None and r.channel is not None:
+            step = r.step if r.step is not None else -1
+            if (r.layer, r.channel) not in am or step >= am[(r.layer, r.channel)][0]:
+                am[(r.layer, r.channel)] = (step, _rel(run.path / r.file, folder))
+    crops: dict[tuple[str, int], str] = {}
+    analysis = run.read_analysis()
+    faith = (analysis or {}).get("faithfulness") or {}
+    for layer, block in faith.items():
+        if isinstance(block, dict) and isinstance(block.get("channels"), list):
+            for row in block["channels"]:
+                crops[(layer, row["channel"])] = _rel(run.path / row["file"], folder)
+    return {k: v for k, (_, v) in am.items()}, crops
+
+
+def _matches(data: dict[str, Any], runs: list[Run], folder: Path) -> list[dict[str, Any]]:
+    pics = [_pictures(r, folder) for r in runs]
+    out = []
+    for pair in data["pairs"]:
+        if "matching" not in pair:
+            continue
+        a, b = pair["a"], pair["b"]
+        for depth, (la, matched) in enumerate(pair["matching"].items(), start=1):
+            lb = data["layers"][b][depth - 1]
+            rows = []
+            for which, (ca, cb, r) in zip(("best", "median", "worst"), _three(matched)):
+                sides = [
+                    {"run": runs[k].name, "channel": c, "am": pics[k][0].get((ln, c)), "crops": pics[k][1].get((ln, c))}
+                    for k, ln, c in ((a, la, ca), (b, lb, cb))
+                ]
+                rows.append({"which": which, "r": r, "sides": sides})
+            out.append(
+                {
+                    "pair": f"{runs[a].name} vs {runs[b].name}",
+                    "depth": depth,
+                    "median": statistics.median(m[2] for m in matched),
+                    "rows": rows,
+                }
+            )
+    return out
+
+
+def _three(matched: list[list[Any]]) -> list[list[Any]]:
+    """The best, the median and the worst of matches sorted best first."""
+    return [matched[0], matched[len(matched) // 2], matched[-1]]
+
+
+def write_comparison(data: dict[str, Any], runs: list[Run], folder: Path) -> Path:
+    """``compare.json``, the heatmaps and the depth plot, and ``index.html`` in ``folder``; returns the page."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "compare.json", data)
+    plots = []
+    same = [p for p in data["pairs"] if "same_depth" in p]
+    if same:
+        atomic_write_bytes(folder / "same_depth.png", same_depth(data)["png"])
+        plots.append("same_depth.png")
+    for pair in data["pairs"]:
+        a, b = pair["a"], pair["b"]
+        name = f"cka_{a}_{b}.png"
+        title = f"{runs[a].name} (rows) vs {runs[b].name} (columns)"
+        atomic_write_bytes(folder / name, cka_heatmap(pair["cka"], data["layers"][a], data["layers"][b], title)["png"])
+        plots.append(name)
+    table = [
+        {
+            "index": i,
+            "name": r.name,
+            "color": DEPTH_COLORS[i % len(DEPTH_COLORS)],
+            "gallery": _rel(r.path / "gallery" / "index.html", folder)
+            if (r.path / "gallery" / "index.html").is_file()
+            else None,
+        }
+        for i, r in enumerate(runs)
+    ]
+    html = (
+        _env()
+        .get_template("compare.html.j2")
+        .render(
+            data=data,
+            names=data["runs"],
+            runs=table,
+            differs=data["differs"],
+            plots=plots,
+            matches=_matches(data, runs, folder),
+        )
+    )
+    page = folder / "index.html"
+    atomic_write_bytes(page, html.encode())
+    return page
