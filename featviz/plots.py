@@ -287,3 +287,27 @@ def same_depth(data: dict[str, Any]) -> dict[str, bytes]:
         ax.legend(fontsize=7, frameon=False)
 
     return _figure(draw)
+
+
+def overlay(panels: dict[str, dict[str, tuple[list[float], list[float]]]], ylabel: str, title: str) -> dict[str, bytes]:
+    """Runs on shared axes: one panel per key of ``panels`` (a depth, or one quantity), one line per run
+    (``panels[panel][run label] = (optimizer steps, values)``), runs coloured alike in every panel; the x axis
+    in optimizer steps on a log scale (linear below 1, so step 0 shows)."""
+    names = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    cols = max(1, len(panels))
+
+    def draw(axes: Any) -> None:
+        axes = list(axes) if cols > 1 else [axes]
+        for ax, (panel, lines) in zip(axes, panels.items()):
+            for label, (steps, values) in lines.items():
+                color = DEPTH_COLORS[names.index(label) % len(DEPTH_COLORS)]
+                ax.plot(steps, values, "o-", ms=2, lw=1, color=color, label=label)
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(left=0)
+            ax.set_title(panel, fontsize=9)
+            ax.set_xlabel("optimizer step", fontsize=8)
+        axes[0].set_ylabel(ylabel, fontsize=8)
+        axes[0].legend(fontsize=6, frameon=False)
+        axes[0].figure.suptitle(title, fontsize=10)
+
+    return _figure(draw, width=min(16.0, 3.2 * cols + 1), height=3.2, ncols=cols)

@@ -71,6 +71,9 @@ def test_runs_of_different_widths_compare(tiny_run: Run, tmp_path) -> None:
     assert len(pair["cka"]) == 2 and len(pair["cka"][0]) == 2
     assert len(pair["matching"]["features.conv1"]) == 4  # min(4, 6) channels matched
     assert data["differs"]["widths"] == [(4, 8), (6, 12)]
+    from featviz.gallery.compare_page import legend
+
+    assert legend(data) == ["tiny (widths=(4, 8))", "w (widths=(6, 12))"]  # what tells the runs apart
 
 
 def test_user_mistakes_are_one_line_errors(tiny_run: Run, tmp_path, cli) -> None:
@@ -98,3 +101,5 @@ def test_cli_writes_a_page_where_a_hostile_name_stays_text(tiny_run: Run, tmp_pa
     data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert data["identification"]["accuracy"] == 1.0 and (tmp_path / "cmp" / "cka_0_1.png").is_file()
     assert "layer identification: 4 of 4" in out + err
+    assert 'src="curves.png"' in html and (tmp_path / "cmp" / "curves.png").is_file()
+    assert not (tmp_path / "cmp" / "rotation.png").exists()  # neither run was analyzed: no per-depth curves

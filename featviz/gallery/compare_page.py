@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from featviz.gallery.build import _env
-from featviz.plots import DEPTH_COLORS, cka_heatmap, same_depth
+from featviz.plots import DEPTH_COLORS, cka_heatmap, overlay, same_depth
 from featviz.run.fileio import atomic_write_bytes, atomic_write_json
 from featviz.run.renderset import choose_settings_set, records_of
 from featviz.run.store import Run
@@ -79,11 +79,53 @@ def _three(matched: list[list[Any]]) -> list[list[Any]]:
     return [matched[0], matched[len(matched) // 2], matched[-1]]
 
 
+def legend(data: dict[str, Any]) -> list[str]:
+    """Each run's name with the settings that tell it apart from the others (``compare.differences``)."""
+    differs = data["differs"]
+    return [
+        name + (" (" + ", ".join(f"{k}={v[i]}" for k, v in list(differs.items())[:3]) + ")" if differs else "")
+        for i, name in enumerate(data["runs"])
+    ]
+
+
+def curves(data: dict[str, Any], runs: list[Run]) -> dict[str, dict[str, bytes]]:
+    """Training curves and per-depth analysis numbers of every run on shared axes in optimizer steps: name ->
+    plot. Numbers a run's analysis.json lacks (not analyzed, or an older featviz) are left out of its lines."""
+    labels = legend(data)
+    out: dict[str, dict[str, bytes]] = {}
+    acc: dict[str, dict[str, tuple[list[float], list[float]]]] = {"validation accuracy": {}, "validation loss": {}}
+    rotation: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    probe: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for run, label in zip(runs, labels):
+        rows = [r for r in run.metrics(strict=False) if r.get("val_acc") is not None]
+        acc["validation accuracy"][label] = ([r["step"] for r in rows], [r["val_acc"] for r in rows])
+        acc["validation loss"][label] = ([r["step"] for r in rows], [r["val_loss"] for r in rows])
+        a = run.read_analysis() or {}
+        step_of = {r["epoch"]: r["step"] for r in run.metrics(strict=False)}
+        for depth, name in enumerate(a.get("layers", []), start=1):
+            upd = (a.get("updates_by_step") or {}).get(name)
+            if upd:
+                rotation.setdefault(f"depth {depth}", {})[label] = (upd["steps"], upd["rotation_from_init"])
+            p = (a.get("probes") or {}).get("layers", {}).get(name)
+            if p:
+                steps = [step_of.get(e, 0) for e in a["probes"]["epochs"]]
+                probe.setdefault(f"depth {depth}", {})[label] = (steps, p["global"]["accuracy"])
+    out["curves"] = overlay(acc, "value", "Training")
+    if rotation:
+        out["rotation"] = overlay(rotation, "1 - cos(W_t, W_0)", "Rotation from init, per depth")
+    if probe:
+        out["probe_accuracy"] = overlay(probe, "probe accuracy", "Linear-probe accuracy, per depth")
+    return out
+
+
 def write_comparison(data: dict[str, Any], runs: list[Run], folder: Path) -> Path:
     """``compare.json``, the heatmaps and the depth plot, and ``index.html`` in ``folder``; returns the page."""
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "compare.json", data)
-    plots = []
+    plots, curve_plots = [], []
+    for name, figure in curves(data, runs).items():
+        atomic_write_bytes(folder / f"{name}.png", figure["png"])
+        curve_plots.append(f"{name}.png")
     same = [p for p in data["pairs"] if "same_depth" in p]
     if same:
         atomic_write_bytes(folder / "same_depth.png", same_depth(data)["png"])
@@ -114,6 +156,7 @@ def write_comparison(data: dict[str, Any], runs: list[Run], folder: Path) -> Pat
             runs=table,
             differs=data["differs"],
             plots=plots,
+            curve_plots=curve_plots,
             matches=_matches(data, runs, folder),
         )
     )
