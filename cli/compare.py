@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import webbrowser
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,6 +12,7 @@ import typer
 from featviz.compare import PROBE
 from featviz.compare import compare as compare_runs
 from featviz.gallery.compare_page import write_comparison
+from featviz.gallery.serve import serve as serve_http
 from featviz.loading import allow
 from featviz.run.store import Run
 
@@ -28,6 +31,11 @@ def compare(
         None, help="The runs' model factory, when it is your code (pkg.module:factory)."
     ),
     trust_run_code: bool = typer.Option(False, help="Import the model factories the runs name, whatever they are."),
+    serve: bool = typer.Option(
+        False, help="Serve the page and the runs' galleries on http://127.0.0.1:PORT until Ctrl-C."
+    ),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port for --serve (0 = any free port)."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
 ) -> None:
     """Debiased CKA layer x layer, layer identification, matched channels -> a static comparison page."""
     opened = [Run.open(r) for r in runs]
@@ -46,3 +54,11 @@ def compare(
             init = ", ".join(f"{v:.2f}" for v in pair["init_control"])
             console.print(f"{a} vs {b}: same-depth CKA {same}; against {b}'s random init {init}")
     console.print(f"wrote {page}")
+    if serve:
+        folders = [folder.resolve(), *(r.path.resolve() for r in opened)]
+        root = Path(os.path.commonpath(folders))
+        rel = page.resolve().relative_to(root).as_posix()
+        console.print("serving the comparison and the runs' folders only; Ctrl-C stops")
+        serve_http(root, port, open_browser, lambda url: console.print(url), page=rel, allowed=folders)
+    elif open_browser:
+        webbrowser.open(page.resolve().as_uri())

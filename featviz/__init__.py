@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from featviz.compare import compare
 from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig
 from featviz.data import ImageData, load_data, make_pairs, make_shapes
 from featviz.device import resolve_device
@@ -31,6 +32,7 @@ from featviz.run.store import Run, list_runs
 __version__ = featviz_version()  # pyproject.toml's, as installed: one place for the number
 
 __all__ = [
+    "compare",
     "DataConfig",
     "ModelConfig",
     "RenderConfig",

@@ -20,6 +20,7 @@ Definitions and tests: docs/metrics.md ("Comparing runs").
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -129,14 +130,15 @@ def _standardized(x: torch.Tensor) -> torch.Tensor:
 
 
 def compare(
-    runs: list[Run],
+    runs: list[Run | str | Path],
     at: str = "final",
     probe_size: int = PROBE,
     device: str = "auto",
     progress: StageProgress = silent,
 ) -> dict[str, Any]:
-    """Every number of the module docstring for ``runs`` at ``at``; the shared images are the first run's
-    first ``probe_size`` validation images (each run normalizes them as it was trained)."""
+    """Every number of the module docstring for ``runs`` (Run objects or folders) at ``at``; the shared images
+    are the first run's first ``probe_size`` validation images (each run normalizes them as it was trained)."""
+    runs = [Run.of(r) for r in runs]
     check_comparable(runs)
     dev = resolve_device(device)
     _, raw, _ = probe_images(runs[0])

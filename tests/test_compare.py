@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +105,36 @@ def test_cli_writes_a_page_where_a_hostile_name_stays_text(tiny_run: Run, tmp_pa
     assert "layer identification: 4 of 4" in out + err
     assert 'src="curves.png"' in html and (tmp_path / "cmp" / "curves.png").is_file()
     assert not (tmp_path / "cmp" / "rotation.png").exists()  # neither run was analyzed: no per-depth curves
+
+
+def test_served_comparison_answers_inside_its_folders_only(tiny_run: Run, copy: Run, tmp_path) -> None:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from featviz.gallery.compare_page import write_comparison
+    from featviz.gallery.serve import make_server
+
+    folder = tmp_path / "cmp"
+    write_comparison(compare([tiny_run, copy], probe_size=40, device="cpu"), [tiny_run, copy], folder)
+    (tmp_path / "secret.txt").write_text("not served")
+    folders = [folder, tiny_run.path, copy.path]
+    root = os.path.commonpath([str(p.resolve()) for p in [*folders, tmp_path]])
+    server = make_server(Path(root), 0, allowed=folders)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def status(path: Path) -> int:
+        rel = path.resolve().relative_to(root).as_posix()
+        try:
+            with urllib.request.urlopen(f"{base}/{rel}") as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        assert status(folder / "index.html") == 200 and status(copy.path / "run.json") == 200
+        assert status(tmp_path / "secret.txt") == 404  # under the served root, outside every allowed folder
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -66,6 +66,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.send_error(HTTPStatus.FORBIDDEN, "host not allowed")
             return None
         path = _resolve_inside(self.directory, self.path)
+        allowed = getattr(self.server, "allowed", None)  # a comparison: only its folder and the runs it names
+        if path is not None and allowed and not any(os.path.commonpath([a, path]) == a for a in allowed):
+            path = None
         f = _open_regular(path) if path is not None else None
         if f is None:
             self.send_error(HTTPStatus.NOT_FOUND, "not found")
@@ -161,25 +164,31 @@ def _open_regular(path: str) -> BinaryIO | None:
         return None
 
 
-def make_server(run: Run, port: int = 0) -> http.server.ThreadingHTTPServer:
-    """An HTTP server for the run folder, bound to loopback only (port 0 = any free port)."""
-    handler = functools.partial(_Handler, directory=str(run.path))
+def make_server(run: Run | Path, port: int = 0, allowed: list[Path] | None = None) -> http.server.ThreadingHTTPServer:
+    """An HTTP server for the run folder (or any folder), bound to loopback only (port 0 = any free port);
+    with ``allowed``, only files inside those folders (below the root) are answered."""
+    root = run.path if isinstance(run, Run) else Path(run)
+    handler = functools.partial(_Handler, directory=str(root))
     try:
-        return _Server(("127.0.0.1", port), handler)
+        server = _Server(("127.0.0.1", port), handler)
     except OSError as e:
         raise RunError(f"cannot serve on 127.0.0.1:{port}: {e.strerror or e}") from None
+    server.allowed = tuple(os.path.realpath(a) for a in allowed) if allowed else ()  # type: ignore[attr-defined]
+    return server
 
 
 def serve(
-    run: Run,
+    run: Run | Path,
     port: int = 8000,
     open_browser: bool = False,
     on_ready: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    page: str = "gallery/index.html",
+    allowed: list[Path] | None = None,
 ) -> None:
-    """Serve until Ctrl-C (or until ``stop`` is set); the URL points at gallery/index.html."""
-    server = make_server(run, port)
-    url = f"http://127.0.0.1:{server.server_address[1]}/gallery/index.html"
+    """Serve until Ctrl-C (or until ``stop`` is set); the URL points at ``page`` (the run's gallery)."""
+    server = make_server(run, port, allowed)
+    url = f"http://127.0.0.1:{server.server_address[1]}/{page}"
     if on_ready:
         on_ready(url)
     if open_browser:
