@@ -41,9 +41,10 @@ def compare(
     opened = [Run.open(r) for r in runs]
     for r in opened:
         allow(r, model, trust_run_code)
-    data = compare_runs(opened, at=at, probe_size=probe, device=device)
+    pictures: list = []
+    data = compare_runs(opened, at=at, probe_size=probe, device=device, class_images=pictures)
     folder = out or Path("outputs") / ("compare-" + "-".join(r.name for r in opened))[:120]
-    page = write_comparison(data, opened, folder)
+    page = write_comparison(data, opened, folder, pictures)
     ident = data["identification"]
     if ident["tests"]:
         console.print(f"layer identification: {ident['hits']} of {ident['tests']} ({100 * ident['accuracy']:.1f}%)")
@@ -53,6 +54,12 @@ def compare(
             same = ", ".join(f"{v:.2f}" for v in pair["same_depth"])
             init = ", ".join(f"{v:.2f}" for v in pair["init_control"])
             console.print(f"{a} vs {b}: same-depth CKA {same}; against {b}'s random init {init}")
+    t = data.get("transfer") or {}
+    if "rate" in t:
+        console.print(
+            f"class visualizations put in their class by the other runs: {100 * t['rate']:.0f}% "
+            f"(chance {100 * t['chance']:.0f}%)"
+        )
     console.print(f"wrote {page}")
     if serve:
         folders = [folder.resolve(), *(r.path.resolve() for r in opened)]

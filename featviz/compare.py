@@ -31,8 +31,10 @@ from featviz.images import Normalizer
 from featviz.loading import build_run_model, fitting, probe_images
 from featviz.metrics import layer_stats, linear_cka
 from featviz.model import activation_layer, recalibrate_batchnorm
+from featviz.optvis import RenderSettings
 from featviz.progress import StageProgress, silent
 from featviz.run.store import Run
+from featviz.transfer import transfer
 
 PROBE = 500  # shared images the runs are compared on (the first run's validation images)
 
@@ -135,9 +137,14 @@ def compare(
     probe_size: int = PROBE,
     device: str = "auto",
     progress: StageProgress = silent,
+    transfer_steps: int | None = 256,
+    class_images: list[torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Every number of the module docstring for ``runs`` (Run objects or folders) at ``at``; the shared images
-    are the first run's first ``probe_size`` validation images (each run normalizes them as it was trained)."""
+    are the first run's first ``probe_size`` validation images (each run normalizes them as it was trained).
+    ``transfer_steps``: optimizer steps of the class visualizations of ``featviz.transfer`` (None: skip it;
+    it is also skipped, saying why, when the runs do not share their classes); ``class_images``: a list that
+    receives each run's class visualizations, for the page."""
     runs = [Run.of(r) for r in runs]
     check_comparable(runs)
     dev = resolve_device(device)
@@ -145,10 +152,11 @@ def compare(
     raw = raw[:probe_size]
     if len(raw) < 4:
         raise ConfigError(f"compare needs at least 4 shared images, run {runs[0].name} gives {len(raw)}")
-    feats, init, labels = [], [], []
+    feats, init, labels, states = [], [], [], []
     for i, r in enumerate(runs, start=1):
         label, state = state_at(r, at)
         labels.append(label)
+        states.append(state)
         feats.append(layer_means(r, state, raw, dev))
         init.append(feats[-1] if at == "init" else layer_means(r, state_at(r, "init")[1], raw, dev))
         progress("activations", i, len(runs))
@@ -181,4 +189,10 @@ def compare(
             }
         out["pairs"].append(pair)
     out["identification"] = {"hits": sum(hits), "tests": len(hits), "accuracy": sum(hits) / len(hits) if hits else None}
+    if transfer_steps:
+        try:
+            out["transfer"] = transfer(runs, states, raw, dev, RenderSettings(steps=transfer_steps), class_images)
+        except ConfigError as e:
+            out["transfer"] = {"skipped": str(e)}
+        progress("class visualizations", 1, 1)
     return out

@@ -28,9 +28,12 @@ def copy(tiny_run, tmp_path_factory) -> Run:
 
 
 def test_a_run_against_its_copy_is_identical_everywhere(tiny_run: Run, copy: Run) -> None:
-    data = compare([tiny_run, copy], probe_size=40, device="cpu")
+    data = compare([tiny_run, copy], probe_size=40, device="cpu", transfer_steps=16)
     pair = data["pairs"][0]
     assert [round(pair["cka"][d][d], 9) for d in range(2)] == [1.0, 1.0]
+    hits = data["transfer"]["hits"]  # identical networks draw identical class images and classify them alike
+    assert hits[0][1] == hits[0][0] == hits[1][1] == hits[1][0] and data["transfer"]["chance"] == 0.1
+    assert data["transfer"]["rate"] == hits[0][1] / 10
     assert data["identification"] == {"hits": 4, "tests": 4, "accuracy": 1.0}
     for matched in pair["matching"].values():
         assert all(a == b for a, b, r in matched if r > 0.5)  # every channel that varies matches itself
@@ -68,7 +71,7 @@ def test_match_units_known_answer() -> None:
 
 def test_runs_of_different_widths_compare(tiny_run: Run, tmp_path) -> None:
     wide = train_run(TINY_DATA, dataclasses.replace(TINY_MODEL, widths=(6, 12)), TINY_TRAIN, out_dir=tmp_path, name="w")
-    data = compare([tiny_run, wide], probe_size=40, device="cpu")
+    data = compare([tiny_run, wide], probe_size=40, device="cpu", transfer_steps=None)
     pair = data["pairs"][0]
     assert len(pair["cka"]) == 2 and len(pair["cka"][0]) == 2
     assert len(pair["matching"]["features.conv1"]) == 4  # min(4, 6) channels matched
@@ -105,6 +108,8 @@ def test_cli_writes_a_page_where_a_hostile_name_stays_text(tiny_run: Run, tmp_pa
     assert "layer identification: 4 of 4" in out + err
     assert 'src="curves.png"' in html and (tmp_path / "cmp" / "curves.png").is_file()
     assert not (tmp_path / "cmp" / "rotation.png").exists()  # neither run was analyzed: no per-depth curves
+    assert 'id="transfer"' in html and (tmp_path / "cmp" / "classes_1.png").is_file()
+    assert "class visualizations put in their class by the other runs" in out + err
 
 
 def test_served_comparison_answers_inside_its_folders_only(tiny_run: Run, copy: Run, tmp_path) -> None:
@@ -116,7 +121,7 @@ def test_served_comparison_answers_inside_its_folders_only(tiny_run: Run, copy: 
     from featviz.gallery.serve import make_server
 
     folder = tmp_path / "cmp"
-    write_comparison(compare([tiny_run, copy], probe_size=40, device="cpu"), [tiny_run, copy], folder)
+    write_comparison(compare([tiny_run, copy], probe_size=40, transfer_steps=None), [tiny_run, copy], folder)
     (tmp_path / "secret.txt").write_text("not served")
     folders = [folder, tiny_run.path, copy.path]
     root = os.path.commonpath([str(p.resolve()) for p in [*folders, tmp_path]])
@@ -138,3 +143,14 @@ def test_served_comparison_answers_inside_its_folders_only(tiny_run: Run, copy: 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_logit_layer_is_the_last_linear() -> None:
+    from torch import nn
+
+    from featviz.transfer import logit_layer
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert logit_layer(net) == "3"
+    with pytest.raises(ConfigError, match="nn.Linear"):
+        logit_layer(nn.Sequential(nn.Conv2d(1, 1, 1)))

@@ -12,7 +12,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
+from torchvision.utils import make_grid
+
 from featviz.gallery.build import _env
+from featviz.images import png_bytes
 from featviz.plots import DEPTH_COLORS, cka_heatmap, overlay, same_depth
 from featviz.run.fileio import atomic_write_bytes, atomic_write_json
 from featviz.run.renderset import choose_settings_set, records_of
@@ -118,10 +122,18 @@ def curves(data: dict[str, Any], runs: list[Run]) -> dict[str, dict[str, bytes]]
     return out
 
 
-def write_comparison(data: dict[str, Any], runs: list[Run], folder: Path) -> Path:
-    """``compare.json``, the heatmaps and the depth plot, and ``index.html`` in ``folder``; returns the page."""
+def write_comparison(
+    data: dict[str, Any], runs: list[Run], folder: Path, class_images: list[Any] | None = None
+) -> Path:
+    """``compare.json``, the plots, each run's class visualizations (``class_images``, if given: one row of
+    0..1 images per run) and ``index.html`` in ``folder``; returns the page."""
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "compare.json", data)
+    rows = []
+    for i, imgs in enumerate(class_images or []):
+        grid = make_grid(imgs, nrow=len(imgs), padding=1, pad_value=1.0)
+        atomic_write_bytes(folder / f"classes_{i}.png", png_bytes((grid * 255).round().to(torch.uint8)))
+        rows.append({"run": runs[i].name, "file": f"classes_{i}.png"})
     plots, curve_plots = [], []
     for name, figure in curves(data, runs).items():
         atomic_write_bytes(folder / f"{name}.png", figure["png"])
@@ -157,6 +169,7 @@ def write_comparison(data: dict[str, Any], runs: list[Run], folder: Path) -> Pat
             differs=data["differs"],
             plots=plots,
             curve_plots=curve_plots,
+            class_rows=rows,
             matches=_matches(data, runs, folder),
         )
     )
