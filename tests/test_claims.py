@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from featviz.claims import TIE, claims, rises, settling
+from featviz.claims import CLAIMS, TIE, claims, rises, settling, summary
 
 LAYERS = ["c1", "c2", "c3"]
 
@@ -103,3 +103,39 @@ def test_structure_claim_needs_the_init_not_to_rise() -> None:
     assert _verdicts(_analysis(complexity=comp([1, 1, 1], [1, 2, 3])))["f"] == "shown"
     assert _verdicts(_analysis(complexity=comp([1, 2, 3], [1, 2, 3])))["f"] == "not shown"  # the init rises too
     assert _verdicts(_analysis(complexity=comp([1, 1, 1], [3, 2, 1])))["f"] == "not shown"
+
+
+def test_rows_show_the_numbers_and_baselines_they_judge() -> None:
+    conv = _convergence([10, 20, 30], [5, 6, 7], [[10, 10], [20, 20], [30, None]])
+    null = {n: {"ratio": r, "run_at_last": 0.1 * r, "null_at_last": 0.1} for n, r in zip(LAYERS, [1.0, 1.5, 2.0])}
+    comp = {n: {"0": {"structure": {"mean": 1.0}}, "5": {"structure": {"mean": d}}} for n, d in zip(LAYERS, [1, 2, 3])}
+    a = _analysis(probes=_probes([[0.1, 0.2], [0.1, 0.5], [0.1, 0.9]], control=[0.1, 0.15]), convergence=conv)
+    rows = {c["key"]: c for c in claims({**a, "rotation_null": null, "complexity": comp})}
+    assert rows["a"]["numbers"] == "0.200, 0.500, 0.900" and rows["a"]["baseline"] == "random init: 0.100, 0.100, 0.100"
+    assert rows["b"]["numbers"] == "0.100, 0.400, 0.800"
+    assert rows["c"]["numbers"] == "0.800" and rows["c"]["baseline"] == "control ctl: 0.050"
+    assert rows["d"]["numbers"] == "whole network 10, 20, 30; own weights 5, 6, 7"
+    assert rows["d"]["baseline"] == "intervals 10-10, 20-20, 30-None" and rows["d"]["verdict"] == "shown"
+    assert rows["e"]["numbers"] == "run 0.100, 0.150, 0.200; ratio 1.00, 1.50, 2.00"
+    assert rows["e"]["baseline"] == "null 0.100, 0.100, 0.100"
+    assert rows["f"]["numbers"] == "1.00, 2.00, 3.00" and rows["f"]["baseline"] == "random init: 1.00, 1.00, 1.00"
+    assert "epoch 5" in rows["f"]["criterion"] and "epoch 1" in rows["a"]["criterion"]
+    assert [c["claim"] for c in claims(a)] == [CLAIMS[k] for k in "abcdef"]
+
+
+def test_summary_is_at_most_five_sentences_of_this_run_s_numbers() -> None:
+    upd = {n: {"rotation_from_init": [0.0, r]} for n, r in zip(LAYERS, [0.2, 0.4, 0.6])}
+    gabor = {"threshold": 0.7, "init": {"share": 0.0}, "learned_part": {"share": 0.25}}
+    probes = {**_probes([[0.1, 0.2], [0.1, 0.5], [0.1, 0.9]], control=[0.1, 0.15]), "chance_accuracy": 0.1}
+    text = summary(_analysis(filter_updates=upd, probes=probes, gabor=gabor))
+    assert text.count(". ") + 1 <= 5
+    assert (
+        "By epoch 1 training had turned every layer's filters away from the random init (1 - cos = 0.20 to 0.60)."
+        in text
+    )
+    assert "accuracy 0.200, 0.500, 0.900 from depth 1 to 3 (random init: 0.100, 0.100, 0.100" in text
+    assert "shuffled-label control: 0.200, 0.200, 0.150; chance 0.10)." in text
+    assert (
+        "25% of the depth-1 filters' learned parts fit a Gabor (R^2 >= 0.7), against 0% of the random filters." in text
+    )
+    assert "Of the 6 claims below, 3 are shown, 0 tied and 0 not shown (3 not measured)" in text

@@ -73,3 +73,49 @@ def test_class_selectivity_known_answers() -> None:
     assert class_selectivity(torch.stack([mixed], 1), labels, 4).tolist() == pytest.approx([0.5])  # class 3 absent
     with pytest.raises(ValueError, match="two classes"):
         class_selectivity(torch.ones(2, 1), torch.tensor([0, 0]), 3)
+
+
+def test_each_feature_is_standardized_on_its_own() -> None:
+    """Offsets and scales that differ per feature (up to 1e4 and down to 1e-3), and a constant feature, give
+    the same probe as the plain features: each column is standardized with its own mean and sd."""
+    x, y = _blobs(200, 4, 6, 4.0, 6)
+    tx, ty = _blobs(200, 4, 6, 4.0, 7)
+    a = linear_probe(x, y, tx, ty, 4)
+    scale = torch.tensor([1e-3, 1.0, 50.0, 1e-2, 3.0, 1e3], dtype=torch.float64)
+    shift = torch.tensor([1e4, -5.0, 0.0, 2e3, 7.0, -1e4], dtype=torch.float64)
+    b = linear_probe(x * scale + shift, y, tx * scale + shift, ty, 4)
+    assert b["accuracy"] == a["accuracy"] and b["cross_entropy"] == pytest.approx(a["cross_entropy"], abs=1e-6)
+    const = torch.full((200, 1), 3.0, dtype=torch.float64)
+    c = linear_probe(torch.cat([x, const], 1), y, torch.cat([tx, const], 1), ty, 4)
+    assert c["accuracy"] == a["accuracy"] and c["cross_entropy"] == pytest.approx(a["cross_entropy"], abs=1e-6)
+
+
+def test_the_bias_carries_the_class_frequencies() -> None:
+    """Features that say nothing, with 90% of the images in class 0: only the bias can learn the prior, and
+    the probe then always answers class 0 (accuracy 0.9, the chance accuracy it reports)."""
+    g = torch.Generator().manual_seed(8)
+    y = (torch.arange(500) % 10 == 0).long()  # 10% class 1
+    x, tx = (torch.randn(500, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    out = linear_probe(x, 1 - y, tx, 1 - y, 2)
+    assert out["accuracy"] == pytest.approx(0.9, abs=0.02) and out["chance_accuracy"] == pytest.approx(0.9)
+    assert out["cross_entropy"] < math.log(2) - 0.2  # the prior alone: 0.325 nats, well under ln 2
+
+
+def test_empty_or_mismatched_splits_are_refused() -> None:
+    for args in (
+        (torch.zeros(3, 2), torch.zeros(3), torch.zeros(0, 2), torch.zeros(0)),  # no test images
+        (torch.zeros(0, 2), torch.zeros(0), torch.zeros(3, 2), torch.zeros(3)),  # no training images
+        (torch.zeros(3, 2), torch.zeros(3), torch.zeros(3, 2), torch.zeros(2)),  # test labels short
+    ):
+        with pytest.raises(ValueError, match="same, non-zero length"):
+            linear_probe(*args, 2)
+
+
+def test_class_selectivity_with_two_classes_small_means_and_bad_shapes() -> None:
+    labels = torch.tensor([0, 0, 1, 1])
+    small = torch.tensor([[0.3], [0.3], [0.1], [0.1]])  # (0.3 - 0.1) / (0.3 + 0.1) = 0.5, below 1 in every part
+    assert class_selectivity(small, labels, 2).tolist() == pytest.approx([0.5])
+    with pytest.raises(ValueError, match=r"\[N, C\]"):
+        class_selectivity(torch.ones(4), labels, 2)  # one number per image: not [N, C]
+    with pytest.raises(ValueError, match="one label per row"):
+        class_selectivity(torch.ones(3, 1), labels, 2)
