@@ -3,10 +3,12 @@ five default runs), next to the machine's limit measured in the same process.
 
 Usage: python benchmarks/compare_speed.py RUN1 RUN2 RUN3 RUN4 RUN5 [--out DIR]
 
-Prints the CLI's wall time (a subprocess: start-up, loading, measuring, page), then the API's
-(``featviz.compare``) with its compute floor: the conv multiply-adds of the forward passes it makes (each
-run at the compared snapshot and at its init: one BatchNorm pass and one measuring pass over the images)
-divided by the best dense FLOP/s of this machine (``machine.dense_peak``).
+Prints the CLI's wall time (a subprocess: start-up, loading, measuring, the class visualizations, page), then
+the API's (``featviz.compare``, as shipped: the class-visualization transfer test included) with its compute
+floor: the conv multiply-adds of the forward passes of the CKA part (each run at the compared snapshot and at
+its init: one BatchNorm pass and one measuring pass over the images) plus those of the class renders (per run,
+classes x 256 steps of a forward and a backward pass, counted as 3 forward passes), divided by the best
+dense FLOP/s of this machine (``machine.dense_peak``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
     for r in runs:
         _, total = prefix_macs(build_run_model(r), r.info.data.image_channels, r.info.data.size)
         macs += 2 * 2 * total * data["images"]["count"]  # two snapshots, two passes each
+        macs += 3 * 256 * total * len(r.info.data.classes)  # class renders: forward + backward
     peak = dense_peak()["best"]
     floor = 2 * macs / peak
     print(f"featviz compare, {len(runs)} runs, {PROBE} images: CLI {cli:.1f} s wall (target <= 60 s)")

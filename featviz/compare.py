@@ -40,15 +40,16 @@ PROBE = 500  # shared images the runs are compared on (the first run's validatio
 
 
 def differences(runs: list[Run]) -> dict[str, list[Any]]:
-    """The run.json settings that differ between ``runs`` (seed, optimizer, widths, data, ...): name ->
-    one value per run, for legends that say what tells the runs apart."""
+    """The run.json settings that differ between ``runs`` ("seed", "train.optimizer", "model.widths",
+    "data.name", ...): name -> one value per run, for legends that say what tells the runs apart."""
     rows = []
     for r in runs:
         cfg = r.info.configs if isinstance(r.info.configs, dict) else {}
         flat = {"seed": r.info.seed}
         for section in ("data", "model", "train"):
             for k, v in (cfg.get(section) or {}).items():
-                flat[k] = tuple(v) if isinstance(v, list) else v
+                if (section, k) != ("train", "seed"):  # the run's seed, above
+                    flat[f"{section}.{k}"] = tuple(v) if isinstance(v, list) else v
         rows.append(flat)
     keys = sorted({k for row in rows for k in row})
     return {k: [row.get(k) for row in rows] for k in keys if len({repr(row.get(k)) for row in rows}) > 1}
@@ -68,12 +69,17 @@ def check_comparable(runs: list[Run]) -> None:
 
 
 def state_at(run: Run, at: str) -> tuple[str, dict[str, torch.Tensor]]:
-    """The snapshot ``at`` names: "final" (the last readable epoch), "init" (epoch 0) or a step number (any
-    snapshot at that optimizer step); its label and tensors."""
+    """The snapshot ``at`` names: "final" (the last readable epoch), "init" (epoch 0: the random init of a
+    trained run; for an imported run, its first checkpoint) or a step number (any snapshot at that optimizer
+    step); its label and tensors."""
     points = [p for p in run.snapshot_points()]
-    if at == "final":
-        chosen = [p for p in points if p.kind == "epoch"][-1:]
-    elif at == "init":
+    if at == "final":  # the last epoch snapshot that loads and fits the network
+        for point in reversed([p for p in points if p.kind == "epoch"]):
+            good, _ = fitting(run, *run.load_points([point]))
+            if good:
+                return point.label or point.id, next(iter(good.values()))
+        raise RunError(f"run {run.name} has no readable epoch snapshot")
+    if at == "init":
         chosen = [p for p in points if p.kind == "epoch" and p.epoch == 0]
     elif at.isdigit():
         chosen = [p for p in points if p.step == int(at)]
@@ -149,7 +155,7 @@ def compare(
     check_comparable(runs)
     dev = resolve_device(device)
     _, raw, _ = probe_images(runs[0])
-    raw = raw[:probe_size]
+    raw = raw[torch.randperm(len(raw), generator=torch.Generator().manual_seed(1))[:probe_size]]  # any class order
     if len(raw) < 4:
         raise ConfigError(f"compare needs at least 4 shared images, run {runs[0].name} gives {len(raw)}")
     feats, init, labels, states = [], [], [], []

@@ -75,10 +75,10 @@ def test_runs_of_different_widths_compare(tiny_run: Run, tmp_path) -> None:
     pair = data["pairs"][0]
     assert len(pair["cka"]) == 2 and len(pair["cka"][0]) == 2
     assert len(pair["matching"]["features.conv1"]) == 4  # min(4, 6) channels matched
-    assert data["differs"]["widths"] == [(4, 8), (6, 12)]
+    assert data["differs"]["model.widths"] == [(4, 8), (6, 12)]
     from featviz.gallery.compare_page import legend
 
-    assert legend(data) == ["tiny (widths=(4, 8))", "w (widths=(6, 12))"]  # what tells the runs apart
+    assert legend(data) == ["tiny (model.widths=(4, 8))", "w (model.widths=(6, 12))"]  # what tells them apart
 
 
 def test_user_mistakes_are_one_line_errors(tiny_run: Run, tmp_path, cli) -> None:
@@ -140,6 +140,9 @@ def test_served_comparison_answers_inside_its_folders_only(tiny_run: Run, copy: 
     try:
         assert status(folder / "index.html") == 200 and status(copy.path / "run.json") == 200
         assert status(tmp_path / "secret.txt") == 404  # under the served root, outside every allowed folder
+        sibling = Path(str(copy.path) + "2")  # a folder whose name starts with an allowed run's name
+        shutil.copytree(copy.path, sibling, dirs_exist_ok=True)
+        assert status(sibling / "run.json") == 404
     finally:
         server.shutdown()
         server.server_close()
@@ -154,3 +157,23 @@ def test_logit_layer_is_the_last_linear() -> None:
     assert logit_layer(net) == "3"
     with pytest.raises(ConfigError, match="nn.Linear"):
         logit_layer(nn.Sequential(nn.Conv2d(1, 1, 1)))
+
+
+def test_transfer_counts_the_intended_class_and_needs_the_same_classes(tiny_run: Run, tmp_path) -> None:
+    """A copy whose class outputs are rotated by one (a derangement) puts none of the images the run itself
+    classifies right into their class; runs on other classes are refused."""
+    from featviz.transfer import transfer
+
+    _, state = state_at(tiny_run, "final")
+    rolled = dict(state)
+    perm = torch.roll(torch.arange(10), 1)
+    rolled["head.fc.weight"], rolled["head.fc.bias"] = state["head.fc.weight"][perm], state["head.fc.bias"][perm]
+    _, raw, _ = probe_images(tiny_run)
+    from featviz.optvis import RenderSettings
+
+    out = transfer([tiny_run, tiny_run], [state, rolled], raw[:40], torch.device("cpu"), RenderSettings(steps=16))
+    right = out["hits"][0][0]
+    assert right >= 1 and out["hits"][0][1] <= 10 - right  # what the run gets right, the rolled copy gets wrong
+    other = train_run(dataclasses.replace(TINY_DATA, name="pairs"), TINY_MODEL, TINY_TRAIN, out_dir=tmp_path, name="p")
+    with pytest.raises(ConfigError, match="same named classes"):
+        transfer([tiny_run, other], [state, state_at(other, "final")[1]], raw[:40], torch.device("cpu"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from featviz.run.store import Run
 
 
 def _rel(target: Path, folder: Path) -> str:
-    return Path(os.path.relpath(target.resolve(), folder.resolve())).as_posix()
+    """``target`` as a link relative to ``folder``, percent-encoded (a run named "a#b" keeps its link)."""
+    return urllib.parse.quote(Path(os.path.relpath(target.resolve(), folder.resolve())).as_posix())
 
 
 def _pictures(run: Run, folder: Path) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], str]]:
@@ -52,7 +54,8 @@ def _pictures(run: Run, folder: Path) -> tuple[dict[tuple[str, int], str], dict[
 
 
 def _matches(data: dict[str, Any], runs: list[Run], folder: Path) -> list[dict[str, Any]]:
-    pics = [_pictures(r, folder) for r in runs]
+    # the runs' pictures show their final networks: at another snapshot the page shows the numbers only
+    pics = [_pictures(r, folder) if data["at"] == "final" else ({}, {}) for r in runs]
     out = []
     for pair in data["pairs"]:
         if "matching" not in pair:
@@ -101,11 +104,13 @@ def curves(data: dict[str, Any], runs: list[Run]) -> dict[str, dict[str, bytes]]
     rotation: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     probe: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for run, label in zip(runs, labels):
-        rows = [r for r in run.metrics(strict=False) if r.get("val_acc") is not None]
-        acc["validation accuracy"][label] = ([r["step"] for r in rows], [r["val_acc"] for r in rows])
-        acc["validation loss"][label] = ([r["step"] for r in rows], [r["val_loss"] for r in rows])
+        rows = [r for r in run.metrics(strict=False) if r.get("step") is not None]
+        for key, panel in (("val_acc", "validation accuracy"), ("val_loss", "validation loss")):
+            have = [r for r in rows if r.get(key) is not None]
+            if have:
+                acc[panel][label] = ([r["step"] for r in have], [r[key] for r in have])
         a = run.read_analysis() or {}
-        step_of = {r["epoch"]: r["step"] for r in run.metrics(strict=False)}
+        step_of = {r.get("epoch"): r.get("step") or 0 for r in run.metrics(strict=False)}
         for depth, name in enumerate(a.get("layers", []), start=1):
             upd = (a.get("updates_by_step") or {}).get(name)
             if upd:
@@ -114,7 +119,9 @@ def curves(data: dict[str, Any], runs: list[Run]) -> dict[str, dict[str, bytes]]
             if p:
                 steps = [step_of.get(e, 0) for e in a["probes"]["epochs"]]
                 probe.setdefault(f"depth {depth}", {})[label] = (steps, p["global"]["accuracy"])
-    out["curves"] = overlay(acc, "value", "Training")
+    acc = {k: v for k, v in acc.items() if v}
+    if acc:
+        out["curves"] = overlay(acc, "value", "Training")
     if rotation:
         out["rotation"] = overlay(rotation, "1 - cos(W_t, W_0)", "Rotation from init, per depth")
     if probe:
