@@ -77,6 +77,11 @@ def per_seed(a: dict, info: dict) -> dict:
         "grid2": [p["layers"][n]["grid2"]["accuracy"][-1] for n in layers] or None,
         "selectivity": [sel(n, -1) for n in layers] or None,
         "selectivity_init": [sel(n, 0) for n in layers] or None,
+        "selectivity_control": [
+            ((ctl[n].get("selectivity") or {}).get("by_epoch") or [{}])[-1].get("mean") for n in layers
+        ]
+        if ctl
+        else None,
         "gabor": {k: a["gabor"][k]["share"] for k in ("init", "last", "learned_part")}
         if "init" in a.get("gabor", {})
         else None,
@@ -153,6 +158,7 @@ def table(seeds: list[int], out: Path) -> dict[str, str]:
     lines += block("Probe on a 2 x 2 grid of the map, last epoch", "grid2")
     lines += block("Mean class selectivity of the channels, last epoch (the weaker test)", "selectivity")
     lines += block("The same at the random init", "selectivity_init")
+    lines += block("The same for the shuffled-label control, last epoch", "selectivity_control")
     strict = sum(r["strict"] for r in rows.values())
     lines += [
         f"d) Whole-network settling order strictly shallow-first (each depth after the one above): {strict} of {n}.",
