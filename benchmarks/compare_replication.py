@@ -3,6 +3,8 @@ as shipped (protocol: docs/findings.md, "Comparing runs on fresh seeds").
 
     python benchmarks/compare_replication.py run   --seeds 300-304 --out outputs/replication   # ~1 min per seed
     python benchmarks/compare_replication.py table --out outputs/replication --write docs/findings.md
+    python benchmarks/compare_replication.py publish --seeds 300-304 --out outputs/replication  # JSON -> docs/
+    python benchmarks/compare_replication.py table --out docs/findings/replication   # the same, from the JSON
 
 ``run`` trains each seed (default configuration, only runs without all their epochs) and runs
 ``featviz compare`` on them at the final snapshot and at the random init (``--at init``); ``table`` prints the
@@ -33,6 +35,15 @@ def run(seeds: list[int], out: Path) -> None:
     runs = [str(out / f"seed{s}") for s in seeds]
     featviz("compare", *runs, "--out", str(out / "final"))
     featviz("compare", *runs, "--at", "init", "--out", str(out / "init"))
+
+
+def publish(seeds: list[int], out: Path, dest: Path = Path("docs/findings/replication")) -> None:
+    """The two compare.json files and each seed's run.json and metrics.jsonl under ``dest``."""
+    for rel in ["final/compare.json", "init/compare.json"] + [
+        f"seed{s}/{f}" for s in seeds for f in ("run.json", "metrics.jsonl")
+    ]:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes((out / rel).read_bytes())
 
 
 def _span(values: list[float], fmt: str = ".2f") -> str:
@@ -76,13 +87,16 @@ def table(out: Path) -> dict[str, str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["run", "table"])
+    p.add_argument("what", choices=["run", "table", "publish"])
     p.add_argument("--seeds", default="300-304", type=seeds_arg)
     p.add_argument("--out", default=Path("outputs/replication"), type=Path)
     p.add_argument("--write", nargs="*", type=Path, default=[], help="files whose replication block is replaced")
     a = p.parse_args()
     if a.what == "run":
         run(a.seeds, a.out)
+        return
+    if a.what == "publish":
+        publish(a.seeds, a.out)
         return
     texts = table(a.out)
     print(texts["full"])
