@@ -56,6 +56,8 @@ def test_every_image_of_the_comparison_page_loads(tiny_run: Run, tmp_path: Path)
             )
             assert len(images) >= 8 and [src for src, ok in images if not ok] == []
             assert any("renders" in src for src, _ in images)  # matched channels show the runs' own pictures
+            shown = {src for src, _ in images}
+            assert {"rotation.png", "probe_accuracy.png", "cka_to_final.png"} <= shown  # analyzed runs' curves
             links = tab.evaluate("Array.from(document.querySelectorAll('#runs a')).map(a => a.href)")
             assert len(links) == 2
             for href in links:

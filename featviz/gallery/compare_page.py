@@ -103,6 +103,8 @@ def curves(data: dict[str, Any], runs: list[Run]) -> dict[str, dict[str, bytes]]
     acc: dict[str, dict[str, tuple[list[float], list[float]]]] = {"validation accuracy": {}, "validation loss": {}}
     rotation: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     probe: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    cka: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    structure: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for run, label in zip(runs, labels):
         rows = [r for r in run.metrics(strict=False) if r.get("step") is not None]
         for key, panel in (("val_acc", "validation accuracy"), ("val_loss", "validation loss")):
@@ -119,6 +121,16 @@ def curves(data: dict[str, Any], runs: list[Run]) -> dict[str, dict[str, bytes]]
             if p:
                 steps = [step_of.get(e, 0) for e in a["probes"]["epochs"]]
                 probe.setdefault(f"depth {depth}", {})[label] = (steps, p["global"]["accuracy"])
+            conv = (a.get("convergence") or {}).get(name) or {}
+            if "by_step" in conv:
+                cka.setdefault(f"depth {depth}", {})[label] = (
+                    conv["by_step"]["steps"],
+                    conv["by_step"]["cka_to_final"],
+                )
+            comp = (a.get("complexity_by_step") or {}).get(name) or {}
+            points = sorted((int(s), v["structure"]["mean"]) for s, v in comp.items() if (v.get("structure") or {}))
+            if points:
+                structure.setdefault(f"depth {depth}", {})[label] = ([s for s, _ in points], [v for _, v in points])
     acc = {k: v for k, v in acc.items() if v}
     if acc:
         out["curves"] = overlay(acc, "value", "Training")
@@ -126,6 +138,14 @@ def curves(data: dict[str, Any], runs: list[Run]) -> dict[str, dict[str, bytes]]
         out["rotation"] = overlay(rotation, "1 - cos(W_t, W_0)", "Rotation from init, per depth")
     if probe:
         out["probe_accuracy"] = overlay(probe, "probe accuracy", "Linear-probe accuracy, per depth")
+    if cka:
+        out["cka_to_final"] = overlay(
+            cka, "debiased CKA to final", "Each run's CKA to its own final snapshot, per depth"
+        )
+    if structure:
+        out["structure"] = overlay(
+            structure, "structure bits per pixel", "Spatial structure of activation-maximization images, per depth"
+        )
     return out
 
 
