@@ -139,3 +139,63 @@ def test_summary_is_at_most_five_sentences_of_this_run_s_numbers() -> None:
         "25% of the depth-1 filters' learned parts fit a Gabor (R^2 >= 0.7), against 0% of the random filters." in text
     )
     assert "Of the 6 claims below, 3 are shown, 0 tied and 0 not shown (3 not measured)" in text
+
+
+def _full(epochs: int = 3) -> dict:
+    """Every section, over ``epochs`` epochs (so that the last epoch is not also the second)."""
+    acc = [[0.1] + [0.1 + d * 0.01 * e for e in range(1, epochs)] + [0.2 + 0.35 * d] for d in range(3)]
+    conv = _convergence([10, 20, 30], [5, 6, 7], [[10, 10], [20, 20], [30, 30]])
+    null = {n: {"ratio": r, "run_at_last": 0.1 * r, "null_at_last": 0.1} for n, r in zip(LAYERS, [1.0, 1.5, 2.0])}
+    comp = {
+        n: {"0": {"structure": {"mean": 1.0}}, "3": {"structure": {"mean": 9.0 - d}}, "8": {"structure": {"mean": d}}}
+        for n, d in zip(LAYERS, [1, 2, 3])
+    }
+    upd = {n: {"rotation_from_init": [0.0, 0.9, r]} for n, r in zip(LAYERS, [0.2, 0.4, 0.6])}
+    probes = {**_probes(acc, control=[0.1, 0.15]), "chance_accuracy": 0.1}
+    return {
+        "layers": LAYERS,
+        "epochs": list(range(epochs + 1)),
+        "probes": probes,
+        "convergence": conv,
+        "rotation_null": null,
+        "complexity": comp,
+        "filter_updates": upd,
+    }
+
+
+def test_claims_read_the_last_epoch_not_the_second_and_the_deepest_layer() -> None:
+    rows = {c["key"]: c for c in claims(_full())}
+    assert [c["verdict"] for c in rows.values()] == ["shown"] * 6
+    assert rows["a"]["numbers"] == "0.200, 0.550, 0.900" and rows["f"]["numbers"] == "1.00, 2.00, 3.00"
+    assert rows["c"]["numbers"] == "0.800" and rows["c"]["criterion"].startswith("c3:")
+    text = summary(_full())
+    assert "1 - cos = 0.20 to 0.60" in text and "accuracy 0.200, 0.550, 0.900" in text
+    assert "6 are shown, 0 tied and 0 not shown; each is judged" in text  # nothing missing: no "not measured"
+
+
+def test_claim_level_ties_and_missing_pieces() -> None:
+    a = _full()
+    a["probes"]["layers"]["c3"]["global"]["accuracy"][-1] = 0.555  # depth 3 within TIE of depth 2 (0.550)
+    rows = {c["key"]: c["verdict"] for c in claims(a)}
+    assert rows["a"] == "tie" and rows["b"] == "tie"
+    a = _full()
+    a["rotation_null"]["c2"]["ratio"] = None
+    assert {c["key"]: c["verdict"] for c in claims(a)}["e"] == "not shown"
+    for skipped in ("rotation_null", "complexity"):
+        b = {**_full(), skipped: {"skipped": "the reason"}}
+        assert "not measured: the reason" in [c["verdict"] for c in claims(b)]
+    late = _full()
+    late["complexity"] = {n: {k: v for k, v in late["complexity"][n].items() if k != "0"} for n in LAYERS}
+    assert {c["key"]: c["verdict"] for c in claims(late)}["f"].startswith("not measured: the random init")
+    partial = _full()
+    del partial["complexity"]["c2"]["8"]
+    assert {c["key"]: c["verdict"] for c in claims(partial)}["f"].startswith("not measured: the random init")
+    old = _full()
+    old["complexity"]["c1"]["8"] = {"incompressibility": {"mean": 1.0}}
+    assert {c["key"]: c["verdict"] for c in claims(old)}["f"].startswith("not measured: an analysis without")
+
+
+def test_two_values_can_rise_and_missing_numbers_print_as_a_dash() -> None:
+    from featviz.claims import _fmt
+
+    assert rises([0.1, 0.5], TIE) == "shown" and _fmt([None, 0.5]) == "-, 0.500"
