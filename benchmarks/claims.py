@@ -16,7 +16,6 @@ with ``--write``, replaces the blocks marked ``<!-- claims-summary:start/end -->
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import findings  # noqa: E402
-from findings import featviz, seeds_arg  # noqa: E402
+from findings import featviz  # noqa: E402
 
 from featviz.claims import CLAIMS, POOLING, claims, settling  # noqa: E402
 
@@ -203,21 +202,7 @@ def write_blocks(path: Path, texts: dict[str, str]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["run", "table", "publish"])
-    p.add_argument("--seeds", default="200-209", type=seeds_arg)
-    p.add_argument("--out", default=Path("outputs/claims"), type=Path)
-    p.add_argument("--write", nargs="*", type=Path, default=[], help="files whose claims blocks are replaced")
-    a = p.parse_args()
-    if a.what == "run":
-        run(a.seeds, a.out)
-    elif a.what == "publish":
-        publish(a.seeds, a.out)
-    else:
-        texts = table(a.seeds, a.out)
-        print(texts["full"])
-        for f in a.write:
-            write_blocks(f, texts)
+    findings.command(__doc__, "200-209", "outputs/claims", run, table, publish, BLOCKS, "claims")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ numbers from the two ``compare.json`` files and, with ``--write``, replaces the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import findings  # noqa: E402
-from findings import featviz, seeds_arg  # noqa: E402
+from findings import featviz  # noqa: E402
 
 BLOCKS = {"full": ("<!-- replication:start -->", "<!-- replication:end -->")}
 
@@ -86,22 +85,9 @@ def table(out: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["run", "table", "publish"])
-    p.add_argument("--seeds", default="300-304", type=seeds_arg)
-    p.add_argument("--out", default=Path("outputs/replication"), type=Path)
-    p.add_argument("--write", nargs="*", type=Path, default=[], help="files whose replication block is replaced")
-    a = p.parse_args()
-    if a.what == "run":
-        run(a.seeds, a.out)
-        return
-    if a.what == "publish":
-        publish(a.seeds, a.out)
-        return
-    texts = table(a.out)
-    print(texts["full"])
-    for f in a.write:
-        findings.write_blocks(f, texts, BLOCKS, "replication")
+    findings.command(
+        __doc__, "300-304", "outputs/replication", run, lambda seeds, out: table(out), publish, BLOCKS, "replication"
+    )
 
 
 if __name__ == "__main__":

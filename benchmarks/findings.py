@@ -382,23 +382,29 @@ def write_blocks(path: Path, texts: dict[str, str], blocks: dict = BLOCKS, what:
     path.write_text(src)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def command(doc: str, seeds: str, out: str, run, table, publish, blocks: dict = BLOCKS, what: str = "findings") -> None:
+    """The command line every findings script shares: ``run`` (train and measure), ``table`` (print the markdown
+    ``table(seeds, out)`` returns and, with ``--write``, replace its marked blocks in each file) and ``publish``
+    (copy the runs' JSON into docs/)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("what", choices=["run", "table", "publish"])
-    p.add_argument("--seeds", default="100-109", type=seeds_arg)
-    p.add_argument("--out", default=Path("outputs/fresh"), type=Path)
-    p.add_argument("--write", nargs="*", type=Path, default=[], help="files whose findings block is replaced")
+    p.add_argument("--seeds", default=seeds, type=seeds_arg)
+    p.add_argument("--out", default=Path(out), type=Path)
+    p.add_argument("--write", nargs="*", type=Path, default=[], help=f"files whose {what} blocks are replaced")
     a = p.parse_args()
     if a.what == "run":
         run(a.seeds, a.out)
-        return
-    if a.what == "publish":
+    elif a.what == "publish":
         publish(a.seeds, a.out)
-        return
-    texts = table(a.seeds, a.out)
-    print(texts["full"])
-    for f in a.write:
-        write_blocks(f, texts)
+    else:
+        texts = table(a.seeds, a.out)
+        print(texts["full"])
+        for f in a.write:
+            write_blocks(f, texts, blocks, what)
+
+
+def main() -> None:
+    command(__doc__, "100-109", "outputs/fresh", run, table, publish)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
+from browser_helpers import CHROMIUM, FLAGS, MARKS, playwright
 from featviz.compare import compare
 from featviz.config import RenderConfig
 from featviz.gallery.compare_page import write_comparison
@@ -15,17 +14,7 @@ from featviz.optvis import RenderSettings
 from featviz.pipeline import analyze_run, render_run
 from featviz.run.store import Run
 
-CHROMIUM = Path("/usr/bin/chromium")
-playwright = pytest.importorskip(
-    "playwright.sync_api", reason="the playwright package is missing: pip install -e '.[test]'"
-)
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="browser tests need Debian's chromium at /usr/bin/chromium: sudo apt-get install -y chromium",
-    ),
-]
+pytestmark = MARKS
 
 
 def test_every_image_of_the_comparison_page_loads(tiny_run: Run, tmp_path: Path) -> None:
@@ -42,7 +31,7 @@ def test_every_image_of_the_comparison_page_loads(tiny_run: Run, tmp_path: Path)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            args=FLAGS,
         )
         try:
             tab = browser.new_page()

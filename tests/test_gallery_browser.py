@@ -11,25 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from browser_helpers import CHROMIUM, FLAGS, MARKS, playwright
 from featviz.config import RenderConfig
 from featviz.gallery.build import build_gallery
 from featviz.optvis import RenderSettings
 from featviz.pipeline import render_run
 from featviz.run.store import Run
 
-CHROMIUM = Path("/usr/bin/chromium")
-playwright = pytest.importorskip(
-    "playwright.sync_api", reason="the playwright package is missing: pip install -e '.[test]'"
-)
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="browser tests need Debian's chromium at /usr/bin/chromium: "
-        "sudo apt-get install -y chromium (.ci/run installs it)",
-    ),
-]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+pytestmark = MARKS
 
 
 @pytest.fixture(scope="module")
