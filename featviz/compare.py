@@ -24,17 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, RunError
 from featviz.images import Normalizer
-from featviz.loading import build_run_model, fitting, probe_images
+from featviz.loading import fitting, probe_images
 from featviz.metrics import layer_stats, linear_cka
-from featviz.model import activation_layer, recalibrate_batchnorm
+from featviz.model import activation_layer
 from featviz.optvis import RenderSettings
 from featviz.progress import StageProgress, silent
 from featviz.run.store import Run
-from featviz.transfer import transfer
+from featviz.transfer import network, transfer
 
 PROBE = 500  # shared images the runs are compared on (the first run's validation images)
 
@@ -95,14 +96,14 @@ def state_at(run: Run, at: str) -> tuple[str, dict[str, torch.Tensor]]:
     return point.label or point.id, next(iter(states.values()))
 
 
-def layer_means(run: Run, state: dict[str, torch.Tensor], raw: torch.Tensor, device: torch.device) -> dict[str, Any]:
+def layer_means(
+    run: Run, state: dict[str, torch.Tensor], raw: torch.Tensor, device: torch.device, model: nn.Module | None = None
+) -> dict[str, Any]:
     """Each conv layer's activation averaged over positions [N, C] on ``raw`` (uint8 images, normalized as
-    the run was trained), with BatchNorm statistics recomputed on them."""
-    model = build_run_model(run)
-    model.load_state_dict(state)
-    model.to(device).eval()
+    the run was trained), with BatchNorm statistics recomputed on them (``model``: ``transfer.network`` of
+    the same run, state and images, if the caller has built it)."""
+    model = model if model is not None else network(run, state, raw, device)
     x = Normalizer(run.info.data.mean, run.info.data.std)(raw).to(device)
-    recalibrate_batchnorm(model, x)
     names = {layer.name: layer.activation or activation_layer(model, layer.name) for layer in run.info.layers}
     stats = layer_stats(model, list(set(names.values())), x)
     return {conv: stats[act]["mean"].double() for conv, act in names.items()}
@@ -158,12 +159,12 @@ def compare(
     raw = raw[torch.randperm(len(raw), generator=torch.Generator().manual_seed(1))[:probe_size]]  # any class order
     if len(raw) < 4:
         raise ConfigError(f"compare needs at least 4 shared images, run {runs[0].name} gives {len(raw)}")
-    feats, init, labels, states = [], [], [], []
+    feats, init, labels, models = [], [], [], []
     for i, r in enumerate(runs, start=1):
         label, state = state_at(r, at)
         labels.append(label)
-        states.append(state)
-        feats.append(layer_means(r, state, raw, dev))
+        models.append(network(r, state, raw, dev))  # built once: the CKA part and the transfer test share it
+        feats.append(layer_means(r, state, raw, dev, models[-1]))
         init.append(feats[-1] if at == "init" else layer_means(r, state_at(r, "init")[1], raw, dev))
         progress("activations", i, len(runs))
     out: dict[str, Any] = {
@@ -197,7 +198,9 @@ def compare(
     out["identification"] = {"hits": sum(hits), "tests": len(hits), "accuracy": sum(hits) / len(hits) if hits else None}
     if transfer_steps:
         try:
-            out["transfer"] = transfer(runs, states, raw, dev, RenderSettings(steps=transfer_steps), class_images)
+            out["transfer"] = transfer(
+                runs, [], raw, dev, RenderSettings(steps=transfer_steps), class_images, models=models
+            )
         except ConfigError as e:
             out["transfer"] = {"skipped": str(e)}
         progress("class visualizations", 1, 1)

@@ -65,15 +65,17 @@ def transfer(
     device: torch.device,
     settings: RenderSettings = RenderSettings(),
     keep: list[torch.Tensor] | None = None,
+    models: list[nn.Module] | None = None,
 ) -> dict[str, Any]:
     """``hits[i][j]``: how many of run i's class images run j's network puts in their class (the diagonal:
     run i on its own images); ``rate``: the mean off-diagonal hit rate; ``chance``: 1 / classes. ``keep``: a
-    list that receives each run's class images [K, C, H, W] (0..1), for a page to show."""
+    list that receives each run's class images [K, C, H, W] (0..1), for a page to show. ``models``: each run's
+    ``network`` already built (then ``states`` is not read)."""
     names = {tuple(r.info.data.classes) for r in runs}
     if len(names) != 1 or names == {()}:
         raise ConfigError("the class-visualization transfer test needs runs trained on the same named classes")
     k = len(names.pop())
-    models = [network(r, s, shared, device) for r, s in zip(runs, states)]
+    models = models or [network(r, s, shared, device) for r, s in zip(runs, states)]
     images = [class_images(r, m, device, dataclasses.replace(settings)) for r, m in zip(runs, models)]
     hits = [
         [sum(p == c for c, p in enumerate(predictions(rj, mj, images[i], device))) for rj, mj in zip(runs, models)]
