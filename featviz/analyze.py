@@ -44,9 +44,11 @@ from featviz.progress import StageProgress, silent
 from featviz.reading import reading
 from featviz.receptive import IMAGES, channels_within, effective_receptive_field, measuring_side, mirror_pad
 from featviz.render import PROBE_IMAGES
+from featviz.run.fileio import json_text
 from featviz.run.renderset import choose_settings_set, records_of
 from featviz.run.schema import SnapshotPoint
 from featviz.run.store import Run
+from featviz.wiring import measure as measure_wiring
 
 DEAD_CHANGE = 1e-6  # a filter whose rotation from init stays below this never learned
 
@@ -262,6 +264,32 @@ def gabor(
     return out
 
 
+def wiring(
+    run: Run,
+    points: list[SnapshotPoint],
+    states: dict[str, dict[str, torch.Tensor]],
+    null: dict[int, dict[str, torch.Tensor]],
+    progress: StageProgress = silent,
+) -> dict[str, Any]:
+    """``featviz.wiring.measure`` over every snapshot point: the summary for analysis.json; the unit pages'
+    detail goes to analysis/wiring.json. The null is compared only when it has more than the init."""
+    epoch_points = {p.epoch: p.id for p in points if p.epoch is not None}
+    try:
+        summary, detail = measure_wiring(
+            build_run_model(run),
+            run.info.layers,
+            points,
+            states,
+            null if len(null) > 1 else None,
+            epoch_points,
+            progress=progress,
+        )
+    except ValueError as e:
+        return {"skipped": str(e)}
+    run.write_artifact("analysis", "wiring.json", json_text(detail, separators=(",", ":")).encode())
+    return summary
+
+
 def _normalize(imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int) -> torch.Tensor:
     """uint8 [N, C, H, W] -> the model's input at ``size`` px, normalized: resized when needed (area
     averaging to shrink, bilinear to enlarge), channels matched to the data (an RGB render of a
@@ -322,11 +350,14 @@ def analyze(
     states = {**steps_loaded, **{f"epoch_{e:03d}": s for e, s in loaded.items()}}
     result["updates_by_step"] = updates_by_step(run, points, states)
     progress("filter updates", 1, 1)
+    null_states: dict[int, dict[str, torch.Tensor]] = {0: loaded[epochs[0]]} if epochs[0] == 0 else {}
     try:
         val, raw, labels = probe_images(run)
         probe = val[:probe_size]
         try:
-            result["rotation_null"] = rotation_null(run, loaded, val, labels, dev, seed=run.info.seed or 0)
+            result["rotation_null"] = rotation_null(
+                run, loaded, val, labels, dev, seed=run.info.seed or 0, keep=null_states
+            )
         except ConfigError as e:
             result["rotation_null"] = {"skipped": str(e)}
         progress("random-direction null", 1, 1)
@@ -346,6 +377,7 @@ def analyze(
         progress("receptive fields", 1, 1)
         result["faithfulness"] = faithfulness(run, val, raw, dev, sid, snaps=loaded)
         progress("faithfulness", 1, 1)
+    result["wiring"] = wiring(run, points, states, null_states, progress)
     result["gabor"] = gabor(run, (epochs[0], epochs[-1]), snaps[0], snaps[-1])
     result["probes"] = probes(run, loaded, dev, progress, control, probe_size, control_snaps)
     comp = complexity(run, sid)

@@ -50,12 +50,14 @@ def rotation_null(
     y: torch.Tensor,
     device: torch.device,
     seed: int = 0,
+    keep: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Rotation from init (``metrics.rotation``) of every conv layer at each epoch end of the null (see
     the module docstring) and, at the run's last readable epoch (``last_epoch``), the run's, the null's
     and their ratio: ``{layer: {"rotation_from_init", "run_at_last", "null_at_last", "ratio"}}``. A
     ConfigError when the run cannot be replayed (no optimizer and schedule recorded, no step count, no
-    labelled images)."""
+    labelled images). ``keep``: filled with the null's tensors at each epoch end (epoch -> state dict, on the
+    CPU), for measurements beyond rotation (``featviz.wiring``)."""
     cfg_json = run.info.configs["train"]
     spe = run.steps_per_epoch()
     if run.info.source is not None or "optimizer" not in cfg_json or not spe:
@@ -93,6 +95,8 @@ def rotation_null(
             step += 1
         for n in layers:
             null[n].append(rotation(w0[n], model.get_parameter(f"{n}.weight").detach()))
+        if keep is not None:
+            keep[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     last = max(states)  # the last readable epoch of the run: where run and null are compared
     out: dict[str, Any] = {"seed": seed, "batch": int(min(len(x), NULL_BATCH)), "epochs": list(range(epochs + 1))}
     for n in layers:

@@ -83,7 +83,9 @@ def test_plots_and_reading_come_from_the_numbers(analyzed) -> None:
     rot = a["filter_updates"]["features.conv2"]["rotation_from_init"][-1]
     assert f"{rot:.2f}" in a["reading"] and "features.conv2" in a["reading"]
     html = Path(build_gallery(run)).read_text()
-    assert 'id="what-changed"' in html and "../analysis/cka.png" in html and "top9/features.conv1/ch_0000.png" in html
+    assert 'id="what-changed"' in html and "../analysis/cka.png" in html and 'href="units/features.conv1/0.html"' in html
+    unit = (run.path / "gallery/units/features.conv1/0.html").read_text()  # the tile's page: its top-9 and wiring
+    assert 'src="../../../renders/top9/features.conv1/ch_0000.png"' in unit and 'id="unit-data"' in unit
 
 
 def test_first_epoch_above_needs_every_later_value() -> None:

@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from featviz.claims import claims, summary
 from featviz.errors import ConfigError
+from featviz.gallery.units import unit_href, unit_pages
 from featviz.layers import run_fields
 from featviz.plots import available, training_curves
 from featviz.run.fileio import json_text
@@ -132,9 +133,9 @@ def _explain(layer: ConvLayer, model: dict[str, Any]) -> str:
 
 def _tiles(am: list[RenderRecord], analysis: dict[str, Any] | None, name: str) -> dict[str, Any]:
     """The activation-maximization grid of one layer: one tile per channel (its image at the last
-    moment) and ``am_data``, what the slider and the evolution dialog need, as one JSON blob per layer:
+    moment, linking to its unit page) and ``am_data``, what the slider needs, as one JSON blob per layer:
     each channel's files relative to the layer's common folder (``base``), so a 10,000-tile page stays
-    a few MB and the browser parses that data only when a section's slider or a tile is used."""
+    a few MB and the browser parses that data only when a section's slider is used."""
     am_points = sorted({(r.step, r.label) for r in am})
     by = {(r.channel, r.step): r for r in am}
     channels = sorted({r.channel for r in am})
@@ -144,15 +145,8 @@ def _tiles(am: list[RenderRecord], analysis: dict[str, Any] | None, name: str) -
     tiles, data = [], []
     for c, fs in zip(channels, files):
         pct = None if faith.get(c, {}).get("am_percentile") is None else round(faith[c]["am_percentile"], 1)
-        tiles.append({"channel": c, "dead": c in dead, "pct": pct, "src": fs[-1]})
-        row = {
-            "channel": c,
-            "srcs": [f[len(base) :] if f else "" for f in fs],
-            "acts": [round(by[(c, s)].activation or 0.0, 4) if (c, s) in by else None for s, _ in am_points],
-        }
-        if c in faith:  # top-9 strip and where the AM image falls among the data
-            row.update({"top": "../" + faith[c]["file"], **({"pct": pct} if pct is not None else {})})
-        data.append(row)
+        tiles.append({"channel": c, "dead": c in dead, "pct": pct, "src": fs[-1], "href": unit_href(name, c)})
+        data.append({"channel": c, "srcs": [f[len(base) :] if f else "" for f in fs]})
     return {"am_labels": [lab for _, lab in am_points], "tiles": tiles, "am_data": {"base": base, "tiles": data}}
 
 
@@ -257,4 +251,9 @@ def build_gallery(run: Run, settings_set: str | None = None, live: bool = False)
             complete=run.complete,
         )
     )
-    return str(run.write_artifact("gallery", "index.html", html.encode()))
+    path = str(run.write_artifact("gallery", "index.html", html.encode()))
+    if not live:  # a live page is rebuilt while training: its unit pages come with the render after it
+        unit = _env().get_template("unit.html.j2")
+        am = [r for r in index if r.kind == "am" and r.settings_set == sid]
+        unit_pages(run, am, analysis, lambda page: unit.render(**page), _timing(run))
+    return path
