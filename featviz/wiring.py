@@ -173,6 +173,14 @@ def _null(
     return out
 
 
+def _glyph(positive: torch.Tensor, negative: torch.Tensor) -> dict[str, list[int]]:
+    """A unit's NMF glyphs as flat RGB lists, both parts on the unit's own scale (its largest loading)."""
+    scale = float(max(positive.max(), negative.max()))
+    return {
+        key: glyphs(part, scale)[0].flatten().tolist() for key, part in (("positive", positive), ("negative", negative))
+    }
+
+
 def _layer_detail(
     la: ConvLayer,
     link: Link,
@@ -200,8 +208,6 @@ def _layer_detail(
         chain = chain_between(table, two, la.name) or ()
         expanded = expanded_weights([modules[m] for m in chain], by_name[two].out_ch)
     nmf = one_sided_nmf(series[-1])
-    scale = float(max(nmf.positive.max(), nmf.negative.max()))
-    pos, neg = glyphs(nmf.positive, scale), glyphs(nmf.negative, scale)
     out_units: dict[str, Any] = {}
     for u in units:
         offset = (u // size) * per  # the first input channel of the unit's group
@@ -223,7 +229,7 @@ def _layer_detail(
             "share_init": _num(float(shares[0][u])),
             "share_final": _num(float(shares[1][u])),
             "outputs": outputs,
-            "glyph": {"positive": pos[u].flatten().tolist(), "negative": neg[u].flatten().tolist()},
+            "glyph": _glyph(nmf.positive[u : u + 1], nmf.negative[u : u + 1]),
         }
         if expanded is not None:
             e = expanded[u]

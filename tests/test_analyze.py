@@ -83,9 +83,24 @@ def test_plots_and_reading_come_from_the_numbers(analyzed) -> None:
     rot = a["filter_updates"]["features.conv2"]["rotation_from_init"][-1]
     assert f"{rot:.2f}" in a["reading"] and "features.conv2" in a["reading"]
     html = Path(build_gallery(run)).read_text()
-    assert 'id="what-changed"' in html and "../analysis/cka.png" in html and 'href="units/features.conv1/0.html"' in html
+    assert (
+        'id="what-changed"' in html and "../analysis/cka.png" in html and 'href="units/features.conv1/0.html"' in html
+    )
     unit = (run.path / "gallery/units/features.conv1/0.html").read_text()  # the tile's page: its top-9 and wiring
     assert 'src="../../../renders/top9/features.conv1/ch_0000.png"' in unit and 'id="unit-data"' in unit
+
+
+def test_wiring_is_measured_over_every_snapshot_and_against_the_null(analyzed) -> None:
+    run, a = analyzed
+    w = a["wiring"]
+    assert w["steps"] == [p.step for p in run.snapshot_points()]
+    conv2 = w["features.conv2"]
+    assert conv2["source"] == "features.conv1" and conv2["fan_in"] == 4 and conv2["wired_at"] is None  # 4 <= 9
+    assert conv2["share_init"] == [1.0] * 8 and conv2["null"]["epochs"] == [0, 1, 2]
+    detail = json.loads((run.path / "analysis/wiring.json").read_text())
+    unit = detail["layers"]["features.conv2"]["units"]["3"]
+    assert len(unit["inputs"]) == len(w["steps"]) and len(unit["inputs"][0]) == 4
+    assert [len(k) for _, _, k in unit["inputs"][-1]] == [9] * 4  # 3x3 kernels
 
 
 def test_first_epoch_above_needs_every_later_value() -> None:

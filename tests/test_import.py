@@ -48,6 +48,9 @@ def test_each_format_imports_renders_and_analyzes(fmt: str, user_code: Path, tmp
     assert code == 0, err
     assert json.loads((run.path / "analysis.json").read_text())["epochs"] == [0, 1, 2]
     assert (run.path / "gallery" / "index.html").is_file()
+    pages = list((run.path / "gallery" / "units").rglob("*.html"))  # a page per unit, with its wiring
+    assert len(pages) == sum(la.out_ch for la in run.info.layers)
+    assert all('id="unit-data"' in p.read_text() for p in pages)
 
 
 def test_names_patterns_and_misfits(user_code: Path, tmp_path: Path) -> None:

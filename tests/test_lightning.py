@@ -172,6 +172,8 @@ def test_a_lightning_fit_is_recorded_and_renders(litcode: Path, tmp_path: Path, 
     assert analysis["probe_images"] == 16
     assert json.loads((run.path / "analysis.json").read_text())["probe_images"] == 16
     assert (run.path / "gallery" / "index.html").is_file()
+    page = (run.path / "gallery" / "units" / "net.conv2" / "0.html").read_text()  # a recorded run's unit page
+    assert 'id="unit-data"' in page and '"source":"net.conv1"' in page  # its inputs are net.conv1's units
 
 
 def test_the_callback_changes_nothing_in_training(litcode: Path, tmp_path: Path) -> None:

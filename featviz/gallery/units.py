@@ -9,11 +9,13 @@ it is built from the run's files alone; every link is relative and every string 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Callable
 from urllib.parse import quote
 
 from featviz.errors import RunError
+from featviz.run.fileio import plain_rel
 from featviz.run.schema import RenderRecord
 from featviz.run.store import Run
 from featviz.wiring import page_units
@@ -21,9 +23,17 @@ from featviz.wiring import page_units
 TO_RUN = "../../../"  # from gallery/units/<layer>/ back to the run folder
 
 
+def unit_folder(layer: str) -> str:
+    """The folder of a layer's unit pages under gallery/units/: the layer's name when it is a plain file
+    name (module names are), else ``layer-`` and a hash of it (a hand-edited run.json cannot choose a path)."""
+    if plain_rel(layer) and "/" not in layer:
+        return layer
+    return "layer-" + hashlib.sha256(layer.encode()).hexdigest()[:12]
+
+
 def unit_href(layer: str, channel: int, up: str = "") -> str:
     """The link to a unit page from the gallery folder (``up``: the path from the linking page to it)."""
-    return f"{up}units/{quote(layer, safe='')}/{channel}.html"
+    return f"{up}units/{quote(unit_folder(layer), safe='')}/{channel}.html"
 
 
 def read_wiring(run: Run) -> dict[str, Any] | None:
@@ -129,7 +139,7 @@ def unit_pages(
             }
             if unit is not None and wl is not None:
                 page["wiring"] = _wiring_data(wl, unit, wiring, thumb, labels, depth)
-            run.write_artifact("gallery", f"units/{name}/{c}.html", render(page).encode())
+            run.write_artifact("gallery", f"units/{unit_folder(name)}/{c}.html", render(page).encode())
             written += 1
     return written
 
