@@ -47,8 +47,14 @@ def _num(v: float, digits: int = 4) -> float | None:
     return None if not math.isfinite(v) else float(f"{v:.{digits}g}")
 
 
-def _kernel(w: torch.Tensor) -> list[float | None]:
-    return [_num(float(v), 3) for v in w.flatten()]
+def _rounded(t: torch.Tensor) -> list[Any]:
+    """A tensor as nested lists, to 4 decimals."""
+    return (torch.round(t.double() * 1e4) / 1e4).tolist()
+
+
+def _kernel(w: torch.Tensor) -> list[float]:
+    """A kernel's values for a page to draw, to 4 decimals (a page's colour scale is its largest value)."""
+    return (torch.round(w.flatten().double() * 1e4) / 1e4).tolist()
 
 
 class Weights:
@@ -208,13 +214,15 @@ def _layer_detail(
         chain = chain_between(table, two, la.name) or ()
         expanded = expanded_weights([modules[m] for m in chain], by_name[two].out_ch)
     nmf = one_sided_nmf(series[-1])
+    rows = torch.arange(la.out_ch)[:, None]
+    offsets = (torch.arange(la.out_ch) // size * per)[:, None]  # each unit's group's first input channel
+    at = [  # per snapshot: each unit's top-k as (channels, norms, kernels), each a nested list made at once
+        (st.tolist(), _rounded(s[rows, st]), _rounded(w[rows, st - offsets].flatten(2)))
+        for w, s, st in zip(series, strengths, sets)
+    ]
     out_units: dict[str, Any] = {}
     for u in units:
-        offset = (u // size) * per  # the first input channel of the unit's group
-        inputs = [
-            [[int(i), _num(float(s[u, i])), _kernel(w[u, int(i) - offset])] for i in st[u]]
-            for w, s, st in zip(series, strengths, sets)
-        ]
+        inputs = [[[i, n, kern] for i, n, kern in zip(ch[u], norms[u], kernels[u])] for ch, norms, kernels in at]
         outputs = {}
         for r in readers:
             rl = by_name[r]

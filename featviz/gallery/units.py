@@ -79,13 +79,12 @@ def _entry(
     layer: str | None, index: int, norm: Any, kernel: Any, thumbs: Callable[[str, int], str | None], labels: list[str]
 ) -> dict[str, Any]:
     """One input or output: its unit (layer, channel), its picture and link where it has them, its kernel."""
+    out: dict[str, Any] = {"norm": norm, "kernel": kernel} if kernel is not None else {}
     if layer is None:  # the input image's channels
-        name = labels[index] if index < len(labels) else f"input channel {index}"
-        return {"name": name, "norm": norm, "kernel": kernel}
+        return {**out, "name": labels[index] if index < len(labels) else f"input channel {index}"}
     return {
+        **out,
         "name": f"{layer} · {index}",
-        "norm": norm,
-        "kernel": kernel,
         "src": thumbs(layer, index),
         "href": f"../../{unit_href(layer, index)}",
     }
@@ -155,13 +154,16 @@ def _wiring_data(
     """What the page's script draws: the inputs at each snapshot, the outputs and expanded inputs at the end."""
     source = wl.get("source")
     src_layer = source if source else None  # "" is the input image
-    inputs = [[_entry(src_layer, i, n, k, thumb, labels) for i, n, k in at] for at in unit.get("inputs", [])]
+    # each snapshot's inputs as [channel, norm, kernel]; who each input channel is, once per page
+    inputs = [[[i, n, k] for i, n, k in at] for at in unit.get("inputs", [])]
+    seen = sorted({i for at in inputs for i, _, _ in at})
+    input_units = {str(i): _entry(src_layer, i, None, None, thumb, labels) for i in seen}
     outputs = {
         r: [_entry(r, o, n, k, thumb, labels) for o, n, k in rows] for r, rows in unit.get("outputs", {}).items()
     }
     two = wl.get("expanded_source")
     expanded = [_entry(two, i, n, k, thumb, labels) for i, n, k in unit.get("expanded", [])] if two else []
-    direct = [abs(v) for at in inputs for e in at for v in e["kernel"] if v is not None]
+    direct = [abs(v) for at in inputs for _, _, k in at for v in k if v is not None]
     direct += [abs(v) for rows in outputs.values() for e in rows for v in e["kernel"] if v is not None]
     return {
         "k": wiring.get("k"),
@@ -173,6 +175,7 @@ def _wiring_data(
         "kernel": wl.get("kernel"),
         "reader_kernels": wl.get("reader_kernels", {}),
         "inputs": inputs,
+        "input_units": input_units,
         "wired_at": unit.get("wired_at"),
         "share_init": unit.get("share_init"),
         "share_final": unit.get("share_final"),
