@@ -132,3 +132,21 @@ def test_pages_cover_every_channel_of_a_shallow_model_and_the_default_selection_
     deep = trace(torchvision.models.resnet18(num_classes=10), 3, 64)
     chosen = page_units(deep)
     assert len(chosen) < len(deep) and all(len(c) <= 64 for c in chosen.values())
+
+
+def test_a_resnet_measures_its_default_units_and_says_where_a_sum_breaks_the_chain():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    layers = trace(model, 3, 32)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    later = {k: v + 0.05 * torch.randn_like(v) if k.endswith("conv2.weight") else v.clone() for k, v in init.items()}
+    summary, detail = measure(model, layers, [_point(0), _point(50)], {"step_0000000": init, "step_0000050": later})
+    assert set(detail["layers"]) == set(page_units(layers))  # the default selection only
+    assert summary["layer1.1.conv1"]["source"] is None and "sum" in summary["layer1.1.conv1"]["reason"]
+    assert len(summary["layer4.1.conv2"]["wired_at"]) == 512  # every unit is measured, pages or not
+    for name, layer in detail["layers"].items():
+        unit = next(iter(layer["units"].values()))
+        if layer["expanded_source"]:
+            assert len(unit["expanded"]) == 9
+        else:
+            assert layer["expanded_reason"]
