@@ -12,6 +12,7 @@ from torch import nn
 from featviz.circuits import (
     expanded_weights,
     fold_batchnorm,
+    folded_weight,
     glyphs,
     input_share,
     kernel_strengths,
@@ -181,3 +182,30 @@ def test_glyphs_are_white_where_no_factor_loads_and_coloured_where_one_does():
     assert all(abs(v - w) <= 0.51 for v, w in zip(img[0, 0, 1].tolist(), want))
     assert glyphs(parts * 0.5)[0, 0, 1].tolist() == img[0, 0, 1].tolist()  # one scale: the largest loading
     assert glyphs(parts * 0.5, scale=1.0)[0, 0, 1, 0] == round(255 - 0.5 * 0.15 * 255)
+
+
+def test_folded_weight_scales_each_output_channel_and_bad_groups_are_refused():
+    w = torch.ones(3, 2, 1, 1)
+    s = torch.tensor([2.0, 0.5, -1.0])
+    assert folded_weight(w, s)[:, 0, 0, 0].tolist() == [2.0, 0.5, -1.0]
+    assert folded_weight(w).equal(w.double())
+    with pytest.raises(ValueError, match="does not divide"):
+        kernel_strengths(torch.ones(4, 1, 1, 1), groups=3)
+    with pytest.raises(ValueError, match="running statistics"):
+        fold_batchnorm(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2, track_running_stats=False))
+
+
+def test_grouped_rankings_stay_inside_the_group():
+    w = torch.zeros(4, 2, 1, 1)  # groups=2: units 0-1 see inputs 0-1, units 2-3 see inputs 2-3
+    w[3, 0] = 2.0
+    w[0, 1] = 5.0
+    assert [i for i, _ in top_inputs(w, 3, k=5, groups=2)] == [2, 3]  # never inputs 0-1
+    assert [o for o, _ in top_outputs(w, 1, k=5, groups=2)] == [0, 1]  # never units 2-3
+    assert input_share(w * 1e-3, k=1, groups=2)[0] == pytest.approx(1.0)  # small weights: a ratio all the same
+
+
+def test_a_strided_max_pool_expands_as_an_average_pool_of_its_own_stride():
+    torch.manual_seed(7)
+    conv = nn.Conv2d(2, 1, 1, bias=False)
+    e = expanded_weights([nn.MaxPool2d(3, stride=1, padding=1), conv], 2)
+    assert e.shape == (1, 2, 3, 3) and torch.allclose(e, conv.weight.double().expand(1, 2, 3, 3) / 9, atol=1e-12)
