@@ -10,6 +10,7 @@ in the result (``settings_set``). Written through the store; reads no file itsel
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from torchvision.utils import make_grid
 
 from featviz.convergence import convergence
+from featviz.depth import positions
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.filters import layer_scale
@@ -337,6 +339,7 @@ def analyze(
     result: dict[str, Any] = {
         "epochs": epochs,
         "layers": [layer.name for layer in run.info.layers],
+        "depth": {n: dataclasses.asdict(p) for n, p in positions(build_run_model(run), run.info.layers).items()},
         "settings_set": sid,
     }
     if bad:

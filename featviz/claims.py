@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from featviz.depth import main_path
 from featviz.reading import intervals_overlap, shallow_first
 
 TIE = 0.01  # probe accuracies closer than this are tied (about 1 binomial sd at 1,000 test images, p = 0.9)
@@ -45,7 +46,7 @@ def _probe_claims(a: dict[str, Any]) -> list[dict[str, Any]]:
     if "layers" not in probes:
         why = probes.get("skipped", "no probes in this analysis: run featviz analyze again")
         return [_missing(k, why) for k in "abc"]
-    layers = [n for n in a["layers"] if n in probes["layers"]]
+    layers = [n for n in main_path(a) if n in probes["layers"]]
     acc = [probes["layers"][n][POOLING]["accuracy"] for n in layers]
     last, init = [v[-1] for v in acc], [v[0] for v in acc]
     gap = [v[-1] - v[0] for v in acc]
@@ -104,11 +105,11 @@ def settling(a: dict[str, Any]) -> dict[str, Any] | None:
     """Claim d's parts: the whole-network and own-weights steps at CKA 0.9, the half-sample intervals, and
     the verdict (shown only when both orders are shallow-first and no neighbouring intervals overlap)."""
     conv = a.get("convergence") or {}
-    if "skipped" in conv or not all("settling" in conv.get(n, {}) for n in a["layers"]):
+    if "skipped" in conv or not all("settling" in conv.get(n, {}) for n in main_path(a)):
         return None
-    pooled = [conv[n]["settling"]["formed_at"]["pooled"]["0.9"] for n in a["layers"]]
-    own = [conv[n]["settling"]["formed_at"]["own_weights"]["0.9"] for n in a["layers"]]
-    spans = [conv[n]["settling"]["formed_at_interval"] for n in a["layers"]]
+    pooled = [conv[n]["settling"]["formed_at"]["pooled"]["0.9"] for n in main_path(a)]
+    own = [conv[n]["settling"]["formed_at"]["own_weights"]["0.9"] for n in main_path(a)]
+    spans = [conv[n]["settling"]["formed_at_interval"] for n in main_path(a)]
     whole, alone = shallow_first(pooled), shallow_first(own)
     if whole == "shown" and alone == "shown" and not intervals_overlap(spans):
         verdict = "shown"
@@ -140,7 +141,7 @@ def _settling_claim(a: dict[str, Any]) -> dict[str, Any]:
 
 def _rotation_claim(a: dict[str, Any]) -> dict[str, Any]:
     null = a.get("rotation_null") or {}
-    layers = [n for n in a["layers"] if n in null]
+    layers = [n for n in main_path(a) if n in null]
     if "skipped" in null or not layers:
         return _missing("e", null.get("skipped", "no random-direction null in this analysis"))
     ratio = [null[n]["ratio"] for n in layers]
@@ -156,7 +157,7 @@ def _rotation_claim(a: dict[str, Any]) -> dict[str, Any]:
 
 def _structure_claim(a: dict[str, Any]) -> dict[str, Any]:
     comp = a.get("complexity") or {}
-    layers = [n for n in a["layers"] if n in comp]
+    layers = [n for n in main_path(a) if n in comp]
     if "skipped" in comp or not layers:
         return _missing("f", comp.get("skipped", "no activation-maximization renders"))
     epochs = sorted({int(e) for n in layers for e in comp[n]})
@@ -197,7 +198,7 @@ def summary(a: dict[str, Any]) -> str:
     """At most five sentences over the claim table: what training did to the filters, what the probes read,
     the depth-1 Gabor share, and the verdict count (numbers only from ``a``)."""
     out = []
-    rot = [a["filter_updates"][n]["rotation_from_init"][-1] for n in a["layers"] if n in a.get("filter_updates", {})]
+    rot = [a["filter_updates"][n]["rotation_from_init"][-1] for n in main_path(a) if n in a.get("filter_updates", {})]
     if rot:
         out.append(
             f"By epoch {a['epochs'][-1]} training had turned every layer's filters away from the random init "
@@ -205,7 +206,7 @@ def summary(a: dict[str, Any]) -> str:
         )
     p = a.get("probes") or {}
     if "layers" in p:
-        layers = [n for n in a["layers"] if n in p["layers"]]
+        layers = [n for n in main_path(a) if n in p["layers"]]
         acc = [p["layers"][n][POOLING]["accuracy"] for n in layers]
         text = (
             f"A linear probe on each layer's averaged activations reads the classes with accuracy "

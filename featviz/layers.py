@@ -7,7 +7,8 @@ channels, kernel, stride, groups, weight counts, the output map's side at the ru
 (``out_px``), the module whose output activation maximization targets (``response``: the BatchNorm that
 runs right after the conv, else the conv), the layer's activation (``activation``: the first activation
 module to run after it, when that module runs once per pass; else the response) and the theoretical
-receptive field (``rf_px``, see ``receptive_fields``).
+receptive field (``rf_px``, see ``receptive_fields``), and its place in a branched network: its position on
+the longest path from the input, whether it sits on a parallel branch, its stage (``featviz.depth``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import torch
 from torch import nn
 
+from featviz.depth import positions
 from featviz.errors import ConfigError
 from featviz.hooks import Call, record_calls
 from featviz.model import conv_layer
@@ -84,7 +86,18 @@ def trace(model: nn.Module, in_channels: int, size: int) -> list[ConvLayer]:
     if not layers:
         raise ConfigError("no Conv2d runs in this model's forward pass; featviz shows what conv layers learn")
     rfs = receptive_fields(model, [la.name for la in layers], in_channels, size)
-    return [dataclasses.replace(la, rf_px=rfs[la.name][0], rf_exceeds=rfs[la.name][1]) for la in layers]
+    pos = positions(model, layers)
+    return [
+        dataclasses.replace(
+            la,
+            rf_px=rfs[la.name][0],
+            rf_exceeds=rfs[la.name][1],
+            path_depth=pos[la.name].path_depth,
+            branch=pos[la.name].branch,
+            stage=pos[la.name].stage,
+        )
+        for la in layers
+    ]
 
 
 def receptive_fields(

@@ -7,6 +7,7 @@ import io
 from typing import Any, Callable
 
 DEPTH_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+MANY = 8  # layers: more than this, a plot over steps is a layer x step heatmap (one row per layer), not lines
 
 
 def _figure(
@@ -25,7 +26,8 @@ def _figure(
     fig, axes = plt.subplots(1, ncols, figsize=(width, height), dpi=100)
     draw(axes)
     for ax in axes if ncols > 1 else [axes]:
-        ax.grid(alpha=0.3)
+        if not ax.images:
+            ax.grid(alpha=0.3)
     fig.tight_layout()
     out = {}
     for fmt in formats:
@@ -64,10 +66,49 @@ def _step_axis(ax: Any, a: dict[str, Any]) -> None:
     ax.set_xlabel("optimizer step (log scale; grey lines: epoch ends)")
 
 
+def _row_label(a: dict[str, Any], name: str) -> str:
+    """'d7 layer2.0.conv2' (the traced depth, 'b' for a branch) for a heatmap row."""
+    info = (a.get("depth") or {}).get(name) or {}
+    depth = info.get("path_depth") or a["layers"].index(name) + 1
+    return f"{'b' if info.get('branch') else 'd'}{depth} {name}"
+
+
+def _heatmap(
+    a: dict[str, Any],
+    rows: list[tuple[str, list[float | None]]],
+    steps: list[int],
+    title: str,
+    label: str,
+    limits: tuple[float | None, float | None] = (None, None),
+) -> dict[str, bytes]:
+    """One row per layer (forward order), one column per snapshot, colour = the value: for more than ``MANY``
+    layers, where one line per layer cannot be told apart. Columns are snapshots in order, labelled by step."""
+    import numpy as np
+
+    data = np.array([[np.nan if v is None else v for v in vals] for _, vals in rows], dtype=float)
+
+    def draw(ax: Any) -> None:
+        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap="viridis", vmin=limits[0], vmax=limits[1])
+        ax.set_yticks(range(len(rows)), [_row_label(a, n) for n, _ in rows], fontsize=6)
+        ticks = sorted({0, len(steps) - 1, *range(0, len(steps), max(1, len(steps) // 6))})
+        ax.set_xticks(ticks, [str(steps[i]) for i in ticks], fontsize=7)
+        ax.set(xlabel="snapshot (optimizer step)", title=title)
+        ax.figure.colorbar(im, ax=ax, label=label, fraction=0.04, pad=0.02)
+
+    return _figure(draw, width=6.4, height=1.4 + 0.16 * len(rows))
+
+
 def weight_change(a: dict[str, Any]) -> dict[str, bytes]:
     """Rotation from init (solid) and change from the previous snapshot (dashed) per layer vs step."""
     by = a.get("updates_by_step")
     spe = a.get("steps_per_epoch") or 1
+    if len(a["layers"]) > MANY:
+        steps = by[a["layers"][0]]["steps"] if by else [e * spe for e in a["epochs"]]
+        rows = [
+            (n, by[n]["rotation_from_init"] if by else a["filter_updates"][n]["rotation_from_init"])
+            for n in a["layers"]
+        ]
+        return _heatmap(a, rows, steps, "Filter updates: rotation from init, 1 - cos(W_t, W_0)", "1 - cos")
 
     def draw(ax: Any) -> None:
         for i, name in enumerate(a["layers"]):
@@ -92,6 +133,16 @@ def cka(a: dict[str, Any]) -> dict[str, bytes]:
     """Debiased linear CKA of each layer's activations at each snapshot against the final one, vs step,
     with each layer's 'formed at' step (CKA >= 0.9 from there on) marked."""
     spe = a.get("steps_per_epoch") or 1
+    if len(a["layers"]) > MANY:
+        conv = a["convergence"]
+        by = [
+            conv[n].get("by_step") or {"steps": [e * spe for e in a["epochs"]], "cka_to_final": conv[n]["cka_to_final"]}
+            for n in a["layers"]
+        ]
+        title = "Convergence: debiased CKA to the final snapshot"
+        return _heatmap(
+            a, [(n, b["cka_to_final"]) for n, b in zip(a["layers"], by)], by[0]["steps"], title, "CKA", (0.0, 1.0)
+        )
 
     def draw(ax: Any) -> None:
         values = []
@@ -210,14 +261,23 @@ def probes(a: dict[str, Any]) -> dict[str, bytes]:
 
     def draw(axes: Any) -> None:
         left, right = axes
-        for d, n in enumerate(layers):
-            color = DEPTH_COLORS[d % len(DEPTH_COLORS)]
-            left.plot(p["epochs"], acc(p, n), "o-", color=color, ms=3, label=f"depth {d + 1}")
-            if ctl:
-                left.plot(ctl["epochs"], acc(ctl, n), "--", color=color, lw=1)
-        left.set(xlabel="epoch (0 = random init)", ylabel="probe accuracy (held-out)", ylim=(0, 1.02))
-        left.set_title("Linear probe per depth" + ("\n(dashed: shuffled-label control)" if ctl else ""), fontsize=10)
-        left.legend(fontsize=7, frameon=False)
+        if len(layers) > MANY:  # one row per layer: 20 lines and a 20-entry legend cannot be read
+            im = left.imshow([acc(p, n) for n in layers], aspect="auto", cmap="viridis", vmin=0, vmax=1)
+            left.set_yticks(range(len(layers)), [_row_label(a, n) for n in layers], fontsize=6)
+            left.set_xticks(range(len(p["epochs"])), [str(e) for e in p["epochs"]], fontsize=7)
+            left.set(xlabel="epoch (0 = random init)")
+            left.set_title("Linear probe accuracy per layer", fontsize=10)
+            left.figure.colorbar(im, ax=left, fraction=0.05, pad=0.02)
+        else:
+            for d, n in enumerate(layers):
+                color = DEPTH_COLORS[d % len(DEPTH_COLORS)]
+                left.plot(p["epochs"], acc(p, n), "o-", color=color, ms=3, label=f"depth {d + 1}")
+                if ctl:
+                    left.plot(ctl["epochs"], acc(ctl, n), "--", color=color, lw=1)
+            left.set(xlabel="epoch (0 = random init)", ylabel="probe accuracy (held-out)", ylim=(0, 1.02))
+            title = "Linear probe per depth" + ("\n(dashed: shuffled-label control)" if ctl else "")
+            left.set_title(title, fontsize=10)
+            left.legend(fontsize=7, frameon=False)
         depths = list(range(1, len(layers) + 1))
         right.plot(depths, [acc(p, n)[0] for n in layers], "s--", label="random init")
         right.plot(depths, [acc(p, n)[-1] for n in layers], "o-", label=f"epoch {p['epochs'][-1]}")
@@ -228,7 +288,7 @@ def probes(a: dict[str, Any]) -> dict[str, bytes]:
         right.set_title("Probe accuracy by depth", fontsize=10)
         right.legend(fontsize=7, frameon=False)
 
-    return _figure(draw, width=9.0, ncols=2)
+    return _figure(draw, width=9.0, height=3.4 if len(layers) <= MANY else 1.4 + 0.16 * len(layers), ncols=2)
 
 
 PLOTS = {

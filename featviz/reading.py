@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from featviz.depth import main_path
+
 
 def first_epoch_above(values: list[float], threshold: float, epochs: list[int]) -> int | None:
     """The first epoch from which every later value stays >= ``threshold`` (None if never)."""
@@ -14,8 +16,8 @@ def first_epoch_above(values: list[float], threshold: float, epochs: list[int]) 
 
 
 def _updates(a: dict[str, Any]) -> str:
-    rot = {n: a["filter_updates"][n]["rotation_from_init"][-1] for n in a["layers"]}
-    rel = {n: a["filter_updates"][n]["relative_change"] for n in a["layers"]}
+    rot = {n: a["filter_updates"][n]["rotation_from_init"][-1] for n in main_path(a)}
+    rel = {n: a["filter_updates"][n]["relative_change"] for n in main_path(a)}
     lo, hi = min(rot, key=rot.get), max(rot, key=rot.get)
     first = [r[1] for r in rel.values() if len(r) > 1 and r[1] is not None]
     last = [r[-1] for r in rel.values() if len(r) > 1 and r[-1] is not None]
@@ -44,7 +46,7 @@ def _null(a: dict[str, Any]) -> str:
     null = a.get("rotation_null")
     if not isinstance(null, dict) or not null or "skipped" in null:
         return ""
-    layers = [n for n in a["layers"] if n in null]
+    layers = [n for n in main_path(a) if n in null]
     real = [null[n]["run_at_last"] for n in layers]
     nul = [null[n]["null_at_last"] for n in layers]
     ratio = [null[n]["ratio"] for n in layers]
@@ -114,20 +116,20 @@ def _convergence(a: dict[str, Any]) -> str:
     conv = a.get("convergence", {})
     if "skipped" in conv:
         return ""
-    at = {n: first_epoch_above(conv[n]["cka_to_final"], 0.9, a["epochs"]) for n in a["layers"]}
+    at = {n: first_epoch_above(conv[n]["cka_to_final"], 0.9, a["epochs"]) for n in main_path(a)}
     text = "Each layer's activations reached debiased CKA >= 0.9 with their final form for good " + _when(at, "epoch")
-    order = [at[n] for n in a["layers"]]
-    if all("settling" in conv[n] for n in a["layers"]):  # the snapshots settling is measured on (a uniform grid)
-        steps = {n: conv[n]["settling"]["formed_at"]["pooled"]["0.9"] for n in a["layers"]}
+    order = [at[n] for n in main_path(a)]
+    if all("settling" in conv[n] for n in main_path(a)):  # the snapshots settling is measured on (a uniform grid)
+        steps = {n: conv[n]["settling"]["formed_at"]["pooled"]["0.9"] for n in main_path(a)}
         text += "; in optimizer steps: " + _when(steps, "step")
-        order = [steps[n] for n in a["layers"]]
-    elif all("by_step" in conv[n] for n in a["layers"]):  # finer: within-epoch snapshots
+        order = [steps[n] for n in main_path(a)]
+    elif all("by_step" in conv[n] for n in main_path(a)):  # finer: within-epoch snapshots
         steps = {
             n: first_epoch_above(conv[n]["by_step"]["cka_to_final"], 0.9, conv[n]["by_step"]["steps"])
-            for n in a["layers"]
+            for n in main_path(a)
         }
         text += "; in optimizer steps: " + _when(steps, "step")
-        order = [steps[n] for n in a["layers"]]
+        order = [steps[n] for n in main_path(a)]
     dead = sum(len(conv[n]["dead_channels"]) for n in a["layers"])
     tail = f" {dead} channels never responded on the probe images (marked dead below)." if dead else ""
     return f"{text}, {_verdict(order)}.{_controls(a)}{tail}"
@@ -137,16 +139,16 @@ def _controls(a: dict[str, Any]) -> str:
     """The settling order again with only each layer's own weights varied (every other layer at its final
     values), and how far the 0.9 step moves over halves of the probe images (``featviz.convergence``)."""
     conv = a["convergence"]
-    if not all("settling" in conv[n] for n in a["layers"]):
+    if not all("settling" in conv[n] for n in main_path(a)):
         return ""
-    own = {n: conv[n]["settling"]["formed_at"]["own_weights"]["0.9"] for n in a["layers"]}
+    own = {n: conv[n]["settling"]["formed_at"]["own_weights"]["0.9"] for n in main_path(a)}
     verdict = shallow_first(list(own.values()))
     text = (
         " With only each layer's own weights taken from earlier snapshots (every other layer at its final values), "
         f"they reached 0.9 {_when(own, 'step')}: "
         + ("shallow-first again" if verdict == "shown" else "a tie" if verdict == "tie" else "not shallow-first")
     )
-    spans = [conv[n]["settling"]["formed_at_interval"] for n in a["layers"]]
+    spans = [conv[n]["settling"]["formed_at_interval"] for n in main_path(a)]
     if all(lo is not None and hi is not None for lo, hi in spans):
         text += "; over random halves of the probe images the whole-network steps range " + ", ".join(
             f"{lo}-{hi}" for lo, hi in spans
@@ -181,7 +183,7 @@ def _complexity(a: dict[str, Any]) -> str:
     comp = a.get("complexity", {})
     if not comp or "skipped" in comp:
         return ""
-    layers = [n for n in a["layers"] if n in comp]  # the rendered ones, in depth order
+    layers = [n for n in main_path(a) if n in comp]  # the rendered ones, in depth order
     epochs = sorted({int(e) for n in layers for e in comp[n]})
     if not epochs or not all(str(epochs[-1]) in comp[n] for n in layers):
         return ""
@@ -219,9 +221,9 @@ def _receptive(a: dict[str, Any], image: int) -> str:
     rf = a.get("receptive_field")
     if not rf or "skipped" in rf:
         return ""
-    theo = [rf[n]["theoretical_px"] for n in a["layers"]]
-    over = [n for n in a["layers"] if rf[n]["theoretical_px"] > image]
-    at_least = ">= " if rf[a["layers"][-1]].get("theoretical_at_least") else ""
+    theo = [rf[n]["theoretical_px"] for n in main_path(a)]
+    over = [n for n in main_path(a) if rf[n]["theoretical_px"] > image]
+    at_least = ">= " if rf[main_path(a)[-1]].get("theoretical_at_least") else ""
     text = f"Receptive fields grow from {theo[0]} to {at_least}{theo[-1]} px with depth"
     verb = "sees" if len(over) == 1 else "see"
     who = ", ".join(over) if len(over) <= 4 else f"{len(over)} of the {len(theo)} conv layers (the first: {over[0]})"
@@ -234,7 +236,7 @@ def _probes(a: dict[str, Any]) -> str:
     p = a.get("probes")
     if not isinstance(p, dict) or "layers" not in p:
         return ""
-    layers = [n for n in a["layers"] if n in p["layers"]]
+    layers = [n for n in main_path(a) if n in p["layers"]]
     acc = [p["layers"][n]["global"]["accuracy"] for n in layers]
     text = (
         f"Linear probes on each layer's averaged activations ({p['images']['source']}) read the classes with "

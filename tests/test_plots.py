@@ -65,3 +65,35 @@ def test_step_plots_have_no_negative_steps_and_titles_that_fit(drawn, plot) -> N
     fig_box = ax.figure.bbox
     assert box.x0 >= fig_box.x0 - 1 and box.x1 <= fig_box.x1 + 1  # the title is not cut off at either side
     assert all(len(line) <= 45 for line in title.get_text().splitlines())
+
+
+MANY = [f"layer{d // 4 + 1}.{d % 4}.conv" for d in range(20)]  # a ResNet-18's 20 convs
+DEEP = {
+    **ANALYSIS,
+    "layers": MANY,
+    "depth": {n: {"path_depth": i + 1, "branch": i == 7, "stage": n.split(".")[0]} for i, n in enumerate(MANY)},
+    "updates_by_step": {n: ANALYSIS["updates_by_step"]["c1"] for n in MANY},
+    "convergence": {n: ANALYSIS["convergence"]["c1"] for n in MANY},
+}
+
+
+@pytest.mark.parametrize("plot", [plots.weight_change, plots.cka])
+def test_twenty_layers_are_a_heatmap_with_every_label_inside_the_figure(drawn, plot) -> None:
+    plot(DEEP)
+    ax = drawn[0]
+    assert len(ax.images) == 1 and ax.get_legend() is None and not ax.lines  # rows, not 20 lines and a legend
+    assert ax.images[0].get_array().shape == (20, 6)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "d1 layer1.0.conv" and labels[7] == "b8 layer2.3.conv"  # the traced depth; b: a branch
+    fig_box = ax.figure.bbox
+    for text in [*ax.get_yticklabels(), ax.title]:
+        box = text.get_window_extent()
+        assert box.x0 >= fig_box.x0 - 1 and box.x1 <= fig_box.x1 + 1 and box.y0 >= fig_box.y0 - 1, text.get_text()
+
+
+def test_a_few_layers_keep_lines_and_a_legend_inside_the_axes(drawn) -> None:
+    plots.weight_change(ANALYSIS)
+    ax = drawn[0]
+    assert not ax.images and ax.get_legend() is not None
+    legend, fig_box = ax.get_legend().get_window_extent(), ax.figure.bbox
+    assert legend.x0 >= fig_box.x0 and legend.x1 <= fig_box.x1 and legend.y1 <= fig_box.y1

@@ -17,7 +17,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from featviz.claims import claims, summary
 from featviz.errors import ConfigError
 from featviz.gallery.units import unit_href, unit_pages
-from featviz.layers import run_fields
+from featviz.layers import default_layers, run_fields
 from featviz.plots import available, training_curves
 from featviz.run.fileio import json_text
 from featviz.run.renderset import choose_settings_set, settings_sets
@@ -155,6 +155,8 @@ def _depths(
 ) -> list[dict[str, Any]]:
     when = _timing(run)
     model = run.info.model_config
+    traced = (analysis or {}).get("depth") if isinstance((analysis or {}).get("depth"), dict) else {}
+    chosen = {la.name for la in default_layers(run.info.layers)}
     rf_of = dict(zip([layer.name for layer in run.info.layers], run_fields(run.info)))
     size = run.info.data.size
     by_layer: dict[str | None, list[RenderRecord]] = {}
@@ -169,10 +171,15 @@ def _depths(
         am = [r for r in recs if r.kind == "am" and r.settings_set == sid]
         extra = {r.kind: "../" + r.file for r in recs if r.kind.endswith(("_strip", "_gif"))}
         rf = rf_of[name]
+        where = traced.get(name) or {}  # an older run's layers lack it; its analysis may have it
         out.append(
             {
                 "name": name,
                 "depth": layer.depth,
+                "shown": layer.path_depth or where.get("path_depth") or layer.depth,
+                "branch": layer.branch or bool(where.get("branch")),
+                "stage": layer.stage or where.get("stage"),
+                "default": name in chosen,
                 "filters": layer.out_ch,
                 "explain": _explain(layer, model),
                 "rf": rf,

@@ -50,6 +50,9 @@ _LAYER_TYPES: dict[str, Callable[[Any], bool]] = {
     "rf_exceeds": lambda v: isinstance(v, bool),
     "response": or_none(is_text),
     "activation": or_none(is_text),
+    "path_depth": or_none(lambda v: whole(v, 1)),
+    "branch": lambda v: isinstance(v, bool),
+    "stage": or_none(is_text),
 }
 
 
@@ -63,7 +66,9 @@ class ConvLayer:
     maximization targets (the BatchNorm right after the conv, else the conv); ``batchnorm``: whether
     there is such a BatchNorm. ``activation``: the
     first activation module after it (else the response). ``rf_px``: the theoretical receptive field,
-    a lower bound where ``rf_exceeds``. Runs made before a field was traced hold None there.
+    a lower bound where ``rf_exceeds``. ``path_depth``: its position on the longest path from the input
+    (``featviz.depth``); ``branch``: on a parallel branch (a ResNet shortcut) beside that depth; ``stage``: the
+    block or stage its name puts it in. Runs made before a field was traced hold None (False) there.
     """
 
     name: str
@@ -82,6 +87,14 @@ class ConvLayer:
     activation: str | None = None
     rf_px: int | None = None
     rf_exceeds: bool = False
+    path_depth: int | None = None
+    branch: bool = False
+    stage: str | None = None
+
+    @property
+    def shown_depth(self) -> int:
+        """The depth to show and order by: the traced ``path_depth``, else (older runs) the forward order."""
+        return self.path_depth if self.path_depth is not None else self.depth
 
     @property
     def weight_shape(self) -> list[int]:

@@ -1,0 +1,93 @@
+"""featviz.depth: each conv's position on the longest path, branches and stages, traced (not named)."""
+
+from __future__ import annotations
+
+import pytest
+import torchvision
+from torch import nn
+
+from featviz.depth import positions, stages_of
+from featviz.layers import trace
+from featviz.model import small_cnn
+
+
+def _positions(model: nn.Module, size: int = 64):
+    model.eval()
+    layers = trace(model, 3, size)
+    return layers, positions(model, layers)
+
+
+def test_a_plain_stack_is_numbered_in_order_with_no_branch_and_no_stage():
+    layers, pos = _positions(small_cnn(), 32)
+    assert [pos[la.name].path_depth for la in layers] == [1, 2, 3, 4]
+    assert not any(p.branch for p in pos.values()) and all(p.stage is None for p in pos.values())
+
+
+@pytest.mark.parametrize(
+    "builder, shortcut, beside",
+    [
+        (torchvision.models.resnet18, "layer2.0.downsample.0", "layer2.0.conv1"),
+        (torchvision.models.resnet50, "layer1.0.downsample.0", "layer1.0.conv1"),
+    ],
+)
+def test_resnet_shortcuts_are_branches_beside_the_block_s_first_conv(builder, shortcut, beside):
+    layers, pos = _positions(builder(num_classes=3))
+    assert pos[shortcut].branch and pos[shortcut].path_depth == pos[beside].path_depth
+    shortcuts = [la.name for la in layers if "downsample" in la.name]
+    assert [n for n, p in pos.items() if p.branch] == shortcuts  # every shortcut, and nothing else
+    main = [pos[la.name].path_depth for la in layers if not pos[la.name].branch]
+    assert main == list(range(1, len(main) + 1))  # the main path counts up one by one
+    assert pos["layer3.1.conv2"].stage == "layer3" and pos["conv1"].stage == "conv1"
+
+
+def test_mobilenet_depthwise_then_pointwise_convs_are_in_order():
+    layers, pos = _positions(torchvision.models.mobilenet_v3_small(num_classes=3))
+    block = [la for la in layers if la.name.startswith("features.4.")]
+    expand, depthwise, project = block[0], block[1], block[-1]
+    assert depthwise.groups == depthwise.in_ch > 1 and project.kernel == (1, 1)
+    d = [pos[la.name].path_depth for la in (expand, depthwise, project)]
+    assert d == sorted(d) and len(set(d)) == 3
+    assert {pos[la.name].stage for la in block} == {"features.4"}
+
+
+class Reuse(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(self.b(self.b(self.a(x))))
+
+
+def test_a_conv_run_twice_is_placed_at_its_first_call():
+    layers, pos = _positions(Reuse(), 16)
+    assert pos["b"].path_depth == 2 and pos["c"].path_depth == 4  # b's second call is depth 3
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h) if bool(h.sum() > 0) else self.b(-h)
+
+
+def test_an_untraceable_model_keeps_the_forward_order():
+    layers, pos = _positions(Untraceable(), 16)
+    assert [pos[la.name].path_depth for la in layers] == [1, 2] and not pos["b"].branch
+
+
+def test_stages_come_from_the_shortest_level_that_groups_names():
+    assert stages_of(["features.conv1", "features.conv2"]) == {}
+    assert stages_of(["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1"]) == {
+        "conv1": "conv1",
+        "layer1.0.conv1": "layer1",
+        "layer1.0.conv2": "layer1",
+        "layer2.0.conv1": "layer2",
+    }
+    assert stages_of(["f.0.0", "f.1.a.0", "f.1.b.0"])["f.1.b.0"] == "f.1"
