@@ -47,7 +47,7 @@ from featviz.reading import reading
 from featviz.receptive import IMAGES, channels_within, effective_receptive_field, measuring_side, mirror_pad
 from featviz.render import PROBE_IMAGES
 from featviz.run.fileio import json_text
-from featviz.run.renderset import choose_settings_set, records_of
+from featviz.run.renderset import choose_settings_set, records_of, set_status
 from featviz.run.schema import SnapshotPoint
 from featviz.run.store import Run
 from featviz.wiring import measure as measure_wiring
@@ -383,6 +383,8 @@ def analyze(
     result["wiring"] = wiring(run, points, states, null_states, progress)
     result["gabor"] = gabor(run, (epochs[0], epochs[-1]), snaps[0], snaps[-1])
     result["probes"] = probes(run, loaded, dev, progress, control, probe_size, control_snaps)
+    if sid is not None:  # what the measured set holds: an interrupted render's set says so
+        result["settings_set_status"] = set_status(run, run.render_index(), sid)
     comp = complexity(run, sid)
     result["complexity"] = comp or {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     if comp:

@@ -161,9 +161,13 @@ def _structure_claim(a: dict[str, Any]) -> dict[str, Any]:
     if "skipped" in comp or not layers:
         return _missing("f", comp.get("skipped", "no activation-maximization renders"))
     epochs = sorted({int(e) for n in layers for e in comp[n]})
-    first, last = str(epochs[0]), str(epochs[-1])
-    if epochs[0] != 0 or not all(first in comp[n] and last in comp[n] for n in layers):
-        return _missing("f", "the random init and the last epoch must both be rendered for every layer")
+    first, last = str(epochs[0]), str(a["epochs"][-1])
+    if epochs[0] != 0 or int(last) == 0 or not all(first in comp[n] and last in comp[n] for n in layers):
+        return _missing(
+            "f",
+            f"the random init and the last epoch ({last}) must both be rendered for every layer; the set holds "
+            f"epochs {', '.join(map(str, epochs))}",
+        )
     if not all("structure" in comp[n][e] for n in layers for e in (first, last)):
         return _missing("f", "an analysis without structure bits (an older featviz): run featviz analyze again")
     now = [comp[n][last]["structure"]["mean"] for n in layers]

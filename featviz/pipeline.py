@@ -30,10 +30,10 @@ from featviz.loading import allow, build_run_model, check_access, fitting
 from featviz.model import build_model
 from featviz.optvis.param import color_matrix_or_none
 from featviz.progress import SilentTraining, StageProgress, TrainProgress, silent
+from featviz.run import renderset
 from featviz.run.fileio import save_tensors
 from featviz.run.outputs import check_new_run, check_out_dir
 from featviz.run.records import describe_run
-from featviz.run.renderset import am_settings, settings_set_of
 from featviz.run.store import Run
 from featviz.schedule import moments
 from featviz.training import fit, optimizer_state
@@ -278,17 +278,21 @@ def _render(
     written = (
         render_stage.draw_filters(run, layers, points, snaps, cfg.force, progress) if cfg.filters and group.main else 0
     )
+    sid = render_stage.settings_set(run, cfg)
+    if group.main:  # what this render will make, so an interruption leaves the set marked incomplete
+        planned = {la.name: render_stage.channels_for(la, cfg) for la in layers}
+        renderset.begin(run, sid, {p.id: planned for p in chosen})
+    distributed.barrier(group)
     rendered = render_stage.maximize_layers(run, layers, chosen, cfg, device, progress, snaps, group)
     rendered = int(distributed.all_sum(group, torch.tensor(rendered)))
     distributed.barrier(group)  # every rank's images and part file are written
     if group.world > 1 and group.main:
         run.merge_render_parts()
+    if group.main:
+        renderset.finish(run, sid)
     gallery = build_gallery(run) if group.main else run.path / "gallery" / "index.html"
     distributed.finish(group)
     skipped = sorted(bad.items()) if cfg.filters else []
-    sid = settings_set_of(
-        am_settings(render_stage.resolve_batchnorm(run, cfg), cfg.settings.size or run.info.data.size)
-    )
     return {
         "epochs": [p.epoch for p in chosen if p.epoch is not None],
         "moments": [p.label for p in chosen],
@@ -321,7 +325,10 @@ def render_reached(
     for moment in moments("auto", run.snapshot_points(), planned=run.epochs_planned):
         for layer in layers:  # one layer at a time, so each rest is short
             t0 = time.perf_counter()
+            sid = render_stage.settings_set(run, cfg)
+            renderset.begin(run, sid, {moment.id: {layer.name: render_stage.channels_for(layer, cfg)}})
             n = render_stage.maximize_layers(run, [layer], [moment], cfg, device)
+            renderset.finish(run, sid)
             rendered += n
             if not rest(time.perf_counter() - t0 if n else 0.0):
                 return rendered

@@ -185,6 +185,15 @@ def _complexity(a: dict[str, Any]) -> str:
         return ""
     layers = [n for n in main_path(a) if n in comp]  # the rendered ones, in depth order
     epochs = sorted({int(e) for n in layers for e in comp[n]})
+    status = a.get("settings_set_status") or {}
+    note = "" if status.get("complete", True) else " (an interrupted render left this settings set incomplete)"
+    if epochs and epochs[-1] != a["epochs"][-1]:  # never read a depth ordering off the init alone
+        held = ", ".join(map(str, epochs))
+        return (
+            f"The activation-maximization images of this settings set cover epoch{'s' if len(epochs) > 1 else ''} "
+            f"{held} only, not the last epoch ({a['epochs'][-1]}){note}; render the rest "
+            "(featviz render RUN) for their structure by depth."
+        )
     if not epochs or not all(str(epochs[-1]) in comp[n] for n in layers):
         return ""
     last = [comp[n][str(epochs[-1])]["structure"]["mean"] for n in layers]
@@ -213,7 +222,7 @@ def _complexity(a: dict[str, Any]) -> str:
     )
     text += " zlib bits per pixel"
     if a.get("settings_set"):
-        text += f" (settings set: {a['settings_set']})"
+        text += f" (settings set: {a['settings_set']}; epochs {', '.join(map(str, epochs))}{note})"
     return text + "."
 
 

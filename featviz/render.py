@@ -221,6 +221,11 @@ def resolve_batchnorm(run: Run, cfg: RenderConfig) -> RenderConfig:
     return dataclasses.replace(cfg, batchnorm="probe")
 
 
+def settings_set(run: Run, cfg: RenderConfig) -> str:
+    """The id of the settings set ``cfg`` renders into (``featviz.run.renderset``)."""
+    return settings_set_of(am_settings(resolve_batchnorm(run, cfg), cfg.settings.size or run.info.data.size))
+
+
 def _model_at(
     run: Run, point: SnapshotPoint, state: dict[str, torch.Tensor] | None, device: torch.device, batchnorm: str
 ) -> torch.nn.Module:

@@ -97,18 +97,23 @@ def test_rotation_claim_reads_the_ratio_to_the_null() -> None:
 def test_structure_claim_needs_the_init_not_to_rise() -> None:
     def comp(init, last):
         return {
-            n: {"0": {"structure": {"mean": a}}, "5": {"structure": {"mean": b}}} for n, a, b in zip(LAYERS, init, last)
+            n: {"0": {"structure": {"mean": a}}, "1": {"structure": {"mean": b}}} for n, a, b in zip(LAYERS, init, last)
         }
 
     assert _verdicts(_analysis(complexity=comp([1, 1, 1], [1, 2, 3])))["f"] == "shown"
     assert _verdicts(_analysis(complexity=comp([1, 2, 3], [1, 2, 3])))["f"] == "not shown"  # the init rises too
     assert _verdicts(_analysis(complexity=comp([1, 1, 1], [3, 2, 1])))["f"] == "not shown"
+    only_init = {n: {"0": v["0"]} for n, v in comp([1, 1, 1], [1, 2, 3]).items()}  # an interrupted render's set
+    assert _verdicts(_analysis(complexity=only_init))["f"].startswith("not measured")
+    assert _verdicts({**_analysis(complexity=comp([1, 1, 1], [1, 2, 3])), "epochs": [0, 1, 2]})["f"].startswith(
+        "not measured"
+    )  # the set stops before the run's last epoch
 
 
 def test_rows_show_the_numbers_and_baselines_they_judge() -> None:
     conv = _convergence([10, 20, 30], [5, 6, 7], [[10, 10], [20, 20], [30, None]])
     null = {n: {"ratio": r, "run_at_last": 0.1 * r, "null_at_last": 0.1} for n, r in zip(LAYERS, [1.0, 1.5, 2.0])}
-    comp = {n: {"0": {"structure": {"mean": 1.0}}, "5": {"structure": {"mean": d}}} for n, d in zip(LAYERS, [1, 2, 3])}
+    comp = {n: {"0": {"structure": {"mean": 1.0}}, "1": {"structure": {"mean": d}}} for n, d in zip(LAYERS, [1, 2, 3])}
     a = _analysis(probes=_probes([[0.1, 0.2], [0.1, 0.5], [0.1, 0.9]], control=[0.1, 0.15]), convergence=conv)
     rows = {c["key"]: c for c in claims({**a, "rotation_null": null, "complexity": comp})}
     assert rows["a"]["numbers"] == "0.200, 0.500, 0.900" and rows["a"]["baseline"] == "random init: 0.100, 0.100, 0.100"
@@ -119,7 +124,7 @@ def test_rows_show_the_numbers_and_baselines_they_judge() -> None:
     assert rows["e"]["numbers"] == "run 0.100, 0.150, 0.200; ratio 1.00, 1.50, 2.00"
     assert rows["e"]["baseline"] == "null 0.100, 0.100, 0.100"
     assert rows["f"]["numbers"] == "1.00, 2.00, 3.00" and rows["f"]["baseline"] == "random init: 1.00, 1.00, 1.00"
-    assert "epoch 5" in rows["f"]["criterion"] and "epoch 1" in rows["a"]["criterion"]
+    assert "at epoch 1 rise" in rows["f"]["criterion"] and "epoch 1" in rows["a"]["criterion"]
     assert [c["claim"] for c in claims(a)] == [CLAIMS[k] for k in "abcdef"]
 
 
@@ -141,7 +146,7 @@ def test_summary_is_at_most_five_sentences_of_this_run_s_numbers() -> None:
     assert "Of the 6 claims below, 3 are shown, 0 tied and 0 not shown (3 not measured)" in text
 
 
-def _full(epochs: int = 3) -> dict:
+def _full(epochs: int = 8) -> dict:
     """Every section, over ``epochs`` epochs (so that the last epoch is not also the second)."""
     acc = [[0.1] + [0.1 + d * 0.01 * e for e in range(1, epochs)] + [0.2 + 0.35 * d] for d in range(3)]
     conv = _convergence([10, 20, 30], [5, 6, 7], [[10, 10], [20, 20], [30, 30]])

@@ -20,7 +20,7 @@ from featviz.gallery.units import unit_href, unit_pages
 from featviz.layers import default_layers, run_fields
 from featviz.plots import available, training_curves
 from featviz.run.fileio import json_text
-from featviz.run.renderset import choose_settings_set, settings_sets
+from featviz.run.renderset import choose_settings_set, set_status, settings_sets
 from featviz.run.schema import ConvLayer, RenderRecord
 from featviz.run.store import Run
 from featviz.schedule import label
@@ -233,6 +233,10 @@ def build_gallery(run: Run, settings_set: str | None = None, live: bool = False)
         analysis = {k: v for k, v in analysis.items() if k not in ("faithfulness",)}  # r belongs to another set
     plots = [f"../analysis/{k}.png" for k in available(analysis)] if analysis else []
     depths = _depths(run, index, analysis, sid)
+    status = set_status(run, index, sid) if sid else None
+    labels = {p.id: p.label for p in run.snapshot_points()}
+    if status:  # the moments by their labels, for the page
+        status = {**status, "moment_labels": [labels.get(m, m) for m in status["moments"]]}
     for i, d in enumerate(depths):
         d["open"] = i == 0 or len(depths) <= OPEN_ALL_UP_TO
     html = (
@@ -252,6 +256,7 @@ def build_gallery(run: Run, settings_set: str | None = None, live: bool = False)
             has_curves=bool(metrics),
             am_settings=am_settings,
             settings_set=sid,
+            set_status=status,
             other_sets=sorted(x for x in sets if x != sid),
             live=live,
             epochs_done=run.epochs_done,

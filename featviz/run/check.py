@@ -22,6 +22,7 @@ from pathlib import Path
 
 from featviz.errors import RunError
 from featviz.run.fileio import load_tensors, sha256_file, tensor_header
+from featviz.run.renderset import set_status, settings_sets
 from featviz.run.store import Run
 
 
@@ -61,7 +62,7 @@ def check_run(path: str | Path) -> CheckReport:
         rep.problems.append(str(e) if isinstance(e, RunError) else f"{run.path / 'manifest.json'}: malformed ({e})")
         return rep
     rep.files_checked += 1
-    for part in (_check_manifest_files, _check_tensor_names, _check_epochs, _check_renders, _notes):
+    for part in (_check_manifest_files, _check_tensor_names, _check_epochs, _check_renders, _check_sets, _notes):
         try:
             part(run, files, rep)
         except RunError as e:  # e.g. a folder of the run replaced by a symlink: a problem, and the rest goes on
@@ -169,6 +170,22 @@ def _check_renders(run: Run, files: dict[str, str], rep: CheckReport) -> None:
         if not run.has_file(rec.file):
             rep.problems.append(
                 f"{run.path / rec.file}: render file is missing or not a regular file (listed in renders.jsonl)"
+            )
+
+
+def _check_sets(run: Run, files: dict[str, str], rep: CheckReport) -> None:
+    """A note per activation-maximization settings set whose last render did not finish, with what it lacks."""
+    index = run.render_index()
+    for sid in sorted(settings_sets(index)):
+        status = set_status(run, index, sid)
+        if not status["complete"]:
+            lacks = "; ".join(
+                f"{m}: " + ", ".join(f"{la} {n}" for la, n in layers.items()) for m, layers in status["missing"].items()
+            )
+            rep.notes.append(
+                f"settings set {sid} is incomplete (a render into it did not finish): it holds {status['images']} "
+                f"images at {', '.join(status['moments']) or 'no moment'}; missing {lacks or 'nothing listed'}; "
+                "featviz render finishes it"
             )
 
 
