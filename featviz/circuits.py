@@ -82,9 +82,9 @@ def kernel_strengths(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
     return full
 
 
-def _ranked(row: torch.Tensor, k: int, allowed: torch.Tensor | None = None) -> list[tuple[int, float]]:
-    """The k largest entries of ``row`` as (index, value), largest first, ties to the lower index."""
-    idx = torch.arange(len(row)) if allowed is None else allowed
+def _ranked(row: torch.Tensor, k: int, idx: torch.Tensor) -> list[tuple[int, float]]:
+    """The k largest entries of ``row`` among the indices ``idx`` as (index, value), largest first, ties to
+    the lower index."""
     vals = row[idx]
     order = sorted(range(len(idx)), key=lambda i: (-float(vals[i]), int(idx[i])))[:k]
     return [(int(idx[i]), float(vals[i])) for i in order]

@@ -209,3 +209,28 @@ def test_a_strided_max_pool_expands_as_an_average_pool_of_its_own_stride():
     conv = nn.Conv2d(2, 1, 1, bias=False)
     e = expanded_weights([nn.MaxPool2d(3, stride=1, padding=1), conv], 2)
     assert e.shape == (1, 2, 3, 3) and torch.allclose(e, conv.weight.double().expand(1, 2, 3, 3) / 9, atol=1e-12)
+
+
+def test_edge_cases_of_the_expanded_weights_nmf_and_glyphs():
+    torch.manual_seed(8)
+    c1, c2 = nn.Conv2d(2, 5, 3, padding=1), nn.Conv2d(5, 7, 3, padding=1)
+    assert torch.allclose(expanded_weights([c1, c2], 2, chunk=2), expanded_weights([c1, c2], 2), atol=1e-12)  # chunks
+    zero = nn.Conv2d(2, 3, 3, bias=False)
+    with torch.no_grad():
+        zero.weight.zero_()
+    assert expanded_weights([zero], 2).equal(torch.zeros(3, 2, 1, 1, dtype=torch.float64))  # nothing passes: no box
+    g = torch.Generator().manual_seed(9)
+    m = torch.rand(10, 3, generator=g, dtype=torch.float64) @ torch.rand(3, 30, generator=g, dtype=torch.float64)
+    a, b = nmf(m * 1e-3, 3, iters=2000)  # small entries converge as fast: the step is not floored at a large value
+    assert float((m * 1e-3 - a @ b).norm() / (m * 1e-3).norm()) < 1e-3
+    assert one_sided_nmf(torch.randn(6, 8, 3, 3, generator=g)).relative_error > 0.1  # rank 3 cannot hold noise
+    assert one_sided_nmf(torch.zeros(2, 4, 1, 1)).relative_error == 0.0
+    white = glyphs(torch.zeros(1, 3, 1, 1))
+    assert white.flatten().tolist() == [255, 255, 255]  # no loading at all: white, not NaN
+    full = glyphs(torch.ones(1, 3, 1, 1))  # all three factors at full: the ink saturates at black, never wraps
+    assert full.flatten().tolist() == [0, 0, 0]
+    assert len(top_outputs(torch.ones(5, 2, 1, 1), 0, k=2)) == 2
+    with pytest.raises(ValueError, match="wired_at needs one top-k set per step"):
+        wired_at([], [])
+    with pytest.raises(ValueError, match="a BatchNorm without running statistics"):
+        fold_batchnorm(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1, track_running_stats=False))
