@@ -31,6 +31,9 @@ from featviz.run.schema import ConvLayer, RunInfo
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU)
 DEEP = 8  # models with more conv layers than this get the default selection below instead of all
 MAX_CHANNELS = 64  # default channels per layer: all up to this many, else this many evenly spaced
+DEEP_CHANNELS = 32  # at most this many for a model with more than DEEP conv layers, and at least DEEP_MIN_CHANNELS:
+DEEP_MIN_CHANNELS = 6  # as many as DEEP_BUDGET allows (deep_channel_count; benchmarks/README.md: deep models)
+DEEP_BUDGET = 1e12  # multiply-adds per layer and moment of a deep model's default render (forward and backward)
 RF_PROBE_MAX = 128  # largest input the receptive-field probe uses; larger fields are reported as "> this"
 
 
@@ -217,6 +220,36 @@ def select_layers(
             raise ConfigError(f"--layers {item!r} matches no conv layer; valid conv layers: {', '.join(names)}")
         chosen.update(hits)
     return [la for la in layers if la.name in chosen]
+
+
+def is_deep(layers: list[ConvLayer] | tuple[ConvLayer, ...]) -> bool:
+    """More than ``DEEP`` conv layers: the default render picks fewer layers, channels and moments."""
+    return len(layers) > DEEP
+
+
+def prefix_macs_of(layers: list[ConvLayer] | tuple[ConvLayer, ...], layer: ConvLayer) -> int:
+    """Multiply-adds of one image's forward pass up to and including ``layer``, from the traced geometry
+    alone (no model): every conv that runs before it, out_px^2 x out_ch x in_ch / groups x kh x kw. Zero
+    for a run made before ``out_px`` was traced."""
+    total = 0
+    for la in layers:
+        if la.depth <= layer.depth and la.out_px:
+            total += la.out_px**2 * la.out_ch * (la.in_ch // la.groups) * la.kernel[0] * la.kernel[1]
+    return total
+
+
+def deep_channel_count(
+    layers: list[ConvLayer] | tuple[ConvLayer, ...], layer: ConvLayer, steps: int, scale: float = 1.0
+) -> int:
+    """How many channels a deep model's default render takes of ``layer``: as many as ``DEEP_BUDGET``
+    multiply-adds buy (forward and backward, 3 x the prefix's, for ``steps`` steps; ``scale``: the render's
+    pixels over the run's), between ``DEEP_MIN_CHANNELS`` and ``DEEP_CHANNELS``. Cheap shallow layers get
+    more channels, the costly deep ones fewer: a ResNet-18 at 64 px gets 32 at its first conv and about 8
+    at its last."""
+    cost = 3 * prefix_macs_of(layers, layer) * steps * scale
+    if cost <= 0:
+        return min(DEEP_CHANNELS, layer.out_ch)
+    return min(layer.out_ch, max(DEEP_MIN_CHANNELS, min(DEEP_CHANNELS, int(DEEP_BUDGET // cost))))
 
 
 def default_channels(n: int, cap: int = MAX_CHANNELS) -> list[int]:

@@ -25,7 +25,7 @@ from featviz.data import ImageData, load_data
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, RunError
 from featviz.gallery.build import build_gallery
-from featviz.layers import select_layers, trace
+from featviz.layers import is_deep, select_layers, trace
 from featviz.loading import allow, build_run_model, check_access, fitting
 from featviz.model import build_model
 from featviz.optvis.param import color_matrix_or_none
@@ -216,14 +216,15 @@ def plan_render(run: Run, cfg: RenderConfig = RenderConfig(), estimate: bool = F
     settings and the expected seconds for them (``render.estimate_seconds``: a short timed pass)."""
     check_access(run)  # a model factory nobody vouched for is refused before anything is imported
     layers = select_layers(run.info.layers, cfg.layers)
-    chosen = moments(cfg.moments, run.snapshot_points())
+    deep = is_deep(run.info.layers)
+    chosen = moments(cfg.moments, run.snapshot_points(), deep=deep)
     for layer in layers:
         if cfg.channels and max(cfg.channels) >= layer.out_ch:
             raise ConfigError(
                 f"channel {max(cfg.channels)} out of range for {layer.name} (it has "
                 f"{layer.out_ch} channels: 0..{layer.out_ch - 1})"
             )
-    images = len(chosen) * sum(len(render_stage.channels_for(layer, cfg)) for layer in layers)
+    images = len(chosen) * sum(len(render_stage.run_channels(run, layer, cfg)) for layer in layers)
     plan: dict[str, Any] = {"layers": layers, "moments": chosen, "images": images}
     if estimate:
         todo = render_stage.pending(run, layers, chosen, cfg)
@@ -280,7 +281,7 @@ def _render(
     )
     sid = render_stage.settings_set(run, cfg)
     if group.main:  # what this render will make, so an interruption leaves the set marked incomplete
-        planned = {la.name: render_stage.channels_for(la, cfg) for la in layers}
+        planned = {la.name: render_stage.run_channels(run, la, cfg) for la in layers}
         renderset.begin(run, sid, {p.id: planned for p in chosen})
     distributed.barrier(group)
     rendered = render_stage.maximize_layers(run, layers, chosen, cfg, device, progress, snaps, group)
@@ -322,11 +323,12 @@ def render_reached(
     device = device or resolve_device(cfg.device)
     layers = select_layers(run.info.layers, cfg.layers)
     rendered = 0
-    for moment in moments("auto", run.snapshot_points(), planned=run.epochs_planned):
+    deep = is_deep(run.info.layers)
+    for moment in moments("auto", run.snapshot_points(), planned=run.epochs_planned, deep=deep):
         for layer in layers:  # one layer at a time, so each rest is short
             t0 = time.perf_counter()
             sid = render_stage.settings_set(run, cfg)
-            renderset.begin(run, sid, {moment.id: {layer.name: render_stage.channels_for(layer, cfg)}})
+            renderset.begin(run, sid, {moment.id: {layer.name: render_stage.run_channels(run, layer, cfg)}})
             n = render_stage.maximize_layers(run, [layer], [moment], cfg, device)
             renderset.finish(run, sid)
             rendered += n

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Sequence
 
 import torch
 from torchvision.utils import make_grid
@@ -21,7 +22,7 @@ from featviz.distributed import SINGLE, Group
 from featviz.errors import ConfigError, FeatvizError, RunError, one_line
 from featviz.filters import evolution_strip, filter_grid, layer_scale
 from featviz.images import gif_bytes, png_bytes, to_uint8
-from featviz.layers import default_channels, prefix_macs
+from featviz.layers import MAX_CHANNELS, deep_channel_count, default_channels, is_deep, prefix_macs
 from featviz.loading import build_run_model, difference, misfit, probe_images
 from featviz.model import recalibrate_batchnorm, response_layer
 from featviz.optvis import RenderSettings, maximize_channels
@@ -29,15 +30,27 @@ from featviz.progress import StageProgress, silent
 from featviz.run.renderset import am_settings
 from featviz.run.schema import ConvLayer, DataInfo, RenderRecord, SnapshotPoint, settings_set_of
 from featviz.run.store import Run
-from featviz.zoo import logits_of
 
 
-def channels_for(layer: ConvLayer, cfg: RenderConfig) -> list[int]:
-    """The channels to render of ``layer``: ``cfg.channels``; else all with ``cfg.all_channels``; else
-    all up to 64, or 64 evenly spaced (``layers.default_channels``)."""
+def channels_for(
+    layer: ConvLayer, cfg: RenderConfig, layers: Sequence[ConvLayer] = (), size: int | None = None
+) -> list[int]:
+    """The channels to render of ``layer``: ``cfg.channels``; else all with ``cfg.all_channels``; else all up
+    to 64, or 64 evenly spaced (``layers.default_channels``); for a deep model (``is_deep(layers)``, the run's
+    layers) as many as its compute budget buys (``layers.deep_channel_count``; ``size``: the run's image side)."""
     if cfg.channels:
         return list(cfg.channels)
-    return list(range(layer.out_ch)) if cfg.all_channels else default_channels(layer.out_ch)
+    if cfg.all_channels:
+        return list(range(layer.out_ch))
+    if is_deep(list(layers)):
+        scale = ((cfg.settings.size or size or 1) / (size or cfg.settings.size or 1)) ** 2
+        return default_channels(layer.out_ch, deep_channel_count(list(layers), layer, cfg.settings.steps, scale))
+    return default_channels(layer.out_ch, MAX_CHANNELS)
+
+
+def run_channels(run: Run, layer: ConvLayer, cfg: RenderConfig) -> list[int]:
+    """``channels_for`` one of ``run``'s layers."""
+    return channels_for(layer, cfg, run.info.layers, run.info.data.size)
 
 
 def _check_filters(layer: ConvLayer, weights: list[torch.Tensor | None], usable: list[SnapshotPoint]) -> None:
@@ -139,7 +152,7 @@ def maximize_layers(
         if model_point is not point:
             model, model_point = None, point
         name = layer.name
-        chans = channels_for(layer, cfg)
+        chans = run_channels(run, layer, cfg)
         base = f"am/{sid}/{name}/{point.id}"
         files = am_files(sid, name, point, chans)
         if not cfg.force and all(done.get(f) == sid for f in files):
@@ -259,47 +272,46 @@ def pending(run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg:
         f not in done
         for layer in layers
         for p in points
-        for f in am_files(sid, layer.name, p, channels_for(layer, cfg))
+        for f in am_files(sid, layer.name, p, run_channels(run, layer, cfg))
     )
 
 
-# the transforms, the parametrization and Adam; fitted on the default run (estimate 94 s, took ~95 s) and a
-# ResNet-18 (69 s, took 59 s)
-OVERHEAD = 1.15
+TIMED_STEPS = (1, 4)  # the estimate's two short renders: their difference is the cost of 3 steps, without set-up
 
 
 def estimate_seconds(
     run: Run, layers: list[ConvLayer], points: list[SnapshotPoint], cfg: RenderConfig, device: torch.device
 ) -> float:
-    """Expected seconds for the activation-maximization images of ``layers`` at ``points``: per layer the
-    multiply-adds of the network up to it (``layers.prefix_macs``), x3 for the backward pass, x channels x
-    steps x moments, at the rate a timed forward and backward pass of the whole network reaches here."""
+    """Expected seconds for the activation-maximization images of ``layers`` at ``points``: short real renders
+    (``TIMED_STEPS``, the layer's own channels and settings, the run's init weights) of the cheapest and the
+    costliest layer give the seconds per image and step at each; every layer's cost is interpolated between
+    them by the multiply-adds of the network up to it (``layers.prefix_macs``), x channels x steps x moments.
+    A real step also pays for the transforms, the parametrization and Adam, which a bare forward and backward
+    pass misses (it made a ResNet-18's estimate 40% short)."""
     size = cfg.settings.size or run.info.data.size
-    chans = run.info.data.image_channels
     model = build_run_model(run).to(device).eval()
-    prefix, total = prefix_macs(model, chans, size)
-    # small: cheap on deep nets
-    x = torch.randn(min(cfg.settings.chunk, 8), chans, size, size, device=device, requires_grad=True)
     for p in model.parameters():
         p.requires_grad_(False)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # time the work, not its queueing
-    logits_of(model(x)).float().sum().backward()  # warm-up: allocator and kernel choice
-    sync()
-    best = float("inf")
-    for _ in range(3):  # the fastest of 3: one pass can be stalled (another busy process) many times over
-        t0 = time.perf_counter()
-        logits_of(model(x)).float().sum().backward()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    work = sum(3 * prefix.get(layer.name, total) * len(channels_for(layer, cfg)) for layer in layers)
-    batches = sum(-(-len(channels_for(layer, cfg)) // cfg.settings.chunk) for layer in layers)
-    return expected_seconds(
-        work * cfg.settings.steps * len(points), 3 * total * len(x), best, batches * cfg.settings.steps * len(points)
-    )
-
-
-def expected_seconds(work: float, timed_work: float, timed_s: float, batch_steps: int) -> float:
-    """``work`` multiply-adds at the rate a timed pass of ``timed_work`` reached in ``timed_s`` (x OVERHEAD),
-    but never less than ``batch_steps`` such passes: on tiny images a step costs its fixed per-step time
-    (launching the ops, the optimizer), whatever its multiply-adds."""
-    return max(OVERHEAD * work * max(timed_s, 1e-6) / timed_work, batch_steps * timed_s)
+    prefix, total = prefix_macs(model, run.info.data.image_channels, size)
+    macs = {la.name: prefix.get(la.name, total) for la in layers}
+    ends = sorted({min(layers, key=lambda la: macs[la.name]).name, max(layers, key=lambda la: macs[la.name]).name})
+    by_name = {la.name: la for la in layers}
+    knobs = optimization_settings(cfg, run.info.data, size, str(device))
+    per: dict[str, float] = {}  # seconds per image and step
+    for name in ends:
+        la = by_name[name]
+        chans = run_channels(run, la, cfg)[: cfg.settings.chunk]
+        target = la.response or response_layer(model, name)
+        took = []
+        for steps in TIMED_STEPS:
+            t0 = time.perf_counter()
+            maximize_channels(model, target, chans, dataclasses.replace(knobs, steps=steps, trace_every=steps))
+            took.append(time.perf_counter() - t0)
+        per[name] = max(took[1] - took[0], 1e-6) / (TIMED_STEPS[1] - TIMED_STEPS[0]) / len(chans)
+    lo, hi = ends[0], ends[-1]
+    span = macs[hi] - macs[lo]
+    seconds = 0.0
+    for la in layers:
+        w = (macs[la.name] - macs[lo]) / span if span > 0 else 0.0
+        seconds += len(run_channels(run, la, cfg)) * cfg.settings.steps * (per[lo] + w * (per[hi] - per[lo]))
+    return seconds * len(points)

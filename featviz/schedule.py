@@ -55,14 +55,18 @@ def label(step: int, steps_per_epoch: int) -> str:
     return f"step {step} · epoch {step / max(1, steps_per_epoch):.2f}".replace(".00", "")
 
 
-def moments(spec: str, points: list[SnapshotPoint], planned: int | None = None) -> list[SnapshotPoint]:
+def moments(
+    spec: str, points: list[SnapshotPoint], planned: int | None = None, deep: bool = False
+) -> list[SnapshotPoint]:
     """The snapshot points (``Run.snapshot_points``) to render activation maximization at.
 
     ``auto`` (default): the init; up to three step snapshots inside the first epoch, log-spaced (those
     nearest to E^(1/4), E^(1/2), E^(3/4) steps on a log scale, E = steps per epoch); the end of epoch 1;
     the middle epoch; the final epoch (of ``planned`` epochs, when given: then a run still training gets
-    only the moments it has already reached). ``snapshots``: every point. Otherwise an epoch spec of
-    ``parse_epochs`` (all | last | 0,5,10 | every:K), which selects epoch snapshots.
+    only the moments it has already reached); for a ``deep`` model (``layers.is_deep``) only the init, the
+    middle and the final epoch, the steps inside epoch 1 left out (each moment of a ResNet costs minutes on a
+    CPU). ``snapshots``: every point. Otherwise an epoch spec of ``parse_epochs`` (all | last | 0,5,10 |
+    every:K), which selects epoch snapshots.
     """
     epochs = {p.epoch: p for p in points if p.epoch is not None}
     text = spec.strip().lower()
@@ -71,6 +75,8 @@ def moments(spec: str, points: list[SnapshotPoint], planned: int | None = None) 
     if text != "auto":
         return [epochs[e] for e in parse_epochs(spec, sorted(epochs))]
     last = planned if planned is not None else (max(epochs) if epochs else 0)
+    if deep:
+        return [epochs[e] for e in sorted({0, last // 2, last}) if e in epochs]
     chosen = {id(epochs[e]): epochs[e] for e in sorted({0, min(1, last), last // 2, last}) if e in epochs}
     spe = epochs[1].step if 1 in epochs else None
     inside = [p for p in points if p.kind == "step" and spe and 0 < p.step < spe]

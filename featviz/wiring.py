@@ -27,7 +27,7 @@ from featviz.circuits import (
     wired_at,
 )
 from featviz.graph import INPUT, Link, chain_between, consumers, links
-from featviz.layers import DEEP, default_channels, default_layers
+from featviz.layers import DEEP, DEEP_CHANNELS, default_channels, default_layers
 from featviz.run.schema import ConvLayer, SnapshotPoint
 
 K = 9  # strongest inputs and outputs shown per unit, and the k of "wired at" and of the input share
@@ -40,7 +40,7 @@ def page_units(layers: list[ConvLayer] | tuple[ConvLayer, ...]) -> dict[str, lis
     deeper model, the channels ``featviz render`` selects by default (``default_layers``, ``default_channels``)."""
     if len(layers) <= DEEP:
         return {la.name: list(range(la.out_ch)) for la in layers}
-    return {la.name: default_channels(la.out_ch) for la in default_layers(layers)}
+    return {la.name: default_channels(la.out_ch, DEEP_CHANNELS) for la in default_layers(layers)}
 
 
 def _num(v: float, digits: int = 4) -> float | None:

@@ -214,10 +214,25 @@ def test_cli_render_bad_inputs(rendered: Run, cli, tmp_path: Path, argv: list[st
     assert "Traceback" not in out + err
 
 
-def test_expected_seconds_by_work_and_by_steps() -> None:
-    """Known answers: 1e9 multiply-adds where a pass of 1e8 took 0.01 s is 0.1 s x OVERHEAD; 100000 steps of one
-    batch cost at least 100000 passes (1000 s), however few multiply-adds each has (tiny images)."""
-    from featviz.render import OVERHEAD, expected_seconds
+def test_the_estimate_times_short_real_renders_of_the_end_layers(tiny_run, monkeypatch) -> None:
+    """Known answer: a fake clock makes a step cost 0.01 s per image at depth 1 and 0.03 s at depth 2, plus 5 s of
+    set-up per call (which the two timed renders cancel); 256 steps x (4 + 8 channels) x 3 moments follows."""
+    import torch
 
-    assert expected_seconds(1e9, 1e8, 0.01, batch_steps=1) == pytest.approx(0.1 * OVERHEAD)
-    assert expected_seconds(1e9, 1e8, 0.01, batch_steps=100_000) == pytest.approx(1000.0)
+    import featviz.render as render_stage
+    from featviz.render import TIMED_STEPS, estimate_seconds
+
+    clock = [0.0]
+    calls = []
+
+    def fake(model, target, chans, knobs):
+        calls.append((target, knobs.steps))
+        clock[0] += 5.0 + knobs.steps * len(chans) * (0.01 if target.endswith("1") else 0.03)
+
+    monkeypatch.setattr(render_stage, "maximize_channels", fake)
+    monkeypatch.setattr(render_stage.time, "perf_counter", lambda: clock[0])
+    cfg = RenderConfig()
+    points = tiny_run.snapshot_points()[:3]
+    got = estimate_seconds(tiny_run, list(tiny_run.info.layers), points, cfg, torch.device("cpu"))
+    assert got == pytest.approx(3 * 256 * (4 * 0.01 + 8 * 0.03))
+    assert sorted(calls) == sorted((t, s) for t in ("features.bn1", "features.bn2") for s in TIMED_STEPS)

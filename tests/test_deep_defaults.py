@@ -1,0 +1,45 @@
+"""The default render of a deep model: fewer moments, and as many channels per layer as a compute budget buys."""
+
+from __future__ import annotations
+
+import torchvision
+
+from featviz.config import RenderConfig
+from featviz.layers import DEEP_MIN_CHANNELS, deep_channel_count, is_deep, prefix_macs, prefix_macs_of, trace
+from featviz.render import channels_for
+from featviz.run.schema import ConvLayer, SnapshotPoint
+from featviz.schedule import moments
+
+
+def _plain(n: int, out_px: int = 100) -> list[ConvLayer]:
+    """n 1x1 convs of 100 -> 100 channels on a 100 x 100 map: 1e8 multiply-adds each."""
+    return [ConvLayer(f"c{d}", d, 100, 100, (1, 1), out_px=out_px) for d in range(1, n + 1)]
+
+
+def test_the_budget_buys_fewer_channels_deeper_within_the_bounds():
+    layers = _plain(9)
+    assert [prefix_macs_of(layers, la) for la in layers[:3]] == [10**8, 2 * 10**8, 3 * 10**8]
+    # 1e12 / (3 x d x 1e8 x 256 steps) = 13.0 / d channels, at least 6 and at most 32
+    assert [deep_channel_count(layers, la, 256) for la in layers[:4]] == [13, DEEP_MIN_CHANNELS, 6, 6]
+    assert deep_channel_count(layers, layers[0], 64) == 32 and deep_channel_count(layers, layers[0], 256, 0.25) == 32
+    assert deep_channel_count(_plain(9, out_px=0), layers[0], 256) == 32  # an older run without out_px
+    cfg = RenderConfig()
+    assert channels_for(layers[0], cfg, layers) == [round(i * 99 / 12) for i in range(13)]  # evenly spaced
+    assert len(channels_for(layers[0], cfg, layers[:8])) == 64  # 8 layers is not deep: up to 64 as before
+    assert channels_for(layers[0], RenderConfig(channels=(1, 2)), layers) == [1, 2]
+
+
+def test_the_traced_geometry_counts_the_multiply_adds_the_model_runs():
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    layers = trace(model, 3, 64)
+    prefix, _ = prefix_macs(model, 3, 64)
+    assert is_deep(layers)
+    for la in layers:
+        assert prefix_macs_of(layers, la) == prefix[la.name], la.name
+
+
+def test_a_deep_model_renders_the_init_the_middle_and_the_last_epoch():
+    points = [SnapshotPoint(f"epoch_{e:03d}", "epoch", 10 * e, e) for e in range(5)]
+    points += [SnapshotPoint(f"step_{s:07d}", "step", s) for s in (1, 2, 4)]
+    assert [p.id for p in moments("auto", points, deep=True)] == ["epoch_000", "epoch_002", "epoch_004"]
+    assert len(moments("auto", points)) > 3  # a small model keeps the steps inside epoch 1
