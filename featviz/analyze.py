@@ -24,7 +24,7 @@ from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.filters import layer_scale
 from featviz.gabor import GOOD, gabor_r2
 from featviz.images import Normalizer, decode_png, png_bytes
-from featviz.layers import prefix_macs, run_fields
+from featviz.layers import measured_layers, prefix_macs, run_fields
 from featviz.loading import build_run_model, fitting, load_model_at, probe_images
 from featviz.metrics import (
     crop_around,
@@ -111,7 +111,10 @@ def receptive_fields(
     for e, state in snaps.items():
         model = load_model_at(run, e, device, state)
         recalibrate_batchnorm(model, probe.to(device))
+        shown = {la.name for la in measured_layers(run.info.layers)}  # a deep model: the layers the gallery shows
         for layer, theo in zip(run.info.layers, rfs):
+            if layer.name not in shown:
+                continue
             chans = channels_within(layer.out_ch, prefix.get(layer.name, total))
             eff = effective_receptive_field(model, layer.name, images, channels=chans)
             row = out.setdefault(

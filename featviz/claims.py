@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from featviz.depth import main_path
+from featviz.layers import DEEP
 from featviz.reading import intervals_overlap, shallow_first
 
 TIE = 0.01  # probe accuracies closer than this are tied (about 1 binomial sd at 1,000 test images, p = 0.9)
@@ -101,15 +102,27 @@ def _missing(key: str, why: str) -> dict[str, Any]:
     }
 
 
+def settled_layers(a: dict[str, Any]) -> list[str]:
+    """The main-path layers with settling controls, by depth: every layer of a small model, the layers a deep
+    model's gallery shows (``layers.measured_layers``); empty when a main-path layer of a small model lacks them."""
+    conv = a.get("convergence") or {}
+    if "skipped" in conv:
+        return []
+    layers = [n for n in main_path(a) if "settling" in conv.get(n, {})]
+    deep = len(a["layers"]) > DEEP
+    return layers if deep or len(layers) == len(main_path(a)) else []
+
+
 def settling(a: dict[str, Any]) -> dict[str, Any] | None:
     """Claim d's parts: the whole-network and own-weights steps at CKA 0.9, the half-sample intervals, and
     the verdict (shown only when both orders are shallow-first and no neighbouring intervals overlap)."""
     conv = a.get("convergence") or {}
-    if "skipped" in conv or not all("settling" in conv.get(n, {}) for n in main_path(a)):
+    layers = settled_layers(a)
+    if "skipped" in conv or len(layers) < 2:
         return None
-    pooled = [conv[n]["settling"]["formed_at"]["pooled"]["0.9"] for n in main_path(a)]
-    own = [conv[n]["settling"]["formed_at"]["own_weights"]["0.9"] for n in main_path(a)]
-    spans = [conv[n]["settling"]["formed_at_interval"] for n in main_path(a)]
+    pooled = [conv[n]["settling"]["formed_at"]["pooled"]["0.9"] for n in layers]
+    own = [conv[n]["settling"]["formed_at"]["own_weights"]["0.9"] for n in layers]
+    spans = [conv[n]["settling"]["formed_at_interval"] for n in layers]
     whole, alone = shallow_first(pooled), shallow_first(own)
     if whole == "shown" and alone == "shown" and not intervals_overlap(spans):
         verdict = "shown"

@@ -18,12 +18,14 @@ from torch import nn
 
 from featviz.errors import RunError
 from featviz.hooks import capture
+from featviz.layers import measured_layers
 from featviz.loading import build_run_model
 from featviz.metrics import cka_of_features, cka_of_grams, linear_cka
 from featviz.model import activation_layer, recalibrate_batchnorm
 from featviz.optvis.forward import forward_until
 from featviz.progress import StageProgress, silent
 from featviz.reading import first_epoch_above
+from featviz.run.schema import ConvLayer
 from featviz.run.store import Run
 
 # crossing criteria: name -> (threshold, of the baseline-relative CKA (CKA_t - CKA_0) / (1 - CKA_0))
@@ -54,10 +56,13 @@ def formed_at(cka: list[float], steps: list[int], threshold: float, relative: bo
     return first_epoch_above(cka, threshold, steps)
 
 
-def _measure(model: nn.Module, names: list[str], x: torch.Tensor, gram: bool) -> dict[str, dict[str, torch.Tensor]]:
+def _measure(
+    model: nn.Module, names: list[str], x: torch.Tensor, gram: bool | set[str]
+) -> dict[str, dict[str, torch.Tensor]]:
     """One forward pass over ``x`` (in chunks): per named layer, the channel means [N, C] (the pooled
     representation), each channel's peak [C] and, with ``gram``, the Gram matrix [M, M] (float64) of the
-    column-centred flattened maps (every position a feature) of the first M = min(N, ``FLAT_IMAGES``) images."""
+    column-centred flattened maps (every position a feature) of the first M = min(N, ``FLAT_IMAGES``) images
+    (``gram``: True for every layer, or the set of layer names that need it)."""
     maps: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     with capture(model, names, detach=True) as acts, torch.no_grad():
         for chunk in x.split(250):
@@ -68,7 +73,7 @@ def _measure(model: nn.Module, names: list[str], x: torch.Tensor, gram: bool) ->
     for n, parts in maps.items():
         a = torch.cat(parts)  # [N, C, P]
         out[n] = {"mean": a.mean(2), "peak": a.amax((0, 2))}
-        if gram:
+        if gram is True or (isinstance(gram, set) and n in gram):
             flat = a[:FLAT_IMAGES].flatten(1)
             flat = flat - flat.mean(0, keepdim=True)
             out[n]["gram"] = (flat @ flat.T).double()
@@ -128,6 +133,8 @@ def convergence(
 
     model = build_run_model(run).to(device).eval()
     names = [layer.activation or activation_layer(model, layer.name) for layer in run.info.layers]
+    controlled = {la.name for la in measured_layers(run.info.layers)}  # a deep model: the layers shown
+    control_names = {n for la, n in zip(run.info.layers, names) if la.name in controlled}
     probe = probe.to(device)
     readable = [(step, kind, key) for step, kind, key in points if state_of(kind, key) is not None]
     grid = _grid(run, [s for s, _, _ in readable])  # indices into readable
@@ -135,7 +142,7 @@ def convergence(
     def measured(kind: str, key: int, gram: bool) -> dict[str, dict[str, torch.Tensor]]:
         model.load_state_dict(state_of(kind, key))  # type: ignore[arg-type]
         recalibrate_batchnorm(model, probe)  # the snapshot's own running statistics lag behind its weights
-        return _measure(model, names, probe, gram)
+        return _measure(model, names, probe, control_names if gram else False)
 
     final = measured(*readable[-1][1:], gram=True)
     pooled: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -144,7 +151,7 @@ def convergence(
         m = measured(kind, key, gram=i in grid)
         for n in names:
             pooled[n].append(m[n]["mean"])
-            if i in grid:
+            if i in grid and n in control_names:
                 flattened[n].append(float(cka_of_grams(m[n]["gram"], final[n]["gram"])))
         progress("activations", i + 1, len(readable))
     out = {}
@@ -161,15 +168,16 @@ def convergence(
         if run.snapshot_steps():
             out[layer.name]["by_step"] = {"steps": at, "cka_to_final": cka}
     steps_on = [at[i] for i in grid]
+    kept = [(la, n) for la, n in zip(run.info.layers, names) if la.name in controlled]
     own = _own_weights(
-        run,
+        [la for la, _ in kept],
         model,
-        names,
+        [n for _, n in kept],
         probe[:FLAT_IMAGES],
         [(lambda k=readable[i][1], key=readable[i][2]: state_of(k, key)) for i in grid],
         progress,
     )
-    for layer, n in zip(run.info.layers, names):
+    for layer, n in kept:  # the settling controls: every layer of a small model, a deep one's shown layers
         on = [pooled[n][i] for i in grid]
         series = {
             "pooled": [float(cka_of_features(x, on[-1])) for x in on],
@@ -199,7 +207,7 @@ def _grid(run: Run, steps: list[int]) -> list[int]:
 
 
 def _own_weights(
-    run: Run,
+    layers: list[ConvLayer],
     model: nn.Module,
     names: list[str],
     probe: torch.Tensor,
@@ -212,12 +220,12 @@ def _own_weights(
     images. What the layer itself still had to learn, apart from the changes upstream of it (which the
     whole-network measure includes)."""
     final_state = loaders[-1]()
-    out: dict[str, list[float]] = {layer.name: [] for layer in run.info.layers}
+    out: dict[str, list[float]] = {layer.name: [] for layer in layers}
     with torch.no_grad():
         finals = {}
         for i, load in enumerate(loaders):
             state = load()
-            for layer, n in zip(run.info.layers, names):
+            for layer, n in zip(layers, names):
                 if n not in finals:
                     finals[n] = _pooled_until(model, final_state, n, probe)
                 mixed = {k: (state[k] if k.startswith(f"{layer.name}.") else v) for k, v in final_state.items()}

@@ -202,6 +202,13 @@ def default_layers(layers: list[ConvLayer] | tuple[ConvLayer, ...]) -> list[Conv
     return keep
 
 
+def measured_layers(layers: list[ConvLayer] | tuple[ConvLayer, ...]) -> list[ConvLayer]:
+    """The layers analyze's costly per-layer measures (the settling controls, the effective receptive field)
+    cover: every layer of a small model; for a deep one (``is_deep``) the layers the default render shows
+    (``default_layers``), so analyze measures what the gallery shows, in about a minute."""
+    return default_layers(layers) if is_deep(layers) else list(layers)
+
+
 def select_layers(
     layers: list[ConvLayer] | tuple[ConvLayer, ...], spec: str | tuple[str, ...] | None
 ) -> list[ConvLayer]:

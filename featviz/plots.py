@@ -222,6 +222,7 @@ def receptive_field(a: dict[str, Any]) -> dict[str, bytes]:
     """Theoretical field, effective field (side of the square holding 90% of the gradient; 2 px steps)
     and twice the RMS radius of the gradient mass (continuous, +- its spread over images) vs depth."""
     rf = a["receptive_field"]
+    a = {**a, "layers": [n for n in a["layers"] if n in rf]}  # a deep model: the layers the gallery shows
     first, last = a["epochs"][0], a["epochs"][-1]
     series = [("theoretical", [rf[n]["theoretical_px"] for n in a["layers"]], "o-", None)]
     series += [

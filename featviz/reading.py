@@ -138,17 +138,20 @@ def _convergence(a: dict[str, Any]) -> str:
 def _controls(a: dict[str, Any]) -> str:
     """The settling order again with only each layer's own weights varied (every other layer at its final
     values), and how far the 0.9 step moves over halves of the probe images (``featviz.convergence``)."""
+    from featviz.claims import settled_layers  # claims reads this module: imported at use
+
     conv = a["convergence"]
-    if not all("settling" in conv[n] for n in main_path(a)):
+    layers = settled_layers(a)
+    if len(layers) < 2:
         return ""
-    own = {n: conv[n]["settling"]["formed_at"]["own_weights"]["0.9"] for n in main_path(a)}
+    own = {n: conv[n]["settling"]["formed_at"]["own_weights"]["0.9"] for n in layers}
     verdict = shallow_first(list(own.values()))
     text = (
         " With only each layer's own weights taken from earlier snapshots (every other layer at its final values), "
         f"they reached 0.9 {_when(own, 'step')}: "
         + ("shallow-first again" if verdict == "shown" else "a tie" if verdict == "tie" else "not shallow-first")
     )
-    spans = [conv[n]["settling"]["formed_at_interval"] for n in main_path(a)]
+    spans = [conv[n]["settling"]["formed_at_interval"] for n in layers]
     if all(lo is not None and hi is not None for lo, hi in spans):
         text += "; over random halves of the probe images the whole-network steps range " + ", ".join(
             f"{lo}-{hi}" for lo, hi in spans
@@ -230,9 +233,12 @@ def _receptive(a: dict[str, Any], image: int) -> str:
     rf = a.get("receptive_field")
     if not rf or "skipped" in rf:
         return ""
-    theo = [rf[n]["theoretical_px"] for n in main_path(a)]
-    over = [n for n in main_path(a) if rf[n]["theoretical_px"] > image]
-    at_least = ">= " if rf[main_path(a)[-1]].get("theoretical_at_least") else ""
+    layers = [n for n in main_path(a) if n in rf]  # a deep model: the layers the gallery shows
+    if not layers:
+        return ""
+    theo = [rf[n]["theoretical_px"] for n in layers]
+    over = [n for n in layers if rf[n]["theoretical_px"] > image]
+    at_least = ">= " if rf[layers[-1]].get("theoretical_at_least") else ""
     text = f"Receptive fields grow from {theo[0]} to {at_least}{theo[-1]} px with depth"
     verb = "sees" if len(over) == 1 else "see"
     who = ", ".join(over) if len(over) <= 4 else f"{len(over)} of the {len(theo)} conv layers (the first: {over[0]})"

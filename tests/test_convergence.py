@@ -91,8 +91,7 @@ def test_own_weights_control_sees_only_the_layer_s_own_change() -> None:
     early = {k: v.clone() for k, v in final.items()}
     early["conv1.weight"] = torch.randn_like(early["conv1.weight"])
     layers = [SimpleNamespace(name="conv1"), SimpleNamespace(name="conv2")]
-    run = SimpleNamespace(info=SimpleNamespace(layers=layers))
     probe = torch.randn(64, 3, 8, 8)
-    own = _own_weights(run, net, ["relu1", "relu2"], probe, [lambda: early, lambda: final], silent)
+    own = _own_weights(layers, net, ["relu1", "relu2"], probe, [lambda: early, lambda: final], silent)
     assert own["conv2"] == pytest.approx([1.0, 1.0], abs=1e-9)
     assert own["conv1"][0] < 0.9 and own["conv1"][1] == pytest.approx(1.0, abs=1e-9)

@@ -43,3 +43,19 @@ def test_a_deep_model_renders_the_init_the_middle_and_the_last_epoch():
     points += [SnapshotPoint(f"step_{s:07d}", "step", s) for s in (1, 2, 4)]
     assert [p.id for p in moments("auto", points, deep=True)] == ["epoch_000", "epoch_002", "epoch_004"]
     assert len(moments("auto", points)) > 3  # a small model keeps the steps inside epoch 1
+
+
+def test_analyze_of_a_deep_model_runs_its_costly_controls_on_the_shown_layers(tmp_path):
+    from featviz.config import DataConfig, ModelConfig, TrainConfig
+    from featviz.pipeline import analyze_run, train_run
+
+    nine = ModelConfig(widths=(4,) * 9, kernels=(3,) * 9, strides=(1,) * 9, pools=(False,) * 9)
+    run = train_run(
+        DataConfig(name="shapes", n_train=64, n_val=32, size=12), nine, TrainConfig(epochs=1), out_dir=tmp_path
+    )
+    a = analyze_run(run, probe_size=16)
+    shown = ["features.conv1", "features.conv9"]  # no downsampling: the first and the last conv
+    assert [n for n in a["layers"] if "settling" in a["convergence"][n]] == shown
+    assert sorted(a["receptive_field"]) == shown
+    assert all("cka_to_final" in a["convergence"][n] for n in a["layers"])  # CKA itself: every layer
+    assert "features.conv9" in a["reading"]
