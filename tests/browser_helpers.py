@@ -19,3 +19,14 @@ MARKS = [
     ),
 ]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def open_page(browser, path: Path, width: int = 1200):
+    """``path`` (a file) in a new page of ``browser``: (page, the console errors and page errors it logs)."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    return page, errors

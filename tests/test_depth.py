@@ -9,6 +9,7 @@ from torch import nn
 from featviz.depth import positions, stages_of
 from featviz.layers import trace
 from featviz.model import small_cnn
+from graph_models import Reuse, Untraceable
 
 
 def _positions(model: nn.Module, size: int = 64):
@@ -50,31 +51,9 @@ def test_mobilenet_depthwise_then_pointwise_convs_are_in_order():
     assert {pos[la.name].stage for la in block} == {"features.4"}
 
 
-class Reuse(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 3, padding=1)
-        self.b = nn.Conv2d(4, 4, 3, padding=1)
-        self.c = nn.Conv2d(4, 4, 3, padding=1)
-
-    def forward(self, x):
-        return self.c(self.b(self.b(self.a(x))))
-
-
 def test_a_conv_run_twice_is_placed_at_its_first_call():
     layers, pos = _positions(Reuse(), 16)
     assert pos["b"].path_depth == 2 and pos["c"].path_depth == 4  # b's second call is depth 3
-
-
-class Untraceable(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 3, padding=1)
-        self.b = nn.Conv2d(4, 4, 3, padding=1)
-
-    def forward(self, x):
-        h = self.a(x)
-        return self.b(h) if bool(h.sum() > 0) else self.b(-h)
 
 
 def test_an_untraceable_model_keeps_the_forward_order():

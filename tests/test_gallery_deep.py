@@ -5,12 +5,11 @@ the figure. The run is synthetic (ResNet-18's traced layers; renders of the defa
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torchvision
 
-from browser_helpers import CHROMIUM, FLAGS, MARKS, playwright
+from browser_helpers import CHROMIUM, FLAGS, MARKS, open_page, playwright
 from featviz.gallery.build import build_gallery
 from featviz.layers import default_layers, trace
 from test_gallery_scale import _layer, synthetic_run
@@ -69,15 +68,5 @@ def test_in_chromium_nothing_overlaps_and_every_image_loads(browser_page, resnet
 def browser_page():
     with playwright.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-
-        def open_page(path: Path):
-            page = b.new_page(viewport={"width": 1200, "height": 900})
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(path.as_uri())
-            page.wait_for_load_state("load")
-            return page, errors
-
-        yield open_page
+        yield lambda path: open_page(b, path)
         b.close()

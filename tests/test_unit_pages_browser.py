@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_helpers import CHROMIUM, FLAGS, MARKS, playwright
+from browser_helpers import CHROMIUM, FLAGS, MARKS, open_page, playwright
 from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig
 from featviz.gallery.build import build_gallery
 from featviz.optvis import RenderSettings
@@ -39,16 +39,6 @@ def wired_run(tmp_path_factory) -> Run:
     return run
 
 
-def _open(browser, path: Path):
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(path.as_uri())
-    page.wait_for_load_state("load")
-    return page, errors
-
-
 def _all_loaded(page) -> None:
     page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)", timeout=10_000)
 
@@ -63,7 +53,7 @@ def test_every_unit_has_a_page_and_every_tile_links_to_it(wired_run: Run) -> Non
 
 
 def test_a_depth_3_page_shows_inputs_outputs_and_the_slider_changes_the_inputs(browser, wired_run: Run) -> None:
-    page, errors = _open(browser, wired_run.path / "gallery/units/features.conv3/5.html")
+    page, errors = open_page(browser, wired_run.path / "gallery/units/features.conv3/5.html")
     _all_loaded(page)
     rendered = [
         r for r in wired_run.render_index() if r.kind == "am" and r.layer == "features.conv3" and r.channel == 5
@@ -93,7 +83,7 @@ def test_a_depth_3_page_shows_inputs_outputs_and_the_slider_changes_the_inputs(b
 
 
 def test_a_depth_1_page_names_the_image_channels_and_explains_what_is_missing(browser, wired_run: Run) -> None:
-    page, errors = _open(browser, wired_run.path / "gallery/units/features.conv1/0.html")
+    page, errors = open_page(browser, wired_run.path / "gallery/units/features.conv1/0.html")
     assert page.locator("#inputs .unit").all_inner_texts()[0].split("\n")[1].endswith("channel of the image")
     assert "two layers down is the input image" in page.locator("#expanded-reason").inner_text() or (
         "the layer below is the input image" in page.locator("#expanded-reason").inner_text()
@@ -107,7 +97,7 @@ def test_a_hostile_run_name_stays_text_on_unit_pages(browser, wired_run: Run, tm
     dst = tmp_path / "<img src=x onerror=alert(3)>"
     shutil.copytree(wired_run.path, dst)
     build_gallery(Run.open(dst))
-    page, errors = _open(browser, dst / "gallery/units/features.conv2/0.html")
+    page, errors = open_page(browser, dst / "gallery/units/features.conv2/0.html")
     assert "<img src=x onerror=alert(3)>" in page.locator("nav a").first.inner_text()
     _all_loaded(page)
     assert errors == []

@@ -14,6 +14,7 @@ from featviz.layers import trace
 from featviz.model import small_cnn
 from featviz.run.schema import SnapshotPoint
 from featviz.wiring import measure, page_units
+from graph_models import Reuse, Untraceable
 
 
 def _links(model: nn.Module, size: int = 32):
@@ -52,32 +53,11 @@ def test_mobilenet_depthwise_convs_read_their_expansion_and_other_activations_ar
     assert "a product" in reasons  # squeeze-and-excitation gates the depthwise output before the projection
 
 
-class Twice(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 3, padding=1)
-        self.b = nn.Conv2d(4, 4, 3, padding=1)
-
-    def forward(self, x):
-        return self.b(torch.relu(self.b(torch.relu(self.a(x)))))
-
-
-class Branchy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 3, padding=1)
-        self.b = nn.Conv2d(4, 4, 3, padding=1)
-
-    def forward(self, x):
-        h = self.a(x)
-        return self.b(h) if h.sum() > 0 else self.b(-h)  # data-dependent: fx cannot trace it
-
-
 def test_a_reused_conv_is_counted_and_an_untraceable_model_says_why():
-    layers, table = _links(Twice())
-    assert table["b"].calls == 2 and table["b"].source == "a"
-    layers = trace(Branchy(), 3, 16)
-    table = links(Branchy(), layers)
+    layers, table = _links(Reuse(), 16)
+    assert table["b"].calls == 2 and table["b"].source == "a" and table["c"].source == "b"
+    layers = trace(Untraceable(), 3, 16)
+    table = links(Untraceable(), layers)
     assert all(link.source is None and "torch.fx" in link.reason for link in table.values())
 
 
