@@ -289,7 +289,8 @@ def wiring(
             epoch_points,
             progress=progress,
         )
-    except ValueError as e:
+    except ValueError as e:  # the unit pages must not show an earlier analysis's wiring
+        run.write_artifact("analysis", "wiring.json", json_text({"skipped": str(e), "layers": {}}).encode())
         return {"skipped": str(e)}
     run.write_artifact("analysis", "wiring.json", json_text(detail, separators=(",", ":")).encode())
     return summary

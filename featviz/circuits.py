@@ -82,6 +82,19 @@ def kernel_strengths(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
     return full
 
 
+def ungrouped(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """A grouped conv's weight [out, in/groups, kh, kw] as a plain conv's [out, in, kh, kw], zeros outside each
+    unit's group: every input channel is its own row for factoring over input channels."""
+    if groups == 1:
+        return weight
+    out, per = weight.shape[:2]
+    full = weight.new_zeros(out, per * groups, *weight.shape[2:])
+    size = out // groups
+    for g in range(groups):
+        full[g * size : (g + 1) * size, g * per : (g + 1) * per] = weight[g * size : (g + 1) * size]
+    return full
+
+
 def _ranked(row: torch.Tensor, k: int, idx: torch.Tensor) -> list[tuple[int, float]]:
     """The k largest entries of ``row`` among the indices ``idx`` as (index, value), largest first, ties to
     the lower index."""
@@ -241,7 +254,8 @@ class WeightNMF:
 
 
 def one_sided_nmf(weight: torch.Tensor, factors: int = 3, iters: int = 400, seed: int = 0) -> WeightNMF:
-    """Factor a conv's weights [out, in/groups, kh, kw] over its input channels: the matrix with one row per
+    """Factor a conv's weights [out, in, kh, kw] over its input channels (a grouped conv's through
+    ``ungrouped`` first): the matrix with one row per
     input channel and one column per (sign, output unit, position), holding max(W, 0) and max(-W, 0), is
     written as A @ B with ``factors`` non-negative columns of A (at most the number of input channels).
     Each kernel then reads as a k x k glyph with one colour per factor (``glyphs``)."""

@@ -259,6 +259,16 @@ def deep_channel_count(
     return min(layer.out_ch, max(DEEP_MIN_CHANNELS, min(DEEP_CHANNELS, int(DEEP_BUDGET // cost))))
 
 
+def default_render_channels(
+    layers: list[ConvLayer] | tuple[ConvLayer, ...], layer: ConvLayer, steps: int = 256
+) -> list[int]:
+    """The channels of ``layer`` a default ``featviz render`` draws (default settings: 256 steps at the run's
+    size): up to 64 for a small model, the compute budget's count for a deep one."""
+    if not is_deep(layers):
+        return default_channels(layer.out_ch)
+    return default_channels(layer.out_ch, deep_channel_count(layers, layer, steps))
+
+
 def default_channels(n: int, cap: int = MAX_CHANNELS) -> list[int]:
     """All ``n`` channels up to ``cap``, else ``cap`` of them evenly spaced from the first to the last."""
     if n <= cap:

@@ -190,11 +190,12 @@ def _complexity(a: dict[str, Any]) -> str:
     epochs = sorted({int(e) for n in layers for e in comp[n]})
     status = a.get("settings_set_status") or {}
     note = "" if status.get("complete", True) else " (an interrupted render left this settings set incomplete)"
-    if epochs and epochs[-1] != a["epochs"][-1]:  # never read a depth ordering off the init alone
+    run_last = (a.get("epochs") or [None])[-1]
+    if epochs and run_last is not None and epochs[-1] != run_last:  # never read a depth ordering off the init alone
         held = ", ".join(map(str, epochs))
         return (
             f"The activation-maximization images of this settings set cover epoch{'s' if len(epochs) > 1 else ''} "
-            f"{held} only, not the last epoch ({a['epochs'][-1]}){note}; render the rest "
+            f"{held} only, not the last epoch ({run_last}){note}; render the rest "
             "(featviz render RUN) for their structure by depth."
         )
     if not epochs or not all(str(epochs[-1]) in comp[n] for n in layers):

@@ -294,7 +294,8 @@ def estimate_seconds(
         p.requires_grad_(False)
     prefix, total = prefix_macs(model, run.info.data.image_channels, size)
     macs = {la.name: prefix.get(la.name, total) for la in layers}
-    ends = sorted({min(layers, key=lambda la: macs[la.name]).name, max(layers, key=lambda la: macs[la.name]).name})
+    lo, hi = min(layers, key=lambda la: macs[la.name]).name, max(layers, key=lambda la: macs[la.name]).name
+    ends = [lo] if lo == hi else [lo, hi]
     by_name = {la.name: la for la in layers}
     knobs = optimization_settings(cfg, run.info.data, size, str(device))
     per: dict[str, float] = {}  # seconds per image and step
@@ -302,13 +303,13 @@ def estimate_seconds(
         la = by_name[name]
         chans = run_channels(run, la, cfg)[: cfg.settings.chunk]
         target = la.response or response_layer(model, name)
+        maximize_channels(model, target, chans, dataclasses.replace(knobs, steps=1, trace_every=1))  # warm-up
         took = []
         for steps in TIMED_STEPS:
             t0 = time.perf_counter()
             maximize_channels(model, target, chans, dataclasses.replace(knobs, steps=steps, trace_every=steps))
             took.append(time.perf_counter() - t0)
         per[name] = max(took[1] - took[0], 1e-6) / (TIMED_STEPS[1] - TIMED_STEPS[0]) / len(chans)
-    lo, hi = ends[0], ends[-1]
     span = macs[hi] - macs[lo]
     seconds = 0.0
     for la in layers:

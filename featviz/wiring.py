@@ -24,10 +24,11 @@ from featviz.circuits import (
     input_share,
     kernel_strengths,
     one_sided_nmf,
+    ungrouped,
     wired_at,
 )
 from featviz.graph import INPUT, Link, chain_between, consumers, links
-from featviz.layers import DEEP, DEEP_CHANNELS, default_channels, default_layers
+from featviz.layers import DEEP, default_layers, default_render_channels
 from featviz.run.schema import ConvLayer, SnapshotPoint
 
 K = 9  # strongest inputs and outputs shown per unit, and the k of "wired at" and of the input share
@@ -40,7 +41,7 @@ def page_units(layers: list[ConvLayer] | tuple[ConvLayer, ...]) -> dict[str, lis
     deeper model, the channels ``featviz render`` selects by default (``default_layers``, ``default_channels``)."""
     if len(layers) <= DEEP:
         return {la.name: list(range(la.out_ch)) for la in layers}
-    return {la.name: default_channels(la.out_ch, DEEP_CHANNELS) for la in default_layers(layers)}
+    return {la.name: default_render_channels(layers, la) for la in default_layers(layers)}
 
 
 def _num(v: float, digits: int = 4) -> float | None:
@@ -70,7 +71,9 @@ class Weights:
         if resp == name or not isinstance(self.modules.get(resp), nn.modules.batchnorm._BatchNorm):
             return folded_weight(w)
         bn = self.modules[resp]
-        probe = type(bn)(bn.num_features, eps=bn.eps, affine=bn.affine)
+        if f"{resp}.running_var" not in self.state:  # batch statistics only: nothing fixed to fold
+            return folded_weight(w)
+        probe = nn.BatchNorm2d(bn.num_features, eps=bn.eps, affine=bn.affine)
         keys = {k: self.state[f"{resp}.{k}"] for k in probe.state_dict() if f"{resp}.{k}" in self.state}
         probe.load_state_dict(keys, strict=False)
         return folded_weight(w, batchnorm_affine(probe)[0])
@@ -168,6 +171,8 @@ def _null(
     epochs = sorted(e for e in null if e in epoch_points and epoch_points[e] in states)
     fan_in = la.in_ch // la.groups
     out: dict[str, Any] = {"epochs": epochs}
+    if not epochs:
+        return out
     for key, source in (("null", {e: null[e] for e in epochs}), ("run", {e: states[epoch_points[e]] for e in epochs})):
         series = [Weights(source[e], by_name, modules).folded(la.name) for e in epochs]
         if fan_in > k and len(epochs) > 1:
@@ -209,11 +214,16 @@ def _layer_detail(
     readers = consumers(table, la.name)
     down = table.get(link.source or "") if link.linear and link.source != INPUT else None
     two = down.source if down is not None and down.linear and down.source != INPUT else None
-    expanded = None
-    if two:
-        chain = chain_between(table, two, la.name) or ()
-        expanded = expanded_weights([modules[m] for m in chain], by_name[two].out_ch)
-    nmf = one_sided_nmf(series[-1])
+    expanded, failed = None, None
+    chain = chain_between(table, two, la.name) if two else None
+    if two and chain:
+        try:
+            expanded = expanded_weights([modules[m] for m in chain], by_name[two].out_ch)
+        except ValueError as e:  # a module with no linear stand-in, a field that keeps growing: said, not drawn
+            failed = str(e)
+    if expanded is None:
+        two = None
+    nmf = one_sided_nmf(ungrouped(series[-1], la.groups))
     rows = torch.arange(la.out_ch)[:, None]
     offsets = (torch.arange(la.out_ch) // size * per)[:, None]  # each unit's group's first input channel
     at = [  # per snapshot: each unit's top-k as (channels, norms, kernels), each a nested list made at once
@@ -246,7 +256,9 @@ def _layer_detail(
             unit["expanded"] = [[i, _num(float(norms[i])), _kernel(e[i])] for i in order]
         out_units[str(u)] = unit
     reason_two = None
-    if two is None:
+    if failed:
+        reason_two = failed
+    elif two is None:
         if not link.linear:
             reason_two = link.reason
         elif link.source == INPUT:

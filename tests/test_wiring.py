@@ -130,3 +130,31 @@ def test_a_resnet_measures_its_default_units_and_says_where_a_sum_breaks_the_cha
             assert len(unit["expanded"]) == 9
         else:
             assert layer["expanded_reason"]
+
+
+def test_a_page_names_image_channels_only_for_the_image_and_links_only_to_existing_pages():
+    from featviz.gallery.units import _wiring_data
+
+    unit = {"inputs": [[[0, 1.0, [1.0]], [4, 0.5, [0.5]]]], "outputs": {"b": [[2, 1.0, [1.0]], [3, 0.9, [0.9]]]}}
+    image = ["red channel of the image", "green", "blue"]
+
+    def data(source):
+        wl = {"source": source, "kernel": [1, 1]}
+        return _wiring_data(wl, unit, {"k": 9}, lambda la, c: None, image, {"a": 1}, lambda la, c: c == 2)
+
+    assert data("")["input_units"]["0"]["name"] == "red channel of the image"
+    summed = data(None)["input_units"]  # a residual sum: channels of no single layer, and not the image
+    assert summed["0"]["name"] == "input channel 0" and "href" not in summed["0"]
+    assert data("a")["input_units"]["4"]["name"] == "a · 4" and "href" not in data("a")["input_units"]["4"]
+    outs = data("a")["outputs"]["b"]
+    assert outs[0]["href"].endswith("units/b/2.html") and "href" not in outs[1]  # unit 3 of b has no page
+
+
+def test_grouped_weights_are_factored_over_every_input_channel():
+    from featviz.circuits import one_sided_nmf, ungrouped
+
+    w = torch.arange(1.0, 9.0).view(4, 1, 2, 1)  # depthwise: 4 units, each its own input channel
+    full = ungrouped(w, groups=4)
+    assert full.shape == (4, 4, 2, 1) and full[2, 2].tolist() == [[5.0], [6.0]] and full[2, 1].abs().sum() == 0
+    assert one_sided_nmf(full).input_factors.shape == (4, 3)
+    assert ungrouped(w, groups=1) is w

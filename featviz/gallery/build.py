@@ -233,10 +233,16 @@ def build_gallery(run: Run, settings_set: str | None = None, live: bool = False)
         analysis = {k: v for k, v in analysis.items() if k not in ("faithfulness",)}  # r belongs to another set
     plots = [f"../analysis/{k}.png" for k in available(analysis)] if analysis else []
     depths = _depths(run, index, analysis, sid)
+    if live:  # a live page's unit pages come with the render after training: no tile links to one yet
+        for d in depths:
+            for t in d["tiles"]:
+                t["href"] = None
     status = set_status(run, index, sid) if sid else None
-    labels = {p.id: p.label for p in run.snapshot_points()}
-    if status:  # the moments by their labels, for the page
-        status = {**status, "moment_labels": [labels.get(m, m) for m in status["moments"]]}
+    points = run.snapshot_points()
+    labels, order = {p.id: p.label for p in points}, {p.id: i for i, p in enumerate(points)}
+    if status:  # the moments by their labels, in the order of training, for the page
+        held = sorted(status["moments"], key=lambda m: order.get(m, len(order)))
+        status = {**status, "moment_labels": [labels.get(m, m) for m in held]}
     for i, d in enumerate(depths):
         d["open"] = i == 0 or len(depths) <= OPEN_ALL_UP_TO
     html = (

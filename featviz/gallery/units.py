@@ -76,18 +76,23 @@ def _numbers(analysis: dict[str, Any] | None, layer: str, channel: int) -> dict[
 
 
 def _entry(
-    layer: str | None, index: int, norm: Any, kernel: Any, thumbs: Callable[[str, int], str | None], labels: list[str]
+    layer: str | None,
+    index: int,
+    norm: Any,
+    kernel: Any,
+    thumbs: Callable[[str, int], str | None],
+    labels: list[str] | None,
+    paged: Callable[[str, int], bool],
 ) -> dict[str, Any]:
-    """One input or output: its unit (layer, channel), its picture and link where it has them, its kernel."""
+    """One input or output: its unit (layer, channel), its picture and the link to its page where it has them,
+    its kernel. ``layer`` None: a channel of the image (``labels``: their names) or, with ``labels`` None, of
+    an input that is no single layer's output (a residual sum)."""
     out: dict[str, Any] = {"norm": norm, "kernel": kernel} if kernel is not None else {}
-    if layer is None:  # the input image's channels
-        return {**out, "name": labels[index] if index < len(labels) else f"input channel {index}"}
-    return {
-        **out,
-        "name": f"{layer} · {index}",
-        "src": thumbs(layer, index),
-        "href": f"../../{unit_href(layer, index)}",
-    }
+    if layer is None:
+        image = labels is not None and index < len(labels)
+        return {**out, "name": labels[index] if image else f"input channel {index}"}  # type: ignore[index]
+    link = {"href": f"../../{unit_href(layer, index)}"} if paged(layer, index) else {}
+    return {**out, "name": f"{layer} · {index}", "src": thumbs(layer, index), **link}
 
 
 def unit_pages(
@@ -109,10 +114,15 @@ def unit_pages(
 
     colours = ["red", "green", "blue"] if run.info.data.image_channels == 3 else ["grey"]
     labels = [f"{c} channel of the image" for c in colours]
-    depth = {la.name: la.depth for la in run.info.layers}
+    depth = {la.name: la.shown_depth for la in run.info.layers}
     chosen = page_units(run.info.layers)
     for layer, c in by_unit:  # every rendered tile links to its page, also one rendered with --layers/--channels
         chosen.setdefault(layer, []).append(c)
+    pages = {(layer, c) for layer, cs in chosen.items() for c in cs}
+
+    def paged(layer: str, channel: int) -> bool:
+        return (layer, channel) in pages
+
     written = 0
     for layer_info in run.info.layers:
         name = layer_info.name
@@ -125,10 +135,10 @@ def unit_pages(
             page = {
                 "run": run.name,
                 "layer": name,
-                "depth": layer_info.depth,
+                "depth": layer_info.shown_depth,
                 "channel": c,
                 "channels": layer_info.out_ch,
-                "index_href": f"../../index.html#depth-{layer_info.depth}",
+                "index_href": f"../../index.html#depth-{layer_info.depth}",  # the section anchor: forward order
                 "moments": [
                     {"src": TO_RUN + r.file, "label": r.label, "act": r.activation} for r in by_unit.get((name, c), [])
                 ],
@@ -137,7 +147,7 @@ def unit_pages(
                 "next": unit_href(name, c + 1, "../../") if c + 1 in channels else None,
             }
             if unit is not None and wl is not None:
-                page["wiring"] = _wiring_data(wl, unit, wiring, thumb, labels, depth)
+                page["wiring"] = _wiring_data(wl, unit, wiring, thumb, labels, depth, paged)
             run.write_artifact("gallery", f"units/{unit_folder(name)}/{c}.html", render(page).encode())
             written += 1
     return written
@@ -150,19 +160,21 @@ def _wiring_data(
     thumb: Callable[[str, int], str | None],
     labels: list[str],
     depth: dict[str, int],
+    paged: Callable[[str, int], bool],
 ) -> dict[str, Any]:
     """What the page's script draws: the inputs at each snapshot, the outputs and expanded inputs at the end."""
-    source = wl.get("source")
-    src_layer = source if source else None  # "" is the input image
+    source = wl.get("source")  # a layer; "" the input image; None no single layer (a residual sum)
+    src_layer = source or None
+    names = labels if source == "" else None
     # each snapshot's inputs as [channel, norm, kernel]; who each input channel is, once per page
     inputs = [[[i, n, k] for i, n, k in at] for at in unit.get("inputs", [])]
     seen = sorted({i for at in inputs for i, _, _ in at})
-    input_units = {str(i): _entry(src_layer, i, None, None, thumb, labels) for i in seen}
+    input_units = {str(i): _entry(src_layer, i, None, None, thumb, names, paged) for i in seen}
     outputs = {
-        r: [_entry(r, o, n, k, thumb, labels) for o, n, k in rows] for r, rows in unit.get("outputs", {}).items()
+        r: [_entry(r, o, n, k, thumb, None, paged) for o, n, k in rows] for r, rows in unit.get("outputs", {}).items()
     }
     two = wl.get("expanded_source")
-    expanded = [_entry(two, i, n, k, thumb, labels) for i, n, k in unit.get("expanded", [])] if two else []
+    expanded = [_entry(two, i, n, k, thumb, None, paged) for i, n, k in unit.get("expanded", [])] if two else []
     direct = [abs(v) for at in inputs for _, _, k in at for v in k if v is not None]
     direct += [abs(v) for rows in outputs.values() for e in rows for v in e["kernel"] if v is not None]
     return {
