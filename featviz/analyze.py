@@ -10,7 +10,6 @@ in the result (``settings_set``). Written through the store; reads no file itsel
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 from torchvision.utils import make_grid
 
 from featviz.convergence import convergence
-from featviz.depth import positions
+from featviz.depth import depth_table
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.filters import layer_scale
@@ -343,7 +342,7 @@ def analyze(
     result: dict[str, Any] = {
         "epochs": epochs,
         "layers": [layer.name for layer in run.info.layers],
-        "depth": {n: dataclasses.asdict(p) for n, p in positions(build_run_model(run), run.info.layers).items()},
+        "depth": depth_table(build_run_model(run), run.info.layers),
         "settings_set": sid,
     }
     if bad:

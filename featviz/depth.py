@@ -56,6 +56,11 @@ def positions(model: nn.Module, layers: Sequence[ConvLayer]) -> dict[str, Positi
     return out
 
 
+def depth_table(model: nn.Module, layers: Sequence[ConvLayer]) -> dict[str, dict[str, Any]]:
+    """``positions`` as plain data (analysis.json's ``depth``): name -> {path_depth, branch, stage}."""
+    return {name: dataclasses.asdict(p) for name, p in positions(model, layers).items()}
+
+
 def main_path(a: dict[str, Any]) -> list[str]:
     """The layers of analysis ``a`` that orderings by depth compare: those on the main path (no branch), by
     ``path_depth`` (ties keep the forward order); every layer, in forward order, for an analysis without

@@ -234,3 +234,14 @@ def test_edge_cases_of_the_expanded_weights_nmf_and_glyphs():
         wired_at([], [])
     with pytest.raises(ValueError, match="a BatchNorm without running statistics"):
         fold_batchnorm(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1, track_running_stats=False))
+
+
+def test_nmf_is_seeded_and_its_error_does_not_depend_on_the_weights_scale():
+    g = torch.Generator().manual_seed(10)
+    m = torch.rand(8, 20, generator=g, dtype=torch.float64)
+    a1, b1 = nmf(m, 3, iters=50)
+    a2, b2 = nmf(m, 3, iters=50)
+    assert a1.equal(a2) and b1.equal(b2)  # the same seed, the same factors: reproducible glyphs
+    w = torch.randn(4, 6, 3, 3, generator=g)
+    big, small = one_sided_nmf(w).relative_error, one_sided_nmf(w * 1e-3).relative_error
+    assert big > 0.05 and small == pytest.approx(big, rel=1e-6)  # a unit-free ratio, also below norm 1

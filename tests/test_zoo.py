@@ -148,7 +148,7 @@ def test_train_render_analyze_a_resnet18_from_the_cli(cli, tmp_path: Path) -> No
     code, out, err = cli(["render", run.path, "--steps", "2", "--moments", "last"])
     assert code == 0, err
     am = list((run.path / "renders" / "am").rglob("ch_*.png"))
-    assert len(am) == 64 + 64 + 64 + 64 + 64  # 5 default layers; 128-512 channels -> 64 evenly spaced
+    assert len(am) == 5 * 32  # 5 default layers; 2 steps are cheap: the deep cap of 32 evenly spaced channels
     assert (run.path / "renders" / "filters" / "layer4.1.conv2" / "epoch_001.png").is_file()
     code, out, err = cli(["analyze", run.path, "--probe", "16"])
     assert code == 0, err

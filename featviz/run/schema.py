@@ -66,9 +66,8 @@ class ConvLayer:
     maximization targets (the BatchNorm right after the conv, else the conv); ``batchnorm``: whether
     there is such a BatchNorm. ``activation``: the
     first activation module after it (else the response). ``rf_px``: the theoretical receptive field,
-    a lower bound where ``rf_exceeds``. ``path_depth``: its position on the longest path from the input
-    (``featviz.depth``); ``branch``: on a parallel branch (a ResNet shortcut) beside that depth; ``stage``: the
-    block or stage its name puts it in. Runs made before a field was traced hold None (False) there.
+    a lower bound where ``rf_exceeds``. ``path_depth``, ``branch``, ``stage``: see ``featviz.depth``. Runs
+    made before a field was traced hold None (False) there.
     """
 
     name: str
@@ -90,11 +89,6 @@ class ConvLayer:
     path_depth: int | None = None
     branch: bool = False
     stage: str | None = None
-
-    @property
-    def shown_depth(self) -> int:
-        """The depth to show and order by: the traced ``path_depth``, else (older runs) the forward order."""
-        return self.path_depth if self.path_depth is not None else self.depth
 
     @property
     def weight_shape(self) -> list[int]:
