@@ -27,8 +27,8 @@ def render(
     moments: str = typer.Option(
         _R.moments,
         help="Activation-maximization moments: auto (init, 3 log-spaced steps of "
-        "epoch 1, epoch 1, middle, final) | snapshots (every snapshot) | all (every epoch) | "
-        "last | 0,5,10 | every:K.",
+        "epoch 1, epoch 1, middle, final; a model with more than 8 convs: init, middle, final) | "
+        "snapshots (every snapshot) | all (every epoch) | last | 0,5,10 | every:K.",
     ),
     layers: Optional[str] = typer.Option(
         None,
@@ -37,7 +37,9 @@ def render(
         "models the first conv and the last before each downsampling).",
     ),
     channels: Optional[str] = typer.Option(
-        None, help="all | channel indices, e.g. 0,1,2 (default: all up to 64 per layer, else 64 evenly spaced)."
+        None,
+        help="all | channel indices, e.g. 0,1,2 (default: all up to 64 per layer, else 64 evenly spaced; a model "
+        "with more than 8 convs: 6 to 32 per layer, as many as a fixed compute budget buys).",
     ),
     steps: int = typer.Option(_S.steps, min=1, help="Optimization steps per image."),
     size: Optional[int] = typer.Option(None, min=8, max=512, help="Image side in px (default: the run's)."),
