@@ -2,7 +2,7 @@
 through the CLI as shipped; then the k-of-N tables from the runs' analysis.json files.
 
     python benchmarks/claims.py run     --seeds 200-209 --out outputs/claims   # ~5 min per seed, 2 CPU cores
-    python benchmarks/claims.py table   --seeds 200-209 --out outputs/claims --write README.md docs/findings.md
+    python benchmarks/claims.py table   --seeds 200-209 --out outputs/claims --write docs/findings.md
     python benchmarks/claims.py publish --seeds 200-209 --out outputs/claims   # JSON -> docs/findings/claims/
     python benchmarks/claims.py table   --seeds 200-209 --out docs/findings/claims   # the same, from the JSON
 
@@ -10,7 +10,7 @@ Per seed S: ``featviz train --seed S --snapshot-every-steps 40`` (seedS), ``feat
 shuffled --snapshots epoch`` (seedS-shuffled: the same init and images, the training labels permuted),
 ``featviz render seedS``, ``featviz analyze seedS --control seedS-shuffled``. ``run`` trains only runs without
 all their epochs, render reuses matching images, analyze always runs again. ``table`` prints the markdown and,
-with ``--write``, replaces the blocks marked ``<!-- claims-summary:start/end -->`` (README) and
+with ``--write``, replaces the blocks marked ``<!-- claims-summary:start/end -->`` (the summary) and
 ``<!-- claims:start/end -->`` (docs/findings.md). The protocol is in docs/findings.md.
 """
 
@@ -197,7 +197,7 @@ def publish(seeds: list[int], out: Path, dest: Path = PUBLISHED) -> None:
 
 
 def write_blocks(path: Path, texts: dict[str, str]) -> None:
-    """Replace the claims blocks that ``path`` holds (README: the summary; docs/findings.md: the tables)."""
+    """Replace the claims blocks that ``path`` holds (docs/findings.md: the summary and the tables)."""
     findings.write_blocks(path, texts, BLOCKS, "claims")
 
 

@@ -1,5 +1,5 @@
 """benchmarks/claims.py on synthetic analysis.json files with planted verdicts: every k-of-N it prints is
-the count planted, so a wrong count in the README cannot come from the table code."""
+the count planted, so a wrong count in docs/findings.md cannot come from the table code."""
 
 from __future__ import annotations
 
