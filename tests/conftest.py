@@ -155,3 +155,20 @@ class MLP(nn.Module):
         return self.fc(x.flatten(1))
 '''
 USER_MODULE += USER_MODULE_EXTRA
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, for a module's browser tests; skipped (with the install command) when it or
+    the playwright package is missing."""
+    from browser_helpers import CHROMIUM, FLAGS, playwright  # skips here without playwright
+
+    if not CHROMIUM.exists():
+        pytest.skip(
+            "browser tests need Debian's chromium at /usr/bin/chromium: "
+            "sudo apt-get install -y chromium (.ci/run installs it)"
+        )
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield b
+        b.close()

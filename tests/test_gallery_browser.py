@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_helpers import CHROMIUM, FLAGS, MARKS, playwright
+from browser_helpers import MARKS
 from featviz.config import RenderConfig
 from featviz.gallery.build import build_gallery
 from featviz.optvis import RenderSettings
@@ -19,14 +19,6 @@ from featviz.pipeline import render_run
 from featviz.run.store import Run
 
 pytestmark = MARKS
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

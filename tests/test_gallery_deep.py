@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torchvision
 
-from browser_helpers import CHROMIUM, FLAGS, MARKS, open_page, playwright
+from browser_helpers import MARKS, open_page
 from featviz.gallery.build import build_gallery
 from featviz.layers import default_layers, trace
 from test_gallery_scale import _layer, synthetic_run
@@ -44,9 +44,9 @@ def test_the_page_names_depths_branches_stages_and_skipped_layers(resnet_run) ->
         assert f"featviz render RUN --layers {name}</code>" in html, name
 
 
-def test_in_chromium_nothing_overlaps_and_every_image_loads(browser_page, resnet_run) -> None:
+def test_in_chromium_nothing_overlaps_and_every_image_loads(browser, resnet_run) -> None:
     run, _, _ = resnet_run
-    page, errors = browser_page(run.path / "gallery" / "index.html")
+    page, errors = open_page(browser, run.path / "gallery" / "index.html")
     page.locator("#open-all").click()
     page.evaluate("document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
     page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=20_000)
@@ -62,11 +62,3 @@ def test_in_chromium_nothing_overlaps_and_every_image_loads(browser_page, resnet
             assert a[2] <= b[0] + 0.5 or b[2] <= a[0] + 0.5 or a[3] <= b[1] + 0.5 or b[3] <= a[1] + 0.5, (a, b)
     assert page.locator(".unselected").count() == 2 * 15
     assert errors == []
-
-
-@pytest.fixture(scope="module")
-def browser_page():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield lambda path: open_page(b, path)
-        b.close()

@@ -193,20 +193,6 @@ def test_featviz_model_config_still_gives_rf_and_pools(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- Chromium
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(
-            "browser tests need Debian's chromium at /usr/bin/chromium: "
-            "sudo apt-get install -y chromium (.ci/run installs it)"
-        )
-    playwright = pytest.importorskip(
-        "playwright.sync_api", reason="the playwright package is missing: pip install -e '.[test]'"
-    )
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield b
-        b.close()
 
 
 # stamps, in the page's own clock (ms since navigation start), when the page has answered a click or a

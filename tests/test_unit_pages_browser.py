@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_helpers import CHROMIUM, FLAGS, MARKS, open_page, playwright
+from browser_helpers import MARKS, open_page
 from featviz.config import DataConfig, ModelConfig, RenderConfig, TrainConfig
 from featviz.gallery.build import build_gallery
 from featviz.optvis import RenderSettings
@@ -18,14 +18,6 @@ from featviz.run.store import Run
 pytestmark = MARKS
 
 DEEPER = ModelConfig(widths=(4, 12, 12), kernels=(3, 3, 3), strides=(1, 1, 1), pools=(True, False, False))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
