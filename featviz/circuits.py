@@ -31,14 +31,18 @@ BATCHNORMS = (nn.BatchNorm2d,)
 CHAIN_MODULES = (nn.Conv2d, *BATCHNORMS, *IDENTITY_ACTIVATIONS, *PASS_THROUGH, *POOLS)
 
 
+def batchnorm_scale(running_var: torch.Tensor, eps: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """A BatchNorm's per-channel scale in eval mode, ``weight / sqrt(running_var + eps)`` (float64)."""
+    scale = torch.rsqrt(running_var.detach().double() + eps)
+    return scale if weight is None else scale * weight.detach().double()
+
+
 def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) per channel of a BatchNorm in eval mode: y = x * scale + shift."""
     var, mean = bn.running_var, bn.running_mean
     if var is None or mean is None:
         raise ValueError("a BatchNorm without running statistics cannot be folded")
-    scale = torch.rsqrt(var.double() + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.detach().double()
+    scale = batchnorm_scale(var, bn.eps, bn.weight)
     shift = -mean.double() * scale
     if bn.bias is not None:
         shift = shift + bn.bias.detach().double()

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from torch import fx, nn
 
+from featviz.graph import fx_graph
 from featviz.run.schema import ConvLayer
 
 
@@ -33,9 +34,8 @@ def positions(model: nn.Module, layers: Sequence[ConvLayer]) -> dict[str, Positi
     """Each layer's Position (see the module docstring)."""
     names = [la.name for la in layers]
     stages = stages_of(names)
-    try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception:  # fx raises many kinds for data-dependent control flow: fall back to the forward order
+    graph, _ = fx_graph(model)
+    if graph is None:  # data-dependent control flow: the forward order
         return {la.name: Position(la.depth, False, stages.get(la.name)) for la in layers}
     convs = set(names)
     nodes = list(graph.nodes)  # fx keeps them in a topological order

@@ -45,13 +45,20 @@ class Link:
         return self.source is not None
 
 
+def fx_graph(model: nn.Module) -> tuple[fx.Graph | None, str | None]:
+    """The model's forward as a ``torch.fx`` graph, or (None, the error's type) when fx cannot trace it."""
+    try:
+        return fx.symbolic_trace(model).graph, None
+    except Exception as e:  # fx raises many kinds for data-dependent control flow: each becomes a reason
+        return None, type(e).__name__
+
+
 def links(model: nn.Module, layers: Sequence[ConvLayer]) -> dict[str, Link]:
     """Every layer's Link, from one ``torch.fx`` trace of ``model`` (see the module docstring). A model fx
     cannot trace gets a Link with the reason for each layer."""
-    try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception as e:  # fx raises many kinds for data-dependent control flow: each becomes a reason
-        why = f"torch.fx could not trace the model's forward ({type(e).__name__}), so its wiring is unknown"
+    graph, failure = fx_graph(model)
+    if graph is None:
+        why = f"torch.fx could not trace the model's forward ({failure}), so its wiring is unknown"
         return {la.name: Link(la.name, None, reason=why) for la in layers}
     modules = dict(model.named_modules())
     response = {la.name: la.response or la.name for la in layers}

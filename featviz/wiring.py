@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from featviz.circuits import (
-    batchnorm_affine,
+    batchnorm_scale,
     expanded_weights,
     folded_weight,
     glyphs,
@@ -53,11 +53,6 @@ def _rounded(t: torch.Tensor) -> list[Any]:
     return (torch.round(t.double() * 1e4) / 1e4).tolist()
 
 
-def _kernel(w: torch.Tensor) -> list[float]:
-    """A kernel's values for a page to draw, to 4 decimals (a page's colour scale is its largest value)."""
-    return (torch.round(w.flatten().double() * 1e4) / 1e4).tolist()
-
-
 class Weights:
     """One snapshot's conv weights, BatchNorm folded (each conv times the scale of its response BatchNorm)."""
 
@@ -70,13 +65,10 @@ class Weights:
         resp = la.response or name
         if resp == name or not isinstance(self.modules.get(resp), nn.modules.batchnorm._BatchNorm):
             return folded_weight(w)
-        bn = self.modules[resp]
-        if f"{resp}.running_var" not in self.state:  # batch statistics only: nothing fixed to fold
+        var = self.state.get(f"{resp}.running_var")
+        if var is None:  # batch statistics only: nothing fixed to fold
             return folded_weight(w)
-        probe = nn.BatchNorm2d(bn.num_features, eps=bn.eps, affine=bn.affine)
-        keys = {k: self.state[f"{resp}.{k}"] for k in probe.state_dict() if f"{resp}.{k}" in self.state}
-        probe.load_state_dict(keys, strict=False)
-        return folded_weight(w, batchnorm_affine(probe)[0])
+        return folded_weight(w, batchnorm_scale(var, self.modules[resp].eps, self.state.get(f"{resp}.weight")))
 
 
 def _top_sets(strengths: torch.Tensor, k: int, groups: int) -> torch.Tensor:
@@ -240,7 +232,7 @@ def _layer_detail(
             s = kernel_strengths(w, rl.groups)[:, u]
             rsize, rper = rl.out_ch // rl.groups, rl.in_ch // rl.groups
             order = [o for o in s.argsort(descending=True).tolist() if s[o] > 0 or rl.groups == 1][:k]
-            outputs[r] = [[o, _num(float(s[o])), _kernel(w[o, u - (o // rsize) * rper])] for o in order]
+            outputs[r] = [[o, _num(float(s[o])), _rounded(w[o, u - (o // rsize) * rper].flatten())] for o in order]
         unit: dict[str, Any] = {
             "inputs": inputs,
             "wired_at": wired[u] if wired else None,
@@ -253,7 +245,7 @@ def _layer_detail(
             e = expanded[u]
             norms = e.flatten(1).norm(dim=1)
             order = norms.argsort(descending=True)[:k].tolist()
-            unit["expanded"] = [[i, _num(float(norms[i])), _kernel(e[i])] for i in order]
+            unit["expanded"] = [[i, _num(float(norms[i])), _rounded(e[i].flatten())] for i in order]
         out_units[str(u)] = unit
     reason_two = None
     if failed:
