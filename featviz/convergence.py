@@ -11,7 +11,8 @@ statistics recomputed on the probe images. Definitions and biases: docs/metrics.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -20,9 +21,10 @@ from featviz.errors import RunError
 from featviz.hooks import capture
 from featviz.layers import measured_layers
 from featviz.loading import build_run_model
-from featviz.metrics import cka_of_features, cka_of_grams, linear_cka
+from featviz.metrics import cka_of_features, cka_of_grams, cka_of_subsets, linear_cka
 from featviz.model import activation_layer, recalibrate_batchnorm
 from featviz.optvis.forward import forward_until
+from featviz.partial import Downstream
 from featviz.progress import StageProgress, silent
 from featviz.reading import first_epoch_above
 from featviz.run.schema import ConvLayer
@@ -91,8 +93,8 @@ def half_sample_interval(
     n = final.shape[0]
     g = torch.Generator().manual_seed(0)
     idx = torch.stack([torch.randperm(n, generator=g)[: n // 2] for _ in range(draws)])  # [B, m]
-    y = final.double()[idx]
-    series = torch.stack([cka_of_features(x.double()[idx], y) for x in pooled])  # [P, B]
+    halves = torch.zeros(draws, n, dtype=torch.float64).scatter_(1, idx, 1.0)
+    series = torch.stack([cka_of_subsets(x, final, halves) for x in pooled])  # [P, B]
     never = steps[-1] + 1
     found = [first_epoch_above(series[:, b].tolist(), threshold, steps) for b in range(draws)]
     ranked = sorted(never if s is None else s for s in found)
@@ -218,26 +220,39 @@ def _own_weights(
     the own-weights control: the final network with only this layer's conv parameters (its ``<name>.``
     tensors) from the snapshot, every other layer at its final values, BatchNorm recomputed on the probe
     images. What the layer itself still had to learn, apart from the changes upstream of it (which the
-    whole-network measure includes)."""
+    whole-network measure includes). Only the part of the network after the layer is recomputed per
+    snapshot (``featviz.partial``): what runs before it is the final network's every time."""
     final_state = loaders[-1]()
     out: dict[str, list[float]] = {layer.name: [] for layer in layers}
     with torch.no_grad():
-        finals = {}
-        for i, load in enumerate(loaders):
-            state = load()
-            for layer, n in zip(layers, names):
-                if n not in finals:
-                    finals[n] = _pooled_until(model, final_state, n, probe)
-                mixed = {k: (state[k] if k.startswith(f"{layer.name}.") else v) for k, v in final_state.items()}
-                out[layer.name].append(float(cka_of_features(_pooled_until(model, mixed, n, probe), finals[n])))
-            progress("settling controls", i + 1, len(loaders))
+        for j, (layer, n) in enumerate(zip(layers, names)):
+            model.load_state_dict(final_state)  # type: ignore[arg-type]
+            with _forward_to(model, layer.name, n) as run:
+                final = _pooled_until(model, run, probe)
+                for i, load in enumerate(loaders):
+                    state = load()
+                    own = {k: v for k, v in state.items() if k.startswith(f"{layer.name}.")}  # type: ignore[union-attr]
+                    model.load_state_dict(own, strict=False)
+                    out[layer.name].append(float(cka_of_features(_pooled_until(model, run, probe), final)))
+                    progress("settling controls", j * len(loaders) + i + 1, len(layers) * len(loaders))
     return out
 
 
-def _pooled_until(model: nn.Module, state: dict[str, torch.Tensor], name: str, probe: torch.Tensor) -> torch.Tensor:
-    """Channel means [N, C] of layer ``name`` on ``probe`` for the network with ``state``, its BatchNorms
-    up to that layer recomputed on ``probe``; the forward passes stop at the layer."""
-    model.load_state_dict(state)
+@contextmanager
+def _forward_to(model: nn.Module, layer: str, name: str) -> Iterator[Callable[[torch.Tensor, Any], torch.Tensor]]:
+    """``run(x, tag)`` -> the output of module ``name``: ``partial.Downstream`` where fx can trace the model,
+    else a forward pass that stops at ``name`` (``tag`` unused)."""
+    part = Downstream.of(model, layer, name)
+    if part is not None:
+        yield part
+        return
     with forward_until(model, [name]) as run:
-        recalibrate_batchnorm(model, probe, forward=run)
-        return torch.cat([run(part)[name].float().flatten(2).mean(2).cpu() for part in probe.split(250)])
+        yield lambda x, _tag: run(x)[name]
+
+
+def _pooled_until(
+    model: nn.Module, run: Callable[[torch.Tensor, Any], torch.Tensor], probe: torch.Tensor
+) -> torch.Tensor:
+    """Channel means [N, C] of ``run``'s layer on ``probe``, the BatchNorms it passes recomputed on ``probe``."""
+    recalibrate_batchnorm(model, probe, forward=lambda x: run(x, ("batchnorm", x.data_ptr(), len(x))))
+    return torch.cat([run(p, ("eval", i)).float().flatten(2).mean(2).cpu() for i, p in enumerate(probe.split(250))])

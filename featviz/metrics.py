@@ -65,7 +65,11 @@ def hsic_unbiased(k: torch.Tensor, ell: torch.Tensor) -> torch.Tensor:
 def cka_of_grams(k: torch.Tensor, ell: torch.Tensor) -> torch.Tensor:
     """Debiased linear CKA from Gram matrices [..., n, n] of the same n examples (batched): HSIC(K, L) /
     sqrt(HSIC(K, K) HSIC(L, L)); 0 where either representation is constant. Needs n >= 4."""
-    kl, kk, ll = hsic_unbiased(k, ell), hsic_unbiased(k, k), hsic_unbiased(ell, ell)
+    return _cka(hsic_unbiased(k, ell), hsic_unbiased(k, k), hsic_unbiased(ell, ell))
+
+
+def _cka(kl: torch.Tensor, kk: torch.Tensor, ll: torch.Tensor) -> torch.Tensor:
+    """HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), 0 where either self-HSIC is not positive (a constant)."""
     ok = (kk > 0) & (ll > 0)
     return torch.where(ok, kl / torch.where(ok, kk * ll, 1.0).sqrt(), 0.0)
 
@@ -86,9 +90,29 @@ def cka_of_features(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Debiased linear CKA of features x [..., n, c1] and y [..., n, c2] (batched over the leading
     dimensions; float64): the same number as ``cka_of_grams`` on their Gram matrices."""
     x, y = x.double(), y.double()
-    kl, kk, ll = _hsic_of_features(x, y), _hsic_of_features(x, x), _hsic_of_features(y, y)
-    ok = (kk > 0) & (ll > 0)
-    return torch.where(ok, kl / torch.where(ok, kk * ll, 1.0).sqrt(), 0.0)
+    return _cka(_hsic_of_features(x, y), _hsic_of_features(x, x), _hsic_of_features(y, y))
+
+
+def _hsic_of_subsets(k: torch.Tensor, ell: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``hsic_unbiased`` of the Gram matrices k, ell [n, n] restricted to each subset of the n examples:
+    ``z`` [B, n] holds one 0/1 indicator row per subset, all of the same size m >= 4. Returns [B]. The
+    sub-matrices are never formed: every sum over a subset's pairs is a product with its indicator row."""
+    m = z.sum(1)
+    kd, ld = k.diagonal(), ell.diagonal()
+    trace = ((z @ (k * ell)) * z).sum(1) - z @ (kd * ld)  # sum over i != j in the subset of K_ij L_ij
+    k1, l1 = (z @ k - kd) * z, (z @ ell - ld) * z  # row sums within the subset without the diagonal, 0 outside
+    t = trace + k1.sum(1) * l1.sum(1) / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * (k1 * l1).sum(1)
+    return t / (m * (m - 3))
+
+
+def cka_of_subsets(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Debiased linear CKA of features x [n, c1] and y [n, c2] on each subset of the n examples (``z`` [B, n]:
+    0/1 indicator rows of equal size m >= 4), float64: row b is ``cka_of_features(x[s_b], y[s_b])``. It costs
+    one n x n Gram matrix per representation and a few [B, n] x [n, n] products, whatever the widths; the
+    features route costs B products of m x c1 by m x c2."""
+    x, y, z = x.double(), y.double(), z.double()
+    k, ell = x @ x.T, y @ y.T
+    return _cka(_hsic_of_subsets(k, ell, z), _hsic_of_subsets(k, k, z), _hsic_of_subsets(ell, ell, z))
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = True) -> float:

@@ -95,3 +95,42 @@ def test_own_weights_control_sees_only_the_layer_s_own_change() -> None:
     own = _own_weights(layers, net, ["relu1", "relu2"], probe, [lambda: early, lambda: final], silent)
     assert own["conv2"] == pytest.approx([1.0, 1.0], abs=1e-9)
     assert own["conv1"][0] < 0.9 and own["conv1"][1] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_own_weights_are_the_same_through_the_downstream_part_and_the_whole_forward(monkeypatch) -> None:
+    """The control recomputes only what follows each layer (featviz.partial) where fx traces the model; a model
+    it cannot split runs whole. Both give the same numbers, bit for bit, on a ResNet-18 with BatchNorm."""
+    from torchvision.models import resnet18
+
+    from featviz import convergence
+
+    torch.manual_seed(3)
+    net = resnet18(num_classes=4)
+    final = {k: v.clone() for k, v in net.state_dict().items()}
+    early = {k: (torch.randn_like(v) if k.endswith("conv2.weight") else v.clone()) for k, v in final.items()}
+    layers = [SimpleNamespace(name="layer1.1.conv2"), SimpleNamespace(name="layer3.1.conv2")]
+    names, probe = ["layer1.1.bn2", "layer3.1.bn2"], torch.randn(12, 3, 32, 32)
+    loaders = [lambda: early, lambda: final]
+    split = _own_weights(layers, net, names, probe, loaders, silent)
+    monkeypatch.setattr(convergence.Downstream, "of", classmethod(lambda cls, *a: None))
+    whole = _own_weights(layers, net, names, probe, loaders, silent)
+    assert split == whole and split["layer1.1.conv2"][0] < 0.99 and split["layer3.1.conv2"][1] == 1.0
+
+
+def test_cka_of_subsets_is_cka_of_each_subset_s_features() -> None:
+    """Row b is the debiased CKA of the rows of x and y in subset b, computed from the full Gram matrices;
+    identical representations score 1 on every subset, and one constant on a subset scores 0 there."""
+    from featviz.metrics import cka_of_subsets
+
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(20, 3, generator=g), torch.randn(20, 7, generator=g)
+    y[:, :3] += 2 * x  # related, not identical
+    idx = torch.stack([torch.randperm(20, generator=g)[:10] for _ in range(4)])
+    z = torch.zeros(4, 20).scatter_(1, idx, 1.0)
+    want = torch.stack([cka_of_features(x[i], y[i]) for i in idx])
+    assert torch.allclose(cka_of_subsets(x, y, z), want, atol=1e-12, rtol=0)
+    assert torch.allclose(cka_of_subsets(x, x, z), torch.ones(4, dtype=torch.float64), atol=1e-12, rtol=0)
+    flat = x.clone()
+    flat[idx[0]] = 1.0  # constant on the first subset only
+    got = cka_of_subsets(flat, y, z)
+    assert float(got[0]) == 0.0 and bool((got[1:] != 0).all())

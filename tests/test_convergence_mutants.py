@@ -212,7 +212,8 @@ def test_convergence_of_a_run_snapshotted_every_four_steps(grid_run) -> None:
     calls: list[tuple[str, int, int]] = []
     out = convergence(run, probe, torch.device("cpu"), progress=lambda *a: calls.append(a))
     assert [c for c in calls if c[0] == "activations"] == [("activations", i, 6) for i in range(1, 7)]
-    assert [c for c in calls if c[0] == "settling controls"] == [("settling controls", i, 5) for i in range(1, 6)]
+    # one step per layer and grid point: 2 layers x 5 points
+    assert [c for c in calls if c[0] == "settling controls"] == [("settling controls", i, 10) for i in range(1, 11)]
     states = {0: run.load_snapshot(0), 7: run.load_snapshot(1), 14: run.load_snapshot(2)}
     states.update({s: run.load_step_snapshot(s) for s in (4, 8, 12)})
     grid = [0, 4, 8, 12, 14]

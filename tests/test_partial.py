@@ -1,0 +1,129 @@
+"""featviz.partial: recomputing only what one layer's weights change gives the full forward's numbers, bit
+for bit, on torchvision's ResNet-18 and on a functional residual net; models it cannot split are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18
+
+from featviz.model import recalibrate_batchnorm
+from featviz.optvis.forward import forward_until
+from featviz.partial import Downstream
+
+
+def _full(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    with forward_until(model, [name]) as run:
+        return run(x)[name]
+
+
+@pytest.mark.parametrize(
+    ("layer", "output", "frontier"),
+    [
+        ("conv1", "bn1", ["x"]),
+        ("layer1.1.conv2", "layer1.1.bn2", ["layer1_1_relu"]),
+        ("layer3.0.downsample.0", "layer3.0.downsample.1", ["layer2_1_relu_1"]),
+        # through sums and later blocks: the block's shortcut (its downsample) is upstream, kept
+        ("layer2.0.conv1", "layer4.1.bn2", ["layer1_1_relu_1", "layer2_0_downsample_1"]),
+    ],
+)
+def test_resnet18_downstream_equals_the_full_forward_after_the_layer_changes(layer, output, frontier) -> None:
+    torch.manual_seed(0)
+    model = resnet18(num_classes=5).eval()
+    x = torch.randn(6, 3, 32, 32)
+    part = Downstream.of(model, layer, output)
+    assert part is not None and part.frontier == frontier  # only what feeds the changed part is kept
+    with torch.no_grad():
+        assert torch.equal(part(x, "a"), _full(model, output, x))  # the first call runs everything
+        conv = model.get_submodule(layer)
+        for _ in range(2):  # new weights for the layer: the kept upstream values are reused
+            conv.weight.copy_(torch.randn_like(conv.weight))
+            assert torch.equal(part(x, "a"), _full(model, output, x))
+
+
+def test_batchnorm_recalibrated_through_the_downstream_part_matches() -> None:
+    """The settling controls' use: BatchNorm statistics recomputed through the part (train-mode pass tagged
+    apart from the eval pass), then measured; the same numbers as recomputing through the whole forward."""
+    torch.manual_seed(1)
+    model = resnet18(num_classes=5)
+    x = torch.randn(8, 3, 32, 32)
+    part = Downstream.of(model, "layer2.1.conv1", "layer2.1.bn1")
+    conv = model.get_submodule("layer2.1.conv1")
+    with torch.no_grad():
+        for _ in range(3):
+            recalibrate_batchnorm(model, x, forward=lambda v: part(v, "bn"))
+            got = part(x, "eval")
+            with forward_until(model, ["layer2.1.bn1"]) as run:
+                recalibrate_batchnorm(model, x, forward=run)
+                assert torch.equal(got, run(x)["layer2.1.bn1"])
+            conv.weight.copy_(torch.randn_like(conv.weight))
+
+
+class _Functional(nn.Module):
+    """A residual block written with functional ops: F.relu(bn(conv(h)) + h)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.bn, self.b = (
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.Conv2d(4, 2, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x))
+        return self.b(F.relu(self.bn(self.a(h)) + h))
+
+
+def test_functional_residual_block() -> None:
+    torch.manual_seed(2)
+    model = _Functional().eval()
+    x = torch.randn(3, 3, 8, 8)
+    part = Downstream.of(model, "a", "b")
+    assert part is not None and part.frontier == ["relu"]
+    with torch.no_grad():
+        model.a.weight.mul_(-2)
+        assert part(x, 0).shape == (3, 2, 8, 8)
+        model.a.weight.mul_(0.5)
+        assert torch.equal(part(x, 0), model(x))
+
+
+class _LateInPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.a, self.c = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pre(x)
+        y = self.a(h)
+        h.add_(1)  # a write into a value a and the sum both read: the split would lose the order
+        return self.c(y + h)
+
+
+class _Branching(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) if float(x.mean()) > 0 else self.b(x)  # data-dependent: fx cannot trace it
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + y
+
+
+def test_models_it_cannot_split_are_refused() -> None:
+    assert Downstream.of(_LateInPlace(), "a", "c") is None
+    assert Downstream.of(_Branching(), "a", "a") is None
+    assert Downstream.of(_TwoInputs(), "a", "a") is None
+    assert Downstream.of(resnet18(), "layer2.0.conv1", "layer1.1.bn2") is None  # the output is upstream
+    assert Downstream.of(resnet18(), "nope", "layer1.1.bn2") is None
