@@ -46,8 +46,9 @@ def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 class Downstream:
-    """See the module docstring. ``Downstream.of`` returns None where this cannot work (fx cannot trace the
-    model, its forward takes more than one input, or ``output`` does not depend on ``layer``)."""
+    """See the module docstring. ``Downstream.of`` returns None where this cannot work: fx cannot trace the
+    model, its forward takes more than one input, ``output`` does not depend on ``layer``, or an op writes
+    into a tensor that another op also reads (running the upstream part first could change what it reads)."""
 
     def __init__(self, gm: fx.GraphModule, layer: fx.Node, output: fx.Node) -> None:
         order = {n: i for i, n in enumerate(gm.graph.nodes)}
