@@ -64,21 +64,30 @@ def _measure(
     """One forward pass over ``x`` (in chunks): per named layer, the channel means [N, C] (the pooled
     representation), each channel's peak [C] and, with ``gram``, the Gram matrix [M, M] (float64) of the
     column-centred flattened maps (every position a feature) of the first M = min(N, ``FLAT_IMAGES``) images
-    (``gram``: True for every layer, or the set of layer names that need it)."""
-    maps: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    (``gram``: True for every layer, or the set of layer names that need it). Each chunk's maps are reduced
+    as they come, so memory holds one chunk's maps and the Gram layers' first M images, not every layer's
+    maps of every image."""
+    names = list(dict.fromkeys(names))  # a module named twice is measured once
+    wanted = {n for n in names if gram is True or (isinstance(gram, set) and n in gram)}
+    means: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    peaks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    flats: dict[str, list[torch.Tensor]] = {n: [] for n in wanted}
+    kept = 0
     with capture(model, names, detach=True) as acts, torch.no_grad():
         for chunk in x.split(250):
             model(chunk)
             for n in names:
-                maps[n].append(acts[n].float().flatten(2).cpu())
-    out = {}
-    for n, parts in maps.items():
-        a = torch.cat(parts)  # [N, C, P]
-        out[n] = {"mean": a.mean(2), "peak": a.amax((0, 2))}
-        if gram is True or (isinstance(gram, set) and n in gram):
-            flat = a[:FLAT_IMAGES].flatten(1)
-            flat = flat - flat.mean(0, keepdim=True)
-            out[n]["gram"] = (flat @ flat.T).double()
+                a = acts[n].float().flatten(2).cpu()  # [chunk, C, P]
+                means[n].append(a.mean(2))
+                peaks[n].append(a.amax((0, 2)))
+                if n in wanted and kept < FLAT_IMAGES:
+                    flats[n].append(a[: FLAT_IMAGES - kept].flatten(1))
+            kept += len(chunk)
+    out = {n: {"mean": torch.cat(means[n]), "peak": torch.stack(peaks[n]).amax(0)} for n in names}
+    for n in wanted:
+        flat = torch.cat(flats[n])
+        flat = flat - flat.mean(0, keepdim=True)
+        out[n]["gram"] = (flat @ flat.T).double()
     return out
 
 
