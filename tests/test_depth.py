@@ -70,3 +70,27 @@ def test_stages_come_from_the_shortest_level_that_groups_names():
         "layer2.0.conv1": "layer2",
     }
     assert stages_of(["f.0.0", "f.1.a.0", "f.1.b.0"])["f.1.b.0"] == "f.1"
+
+
+def test_the_reading_of_a_deep_network_gives_per_layer_numbers_by_stage() -> None:
+    """More than 12 main-path layers: one entry per stage (its range), branches left out; a short list is
+    given layer by layer."""
+    from featviz.reading import _numbers, _probes
+
+    names = ["conv1"] + [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3, 4) for b in (0, 1) for c in (1, 2)]
+    branches = [f"layer{s}.0.downsample.0" for s in (2, 3, 4)]
+    depth = {n: {"path_depth": i + 1, "branch": False, "stage": n.split(".")[0]} for i, n in enumerate(names)}
+    depth.update({n: {"path_depth": 6, "branch": True, "stage": n.split(".")[0]} for n in branches})
+    acc = dict(zip(names, [0.6 + 0.01 * i for i in range(len(names))]))
+    acc.update(dict.fromkeys(branches, 0.0))
+    probes = {
+        "epochs": [0, 2],
+        "chance_accuracy": 0.1,
+        "images": {"source": "test images"},
+        "layers": {n: {"global": {"accuracy": [0.5, v]}} for n, v in acc.items()},
+    }
+    text = _probes({"layers": names + branches, "depth": depth, "probes": probes})
+    assert "accuracy 0.600 (conv1), 0.610 to 0.640 (layer1), 0.650 to 0.680 (layer2), 0.690 to 0.720 (layer3), " in text
+    assert "0.730 to 0.760 (layer4) at epoch 2, against 0.500 (conv1), 0.500 (layer1)," in text
+    assert "0.000" not in text  # the shortcut convs are branches, not depths
+    assert _numbers([1.0, 2.0, 3.0], ".1f", ["a", "a", "b"]) == "1.0, 2.0, 3.0"  # short: layer by layer
