@@ -109,10 +109,13 @@ def test_own_weights_are_the_same_through_the_downstream_part_and_the_whole_forw
     final = {k: v.clone() for k, v in net.state_dict().items()}
     early = {k: (torch.randn_like(v) if k.endswith("conv2.weight") else v.clone()) for k, v in final.items()}
     layers = [SimpleNamespace(name="layer1.1.conv2"), SimpleNamespace(name="layer3.1.conv2")]
-    names, probe = ["layer1.1.bn2", "layer3.1.bn2"], torch.randn(12, 3, 32, 32)
+    names, probe = ["layer1.1.bn2", "layer3.1.bn2"], torch.randn(300, 3, 16, 16)  # two 250-image chunks
     loaders = [lambda: early, lambda: final]
+    asked, split_of = [], convergence.Downstream.of
+    monkeypatch.setattr(convergence.Downstream, "of", lambda *a: asked.append(a[1:]) or split_of(*a))
     split = _own_weights(layers, net, names, probe, loaders, silent)
-    monkeypatch.setattr(convergence.Downstream, "of", classmethod(lambda cls, *a: None))
+    assert asked == [("layer1.1.conv2", "layer1.1.bn2"), ("layer3.1.conv2", "layer3.1.bn2")]
+    monkeypatch.setattr(convergence.Downstream, "of", lambda *a: None)
     whole = _own_weights(layers, net, names, probe, loaders, silent)
     assert split == whole and split["layer1.1.conv2"][0] < 0.99 and split["layer3.1.conv2"][1] == 1.0
 
@@ -134,3 +137,34 @@ def test_cka_of_subsets_is_cka_of_each_subset_s_features() -> None:
     flat[idx[0]] = 1.0  # constant on the first subset only
     got = cka_of_subsets(flat, y, z)
     assert float(got[0]) == 0.0 and bool((got[1:] != 0).all())
+
+
+def test_hsic_of_subsets_is_the_unbiased_hsic_of_each_sub_gram() -> None:
+    from featviz.metrics import _hsic_of_subsets, hsic_unbiased
+
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randn(12, 2, generator=g, dtype=torch.float64)
+    k, ell = x @ x.T, y @ y.T
+    idx = torch.stack([torch.randperm(12, generator=g)[:7] for _ in range(3)])
+    z = torch.zeros(3, 12, dtype=torch.float64).scatter_(1, idx, 1.0)
+    want = torch.stack([hsic_unbiased(k[i][:, i], ell[i][:, i]) for i in idx])
+    assert torch.allclose(_hsic_of_subsets(k, ell, z), want, atol=1e-12, rtol=0)
+
+
+def test_measure_keeps_the_gram_of_the_first_500_images_across_chunks() -> None:
+    """600 probe images in 250-image chunks: means and peaks of every image; the Gram matrix of the first
+    FLAT_IMAGES (500) images' centred flattened maps, exactly as computed from all maps at once."""
+    from featviz.convergence import FLAT_IMAGES, _measure
+
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()).eval()
+    x = torch.randn(600, 1, 5, 5)
+    out = _measure(net, ["1"], x, gram=True)["1"]
+    with torch.no_grad():
+        maps = net(x).flatten(2)
+    flat = maps[:FLAT_IMAGES].flatten(1)
+    flat = flat - flat.mean(0, keepdim=True)
+    assert FLAT_IMAGES == 500 and out["gram"].shape == (500, 500)
+    assert torch.allclose(out["gram"], (flat @ flat.T).double(), atol=1e-4, rtol=1e-6)
+    assert torch.equal(out["mean"], maps.mean(2)) and torch.equal(out["peak"], maps.amax((0, 2)))
+    assert "gram" not in _measure(net, ["1"], x, gram=set())["1"]

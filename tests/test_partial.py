@@ -62,7 +62,8 @@ def test_batchnorm_recalibrated_through_the_downstream_part_matches() -> None:
 
 
 class _Functional(nn.Module):
-    """A residual block written with functional ops: F.relu(bn(conv(h)) + h)."""
+    """A residual block written with functional ops, F.relu(h + bn(conv(h))) scaled by h's mean: h feeds a
+    function and a method besides the conv, neither of which writes into it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -75,7 +76,7 @@ class _Functional(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.stem(x))
-        return self.b(F.relu(self.bn(self.a(h)) + h))
+        return self.b(F.relu(h + self.bn(self.a(h))) * h.mean())
 
 
 def test_functional_residual_block() -> None:
@@ -83,7 +84,7 @@ def test_functional_residual_block() -> None:
     model = _Functional().eval()
     x = torch.randn(3, 3, 8, 8)
     part = Downstream.of(model, "a", "b")
-    assert part is not None and part.frontier == ["relu"]
+    assert part is not None and part.frontier == ["relu", "mean"]
     with torch.no_grad():
         model.a.weight.mul_(-2)
         assert part(x, 0).shape == (3, 2, 8, 8)
@@ -101,6 +102,22 @@ class _LateInPlace(nn.Module):
         y = self.a(h)
         h.add_(1)  # a write into a value a and the sum both read: the split would lose the order
         return self.c(y + h)
+
+
+class _InPlaceModule(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.a, self.relu, self.c = (
+            nn.Conv2d(3, 3, 1),
+            nn.Conv2d(3, 3, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(3, 3, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pre(x)
+        y = self.a(h)
+        return self.c(y + self.relu(h))  # the in-place ReLU rewrites h after a has read it
 
 
 class _Branching(nn.Module):
@@ -123,6 +140,7 @@ class _TwoInputs(nn.Module):
 
 def test_models_it_cannot_split_are_refused() -> None:
     assert Downstream.of(_LateInPlace(), "a", "c") is None
+    assert Downstream.of(_InPlaceModule(), "a", "c") is None
     assert Downstream.of(_Branching(), "a", "a") is None
     assert Downstream.of(_TwoInputs(), "a", "a") is None
     assert Downstream.of(resnet18(), "layer2.0.conv1", "layer1.1.bn2") is None  # the output is upstream
