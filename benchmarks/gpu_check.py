@@ -26,13 +26,13 @@ from featviz.zoo import ModelSpec
 
 
 def resnet50_render(out: Path, size: int, steps: int | None) -> None:
-    """A ResNet-50 trained one epoch on 512 generated ``shapes`` images at ``size`` px (for timing: its weights
+    """A ResNet-50 trained two epochs on 512 generated ``shapes`` images at ``size`` px (for timing: its weights
     are about the init's), then ``featviz render`` with its default selection, once with the default CUDA
     graph (on CUDA) and once with ``--cuda-graph off``, each timed as a subprocess (start-up included)."""
     t0 = time.perf_counter()
     run = train_run(
         DataConfig(name="shapes", size=size, n_train=512, n_val=256),
-        train_cfg=TrainConfig(epochs=1),
+        train_cfg=TrainConfig(epochs=2),  # a deep model renders the init, the middle and the last epoch
         out_dir=out,
         name="r50",
         force=True,
