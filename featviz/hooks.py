@@ -23,6 +23,11 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Modul
     out = {}
     for name in names:
         if name not in modules or name == "":
+            if f"_orig_mod.{name}" in modules:  # torch.compile's wrapper renames every layer
+                raise ConfigError(
+                    f"layer {name!r} is inside a torch.compile wrapper: pass model._orig_mod, the module it "
+                    "compiled (featviz runs models eagerly; compiling made its CPU steps slower)"
+                )
             valid = ", ".join(n for n in modules if n)
             raise ConfigError(f"unknown layer {name!r}; valid layers: {valid}")
         out[name] = modules[name]
