@@ -107,10 +107,10 @@ def receptive_fields(
     images = mirror_pad(probe[:IMAGES], side).to(device)
     out: dict[str, Any] = {}
     prefix, total = prefix_macs(build_run_model(run), run.info.data.image_channels, side)
+    shown = {la.name for la in measured_layers(run.info.layers)}  # a deep model: the layers the gallery shows
     for e, state in snaps.items():
         model = load_model_at(run, e, device, state)
         recalibrate_batchnorm(model, probe.to(device))
-        shown = {la.name for la in measured_layers(run.info.layers)}  # a deep model: the layers the gallery shows
         for layer, theo in zip(run.info.layers, rfs):
             if layer.name not in shown:
                 continue

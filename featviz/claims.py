@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from featviz.depth import main_path
-from featviz.layers import DEEP
+from featviz.layers import is_deep
 from featviz.reading import intervals_overlap, shallow_first
 
 TIE = 0.01  # probe accuracies closer than this are tied (about 1 binomial sd at 1,000 test images, p = 0.9)
@@ -109,8 +109,7 @@ def settled_layers(a: dict[str, Any]) -> list[str]:
     if "skipped" in conv:
         return []
     layers = [n for n in main_path(a) if "settling" in conv.get(n, {})]
-    deep = len(a["layers"]) > DEEP
-    return layers if deep or len(layers) == len(main_path(a)) else []
+    return layers if is_deep(a["layers"]) or len(layers) == len(main_path(a)) else []
 
 
 def settling(a: dict[str, Any]) -> dict[str, Any] | None:

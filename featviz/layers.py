@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import fnmatch
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -229,8 +230,9 @@ def select_layers(
     return [la for la in layers if la.name in chosen]
 
 
-def is_deep(layers: list[ConvLayer] | tuple[ConvLayer, ...]) -> bool:
-    """More than ``DEEP`` conv layers: the default render picks fewer layers, channels and moments."""
+def is_deep(layers: Sequence[object]) -> bool:
+    """More than ``DEEP`` conv layers (the layers, or their names): the default render picks fewer layers,
+    channels and moments."""
     return len(layers) > DEEP
 
 
@@ -260,13 +262,13 @@ def deep_channel_count(
 
 
 def default_render_channels(
-    layers: list[ConvLayer] | tuple[ConvLayer, ...], layer: ConvLayer, steps: int = 256
+    layers: list[ConvLayer] | tuple[ConvLayer, ...], layer: ConvLayer, steps: int = 256, scale: float = 1.0
 ) -> list[int]:
-    """The channels of ``layer`` a default ``featviz render`` draws (default settings: 256 steps at the run's
-    size): up to 64 for a small model, the compute budget's count for a deep one."""
+    """The channels of ``layer`` a default ``featviz render`` draws (``steps`` per image; ``scale``: the render's
+    pixels over the run's): up to 64 for a small model, the compute budget's count for a deep one."""
     if not is_deep(layers):
         return default_channels(layer.out_ch)
-    return default_channels(layer.out_ch, deep_channel_count(layers, layer, steps))
+    return default_channels(layer.out_ch, deep_channel_count(layers, layer, steps, scale))
 
 
 def default_channels(n: int, cap: int = MAX_CHANNELS) -> list[int]:

@@ -324,10 +324,10 @@ def render_reached(
     layers = select_layers(run.info.layers, cfg.layers)
     rendered = 0
     deep = is_deep(run.info.layers)
+    sid = render_stage.settings_set(run, cfg)
     for moment in moments("auto", run.snapshot_points(), planned=run.epochs_planned, deep=deep):
         for layer in layers:  # one layer at a time, so each rest is short
             t0 = time.perf_counter()
-            sid = render_stage.settings_set(run, cfg)
             renderset.begin(run, sid, {moment.id: {layer.name: render_stage.run_channels(run, layer, cfg)}})
             n = render_stage.maximize_layers(run, [layer], [moment], cfg, device)
             renderset.finish(run, sid)

@@ -73,6 +73,23 @@ def _row_label(a: dict[str, Any], name: str) -> str:
     return f"{'b' if info.get('branch') else 'd'}{depth} {name}"
 
 
+def _layer_rows(
+    ax: Any,
+    a: dict[str, Any],
+    names: list[str],
+    data: Any,
+    limits: tuple[float | None, float | None],
+    ticks: list[int],
+    labels: list[str],
+    **image: Any,
+) -> Any:
+    """``data`` (one row per layer of ``names``) as an image on ``ax``, rows labelled by ``_row_label``."""
+    im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=limits[0], vmax=limits[1], **image)
+    ax.set_yticks(range(len(names)), [_row_label(a, n) for n in names], fontsize=6)
+    ax.set_xticks(ticks, labels, fontsize=7)
+    return im
+
+
 def _heatmap(
     a: dict[str, Any],
     rows: list[tuple[str, list[float | None]]],
@@ -88,10 +105,9 @@ def _heatmap(
     data = np.array([[np.nan if v is None else v for v in vals] for _, vals in rows], dtype=float)
 
     def draw(ax: Any) -> None:
-        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap="viridis", vmin=limits[0], vmax=limits[1])
-        ax.set_yticks(range(len(rows)), [_row_label(a, n) for n, _ in rows], fontsize=6)
         ticks = sorted({0, len(steps) - 1, *range(0, len(steps), max(1, len(steps) // 6))})
-        ax.set_xticks(ticks, [str(steps[i]) for i in ticks], fontsize=7)
+        names = [n for n, _ in rows]
+        im = _layer_rows(ax, a, names, data, limits, ticks, [str(steps[i]) for i in ticks], interpolation="nearest")
         ax.set(xlabel="snapshot (optimizer step)", title=title)
         ax.figure.colorbar(im, ax=ax, label=label, fraction=0.04, pad=0.02)
 
@@ -263,9 +279,10 @@ def probes(a: dict[str, Any]) -> dict[str, bytes]:
     def draw(axes: Any) -> None:
         left, right = axes
         if len(layers) > MANY:  # one row per layer: 20 lines and a 20-entry legend cannot be read
-            im = left.imshow([acc(p, n) for n in layers], aspect="auto", cmap="viridis", vmin=0, vmax=1)
-            left.set_yticks(range(len(layers)), [_row_label(a, n) for n in layers], fontsize=6)
-            left.set_xticks(range(len(p["epochs"])), [str(e) for e in p["epochs"]], fontsize=7)
+            epochs = list(range(len(p["epochs"])))
+            im = _layer_rows(
+                left, a, layers, [acc(p, n) for n in layers], (0, 1), epochs, [str(e) for e in p["epochs"]]
+            )
             left.set(xlabel="epoch (0 = random init)")
             left.set_title("Linear probe accuracy per layer", fontsize=10)
             left.figure.colorbar(im, ax=left, fraction=0.05, pad=0.02)

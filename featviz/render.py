@@ -22,7 +22,7 @@ from featviz.distributed import SINGLE, Group
 from featviz.errors import ConfigError, FeatvizError, RunError, one_line
 from featviz.filters import evolution_strip, filter_grid, layer_scale
 from featviz.images import gif_bytes, png_bytes, to_uint8
-from featviz.layers import MAX_CHANNELS, deep_channel_count, default_channels, is_deep, prefix_macs
+from featviz.layers import default_render_channels, prefix_macs
 from featviz.loading import build_run_model, difference, misfit, probe_images
 from featviz.model import recalibrate_batchnorm, response_layer
 from featviz.optvis import RenderSettings, maximize_channels
@@ -36,16 +36,14 @@ def channels_for(
     layer: ConvLayer, cfg: RenderConfig, layers: Sequence[ConvLayer] = (), size: int | None = None
 ) -> list[int]:
     """The channels to render of ``layer``: ``cfg.channels``; else all with ``cfg.all_channels``; else all up
-    to 64, or 64 evenly spaced (``layers.default_channels``); for a deep model (``is_deep(layers)``, the run's
-    layers) as many as its compute budget buys (``layers.deep_channel_count``; ``size``: the run's image side)."""
+    to 64, or 64 evenly spaced; for a deep model (``is_deep(layers)``, the run's layers) as many as its compute
+    budget buys (``layers.default_render_channels``; ``size``: the run's image side)."""
     if cfg.channels:
         return list(cfg.channels)
     if cfg.all_channels:
         return list(range(layer.out_ch))
-    if is_deep(list(layers)):
-        scale = ((cfg.settings.size or size or 1) / (size or cfg.settings.size or 1)) ** 2
-        return default_channels(layer.out_ch, deep_channel_count(list(layers), layer, cfg.settings.steps, scale))
-    return default_channels(layer.out_ch, MAX_CHANNELS)
+    scale = ((cfg.settings.size or size or 1) / (size or cfg.settings.size or 1)) ** 2
+    return default_render_channels(list(layers), layer, cfg.settings.steps, scale)
 
 
 def run_channels(run: Run, layer: ConvLayer, cfg: RenderConfig) -> list[int]:
