@@ -22,7 +22,7 @@ from featviz.hooks import capture
 from featviz.layers import measured_layers
 from featviz.loading import build_run_model
 from featviz.metrics import cka_of_features, cka_of_grams, cka_of_subsets, linear_cka
-from featviz.model import activation_layer, recalibrate_batchnorm
+from featviz.model import activation_layer, batches, calibrated, calibrating_batchnorm
 from featviz.optvis.forward import forward_until
 from featviz.partial import Downstream
 from featviz.progress import StageProgress, silent
@@ -37,6 +37,7 @@ DRAWS = 100  # half-samples of the probe images for the interval of the step at 
 # matrix of flattened maps costs images^2 x channels x positions (about 36 GFLOP per snapshot at 1,000
 # images for the default network, a quarter at 500), and the own-weights control one pass per layer per snapshot
 FLAT_IMAGES = 500
+CALIBRATION = 1000  # the first probe images each snapshot's BatchNorm statistics are recomputed on, in one batch
 
 
 def grid_every(run: Run) -> int | None:
@@ -61,20 +62,21 @@ def formed_at(cka: list[float], steps: list[int], threshold: float, relative: bo
 def _measure(
     model: nn.Module, names: list[str], x: torch.Tensor, gram: bool | set[str]
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """One forward pass over ``x`` (in chunks): per named layer, the channel means [N, C] (the pooled
+    """One eval-mode pass over ``x`` (in chunks) that also recomputes every BatchNorm's statistics on its first
+    ``CALIBRATION`` images (``model.calibrated``): per named layer, the channel means [N, C] (the pooled
     representation), each channel's peak [C] and, with ``gram``, the Gram matrix [M, M] (float64) of the
     column-centred flattened maps (every position a feature) of the first M = min(N, ``FLAT_IMAGES``) images
-    (``gram``: True for every layer, or the set of layer names that need it). Each chunk's maps are reduced
-    as they come, so memory holds one chunk's maps and the Gram layers' first M images, not every layer's
-    maps of every image."""
+    (``gram``: True for every layer, or the set of layer names that need it). Each batch's maps are reduced
+    after the batch's pass (a layer's output as the whole pass left it: an in-place ReLU after it counts), so
+    memory holds one batch's maps and the Gram layers' first M images, not every layer's maps of every image."""
     names = list(dict.fromkeys(names))  # a module named twice is measured once
     wanted = {n for n in names if gram is True or (isinstance(gram, set) and n in gram)}
     means: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     peaks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     flats: dict[str, list[torch.Tensor]] = {n: [] for n in wanted}
     kept = 0
-    with capture(model, names, detach=True) as acts, torch.no_grad():
-        for chunk in x.split(250):
+    with calibrated(model, x, names, CALIBRATION) as first, capture(model, names, detach=True) as acts, torch.no_grad():
+        for chunk in batches(x, first, 250):
             model(chunk)
             for n in names:
                 a = acts[n].float().flatten(2).cpu()  # [chunk, C, P]
@@ -83,6 +85,7 @@ def _measure(
                 if n in wanted and kept < FLAT_IMAGES:
                     flats[n].append(a[: FLAT_IMAGES - kept].flatten(1))
             kept += len(chunk)
+            acts.clear()  # a large first batch's maps go before the next batch runs
     out = {n: {"mean": torch.cat(means[n]), "peak": torch.stack(peaks[n]).amax(0)} for n in names}
     for n in wanted:
         flat = torch.cat(flats[n])
@@ -152,7 +155,7 @@ def convergence(
 
     def measured(kind: str, key: int, gram: bool) -> dict[str, dict[str, torch.Tensor]]:
         model.load_state_dict(state_of(kind, key))  # type: ignore[arg-type]
-        recalibrate_batchnorm(model, probe)  # the snapshot's own running statistics lag behind its weights
+        # _measure recomputes BatchNorm: the snapshot's own running statistics lag behind its weights
         return _measure(model, names, probe, control_names if gram else False)
 
     final = measured(*readable[-1][1:], gram=True)
@@ -262,6 +265,7 @@ def _forward_to(model: nn.Module, layer: str, name: str) -> Iterator[Callable[[t
 def _pooled_until(
     model: nn.Module, run: Callable[[torch.Tensor, Any], torch.Tensor], probe: torch.Tensor
 ) -> torch.Tensor:
-    """Channel means [N, C] of ``run``'s layer on ``probe``, the BatchNorms it passes recomputed on ``probe``."""
-    recalibrate_batchnorm(model, probe, forward=lambda x: run(x, ("batchnorm", x.data_ptr(), len(x))))
-    return torch.cat([run(p, ("eval", i)).float().flatten(2).mean(2).cpu() for i, p in enumerate(probe.split(250))])
+    """Channel means [N, C] of ``run``'s layer on ``probe``, in one pass that also recomputes the BatchNorms
+    it passes on ``probe`` (``model.calibrating_batchnorm``)."""
+    with calibrating_batchnorm(model):
+        return run(probe, ("probe", len(probe))).float().flatten(2).mean(2).cpu()

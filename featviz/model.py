@@ -9,12 +9,15 @@ own ``named_modules()`` names and match the state-dict keys in every snapshot.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from featviz.config import ModelConfig, from_dict
+from featviz.hooks import capture
 from featviz.run.schema import ConvLayer
 
 
@@ -107,35 +110,80 @@ def activation_layer(model: nn.Module, conv_name: str) -> str:
     return conv_name
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(
-    model: nn.Module, images: torch.Tensor, chunk: int = 1000, forward: Callable[[torch.Tensor], object] | None = None
-) -> int:
-    """Replace every BatchNorm's running statistics by the statistics of ``images`` (normalized input
-    [N, C, H, W]), then put the model in eval mode. Returns how many BatchNorm layers were reset.
+HELD_BYTES = 2**30  # the most a calibrating measuring pass may hold of its layers' outputs at once
 
-    Used before measuring representations: a snapshot's own running statistics are 0/1 at the init and
-    lag behind the weights within an epoch, so they would move CKA by themselves. Each BatchNorm gets
-    the exact mean and (unbiased) variance over all of ``images`` when they fit in one ``chunk``; in
-    chunks, PyTorch's cumulative average of the per-chunk statistics. ``forward``: what runs the images
-    (default: the model); a forward pass that stops at a layer (``optvis.forward.forward_until``) resets
-    only the BatchNorms before it, and the others keep cleared statistics.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return 0
-    saved = [(m, m.momentum) for m in bns]
+
+def batches(x: torch.Tensor, first: int, size: int) -> list[torch.Tensor]:
+    """``x`` split into its first ``first`` rows (one batch: the one ``calibrating_batchnorm`` takes its
+    statistics from) and then chunks of ``size``; no empty batch."""
+    return [b for b in (x[:first], *x[first:].split(size)) if len(b)]
+
+
+@contextmanager
+def calibrating_batchnorm(model: nn.Module) -> Iterator[int]:
+    """Inside the block the model runs in eval mode and each BatchNorm first clears its running statistics,
+    then sets them from the first input it is called on: that input's exact mean and unbiased variance
+    (PyTorch's own update, with weight 1), which it then normalizes by. So one pass over a batch both
+    recomputes every BatchNorm's statistics and gives the model's eval-mode output with them: each
+    BatchNorm's statistics are those of the input it normalizes when the model measures. Later calls
+    normalize by those statistics. A BatchNorm the first pass does not reach (a pass that stops at a
+    layer) keeps cleared statistics until a pass reaches it. Yields how many BatchNorms there are; the
+    statistics stay after the block, and the model is left in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    pending = set(bns)
+
+    def calibrate(m: nn.modules.batchnorm._BatchNorm, args: tuple) -> None:
+        if m in pending:
+            pending.discard(m)
+            F.batch_norm(args[0], m.running_mean, m.running_var, training=True, momentum=1.0, eps=m.eps)
+            m.num_batches_tracked.fill_(1)
+
+    handles = []
     try:
         for m in bns:
             m.reset_running_stats()
-            m.momentum = None  # cumulative average over the chunks
-        model.eval()  # only the BatchNorms use batch statistics (dropout and the like stay off)
-        for m in bns:
-            m.train()
-        for part in images.split(chunk):
-            (forward or model)(part)
-    finally:
-        for m, momentum in saved:
-            m.momentum = momentum
+            handles.append(m.register_forward_pre_hook(calibrate))
         model.eval()
-    return len(bns)
+        with torch.no_grad():
+            yield len(bns)
+    finally:
+        for h in handles:
+            h.remove()
+        model.eval()
+
+
+@contextmanager
+def calibrated(model: nn.Module, x: torch.Tensor, names: list[str], first: int) -> Iterator[int]:
+    """Recompute every BatchNorm's statistics on ``x[:first]`` for a measuring pass that keeps the named
+    layers' outputs of each batch (``hooks.capture``), and yield the size of that pass's first batch:
+    ``first`` where those outputs of ``first`` images fit in ``HELD_BYTES`` (the pass's first batch then
+    recomputes the statistics itself, ``calibrating_batchnorm``), else 0 after a separate recalibration pass
+    (a large network at a large size). Either way every BatchNorm ends with the same statistics."""
+    with capture(model, names, detach=True) as acts, torch.no_grad():
+        model(x[:1])  # one image in eval mode: the size of what the pass holds per image
+        held = sum(a.numel() * a.element_size() for a in acts.values())
+    if held * min(first, len(x)) > HELD_BYTES:
+        recalibrate_batchnorm(model, x, first)
+        yield 0
+        return
+    with calibrating_batchnorm(model):
+        yield first
+
+
+def recalibrate_batchnorm(
+    model: nn.Module, images: torch.Tensor, chunk: int = 1000, forward: Callable[[torch.Tensor], object] | None = None
+) -> int:
+    """Replace every BatchNorm's running statistics by the statistics of its input over the first ``chunk``
+    of ``images`` (normalized input [N, C, H, W]) in one eval-mode pass (``calibrating_batchnorm``), then
+    leave the model in eval mode. Returns how many BatchNorm layers were reset.
+
+    Used before measuring representations: a snapshot's own running statistics are 0/1 at the init and
+    lag behind the weights within an epoch, so they would move CKA by themselves. ``forward``: what runs
+    the images (default: the model); a forward pass that stops at a layer (``optvis.forward.forward_until``)
+    resets only the BatchNorms before it, and the others keep cleared statistics. A caller that measures
+    right after can save the pass: run its measuring pass inside ``calibrating_batchnorm`` instead.
+    """
+    with calibrating_batchnorm(model) as count:
+        if count:
+            (forward or model)(images[:chunk])
+    return count

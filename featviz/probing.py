@@ -19,7 +19,7 @@ from torch import nn
 from featviz.errors import ConfigError, FeatvizError, RunError
 from featviz.hooks import capture
 from featviz.loading import ProbeTask, build_run_model, fitting, load_model_at, probe_task
-from featviz.model import activation_layer, recalibrate_batchnorm
+from featviz.model import activation_layer, batches, calibrated
 from featviz.probes import class_selectivity, linear_probe, pooled
 from featviz.progress import StageProgress, silent
 from featviz.run.store import Run
@@ -28,19 +28,24 @@ POOLINGS = {"global": 1, "grid2": 2}  # name -> grid side of the average pooling
 BATCHNORM_IMAGES = 1000  # probe-train images the BatchNorm statistics are recomputed on
 
 
-def features(model: nn.Module, layers: dict[str, str], x: torch.Tensor, chunk: int = 250) -> dict[str, dict[str, Any]]:
-    """One pass over ``x``: per conv layer (``layers``: conv name -> the module whose output is its activation),
-    that activation pooled as each of ``POOLINGS`` ([N, F] float64), and ``relu``: whether it was never
-    negative on ``x`` (class selectivity is defined for such activations only)."""
+def features(
+    model: nn.Module, layers: dict[str, str], x: torch.Tensor, chunk: int = 250, first: int = 0
+) -> dict[str, dict[str, Any]]:
+    """One pass over ``x`` (its first ``first`` images in one batch, e.g. the one that recomputes the
+    BatchNorm statistics, ``model.calibrated``; then chunks of ``chunk``): per conv layer (``layers``: conv
+    name -> the module whose output is its activation), that activation pooled as each of ``POOLINGS``
+    ([N, F] float64), and ``relu``: whether it was never negative on ``x`` (class selectivity is defined for
+    such activations only)."""
     parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {p: [] for p in POOLINGS} for n in layers}
     low = {n: float("inf") for n in layers}
     with torch.no_grad(), capture(model, list(set(layers.values())), detach=True) as got:
-        for part in x.split(chunk):
+        for part in batches(x, first, chunk):
             model(part)
             for n, act in layers.items():
                 low[n] = min(low[n], float(got[act].amin()))
-                for p, grid in POOLINGS.items():
-                    parts[n][p].append(pooled(got[act], grid).cpu())
+                for p, grid in POOLINGS.items():  # pooled in float64 a chunk at a time, not a large batch whole
+                    parts[n][p] += [pooled(a, grid).cpu() for a in got[act].split(chunk)]
+            got.clear()
     return {n: {**{p: torch.cat(v) for p, v in parts[n].items()}, "relu": low[n] >= 0} for n in layers}
 
 
@@ -50,8 +55,10 @@ def measure(
     """Per layer (conv name -> its activation module) at one set of weights: probe accuracy and cross-entropy
     per pooling in ``poolings``, and the selectivity of every channel on the test images (None where the
     activation went negative on them)."""
-    recalibrate_batchnorm(model, task.train_x[:BATCHNORM_IMAGES])
-    fit, test = features(model, layers, task.train_x), features(model, layers, task.test_x)
+    acts = list(set(layers.values()))
+    with calibrated(model, task.train_x, acts, BATCHNORM_IMAGES) as first:  # the first fitting images' statistics
+        fit = features(model, layers, task.train_x, first=first)
+    test = features(model, layers, task.test_x)
     out: dict[str, dict[str, Any]] = {}
     for n in layers:
         row: dict[str, Any] = {}

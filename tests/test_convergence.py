@@ -151,11 +151,14 @@ def test_hsic_of_subsets_is_the_unbiased_hsic_of_each_sub_gram() -> None:
     assert torch.allclose(_hsic_of_subsets(k, ell, z), want, atol=1e-12, rtol=0)
 
 
-def test_measure_keeps_the_gram_of_the_first_500_images_across_chunks() -> None:
-    """600 probe images in 250-image chunks: means and peaks of every image; the Gram matrix of the first
-    FLAT_IMAGES (500) images' centred flattened maps, exactly as computed from all maps at once."""
+@pytest.mark.parametrize("calibration", [0, 1000])
+def test_measure_keeps_the_gram_of_the_first_500_images_across_chunks(monkeypatch, calibration: int) -> None:
+    """600 probe images, in 250-image chunks or one calibrating batch: means and peaks of every image; the
+    Gram matrix of the first FLAT_IMAGES (500) images' centred flattened maps, exactly as from all maps."""
+    from featviz import convergence
     from featviz.convergence import FLAT_IMAGES, _measure
 
+    monkeypatch.setattr(convergence, "CALIBRATION", calibration)
     torch.manual_seed(6)
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()).eval()
     x = torch.randn(600, 1, 5, 5)
@@ -166,5 +169,33 @@ def test_measure_keeps_the_gram_of_the_first_500_images_across_chunks() -> None:
     flat = flat - flat.mean(0, keepdim=True)
     assert FLAT_IMAGES == 500 and out["gram"].shape == (500, 500)
     assert torch.allclose(out["gram"], (flat @ flat.T).double(), atol=1e-4, rtol=1e-6)
-    assert torch.equal(out["mean"], maps.mean(2)) and torch.equal(out["peak"], maps.amax((0, 2)))
+    assert torch.allclose(out["mean"], maps.mean(2), atol=1e-6) and torch.equal(out["peak"], maps.amax((0, 2)))
     assert "gram" not in _measure(net, ["1"], x, gram=set())["1"]
+
+
+@pytest.mark.parametrize("held", [2**30, 0])
+def test_measure_recomputes_batchnorm_in_its_pass_and_sees_an_in_place_relu(monkeypatch, held: int) -> None:
+    """A BatchNorm measured where an in-place ReLU follows it (a torchvision ResNet's activation): the
+    measure is the output as the pass left it, after the ReLU, with the BatchNorm's statistics recomputed
+    on the first CALIBRATION images, in the measuring pass itself or, when its maps would not fit, in a
+    pass before it; both give the recalibrated model's eval-mode output."""
+    from featviz import model as model_mod
+    from featviz.convergence import _measure
+    from featviz.model import recalibrate_batchnorm
+
+    monkeypatch.setattr(model_mod, "HELD_BYTES", held)
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(inplace=True))
+    x = torch.randn(1100, 1, 6, 6) * 3 + 2
+    out = _measure(net, ["1"], x, gram=False)["1"]
+    stats = net[1].running_mean.clone(), net[1].running_var.clone()
+    twin = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU())
+    twin.load_state_dict(net.state_dict())
+    recalibrate_batchnorm(twin, x[:1000])
+    with torch.no_grad():
+        want = twin(x).flatten(2)
+    assert torch.equal(net[1].running_mean, twin[1].running_mean) and torch.equal(stats[1], twin[1].running_var)
+    assert float(out["mean"].min()) >= 0 and torch.allclose(out["mean"], want.mean(2), atol=1e-6)
+    with torch.no_grad():  # the first 1,000 images' statistics, not all 1,100 images'
+        conv = net[0](x[:1000]).transpose(0, 1).flatten(1)
+    assert torch.allclose(stats[0], conv.mean(1), atol=1e-5) and torch.allclose(stats[1], conv.var(1), rtol=1e-5)

@@ -184,8 +184,10 @@ def test_percentile_of_known_answers() -> None:
 
 
 def test_recalibrated_batchnorm_buffers_are_the_probe_statistics() -> None:
-    """After recalibration every BatchNorm holds the exact mean and unbiased variance of its input over
-    all probe images (one chunk), whatever its buffers held before; a momentum-0.1 update would not."""
+    """After recalibration every BatchNorm holds the exact mean and unbiased variance of the input it
+    normalizes in eval mode (the BatchNorms before it already recomputed), whatever its buffers held
+    before; a momentum-0.1 update would not, nor would statistics taken while the BatchNorms before it
+    normalized by their batch's biased variance (a training-mode pass)."""
     from featviz.model import recalibrate_batchnorm
 
     g = torch.Generator().manual_seed(0)
@@ -197,14 +199,41 @@ def test_recalibrated_batchnorm_buffers_are_the_probe_statistics() -> None:
     assert recalibrate_batchnorm(net, x) == 2
     with torch.no_grad():
         a1 = net[0](x)
-        # during recalibration the first BatchNorm normalizes by its batch's statistics (biased variance)
-        bn1 = torch.nn.functional.batch_norm(a1, None, None, net[1].weight, net[1].bias, training=True)
-        a2 = net[3](net[2](bn1))
+        a2 = net[3](net[2](net[1](a1)))  # the first BatchNorm in eval mode, with its recomputed statistics
+        trained = net[3](net[2](torch.nn.functional.batch_norm(a1, None, None, net[1].weight, net[1].bias, True)))
     for bn, a in ((net[1], a1), (net[4], a2)):
         flat = a.transpose(0, 1).reshape(a.shape[1], -1)
-        assert torch.allclose(bn.running_mean, flat.mean(1), atol=1e-5)
-        assert torch.allclose(bn.running_var, flat.var(1, unbiased=True), rtol=1e-4)
+        assert torch.allclose(bn.running_mean, flat.mean(1), atol=1e-6)
+        assert torch.allclose(bn.running_var, flat.var(1, unbiased=True), rtol=1e-5)
+    other = trained.transpose(0, 1).reshape(5, -1).var(1, unbiased=True)
+    assert not torch.allclose(net[4].running_var, other, rtol=1e-5)  # the two definitions do differ here
     assert not net.training and not net[1].training
+
+
+def test_calibrating_pass_gives_the_recalibrated_models_output() -> None:
+    """One pass inside ``calibrating_batchnorm`` returns what a recalibration followed by an eval-mode pass
+    returns, bit for bit, and sets the same statistics; a BatchNorm the pass never reaches keeps cleared
+    statistics; a model without BatchNorm is left as it was."""
+    from featviz.model import batches, calibrating_batchnorm, recalibrate_batchnorm
+
+    g = torch.Generator().manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5))
+    x = torch.randn(40, 3, 10, 10, generator=g)
+    recalibrate_batchnorm(net, x)
+    want, stats = net(x), [b.clone() for b in (net[1].running_var, net[4].running_mean)]
+    with calibrating_batchnorm(net) as count:
+        got = net(x)
+    assert count == 2 and torch.equal(got, want)
+    assert torch.equal(net[1].running_var, stats[0]) and torch.equal(net[4].running_mean, stats[1])
+    assert int(net[4].num_batches_tracked) == 1
+    with calibrating_batchnorm(net):
+        net[:2](x)  # stops before the second BatchNorm
+    assert torch.equal(net[4].running_mean, torch.zeros(5)) and torch.equal(net[4].running_var, torch.ones(5))
+    plain = nn.Sequential(nn.Conv2d(3, 2, 3))
+    with calibrating_batchnorm(plain) as count:
+        assert count == 0 and not plain.training
+    assert [len(b) for b in batches(torch.zeros(9, 1), 4, 2)] == [4, 2, 2, 1]
+    assert [len(b) for b in batches(torch.zeros(3, 1), 4, 2)] == [3]
 
 
 def _u_centred(k: torch.Tensor) -> torch.Tensor:
