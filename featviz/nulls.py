@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.linalg import vector_norm
 
 from featviz.config import TrainConfig, from_dict
 from featviz.errors import ConfigError
@@ -73,7 +74,7 @@ def rotation_null(
     model = build_run_model(run).to(device)
     model.load_state_dict(states[0])
     model.train()
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg, fused=True)  # one pass over the weights per step, not one per operation
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     layers = [layer.name for layer in run.info.layers]
     w0 = {n: model.get_parameter(f"{n}.weight").detach().clone() for n in layers}
@@ -81,16 +82,18 @@ def rotation_null(
     g = torch.Generator().manual_seed(seed)
     epochs, total, step = run.epochs_planned, spe * run.epochs_planned, 0
     sizes = [p.numel() for _, p in params]
+    drawn = torch.empty(sum(sizes))  # one draw per step for every parameter, into the same buffer every step
+    parts = drawn.split(sizes)
     for epoch in range(1, epochs + 1):
         held = norms[max(e for e in norms if e < epoch)]  # the last measured snapshot before this epoch
         wanted = torch.tensor([held.get(name, 0.0) for name, _ in params], dtype=torch.float64)
         for _ in range(spe):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, cfg.lr)
-            parts = torch.randn(sum(sizes), generator=g).split(sizes)  # one draw per step for every parameter
-            norms_now = torch.stack([d.double().norm() for d in parts]).clamp_min(1e-12)
+            drawn.normal_(generator=g)  # the numbers torch.randn(sum(sizes), generator=g) would give
+            norms_now = torch.stack([vector_norm(d, dtype=torch.float64) for d in parts]).clamp_min(1e-12)
             for (_, p), d, k in zip(params, parts, (wanted / norms_now).tolist()):
-                p.grad = (d * k).view_as(p).to(device=p.device, dtype=p.dtype)
+                p.grad = d.mul_(k).view_as(p).to(device=p.device, dtype=p.dtype)  # a view where it can be
             opt.step()
             step += 1
         for n in layers:

@@ -27,8 +27,8 @@ def test_each_step_gets_a_random_direction_with_the_measured_norm(tiny_run: Run,
     seen: list[dict[str, torch.Tensor]] = []
     real_make = nulls.make_optimizer
 
-    def recording(model, cfg):
-        opt = real_make(model, cfg)
+    def recording(model, cfg, **kw):
+        opt = real_make(model, cfg, **kw)
         names = {id(p): n for n, p in model.named_parameters()}
         step = opt.step
 
@@ -54,6 +54,34 @@ def test_each_step_gets_a_random_direction_with_the_measured_norm(tiny_run: Run,
     layer = out["features.conv1"]
     assert layer["rotation_from_init"][0] == 0.0 and len(layer["rotation_from_init"]) == 3
     assert layer["ratio"] == pytest.approx(layer["run_at_last"] / layer["null_at_last"])
+
+
+def test_the_null_is_the_plain_replay_up_to_rounding(tiny_run: Run, probe, monkeypatch) -> None:
+    """The null's buffer reuse, float64 norms and fused optimizer give the rotations of the plain replay: a
+    fresh torch.randn per step split over the parameters, each part's norm in float64, the optimizer's
+    default implementation."""
+    from featviz.training import lr_at, make_optimizer
+
+    states, val, labels = probe
+    monkeypatch.setattr(nulls, "NULL_BATCH", 64)
+    out = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"), seed=5)
+    norms = nulls.gradient_norms(tiny_run, states, val[:64], labels[:64], torch.device("cpu"))
+    model = nulls.build_run_model(tiny_run)
+    model.load_state_dict(states[0])
+    model.train()
+    cfg = nulls.from_dict(nulls.TrainConfig, tiny_run.info.configs["train"])
+    opt, params = make_optimizer(model, cfg), [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    g, spe, epochs = torch.Generator().manual_seed(5), tiny_run.steps_per_epoch(), tiny_run.epochs_planned
+    w0 = model.get_parameter("features.conv2.weight").detach().clone()
+    for step in range(spe * epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, spe * epochs, cfg.lr)
+        parts = torch.randn(sum(p.numel() for _, p in params), generator=g).split([p.numel() for _, p in params])
+        for (name, p), d in zip(params, parts):
+            p.grad = (d * (norms[step // spe][name] / float(d.double().norm()))).view_as(p)
+        opt.step()
+    want = nulls.rotation(w0, model.get_parameter("features.conv2.weight").detach())
+    assert out["features.conv2"]["rotation_from_init"][-1] == pytest.approx(want, rel=1e-5)
 
 
 def test_the_null_is_seeded(tiny_run: Run, probe) -> None:
