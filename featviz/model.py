@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from featviz.config import ModelConfig, from_dict
@@ -123,19 +122,19 @@ def batches(x: torch.Tensor, first: int, size: int) -> list[torch.Tensor]:
 def calibrating_batchnorm(model: nn.Module) -> Iterator[int]:
     """Inside the block the model runs in eval mode and each BatchNorm first clears its running statistics,
     then sets them from the first input it is called on: that input's exact mean and unbiased variance
-    (PyTorch's own update, with weight 1), which it then normalizes by. So one pass over a batch both
-    recomputes every BatchNorm's statistics and gives the model's eval-mode output with them: each
-    BatchNorm's statistics are those of the input it normalizes when the model measures. Later calls
-    normalize by those statistics. A BatchNorm the first pass does not reach (a pass that stops at a
-    layer) keeps cleared statistics until a pass reaches it. Yields how many BatchNorms there are; the
-    statistics stay after the block, and the model is left in eval mode."""
+    (PyTorch's own update with weight 1: the numbers a training-mode pass would set), which it then
+    normalizes by. So one pass over a batch both recomputes every BatchNorm's statistics and gives the
+    model's eval-mode output with them: each BatchNorm's statistics are those of the input it normalizes
+    when the model measures. Later calls normalize by those statistics. A BatchNorm the first pass does
+    not reach (a pass that stops at a layer) keeps cleared statistics until a pass reaches it. Yields how
+    many BatchNorms there are; the statistics stay after the block, and the model is left in eval mode."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     pending = set(bns)
 
     def calibrate(m: nn.modules.batchnorm._BatchNorm, args: tuple) -> None:
         if m in pending:
             pending.discard(m)
-            F.batch_norm(args[0], m.running_mean, m.running_var, training=True, momentum=1.0, eps=m.eps)
+            torch.batch_norm_update_stats(args[0], m.running_mean, m.running_var, 1.0)  # the statistics only
             m.num_batches_tracked.fill_(1)
 
     handles = []

@@ -43,8 +43,10 @@ def features(
             model(part)
             for n, act in layers.items():
                 low[n] = min(low[n], float(got[act].amin()))
-                for p, grid in POOLINGS.items():  # pooled in float64 a chunk at a time, not a large batch whole
-                    parts[n][p] += [pooled(a, grid).cpu() for a in got[act].split(chunk)]
+                for a in got[act].split(chunk):  # in float64 a chunk at a time, not a large batch whole
+                    wide = a.double()  # converted once for every pooling
+                    for p, grid in POOLINGS.items():
+                        parts[n][p].append(pooled(wide, grid).cpu())
             got.clear()
     return {n: {**{p: torch.cat(v) for p, v in parts[n].items()}, "relu": low[n] >= 0} for n in layers}
 
