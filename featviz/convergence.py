@@ -23,7 +23,6 @@ from featviz.layers import measured_layers
 from featviz.loading import build_run_model
 from featviz.metrics import cka_of_features, cka_of_grams, cka_of_subsets, linear_cka
 from featviz.model import activation_layer, batches, calibrated, calibrating_batchnorm
-from featviz.optvis.forward import forward_until
 from featviz.partial import Downstream
 from featviz.progress import StageProgress, silent
 from featviz.reading import first_epoch_above
@@ -239,7 +238,7 @@ def _own_weights(
     with torch.no_grad():
         for j, (layer, n) in enumerate(zip(layers, names)):
             model.load_state_dict(final_state)  # type: ignore[arg-type]
-            with _forward_to(model, layer.name, n) as run:
+            with _forward_to(model, layer.name, n, probe[:8]) as run:
                 final = _pooled_until(model, run, probe)
                 for i, load in enumerate(loaders):
                     state = load()
@@ -251,15 +250,24 @@ def _own_weights(
 
 
 @contextmanager
-def _forward_to(model: nn.Module, layer: str, name: str) -> Iterator[Callable[[torch.Tensor, Any], torch.Tensor]]:
-    """``run(x, tag)`` -> the output of module ``name``: ``partial.Downstream`` where fx can trace the model,
-    else a forward pass that stops at ``name`` (``tag`` unused)."""
-    part = Downstream.of(model, layer, name)
+def _forward_to(
+    model: nn.Module, layer: str, name: str, example: torch.Tensor
+) -> Iterator[Callable[[torch.Tensor, Any], torch.Tensor]]:
+    """``run(x, tag)`` -> what the forward pass leaves in module ``name``'s output (as ``_measure`` sees it:
+    after any in-place op that rewrites it, ``partial.left_in``, found on ``example``):
+    ``partial.Downstream`` where fx can trace the model and find that value, else a whole forward pass
+    (``tag`` unused)."""
+    part = Downstream.of(model, layer, name, example)
     if part is not None:
         yield part
         return
-    with forward_until(model, [name]) as run:
-        yield lambda x, _tag: run(x)[name]
+    with capture(model, [name], detach=True) as acts:
+
+        def run(x: torch.Tensor, _tag: Any) -> torch.Tensor:
+            model(x)
+            return acts[name]
+
+        yield run
 
 
 def _pooled_until(

@@ -6,8 +6,9 @@ recomputed on every call) and the rest (upstream). The first call with a given `
 keeps the tensors where the upstream part feeds the downstream one (the frontier); later calls with that
 tag run only the downstream part from a copy of the kept frontier. The result is the full forward's, op for
 op, as long as nothing upstream changes between calls: only ``layer``'s own parameters, and the state of
-modules downstream (BatchNorm statistics), may change. Used by the settling controls
-(``featviz.convergence``), which put one layer's past weights into the final network many times.
+modules downstream (BatchNorm statistics), may change. With an ``example`` input the part ends where the
+eager forward's value of ``output`` ends up after in-place rewrites (``left_in``). Used by the settling
+controls (``featviz.convergence``), which put one layer's past weights into the final network many times.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any, Iterable
 
 import torch
 from torch import fx, nn
+
+from featviz.hooks import capture, eval_mode
 
 _IN_PLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.imatmul}
 
@@ -45,6 +48,46 @@ def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in _IN_PLACE_OPERATORS
 
 
+class _Recorder(fx.Interpreter):
+    """Runs a graph and keeps a copy of each of ``keep``'s values as it is computed (later in-place ops
+    cannot change the copy)."""
+
+    def __init__(self, gm: fx.GraphModule, keep: set[fx.Node]) -> None:
+        super().__init__(gm)
+        self.keep, self.seen = keep, {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if n in self.keep and isinstance(out, torch.Tensor):
+            self.seen[n] = out.detach().clone()
+        return out
+
+
+def left_in(gm: fx.GraphModule, model: nn.Module, output: str, x: torch.Tensor) -> fx.Node | None:
+    """The node of ``gm`` (traced from ``model``) whose value equals, bit for bit on ``x``, what ``model``'s
+    eager forward leaves in module ``output``'s (last) output tensor by the end of the pass; None if none
+    does. An in-place op after a module rewrites its output: torchvision's ResNets apply ``ReLU(inplace=True)``
+    to a BatchNorm's output, and ``out += identity`` to the block's last one, which fx traces as an
+    out-of-place add. A hook on the module sees the rewritten tensor after the pass
+    (``hooks.capture``); this finds the traced node that computes it: the first, in graph order, of
+    ``output``'s calls and the nodes after them."""
+    calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == output]
+    recorder = _Recorder(gm, _closure(calls, "users"))
+    with eval_mode(model), torch.no_grad():  # no BatchNorm statistics change
+        with capture(model, [output], detach=True) as acts:
+            model(x)
+        want = acts[output]
+        recorder.run(x)
+    return next(
+        (
+            n
+            for n in gm.graph.nodes
+            if n in recorder.seen and recorder.seen[n].shape == want.shape and torch.equal(recorder.seen[n], want)
+        ),
+        None,
+    )
+
+
 class Downstream:
     """See the module docstring. ``Downstream.of`` returns None where this cannot work: fx cannot trace the
     model, its forward takes more than one input, ``output`` does not depend on ``layer``, or an op writes
@@ -64,7 +107,9 @@ class Downstream:
         self._kept: dict[Any, dict[fx.Node, Any]] = {}
 
     @classmethod
-    def of(cls, model: nn.Module, layer: str, output: str) -> Downstream | None:
+    def of(cls, model: nn.Module, layer: str, output: str, example: torch.Tensor | None = None) -> Downstream | None:
+        """``example``: an input on which to find the node whose value is what the eager forward leaves in
+        ``output``'s output tensor by the end of the pass (``left_in``); without it, ``output``'s first call."""
         try:
             gm = fx.symbolic_trace(model)  # shares the model's modules: loading weights into one loads both
         except Exception:  # fx raises many kinds for data-dependent control flow: then the caller runs it all
@@ -72,6 +117,8 @@ class Downstream:
         if sum(n.op == "placeholder" for n in gm.graph.nodes) != 1:
             return None
         start, end = _first_call(gm.graph, layer), _first_call(gm.graph, output)
+        if example is not None and end is not None:
+            end = left_in(gm, model, output, example)
         if start is None or end is None or end not in _closure([start], "users"):
             return None
         for node in gm.graph.nodes:  # a write into a value another node also reads: order matters, refuse

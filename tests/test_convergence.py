@@ -112,12 +112,35 @@ def test_own_weights_are_the_same_through_the_downstream_part_and_the_whole_forw
     names, probe = ["layer1.1.bn2", "layer3.1.bn2"], torch.randn(300, 3, 16, 16)  # two 250-image chunks
     loaders = [lambda: early, lambda: final]
     asked, split_of = [], convergence.Downstream.of
-    monkeypatch.setattr(convergence.Downstream, "of", lambda *a: asked.append(a[1:]) or split_of(*a))
+    monkeypatch.setattr(convergence.Downstream, "of", lambda *a: asked.append(a[1:3]) or split_of(*a))
     split = _own_weights(layers, net, names, probe, loaders, silent)
     assert asked == [("layer1.1.conv2", "layer1.1.bn2"), ("layer3.1.conv2", "layer3.1.bn2")]
     monkeypatch.setattr(convergence.Downstream, "of", lambda *a: None)
     whole = _own_weights(layers, net, names, probe, loaders, silent)
     assert split == whole and split["layer1.1.conv2"][0] < 0.99 and split["layer3.1.conv2"][1] == 1.0
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_own_weights_measure_what_the_whole_network_measure_sees(monkeypatch, split: bool) -> None:
+    """A ResNet block's last BatchNorm is rewritten in place by ``out += identity`` and the ReLU: the
+    whole-network measure (``_measure``) reads the block's output. The own-weights control reads the same
+    values, bit for bit, through the downstream part and through a whole forward, not the BatchNorm's
+    output (which would compare another representation)."""
+    from torchvision.models import resnet18
+
+    from featviz import convergence
+    from featviz.convergence import _forward_to, _measure, _pooled_until
+
+    if not split:
+        monkeypatch.setattr(convergence.Downstream, "of", lambda *a: None)
+    torch.manual_seed(4)
+    net = resnet18(num_classes=4).eval()
+    probe = torch.randn(40, 3, 16, 16)
+    whole = _measure(net, ["layer2.1.bn2"], probe, gram=False)["layer2.1.bn2"]["mean"]
+    with torch.no_grad(), _forward_to(net, "layer2.1.conv2", "layer2.1.bn2", probe[:8]) as run:
+        own = _pooled_until(net, run, probe)
+        bn = net.layer2[1].bn2(net.layer2[1].conv2(torch.randn(2, 128, 2, 2)))
+    assert torch.equal(own, whole) and float(own.min()) >= 0 and float(bn.min()) < 0
 
 
 def test_cka_of_subsets_is_cka_of_each_subset_s_features() -> None:

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
+from featviz.hooks import capture
 from featviz.model import recalibrate_batchnorm
 from featviz.optvis.forward import forward_until
-from featviz.partial import Downstream
+from featviz.partial import Downstream, left_in
 
 
 def _full(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +42,26 @@ def test_resnet18_downstream_equals_the_full_forward_after_the_layer_changes(lay
         for _ in range(2):  # new weights for the layer: the kept upstream values are reused
             conv.weight.copy_(torch.randn_like(conv.weight))
             assert torch.equal(part(x, "a"), _full(model, output, x))
+
+
+def test_the_output_is_the_value_the_eager_pass_leaves_after_in_place_rewrites() -> None:
+    """torchvision's BasicBlock rewrites bn1's output with ReLU(inplace=True) and bn2's with ``out +=
+    identity`` and the ReLU: ``left_in`` finds the traced nodes whose values are those rewritten tensors, and
+    the part returns them, bit for bit what a hook on the BatchNorm holds after the pass. Without in-place
+    ops it is the module's own call."""
+    torch.manual_seed(5)
+    model = resnet18(num_classes=5).eval()
+    x = torch.randn(4, 3, 32, 32)
+    gm = torch.fx.symbolic_trace(model)
+    assert left_in(gm, model, "layer1.1.bn1", x).name == "layer1_1_relu"
+    assert left_in(gm, model, "layer1.1.bn2", x).name == "layer1_1_relu_1"
+    part = Downstream.of(model, "layer1.1.conv2", "layer1.1.bn2", example=x)
+    with torch.no_grad(), capture(model, ["layer1.1.bn2"], detach=True) as acts:
+        model(x)
+        want = acts["layer1.1.bn2"].clone()
+        assert torch.equal(part(x, "t"), want) and float(want.min()) >= 0
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    assert left_in(torch.fx.symbolic_trace(plain), plain, "1", x).name == "_1"
 
 
 def test_batchnorm_recalibrated_through_the_downstream_part_matches() -> None:
