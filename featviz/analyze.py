@@ -212,13 +212,13 @@ def faithfulness(
     names = sorted({r.layer for r in am if r.layer is not None})
     responses = {layer.name: layer.response for layer in run.info.layers}
     targets = {n: responses.get(n) or response_layer(model, n) for n in names}  # what the renders maximized
-    stats = layer_stats(model, list(targets.values()), images.to(device))
+    stats = layer_stats(model, list(targets.values()), images.to(device), as_returned=True)
     size = raw.shape[-1]
     data = run.info.data
     am_imgs = torch.stack([decode_png(run.read_file_bytes(r.file)) for r in am])
     am_size = int(am_imgs.shape[-1])
     am_x = _normalize(am_imgs, data.mean, data.std, size)
-    am_stats = layer_stats(model, list(targets.values()), am_x.to(device))
+    am_stats = layer_stats(model, list(targets.values()), am_x.to(device), as_returned=True)
     am_index = {(r.layer, r.channel): i for i, r in enumerate(am)}
     out: dict[str, Any] = {"epoch": epoch, "settings_set": sid, "am_size_px": am_size, "measured_at_px": size}
     for name in names:

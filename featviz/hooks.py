@@ -35,11 +35,15 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Modul
 
 
 @contextmanager
-def capture(model: nn.Module, names: Sequence[str], detach: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+def capture(
+    model: nn.Module, names: Sequence[str], detach: bool = False, copy: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
     """Yield a dict that fills with each named layer's output during forward passes in the block.
 
     With ``detach`` the stored outputs are detached (for recording); otherwise they keep their
-    graph so objectives can backpropagate through them.
+    graph so objectives can backpropagate through them. A stored output is the module's output tensor,
+    which an in-place op later in the pass can rewrite (a torchvision ResNet's ReLU(inplace=True) after a
+    BatchNorm); with ``copy`` (and ``detach``) it is a copy, the values as the module returned them.
     """
     acts: dict[str, torch.Tensor] = {}
     handles = []
@@ -47,7 +51,7 @@ def capture(model: nn.Module, names: Sequence[str], detach: bool = False) -> Ite
         for name, module in resolve_layers(model, names).items():
 
             def hook(_m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
-                acts[name] = out.detach() if detach else out
+                acts[name] = (out.detach().clone() if copy else out.detach()) if detach else out
 
             handles.append(module.register_forward_hook(hook))
         yield acts

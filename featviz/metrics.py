@@ -139,12 +139,16 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = True) -> float
 
 
 # ----------------------------------------------------------------------------- layer statistics and crops
-def layer_stats(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+def layer_stats(
+    model: nn.Module, names: list[str], x: torch.Tensor, as_returned: bool = False
+) -> dict[str, dict[str, torch.Tensor]]:
     """One pass over ``x`` (in chunks): per named layer, the channel means [N, C] (spatial average),
     the flat position of each channel's strongest response [N, C], each channel's peak [C], and the
-    feature map's width (to turn flat positions into coordinates)."""
+    feature map's width (to turn flat positions into coordinates). Of each layer's output as the pass left
+    it (an in-place op after the layer counts, as for every representation measure), or ``as_returned``: as
+    the layer returned it (what activation maximization, which stops at the layer, maximized)."""
     parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {"mean": [], "argmax": [], "peak": []} for n in names}
-    with capture(model, names, detach=True) as acts:
+    with capture(model, names, detach=True, copy=as_returned) as acts:
         for chunk in x.split(250):
             model(chunk)
             for n in names:

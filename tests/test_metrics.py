@@ -260,3 +260,21 @@ def test_debiased_cka_matches_the_u_centred_reference(n: int, d: int) -> None:
         k, ell = _u_centred(x @ x.T), _u_centred(y @ y.T)
         ref = float((k * ell).sum() / torch.sqrt((k * k).sum() * (ell * ell).sum()))
         assert linear_cka(x, y) == pytest.approx(ref, abs=1e-9), (n, d, mix)
+
+
+def test_layer_stats_read_the_output_as_the_pass_left_it_or_as_returned() -> None:
+    """An in-place ReLU rewrites the BatchNorm's output later in the pass (a torchvision ResNet): by default
+    the stats are of the rewritten tensor (the representation measures'), ``as_returned`` of the
+    BatchNorm's own output (what activation maximization maximized, read by faithfulness)."""
+    from featviz.metrics import layer_stats
+
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(inplace=True)).eval()
+    x = torch.randn(300, 1, 7, 7)
+    left = layer_stats(net, ["1"], x)["1"]
+    returned = layer_stats(net, ["1"], x, as_returned=True)["1"]
+    with torch.no_grad():
+        bn = net[1](net[0](x)).flatten(2)
+    assert torch.allclose(returned["mean"], bn.mean(2), atol=1e-6) and float(returned["mean"].min()) < 0
+    assert torch.allclose(left["mean"], bn.relu().mean(2), atol=1e-6) and float(left["mean"].min()) >= 0
+    assert torch.equal(returned["argmax"], bn.argmax(2)) and torch.allclose(returned["peak"], bn.amax((0, 2)))
