@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from featviz.config import ModelConfig, from_dict
-from featviz.hooks import capture
+from featviz.hooks import capture, eval_mode
 from featviz.run.schema import ConvLayer
 
 
@@ -158,7 +158,7 @@ def calibrated(model: nn.Module, x: torch.Tensor, names: list[str], first: int) 
     ``first`` where those outputs of ``first`` images fit in ``HELD_BYTES`` (the pass's first batch then
     recomputes the statistics itself, ``calibrating_batchnorm``), else 0 after a separate recalibration pass
     (a large network at a large size). Either way every BatchNorm ends with the same statistics."""
-    with capture(model, names, detach=True) as acts, torch.no_grad():
+    with eval_mode(model), capture(model, names, detach=True) as acts, torch.no_grad():
         model(x[:1])  # one image in eval mode: the size of what the pass holds per image
         held = sum(a.numel() * a.element_size() for a in acts.values())
     if held * min(first, len(x)) > HELD_BYTES:
