@@ -233,6 +233,10 @@ def test_calibrating_pass_gives_the_recalibrated_models_output() -> None:
     with calibrating_batchnorm(plain) as count:
         assert count == 0 and not plain.training
     assert [len(b) for b in batches(torch.zeros(9, 1), 4, 2)] == [4, 2, 2, 1]
+    many = torch.cat([torch.randn(1000, 3, 5, 5, generator=g), torch.full((1, 3, 5, 5), 50.0)])
+    recalibrate_batchnorm(net, many)  # the first 1,000 images' statistics: the outlier after them is left out
+    first = net[0](many[:1000]).transpose(0, 1).flatten(1)
+    assert torch.allclose(net[1].running_mean, first.mean(1), atol=1e-6)
     assert [len(b) for b in batches(torch.zeros(3, 1), 4, 2)] == [3]
 
 
@@ -278,3 +282,4 @@ def test_layer_stats_read_the_output_as_the_pass_left_it_or_as_returned() -> Non
     assert torch.allclose(returned["mean"], bn.mean(2), atol=1e-6) and float(returned["mean"].min()) < 0
     assert torch.allclose(left["mean"], bn.relu().mean(2), atol=1e-6) and float(left["mean"].min()) >= 0
     assert torch.equal(returned["argmax"], bn.argmax(2)) and torch.allclose(returned["peak"], bn.amax((0, 2)))
+    assert returned["width"] == left["width"] == 5  # the 5 x 5 map of a 3 x 3 conv on 7 x 7 images

@@ -3,6 +3,8 @@ refuses, and how the reading uses it."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -90,6 +92,10 @@ def test_the_null_is_seeded(tiny_run: Run, probe) -> None:
     again = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"), seed=1)
     other = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"), seed=2)
     assert one == again and one["features.conv2"] != other["features.conv2"]
+    default = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"))
+    epochs = tiny_run.epochs_planned
+    assert default["seed"] == 0 and one["seed"] == 1 and default["batch"] == min(len(val), nulls.NULL_BATCH)
+    assert default["epochs"] == list(range(epochs + 1)) and default["last_epoch"] == max(states)
 
 
 def test_the_null_refuses_what_it_cannot_replay(tiny_run: Run, probe) -> None:
@@ -98,6 +104,17 @@ def test_the_null_refuses_what_it_cannot_replay(tiny_run: Run, probe) -> None:
         nulls.rotation_null(tiny_run, states, val, torch.full_like(labels, -1), torch.device("cpu"))
     with pytest.raises(ConfigError, match="epoch 0 snapshot"):
         nulls.rotation_null(tiny_run, {e: s for e, s in states.items() if e}, val, labels, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="labelled validation images"):
+        nulls.rotation_null(tiny_run, states, val[:0], labels[:0], torch.device("cpu"))
+    train = tiny_run.info.configs["train"]
+    untrained = {k: v for k, v in train.items() if k != "optimizer"}
+    for source, cfg, spe in ((object(), train, 5), (None, untrained, 5), (None, train, 0)):
+        # a recorded run, no optimizer recorded, no step count: each alone is refused
+        fake = SimpleNamespace(
+            info=SimpleNamespace(source=source, configs={"train": cfg}), steps_per_epoch=lambda s=spe: s
+        )
+        with pytest.raises(ConfigError, match="no recorded optimizer or schedule"):
+            nulls.rotation_null(fake, states, val, labels, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,27 @@ def test_the_output_is_the_value_the_eager_pass_leaves_after_in_place_rewrites()
         assert torch.equal(part(x, "t"), want) and float(want.min()) >= 0
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
     assert left_in(torch.fx.symbolic_trace(plain), plain, "1", x).name == "_1"
+    same = nn.Sequential(nn.ReLU(), nn.Identity())  # an earlier node holds the same values: not a candidate
+    assert left_in(torch.fx.symbolic_trace(same), same, "1", x).name == "_1"
+
+
+class _Counting(nn.Module):
+    """Its conv's output changes from call to call, so no traced node reproduces the eager pass's value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.calls = nn.Conv2d(3, 2, 1), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1  # fx bakes in the count at tracing; every later eager call feeds the conv more
+        return self.conv(x * self.calls)
+
+
+def test_without_a_matching_node_there_is_no_part() -> None:
+    """``left_in`` finds no node, so ``Downstream.of`` gives no part (the settling control then runs whole)."""
+    model, x = _Counting(), torch.randn(2, 3, 4, 4)
+    assert left_in(torch.fx.symbolic_trace(model), model, "conv", x) is None
+    assert Downstream.of(_Counting(), "conv", "conv", example=x) is None
 
 
 def test_batchnorm_recalibrated_through_the_downstream_part_matches() -> None:

@@ -42,6 +42,26 @@ def test_features_average_the_relu_output_over_the_map_and_a_grid() -> None:
     assert f["grid2"].tolist() == [[0.0, 2.0, 3.0, 4.0]]
 
 
+def test_measure_recomputes_batchnorm_on_the_first_1000_fitting_images() -> None:
+    """``probing.measure`` recomputes BatchNorm in its first fitting pass, on the first BATCHNORM_IMAGES
+    (1,000) images in one batch: an outlier image after them leaves the statistics alone."""
+    from featviz.loading import ProbeTask
+    from featviz.probing import BATCHNORM_IMAGES, measure
+
+    g = torch.Generator().manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
+    x = torch.cat([torch.randn(1000, 1, 6, 6, generator=g) * 2 + 1, torch.full((100, 1, 6, 6), 40.0)])
+    y = torch.arange(1100) % 2
+    task = ProbeTask(x, y, x[:50], y[:50], 2, "constructed")
+    out = measure(net, {"0": "2"}, task, ("global",))
+    with torch.no_grad():
+        conv = net[0](x[:BATCHNORM_IMAGES]).transpose(0, 1).flatten(1)
+    assert BATCHNORM_IMAGES == 1000 and not net.training
+    assert torch.allclose(net[1].running_mean, conv.mean(1), atol=1e-5)
+    assert torch.allclose(net[1].running_var, conv.var(1), rtol=1e-4)
+    assert 0 <= out["0"]["global"]["accuracy"] <= 1
+
+
 def test_probe_task_uses_true_labels_and_the_validation_split(control: Run) -> None:
     task = probe_task(control)
     data = load_data(TINY_DATA)  # the true labels

@@ -118,3 +118,20 @@ def test_the_api_takes_a_run_or_its_path(tmp_path: Path) -> None:
         ),
     )
     assert summary["am_images"] >= 1 and summary["layers"] == ["features.conv1"]
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_make_optimizer_fuses_only_when_asked_and_where_the_device_has_it(name: str) -> None:
+    """``fused=True`` gives PyTorch's fused implementation on the CPU; the default, and parameters on a
+    device without one (here ``meta``), get the default implementation."""
+    from featviz.training import make_optimizer
+
+    cfg = TrainConfig(optimizer=name, lr=0.02, weight_decay=0.003)
+    opt = make_optimizer(torch.nn.Linear(3, 2), cfg, fused=True)
+    want = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+    assert type(opt) is want and opt.defaults["lr"] == 0.02 and opt.defaults["weight_decay"] == 0.003
+    if name == "sgd":
+        assert opt.defaults["momentum"] == 0.9 and opt.defaults["nesterov"] is True
+    assert opt.defaults["fused"] is True and len(opt.param_groups[0]["params"]) == 2
+    assert not make_optimizer(torch.nn.Linear(3, 2), cfg).defaults["fused"]
+    assert not make_optimizer(torch.nn.Linear(3, 2, device="meta"), cfg, fused=True).defaults["fused"]
