@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -36,22 +36,26 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Modul
 
 @contextmanager
 def capture(
-    model: nn.Module, names: Sequence[str], detach: bool = False, copy: bool = False
-) -> Iterator[dict[str, torch.Tensor]]:
+    model: nn.Module, names: Sequence[str], detach: bool = False, reduce: Callable[[torch.Tensor], Any] | None = None
+) -> Iterator[dict[str, Any]]:
     """Yield a dict that fills with each named layer's output during forward passes in the block.
 
     With ``detach`` the stored outputs are detached (for recording); otherwise they keep their
     graph so objectives can backpropagate through them. A stored output is the module's output tensor,
     which an in-place op later in the pass can rewrite (a torchvision ResNet's ReLU(inplace=True) after a
-    BatchNorm); with ``copy`` (and ``detach``) it is a copy, the values as the module returned them.
+    BatchNorm). With ``reduce`` the stored value is ``reduce(output)`` (detached), taken as the module
+    returns: of the values as the module returned them, and holding no map the reduction does not keep.
     """
-    acts: dict[str, torch.Tensor] = {}
+    acts: dict[str, Any] = {}
     handles = []
     try:
         for name, module in resolve_layers(model, names).items():
 
             def hook(_m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
-                acts[name] = (out.detach().clone() if copy else out.detach()) if detach else out
+                if reduce is not None:
+                    acts[name] = reduce(out.detach())
+                else:
+                    acts[name] = out.detach() if detach else out
 
             handles.append(module.register_forward_hook(hook))
         yield acts

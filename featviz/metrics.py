@@ -139,6 +139,12 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = True) -> float
 
 
 # ----------------------------------------------------------------------------- layer statistics and crops
+def _summary(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """A layer's output [B, C, H, W] -> channel means [B, C], flat argmax [B, C], peak [1, C], map width."""
+    a = out.float().flatten(2)
+    return a.mean(2).cpu(), a.argmax(2).cpu(), a.amax((0, 2)).cpu()[None], int(out.shape[-1])
+
+
 def layer_stats(
     model: nn.Module, names: list[str], x: torch.Tensor, as_returned: bool = False
 ) -> dict[str, dict[str, torch.Tensor]]:
@@ -148,15 +154,15 @@ def layer_stats(
     it (an in-place op after the layer counts, as for every representation measure), or ``as_returned``: as
     the layer returned it (what activation maximization, which stops at the layer, maximized)."""
     parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {"mean": [], "argmax": [], "peak": []} for n in names}
-    with capture(model, names, detach=True, copy=as_returned) as acts:
+    widths: dict[str, int] = {}
+    with capture(model, names, detach=True, reduce=_summary if as_returned else None) as acts:
         for chunk in x.split(250):
             model(chunk)
             for n in names:
-                a = acts[n].float().flatten(2)
-                parts[n]["mean"].append(a.mean(2).cpu())
-                parts[n]["argmax"].append(a.argmax(2).cpu())
-                parts[n]["peak"].append(a.amax((0, 2)).cpu()[None])
-            widths = {n: int(acts[n].shape[-1]) for n in names}
+                mean, argmax, peak, widths[n] = acts[n] if as_returned else _summary(acts[n])
+                parts[n]["mean"].append(mean)
+                parts[n]["argmax"].append(argmax)
+                parts[n]["peak"].append(peak)
     return {
         n: {
             "mean": torch.cat(p["mean"]),

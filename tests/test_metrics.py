@@ -273,10 +273,12 @@ def test_layer_stats_read_the_output_as_the_pass_left_it_or_as_returned() -> Non
     from featviz.metrics import layer_stats
 
     torch.manual_seed(8)
-    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(inplace=True)).eval()
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(inplace=True), nn.MaxPool2d(2)).eval()
     x = torch.randn(300, 1, 7, 7)
-    left = layer_stats(net, ["1"], x)["1"]
-    returned = layer_stats(net, ["1"], x, as_returned=True)["1"]
+    left = layer_stats(net, ["1", "3"], x)
+    returned = layer_stats(net, ["1", "3"], x, as_returned=True)
+    assert left["3"]["width"] == returned["3"]["width"] == 2  # each layer's own map width
+    left, returned = left["1"], returned["1"]
     with torch.no_grad():
         bn = net[1](net[0](x)).flatten(2)
     assert torch.allclose(returned["mean"], bn.mean(2), atol=1e-6) and float(returned["mean"].min()) < 0
