@@ -139,8 +139,7 @@ def test_own_weights_measure_what_the_whole_network_measure_sees(monkeypatch, sp
     whole = _measure(net, ["layer2.1.bn2"], probe, gram=False)["layer2.1.bn2"]["mean"]
     with torch.no_grad(), _forward_to(net, "layer2.1.conv2", "layer2.1.bn2", probe[:8]) as run:
         own = _pooled_until(net, run, probe)
-        bn = net.layer2[1].bn2(net.layer2[1].conv2(torch.randn(2, 128, 2, 2)))
-    assert torch.equal(own, whole) and float(own.min()) >= 0 and float(bn.min()) < 0
+    assert torch.equal(own, whole) and float(own.min()) >= 0  # the block's output, after its ReLU
 
 
 def test_cka_of_subsets_is_cka_of_each_subset_s_features() -> None:
