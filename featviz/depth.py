@@ -61,14 +61,27 @@ def depth_table(model: nn.Module, layers: Sequence[ConvLayer]) -> dict[str, dict
     return {name: dataclasses.asdict(p) for name, p in positions(model, layers).items()}
 
 
+def shown_depth(layer: ConvLayer, traced: dict[str, Any] | None = None) -> int:
+    """The depth a layer is shown and ordered at: its ``path_depth`` from the run's layer table, else from
+    ``traced`` (its row of an analysis's ``depth``, for a run recorded before depth was traced), else its
+    forward order among the convs."""
+    return layer.path_depth or (traced or {}).get("path_depth") or layer.depth
+
+
+def analysed_depth(a: dict[str, Any], name: str) -> int:
+    """``shown_depth`` from analysis ``a`` alone: its ``depth`` table's ``path_depth`` of layer ``name``, else
+    the layer's forward order (an analysis made before depth was traced)."""
+    info = a.get("depth") if isinstance(a.get("depth"), dict) else {}
+    return (info.get(name) or {}).get("path_depth") or list(a["layers"]).index(name) + 1
+
+
 def main_path(a: dict[str, Any]) -> list[str]:
     """The layers of analysis ``a`` that orderings by depth compare: those on the main path (no branch), by
     ``path_depth`` (ties keep the forward order); every layer, in forward order, for an analysis without
     ``depth`` (made before depth was traced)."""
     info = a.get("depth") if isinstance(a.get("depth"), dict) else {}
-    names = list(a["layers"])
-    keep = [n for n in names if not (info.get(n) or {}).get("branch")]
-    return sorted(keep, key=lambda n: (info.get(n) or {}).get("path_depth") or names.index(n) + 1)
+    keep = [n for n in a["layers"] if not (info.get(n) or {}).get("branch")]
+    return sorted(keep, key=lambda n: analysed_depth(a, n))
 
 
 def _is_conv(node: fx.Node, convs: set[str]) -> int:

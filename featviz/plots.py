@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 from typing import Any, Callable
 
+from featviz.depth import analysed_depth
+
 DEPTH_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 MANY = 8  # layers: more than this, a plot over steps is a layer x step heatmap (one row per layer), not lines
 
@@ -69,8 +71,7 @@ def _step_axis(ax: Any, a: dict[str, Any]) -> None:
 def _row_label(a: dict[str, Any], name: str) -> str:
     """'d7 layer2.0.conv2' (the traced depth, 'b' for a branch) for a heatmap row."""
     info = (a.get("depth") or {}).get(name) or {}
-    depth = info.get("path_depth") or a["layers"].index(name) + 1
-    return f"{'b' if info.get('branch') else 'd'}{depth} {name}"
+    return f"{'b' if info.get('branch') else 'd'}{analysed_depth(a, name)} {name}"
 
 
 def _layer_rows(

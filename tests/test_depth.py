@@ -94,3 +94,18 @@ def test_the_reading_of_a_deep_network_gives_per_layer_numbers_by_stage() -> Non
     assert "0.730 to 0.760 (layer4) at epoch 2, against 0.500 (conv1), 0.500 (layer1)," in text
     assert "0.000" not in text  # the shortcut convs are branches, not depths
     assert _numbers([1.0, 2.0, 3.0], ".1f", ["a", "a", "b"]) == "1.0, 2.0, 3.0"  # short: layer by layer
+
+
+def test_the_shown_depth_falls_back_from_the_traced_depth_to_the_forward_order() -> None:
+    """A run's layer table gives the path depth; a run recorded before depth was traced takes it from its
+    analysis, else the forward order. From an analysis alone: its depth table, else the forward order."""
+    from featviz.depth import analysed_depth, shown_depth
+    from featviz.run.schema import ConvLayer
+
+    traced = ConvLayer("layer1.0.downsample.0", 5, 64, 128, (1, 1), path_depth=3, branch=True)
+    older = ConvLayer("layer1.0.downsample.0", 5, 64, 128, (1, 1))
+    assert shown_depth(traced) == 3 and shown_depth(traced, {"path_depth": 9}) == 3
+    assert shown_depth(older, {"path_depth": 3}) == 3 and shown_depth(older) == shown_depth(older, {}) == 5
+    a = {"layers": ["conv1", "b", "c"], "depth": {"b": {"path_depth": 7}}}
+    assert [analysed_depth(a, n) for n in a["layers"]] == [1, 7, 3]
+    assert analysed_depth({"layers": ["conv1", "b"], "depth": None}, "b") == 2

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from featviz.claims import claims, summary
+from featviz.depth import shown_depth
 from featviz.errors import ConfigError
 from featviz.gallery.units import unit_href, unit_pages
 from featviz.layers import default_layers, run_fields
@@ -176,7 +177,7 @@ def _depths(
             {
                 "name": name,
                 "depth": layer.depth,
-                "shown": layer.path_depth or where.get("path_depth") or layer.depth,
+                "shown": shown_depth(layer, where),
                 "branch": layer.branch or bool(where.get("branch")),
                 "stage": layer.stage or where.get("stage"),
                 "default": name in chosen,

@@ -14,6 +14,7 @@ import json
 from typing import Any, Callable
 from urllib.parse import quote
 
+from featviz.depth import shown_depth
 from featviz.errors import RunError
 from featviz.run.fileio import plain_rel
 from featviz.run.schema import RenderRecord
@@ -114,7 +115,7 @@ def unit_pages(
 
     colours = ["red", "green", "blue"] if run.info.data.image_channels == 3 else ["grey"]
     labels = [f"{c} channel of the image" for c in colours]
-    depth = {la.name: (la.path_depth or la.depth) for la in run.info.layers}
+    depth = {la.name: shown_depth(la) for la in run.info.layers}
     chosen = page_units(run.info.layers)
     for layer, c in by_unit:  # every rendered tile links to its page, also one rendered with --layers/--channels
         chosen.setdefault(layer, []).append(c)
@@ -135,7 +136,7 @@ def unit_pages(
             page = {
                 "run": run.name,
                 "layer": name,
-                "depth": (layer_info.path_depth or layer_info.depth),
+                "depth": shown_depth(layer_info),
                 "channel": c,
                 "channels": layer_info.out_ch,
                 "index_href": f"../../index.html#depth-{layer_info.depth}",  # the section anchor: forward order
