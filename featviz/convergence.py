@@ -22,7 +22,7 @@ from featviz.hooks import capture
 from featviz.layers import measured_layers
 from featviz.loading import build_run_model
 from featviz.metrics import cka_of_features, cka_of_grams, cka_of_subsets, linear_cka
-from featviz.model import activation_layer, batches, calibrated, calibrating_batchnorm
+from featviz.model import activation_layer, calibrating_batchnorm, measuring_passes
 from featviz.partial import Downstream
 from featviz.progress import StageProgress, silent
 from featviz.reading import first_epoch_above
@@ -61,8 +61,8 @@ def formed_at(cka: list[float], steps: list[int], threshold: float, relative: bo
 def _measure(
     model: nn.Module, names: list[str], x: torch.Tensor, gram: bool | set[str]
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """One eval-mode pass over ``x`` (in chunks) that also recomputes every BatchNorm's statistics on its first
-    ``CALIBRATION`` images (``model.calibrated``): per named layer, the channel means [N, C] (the pooled
+    """One eval-mode pass over ``x`` (in batches) that also recomputes every BatchNorm's statistics on its first
+    ``CALIBRATION`` images (``model.measuring_passes``): per named layer, the channel means [N, C] (the pooled
     representation), each channel's peak [C] and, with ``gram``, the Gram matrix [M, M] (float64) of the
     column-centred flattened maps (every position a feature) of the first M = min(N, ``FLAT_IMAGES``) images
     (``gram``: True for every layer, or the set of layer names that need it). Each batch's maps are reduced
@@ -74,17 +74,14 @@ def _measure(
     peaks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     flats: dict[str, list[torch.Tensor]] = {n: [] for n in wanted}
     kept = 0
-    with calibrated(model, x, names, CALIBRATION) as first, capture(model, names, detach=True) as acts, torch.no_grad():
-        for chunk in batches(x, first, 250):
-            model(chunk)
-            for n in names:
-                a = acts[n].float().flatten(2).cpu()  # [chunk, C, P]
-                means[n].append(a.mean(2))
-                peaks[n].append(a.amax((0, 2)))
-                if n in wanted and kept < FLAT_IMAGES:
-                    flats[n].append(a[: FLAT_IMAGES - kept].flatten(1))
-            kept += len(chunk)
-            acts.clear()  # a large first batch's maps go before the next batch runs
+    for chunk, acts in measuring_passes(model, names, x, CALIBRATION):
+        for n in names:
+            a = acts[n].float().flatten(2).cpu()  # [chunk, C, P]
+            means[n].append(a.mean(2))
+            peaks[n].append(a.amax((0, 2)))
+            if n in wanted and kept < FLAT_IMAGES:
+                flats[n].append(a[: FLAT_IMAGES - kept].flatten(1))
+        kept += len(chunk)
     out = {n: {"mean": torch.cat(means[n]), "peak": torch.stack(peaks[n]).amax(0)} for n in names}
     for n in wanted:
         flat = torch.cat(flats[n])

@@ -8,6 +8,7 @@ own ``named_modules()`` names and match the state-dict keys in every snapshot.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -151,22 +152,30 @@ def calibrating_batchnorm(model: nn.Module) -> Iterator[int]:
         model.eval()
 
 
-@contextmanager
-def calibrated(model: nn.Module, x: torch.Tensor, names: list[str], first: int) -> Iterator[int]:
-    """Recompute every BatchNorm's statistics on ``x[:first]`` for a measuring pass that keeps the named
-    layers' outputs of each batch (``hooks.capture``), and yield the size of that pass's first batch:
-    ``first`` where those outputs of ``first`` images fit in ``HELD_BYTES`` (the pass's first batch then
-    recomputes the statistics itself, ``calibrating_batchnorm``), else 0 after a separate recalibration pass
-    (a large network at a large size). Either way every BatchNorm ends with the same statistics."""
-    with eval_mode(model), capture(model, names, detach=True) as acts, torch.no_grad():
-        model(x[:1])  # one image in eval mode: the size of what the pass holds per image
-        held = sum(a.numel() * a.element_size() for a in acts.values())
-    if held * min(first, len(x)) > HELD_BYTES:
-        recalibrate_batchnorm(model, x, first)
-        yield 0
-        return
-    with calibrating_batchnorm(model):
-        yield first
+def measuring_passes(
+    model: nn.Module, names: list[str], x: torch.Tensor, calibrate: int = 0, chunk: int = 250
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """No-grad passes over ``x`` in batches of ``chunk``, yielding each batch with the named layers' outputs as
+    the pass left them (``hooks.capture``: an in-place op after a layer counts); a batch's outputs go before
+    the next batch runs. With ``calibrate``, every BatchNorm's statistics are first recomputed on
+    ``x[:calibrate]`` and the passes run in eval mode: by the first batch itself (those images at once,
+    ``calibrating_batchnorm``) where the named layers' outputs of that many images fit in ``HELD_BYTES``,
+    else by a pass of its own before (a large network at a large size). Either way every BatchNorm ends with
+    the same statistics."""
+    first, calibrating = 0, contextlib.nullcontext()
+    if calibrate:
+        with eval_mode(model), capture(model, names, detach=True) as acts, torch.no_grad():
+            model(x[:1])  # one image: the size of what a pass holds per image
+            held = sum(a.numel() * a.element_size() for a in acts.values())
+        if held * min(calibrate, len(x)) > HELD_BYTES:
+            recalibrate_batchnorm(model, x, calibrate)
+        else:
+            first, calibrating = calibrate, calibrating_batchnorm(model)
+    with calibrating, capture(model, names, detach=True) as acts, torch.no_grad():
+        for batch in batches(x, first, chunk):
+            model(batch)
+            yield batch, acts
+            acts.clear()
 
 
 def recalibrate_batchnorm(

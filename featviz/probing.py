@@ -17,9 +17,8 @@ import torch
 from torch import nn
 
 from featviz.errors import ConfigError, FeatvizError, RunError
-from featviz.hooks import capture
 from featviz.loading import ProbeTask, build_run_model, fitting, load_model_at, probe_task
-from featviz.model import activation_layer, batches, calibrated
+from featviz.model import activation_layer, measuring_passes
 from featviz.probes import class_selectivity, linear_probe, pooled
 from featviz.progress import StageProgress, silent
 from featviz.run.store import Run
@@ -29,25 +28,22 @@ BATCHNORM_IMAGES = 1000  # probe-train images the BatchNorm statistics are recom
 
 
 def features(
-    model: nn.Module, layers: dict[str, str], x: torch.Tensor, chunk: int = 250, first: int = 0
+    model: nn.Module, layers: dict[str, str], x: torch.Tensor, chunk: int = 250, calibrate: int = 0
 ) -> dict[str, dict[str, Any]]:
-    """One pass over ``x`` (its first ``first`` images in one batch, e.g. the one that recomputes the
-    BatchNorm statistics, ``model.calibrated``; then chunks of ``chunk``): per conv layer (``layers``: conv
-    name -> the module whose output is its activation), that activation pooled as each of ``POOLINGS``
-    ([N, F] float64), and ``relu``: whether it was never negative on ``x`` (class selectivity is defined for
-    such activations only)."""
+    """One pass over ``x`` in chunks of ``chunk`` (``model.measuring_passes``; with ``calibrate``, recomputing
+    the BatchNorm statistics on the first ``calibrate`` images): per conv layer (``layers``: conv name -> the
+    module whose output is its activation), that activation pooled as each of ``POOLINGS`` ([N, F] float64),
+    and ``relu``: whether it was never negative on ``x`` (class selectivity is defined for such activations
+    only)."""
     parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {p: [] for p in POOLINGS} for n in layers}
     low = {n: float("inf") for n in layers}
-    with torch.no_grad(), capture(model, list(set(layers.values())), detach=True) as got:
-        for part in batches(x, first, chunk):
-            model(part)
-            for n, act in layers.items():
-                low[n] = min(low[n], float(got[act].amin()))
-                for a in got[act].split(chunk):  # in float64 a chunk at a time, not a large batch whole
-                    wide = a.double()  # converted once for every pooling
-                    for p, grid in POOLINGS.items():
-                        parts[n][p].append(pooled(wide, grid).cpu())
-            got.clear()
+    for _, got in measuring_passes(model, list(set(layers.values())), x, calibrate, chunk):
+        for n, act in layers.items():
+            low[n] = min(low[n], float(got[act].amin()))
+            for a in got[act].split(chunk):  # in float64 a chunk at a time, not a large batch whole
+                wide = a.double()  # converted once for every pooling
+                for p, grid in POOLINGS.items():
+                    parts[n][p].append(pooled(wide, grid).cpu())
     return {n: {**{p: torch.cat(v) for p, v in parts[n].items()}, "relu": low[n] >= 0} for n in layers}
 
 
@@ -57,9 +53,7 @@ def measure(
     """Per layer (conv name -> its activation module) at one set of weights: probe accuracy and cross-entropy
     per pooling in ``poolings``, and the selectivity of every channel on the test images (None where the
     activation went negative on them)."""
-    acts = list(set(layers.values()))
-    with calibrated(model, task.train_x, acts, BATCHNORM_IMAGES) as first:  # the first fitting images' statistics
-        fit = features(model, layers, task.train_x, first=first)
+    fit = features(model, layers, task.train_x, calibrate=BATCHNORM_IMAGES)  # the first fitting images' statistics
     test = features(model, layers, task.test_x)
     out: dict[str, dict[str, Any]] = {}
     for n in layers:
