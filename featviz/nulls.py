@@ -6,16 +6,20 @@ the real gradient of that parameter. The real norms are measured on a batch of v
 each epoch snapshot and held through the following epoch. No image reaches the null's updates, so any
 pattern its rotation from init shows (e.g. deeper layers turning further) comes from the architecture,
 the init and the optimizer's per-weight step, not from the task. Seeded: the same run and seed give
-the same null.
+the same null, on any machine and with any number of threads.
+
+The Gaussian numbers of a step are drawn in ``STREAMS`` fixed pieces of the parameters laid end to end,
+each from its own generator, on up to as many threads: PyTorch's CPU generator draws on one core only,
+and the draw is most of a step's time (a ResNet-18: 11.7 M numbers per step).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.linalg import vector_norm
 
 from featviz.config import TrainConfig, from_dict
 from featviz.errors import ConfigError
@@ -26,6 +30,12 @@ from featviz.training import lr_at, make_optimizer
 from featviz.zoo import logits_of
 
 NULL_BATCH = 256  # validation images on which the real gradient norms are measured
+STREAMS = 4  # generators a step's draw is split over; fixed, so the null does not depend on the machine
+
+
+def stream_seeds(seed: int) -> list[int]:
+    """The seeds of the ``STREAMS`` generators of the null with seed ``seed``: distinct for every pair."""
+    return [seed * STREAMS + i for i in range(STREAMS)]
 
 
 def gradient_norms(
@@ -79,27 +89,29 @@ def rotation_null(
     layers = [layer.name for layer in run.info.layers]
     w0 = {n: model.get_parameter(f"{n}.weight").detach().clone() for n in layers}
     null: dict[str, list[float]] = {n: [0.0] for n in layers}
-    g = torch.Generator().manual_seed(seed)
+    gens = [torch.Generator().manual_seed(s) for s in stream_seeds(seed)]
     epochs, total, step = run.epochs_planned, spe * run.epochs_planned, 0
     sizes = [p.numel() for _, p in params]
     drawn = torch.empty(sum(sizes))  # one draw per step for every parameter, into the same buffer every step
-    parts = drawn.split(sizes)
-    for epoch in range(1, epochs + 1):
-        held = norms[max(e for e in norms if e < epoch)]  # the last measured snapshot before this epoch
-        wanted = torch.tensor([held.get(name, 0.0) for name, _ in params], dtype=torch.float64)
-        for _ in range(spe):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, cfg.lr)
-            drawn.normal_(generator=g)  # the numbers torch.randn(sum(sizes), generator=g) would give
-            norms_now = torch.stack([vector_norm(d, dtype=torch.float64) for d in parts]).clamp_min(1e-12)
-            for (_, p), d, k in zip(params, parts, (wanted / norms_now).tolist()):
-                p.grad = d.mul_(k).view_as(p).to(device=p.device, dtype=p.dtype)  # a view where it can be
-            opt.step()
-            step += 1
-        for n in layers:
-            null[n].append(rotation(w0[n], model.get_parameter(f"{n}.weight").detach()))
-        if keep is not None:
-            keep[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    parts, pieces = drawn.split(sizes), drawn.tensor_split(STREAMS)
+    with ThreadPoolExecutor(max(1, min(STREAMS, torch.get_num_threads()))) as pool:
+        for epoch in range(1, epochs + 1):
+            held = norms[max(e for e in norms if e < epoch)]  # the last measured snapshot before this epoch
+            wanted = torch.tensor([held.get(name, 0.0) for name, _ in params], dtype=torch.float64)
+            for _ in range(spe):
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, total, cfg.lr)
+                list(pool.map(lambda i: pieces[i].normal_(generator=gens[i]), range(STREAMS)))
+                # squared norms as float32 dot products: 1e-6 relative, 14x faster than float64 norms
+                norms_now = torch.stack([torch.dot(d, d) for d in parts]).double().sqrt().clamp_min(1e-12)
+                for (_, p), d, k in zip(params, parts, (wanted / norms_now).tolist()):
+                    p.grad = d.mul_(k).view_as(p).to(device=p.device, dtype=p.dtype)  # a view where it can be
+                opt.step()
+                step += 1
+            for n in layers:
+                null[n].append(rotation(w0[n], model.get_parameter(f"{n}.weight").detach()))
+            if keep is not None:
+                keep[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     last = max(states)  # the last readable epoch of the run: where run and null are compared
     out: dict[str, Any] = {"seed": seed, "batch": int(min(len(x), NULL_BATCH)), "epochs": list(range(epochs + 1))}
     for n in layers:

@@ -59,9 +59,9 @@ def test_each_step_gets_a_random_direction_with_the_measured_norm(tiny_run: Run,
 
 
 def test_the_null_is_the_plain_replay_up_to_rounding(tiny_run: Run, probe, monkeypatch) -> None:
-    """The null's buffer reuse, float64 norms and fused optimizer give the rotations of the plain replay: a
-    fresh torch.randn per step split over the parameters, each part's norm in float64, the optimizer's
-    default implementation."""
+    """The null's threads, buffer reuse, float32 squared norms and fused optimizer give the rotations of the
+    plain replay: per step, the parameters laid end to end in STREAMS pieces, each a fresh torch.randn from
+    its own generator, each parameter's norm in float64, the optimizer's default implementation."""
     from featviz.training import lr_at, make_optimizer
 
     states, val, labels = probe
@@ -73,12 +73,16 @@ def test_the_null_is_the_plain_replay_up_to_rounding(tiny_run: Run, probe, monke
     model.train()
     cfg = nulls.from_dict(nulls.TrainConfig, tiny_run.info.configs["train"])
     opt, params = make_optimizer(model, cfg), [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    g, spe, epochs = torch.Generator().manual_seed(5), tiny_run.steps_per_epoch(), tiny_run.epochs_planned
+    gens = [torch.Generator().manual_seed(5 * nulls.STREAMS + i) for i in range(nulls.STREAMS)]
+    spe, epochs = tiny_run.steps_per_epoch(), tiny_run.epochs_planned
+    total = sum(p.numel() for _, p in params)
+    lengths = [total // nulls.STREAMS + (i < total % nulls.STREAMS) for i in range(nulls.STREAMS)]
     w0 = model.get_parameter("features.conv2.weight").detach().clone()
     for step in range(spe * epochs):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, spe * epochs, cfg.lr)
-        parts = torch.randn(sum(p.numel() for _, p in params), generator=g).split([p.numel() for _, p in params])
+        drawn = torch.cat([torch.randn(n, generator=g) for n, g in zip(lengths, gens)])
+        parts = drawn.split([p.numel() for _, p in params])
         for (name, p), d in zip(params, parts):
             p.grad = (d * (norms[step // spe][name] / float(d.double().norm()))).view_as(p)
         opt.step()
