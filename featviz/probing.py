@@ -40,10 +40,8 @@ def features(
     for _, got in measuring_passes(model, list(set(layers.values())), x, calibrate, chunk):
         for n, act in layers.items():
             low[n] = min(low[n], float(got[act].amin()))
-            for a in got[act].split(chunk):  # in float64 a chunk at a time, not a large batch whole
-                wide = a.double()  # converted once for every pooling
-                for p, grid in POOLINGS.items():
-                    parts[n][p].append(pooled(wide, grid).cpu())
+            for p, grid in POOLINGS.items():
+                parts[n][p].append(pooled(got[act], grid).cpu())
     return {n: {**{p: torch.cat(v) for p, v in parts[n].items()}, "relu": low[n] >= 0} for n in layers}
 
 
