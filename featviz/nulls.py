@@ -6,7 +6,7 @@ the real gradient of that parameter. The real norms are measured on a batch of v
 each epoch snapshot and held through the following epoch. No image reaches the null's updates, so any
 pattern its rotation from init shows (e.g. deeper layers turning further) comes from the architecture,
 the init and the optimizer's per-weight step, not from the task. Seeded: the same run and seed give
-the same null, on any machine and with any number of threads.
+the same null (its random numbers the same on any machine and with any number of threads).
 
 The Gaussian numbers of a step are drawn in ``STREAMS`` fixed pieces of the parameters laid end to end,
 each from its own generator, on up to as many threads: PyTorch's CPU generator draws on one core only,

@@ -90,6 +90,23 @@ def test_the_null_is_the_plain_replay_up_to_rounding(tiny_run: Run, probe, monke
     assert out["features.conv2"]["rotation_from_init"][-1] == pytest.approx(want, rel=1e-5)
 
 
+def test_the_null_does_not_depend_on_the_thread_count(tiny_run: Run, probe) -> None:
+    """One PyTorch thread draws the 4 streams one after another, two draw them side by side: the same random
+    numbers, so the same null up to the float rounding that any multi-threaded reduction (the real gradients'
+    norms, the dot products) brings; another arrangement of the draw would move it by 1e-3 or more."""
+    states, val, labels = probe
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"), seed=4)
+        torch.set_num_threads(2)
+        two = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"), seed=4)
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("features.conv1", "features.conv2"):
+        assert one[name]["rotation_from_init"] == pytest.approx(two[name]["rotation_from_init"], rel=1e-6, abs=0)
+
+
 def test_the_null_is_seeded(tiny_run: Run, probe) -> None:
     states, val, labels = probe
     one = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"), seed=1)
