@@ -18,12 +18,13 @@ TOLERANCE = 1e-4  # ... stopping earlier once no gradient entry exceeds this (ac
 
 def pooled(acts: torch.Tensor, grid: int = 1) -> torch.Tensor:
     """Activation maps [N, C, H, W] averaged over a ``grid`` x ``grid`` partition of the map (1 = global
-    average) and flattened: [N, C * grid * grid] float64. Averaged in the maps' own precision (float32:
-    2e-7 relative, the rounding the maps already carry; converting a ResNet-50's maps to float64 first
-    took 10x as long), then widened."""
+    average) and flattened: [N, C * grid * grid] float64. Averaged in float32 (2e-7 relative, the rounding
+    float32 maps already carry; converting a ResNet-50's maps to float64 first took 10x as long per map),
+    or in the maps' own precision where that is wider, then widened."""
     if acts.dim() != 4:
         raise ValueError(f"pooled needs activation maps [N, C, H, W], got shape {list(acts.shape)}")
-    return F.adaptive_avg_pool2d(acts, grid).flatten(1).double()
+    wide = acts if acts.dtype == torch.float64 else acts.float()  # half-precision maps are not averaged as such
+    return F.adaptive_avg_pool2d(wide, grid).flatten(1).double()
 
 
 def linear_probe(

@@ -73,7 +73,7 @@ def test_the_null_is_the_plain_replay_up_to_rounding(tiny_run: Run, probe, monke
     model.train()
     cfg = nulls.from_dict(nulls.TrainConfig, tiny_run.info.configs["train"])
     opt, params = make_optimizer(model, cfg), [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    gens = [torch.Generator().manual_seed(5 * nulls.STREAMS + i) for i in range(nulls.STREAMS)]
+    gens = [torch.Generator().manual_seed(s) for s in nulls.stream_seeds(5)]
     spe, epochs = tiny_run.steps_per_epoch(), tiny_run.epochs_planned
     total = sum(p.numel() for _, p in params)
     lengths = [total // nulls.STREAMS + (i < total % nulls.STREAMS) for i in range(nulls.STREAMS)]
@@ -117,6 +117,17 @@ def test_the_null_is_seeded(tiny_run: Run, probe) -> None:
     epochs = tiny_run.epochs_planned
     assert default["seed"] == 0 and one["seed"] == 1 and default["batch"] == min(len(val), nulls.NULL_BATCH)
     assert default["epochs"] == list(range(epochs + 1)) and default["last_epoch"] == max(states)
+    assert default["streams"] == nulls.STREAMS == 4
+
+
+def test_the_streams_seeds_are_fixed_and_never_a_runs_seed() -> None:
+    """The stream seeds are a fixed function of the null's seed (these numbers define the null: changing
+    them changes every null), distinct, 63-bit, and none is a small integer a run could have been seeded
+    with, whose stream drew the run's init."""
+    assert nulls.stream_seeds(0) == [7281411247644510730, 6190360910002978838, 251101237208411019, 1942676445500706465]
+    assert nulls.stream_seeds(5)[0] == 2434822991002775868
+    seeds = [s for run_seed in range(1000) for s in nulls.stream_seeds(run_seed)]
+    assert len(set(seeds)) == len(seeds) and all(2**20 < s < 2**63 for s in seeds)
 
 
 def test_the_null_refuses_what_it_cannot_replay(tiny_run: Run, probe) -> None:

@@ -63,15 +63,21 @@ def test_pooled_by_hand() -> None:
 
 
 def test_pooled_averages_float32_maps_to_float32_rounding() -> None:
-    """float32 maps are averaged as float32 (no float64 copy of the maps) and come back as float64, within
-    float32 rounding of the float64 average; a map of 3 x 3 cells splits into overlapping 2 x 2 bins."""
+    """float32 maps are averaged as float32 (no float64 copy of the maps: the float32 average exactly, which
+    on these maps differs from the float64 one) and come back as float64, within float32 rounding of the
+    float64 average; half-precision maps are averaged in float32; a map of 3 x 3 cells splits into
+    overlapping 2 x 2 bins."""
     acts = torch.rand(8, 5, 33, 33, generator=torch.Generator().manual_seed(0)) * 100 + 1e4
-    exact = acts.double()
+    avg = torch.nn.functional.adaptive_avg_pool2d
     for grid in (1, 2):
         got = pooled(acts, grid)
-        want = torch.nn.functional.adaptive_avg_pool2d(exact, grid).flatten(1)
+        in_float32 = avg(acts, grid).flatten(1).double()
+        exact = avg(acts.double(), grid).flatten(1)
         assert got.dtype == torch.float64 and got.shape == (8, 5 * grid * grid)
-        assert torch.allclose(got, want, rtol=1e-6, atol=0)
+        assert torch.equal(got, in_float32) and not torch.equal(got, exact)
+        assert torch.allclose(got, exact, rtol=1e-6, atol=0)
+        half = acts.to(torch.bfloat16)
+        assert torch.equal(pooled(half, grid), avg(half.float(), grid).flatten(1).double())
     odd = torch.arange(9.0).view(1, 1, 3, 3)
     assert pooled(odd, 2).tolist() == [[2.0, 3.0, 5.0, 6.0]]  # rows 0-1 / 1-2 and columns 0-1 / 1-2
 
