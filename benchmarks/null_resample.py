@@ -1,25 +1,31 @@
 """Claim e against a second sample of the random-direction null, on the claims runs (seeds 200-209).
 
-    python benchmarks/null_resample.py --seeds 200-209 --out outputs/claims
+    python benchmarks/null_resample.py --seeds 200-209 --out outputs/claims \
+        --save docs/findings/claims/resampled-null.json
 
 Needs the trained runs (``python benchmarks/claims.py run --seeds 200-209 --out outputs/claims`` makes them).
 For each seed it reads the published analysis (docs/findings/claims/seedS/analysis.json), computes the null
 again with the code as it is now (``featviz.nulls.rotation_null``, the run's own seed) and prints claim e's
 verdict and ratios with the published null and with the new one, then the count of seeds where it is shown.
+``--save``: also write every seed's two claim-e rows and the new null as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-import featviz
-from featviz.claims import claims
-from featviz.loading import fitting, probe_images
-from featviz.nulls import rotation_null
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from findings import seeds_arg  # noqa: E402
+
+import featviz  # noqa: E402
+from featviz.claims import claims  # noqa: E402
+from featviz.loading import fitting, probe_images  # noqa: E402
+from featviz.nulls import rotation_null  # noqa: E402
 
 PUBLISHED = Path("docs/findings/claims")
 
@@ -30,13 +36,14 @@ def claim_e(analysis: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="200-209", help="first-last")
-    parser.add_argument("--out", default="outputs/claims", help="the folder holding the runs seedS")
+    parser.add_argument("--seeds", default="200-209", type=seeds_arg, help="e.g. 200-209 or 200,203")
+    parser.add_argument("--out", default="outputs/claims", type=Path, help="the folder holding the runs seedS")
+    parser.add_argument("--save", type=Path, help="a JSON file for the rows and the new nulls")
     args = parser.parse_args()
-    first, last = (int(v) for v in args.seeds.split("-"))
     shown = {"published": 0, "resampled": 0}
-    for s in range(first, last + 1):
-        run = featviz.load_run(Path(args.out) / f"seed{s}")
+    saved: dict[str, dict] = {}
+    for s in args.seeds:
+        run = featviz.load_run(args.out / f"seed{s}")
         analysis = json.loads((PUBLISHED / f"seed{s}" / "analysis.json").read_text())
         before = claim_e(analysis)
         loaded, _ = fitting(run, *run.load_snapshots(run.snapshot_epochs()))
@@ -45,11 +52,15 @@ def main() -> None:
             run, loaded, val, labels, torch.device("cpu"), seed=run.info.seed or 0
         )
         after = claim_e(analysis)
+        saved[f"seed{s}"] = {"published": before, "resampled": after, "rotation_null": analysis["rotation_null"]}
         for key, c in (("published", before), ("resampled", after)):
             shown[key] += c["verdict"] == "shown"
             print(f"seed{s} {key:<9} {c['verdict']:<9} {c['numbers']}")
-    n = last - first + 1
+    n = len(args.seeds)
     print(f"claim e shown: {shown['published']} of {n} with the published null, {shown['resampled']} of {n} resampled")
+    if args.save:
+        args.save.write_text(json.dumps(saved, indent=1) + "\n")
+        print(f"wrote {args.save}")
 
 
 if __name__ == "__main__":
