@@ -31,7 +31,7 @@ from featviz.training import lr_at, make_optimizer
 from featviz.zoo import logits_of
 
 NULL_BATCH = 256  # validation images on which the real gradient norms are measured
-STREAMS = 4  # generators a step's draw is split over; fixed, so the null does not depend on the machine
+STREAMS = 4  # generators a step's draw is split over; fixed, so the draw does not depend on the thread count
 
 
 def stream_seeds(seed: int) -> list[int]:
