@@ -65,8 +65,8 @@ def test_pooled_by_hand() -> None:
 def test_pooled_averages_float32_maps_to_float32_rounding() -> None:
     """float32 maps are averaged as float32 (no float64 copy of the maps: the float32 average exactly, which
     on these maps differs from the float64 one) and come back as float64, within float32 rounding of the
-    float64 average; half-precision maps are averaged in float32; a map of 3 x 3 cells splits into
-    overlapping 2 x 2 bins."""
+    float64 average; half-precision maps are averaged in float32 and float64 maps in float64; a map of
+    3 x 3 cells splits into overlapping 2 x 2 bins."""
     acts = torch.rand(8, 5, 33, 33, generator=torch.Generator().manual_seed(0)) * 100 + 1e4
     avg = torch.nn.functional.adaptive_avg_pool2d
     for grid in (1, 2):
@@ -78,6 +78,7 @@ def test_pooled_averages_float32_maps_to_float32_rounding() -> None:
         assert torch.allclose(got, exact, rtol=1e-6, atol=0)
         half = acts.to(torch.bfloat16)
         assert torch.equal(pooled(half, grid), avg(half.float(), grid).flatten(1).double())
+        assert torch.equal(pooled(acts.double(), grid), exact)  # float64 maps keep their precision
     odd = torch.arange(9.0).view(1, 1, 3, 3)
     assert pooled(odd, 2).tolist() == [[2.0, 3.0, 5.0, 6.0]]  # rows 0-1 / 1-2 and columns 0-1 / 1-2
 
