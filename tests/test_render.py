@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import urllib.request
 from pathlib import Path
@@ -165,6 +166,20 @@ def test_gallery_is_static_relative_and_escaped(rendered: Run, tmp_path: Path) -
         assert d in html
     assert "4 filters x 3 input channels x 5 x 5 = 300 weights" in html
     assert f"featviz analyze …/{dst.name}</code> (this run's folder)" in html  # not analyzed yet: the hint
+
+
+def test_gallery_header_reads_as_one_line_of_facts(rendered: Run, tmp_path: Path) -> None:
+    """The run's line under the title: a thousands separator in the parameter count, and no empty field
+    between two separators when the run is not training live."""
+    dst = tmp_path / "meta"
+    shutil.copytree(rendered.path, dst)
+    meta = json.loads((dst / "run.json").read_text())
+    meta["params_total"] = 11181642
+    (dst / "run.json").write_text(json.dumps(meta))
+    html = Path(build_gallery(Run.open(dst))).read_text()
+    line = " ".join(html.split('<p class="meta">', 1)[1].split("</p>", 1)[0].split())
+    assert "11,181,642 parameters" in line and "· ·" not in line and "·  ·" not in line
+    assert re.search(r"epochs \d+/\d+ · final validation accuracy", line), line
 
 
 def test_serve_answers_on_loopback(rendered: Run) -> None:
