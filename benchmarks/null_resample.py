@@ -30,6 +30,14 @@ from featviz.nulls import rotation_null  # noqa: E402
 PUBLISHED = Path("docs/findings/claims")
 
 
+def nulls_of(run: featviz.Run, seeds: list[int]) -> list[dict]:
+    """The run's random-direction null with each of ``seeds``, computed as `featviz analyze` computes it (the
+    snapshots and images loaded once)."""
+    loaded, _ = fitting(run, *run.load_snapshots(run.snapshot_epochs()))
+    val, _, labels = probe_images(run)
+    return [rotation_null(run, loaded, val, labels, torch.device("cpu"), seed=s) for s in seeds]
+
+
 def claim_e(analysis: dict) -> dict:
     return next(c for c in claims(analysis) if c["key"] == "e")
 
@@ -46,11 +54,7 @@ def main() -> None:
         run = featviz.load_run(args.out / f"seed{s}")
         analysis = json.loads((PUBLISHED / f"seed{s}" / "analysis.json").read_text())
         before = claim_e(analysis)
-        loaded, _ = fitting(run, *run.load_snapshots(run.snapshot_epochs()))
-        val, _, labels = probe_images(run)
-        analysis["rotation_null"] = rotation_null(
-            run, loaded, val, labels, torch.device("cpu"), seed=run.info.seed or 0
-        )
+        analysis["rotation_null"] = nulls_of(run, [run.info.seed or 0])[0]
         after = claim_e(analysis)
         saved[f"seed{s}"] = {"published": before, "resampled": after, "rotation_null": analysis["rotation_null"]}
         for key, c in (("published", before), ("resampled", after)):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from null_resample import nulls_of  # noqa: E402
 
-import featviz
-from featviz.loading import fitting, probe_images
-from featviz.nulls import rotation_null
+import featviz  # noqa: E402
 
 
 def main() -> None:
@@ -26,16 +27,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="how many null seeds (1000, 1001, ...)")
     args = parser.parse_args()
     run = featviz.load_run(args.run)
-    loaded, _ = fitting(run, *run.load_snapshots(run.snapshot_epochs()))
-    val, _, labels = probe_images(run)
     layers = [layer.name for layer in run.info.layers]
     rows = []
-    for s in range(args.seeds):
-        null = rotation_null(run, loaded, val, labels, torch.device("cpu"), seed=1000 + s)
+    seeds = [1000 + s for s in range(args.seeds)]
+    for s, null in zip(seeds, nulls_of(run, seeds)):
         ratios = [null[n]["ratio"] for n in layers]
         rows.append(ratios)
         rising = all(b > a for a, b in zip(ratios, ratios[1:]))
-        print(f"null seed {1000 + s}: ratios {', '.join(f'{r:.3f}' for r in ratios)}; rising: {rising}")
+        print(f"null seed {s}: ratios {', '.join(f'{r:.3f}' for r in ratios)}; rising: {rising}")
     count = sum(all(b > a for a, b in zip(r, r[1:])) for r in rows)
     print(f"rising strictly with depth in {count} of {len(rows)} null seeds")
     for i, n in enumerate(layers):
