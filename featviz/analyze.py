@@ -14,30 +14,27 @@ import math
 from typing import Any
 
 import torch
-from torchvision.utils import make_grid
 
-from featviz.convergence import convergence
+from featviz.convergence import CALIBRATION, convergence
 from featviz.depth import depth_table
 from featviz.device import resolve_device
 from featviz.errors import ConfigError, FeatvizError, RunError
+from featviz.faithfulness import faithfulness
 from featviz.filters import layer_scale
 from featviz.gabor import GOOD, gabor_r2
-from featviz.images import Normalizer, decode_png, png_bytes
-from featviz.layers import measured_layers, prefix_macs, run_fields
+from featviz.images import decode_png
+from featviz.layers import fields_px, measured_layers, prefix_macs
 from featviz.loading import build_run_model, fitting, load_model_at, probe_images
 from featviz.metrics import (
-    crop_around,
     filter_bits,
     incompressibility,
-    layer_stats,
     per_filter_change,
-    percentile_of,
     relative_change,
     rotation,
     spectrum_slope,
     structure_bits,
 )
-from featviz.model import recalibrate_batchnorm, response_layer
+from featviz.model import recalibrate_or_set
 from featviz.nulls import rotation_null
 from featviz.plots import PLOTS, available
 from featviz.probing import probes, readable_control
@@ -88,20 +85,19 @@ def updates_by_step(
     return out
 
 
-def theoretical_fields(run: Run) -> list[int]:
-    """Each conv layer's theoretical receptive field in px (``layers.run_fields``), the image size
-    where it is unknown."""
-    return [rf or run.info.data.size for rf in run_fields(run.info)]
-
-
 def receptive_fields(
-    run: Run, probe: torch.Tensor, snaps: dict[int, dict[str, torch.Tensor]], device: torch.device
+    run: Run,
+    probe: torch.Tensor,
+    snaps: dict[int, dict[str, torch.Tensor]],
+    device: torch.device,
+    batchnorm: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Per conv layer: the theoretical field and, at each epoch in ``snaps``, the effective field
     (``receptive.effective_receptive_field``) on ``receptive.IMAGES`` probe images mirrored out to
     ``receptive.measuring_side`` px, so that the deepest field fits inside the image, with BatchNorm
-    statistics recomputed on the probe images (as for CKA)."""
-    rfs = theoretical_fields(run)
+    statistics recomputed on the probe images (as for CKA; ``batchnorm``: epoch -> the statistics CKA's
+    pass recomputed on the same images, set instead of a pass of their own)."""
+    rfs = fields_px(run.info)
     size = run.info.data.size
     side = measuring_side(size, max(rfs))
     images = mirror_pad(probe[:IMAGES], side).to(device)
@@ -110,7 +106,7 @@ def receptive_fields(
     shown = {la.name for la in measured_layers(run.info.layers)}  # a deep model: the layers the gallery shows
     for e, state in snaps.items():
         model = load_model_at(run, e, device, state)
-        recalibrate_batchnorm(model, probe.to(device))
+        recalibrate_or_set(model, probe[:CALIBRATION].to(device), (batchnorm or {}).get(e))
         for layer, theo in zip(run.info.layers, rfs):
             if layer.name not in shown:
                 continue
@@ -178,78 +174,6 @@ def _std(v: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in v) / max(1, len(v) - 1))
 
 
-def faithfulness(
-    run: Run,
-    images: torch.Tensor,
-    raw: torch.Tensor,
-    device: torch.device,
-    sid: str | None,
-    k: int = 9,
-    snaps: dict[int, dict[str, torch.Tensor]] | None = None,
-) -> dict[str, Any]:
-    """For every rendered channel of settings set ``sid`` at its last rendered epoch: ``am_percentile``,
-    where a(AM image) falls among a(validation image) for that channel (``metrics.percentile_of``: 100 =
-    above every image), with a = the channel's spatially averaged response (the render objective, see
-    ``model.response_layer``), both measured the same way: the stored image
-    (resized to the data's size when it was rendered at another one), normalized like the data, one
-    forward pass in eval mode; and the top-``k`` data-set images, cropped to the receptive field around
-    the channel's strongest position, saved as one strip PNG. ``snaps``: epoch -> snapshot of the
-    readable epochs (then only those are considered).
-    """
-    am = [
-        r
-        for r in records_of(run.render_index(), sid)  # epoch snapshots only: the last is the final model
-        if r.kind == "am" and r.epoch is not None and (snaps is None or r.epoch in snaps)
-    ]
-    if not am:
-        return {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
-    epoch = max(r.epoch for r in am)  # type: ignore[type-var]
-    am = [r for r in am if r.epoch == epoch]
-    model = load_model_at(run, epoch, device, (snaps or {}).get(epoch))
-    if (am[0].settings or {}).get("batchnorm") == "probe":  # as the renders were made
-        recalibrate_batchnorm(model, images[:PROBE_IMAGES].to(device))
-    rfs = dict(zip([layer.name for layer in run.info.layers], theoretical_fields(run)))
-    names = sorted({r.layer for r in am if r.layer is not None})
-    responses = {layer.name: layer.response for layer in run.info.layers}
-    targets = {n: responses.get(n) or response_layer(model, n) for n in names}  # what the renders maximized
-    stats = layer_stats(model, list(targets.values()), images.to(device), as_returned=True)
-    size = raw.shape[-1]
-    data = run.info.data
-    am_imgs = torch.stack([decode_png(run.read_file_bytes(r.file)) for r in am])
-    am_size = int(am_imgs.shape[-1])
-    am_x = _normalize(am_imgs, data.mean, data.std, size)
-    am_stats = layer_stats(model, list(targets.values()), am_x.to(device), as_returned=True)
-    am_index = {(r.layer, r.channel): i for i, r in enumerate(am)}
-    out: dict[str, Any] = {"epoch": epoch, "settings_set": sid, "am_size_px": am_size, "measured_at_px": size}
-    for name in names:
-        means, where = stats[targets[name]]["mean"], stats[targets[name]]["argmax"]
-        top = means.topk(min(k, len(means)), dim=0).indices  # [k, C]
-        data_max = means.max(0).values
-        side = min(rfs.get(name, size), size)
-        feat = stats[targets[name]]["width"]
-        recs = sorted((r for r in am if r.layer == name), key=lambda r: r.channel or 0)
-        rows = []
-        for rec in recs:
-            c = rec.channel
-            crops = [crop_around(raw[i], int(where[i, c]), feat, side) for i in top[:, c].tolist()]
-            strip = make_grid(torch.stack(crops), nrow=len(crops), padding=1, pad_value=255)
-            path = run.write_artifact("renders", f"top9/{name}/ch_{c:04d}.png", png_bytes(strip))
-            peak = float(data_max[c])
-            act = float(am_stats[targets[name]]["mean"][am_index[(name, c)], c])
-            rows.append(
-                {
-                    "channel": c,
-                    "am_percentile": percentile_of(act, means[:, c]),
-                    "am_activation": act,
-                    "data_max": peak,
-                    "top": top[:, c].tolist(),
-                    "file": run.rel(path),
-                }
-            )
-        out[name] = {"receptive_field_px": side, "channels": rows}
-    return out
-
-
 def gabor(
     run: Run, epochs: tuple[int, int], first: dict[str, torch.Tensor], last: dict[str, torch.Tensor]
 ) -> dict[str, Any]:
@@ -293,20 +217,6 @@ def wiring(
         return {"skipped": str(e)}
     run.write_artifact("analysis", "wiring.json", json_text(detail, separators=(",", ":")).encode())
     return summary
-
-
-def _normalize(imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> the model's input at ``size`` px, normalized: resized when needed (area
-    averaging to shrink, bilinear to enlarge), channels matched to the data (an RGB render of a
-    grayscale model is averaged)."""
-    x = imgs.float() / 255.0
-    if x.shape[1] != len(mean):
-        x = x.mean(1, keepdim=True).expand(-1, len(mean), -1, -1)
-    if x.shape[-1] > size:
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
-    elif x.shape[-1] < size:
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return Normalizer(mean, std)(x)
 
 
 def analyze(
@@ -378,10 +288,13 @@ def analyze(
     if probe is not None:
         result["probe_images"] = int(probe.shape[0])
         steps = {p.step: states[p.id] for p in points if p.kind == "step" and p.id in states}
-        result["convergence"] = convergence(run, probe, dev, progress, loaded, steps)
-        result["receptive_field"] = receptive_fields(run, probe, {e: loaded[e] for e in (epochs[0], epochs[-1])}, dev)
+        bn: dict[int, dict[str, torch.Tensor]] = {}  # epoch -> BatchNorm statistics on probe[:CALIBRATION]
+        result["convergence"] = convergence(run, probe, dev, progress, loaded, steps, keep_batchnorm=bn)
+        ends = {e: loaded[e] for e in (epochs[0], epochs[-1])}
+        result["receptive_field"] = receptive_fields(run, probe, ends, dev, bn)
         progress("receptive fields", 1, 1)
-        result["faithfulness"] = faithfulness(run, val, raw, dev, sid, snaps=loaded)
+        same = torch.equal(probe[:CALIBRATION], val[:PROBE_IMAGES])  # then CKA's statistics are the render's too
+        result["faithfulness"] = faithfulness(run, val, raw, dev, sid, snaps=loaded, batchnorm=bn if same else None)
         progress("faithfulness", 1, 1)
     result["wiring"] = wiring(run, points, states, null_states, progress)
     result["gabor"] = gabor(run, (epochs[0], epochs[-1]), snaps[0], snaps[-1])

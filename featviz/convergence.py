@@ -22,7 +22,7 @@ from featviz.hooks import capture
 from featviz.layers import measured_layers
 from featviz.loading import build_run_model
 from featviz.metrics import cka_of_features, cka_of_grams, cka_of_subsets, linear_cka
-from featviz.model import activation_layer, calibrating_batchnorm, measuring_passes
+from featviz.model import activation_layer, batchnorm_buffers, calibrating_batchnorm, measuring_passes
 from featviz.partial import Downstream
 from featviz.progress import StageProgress, silent
 from featviz.reading import first_epoch_above
@@ -117,13 +117,17 @@ def convergence(
     progress: StageProgress = silent,
     snaps: dict[int, dict[str, torch.Tensor]] | None = None,
     steps: dict[int, dict[str, torch.Tensor]] | None = None,
+    keep_batchnorm: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Debiased linear CKA to the final snapshot per layer and epoch (and per step snapshot, when the
     run has them), with every snapshot's BatchNorm statistics recomputed on ``probe``; channels never
     active on the probe set at the final snapshot; ``formed_at_step``: the first snapshot's step from which
     CKA to the final snapshot stays >= 0.9 (None if never); ``settling``: the controls (module docstring).
     ``snaps``: epoch -> snapshot, if the caller has them loaded already (then only those epochs are used:
-    the readable ones); ``steps``: step -> snapshot, likewise for the within-epoch snapshots."""
+    the readable ones); ``steps``: step -> snapshot, likewise for the within-epoch snapshots.
+    ``keep_batchnorm``: filled with each epoch snapshot's BatchNorm statistics as recomputed on the first
+    ``CALIBRATION`` probe images (epoch -> ``model.batchnorm_buffers``), for the measurements that recompute
+    them on the same images (``model.load_batchnorm``)."""
     recs = run.metrics(strict=False)
     epoch_step = {r["epoch"]: r["step"] for r in recs}
     epochs = sorted(snaps) if snaps is not None else run.snapshot_epochs()
@@ -152,13 +156,17 @@ def convergence(
     def measured(kind: str, key: int, gram: bool) -> dict[str, dict[str, torch.Tensor]]:
         model.load_state_dict(state_of(kind, key))  # type: ignore[arg-type]
         # _measure recomputes BatchNorm: the snapshot's own running statistics lag behind its weights
-        return _measure(model, names, probe, control_names if gram else False)
+        got = _measure(model, names, probe, control_names if gram else False)
+        if keep_batchnorm is not None and kind == "epoch":
+            keep_batchnorm[key] = batchnorm_buffers(model)
+        return got
 
-    final = measured(*readable[-1][1:], gram=True)
+    final = measured(*readable[-1][1:], gram=True)  # the last grid point: its Gram matrices are needed too
+    last = len(readable) - 1
     pooled: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     flattened: dict[str, list[float]] = {n: [] for n in names}
     for i, (_, kind, key) in enumerate(readable):
-        m = measured(kind, key, gram=i in grid)
+        m = final if i == last else measured(kind, key, gram=i in grid)
         for n in names:
             pooled[n].append(m[n]["mean"])
             if i in grid and n in control_names:

@@ -306,3 +306,8 @@ def run_fields(info: RunInfo) -> list[int | None]:
         layer.rf_px if layer.rf_px is not None else chain[layer.depth - 1] if layer.depth - 1 < len(chain) else None
         for layer in info.layers
     ]
+
+
+def fields_px(info: RunInfo) -> list[int]:
+    """``run_fields`` with the image size where a layer's field is unknown."""
+    return [rf or info.data.size for rf in run_fields(info)]

@@ -195,3 +195,35 @@ def recalibrate_batchnorm(
         if count:
             (forward or model)(images[:chunk])
     return count
+
+
+def batchnorm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every tracking BatchNorm's statistics (running mean, variance and count), by state-dict name:
+    what a recalibration set, to give to another copy of the same network at the same weights
+    (``load_batchnorm``) instead of recomputing them with a pass of its own."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for buf in ("running_mean", "running_var", "num_batches_tracked"):
+                out[f"{name}.{buf}" if name else buf] = getattr(m, buf).detach().clone()
+    return out
+
+
+def recalibrate_or_set(model: nn.Module, images: torch.Tensor, buffers: dict[str, torch.Tensor] | None) -> None:
+    """``recalibrate_batchnorm`` on all of ``images`` in one batch, or, given ``buffers`` (what such a pass on
+    the same images at the same weights left, ``batchnorm_buffers``), set those: the same statistics
+    without the pass."""
+    if buffers is None:
+        recalibrate_batchnorm(model, images, chunk=len(images))
+    else:
+        load_batchnorm(model, buffers)
+
+
+def load_batchnorm(model: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    """Set the BatchNorm statistics of ``batchnorm_buffers`` (every other tensor kept) and leave the model in
+    eval mode, as ``recalibrate_batchnorm`` does."""
+    missing = set(buffers) - set(model.state_dict())
+    if missing:
+        raise ValueError(f"load_batchnorm: the model has no {sorted(missing)[0]}")
+    model.load_state_dict(buffers, strict=False)
+    model.eval()

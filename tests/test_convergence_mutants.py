@@ -276,3 +276,37 @@ def test_convergence_with_given_snapshots_a_damaged_step_and_dead_channels(grid_
         for o in out.values():
             assert o["by_step"]["steps"] == points and len(o["cka_to_final"]) == 2
             assert o["by_step"]["cka_to_final"][-1] == pytest.approx(1.0)
+
+
+def test_convergence_measures_each_snapshot_once_and_keeps_the_epochs_batchnorm(grid_run, monkeypatch) -> None:
+    """Six snapshot points, six measuring passes (the final snapshot, measured first for its Gram matrices, is
+    not measured again); ``keep_batchnorm`` holds, for each epoch end, exactly the statistics a recalibration on
+    the probe images sets, and setting them (``recalibrate_or_set``) leaves the model as that recalibration
+    does."""
+    import featviz.convergence as conv
+    from featviz.model import batchnorm_buffers, recalibrate_or_set
+
+    run, probe = grid_run
+    passes = []
+    real = conv._measure
+    monkeypatch.setattr(conv, "_measure", lambda *a, **k: passes.append(1) or real(*a, **k))
+    kept: dict[int, dict[str, torch.Tensor]] = {}
+    out = convergence(run, probe, torch.device("cpu"), keep_batchnorm=kept)
+    assert len(passes) == 6 and len(out[run.info.layers[0].name]["by_step"]["steps"]) == 6
+    assert sorted(kept) == [0, 1, 2]
+    for epoch, stats in kept.items():
+        model = build_run_model(run)
+        model.load_state_dict(run.load_snapshot(epoch))
+        recalibrate_batchnorm(model, probe)
+        want = batchnorm_buffers(model)
+        assert set(stats) == set(want) and any(k.endswith("running_var") for k in stats)
+        for k in want:
+            assert torch.equal(stats[k], want[k]), (epoch, k)
+        other = build_run_model(run)
+        other.load_state_dict(run.load_snapshot(epoch))
+        other.train()
+        recalibrate_or_set(other, probe, stats)
+        assert not other.training
+        assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(ValueError, match="has no"):
+        recalibrate_or_set(build_run_model(run), probe, {"nowhere.running_mean": torch.zeros(1)})
