@@ -131,31 +131,39 @@ def receptive_fields(
     return out
 
 
-def complexity(run: Run, sid: str | None, by: str = "epoch") -> dict[str, Any]:
+def complexity(run: Run, sid: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Incompressibility, structure bits and spectrum slope (``featviz.metrics``) of every
-    activation-maximization image of settings set ``sid``, per layer and epoch (``by="epoch"``: epoch
-    snapshots only) or per step (``by="step"``: every rendered moment): mean, std and n (slope: over the
-    images that are not flat; ``flat`` counts the others, see ``metrics.spectrum_slope``)."""
-    out: dict[str, Any] = {}
+    activation-maximization image of settings set ``sid``, per layer and epoch (epoch snapshots only) and per
+    layer and step (every rendered moment): mean, std and n (slope: over the images that are not flat;
+    ``flat`` counts the others, see ``metrics.spectrum_slope``). Each image is decoded and measured once."""
+    by_epoch: dict[str, Any] = {}
+    by_step: dict[str, Any] = {}
     step_of = run.step_of_epoch()
     for rec in records_of(run.render_index(), sid):
-        key = rec.epoch if by == "epoch" else rec.step if rec.step is not None else step_of.get(rec.epoch)  # type: ignore[arg-type]
-        if rec.kind != "am" or key is None:
+        step = rec.step if rec.step is not None else step_of.get(rec.epoch)  # type: ignore[arg-type]
+        if rec.kind != "am" or (rec.epoch is None and step is None):
             continue
         img = decode_png(run.read_file_bytes(rec.file))
-        per = out.setdefault(rec.layer, {}).setdefault(
-            str(key), {"incompressibility": [], "structure": [], "slope": [], "flat": 0}
-        )
-        per["incompressibility"].append(incompressibility(img))
-        per["structure"].append(structure_bits(img))
         try:
             slope = spectrum_slope(img)
         except ValueError:  # too small for the fitted band: counted with the flat ones
             slope = None
-        if slope is None:
-            per["flat"] += 1
-        else:
-            per["slope"].append(slope)
+        values = {"incompressibility": incompressibility(img), "structure": structure_bits(img), "slope": slope}
+        for out, key in ((by_epoch, rec.epoch), (by_step, step)):
+            if key is None:
+                continue
+            per = out.setdefault(rec.layer, {}).setdefault(
+                str(key), {"incompressibility": [], "structure": [], "slope": [], "flat": 0}
+            )
+            for k, v in values.items():
+                if v is not None:
+                    per[k].append(v)
+            per["flat"] += values["slope"] is None
+    return _summarized(by_epoch), _summarized(by_step)
+
+
+def _summarized(out: dict[str, Any]) -> dict[str, Any]:
+    """Each list of values -> its mean, std and n (None where empty); ``flat`` kept as a count."""
     for layer in out.values():
         for e, per in layer.items():
             layer[e] = {
@@ -301,10 +309,10 @@ def analyze(
     result["probes"] = probes(run, loaded, dev, progress, control, probe_size, control_snaps)
     if sid is not None:  # what the measured set holds: an interrupted render's set says so
         result["settings_set_status"] = set_status(run, run.render_index(), sid)
-    comp = complexity(run, sid)
+    comp, comp_by_step = complexity(run, sid)
     result["complexity"] = comp or {"skipped": f"no activation-maximization renders: run featviz render {run.path}"}
     if comp:
-        result["complexity_by_step"] = complexity(run, sid, by="step")
+        result["complexity_by_step"] = comp_by_step
     result["reading"] = reading(result, run.info.data.size)
     run.write_analysis(result)
     for key in available(result):
