@@ -17,6 +17,7 @@ from torch import nn
 
 from featviz.config import DataConfig, ModelConfig, from_dict
 from featviz.data import ImageData, load_data
+from featviz.data.sources import generated_split
 from featviz.errors import ConfigError, DataError
 from featviz.images import Normalizer
 from featviz.model import build_model
@@ -117,16 +118,21 @@ def misfit(point_id: str | int, why: str) -> str:
 
 
 def probe_images(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The run's validation images (its stored probe, when it has one): normalized like training (float
-    [N, C, H, W]), raw (uint8) and their labels (-1 where unknown). Data that cannot be loaded is a
+    """The run's validation images (its stored probe, when it has one): normalized like training, with the
+    channel statistics run.json records (float [N, C, H, W]), raw (uint8) and their labels (-1 where
+    unknown). A generated set's training split is not rendered for them. Data that cannot be loaded is a
     FeatvizError saying why."""
     stored = run.load_probe()  # runs recorded from someone's loop keep theirs; trained runs reload the data
     if stored is not None:
-        (raw, labels), mean, std = stored, run.info.data.mean, run.info.data.std
+        raw, labels = stored
     else:
-        data = _dataset(_data_config(run))
-        raw, labels, mean, std = data.val_x, data.val_y, data.mean, data.std
-    return Normalizer(mean, std)(raw), raw, labels
+        cfg = _data_config(run)
+        got = _split(cfg, 1, None)
+        if got is None:  # a data set on disk: loaded whole
+            data = _dataset(cfg)
+            got = data.val_x, data.val_y
+        raw, labels = got
+    return Normalizer(run.info.data.mean, run.info.data.std)(raw), raw, labels
 
 
 PROBE_TRAIN = 1000  # training images a linear probe is fitted on (a seeded random subset of the training split)
@@ -175,16 +181,21 @@ def probe_task(run: Run, train: int = PROBE_TRAIN, test: int | None = None) -> P
             f"the run's stored probe images, split within each class: {len(fit)} to fit, {len(held)} to test",
         )
     else:
-        data = _dataset(_data_config(run))
-        pick = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:train]
-        held = torch.randperm(len(data.val_x), generator=torch.Generator().manual_seed(1))[:test]
-        norm = Normalizer(data.mean, data.std)
+        cfg = _data_config(run)
+        pick = torch.randperm(cfg.n_train or 0, generator=torch.Generator().manual_seed(0))[:train]
+        val, picked = _split(cfg, 1, None), _split(cfg, 0, tuple(pick.tolist()))
+        if val is None or picked is None:  # a data set on disk: loaded whole
+            data = _dataset(cfg)
+            pick = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:train]
+            val, picked = (data.val_x, data.val_y), (data.train_x[pick], data.train_y[pick])
+        held = torch.randperm(len(val[0]), generator=torch.Generator().manual_seed(1))[:test]
+        norm = Normalizer(run.info.data.mean, run.info.data.std)
         task = ProbeTask(
-            norm(data.train_x[pick]),
-            data.train_y[pick],
-            norm(data.val_x[held]),
-            data.val_y[held],
-            len(data.classes),
+            norm(picked[0]),
+            picked[1],
+            norm(val[0][held]),
+            val[1][held],
+            classes,
             f"{len(pick)} training images to fit, {len(held)} validation images to test (true labels)",
         )
     if len(task.test_y.unique()) < 2:
@@ -199,6 +210,13 @@ def _data_config(run: Run) -> DataConfig:
     if not isinstance(data, dict):
         raise DataError(f"run {run.name} keeps no probe images and names no data set to load them from")
     return dataclasses.replace(from_dict(DataConfig, data), labels="true")
+
+
+@functools.lru_cache(maxsize=2)
+def _split(cfg: DataConfig, split: int, keep: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``data.generated_split``, kept for the next call with the same arguments (the validation split and
+    the probes' training images, each generated once per process); None for a data set on disk."""
+    return generated_split(cfg, split, None if keep is None else torch.tensor(keep, dtype=torch.long))
 
 
 @functools.lru_cache(maxsize=1)

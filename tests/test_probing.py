@@ -162,3 +162,23 @@ def test_cli_analyze_with_a_control_writes_it_and_the_claims(tiny_run: Run, cont
     assert summary.count(". ") + 1 <= 5 and "linear probe" in summary  # at most five sentences
     code, _out, err = cli(["analyze", tmp_path / "tiny", "--control", tmp_path / "missing"])
     assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_generated_runs_probe_images_come_without_generating_the_whole_set(tiny_run: Run, monkeypatch) -> None:
+    """probe_images and probe_task of a run on a generated set render the validation split and the probes'
+    training images only (loading the whole set is refused here), normalized with run.json's statistics, and
+    hold exactly the images the whole set has at those places."""
+    import featviz.loading as loading
+    from featviz.images import Normalizer
+
+    data = load_data(dataclasses.replace(TINY_DATA, labels="true"))
+    loading._split.cache_clear()
+    monkeypatch.setattr(loading, "_dataset", lambda cfg: pytest.fail("the whole data set was generated"))
+    norm = Normalizer(tiny_run.info.data.mean, tiny_run.info.data.std)
+    x, raw, labels = loading.probe_images(tiny_run)
+    assert torch.equal(raw, data.val_x) and torch.equal(labels, data.val_y) and torch.equal(x, norm(data.val_x))
+    task = probe_task(tiny_run, train=30, test=20)
+    pick = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:30]
+    held = torch.randperm(len(data.val_x), generator=torch.Generator().manual_seed(1))[:20]
+    assert torch.equal(task.train_x, norm(data.train_x[pick])) and torch.equal(task.train_y, data.train_y[pick])
+    assert torch.equal(task.test_x, norm(data.val_x[held])) and torch.equal(task.test_y, data.val_y[held])

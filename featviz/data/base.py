@@ -8,6 +8,7 @@ of a seeded permutation (exact resume, byte-identical reruns).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -63,3 +64,30 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
     return tuple(float(m) for m in mean), tuple(max(float(s), 1e-3) for s in std)
+
+
+CHUNK = 2048  # images a generated set renders at once
+Render = Callable[..., torch.Tensor]  # (labels, size, generator, keep=None) -> uint8 images of the kept rows
+
+
+def generate_split(
+    render: Render, n: int, classes: int, size: int, seed: int, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split of a generated set: ``n`` balanced labels in a seeded random order and their images (uint8
+    [n, 3, size, size]), rendered ``CHUNK`` at a time from one generator seeded ``seed``. With ``keep`` (indices
+    into the split), only those images and labels, in ``keep``'s order, with the same bytes as in the whole split:
+    every chunk still draws all of its random numbers (``render`` draws them before it computes anything) but
+    computes only its kept rows, so a few images cost a fraction of the split."""
+    g = torch.Generator().manual_seed(seed)
+    label = (torch.arange(n) % classes)[torch.randperm(n, generator=g)]
+    if keep is None:
+        return torch.cat([render(lab, size, g) for lab in label.split(CHUNK)]), label
+    keep = torch.as_tensor(keep, dtype=torch.long)
+    if len(keep) and (int(keep.min()) < 0 or int(keep.max()) >= n):
+        raise ValueError(f"generate_split: keep holds indices outside 0..{n - 1}")
+    want, back = torch.unique(keep, sorted=True, return_inverse=True)
+    parts = []
+    for start, lab in zip(range(0, max(n, 1), CHUNK), label.split(CHUNK)):
+        local = want[(want >= start) & (want < start + len(lab))] - start
+        parts.append(render(lab, size, g, local))
+    return torch.cat(parts)[back], label[keep]

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from featviz.data.base import ImageData, channel_stats
+from featviz.data.base import ImageData, channel_stats, generate_split
 from featviz.images import to_uint8
 
 SHAPE_CLASSES = ("disc", "ring", "square", "triangle", "cross", "star", "stripes", "checker", "dots", "bars")
@@ -77,38 +77,57 @@ def _paint(mask: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, shade: torch.
     return img - (fg - bg)[:, :, None, None] * (mask.mean((2, 3), keepdim=True) - _MEAN_COVER)
 
 
-def _render(label: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-    """uint8 images [N, 3, size, size] for the given labels, all randomness drawn from ``g``."""
+def _render(label: torch.Tensor, size: int, g: torch.Generator, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 images [N, 3, size, size] for the given labels, all randomness drawn from ``g``, every number
+    before anything is computed; with ``keep`` (row indices), only those rows' images, the same bytes."""
     n = label.shape[0]
     rnd = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+    scale_u, cx_u, cy_u, ang_u, freq_u = [rnd(n) for _ in range(5)]
+    fg_u, bg_u = rnd(n, 3), rnd(n, 3)
+    gx_u, gy_u = rnd(n), rnd(n)
+    noise = torch.randn((n, 3, size, size), generator=g)
+    amplitude = rnd(n)
+    if keep is not None:
+        label, scale_u, cx_u, cy_u, ang_u, freq_u, fg_u, bg_u, gx_u, gy_u, noise, amplitude = (
+            t[keep] for t in (label, scale_u, cx_u, cy_u, ang_u, freq_u, fg_u, bg_u, gx_u, gy_u, noise, amplitude)
+        )
+        n = label.shape[0]
     lin = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
     yy, xx = torch.meshgrid(lin, lin, indexing="ij")
     obj = label < _OBJECTS
     # objects: scale 0.45-0.8 of the half-image, centred anywhere they fit; patterns fill the image
-    scale = torch.where(obj, 0.45 + 0.35 * rnd(n), torch.ones(n))
-    cx = (rnd(n) * 2 - 1) * (1 - scale) * obj
-    cy = (rnd(n) * 2 - 1) * (1 - scale) * obj
-    ang = rnd(n) * 2 * math.pi
+    scale = torch.where(obj, 0.45 + 0.35 * scale_u, torch.ones(n))
+    cx = (cx_u * 2 - 1) * (1 - scale) * obj
+    cy = (cy_u * 2 - 1) * (1 - scale) * obj
+    ang = ang_u * 2 * math.pi
     cos, sin = torch.cos(ang)[:, None, None], torch.sin(ang)[:, None, None]
     dx, dy = xx[None] - cx[:, None, None], yy[None] - cy[:, None, None]
     u = (cos * dx + sin * dy) / scale[:, None, None]
     v = (-sin * dx + cos * dy) / scale[:, None, None]
-    freq = 3.0 + 3.0 * rnd(n)  # pattern periods of ~2.5-5 px at 32 px
+    freq = 3.0 + 3.0 * freq_u  # pattern periods of ~2.5-5 px at 32 px
     field = _inside(label, u, v, freq)
     px = 2.0 / size / scale  # one pixel in object units: the anti-aliasing width
     mask = torch.sigmoid(field / (0.5 * px[:, None, None]))[:, None]  # [N, 1, H, W]
     # colours: one polarity (the foreground lighter in every channel), hue random, and a luminance
     # contrast of at least 0.3 so that the shape is always visible
-    fg, bg = 0.55 + 0.45 * rnd(n, 3), 0.45 * rnd(n, 3)
+    fg, bg = 0.55 + 0.45 * fg_u, 0.45 * bg_u
     lum = torch.tensor([0.299, 0.587, 0.114])
     push = (0.3 - ((fg - bg) @ lum)).clamp_min(0) / 2
     fg = (fg + push[:, None]).clamp(0, 1)
     bg = (bg - push[:, None]).clamp(0, 1)
-    gx, gy = (rnd(n) - 0.5) * 0.3, (rnd(n) - 0.5) * 0.3  # background brightness gradient
+    gx, gy = (gx_u - 0.5) * 0.3, (gy_u - 0.5) * 0.3  # background brightness gradient
     shade = (gx[:, None, None] * xx[None] + gy[:, None, None] * yy[None])[:, None]
     img = _paint(mask, fg, bg, shade)
-    img = img + torch.randn(img.shape, generator=g) * (0.02 + 0.06 * rnd(n))[:, None, None, None]
+    img = img + noise * (0.02 + 0.06 * amplitude)[:, None, None, None]
     return to_uint8(img)
+
+
+def shapes_split(
+    n: int, size: int, seed: int, split: int, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``split`` (0 train, 1 validation) of ``make_shapes(seed=seed)``: ``n`` images and labels, or only
+    the ``keep``-th ones (``base.generate_split``)."""
+    return generate_split(_render, n, len(SHAPE_CLASSES), size, seed * 1000 + split, keep)
 
 
 def make_shapes(n_train: int = 20_000, n_val: int = 2_000, size: int = 32, seed: int = 0) -> ImageData:
@@ -117,11 +136,8 @@ def make_shapes(n_train: int = 20_000, n_val: int = 2_000, size: int = 32, seed:
     Returns uint8 images [N, 3, size, size]; train and validation come from disjoint generator
     streams, so the validation set does not change when n_train does.
     """
-    parts = []
-    for split, n in ((0, n_train), (1, n_val)):
-        g = torch.Generator().manual_seed(seed * 1000 + split)
-        label = (torch.arange(n) % len(SHAPE_CLASSES))[torch.randperm(n, generator=g)]
-        imgs = torch.cat([_render(lab, size, g) for lab in label.split(2048)])
-        parts += [imgs, label]
-    mean, std = channel_stats(parts[0])
-    return ImageData("shapes", parts[0], parts[1], parts[2], parts[3], SHAPE_CLASSES, mean, std)
+    (train_x, train_y), (val_x, val_y) = (
+        shapes_split(n, size, seed, split) for split, n in enumerate((n_train, n_val))
+    )
+    mean, std = channel_stats(train_x)
+    return ImageData("shapes", train_x, train_y, val_x, val_y, SHAPE_CLASSES, mean, std)
