@@ -17,7 +17,12 @@ from .common import console, echo, not_empty, renamed
 
 def analyze(
     run: Path = typer.Argument(..., help="A run folder (rendered, for the complexity numbers)."),
-    probe: int = typer.Option(1000, min=10, help="Validation images in the fixed probe set (CKA, receptive field)."),
+    probe: Optional[int] = typer.Option(
+        None,
+        min=10,
+        help="Validation images in the fixed probe set (CKA, the probes' test, receptive field) [default: 1000; "
+        "500 for a model of more than 8 conv layers, unless --full].",
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
     settings_set: Optional[str] = typer.Option(
         None,
@@ -35,6 +40,12 @@ def analyze(
         help="A control run of the same network and data trained with --labels shuffled: its linear probes "
         "are the baseline of what this run learned from the task.",
     ),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="Measure everything for a deep model too (more than 8 conv layers): the settling controls, the "
+        "2x2-grid probes and 1000 probe images; by default they are left out to keep its analysis near a minute.",
+    ),
 ) -> None:
     """Filter updates, CKA to the final snapshot, image complexity, receptive fields -> RUN/analysis.json."""
     not_empty(settings_set=settings_set, renders=renders)
@@ -44,7 +55,7 @@ def analyze(
     ctl = None if control is None else Run.open(control)
     if ctl is not None:
         allow(ctl, model, trust_run_code)
-    res = analyze_run(r, probe_size=probe, device=device, settings_set=settings_set, control=ctl)
+    res = analyze_run(r, probe_size=probe, device=device, settings_set=settings_set, control=ctl, full=full)
     conv = res.get("convergence", {})
     comp = res.get("complexity", {})
     echo(
@@ -79,6 +90,8 @@ def analyze(
     for key in ("convergence", "complexity", "probes"):
         if isinstance(res.get(key), dict) and "skipped" in res[key]:
             console.print(f"note: {key} skipped: {res[key]['skipped']}")
+    if res.get("scope", {}).get("left_out"):
+        console.print(f"note: {res['scope']['left_out']}")
     verdicts = ", ".join(f"{c['key']} {c['verdict'].split(':')[0]}" for c in claims(res))
     console.print(f"claims (docs/metrics.md; the gallery's table): {verdicts}")
     if res.get("settings_set"):

@@ -23,7 +23,7 @@ from featviz.faithfulness import faithfulness
 from featviz.filters import layer_scale
 from featviz.gabor import GOOD, gabor_r2
 from featviz.images import decode_png
-from featviz.layers import fields_px, measured_layers, prefix_macs
+from featviz.layers import fields_px, is_deep, measured_layers, prefix_macs
 from featviz.loading import build_run_model, fitting, load_model_at, probe_images
 from featviz.metrics import (
     filter_bits,
@@ -37,7 +37,7 @@ from featviz.metrics import (
 from featviz.model import recalibrate_or_set
 from featviz.nulls import rotation_null
 from featviz.plots import PLOTS, available
-from featviz.probing import probes, readable_control
+from featviz.probing import POOLINGS, probes, readable_control
 from featviz.progress import StageProgress, silent
 from featviz.reading import reading
 from featviz.receptive import IMAGES, channels_within, effective_receptive_field, measuring_side, mirror_pad
@@ -227,13 +227,43 @@ def wiring(
     return summary
 
 
+PROBE = 1000  # validation images in the probe set (CKA, the probes' test images, receptive fields)
+DEEP_PROBE = 500  # ... for a deep model's default scope
+
+
+def analysis_scope(run: Run, full: bool = False, probe_size: int | None = None) -> dict[str, Any]:
+    """What an analysis measures: everything for a small model or with ``full``; for a deep model
+    (``layers.is_deep``) by default CKA on ``DEEP_PROBE`` probe images, no settling controls and the global
+    probes at the first and last epoch only, which keeps the analysis of a ResNet-18 at 64 px near a minute on
+    2 CPU cores (benchmarks/README.md, "Deep models"). ``probe_size``: the probe images asked for (None: the
+    scope's default)."""
+    quick = is_deep(run.info.layers) and not full
+    out: dict[str, Any] = {
+        "full": not quick,
+        "probe_images": probe_size or (DEEP_PROBE if quick else PROBE),
+        "settling_controls": not quick,
+        "poolings": ["global"] if quick else list(POOLINGS),
+        "probe_epochs": "first and last" if quick else "every",
+    }
+    if quick:
+        out["left_out"] = (
+            f"a deep model ({len(run.info.layers)} conv layers) is analyzed in a smaller scope by default: "
+            f"the settling controls and the 2 x 2-grid probes are left out, the probes run at the first and "
+            "last epoch only"
+            + ("" if probe_size else f", and CKA and the probes' test use {DEEP_PROBE} probe images, not {PROBE}")
+            + f"; featviz analyze {run.path} --full measures them"
+        )
+    return out
+
+
 def analyze(
     run: Run,
-    probe_size: int = 1000,
+    probe_size: int | None = None,
     device: str = "auto",
     progress: StageProgress = silent,
     settings_set: str | None = None,
     control: Run | None = None,
+    full: bool = False,
 ) -> dict[str, Any]:
     """Compute every metric above and write RUN/analysis.json and the plots; returns the same dict.
 
@@ -242,6 +272,9 @@ def analyze(
     without renders those sections say which command to run instead of holding empty numbers.
     ``control``: a run of the same network trained without the task (``featviz train --labels shuffled``),
     probed on the same images as this run; its probes are the baseline of "learned from the task".
+    A deep model (``layers.is_deep``) is measured in its default scope unless ``full`` (``scope``): the
+    settling controls and the 2 x 2-grid probes left out, and ``probe_size`` (None) ``DEEP_PROBE`` instead of
+    ``PROBE`` images; analysis.json's ``scope`` says which.
     """
     sid = choose_settings_set(run.render_index(), run.info.data.size, settings_set)  # a bad choice fails first
     epochs = run.snapshot_epochs()
@@ -250,6 +283,8 @@ def analyze(
             f"run {run.name} has {max(len(epochs) - 1, 0)} trained epochs; analysis compares epochs, "
             "train at least one (featviz train --resume RUN)"
         )
+    scope = analysis_scope(run, full, probe_size)
+    probe_size = scope["probe_images"]
     dev = resolve_device(device)
     control_snaps = readable_control(run, control) if control is not None else None  # a wrong one fails first
     loaded, bad = fitting(run, *run.load_snapshots(epochs))  # a damaged or misfit snapshot: left out, named
@@ -262,6 +297,7 @@ def analyze(
         "layers": [layer.name for layer in run.info.layers],
         "depth": depth_table(build_run_model(run), run.info.layers),
         "settings_set": sid,
+        "scope": scope,
     }
     if bad:
         result["skipped_epochs"] = {str(e): msg for e, msg in sorted(bad.items())}
@@ -297,7 +333,9 @@ def analyze(
         result["probe_images"] = int(probe.shape[0])
         steps = {p.step: states[p.id] for p in points if p.kind == "step" and p.id in states}
         bn: dict[int, dict[str, torch.Tensor]] = {}  # epoch -> BatchNorm statistics on probe[:CALIBRATION]
-        result["convergence"] = convergence(run, probe, dev, progress, loaded, steps, keep_batchnorm=bn)
+        result["convergence"] = convergence(
+            run, probe, dev, progress, loaded, steps, keep_batchnorm=bn, settling=scope["settling_controls"]
+        )
         ends = {e: loaded[e] for e in (epochs[0], epochs[-1])}
         result["receptive_field"] = receptive_fields(run, probe, ends, dev, bn)
         progress("receptive fields", 1, 1)
@@ -306,7 +344,9 @@ def analyze(
         progress("faithfulness", 1, 1)
     result["wiring"] = wiring(run, points, states, null_states, progress)
     result["gabor"] = gabor(run, (epochs[0], epochs[-1]), snaps[0], snaps[-1])
-    result["probes"] = probes(run, loaded, dev, progress, control, probe_size, control_snaps)
+    result["probes"] = probes(
+        run, loaded, dev, progress, control, probe_size, control_snaps, scope["poolings"], not scope["full"]
+    )
     if sid is not None:  # what the measured set holds: an interrupted render's set says so
         result["settings_set_status"] = set_status(run, run.render_index(), sid)
     comp, comp_by_step = complexity(run, sid)

@@ -135,6 +135,8 @@ def settling(a: dict[str, Any]) -> dict[str, Any] | None:
 def _settling_claim(a: dict[str, Any]) -> dict[str, Any]:
     s = settling(a)
     if s is None:
+        if (a.get("scope") or {}).get("settling_controls") is False:
+            return _missing("d", "left out of a deep model's default scope: featviz analyze RUN --full")
         return _missing("d", "no settling controls (a uniform snapshot grid and probe images are needed)")
 
     def steps(v: list[int | None]) -> str:

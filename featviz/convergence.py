@@ -118,6 +118,7 @@ def convergence(
     snaps: dict[int, dict[str, torch.Tensor]] | None = None,
     steps: dict[int, dict[str, torch.Tensor]] | None = None,
     keep_batchnorm: dict[int, dict[str, torch.Tensor]] | None = None,
+    settling: bool = True,
 ) -> dict[str, Any]:
     """Debiased linear CKA to the final snapshot per layer and epoch (and per step snapshot, when the
     run has them), with every snapshot's BatchNorm statistics recomputed on ``probe``; channels never
@@ -127,7 +128,8 @@ def convergence(
     the readable ones); ``steps``: step -> snapshot, likewise for the within-epoch snapshots.
     ``keep_batchnorm``: filled with each epoch snapshot's BatchNorm statistics as recomputed on the first
     ``CALIBRATION`` probe images (epoch -> ``model.batchnorm_buffers``), for the measurements that recompute
-    them on the same images (``model.load_batchnorm``)."""
+    them on the same images (``model.load_batchnorm``). ``settling=False``: CKA alone, without the settling
+    controls (no ``settling`` entries)."""
     recs = run.metrics(strict=False)
     epoch_step = {r["epoch"]: r["step"] for r in recs}
     epochs = sorted(snaps) if snaps is not None else run.snapshot_epochs()
@@ -147,7 +149,7 @@ def convergence(
 
     model = build_run_model(run).to(device).eval()
     names = [layer.activation or activation_layer(model, layer.name) for layer in run.info.layers]
-    controlled = {la.name for la in measured_layers(run.info.layers)}  # a deep model: the layers shown
+    controlled = {la.name for la in measured_layers(run.info.layers)} if settling else set()  # deep: those shown
     control_names = {n for la, n in zip(run.info.layers, names) if la.name in controlled}
     probe = probe.to(device)
     readable = [(step, kind, key) for step, kind, key in points if state_of(kind, key) is not None]
@@ -187,6 +189,8 @@ def convergence(
             out[layer.name]["by_step"] = {"steps": at, "cka_to_final": cka}
     steps_on = [at[i] for i in grid]
     kept = [(la, n) for la, n in zip(run.info.layers, names) if la.name in controlled]
+    if not kept:
+        return out
     own = _own_weights(
         [la for la, _ in kept],
         model,

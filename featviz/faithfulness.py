@@ -15,7 +15,7 @@ from featviz.images import Normalizer, decode_png, png_bytes
 from featviz.layers import fields_px
 from featviz.loading import load_model_at
 from featviz.metrics import crop_around, layer_stats, percentile_of
-from featviz.model import recalibrate_or_set, response_layer
+from featviz.model import load_batchnorm, response_layer
 from featviz.render import PROBE_IMAGES
 from featviz.run.renderset import records_of
 from featviz.run.store import Run
@@ -51,13 +51,18 @@ def faithfulness(
     epoch = max(r.epoch for r in am)  # type: ignore[type-var]
     am = [r for r in am if r.epoch == epoch]
     model = load_model_at(run, epoch, device, (snaps or {}).get(epoch))
+    calibrate = 0
     if (am[0].settings or {}).get("batchnorm") == "probe":  # as the renders were made
-        recalibrate_or_set(model, images[:PROBE_IMAGES].to(device), (batchnorm or {}).get(epoch))
+        kept = (batchnorm or {}).get(epoch)
+        if kept is not None:
+            load_batchnorm(model, kept)
+        else:  # recomputed on images[:PROBE_IMAGES] by the measuring pass itself (the same statistics)
+            calibrate = PROBE_IMAGES
     rfs = dict(zip([layer.name for layer in run.info.layers], fields_px(run.info)))
     names = sorted({r.layer for r in am if r.layer is not None})
     responses = {layer.name: layer.response for layer in run.info.layers}
     targets = {n: responses.get(n) or response_layer(model, n) for n in names}  # what the renders maximized
-    stats = layer_stats(model, list(targets.values()), images.to(device), as_returned=True)
+    stats = layer_stats(model, list(targets.values()), images.to(device), as_returned=True, calibrate=calibrate)
     size = raw.shape[-1]
     data = run.info.data
     am_imgs = torch.stack([decode_png(run.read_file_bytes(r.file)) for r in am])

@@ -13,8 +13,8 @@ import zlib
 import torch
 from torch import nn
 
-from featviz.hooks import capture
 from featviz.images import to_uint8
+from featviz.model import measuring_passes
 
 
 # ----------------------------------------------------------------------------- filter updates (float64)
@@ -146,23 +146,22 @@ def _summary(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def layer_stats(
-    model: nn.Module, names: list[str], x: torch.Tensor, as_returned: bool = False
+    model: nn.Module, names: list[str], x: torch.Tensor, as_returned: bool = False, calibrate: int = 0
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """One pass over ``x`` (in chunks): per named layer, the channel means [N, C] (spatial average),
-    the flat position of each channel's strongest response [N, C], each channel's peak [C], and the
-    feature map's width (to turn flat positions into coordinates). Of each layer's output as the pass left
-    it (an in-place op after the layer counts, as for every representation measure), or ``as_returned``: as
-    the layer returned it (what activation maximization, which stops at the layer, maximized)."""
+    """One no-grad pass over ``x`` (in chunks, ``model.measuring_passes``): per named layer, the channel means
+    [N, C] (spatial average), the flat position of each channel's strongest response [N, C], each channel's
+    peak [C], and the feature map's width (to turn flat positions into coordinates). Of each layer's output as
+    the pass left it (an in-place op after the layer counts, as for every representation measure), or
+    ``as_returned``: as the layer returned it (what activation maximization, which stops at the layer,
+    maximized). ``calibrate``: the BatchNorm statistics recomputed on ``x[:calibrate]`` by the pass itself."""
     parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {"mean": [], "argmax": [], "peak": []} for n in names}
     widths: dict[str, int] = {}
-    with capture(model, names, detach=True, reduce=_summary if as_returned else None) as acts:
-        for chunk in x.split(250):
-            model(chunk)
-            for n in names:
-                mean, argmax, peak, widths[n] = acts[n] if as_returned else _summary(acts[n])
-                parts[n]["mean"].append(mean)
-                parts[n]["argmax"].append(argmax)
-                parts[n]["peak"].append(peak)
+    for _, acts in measuring_passes(model, names, x, calibrate, reduce=_summary if as_returned else None):
+        for n in names:
+            mean, argmax, peak, widths[n] = acts[n] if as_returned else _summary(acts[n])
+            parts[n]["mean"].append(mean)
+            parts[n]["argmax"].append(argmax)
+            parts[n]["peak"].append(peak)
     return {
         n: {
             "mean": torch.cat(p["mean"]),

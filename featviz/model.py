@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -153,15 +153,20 @@ def calibrating_batchnorm(model: nn.Module) -> Iterator[int]:
 
 
 def measuring_passes(
-    model: nn.Module, names: list[str], x: torch.Tensor, calibrate: int = 0, chunk: int = 250
-) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    model: nn.Module,
+    names: list[str],
+    x: torch.Tensor,
+    calibrate: int = 0,
+    chunk: int = 250,
+    reduce: Callable[[torch.Tensor], Any] | None = None,
+) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
     """No-grad passes over ``x`` in batches of ``chunk``, yielding each batch with the named layers' outputs as
     the pass left them (``hooks.capture``: an in-place op after a layer counts); a batch's outputs go before
     the next batch runs. With ``calibrate``, every BatchNorm's statistics are first recomputed on
     ``x[:calibrate]`` and the passes run in eval mode: by the first batch itself (those images at once,
     ``calibrating_batchnorm``) where the named layers' outputs of that many images fit in ``HELD_BYTES``,
     else by a pass of its own before (a large network at a large size). Either way every BatchNorm ends with
-    the same statistics."""
+    the same statistics. ``reduce``: as for ``hooks.capture``, each output reduced as the layer returns it."""
     first, calibrating = 0, contextlib.nullcontext()
     if calibrate:
         with eval_mode(model), capture(model, names, detach=True) as acts, torch.no_grad():
@@ -171,7 +176,7 @@ def measuring_passes(
             recalibrate_batchnorm(model, x, calibrate)
         else:
             first, calibrating = calibrate, calibrating_batchnorm(model)
-    with calibrating, capture(model, names, detach=True) as acts, torch.no_grad():
+    with calibrating, capture(model, names, detach=True, reduce=reduce) as acts, torch.no_grad():
         for batch in batches(x, first, chunk):
             model(batch)
             yield batch, acts

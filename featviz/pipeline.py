@@ -339,20 +339,22 @@ def render_reached(
 
 def analyze_run(
     run: Run | str | Path,
-    probe_size: int = 1000,
+    probe_size: int | None = None,
     device: str = "auto",
     progress: StageProgress = silent,
     settings_set: str | None = None,
     control: Run | str | Path | None = None,
+    full: bool = False,
 ) -> dict[str, Any]:
     """``featviz.analyze.analyze`` (analysis.json and plots), then the gallery; returns the analysis.
-    ``control``: a shuffled-label run of the same network and data, probed as the baseline."""
+    ``control``: a shuffled-label run of the same network and data, probed as the baseline; ``probe_size``
+    (None: the scope's default) and ``full`` (a deep model's whole analysis): ``analyze.analysis_scope``."""
     run = Run.of(run)
     control = None if control is None else Run.of(control)
-    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 10:
+    if probe_size is not None and (isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 10):
         raise ConfigError(f"probe_size must be an integer >= 10 (validation images measured), got {probe_size!r}")
     check_access(run)
     with run.hold("outputs"):  # one render or analysis at a time
-        result = analyze_stage.analyze(run, probe_size, device, progress, settings_set, control)
+        result = analyze_stage.analyze(run, probe_size, device, progress, settings_set, control, full)
         build_gallery(run)
     return result

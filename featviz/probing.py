@@ -82,20 +82,25 @@ def probe_run(
     device: torch.device,
     snaps: dict[int, dict[str, torch.Tensor]],
     progress: StageProgress = silent,
+    poolings: tuple[str, ...] = tuple(POOLINGS),
+    ends_only: bool = False,
 ) -> dict[str, Any]:
-    """Probes and selectivity of every conv layer at every epoch in ``snaps`` (epoch -> snapshot; the first is
-    the baseline of every gap, normally epoch 0, the random init). The result's ``layers`` maps a conv to
-    per-epoch lists: ``accuracy``, ``cross_entropy`` and ``gap_from_init`` (accuracy minus the first epoch's) of
-    the ``global`` probe, and the selectivity's mean and quartiles; ``grid2`` holds the same numbers at the
-    first and last epoch only (``grid2_epochs``: its fits cost twice the global ones); plus every channel's
-    selectivity at the first and last epoch."""
+    """Probes and selectivity of every conv layer at every epoch in ``snaps`` (epoch -> snapshot;
+    ``ends_only``: the first and last only; the first is the baseline of every gap, normally epoch 0, the
+    random init). The result's ``layers`` maps a conv to per-epoch lists: ``accuracy``, ``cross_entropy`` and
+    ``gap_from_init`` (accuracy minus the first epoch's) of the ``global`` probe, and the selectivity's mean
+    and quartiles; ``grid2`` holds the same numbers at the first and last epoch only (``grid2_epochs``: its
+    fits cost twice the global ones; ``poolings`` without it: none); plus every channel's selectivity at the
+    first and last epoch."""
     model = build_run_model(run)
     layers = {layer.name: layer.activation or activation_layer(model, layer.name) for layer in run.info.layers}
     epochs = sorted(snaps)
+    if ends_only:
+        epochs = sorted({epochs[0], epochs[-1]})
     rows = []
     ends = {epochs[0], epochs[-1]}
     for i, e in enumerate(epochs, start=1):
-        which = tuple(POOLINGS) if e in ends else ("global",)
+        which = poolings if e in ends else ("global",)
         rows.append(measure(load_model_at(run, e, device, snaps[e]), layers, task.to(device), which))
         progress("linear probes", i, len(epochs))
     out: dict[str, Any] = {
@@ -104,13 +109,13 @@ def probe_run(
         "images": {"fit": len(task.train_y), "test": len(task.test_y), "source": task.source},
         "chance_accuracy": rows[0][next(iter(layers))]["chance_accuracy"],
         "activation_layers": dict(layers),
-        "poolings": dict(POOLINGS),
-        "grid2_epochs": sorted(ends),
+        "poolings": {p: POOLINGS[p] for p in poolings},
+        "grid2_epochs": sorted(ends) if "grid2" in poolings else [],
         "layers": {},
     }
     for n in layers:
         entry: dict[str, Any] = {}
-        for p in POOLINGS:
+        for p in poolings:
             have = [r[n][p] for r in rows if p in r[n]]
             acc = [h["accuracy"] for h in have]
             entry[p] = {
@@ -140,19 +145,23 @@ def probes(
     control: Run | None = None,
     probe_size: int | None = None,
     control_snaps: tuple[dict[int, dict[str, torch.Tensor]], dict[int, str]] | None = None,
+    poolings: tuple[str, ...] = tuple(POOLINGS),
+    ends_only: bool = False,
 ) -> dict[str, Any]:
-    """Linear probes and class selectivity at every readable epoch, and, with ``control``, the same on the
-    control run's readable epochs (``control_snaps``: ``readable_control``'s result, if the caller has it)
-    and the run's own probe images. A wrong control is a one-line error even when the probes are skipped."""
+    """Linear probes and class selectivity at every readable epoch (``ends_only``: the first and last), and, with
+    ``control``, the same on the control run's readable epochs (``control_snaps``: ``readable_control``'s result, if
+    the caller has it) and the run's own probe images; ``poolings``: which of ``POOLINGS`` (``global`` always). A
+    wrong control is a one-line error even when the probes are skipped."""
     checked = control_snaps or (readable_control(run, control) if control is not None else None)
     try:
         task = probe_task(run, test=probe_size)
     except FeatvizError as e:
         return {"skipped": f"probe images unavailable: {e}"}
-    out = probe_run(run, task, device, loaded, progress)
+    poolings = ("global", *(p for p in poolings if p != "global"))
+    out = probe_run(run, task, device, loaded, progress, poolings, ends_only)
     if control is not None and checked is not None:
         snaps, bad = checked
-        out["control"] = {"run": control.name, **probe_run(control, task, device, snaps, progress)}
+        out["control"] = {"run": control.name, **probe_run(control, task, device, snaps, progress, poolings, ends_only)}
         if bad:
             out["control"]["skipped_epochs"] = {str(e): msg for e, msg in sorted(bad.items())}
     return out

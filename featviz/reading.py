@@ -298,4 +298,5 @@ def _probes(a: dict[str, Any]) -> str:
 def reading(a: dict[str, Any], image_size: int) -> str:
     """One paragraph from the numbers of an analysis (sections that were skipped are left out)."""
     parts = [_updates(a), _null(a), _probes(a), _convergence(a), _complexity(a), _receptive(a, image_size)]
-    return " ".join(p for p in parts if p)
+    left_out = (a.get("scope") or {}).get("left_out")
+    return " ".join(p for p in [*parts, f"({left_out[0].upper()}{left_out[1:]}.)" if left_out else ""] if p)

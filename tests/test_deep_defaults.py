@@ -45,7 +45,12 @@ def test_a_deep_model_renders_the_init_the_middle_and_the_last_epoch():
     assert len(moments("auto", points)) > 3  # a small model keeps the steps inside epoch 1
 
 
-def test_analyze_of_a_deep_model_runs_its_costly_controls_on_the_shown_layers(tmp_path):
+def test_analyze_of_a_deep_model_leaves_out_its_costly_controls_unless_full(tmp_path):
+    """By default a deep model's analysis measures CKA on every layer and the receptive fields on the shown ones,
+    with no settling controls and the global probes only, and says so (scope, the reading, claim d); with
+    ``full`` the settling controls run on the shown layers and the grid probes are back."""
+    from featviz.analyze import DEEP_PROBE, PROBE, analysis_scope
+    from featviz.claims import claims
     from featviz.config import DataConfig, ModelConfig, TrainConfig
     from featviz.pipeline import analyze_run, train_run
 
@@ -53,9 +58,21 @@ def test_analyze_of_a_deep_model_runs_its_costly_controls_on_the_shown_layers(tm
     run = train_run(
         DataConfig(name="shapes", n_train=64, n_val=32, size=12), nine, TrainConfig(epochs=1), out_dir=tmp_path
     )
+    assert analysis_scope(run)["probe_images"] == DEEP_PROBE and analysis_scope(run, full=True)["probe_images"] == PROBE
     a = analyze_run(run, probe_size=16)
     shown = ["features.conv1", "features.conv9"]  # no downsampling: the first and the last conv
-    assert [n for n in a["layers"] if "settling" in a["convergence"][n]] == shown
+    assert a["scope"]["full"] is False and a["scope"]["probe_images"] == 16 and a["scope"]["poolings"] == ["global"]
+    assert a["scope"]["settling_controls"] is False and "--full" in a["scope"]["left_out"]
+    assert not [n for n in a["layers"] if "settling" in a["convergence"][n]]
     assert sorted(a["receptive_field"]) == shown
     assert all("cka_to_final" in a["convergence"][n] for n in a["layers"])  # CKA itself: every layer
-    assert "features.conv9" in a["reading"]
+    assert all(set(p) == {"global", "selectivity"} for p in a["probes"]["layers"].values())
+    assert a["probes"]["grid2_epochs"] == [] and a["probes"]["poolings"] == {"global": 1}
+    assert a["probes"]["epochs"] == [0, 1] and a["scope"]["probe_epochs"] == "first and last"
+    d = next(c for c in claims(a) if c["key"] == "d")
+    assert "--full" in d["verdict"] and "features.conv9" in a["reading"] and "--full measures them" in a["reading"]
+    b = analyze_run(run, probe_size=16, full=True)
+    assert b["scope"]["full"] is True and "left_out" not in b["scope"] and "--full" not in b["reading"]
+    assert [n for n in b["layers"] if "settling" in b["convergence"][n]] == shown
+    assert all("grid2" in p for p in b["probes"]["layers"].values()) and b["probes"]["grid2_epochs"] == [0, 1]
+    assert b["convergence"]["features.conv1"]["cka_to_final"] == a["convergence"]["features.conv1"]["cka_to_final"]
