@@ -248,7 +248,7 @@ def analysis_scope(run: Run, full: bool = False, probe_size: int | None = None) 
     if quick:
         out["left_out"] = (
             f"a deep model ({len(run.info.layers)} conv layers) is analyzed in a smaller scope by default: "
-            f"the settling controls and the 2 x 2-grid probes are left out, the probes run at the first and "
+            "the settling controls and the 2 x 2-grid probes are left out, the probes run at the first and "
             "last epoch only"
             + ("" if probe_size else f", and CKA and the probes' test use {DEEP_PROBE} probe images, not {PROBE}")
             + f"; featviz analyze {run.path} --full measures them"
@@ -272,9 +272,9 @@ def analyze(
     without renders those sections say which command to run instead of holding empty numbers.
     ``control``: a run of the same network trained without the task (``featviz train --labels shuffled``),
     probed on the same images as this run; its probes are the baseline of "learned from the task".
-    A deep model (``layers.is_deep``) is measured in its default scope unless ``full`` (``scope``): the
-    settling controls and the 2 x 2-grid probes left out, and ``probe_size`` (None) ``DEEP_PROBE`` instead of
-    ``PROBE`` images; analysis.json's ``scope`` says which.
+    A deep model (``layers.is_deep``) is measured in its default scope unless ``full`` (``analysis_scope``):
+    the settling controls and the 2 x 2-grid probes left out, the probes at the first and last epoch only, and
+    ``probe_size`` (None) ``DEEP_PROBE`` instead of ``PROBE`` images; analysis.json's ``scope`` says which.
     """
     sid = choose_settings_set(run.render_index(), run.info.data.size, settings_set)  # a bad choice fails first
     epochs = run.snapshot_epochs()
