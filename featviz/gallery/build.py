@@ -259,6 +259,7 @@ def build_gallery(run: Run, settings_set: str | None = None, live: bool = False)
             reading=analysis.get("reading") if analysis else None,
             summary=summary(analysis) if analysis and "filter_updates" in analysis else None,
             claims=claims(analysis) if analysis and "filter_updates" in analysis else None,
+            scope_note=((analysis or {}).get("scope") or {}).get("left_out"),
             plots=plots,
             has_curves=bool(metrics),
             am_settings=am_settings,
