@@ -44,7 +44,8 @@ def analyze(
         False,
         "--full",
         help="Measure everything for a deep model too (more than 8 conv layers): the settling controls, the "
-        "2x2-grid probes and 1000 probe images; by default they are left out to keep its analysis near a minute.",
+        "2x2-grid probes, the probes at every epoch, 1000 probe images and faithfulness on every validation "
+        "image; by default a deep model's analysis leaves them out to stay near a minute (analysis.json: scope).",
     ),
 ) -> None:
     """Filter updates, CKA to the final snapshot, image complexity, receptive fields -> RUN/analysis.json."""

@@ -244,12 +244,13 @@ def analysis_scope(run: Run, full: bool = False, probe_size: int | None = None) 
         "settling_controls": not quick,
         "poolings": ["global"] if quick else list(POOLINGS),
         "probe_epochs": "first and last" if quick else "every",
+        "faithfulness_images": PROBE_IMAGES if quick else "all",
     }
     if quick:
         out["left_out"] = (
             f"a deep model ({len(run.info.layers)} conv layers) is analyzed in a smaller scope by default: "
             "the settling controls and the 2 x 2-grid probes are left out, the probes run at the first and "
-            "last epoch only"
+            "last epoch only, faithfulness ranks the renders among the first 1000 validation images"
             + ("" if probe_size else f", and CKA and the probes' test use {DEEP_PROBE} probe images, not {PROBE}")
             + f"; featviz analyze {run.path} --full measures them"
         )
@@ -340,7 +341,9 @@ def analyze(
         result["receptive_field"] = receptive_fields(run, probe, ends, dev, bn)
         progress("receptive fields", 1, 1)
         same = torch.equal(probe[:CALIBRATION], val[:PROBE_IMAGES])  # then CKA's statistics are the render's too
-        result["faithfulness"] = faithfulness(run, val, raw, dev, sid, snaps=loaded, batchnorm=bn if same else None)
+        n = None if scope["full"] else PROBE_IMAGES  # the smaller scope: the images the renders' BatchNorm came from
+        faith = faithfulness(run, val[:n], raw[:n], dev, sid, snaps=loaded, batchnorm=bn if same else None)
+        result["faithfulness"] = {**faith, "validation_images": len(val[:n])} if "skipped" not in faith else faith
         progress("faithfulness", 1, 1)
     result["wiring"] = wiring(run, points, states, null_states, progress)
     result["gabor"] = gabor(run, (epochs[0], epochs[-1]), snaps[0], snaps[-1])

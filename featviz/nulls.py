@@ -86,7 +86,8 @@ def rotation_null(
     if 0 not in states:
         raise ConfigError("the null starts from the run's init: its epoch 0 snapshot is not readable")
     cfg = from_dict(TrainConfig, cfg_json)
-    norms = gradient_norms(run, states, x[:NULL_BATCH], y[:NULL_BATCH], device)
+    used = {e: s for e, s in states.items() if e < run.epochs_planned}  # the last epoch's norms drive no step
+    norms = gradient_norms(run, used, x[:NULL_BATCH], y[:NULL_BATCH], device)
     model = build_run_model(run).to(device)
     model.load_state_dict(states[0])
     model.train()

@@ -28,20 +28,25 @@ BATCHNORM_IMAGES = 1000  # probe-train images the BatchNorm statistics are recom
 
 
 def features(
-    model: nn.Module, layers: dict[str, str], x: torch.Tensor, chunk: int = 250, calibrate: int = 0
+    model: nn.Module,
+    layers: dict[str, str],
+    x: torch.Tensor,
+    chunk: int = 250,
+    calibrate: int = 0,
+    poolings: tuple[str, ...] = tuple(POOLINGS),
 ) -> dict[str, dict[str, Any]]:
     """One pass over ``x`` in chunks of ``chunk`` (``model.measuring_passes``; with ``calibrate``, recomputing
     the BatchNorm statistics on the first ``calibrate`` images): per conv layer (``layers``: conv name -> the
-    module whose output is its activation), that activation pooled as each of ``POOLINGS`` ([N, F] float64),
+    module whose output is its activation), that activation pooled as each of ``poolings`` ([N, F] float64),
     and ``relu``: whether it was never negative on ``x`` (class selectivity is defined for such activations
     only)."""
-    parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {p: [] for p in POOLINGS} for n in layers}
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {n: {p: [] for p in poolings} for n in layers}
     low = {n: float("inf") for n in layers}
     for _, got in measuring_passes(model, list(set(layers.values())), x, calibrate, chunk):
         for n, act in layers.items():
             low[n] = min(low[n], float(got[act].amin()))
-            for p, grid in POOLINGS.items():
-                parts[n][p].append(pooled(got[act], grid).cpu())
+            for p in poolings:
+                parts[n][p].append(pooled(got[act], POOLINGS[p]).cpu())
     return {n: {**{p: torch.cat(v) for p, v in parts[n].items()}, "relu": low[n] >= 0} for n in layers}
 
 
@@ -51,8 +56,9 @@ def measure(
     """Per layer (conv name -> its activation module) at one set of weights: probe accuracy and cross-entropy
     per pooling in ``poolings``, and the selectivity of every channel on the test images (None where the
     activation went negative on them)."""
-    fit = features(model, layers, task.train_x, calibrate=BATCHNORM_IMAGES)  # the first fitting images' statistics
-    test = features(model, layers, task.test_x)
+    which = ("global", *(p for p in poolings if p != "global"))  # global: selectivity reads it too
+    fit = features(model, layers, task.train_x, calibrate=BATCHNORM_IMAGES, poolings=which)  # BatchNorm on these
+    test = features(model, layers, task.test_x, poolings=which)
     out: dict[str, dict[str, Any]] = {}
     for n in layers:
         row: dict[str, Any] = {}

@@ -69,6 +69,7 @@ def test_analyze_of_a_deep_model_leaves_out_its_costly_controls_unless_full(tmp_
     assert all(set(p) == {"global", "selectivity"} for p in a["probes"]["layers"].values())
     assert a["probes"]["grid2_epochs"] == [] and a["probes"]["poolings"] == {"global": 1}
     assert a["probes"]["epochs"] == [0, 1] and a["scope"]["probe_epochs"] == "first and last"
+    assert a["scope"]["faithfulness_images"] == 1000 and "first 1000 validation images" in a["scope"]["left_out"]
     d = next(c for c in claims(a) if c["key"] == "d")
     assert "--full" in d["verdict"] and "features.conv9" in a["reading"] and "--full measures them" in a["reading"]
     page = (run.path / "gallery" / "index.html").read_text()
@@ -76,6 +77,7 @@ def test_analyze_of_a_deep_model_leaves_out_its_costly_controls_unless_full(tmp_
     b = analyze_run(run, probe_size=16, full=True)
     assert 'id="scope"' not in (run.path / "gallery" / "index.html").read_text()
     assert b["scope"]["full"] is True and "left_out" not in b["scope"] and "--full" not in b["reading"]
+    assert b["scope"]["faithfulness_images"] == "all"
     assert [n for n in b["layers"] if "settling" in b["convergence"][n]] == shown
     assert all("grid2" in p for p in b["probes"]["layers"].values()) and b["probes"]["grid2_epochs"] == [0, 1]
     assert b["convergence"]["features.conv1"]["cka_to_final"] == a["convergence"]["features.conv1"]["cka_to_final"]

@@ -43,7 +43,11 @@ def test_each_step_gets_a_random_direction_with_the_measured_norm(tiny_run: Run,
 
     monkeypatch.setattr(nulls, "make_optimizer", recording)
     monkeypatch.setattr(nulls, "NULL_BATCH", 64)
+    measured: list[list[int]] = []
+    real_norms = nulls.gradient_norms
+    monkeypatch.setattr(nulls, "gradient_norms", lambda r, st, *a: measured.append(sorted(st)) or real_norms(r, st, *a))
     out = nulls.rotation_null(tiny_run, states, val, labels, torch.device("cpu"), seed=3)
+    assert measured == [[0, 1]]  # the last epoch's gradient norms would drive no step: not measured
     spe = tiny_run.steps_per_epoch()
     assert len(seen) == spe * tiny_run.epochs_planned
     for i, grads in enumerate(seen):
