@@ -342,8 +342,9 @@ def analyze(
         progress("receptive fields", 1, 1)
         same = torch.equal(probe[:CALIBRATION], val[:PROBE_IMAGES])  # then CKA's statistics are the render's too
         n = None if scope["full"] else PROBE_IMAGES  # the smaller scope: the images the renders' BatchNorm came from
-        faith = faithfulness(run, val[:n], raw[:n], dev, sid, snaps=loaded, batchnorm=bn if same else None)
-        result["faithfulness"] = {**faith, "validation_images": len(val[:n])} if "skipped" not in faith else faith
+        result["faithfulness"] = faithfulness(
+            run, val[:n], raw[:n], dev, sid, snaps=loaded, batchnorm=bn if same else None
+        )
         progress("faithfulness", 1, 1)
     result["wiring"] = wiring(run, points, states, null_states, progress)
     result["gabor"] = gabor(run, (epochs[0], epochs[-1]), snaps[0], snaps[-1])

@@ -70,7 +70,13 @@ def faithfulness(
     am_x = _normalize(am_imgs, data.mean, data.std, size)
     am_stats = layer_stats(model, list(targets.values()), am_x.to(device), as_returned=True)
     am_index = {(r.layer, r.channel): i for i, r in enumerate(am)}
-    out: dict[str, Any] = {"epoch": epoch, "settings_set": sid, "am_size_px": am_size, "measured_at_px": size}
+    out: dict[str, Any] = {
+        "epoch": epoch,
+        "settings_set": sid,
+        "am_size_px": am_size,
+        "measured_at_px": size,
+        "validation_images": len(images),
+    }
     for name in names:
         means, where = stats[targets[name]]["mean"], stats[targets[name]]["argmax"]
         top = means.topk(min(k, len(means)), dim=0).indices  # [k, C]

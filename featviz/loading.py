@@ -182,9 +182,11 @@ def probe_task(run: Run, train: int = PROBE_TRAIN, test: int | None = None) -> P
         )
     else:
         cfg = _data_config(run)
-        pick = torch.randperm(cfg.n_train or 0, generator=torch.Generator().manual_seed(0))[:train]
-        val, picked = _split(cfg, 1, None), _split(cfg, 0, tuple(pick.tolist()))
-        if val is None or picked is None:  # a data set on disk: loaded whole
+        val = _split(cfg, 1, None)
+        if val is not None:  # a generated set: only the picked training images are rendered
+            pick = torch.randperm(cfg.n_train, generator=torch.Generator().manual_seed(0))[:train]
+            picked = _split(cfg, 0, tuple(pick.tolist()))
+        else:  # a data set on disk: loaded whole
             data = _dataset(cfg)
             pick = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:train]
             val, picked = (data.val_x, data.val_y), (data.train_x[pick], data.train_y[pick])
